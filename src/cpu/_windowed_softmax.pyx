@@ -1,0 +1,532 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""The generic windowed-softmax pooling kernel: SoftPool (lam = 1) and Max-Entropy pooling.
+
+For every sample and channel, output ``o`` pools the real (unpadded) cells ``R(o)`` of its window::
+
+    z_i = lam * x_i,   M_o = max_{i in R(o)} z_i,   e_{o,i} = exp(z_i - M_o),   S_o = sum_i e_{o,i}
+    y_o = sum_i e_{o,i} x_i / S_o
+    dL/dx_i = sum_{o : i in R(o)} (g_o / S_o) e_{o,i} (1 + lam (x_i - y_o))
+
+Arrays are seen as 5-D ``(N, C, D, H, W)`` with arbitrary element strides (1-D and 2-D pools
+insert size-1 axes). Work is cut into *lines*: runs of outputs whose windows have the same shape
+and sit a constant stride apart, so the innermost loops run over the outputs of a line and
+vectorise. A C-contiguous array is cut along W (one line per output row), a channels-last one
+along C (one line per output position, channels innermost). Lines are independent, so the
+parallel loop runs over lines and every value is computed by one thread in a fixed order: the
+results do not depend on the thread count, and both layouts give the same bits.
+
+Windows whose ``z`` holds NaN or an infinity leave the vectorised path and go through
+``_careful_window``, which gives the limits that SEMANTICS.md asks for.
+
+The backward has two forms, both deterministic without atomics. Disjoint windows (stride >=
+kernel on every axis) write each gradient cell once, straight from the window that owns it.
+Overlapping windows first store per-output statistics (M, g/S, y), then gather, for each input
+cell, the terms of every window that covers it.
+"""
+from cython cimport floating
+from cython.parallel cimport parallel, prange, threadid
+from libc.math cimport exp
+
+from _fastexp cimport double_bits, exp_nonpositive_f32, exp_nonpositive_f64, float_bits
+
+# Outputs per vectorised block: the scratch arrays of a block stay in L1.
+DEF BLOCK = 64
+
+
+# The distance between the windows of a line, as a type: unit and step-2 lines get their own
+# compiled copy of the line kernel with a constant step, which the compiler turns into vector
+# loads and shuffles; other steps use the generic copy, with the step carried in the value.
+ctypedef fused LineStep:
+    signed char   # step 1 (channels-last lines, stride-1 rows)
+    short         # step 2 (stride-2 rows)
+    Py_ssize_t    # any other step
+
+
+cdef inline Py_ssize_t _step_of(LineStep step) noexcept nogil:
+    if LineStep is "signed char":
+        return 1
+    elif LineStep is short:
+        return 2
+    else:
+        return step
+
+
+cdef enum Mode:
+    FORWARD = 0           # write y
+    BACKWARD_DISJOINT = 1  # write grad_x directly: every input cell lies in at most one window
+    BACKWARD_STATS = 2    # write M, g/S and y of every output for the gather pass
+
+
+cdef struct Geometry:
+    Py_ssize_t size[5]        # N, C, D, H, W of x (and grad_x)
+    Py_ssize_t out_size[3]    # OD, OH, OW
+    Py_ssize_t kernel[3]
+    Py_ssize_t stride[3]
+    Py_ssize_t padding[3]
+    Py_ssize_t x_strides[5]   # element strides of x and grad_x
+    Py_ssize_t y_strides[5]   # element strides of y (forward) or of each statistics array
+    Py_ssize_t g_strides[5]   # element strides of grad_out
+    Py_ssize_t stats_plane    # distance between the M, g/S and y statistics arrays
+
+
+cdef inline floating _exp_nonpositive(floating z) noexcept nogil:
+    if floating is float:
+        return exp_nonpositive_f32(z)
+    else:
+        return exp_nonpositive_f64(z)
+
+
+cdef inline bint _is_nonfinite(floating z) noexcept nogil:
+    """Bit test for NaN and +-inf that holds whatever the floating-point flags."""
+    cdef float_bits fb
+    cdef double_bits db
+    if floating is float:
+        fb.f = z
+        return (fb.i & 0x7F800000) == 0x7F800000
+    else:
+        db.f = z
+        return (db.i & 0x7FF0000000000000LL) == 0x7FF0000000000000LL
+
+
+cdef inline floating _scaled(floating x, floating lam) noexcept nogil:
+    # lam = 0 is average pooling: every cell has z = 0, infinite ones included.
+    return lam * x if lam != 0 else 0
+
+
+cdef inline floating _weight(floating z, floating m) noexcept nogil:
+    """exp(z - m) for z <= m, with the limits for infinities: a cell equal to the maximum weighs 1."""
+    if z == m:
+        return 1
+    if not _is_nonfinite(z) and not _is_nonfinite(m):
+        return _exp_nonpositive(z - m)
+    return exp(z - m)  # 0 for z = -inf or m = +inf; NaN if either is NaN
+
+
+cdef inline floating _gradient_term(floating z, floating x, floating m, floating a, floating y,
+                                    floating lam) noexcept nogil:
+    """a * e * (1 + lam (x - y)): the share of dL/dx of one cell from one window (a = g / S)."""
+    cdef floating e = _weight(z, m)
+    if e == 0:
+        return 0
+    if lam == 0 or x == y:  # x == y also covers the infinite cells that take the whole weight
+        return a * e
+    return a * e * (1 + lam * (x - y))
+
+
+cdef inline void _careful_window(const floating* x, const Py_ssize_t* offsets, Py_ssize_t ncell,
+                                 floating lam, floating* m_out, floating* s_out,
+                                 floating* y_out) noexcept nogil:
+    """M, S and y of one window that holds NaN or an infinity in z (scalar, exact limits)."""
+    cdef Py_ssize_t c
+    cdef floating z, m, s = 0, t = 0, e
+    m = _scaled(x[offsets[0]], lam)
+    for c in range(ncell):
+        z = _scaled(x[offsets[c]], lam)
+        if z != z:
+            m = z
+            break
+        if z > m:
+            m = z
+    for c in range(ncell):
+        e = _weight(_scaled(x[offsets[c]], lam), m)
+        s = s + e
+        if e != 0:
+            t = t + e * x[offsets[c]]
+    m_out[0] = m
+    s_out[0] = s
+    y_out[0] = t / s
+
+
+cdef inline void _pool_line(
+        Mode mode, const floating* x, LineStep line_step, const Py_ssize_t* offsets,
+        Py_ssize_t ncell, Py_ssize_t length, floating lam,
+        floating* y, Py_ssize_t ystep, Py_ssize_t stats_plane,
+        const floating* g, Py_ssize_t gstep, floating* gx,
+        floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
+    """Pool ``length`` (<= BLOCK) outputs whose windows start ``line_step`` apart in x.
+
+    ``offsets[:ncell]`` are the offsets of the window's real cells from the window's first real
+    cell, in (d, h, w) order; ``gx`` has the strides of ``x``. The cells of a chunk of outputs
+    are first copied to ``buffer`` (cell-major, output-minor, at least ``ncell`` long), so the
+    arithmetic runs on unit-stride data whatever the step.
+    """
+    cdef floating m[BLOCK]
+    cdef floating s[BLOCK]
+    cdef floating t[BLOCK]
+    cdef bint bad[BLOCK]
+    cdef bint any_bad
+    cdef const floating* xj
+    cdef const floating* xc
+    cdef floating* bc
+    cdef floating z, v, e
+    cdef Py_ssize_t j, c, j0, n
+    cdef Py_ssize_t xstep = _step_of(line_step)
+    cdef Py_ssize_t chunk = min(length, max(<Py_ssize_t>1, buffer_size // ncell))
+
+    j0 = 0
+    while j0 < length:
+        n = min(chunk, length - j0)
+        xj = x + j0 * xstep
+        # Copy the cells to the buffer and take the window maxima of z = lam * x.
+        for j in range(n):
+            v = xj[j * xstep + offsets[0]]
+            buffer[j] = v
+            m[j] = lam * v
+        for c in range(1, ncell):
+            xc = xj + offsets[c]
+            bc = buffer + c * n
+            for j in range(n):
+                v = xc[j * xstep]
+                bc[j] = v
+                z = lam * v
+                m[j] = z if z > m[j] else m[j]
+
+        # S and y. A non-finite z anywhere in a window (NaN, +-inf, or lam * x overflowing)
+        # leaves a non-finite M, S or y: such windows are redone carefully.
+        for j in range(n):
+            s[j] = 0
+            t[j] = 0
+        for c in range(ncell):
+            bc = buffer + c * n
+            for j in range(n):
+                v = bc[j]
+                e = _exp_nonpositive(lam * v - m[j])
+                s[j] = s[j] + e
+                t[j] = t[j] + e * v
+        any_bad = False
+        for j in range(n):
+            t[j] = t[j] / s[j]  # t holds y from here on
+            bad[j] = _is_nonfinite(m[j]) | _is_nonfinite(t[j])
+            any_bad = any_bad | bad[j]
+        if any_bad:
+            for j in range(n):
+                if bad[j]:
+                    _careful_window(xj + j * xstep, offsets, ncell, lam, &m[j], &s[j], &t[j])
+
+        if mode == FORWARD:
+            for j in range(n):
+                y[(j0 + j) * ystep] = t[j]
+            j0 += n
+            continue
+
+        for j in range(n):
+            s[j] = g[(j0 + j) * gstep] / s[j]  # s holds a = g / S from here on
+        if mode == BACKWARD_STATS:
+            for j in range(n):
+                y[(j0 + j) * ystep] = m[j]
+                y[(j0 + j) * ystep + stats_plane] = s[j]
+                y[(j0 + j) * ystep + 2 * stats_plane] = t[j]
+            j0 += n
+            continue
+
+        # BACKWARD_DISJOINT: each cell of these windows belongs to no other window.
+        for c in range(ncell):
+            bc = buffer + c * n
+            for j in range(n):
+                v = bc[j]
+                e = _exp_nonpositive(lam * v - m[j])
+                bc[j] = s[j] * e * (1 + lam * (v - t[j]))
+        if any_bad:
+            for j in range(n):
+                if bad[j]:
+                    for c in range(ncell):
+                        v = xj[j * xstep + offsets[c]]
+                        buffer[c * n + j] = _gradient_term(_scaled(v, lam), v, m[j], s[j], t[j],
+                                                           lam)
+        for c in range(ncell):
+            bc = buffer + c * n
+            for j in range(n):
+                gx[(j0 + j) * xstep + offsets[c]] = bc[j]
+        j0 += n
+
+
+cdef inline void _pool_line_dispatch(
+        Mode mode, const floating* x, Py_ssize_t xstep, const Py_ssize_t* offsets,
+        Py_ssize_t ncell, Py_ssize_t length, floating lam,
+        floating* y, Py_ssize_t ystep, Py_ssize_t stats_plane,
+        const floating* g, Py_ssize_t gstep, floating* gx,
+        floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
+    if xstep == 1:
+        _pool_line(mode, x, <signed char>1, offsets, ncell, length, lam, y, ystep, stats_plane,
+                   g, gstep, gx, buffer, buffer_size)
+    elif xstep == 2:
+        _pool_line(mode, x, <short>2, offsets, ncell, length, lam, y, ystep, stats_plane, g,
+                   gstep, gx, buffer, buffer_size)
+    else:
+        _pool_line(mode, x, xstep, offsets, ncell, length, lam, y, ystep, stats_plane, g, gstep,
+                   gx, buffer, buffer_size)
+
+
+cdef inline void _axis_window(const Geometry* geo, int axis, Py_ssize_t o,
+                              Py_ssize_t* lo, Py_ssize_t* count) noexcept nogil:
+    """First real cell and number of real cells of output o's window along spatial axis 0..2."""
+    cdef Py_ssize_t start = o * geo.stride[axis] - geo.padding[axis]
+    cdef Py_ssize_t stop = start + geo.kernel[axis]
+    if start < 0:
+        start = 0
+    if stop > geo.size[2 + axis]:
+        stop = geo.size[2 + axis]
+    lo[0] = start
+    count[0] = stop - start
+
+
+cdef inline Py_ssize_t _window_offsets(const Geometry* geo, Py_ssize_t nd, Py_ssize_t nh,
+                                       Py_ssize_t nw, Py_ssize_t* offsets) noexcept nogil:
+    cdef Py_ssize_t a, b, c, n = 0
+    for a in range(nd):
+        for b in range(nh):
+            for c in range(nw):
+                offsets[n] = a * geo.x_strides[2] + b * geo.x_strides[3] + c * geo.x_strides[4]
+                n += 1
+    return n
+
+
+cdef void _pool_channels_last(Mode mode, const Geometry* geo, const floating* x, floating lam,
+                              floating* y, const floating* g, floating* gx,
+                              Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers,
+                              int n_threads) noexcept nogil:
+    """Lines along C: one per output position and block of BLOCK channels."""
+    cdef Py_ssize_t n_cblocks = (geo.size[1] + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t n_units = (geo.size[0] * geo.out_size[0] * geo.out_size[1] * geo.out_size[2]
+                               * n_cblocks)
+    cdef Py_ssize_t unit, rest, n, od, oh, ow, c0, dlo, hlo, wlo, nd, nh, nw, ncell, xoff, yoff
+    cdef Py_ssize_t* offsets
+    cdef floating* buffer
+    cdef Py_ssize_t buffer_size = buffers.shape[1]
+    with parallel(num_threads=n_threads):
+        offsets = &scratch[threadid(), 0]
+        buffer = &buffers[threadid(), 0]
+        for unit in prange(n_units, schedule='static'):
+            # Assigned here so that Cython makes them thread-private (they are set through
+            # pointers below, which it does not see).
+            dlo = hlo = wlo = nd = nh = nw = 0
+            c0 = (unit % n_cblocks) * BLOCK
+            rest = unit // n_cblocks
+            ow = rest % geo.out_size[2]
+            rest = rest // geo.out_size[2]
+            oh = rest % geo.out_size[1]
+            rest = rest // geo.out_size[1]
+            od = rest % geo.out_size[0]
+            n = rest // geo.out_size[0]
+            _axis_window(geo, 0, od, &dlo, &nd)
+            _axis_window(geo, 1, oh, &hlo, &nh)
+            _axis_window(geo, 2, ow, &wlo, &nw)
+            ncell = _window_offsets(geo, nd, nh, nw, offsets)
+            xoff = (n * geo.x_strides[0] + c0 * geo.x_strides[1] + dlo * geo.x_strides[2]
+                    + hlo * geo.x_strides[3] + wlo * geo.x_strides[4])
+            yoff = (n * geo.y_strides[0] + c0 * geo.y_strides[1] + od * geo.y_strides[2]
+                    + oh * geo.y_strides[3] + ow * geo.y_strides[4])
+            _pool_line_dispatch(
+                mode, x + xoff, geo.x_strides[1], offsets, ncell,
+                min(<Py_ssize_t>BLOCK, geo.size[1] - c0), lam,
+                y + yoff if y != NULL else NULL, geo.y_strides[1], geo.stats_plane,
+                g + (n * geo.g_strides[0] + c0 * geo.g_strides[1] + od * geo.g_strides[2]
+                     + oh * geo.g_strides[3] + ow * geo.g_strides[4]) if g != NULL else NULL,
+                geo.g_strides[1], gx + xoff if gx != NULL else NULL, buffer, buffer_size)
+
+
+cdef void _pool_rows(Mode mode, const Geometry* geo, const floating* x, floating lam,
+                     floating* y, const floating* g, floating* gx,
+                     Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers,
+                     int n_threads) noexcept nogil:
+    """Lines along W: one per output row and block of BLOCK outputs.
+
+    Outputs whose window lies wholly inside the row along W form one line; the few at the
+    edges, whose windows are cut by padding or ceil_mode, are lines of length 1.
+    """
+    cdef Py_ssize_t OW = geo.out_size[2]
+    cdef Py_ssize_t kw = geo.kernel[2], sw = geo.stride[2], pw = geo.padding[2]
+    cdef Py_ssize_t n_wblocks = (OW + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t n_units = (geo.size[0] * geo.size[1] * geo.out_size[0] * geo.out_size[1]
+                               * n_wblocks)
+    # Outputs [inner_lo, inner_hi) have windows with all kw cells inside [0, W).
+    cdef Py_ssize_t inner_lo = (pw + sw - 1) // sw
+    cdef Py_ssize_t inner_hi = (geo.size[4] + pw - kw) // sw + 1 if geo.size[4] + pw >= kw else 0
+    cdef Py_ssize_t unit, rest, n, ch, od, oh, ow, ow0, ow1, lo, hi
+    cdef Py_ssize_t dlo, hlo, wlo, nd, nh, nw, ncell, xrow, yrow, grow, xoff
+    cdef Py_ssize_t* offsets
+    cdef floating* buffer
+    cdef Py_ssize_t buffer_size = buffers.shape[1]
+    with parallel(num_threads=n_threads):
+        offsets = &scratch[threadid(), 0]
+        buffer = &buffers[threadid(), 0]
+        for unit in prange(n_units, schedule='static'):
+            dlo = hlo = wlo = nd = nh = nw = 0  # thread-private: see _pool_channels_last
+            ow0 = (unit % n_wblocks) * BLOCK
+            ow1 = min(ow0 + BLOCK, OW)
+            rest = unit // n_wblocks
+            oh = rest % geo.out_size[1]
+            rest = rest // geo.out_size[1]
+            od = rest % geo.out_size[0]
+            rest = rest // geo.out_size[0]
+            ch = rest % geo.size[1]
+            n = rest // geo.size[1]
+            _axis_window(geo, 0, od, &dlo, &nd)
+            _axis_window(geo, 1, oh, &hlo, &nh)
+            xrow = (n * geo.x_strides[0] + ch * geo.x_strides[1] + dlo * geo.x_strides[2]
+                    + hlo * geo.x_strides[3])
+            yrow = (n * geo.y_strides[0] + ch * geo.y_strides[1] + od * geo.y_strides[2]
+                    + oh * geo.y_strides[3])
+            grow = (n * geo.g_strides[0] + ch * geo.g_strides[1] + od * geo.g_strides[2]
+                    + oh * geo.g_strides[3])
+            lo = max(ow0, inner_lo)
+            hi = min(ow1, inner_hi)
+            if lo < hi:
+                ncell = _window_offsets(geo, nd, nh, kw, offsets)
+                xoff = xrow + (lo * sw - pw) * geo.x_strides[4]
+                _pool_line_dispatch(
+                    mode, x + xoff, sw * geo.x_strides[4], offsets, ncell, hi - lo, lam,
+                    y + yrow + lo * geo.y_strides[4] if y != NULL else NULL, geo.y_strides[4],
+                    geo.stats_plane,
+                    g + grow + lo * geo.g_strides[4] if g != NULL else NULL, geo.g_strides[4],
+                    gx + xoff if gx != NULL else NULL, buffer, buffer_size)
+            else:
+                lo = hi = ow0
+            for ow in range(ow0, ow1):
+                if lo <= ow < hi:
+                    continue
+                _axis_window(geo, 2, ow, &wlo, &nw)
+                ncell = _window_offsets(geo, nd, nh, nw, offsets)
+                xoff = xrow + wlo * geo.x_strides[4]
+                _pool_line_dispatch(
+                    mode, x + xoff, 0, offsets, ncell, 1, lam,
+                    y + yrow + ow * geo.y_strides[4] if y != NULL else NULL, 0, geo.stats_plane,
+                    g + grow + ow * geo.g_strides[4] if g != NULL else NULL, 0,
+                    gx + xoff if gx != NULL else NULL, buffer, buffer_size)
+
+
+cdef inline void _covering_outputs(const Geometry* geo, int axis, Py_ssize_t i,
+                                   Py_ssize_t* first, Py_ssize_t* stop) noexcept nogil:
+    """Outputs [first, stop) along spatial axis 0..2 whose window holds input index i."""
+    cdef Py_ssize_t k = geo.kernel[axis], s = geo.stride[axis], p = geo.padding[axis]
+    cdef Py_ssize_t lo = i + p - k + 1
+    first[0] = (lo + s - 1) // s if lo > 0 else 0
+    stop[0] = min((i + p) // s + 1, geo.out_size[axis])
+
+
+cdef void _gather_gradient(const Geometry* geo, const floating* x, floating lam,
+                           const floating* stats, floating* gx, bint channels_last,
+                           int n_threads) noexcept nogil:
+    """grad_x of overlapping windows: each cell sums its terms over the windows that hold it."""
+    cdef Py_ssize_t N = geo.size[0], C = geo.size[1]
+    cdef Py_ssize_t D = geo.size[2], H = geo.size[3], W = geo.size[4]
+    # The loop runs over all axes but the innermost one of memory (C or W).
+    cdef Py_ssize_t inner = C if channels_last else W
+    cdef Py_ssize_t n_units = N * C * D * H * W // inner
+    cdef Py_ssize_t unit, rest, n, ch, d, h, w, q, xoff, soff
+    cdef Py_ssize_t od, oh, ow, od0, od1, oh0, oh1, ow0, ow1
+    cdef floating v, z, acc
+    cdef const floating* st
+    for unit in prange(n_units, schedule='static', nogil=True, num_threads=n_threads):
+        od0 = od1 = oh0 = oh1 = ow0 = ow1 = 0  # thread-private: see _pool_channels_last
+        rest = unit
+        if channels_last:
+            w = rest % W
+            rest = rest // W
+        else:
+            ch = rest % C
+            rest = rest // C
+        h = rest % H
+        rest = rest // H
+        d = rest % D
+        n = rest // D
+        _covering_outputs(geo, 0, d, &od0, &od1)
+        _covering_outputs(geo, 1, h, &oh0, &oh1)
+        for q in range(inner):
+            if channels_last:
+                ch = q
+            else:
+                w = q
+            _covering_outputs(geo, 2, w, &ow0, &ow1)
+            xoff = (n * geo.x_strides[0] + ch * geo.x_strides[1] + d * geo.x_strides[2]
+                    + h * geo.x_strides[3] + w * geo.x_strides[4])
+            v = x[xoff]
+            z = _scaled(v, lam)
+            acc = 0
+            for od in range(od0, od1):
+                for oh in range(oh0, oh1):
+                    for ow in range(ow0, ow1):
+                        soff = (n * geo.y_strides[0] + ch * geo.y_strides[1]
+                                + od * geo.y_strides[2] + oh * geo.y_strides[3]
+                                + ow * geo.y_strides[4])
+                        st = stats + soff
+                        acc = acc + _gradient_term(z, v, st[0], st[geo.stats_plane],
+                                                   st[2 * geo.stats_plane], lam)
+            gx[xoff] = acc
+
+
+cdef Geometry _geometry(const Py_ssize_t* size, const Py_ssize_t* x_strides,
+                        const Py_ssize_t* out_size, const Py_ssize_t* y_strides,
+                        const Py_ssize_t* g_strides, Py_ssize_t itemsize, tuple kernel,
+                        tuple stride, tuple padding, Py_ssize_t stats_plane):
+    """Geometry from the shapes and byte strides of 5-D memoryviews."""
+    cdef Geometry geo
+    cdef int a
+    for a in range(5):
+        geo.size[a] = size[a]
+        geo.x_strides[a] = x_strides[a] // itemsize
+        geo.y_strides[a] = y_strides[a] // itemsize
+        geo.g_strides[a] = g_strides[a] // itemsize if g_strides != NULL else 0
+    for a in range(3):
+        geo.out_size[a] = out_size[2 + a]
+        geo.kernel[a] = kernel[a]
+        geo.stride[a] = stride[a]
+        geo.padding[a] = padding[a]
+    geo.stats_plane = stats_plane
+    return geo
+
+
+cdef void _run_lines(Mode mode, const Geometry* geo, const floating* x, floating lam, floating* y,
+                     const floating* g, floating* gx, bint channels_last,
+                     Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers,
+                     int n_threads) noexcept nogil:
+    if channels_last:
+        _pool_channels_last(mode, geo, x, lam, y, g, gx, scratch, buffers, n_threads)
+    else:
+        _pool_rows(mode, geo, x, lam, y, g, gx, scratch, buffers, n_threads)
+
+
+def forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] y, tuple kernel,
+            tuple stride, tuple padding, double lam, bint channels_last,
+            Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers, int n_threads):
+    """y = windowed-softmax pool of x, written in place. The caller validates everything.
+
+    x and y are non-empty 5-D (N, C, D, H, W) views; ``channels_last`` picks the loop order
+    (lines along C when true, along W otherwise); scratch is ``(n_threads, kD * kH * kW)``.
+    """
+    cdef Geometry geo = _geometry(x.shape, x.strides, y.shape, y.strides, NULL,
+                                  sizeof(floating), kernel, stride, padding, 0)
+    cdef floating lam_ = <floating>lam
+    with nogil:
+        _run_lines(FORWARD, &geo, &x[0, 0, 0, 0, 0], lam_, &y[0, 0, 0, 0, 0], NULL, NULL,
+                   channels_last, scratch, buffers, n_threads)
+
+
+def backward(const floating[:, :, :, :, :] grad_out, const floating[:, :, :, :, :] x,
+             floating[:, :, :, :, :] grad_x, floating[:, :, :, :, :, :] stats, tuple kernel,
+             tuple stride, tuple padding, double lam, bint channels_last,
+             Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers, int n_threads):
+    """grad_x = dL/dx given grad_out = dL/dy, written in place.
+
+    grad_x has the strides of x and is zero-filled by the caller. ``stats`` is ``None`` when the
+    windows are disjoint (stride >= kernel on every axis), else a ``(3, N, C, OD, OH, OW)``
+    scratch array for the per-output M, g/S and y of the gather pass.
+    """
+    cdef bint disjoint = stats is None
+    cdef Geometry geo = _geometry(
+        x.shape, x.strides, grad_out.shape,
+        &grad_x.strides[0] if disjoint else &stats.strides[1], grad_out.strides,
+        sizeof(floating), kernel, stride, padding,
+        0 if disjoint else stats.strides[0] // sizeof(floating))
+    cdef floating lam_ = <floating>lam
+    with nogil:
+        if disjoint:
+            _run_lines(BACKWARD_DISJOINT, &geo, &x[0, 0, 0, 0, 0], lam_, NULL,
+                       &grad_out[0, 0, 0, 0, 0], &grad_x[0, 0, 0, 0, 0], channels_last,
+                       scratch, buffers, n_threads)
+        else:
+            _run_lines(BACKWARD_STATS, &geo, &x[0, 0, 0, 0, 0], lam_, &stats[0, 0, 0, 0, 0, 0],
+                       &grad_out[0, 0, 0, 0, 0], NULL, channels_last, scratch, buffers, n_threads)
+            _gather_gradient(&geo, &x[0, 0, 0, 0, 0], lam_, &stats[0, 0, 0, 0, 0, 0],
+                             &grad_x[0, 0, 0, 0, 0], channels_last, n_threads)

@@ -1,0 +1,31 @@
+"""npool: learnable and soft pooling operators with fast CPU (Cython/OpenMP) and CUDA kernels.
+
+The core works on NumPy arrays::
+
+    import numpy as np, npool
+    x = np.random.rand(8, 16, 32, 32).astype(np.float32)
+    y = npool.soft_pool2d_forward(x, kernel_size=2)            # (8, 16, 16, 16)
+    gx = npool.soft_pool2d_backward(np.ones_like(y), x, kernel_size=2)
+"""
+from ._threads import get_num_threads, set_num_threads
+from .local_pools import (
+    soft_pool1d_backward,
+    soft_pool1d_forward,
+    soft_pool2d_backward,
+    soft_pool2d_forward,
+    soft_pool3d_backward,
+    soft_pool3d_forward,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "get_num_threads",
+    "set_num_threads",
+    "soft_pool1d_forward",
+    "soft_pool1d_backward",
+    "soft_pool2d_forward",
+    "soft_pool2d_backward",
+    "soft_pool3d_forward",
+    "soft_pool3d_backward",
+]

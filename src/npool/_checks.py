@@ -1,0 +1,139 @@
+"""Argument validation and normalisation shared by every npool op.
+
+Each check raises ``TypeError`` (wrong type or dtype) or ``ValueError`` (wrong value or shape)
+with a message that names the argument and says what was expected.
+"""
+import operator
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _describe(value):
+    return f"{type(value).__name__} {value!r}" if np.ndim(value) == 0 else type(value).__name__
+
+
+def float_array(a, name):
+    """``a`` itself if it is a numpy array of a floating dtype npool computes in."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray (or a GPU array), got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float16, float32 or float64, got {a.dtype}")
+    return a
+
+
+def compute_dtype(dtype):
+    """The dtype the CPU kernels compute in: float16 is computed in float32."""
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
+def int_tuple(value, name, length, minimum):
+    """An int or a sequence of ``length`` ints, each >= minimum, as a tuple of ints."""
+    items = value if isinstance(value, (tuple, list)) else (value,) * length
+    if isinstance(value, (tuple, list)) and len(items) != length:
+        raise ValueError(f"{name} must be an int or a tuple of {length} ints, got {value!r} "
+                         f"of length {len(items)}")
+    out = []
+    for item in items:
+        if isinstance(item, (bool, np.bool_)):
+            raise TypeError(f"{name} must be an int or a tuple of {length} ints, got bool")
+        try:
+            item = operator.index(item)
+        except TypeError:
+            raise TypeError(f"{name} must be an int or a tuple of {length} ints, "
+                            f"got {_describe(item)}") from None
+        if item < minimum:
+            raise ValueError(f"{name} must be >= {minimum} on every axis, got {value!r}")
+        out.append(item)
+    return tuple(out)
+
+
+class WindowArgs:
+    """Normalised kernel_size, stride and padding (tuples of ``nd`` ints) and ceil_mode."""
+
+    def __init__(self, nd, kernel_size, stride, padding, ceil_mode):
+        self.nd = nd
+        self.kernel = int_tuple(kernel_size, "kernel_size", nd, 1)
+        self.stride = self.kernel if stride is None else int_tuple(stride, "stride", nd, 1)
+        self.padding = int_tuple(padding, "padding", nd, 0)
+        for k, p in zip(self.kernel, self.padding):
+            if 2 * p > k:
+                raise ValueError(f"padding must be at most half of kernel_size on every axis, got "
+                                 f"padding={self.padding} for kernel_size={self.kernel}")
+        if not isinstance(ceil_mode, (bool, np.bool_)):
+            raise TypeError(f"ceil_mode must be a bool, got {type(ceil_mode).__name__}")
+        self.ceil_mode = bool(ceil_mode)
+        self.disjoint = all(s >= k for s, k in zip(self.stride, self.kernel))
+
+    def output_size(self, spatial):
+        """PyTorch's rule: floor((L + 2p - k [+ s - 1]) / s) + 1, dropping a last window that
+        would start in the right padding."""
+        out = []
+        for axis, (length, k, s, p) in enumerate(zip(spatial, self.kernel, self.stride,
+                                                    self.padding)):
+            if length + 2 * p < k:
+                raise ValueError(
+                    f"input is smaller than kernel_size on spatial axis {axis}: size {length} "
+                    f"with padding {p} on each side is less than kernel_size {k}")
+            n = (length + 2 * p - k + (s - 1 if self.ceil_mode else 0)) // s + 1
+            if self.ceil_mode and (n - 1) * s >= length + p:
+                n -= 1
+            out.append(n)
+        return tuple(out)
+
+    def as_3d(self):
+        """(kernel, stride, padding) padded in front to 3 spatial axes for the kernels."""
+        pad = 3 - self.nd
+        return ((1,) * pad + self.kernel, (1,) * pad + self.stride, (0,) * pad + self.padding)
+
+
+def pool_input(x, nd, name="x"):
+    """Check a local-pool input of shape (N, C, *spatial) or unbatched (C, *spatial).
+
+    Returns ``(x, batched)``. A zero-size batch is allowed; zero-size channel or spatial axes
+    are not.
+    """
+    float_array(x, name)
+    if x.ndim not in (nd + 1, nd + 2):
+        axes = ", ".join("DHW"[3 - nd:])
+        raise ValueError(f"{name} must be {nd + 1}-D (C, {axes}) or {nd + 2}-D (N, C, {axes}) "
+                         f"for a {nd}-d pool, got {x.ndim}-D shape {x.shape}")
+    batched = x.ndim == nd + 2
+    feature_shape = x.shape[1:] if batched else x.shape
+    if 0 in feature_shape:
+        raise ValueError(f"{name} must have non-zero channel and spatial sizes, got shape {x.shape}")
+    return x, batched
+
+
+def grad_out_array(grad_out, expected_shape, x):
+    """Check that grad_out is an array shaped like the forward's output, with x's dtype."""
+    if not isinstance(grad_out, np.ndarray):
+        raise TypeError(f"grad_out must be a numpy.ndarray, got {type(grad_out).__name__}")
+    if grad_out.dtype != x.dtype:
+        raise TypeError(f"grad_out must have the dtype of x ({x.dtype}), got {grad_out.dtype}")
+    if grad_out.shape != tuple(expected_shape):
+        raise ValueError(f"grad_out must have the forward output's shape {tuple(expected_shape)}, "
+                         f"got {grad_out.shape}")
+    return grad_out
+
+
+def memory_layout(x):
+    """"contiguous" (C order), "channels_last" ((N, *spatial, C) memory seen as (N, C, *spatial))
+    or None for any other strides."""
+    if x.flags.c_contiguous:
+        return "contiguous"
+    if np.transpose(x, (0, *range(2, x.ndim), 1)).flags.c_contiguous:
+        return "channels_last"
+    return None
+
+
+def empty_like_layout(shape, dtype, layout, zero=False):
+    """A new (N, C, *spatial) array whose memory is in ``layout`` ("contiguous" or
+    "channels_last")."""
+    alloc = np.zeros if zero else np.empty
+    if layout != "channels_last":
+        return alloc(shape, dtype)
+    ndim = len(shape)
+    memory = alloc((shape[0], *shape[2:], shape[1]), dtype)
+    return np.transpose(memory, (0, ndim - 1, *range(1, ndim - 1)))

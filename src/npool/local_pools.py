@@ -1,0 +1,154 @@
+"""Local soft pools: SoftPool in 1, 2 and 3 dimensions.
+
+All of them run the one windowed-softmax kernel (``src/cpu/_windowed_softmax.pyx``) with a
+temperature ``lam``; SoftPool is ``lam = 1``. For each sample, channel and output ``o`` with the
+real (unpadded) cells ``R(o)`` of its window::
+
+    w_i = exp(lam x_i) / sum_{j in R(o)} exp(lam x_j)        y_o = sum_{i in R(o)} w_i x_i
+    dL/dx_i = sum_{o : i in R(o)} g_o w_{o,i} (1 + lam (x_i - y_o))
+
+Exponentials are taken after subtracting the window maximum, so any finite input is safe.
+"""
+import numpy as np
+
+from . import _checks
+from ._cpu import kernel_module
+from ._dispatch import backend_of
+from ._threads import get_num_threads
+
+# The number of values each thread's buffer holds: a block of outputs' window cells.
+_BUFFER_VALUES = 4096
+
+
+class _Problem:
+    """One validated call: the input as a 5-D (N, C, D, H, W) view and what the kernel needs."""
+
+    def __init__(self, x, nd, kernel_size, stride, padding, ceil_mode):
+        backend_of(x=x)
+        x, self.batched = _checks.pool_input(x, nd)
+        self.args = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
+        self.out_spatial = self.args.output_size(x.shape[-nd:])
+        self.nd = nd
+        self.dtype = x.dtype
+        self.out_shape = x.shape[:-nd] + self.out_spatial  # the caller's view of y
+        if not self.batched:
+            x = x[np.newaxis]
+        self.layout = _checks.memory_layout(x)
+        if self.layout is None:
+            x = np.ascontiguousarray(x)
+            self.layout = "contiguous"
+        self.work_dtype = _checks.compute_dtype(x.dtype)
+        self.x = x.astype(self.work_dtype, copy=False)  # float16 is computed in float32
+
+    def empty(self, shape, zero=False):
+        return _checks.empty_like_layout(shape, self.work_dtype, self.layout, zero=zero)
+
+    def to_5d(self, a):
+        """View an (N, C, *spatial) array as (N, C, D, H, W) with size-1 leading spatial axes."""
+        return np.expand_dims(a, tuple(range(2, 5 - self.nd)))
+
+    def statistics_buffer(self, out_shape):
+        """A (3, N, C, *out) array in the output's layout, viewed as (3, N, C, OD, OH, OW)."""
+        ndim = len(out_shape)
+        if self.layout == "channels_last":
+            memory = np.empty((3, out_shape[0], *out_shape[2:], out_shape[1]), self.work_dtype)
+            stacked = np.transpose(memory, (0, 1, ndim, *range(2, ndim)))
+        else:
+            stacked = np.empty((3, *out_shape), self.work_dtype)
+        return np.expand_dims(stacked, tuple(range(3, 3 + 3 - self.nd)))
+
+    def kernel_call_args(self):
+        kernel, stride, padding = self.args.as_3d()
+        n_threads = get_num_threads()
+        cells = kernel[0] * kernel[1] * kernel[2]
+        offsets = np.empty((n_threads, cells), dtype=np.intp)
+        buffers = np.empty((n_threads, max(_BUFFER_VALUES, cells)), dtype=self.work_dtype)
+        return kernel, stride, padding, offsets, buffers, n_threads
+
+    def result(self, a):
+        """Back to the caller's dtype and batching."""
+        a = a.astype(self.dtype, copy=False)
+        return a if self.batched else a[0]
+
+
+def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode):
+    problem = _Problem(x, nd, kernel_size, stride, padding, ceil_mode)
+    xb = problem.x
+    y = problem.empty(xb.shape[:2] + problem.out_spatial)
+    if xb.shape[0] > 0:
+        kernel, stride3, padding3, offsets, buffers, n_threads = problem.kernel_call_args()
+        kernel_module("_windowed_softmax").forward(
+            problem.to_5d(xb), problem.to_5d(y), kernel, stride3, padding3, float(lam),
+            problem.layout == "channels_last", offsets, buffers, n_threads)
+    return problem.result(y)
+
+
+def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode):
+    problem = _Problem(x, nd, kernel_size, stride, padding, ceil_mode)
+    backend_of(grad_out=grad_out, x=x)
+    _checks.grad_out_array(grad_out, problem.out_shape, x)
+    g = grad_out.astype(problem.work_dtype, copy=False)
+    if not problem.batched:
+        g = g[np.newaxis]
+    xb = problem.x
+    grad_x = problem.empty(xb.shape, zero=True)
+    if xb.shape[0] > 0:
+        kernel, stride3, padding3, offsets, buffers, n_threads = problem.kernel_call_args()
+        # Overlapping windows need per-output M, g/S and y for the gather pass.
+        stats = None if problem.args.disjoint else problem.statistics_buffer(g.shape)
+        kernel_module("_windowed_softmax").backward(
+            problem.to_5d(g), problem.to_5d(xb), problem.to_5d(grad_x), stats,
+            kernel, stride3, padding3, float(lam),
+            problem.layout == "channels_last", offsets, buffers, n_threads)
+    return problem.result(grad_x)
+
+
+def _make_pool(nd):
+    """The public forward and backward of SoftPool in ``nd`` spatial dimensions."""
+    axes = ", ".join("DHW"[3 - nd:])
+
+    def forward(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+        return _softmax_pool_forward(x, nd, 1.0, kernel_size, stride, padding, ceil_mode)
+
+    def backward(grad_out, x, kernel_size, stride=None, padding=0, ceil_mode=False):
+        return _softmax_pool_backward(grad_out, x, nd, 1.0, kernel_size, stride, padding,
+                                      ceil_mode)
+
+    forward.__name__ = forward.__qualname__ = f"soft_pool{nd}d_forward"
+    backward.__name__ = backward.__qualname__ = f"soft_pool{nd}d_backward"
+    forward.__doc__ = f"""SoftPool over {nd} spatial axes (Stergiou et al., ICCV 2021).
+
+    For each sample, channel and window of real (unpadded) cells R(o)::
+
+        y_o = sum_i softmax_R(o)(x)_i * x_i
+
+    Parameters
+    ----------
+    x : numpy.ndarray, shape (N, C, {axes}) or (C, {axes})
+        float32 or float64 (float16 is computed in float32). C-contiguous or channels-last
+        memory is used as it is; the output has the same memory layout.
+    kernel_size : int or tuple of {nd} ints
+    stride : int or tuple of {nd} ints, optional
+        Defaults to ``kernel_size``.
+    padding : int or tuple of {nd} ints
+        At most half the kernel. Padded cells are left out of the window (they are not zeros).
+    ceil_mode : bool
+        PyTorch's output-size rule with ceil instead of floor.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, C, *out) or (C, *out), with
+    ``out = floor((L + 2p - k [+ s - 1]) / s) + 1`` per axis.
+    """
+    backward.__doc__ = f"""Gradient of ``soft_pool{nd}d_forward`` with respect to x.
+
+    ``dL/dx_i = sum_(o: i in R(o)) grad_out_o * w_(o,i) * (1 + x_i - y_o)``, with w the window
+    softmax. ``grad_out`` has the forward output's shape and x's dtype; the result has x's shape,
+    dtype and memory layout. Deterministic: the same bits for any thread count.
+    """
+    return forward, backward
+
+
+soft_pool1d_forward, soft_pool1d_backward = _make_pool(1)
+soft_pool2d_forward, soft_pool2d_backward = _make_pool(2)
+soft_pool3d_forward, soft_pool3d_backward = _make_pool(3)
