@@ -4,10 +4,9 @@
 exp(z) for z <= 0, written so that GCC turns loops calling it into SIMD code
 without -ffast-math: Cody-Waite range reduction z = n*ln2 + r with |r| <= ln2/2,
 a Taylor polynomial for exp(r) (degree 6 for float: rel. error < 2e-7; degree 12
-for double: rel. error < 4e-16), and 2**n built from the exponent bits. The
-argument is clamped below at the smallest normal power of two (exp(-87) for
-float, exp(-708) for double); callers only use it for z = lam*x - max(lam*x),
-where such a weight is already negligible. z must not be NaN or +inf: callers
+for double: rel. error < 4e-16), and 2**n built from the exponent bits. Below
+exp(-87) for float and exp(-708) for double (about the smallest normal
+numbers) the result is 0, as an underflowing exp would give. z must not be NaN or +inf: callers
 detect non-finite windows and handle them on a separate path.
 """
 from libc.stdint cimport int32_t, int64_t
@@ -26,6 +25,7 @@ cdef union double_bits:
 cdef inline float exp_nonpositive_f32(float z) noexcept nogil:
     cdef float_bits rounded, scale
     cdef float n, r, p
+    cdef bint underflow = z < <float>-87.0
     z = z if z > <float>-87.0 else <float>-87.0
     # Adding 1.5 * 2**23 rounds z*log2(e) to the nearest integer n, kept in the low mantissa bits.
     rounded.f = z * <float>1.44269504088896341 + <float>12582912.0
@@ -35,12 +35,13 @@ cdef inline float exp_nonpositive_f32(float z) noexcept nogil:
     p = <float>1.0 + r * (<float>1.0 + r * (<float>0.5 + r * (<float>(1.0 / 6) + r * (
         <float>(1.0 / 24) + r * (<float>(1.0 / 120) + r * <float>(1.0 / 720))))))
     scale.i = (rounded.i - 0x4B400000 + 127) << 23
-    return p * scale.f
+    return p * scale.f if not underflow else <float>0.0
 
 
 cdef inline double exp_nonpositive_f64(double z) noexcept nogil:
     cdef double_bits rounded, scale
     cdef double n, r, p
+    cdef bint underflow = z < -708.0
     z = z if z > -708.0 else -708.0
     # Adding 1.5 * 2**52 rounds z*log2(e) to the nearest integer n, kept in the low mantissa bits.
     rounded.f = z * 1.4426950408889634074 + 6755399441055744.0
@@ -51,4 +52,4 @@ cdef inline double exp_nonpositive_f64(double z) noexcept nogil:
         1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880 + r * (
             1.0 / 3628800 + r * (1.0 / 39916800 + r * (1.0 / 479001600))))))))))))
     scale.i = (rounded.i - 0x4338000000000000LL + 1023) << 52
-    return p * scale.f
+    return p * scale.f if not underflow else 0.0

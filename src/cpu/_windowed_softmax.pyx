@@ -5,7 +5,9 @@
 For every sample and channel, output ``o`` pools the real (unpadded) cells ``R(o)`` of its window::
 
     z_i = lam * x_i,   M_o = max_{i in R(o)} z_i,   e_{o,i} = exp(z_i - M_o),   S_o = sum_i e_{o,i}
-    y_o = sum_i e_{o,i} x_i / S_o
+    y_o = sum_i e_{o,i} x_i / S_o  (computed as x* + sum_i e_{o,i} (x_i - x*) / S_o, with x* the
+                                    x of the cell where z is largest, so y_o never leaves
+                                    [min x, max x] through rounding)
     dL/dx_i = sum_{o : i in R(o)} (g_o / S_o) e_{o,i} (1 + lam (x_i - y_o))
 
 Arrays are seen as 5-D ``(N, C, D, H, W)`` with arbitrary element strides (1-D and 2-D pools
@@ -154,6 +156,7 @@ cdef inline void _pool_line(
     cdef floating m[BLOCK]
     cdef floating s[BLOCK]
     cdef floating t[BLOCK]
+    cdef floating xm[BLOCK]
     cdef bint bad[BLOCK]
     cdef bint any_bad
     cdef const floating* xj
@@ -168,11 +171,13 @@ cdef inline void _pool_line(
     while j0 < length:
         n = min(chunk, length - j0)
         xj = x + j0 * xstep
-        # Copy the cells to the buffer and take the window maxima of z = lam * x.
+        # Copy the cells to the buffer; take the window maxima M of z = lam * x and the x of
+        # the (first) cell where z is largest.
         for j in range(n):
             v = xj[j * xstep + offsets[0]]
             buffer[j] = v
             m[j] = lam * v
+            xm[j] = v
         for c in range(1, ncell):
             xc = xj + offsets[c]
             bc = buffer + c * n
@@ -180,10 +185,12 @@ cdef inline void _pool_line(
                 v = xc[j * xstep]
                 bc[j] = v
                 z = lam * v
+                xm[j] = v if z > m[j] else xm[j]
                 m[j] = z if z > m[j] else m[j]
 
-        # S and y. A non-finite z anywhere in a window (NaN, +-inf, or lam * x overflowing)
-        # leaves a non-finite M, S or y: such windows are redone carefully.
+        # S and y = xm + sum e (x - xm) / S: taken relative to xm, y stays within the window's
+        # range after rounding. A non-finite z anywhere in a window (NaN, +-inf, or lam * x
+        # overflowing) leaves a non-finite M or y: such windows are redone carefully.
         for j in range(n):
             s[j] = 0
             t[j] = 0
@@ -193,10 +200,10 @@ cdef inline void _pool_line(
                 v = bc[j]
                 e = _exp_nonpositive(lam * v - m[j])
                 s[j] = s[j] + e
-                t[j] = t[j] + e * v
+                t[j] = t[j] + e * (v - xm[j])
         any_bad = False
         for j in range(n):
-            t[j] = t[j] / s[j]  # t holds y from here on
+            t[j] = xm[j] + t[j] / s[j]  # t holds y from here on
             bad[j] = _is_nonfinite(m[j]) | _is_nonfinite(t[j])
             any_bad = any_bad | bad[j]
         if any_bad:

@@ -1,0 +1,53 @@
+"""The build: OpenMP, kernel selection, the CUDA fatbin shipped in the package, the demo."""
+import shutil
+import struct
+import subprocess
+import sys
+
+import pytest
+
+import npool
+from npool import _build_info
+from npool._cuda import fatbin_path
+
+FATBIN_MAGIC = 0xBA55ED50
+KERNELS = ["npool_softmax_pool_forward_f32", "npool_softmax_pool_forward_f64"]
+
+
+def test_build_info_is_consistent():
+    assert isinstance(_build_info.openmp, bool)
+    assert isinstance(_build_info.cuda_fatbin, bool)
+    assert (fatbin_path() is not None) == _build_info.cuda_fatbin
+
+
+@pytest.mark.skipif(not _build_info.cuda_fatbin, reason="built without nvcc")
+def test_fatbin_holds_every_kernel_for_every_arch():
+    data = fatbin_path().read_bytes()
+    magic, = struct.unpack_from("<I", data)
+    assert magic == FATBIN_MAGIC
+    archs = _build_info.cuda_archs.split(";")
+    assert "sm_90" in archs and "sm_80" in archs
+    for kernel in KERNELS:
+        # The symbol table of every embedded cubin names the kernel.
+        assert data.count(f".text.{kernel}".encode()) >= len(archs), kernel
+
+
+def test_fatbin_is_built_when_nvcc_is_present():
+    if shutil.which("nvcc") is None:
+        pytest.skip("no nvcc on this machine")
+    assert _build_info.cuda_fatbin, "nvcc is on PATH but the build made no fatbin"
+
+
+def test_demo_runs():
+    out = subprocess.run([sys.executable, "-m", "npool"], capture_output=True, text=True,
+                         check=True, timeout=300)
+    assert "soft_pool2d_forward(x, kernel_size=2)" in out.stdout
+    assert "faster" in out.stdout
+
+
+def test_public_api():
+    for nd in (1, 2, 3):
+        for kind in ("forward", "backward"):
+            fn = getattr(npool, f"soft_pool{nd}d_{kind}")
+            assert fn.__name__ == f"soft_pool{nd}d_{kind}" and fn.__doc__
+    assert callable(npool.set_num_threads) and callable(npool.get_num_threads)
