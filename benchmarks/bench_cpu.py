@@ -1,0 +1,161 @@
+"""CPU benchmark: SoftPool2d 2x2/2 on a (32, 64, 112, 112) float32 array, side by side in one
+process with what a user would otherwise run.
+
+    python benchmarks/bench_cpu.py [--repeats 9] [--shape 32 64 112 112] [--out FILE]
+
+Rows, for C-contiguous and channels-last memory:
+  numpy.copyto         copy of the input: the memory-bandwidth floor
+  npool fwd            npool.soft_pool2d_forward
+  npool fwd+bwd        npool.soft_pool2d_forward + npool.soft_pool2d_backward
+  torch composite fwd  avg_pool2d(x * exp(x)) / avg_pool2d(exp(x))
+  torch composite f+b  the same through autograd (forward + backward)
+  torch max_pool2d     torch.nn.functional.max_pool2d (fwd, and fwd+bwd through autograd)
+Every case runs once per round, rounds interleave the cases, and the table reports medians and
+ratios (the machines are shared and noisy: compare ratios, not absolute times).
+"""
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+import npool
+from npool._cpu import selected_isa
+
+
+def channels_last(x):
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def make_cases(x, torch, F):
+    """name -> zero-argument callable, for one memory layout of x."""
+    g_np = np.random.default_rng(1).standard_normal(
+        npool.soft_pool2d_forward(x, 2).shape).astype(np.float32)
+    if not x.flags.c_contiguous:
+        g_np = channels_last(g_np)
+    dst = np.empty_like(x)  # same memory layout as x
+    xt = torch.from_numpy(x)  # shares memory and strides (channels-last stays channels-last)
+    gt = torch.from_numpy(g_np)
+
+    def npool_fb():
+        npool.soft_pool2d_forward(x, 2)
+        npool.soft_pool2d_backward(g_np, x, 2)
+
+    def composite(v):
+        e = torch.exp(v)
+        return F.avg_pool2d(v * e, 2) / F.avg_pool2d(e, 2)
+
+    def composite_fwd():
+        with torch.no_grad():
+            composite(xt)
+
+    def composite_fb():
+        v = xt.detach().requires_grad_(True)
+        composite(v).backward(gt)
+
+    def maxpool_fwd():
+        with torch.no_grad():
+            F.max_pool2d(xt, 2)
+
+    def maxpool_fb():
+        v = xt.detach().requires_grad_(True)
+        F.max_pool2d(v, 2).backward(gt)
+
+    # Same math, checked once before timing.
+    with torch.no_grad():
+        np.testing.assert_allclose(npool.soft_pool2d_forward(x, 2), composite(xt).numpy(),
+                                   rtol=1e-4, atol=1e-5)
+    return {
+        "numpy.copyto": lambda: np.copyto(dst, x),
+        "npool fwd": lambda: npool.soft_pool2d_forward(x, 2),
+        "npool fwd+bwd": npool_fb,
+        "torch composite fwd": composite_fwd,
+        "torch composite fwd+bwd": composite_fb,
+        "torch max_pool2d fwd": maxpool_fwd,
+        "torch max_pool2d fwd+bwd": maxpool_fb,
+    }
+
+
+def time_cases(cases, repeats):
+    for fn in cases.values():  # warm-up
+        fn()
+    times = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--shape", type=int, nargs=4, default=[32, 64, 112, 112])
+    parser.add_argument("--out", help="also write the report to this file")
+    args = parser.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+
+    threads = npool.get_num_threads()
+    torch.set_num_threads(threads)
+    x = np.random.default_rng(0).standard_normal(args.shape).astype(np.float32)
+
+    lines = [
+        f"# npool CPU benchmark, {datetime.date.today()}",
+        f"# {cpu_name()}, {os.cpu_count()} CPUs; npool {npool.__version__} "
+        f"({selected_isa()} kernels, {threads} threads); torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); numpy {np.__version__}; Python "
+        f"{platform.python_version()}",
+        f"# SoftPool2d kernel 2, stride 2, input {tuple(args.shape)} float32, "
+        f"median of {args.repeats} interleaved rounds",
+        "",
+    ]
+    summary = []
+    for layout, xl in (("contiguous", x), ("channels_last", channels_last(x))):
+        med = time_cases(make_cases(xl, torch, F), args.repeats)
+        copy = med["numpy.copyto"]
+        lines.append(f"## {layout}")
+        lines.append(f"{'case':<26}{'median ms':>11}{'x copyto':>10}{'npool speedup':>15}")
+        for name, t in med.items():
+            if name.startswith("npool") or name == "numpy.copyto":
+                speed = ""
+            else:
+                ref = med["npool fwd+bwd" if "bwd" in name else "npool fwd"]
+                speed = f"{t / ref:.1f}x"
+            lines.append(f"{name:<26}{t * 1e3:>11.2f}{t / copy:>10.2f}{speed:>15}")
+        lines.append("")
+        fwd_copy = med["npool fwd"] / copy
+        fwd_speedup = med["torch composite fwd"] / med["npool fwd"]
+        fb_speedup = med["torch composite fwd+bwd"] / med["npool fwd+bwd"]
+        summary.append(
+            f"{layout:<14} fwd/copyto {fwd_copy:5.2f} (target <= 1.5: "
+            f"{'met' if fwd_copy <= 1.5 else 'MISSED'})   composite/npool fwd {fwd_speedup:5.1f}x "
+            f"(target >= 10: {'met' if fwd_speedup >= 10 else 'MISSED'})   composite/npool "
+            f"fwd+bwd {fb_speedup:5.1f}x (target >= 10: {'met' if fb_speedup >= 10 else 'MISSED'})")
+    lines.append("## targets")
+    lines.extend(summary)
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(report + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
