@@ -28,7 +28,7 @@ cell, the terms of every window that covers it.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
-from libc.math cimport exp
+from libc.math cimport INFINITY, exp
 
 from _fastexp cimport double_bits, exp_nonpositive_f32, exp_nonpositive_f64, float_bits
 
@@ -150,8 +150,9 @@ cdef inline void _pool_line(
 
     ``offsets[:ncell]`` are the offsets of the window's real cells from the window's first real
     cell, in (d, h, w) order; ``gx`` has the strides of ``x``. The cells of a chunk of outputs
-    are first copied to ``buffer`` (cell-major, output-minor, at least ``ncell`` long), so the
-    arithmetic runs on unit-stride data whatever the step.
+    are first copied to the first half of ``buffer`` (cell-major, output-minor) and their
+    weights exp(z - M) kept in the second half, so the arithmetic runs on unit-stride data
+    whatever the step; each half holds at least ``ncell`` values.
     """
     cdef floating m[BLOCK]
     cdef floating s[BLOCK]
@@ -162,10 +163,13 @@ cdef inline void _pool_line(
     cdef const floating* xj
     cdef const floating* xc
     cdef floating* bc
+    cdef floating* wc
     cdef floating z, v, e
     cdef Py_ssize_t j, c, j0, n
     cdef Py_ssize_t xstep = _step_of(line_step)
-    cdef Py_ssize_t chunk = min(length, max(<Py_ssize_t>1, buffer_size // ncell))
+    cdef Py_ssize_t capacity = buffer_size // 2
+    cdef floating* weights = buffer + capacity
+    cdef Py_ssize_t chunk = min(length, max(<Py_ssize_t>1, capacity // ncell))
 
     j0 = 0
     while j0 < length:
@@ -174,19 +178,34 @@ cdef inline void _pool_line(
         # Copy the cells to the buffer; take the window maxima M of z = lam * x and the x of
         # the (first) cell where z is largest.
         for j in range(n):
-            v = xj[j * xstep + offsets[0]]
-            buffer[j] = v
-            m[j] = lam * v
-            xm[j] = v
-        for c in range(1, ncell):
+            m[j] = -INFINITY
+            xm[j] = 0
+        c = 0
+        while c < ncell:
             xc = xj + offsets[c]
             bc = buffer + c * n
+            if LineStep is short and c + 1 < ncell and offsets[c + 1] == offsets[c] + 1:
+                # Two neighbouring cells of a stride-2 row: one gapless, vectorisable read.
+                for j in range(n):
+                    v = xc[j * 2]
+                    bc[j] = v
+                    z = lam * v
+                    xm[j] = v if z > m[j] else xm[j]
+                    m[j] = z if z > m[j] else m[j]
+                    v = xc[j * 2 + 1]
+                    bc[j + n] = v
+                    z = lam * v
+                    xm[j] = v if z > m[j] else xm[j]
+                    m[j] = z if z > m[j] else m[j]
+                c += 2
+                continue
             for j in range(n):
                 v = xc[j * xstep]
                 bc[j] = v
                 z = lam * v
                 xm[j] = v if z > m[j] else xm[j]
                 m[j] = z if z > m[j] else m[j]
+            c += 1
 
         # S and y = xm + sum e (x - xm) / S: taken relative to xm, y stays within the window's
         # range after rounding. A non-finite z anywhere in a window (NaN, +-inf, or lam * x
@@ -196,9 +215,11 @@ cdef inline void _pool_line(
             t[j] = 0
         for c in range(ncell):
             bc = buffer + c * n
+            wc = weights + c * n
             for j in range(n):
                 v = bc[j]
                 e = _exp_nonpositive(lam * v - m[j])
+                wc[j] = e
                 s[j] = s[j] + e
                 t[j] = t[j] + e * (v - xm[j])
         any_bad = False
@@ -230,10 +251,9 @@ cdef inline void _pool_line(
         # BACKWARD_DISJOINT: each cell of these windows belongs to no other window.
         for c in range(ncell):
             bc = buffer + c * n
+            wc = weights + c * n
             for j in range(n):
-                v = bc[j]
-                e = _exp_nonpositive(lam * v - m[j])
-                bc[j] = s[j] * e * (1 + lam * (v - t[j]))
+                bc[j] = s[j] * wc[j] * (1 + lam * (bc[j] - t[j]))
         if any_bad:
             for j in range(n):
                 if bad[j]:

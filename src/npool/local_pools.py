@@ -62,7 +62,8 @@ class _Problem:
         n_threads = get_num_threads()
         cells = kernel[0] * kernel[1] * kernel[2]
         offsets = np.empty((n_threads, cells), dtype=np.intp)
-        buffers = np.empty((n_threads, max(_BUFFER_VALUES, cells)), dtype=self.work_dtype)
+        # Two halves per thread: window values and their weights.
+        buffers = np.empty((n_threads, 2 * max(_BUFFER_VALUES, cells)), dtype=self.work_dtype)
         return kernel, stride, padding, offsets, buffers, n_threads
 
     def result(self, a):
