@@ -21,10 +21,12 @@ results do not depend on the thread count, and both layouts give the same bits.
 Windows whose ``z`` holds NaN or an infinity leave the vectorised path and go through
 ``_careful_window``, which gives the limits that SEMANTICS.md asks for.
 
-The backward has two forms, both deterministic without atomics. Disjoint windows (stride >=
+The backward has three forms, all deterministic without atomics. Disjoint windows (stride >=
 kernel on every axis) write each gradient cell once, straight from the window that owns it.
-Overlapping windows first store per-output statistics (M, g/S, y), then gather, for each input
-cell, the terms of every window that covers it.
+Overlapping windows either add their terms into the gradient, one thread per plane running its
+lines in output order, or — when there are too few planes to keep the threads busy — store
+per-output statistics (M, g/S, y), then gather, for each input cell, the terms of every window
+that covers it in output order. The two give the same bits.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
@@ -34,6 +36,7 @@ from _fastexp cimport double_bits, exp_nonpositive_f32, exp_nonpositive_f64, flo
 
 # Outputs per vectorised block: the scratch arrays of a block stay in L1.
 DEF BLOCK = 64
+LINE_BLOCK = BLOCK  # for the Python side, which counts the channel blocks of a plane
 
 
 # The distance between the windows of a line, as a type: unit and step-2 lines get their own
@@ -55,9 +58,11 @@ cdef inline Py_ssize_t _step_of(LineStep step) noexcept nogil:
 
 
 cdef enum Mode:
-    FORWARD = 0           # write y
+    FORWARD = 0            # write y
     BACKWARD_DISJOINT = 1  # write grad_x directly: every input cell lies in at most one window
-    BACKWARD_STATS = 2    # write M, g/S and y of every output for the gather pass
+    BACKWARD_STATS = 2     # write M, g/S and y of every output for the gather pass
+    BACKWARD_ADD = 3       # add to grad_x; the windows of one line do not overlap each other
+    BACKWARD_ADD_ORDERED = 4  # add to grad_x output after output: windows of a line overlap
 
 
 cdef struct Geometry:
@@ -248,7 +253,7 @@ cdef inline void _pool_line(
             j0 += n
             continue
 
-        # BACKWARD_DISJOINT: each cell of these windows belongs to no other window.
+        # The gradient terms of every cell of these windows.
         for c in range(ncell):
             bc = buffer + c * n
             wc = weights + c * n
@@ -261,10 +266,21 @@ cdef inline void _pool_line(
                         v = xj[j * xstep + offsets[c]]
                         buffer[c * n + j] = _gradient_term(_scaled(v, lam), v, m[j], s[j], t[j],
                                                            lam)
-        for c in range(ncell):
-            bc = buffer + c * n
+        if mode == BACKWARD_DISJOINT:
+            for c in range(ncell):
+                bc = buffer + c * n
+                for j in range(n):
+                    gx[(j0 + j) * xstep + offsets[c]] = bc[j]
+        elif mode == BACKWARD_ADD:
+            for c in range(ncell):
+                bc = buffer + c * n
+                for j in range(n):
+                    gx[(j0 + j) * xstep + offsets[c]] += bc[j]
+        else:
+            # Each cell receives its terms in output order, as the gather pass adds them.
             for j in range(n):
-                gx[(j0 + j) * xstep + offsets[c]] = bc[j]
+                for c in range(ncell):
+                    gx[(j0 + j) * xstep + offsets[c]] += buffer[c * n + j]
         j0 += n
 
 
@@ -309,118 +325,152 @@ cdef inline Py_ssize_t _window_offsets(const Geometry* geo, Py_ssize_t nd, Py_ss
     return n
 
 
-cdef void _pool_channels_last(Mode mode, const Geometry* geo, const floating* x, floating lam,
-                              floating* y, const floating* g, floating* gx,
-                              Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers,
-                              int n_threads) noexcept nogil:
-    """Lines along C: one per output position and block of BLOCK channels."""
+cdef inline void _channels_last_unit(
+        Mode mode, const Geometry* geo, const floating* x, floating lam, floating* y,
+        const floating* g, floating* gx, Py_ssize_t unit, Py_ssize_t* offsets,
+        floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
+    """Line ``unit`` of the channels-last loop: output position (n, od, oh, ow), channels
+    [c0, c0 + BLOCK); units are numbered in that order, channel block fastest."""
     cdef Py_ssize_t n_cblocks = (geo.size[1] + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t n_units = (geo.size[0] * geo.out_size[0] * geo.out_size[1] * geo.out_size[2]
-                               * n_cblocks)
-    cdef Py_ssize_t unit, rest, n, od, oh, ow, c0, dlo, hlo, wlo, nd, nh, nw, ncell, xoff, yoff
-    cdef Py_ssize_t* offsets
-    cdef floating* buffer
-    cdef Py_ssize_t buffer_size = buffers.shape[1]
-    with parallel(num_threads=n_threads):
-        offsets = &scratch[threadid(), 0]
-        buffer = &buffers[threadid(), 0]
-        for unit in prange(n_units, schedule='static'):
-            # Assigned here so that Cython makes them thread-private (they are set through
-            # pointers below, which it does not see).
-            dlo = hlo = wlo = nd = nh = nw = 0
-            c0 = (unit % n_cblocks) * BLOCK
-            rest = unit // n_cblocks
-            ow = rest % geo.out_size[2]
-            rest = rest // geo.out_size[2]
-            oh = rest % geo.out_size[1]
-            rest = rest // geo.out_size[1]
-            od = rest % geo.out_size[0]
-            n = rest // geo.out_size[0]
-            _axis_window(geo, 0, od, &dlo, &nd)
-            _axis_window(geo, 1, oh, &hlo, &nh)
-            _axis_window(geo, 2, ow, &wlo, &nw)
-            ncell = _window_offsets(geo, nd, nh, nw, offsets)
-            xoff = (n * geo.x_strides[0] + c0 * geo.x_strides[1] + dlo * geo.x_strides[2]
-                    + hlo * geo.x_strides[3] + wlo * geo.x_strides[4])
-            yoff = (n * geo.y_strides[0] + c0 * geo.y_strides[1] + od * geo.y_strides[2]
-                    + oh * geo.y_strides[3] + ow * geo.y_strides[4])
-            _pool_line_dispatch(
-                mode, x + xoff, geo.x_strides[1], offsets, ncell,
-                min(<Py_ssize_t>BLOCK, geo.size[1] - c0), lam,
-                y + yoff if y != NULL else NULL, geo.y_strides[1], geo.stats_plane,
-                g + (n * geo.g_strides[0] + c0 * geo.g_strides[1] + od * geo.g_strides[2]
-                     + oh * geo.g_strides[3] + ow * geo.g_strides[4]) if g != NULL else NULL,
-                geo.g_strides[1], gx + xoff if gx != NULL else NULL, buffer, buffer_size)
+    cdef Py_ssize_t rest, n, od, oh, ow, c0, ncell, xoff
+    cdef Py_ssize_t dlo = 0, hlo = 0, wlo = 0, nd = 0, nh = 0, nw = 0
+    c0 = (unit % n_cblocks) * BLOCK
+    rest = unit // n_cblocks
+    ow = rest % geo.out_size[2]
+    rest = rest // geo.out_size[2]
+    oh = rest % geo.out_size[1]
+    rest = rest // geo.out_size[1]
+    od = rest % geo.out_size[0]
+    n = rest // geo.out_size[0]
+    _axis_window(geo, 0, od, &dlo, &nd)
+    _axis_window(geo, 1, oh, &hlo, &nh)
+    _axis_window(geo, 2, ow, &wlo, &nw)
+    ncell = _window_offsets(geo, nd, nh, nw, offsets)
+    xoff = (n * geo.x_strides[0] + c0 * geo.x_strides[1] + dlo * geo.x_strides[2]
+            + hlo * geo.x_strides[3] + wlo * geo.x_strides[4])
+    _pool_line_dispatch(
+        mode, x + xoff, geo.x_strides[1], offsets, ncell,
+        min(<Py_ssize_t>BLOCK, geo.size[1] - c0), lam,
+        y + (n * geo.y_strides[0] + c0 * geo.y_strides[1] + od * geo.y_strides[2]
+             + oh * geo.y_strides[3] + ow * geo.y_strides[4]) if y != NULL else NULL,
+        geo.y_strides[1], geo.stats_plane,
+        g + (n * geo.g_strides[0] + c0 * geo.g_strides[1] + od * geo.g_strides[2]
+             + oh * geo.g_strides[3] + ow * geo.g_strides[4]) if g != NULL else NULL,
+        geo.g_strides[1], gx + xoff if gx != NULL else NULL, buffer, buffer_size)
 
 
-cdef void _pool_rows(Mode mode, const Geometry* geo, const floating* x, floating lam,
-                     floating* y, const floating* g, floating* gx,
-                     Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers,
-                     int n_threads) noexcept nogil:
-    """Lines along W: one per output row and block of BLOCK outputs.
+cdef inline void _rows_unit(
+        Mode mode, const Geometry* geo, const floating* x, floating lam, floating* y,
+        const floating* g, floating* gx, Py_ssize_t unit, Py_ssize_t* offsets,
+        floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
+    """Line ``unit`` of the row loop: output row (n, c, od, oh), outputs [ow0, ow0 + BLOCK);
+    units are numbered in that order, block fastest.
 
     Outputs whose window lies wholly inside the row along W form one line; the few at the
-    edges, whose windows are cut by padding or ceil_mode, are lines of length 1.
+    edges, whose windows are cut by padding or ceil_mode, are lines of length 1. They are
+    visited in output order.
     """
     cdef Py_ssize_t OW = geo.out_size[2]
     cdef Py_ssize_t kw = geo.kernel[2], sw = geo.stride[2], pw = geo.padding[2]
     cdef Py_ssize_t n_wblocks = (OW + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t n_units = (geo.size[0] * geo.size[1] * geo.out_size[0] * geo.out_size[1]
-                               * n_wblocks)
     # Outputs [inner_lo, inner_hi) have windows with all kw cells inside [0, W).
     cdef Py_ssize_t inner_lo = (pw + sw - 1) // sw
     cdef Py_ssize_t inner_hi = (geo.size[4] + pw - kw) // sw + 1 if geo.size[4] + pw >= kw else 0
-    cdef Py_ssize_t unit, rest, n, ch, od, oh, ow, ow0, ow1, lo, hi
-    cdef Py_ssize_t dlo, hlo, wlo, nd, nh, nw, ncell, xrow, yrow, grow, xoff
+    cdef Py_ssize_t rest, n, ch, od, oh, ow, ow0, ow1, lo, hi, ncell, xrow, yrow, grow, xoff
+    cdef Py_ssize_t dlo = 0, hlo = 0, wlo = 0, nd = 0, nh = 0, nw = 0
+    ow0 = (unit % n_wblocks) * BLOCK
+    ow1 = min(ow0 + BLOCK, OW)
+    rest = unit // n_wblocks
+    oh = rest % geo.out_size[1]
+    rest = rest // geo.out_size[1]
+    od = rest % geo.out_size[0]
+    rest = rest // geo.out_size[0]
+    ch = rest % geo.size[1]
+    n = rest // geo.size[1]
+    _axis_window(geo, 0, od, &dlo, &nd)
+    _axis_window(geo, 1, oh, &hlo, &nh)
+    xrow = (n * geo.x_strides[0] + ch * geo.x_strides[1] + dlo * geo.x_strides[2]
+            + hlo * geo.x_strides[3])
+    yrow = (n * geo.y_strides[0] + ch * geo.y_strides[1] + od * geo.y_strides[2]
+            + oh * geo.y_strides[3])
+    grow = (n * geo.g_strides[0] + ch * geo.g_strides[1] + od * geo.g_strides[2]
+            + oh * geo.g_strides[3])
+    lo = max(ow0, inner_lo)
+    hi = min(ow1, inner_hi)
+    if lo >= hi:
+        lo = hi = ow1
+    for ow in range(ow0, ow1):
+        if ow == lo:
+            ncell = _window_offsets(geo, nd, nh, kw, offsets)
+            xoff = xrow + (lo * sw - pw) * geo.x_strides[4]
+            _pool_line_dispatch(
+                mode, x + xoff, sw * geo.x_strides[4], offsets, ncell, hi - lo, lam,
+                y + yrow + lo * geo.y_strides[4] if y != NULL else NULL, geo.y_strides[4],
+                geo.stats_plane,
+                g + grow + lo * geo.g_strides[4] if g != NULL else NULL, geo.g_strides[4],
+                gx + xoff if gx != NULL else NULL, buffer, buffer_size)
+        if lo <= ow < hi:
+            continue
+        _axis_window(geo, 2, ow, &wlo, &nw)
+        ncell = _window_offsets(geo, nd, nh, nw, offsets)
+        xoff = xrow + wlo * geo.x_strides[4]
+        _pool_line_dispatch(
+            mode, x + xoff, 0, offsets, ncell, 1, lam,
+            y + yrow + ow * geo.y_strides[4] if y != NULL else NULL, 0, geo.stats_plane,
+            g + grow + ow * geo.g_strides[4] if g != NULL else NULL, 0,
+            gx + xoff if gx != NULL else NULL, buffer, buffer_size)
+
+
+cdef void _run_lines(Mode mode, const Geometry* geo, const floating* x, floating lam,
+                     floating* y, const floating* g, floating* gx, bint channels_last,
+                     bint by_plane, Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers,
+                     int n_threads) noexcept nogil:
+    """Run every line, in parallel.
+
+    Channels-last arrays are cut along C (a line per output position and block of BLOCK
+    channels), others along W (a line per output row and block of BLOCK outputs). Lines are
+    independent unless the mode adds into grad_x: then ``by_plane`` gives each thread whole
+    planes ((n, channel block) or (n, c)), whose lines it runs in output order, so every cell
+    receives its terms in the same order whatever the thread count.
+    """
+    cdef Py_ssize_t n_cblocks = (geo.size[1] + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t n_wblocks = (geo.out_size[2] + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t n_positions = geo.out_size[0] * geo.out_size[1] * geo.out_size[2]
+    cdef Py_ssize_t n_planes, per_plane, n_units, unit, plane, k
     cdef Py_ssize_t* offsets
     cdef floating* buffer
     cdef Py_ssize_t buffer_size = buffers.shape[1]
-    with parallel(num_threads=n_threads):
-        offsets = &scratch[threadid(), 0]
-        buffer = &buffers[threadid(), 0]
-        for unit in prange(n_units, schedule='static'):
-            dlo = hlo = wlo = nd = nh = nw = 0  # thread-private: see _pool_channels_last
-            ow0 = (unit % n_wblocks) * BLOCK
-            ow1 = min(ow0 + BLOCK, OW)
-            rest = unit // n_wblocks
-            oh = rest % geo.out_size[1]
-            rest = rest // geo.out_size[1]
-            od = rest % geo.out_size[0]
-            rest = rest // geo.out_size[0]
-            ch = rest % geo.size[1]
-            n = rest // geo.size[1]
-            _axis_window(geo, 0, od, &dlo, &nd)
-            _axis_window(geo, 1, oh, &hlo, &nh)
-            xrow = (n * geo.x_strides[0] + ch * geo.x_strides[1] + dlo * geo.x_strides[2]
-                    + hlo * geo.x_strides[3])
-            yrow = (n * geo.y_strides[0] + ch * geo.y_strides[1] + od * geo.y_strides[2]
-                    + oh * geo.y_strides[3])
-            grow = (n * geo.g_strides[0] + ch * geo.g_strides[1] + od * geo.g_strides[2]
-                    + oh * geo.g_strides[3])
-            lo = max(ow0, inner_lo)
-            hi = min(ow1, inner_hi)
-            if lo < hi:
-                ncell = _window_offsets(geo, nd, nh, kw, offsets)
-                xoff = xrow + (lo * sw - pw) * geo.x_strides[4]
-                _pool_line_dispatch(
-                    mode, x + xoff, sw * geo.x_strides[4], offsets, ncell, hi - lo, lam,
-                    y + yrow + lo * geo.y_strides[4] if y != NULL else NULL, geo.y_strides[4],
-                    geo.stats_plane,
-                    g + grow + lo * geo.g_strides[4] if g != NULL else NULL, geo.g_strides[4],
-                    gx + xoff if gx != NULL else NULL, buffer, buffer_size)
-            else:
-                lo = hi = ow0
-            for ow in range(ow0, ow1):
-                if lo <= ow < hi:
-                    continue
-                _axis_window(geo, 2, ow, &wlo, &nw)
-                ncell = _window_offsets(geo, nd, nh, nw, offsets)
-                xoff = xrow + wlo * geo.x_strides[4]
-                _pool_line_dispatch(
-                    mode, x + xoff, 0, offsets, ncell, 1, lam,
-                    y + yrow + ow * geo.y_strides[4] if y != NULL else NULL, 0, geo.stats_plane,
-                    g + grow + ow * geo.g_strides[4] if g != NULL else NULL, 0,
-                    gx + xoff if gx != NULL else NULL, buffer, buffer_size)
+    if channels_last:
+        n_planes = geo.size[0] * n_cblocks
+        per_plane = n_positions
+    else:
+        n_planes = geo.size[0] * geo.size[1]
+        per_plane = geo.out_size[0] * geo.out_size[1] * n_wblocks
+    n_units = n_planes * per_plane
+    if not by_plane:
+        with parallel(num_threads=n_threads):
+            offsets = &scratch[threadid(), 0]
+            buffer = &buffers[threadid(), 0]
+            for unit in prange(n_units, schedule='static'):
+                if channels_last:
+                    _channels_last_unit(mode, geo, x, lam, y, g, gx, unit, offsets, buffer,
+                                        buffer_size)
+                else:
+                    _rows_unit(mode, geo, x, lam, y, g, gx, unit, offsets, buffer, buffer_size)
+    else:
+        with parallel(num_threads=n_threads):
+            offsets = &scratch[threadid(), 0]
+            buffer = &buffers[threadid(), 0]
+            for plane in prange(n_planes, schedule='static'):
+                for k in range(per_plane):
+                    if channels_last:  # plane (n, channel block): positions in order
+                        _channels_last_unit(
+                            mode, geo, x, lam, y, g, gx,
+                            ((plane // n_cblocks) * n_positions + k) * n_cblocks
+                            + plane % n_cblocks, offsets, buffer, buffer_size)
+                    else:  # plane (n, c): its rows and blocks in order
+                        _rows_unit(mode, geo, x, lam, y, g, gx, plane * per_plane + k,
+                                   offsets, buffer, buffer_size)
 
 
 cdef inline void _covering_outputs(const Geometry* geo, int axis, Py_ssize_t i,
@@ -504,56 +554,62 @@ cdef Geometry _geometry(const Py_ssize_t* size, const Py_ssize_t* x_strides,
     return geo
 
 
-cdef void _run_lines(Mode mode, const Geometry* geo, const floating* x, floating lam, floating* y,
-                     const floating* g, floating* gx, bint channels_last,
-                     Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers,
-                     int n_threads) noexcept nogil:
-    if channels_last:
-        _pool_channels_last(mode, geo, x, lam, y, g, gx, scratch, buffers, n_threads)
-    else:
-        _pool_rows(mode, geo, x, lam, y, g, gx, scratch, buffers, n_threads)
-
-
 def forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] y, tuple kernel,
             tuple stride, tuple padding, double lam, bint channels_last,
             Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers, int n_threads):
     """y = windowed-softmax pool of x, written in place. The caller validates everything.
 
     x and y are non-empty 5-D (N, C, D, H, W) views; ``channels_last`` picks the loop order
-    (lines along C when true, along W otherwise); scratch is ``(n_threads, kD * kH * kW)``.
+    (lines along C when true, along W otherwise); scratch is ``(n_threads, kD * kH * kW)`` and
+    buffers ``(n_threads, 2 * max(4096, kD * kH * kW))``.
     """
     cdef Geometry geo = _geometry(x.shape, x.strides, y.shape, y.strides, NULL,
                                   sizeof(floating), kernel, stride, padding, 0)
     cdef floating lam_ = <floating>lam
     with nogil:
         _run_lines(FORWARD, &geo, &x[0, 0, 0, 0, 0], lam_, &y[0, 0, 0, 0, 0], NULL, NULL,
-                   channels_last, scratch, buffers, n_threads)
+                   channels_last, False, scratch, buffers, n_threads)
 
 
 def backward(const floating[:, :, :, :, :] grad_out, const floating[:, :, :, :, :] x,
              floating[:, :, :, :, :] grad_x, floating[:, :, :, :, :, :] stats, tuple kernel,
              tuple stride, tuple padding, double lam, bint channels_last,
              Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers, int n_threads):
-    """grad_x = dL/dx given grad_out = dL/dy, written in place.
+    """grad_x = dL/dx given grad_out = dL/dy, written in place into the zero-filled grad_x,
+    which has the strides of x.
 
-    grad_x has the strides of x and is zero-filled by the caller. ``stats`` is ``None`` when the
-    windows are disjoint (stride >= kernel on every axis), else a ``(3, N, C, OD, OH, OW)``
-    scratch array for the per-output M, g/S and y of the gather pass.
+    Disjoint windows (stride >= kernel on every axis) write each cell once. Overlapping
+    windows either add their terms plane by plane (``stats`` is ``None``: parallel over
+    planes, fast when there are several per thread) or, given a ``(3, N, C, OD, OH, OW)``
+    ``stats`` scratch array, store per-output M, g/S and y and gather them for every cell
+    (parallel over everything). Both add the terms of a cell in output order: the same bits.
     """
-    cdef bint disjoint = stats is None
+    cdef bint gather = stats is not None
+    cdef bint disjoint = True
+    cdef Mode mode
+    cdef int a
+    for a in range(3):
+        disjoint = disjoint and stride[a] >= kernel[a]
+    if disjoint:
+        mode = BACKWARD_DISJOINT
+    elif channels_last or stride[2] >= kernel[2]:
+        mode = BACKWARD_ADD  # the windows of a line do not overlap
+    else:
+        mode = BACKWARD_ADD_ORDERED
     cdef Geometry geo = _geometry(
         x.shape, x.strides, grad_out.shape,
-        &grad_x.strides[0] if disjoint else &stats.strides[1], grad_out.strides,
+        &stats.strides[1] if gather else &grad_x.strides[0], grad_out.strides,
         sizeof(floating), kernel, stride, padding,
-        0 if disjoint else stats.strides[0] // sizeof(floating))
+        stats.strides[0] // sizeof(floating) if gather else 0)
     cdef floating lam_ = <floating>lam
     with nogil:
-        if disjoint:
-            _run_lines(BACKWARD_DISJOINT, &geo, &x[0, 0, 0, 0, 0], lam_, NULL,
-                       &grad_out[0, 0, 0, 0, 0], &grad_x[0, 0, 0, 0, 0], channels_last,
-                       scratch, buffers, n_threads)
+        if not gather:
+            _run_lines(mode, &geo, &x[0, 0, 0, 0, 0], lam_, NULL, &grad_out[0, 0, 0, 0, 0],
+                       &grad_x[0, 0, 0, 0, 0], channels_last, not disjoint, scratch, buffers,
+                       n_threads)
         else:
             _run_lines(BACKWARD_STATS, &geo, &x[0, 0, 0, 0, 0], lam_, &stats[0, 0, 0, 0, 0, 0],
-                       &grad_out[0, 0, 0, 0, 0], NULL, channels_last, scratch, buffers, n_threads)
+                       &grad_out[0, 0, 0, 0, 0], NULL, channels_last, False, scratch, buffers,
+                       n_threads)
             _gather_gradient(&geo, &x[0, 0, 0, 0, 0], lam_, &stats[0, 0, 0, 0, 0, 0],
                              &grad_x[0, 0, 0, 0, 0], channels_last, n_threads)

@@ -16,8 +16,10 @@ from ._cpu import kernel_module
 from ._dispatch import backend_of
 from ._threads import get_num_threads
 
-# The number of values each thread's buffer holds: a block of outputs' window cells.
+# The number of values each half of a thread's buffer holds: a block of outputs' window cells.
 _BUFFER_VALUES = 4096
+# Below this many planes per thread, overlapping windows take the gather path of the backward.
+_PLANES_PER_THREAD = 4
 
 
 class _Problem:
@@ -46,6 +48,12 @@ class _Problem:
     def to_5d(self, a):
         """View an (N, C, *spatial) array as (N, C, D, H, W) with size-1 leading spatial axes."""
         return np.expand_dims(a, tuple(range(2, 5 - self.nd)))
+
+    def plane_count(self):
+        """Independent planes of the backward's add path: (n, c), or (n, block of channels)."""
+        n, c = self.x.shape[:2]
+        block = kernel_module("_windowed_softmax").LINE_BLOCK
+        return n * (-(-c // block) if self.layout == "channels_last" else c)
 
     def statistics_buffer(self, out_shape):
         """A (3, N, C, *out) array in the output's layout, viewed as (3, N, C, OD, OH, OW)."""
@@ -95,8 +103,11 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
     grad_x = problem.empty(xb.shape, zero=True)
     if xb.shape[0] > 0:
         kernel, stride3, padding3, offsets, buffers, n_threads = problem.kernel_call_args()
-        # Overlapping windows need per-output M, g/S and y for the gather pass.
-        stats = None if problem.args.disjoint else problem.statistics_buffer(g.shape)
+        # Overlapping windows add their terms plane by plane when there are enough planes to
+        # share among the threads, else gather per-output M, g/S and y (the same bits).
+        stats = None
+        if not problem.args.disjoint and problem.plane_count() < _PLANES_PER_THREAD * n_threads:
+            stats = problem.statistics_buffer(g.shape)
         kernel_module("_windowed_softmax").backward(
             problem.to_5d(g), problem.to_5d(xb), problem.to_5d(grad_x), stats,
             kernel, stride3, padding3, float(lam),
