@@ -51,3 +51,35 @@ def test_public_api():
             fn = getattr(npool, f"soft_pool{nd}d_{kind}")
             assert fn.__name__ == f"soft_pool{nd}d_{kind}" and fn.__doc__
     assert callable(npool.set_num_threads) and callable(npool.get_num_threads)
+
+
+def _configure(tmp_path, *defines):
+    """Run only CMake's configure step of npool's build, in a scratch folder."""
+    from pathlib import Path
+
+    cmake = shutil.which("cmake")
+    source = Path(__file__).resolve().parents[1]
+    if cmake is None or not (source / "CMakeLists.txt").is_file():
+        pytest.skip("needs cmake and the source tree")
+    return subprocess.run(
+        [cmake, "-S", str(source), "-B", str(tmp_path / "build"),
+         f"-DPython_EXECUTABLE={sys.executable}", *defines],
+        capture_output=True, text=True, timeout=300)
+
+
+def test_cuda_on_without_nvcc_fails_clearly(tmp_path):
+    result = _configure(tmp_path, "-DNPOOL_CUDA=ON", "-DNPOOL_NVCC=/nonexistent/nvcc")
+    assert result.returncode != 0
+    assert "NPOOL_CUDA=ON but nvcc was not found" in result.stderr
+
+
+def test_cuda_auto_without_nvcc_builds_without_the_fatbin(tmp_path):
+    result = _configure(tmp_path, "-DNPOOL_CUDA=AUTO", "-DNPOOL_NVCC=/nonexistent/nvcc")
+    assert result.returncode == 0, result.stderr
+    assert "nvcc not found, building without the CUDA fatbin" in result.stdout
+    assert "cuda_fatbin = False" in (tmp_path / "build" / "_build_info.py").read_text()
+
+
+def test_bad_npool_cuda_value_is_refused(tmp_path):
+    result = _configure(tmp_path, "-DNPOOL_CUDA=MAYBE")
+    assert result.returncode != 0 and "NPOOL_CUDA must be AUTO, ON or OFF" in result.stderr

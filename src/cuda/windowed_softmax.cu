@@ -3,7 +3,8 @@
 // Forward, one thread per output, on 5-D (N, C, D, H, W) arrays with arbitrary element strides
 // (1-D and 2-D pools insert size-1 axes), exactly the math of the CPU kernel:
 //   z_i = lam x_i,  M = max z over the real cells of the window,
-//   y = sum_i exp(z_i - M) x_i / sum_i exp(z_i - M)
+//   y = sum_i exp(z_i - M) x_i / sum_i exp(z_i - M), computed as x* + sum_i e_i (x_i - x*) / S
+//   with x* the x of the cell where z is largest, which keeps y inside the window's range.
 // Padded cells are left out of the window. Accumulation is in float for float (and, later,
 // half) inputs and in double for double inputs.
 #include "npool_cuda.cuh"
@@ -34,6 +35,7 @@ __device__ void softmax_pool_forward_one(const T* __restrict__ x, T* __restrict_
   const T* base = x + n * g.x_strides[0] + c * g.x_strides[1];
 
   Acc m = -npool::infinity<Acc>();
+  Acc xm = 0;  // x of the first cell where z is largest: y is taken relative to it
   bool any_nan = false;
   for (int64_t d = lo[0]; d < hi[0]; ++d)
     for (int64_t h = lo[1]; h < hi[1]; ++h)
@@ -41,7 +43,7 @@ __device__ void softmax_pool_forward_one(const T* __restrict__ x, T* __restrict_
         const Acc v = static_cast<Acc>(base[d * g.x_strides[2] + h * g.x_strides[3] + w * g.x_strides[4]]);
         const Acc z = lam != Acc(0) ? lam * v : Acc(0);
         any_nan |= (z != z);
-        m = z > m ? z : m;
+        if (z > m) { m = z; xm = v; }
       }
   Acc s = 0, t = 0;
   for (int64_t d = lo[0]; d < hi[0]; ++d)
@@ -51,9 +53,9 @@ __device__ void softmax_pool_forward_one(const T* __restrict__ x, T* __restrict_
         const Acc z = lam != Acc(0) ? lam * v : Acc(0);
         const Acc e = z == m ? Acc(1) : npool::exp(z - m);  // a cell at the maximum weighs 1
         s += e;
-        if (e != Acc(0)) t += e * v;
+        if (e != Acc(0)) t += e * (v == xm ? Acc(0) : v - xm);
       }
-  const Acc out = any_nan ? npool::quiet_nan<Acc>() : t / s;
+  const Acc out = any_nan ? npool::quiet_nan<Acc>() : xm + t / s;
   y[n * g.y_strides[0] + c * g.y_strides[1] + od * g.y_strides[2] + oh * g.y_strides[3] +
     ow * g.y_strides[4]] = static_cast<T>(out);
 }
