@@ -93,8 +93,8 @@ def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode):
 
 
 def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode):
-    problem = _Problem(x, nd, kernel_size, stride, padding, ceil_mode)
     backend_of(grad_out=grad_out, x=x)
+    problem = _Problem(x, nd, kernel_size, stride, padding, ceil_mode)
     _checks.grad_out_array(grad_out, problem.out_shape, x)
     g = grad_out.astype(problem.work_dtype, copy=False)
     if not problem.batched:
