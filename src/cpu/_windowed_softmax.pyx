@@ -18,8 +18,9 @@ along C (one line per output position, channels innermost). Lines are independen
 parallel loop runs over lines and every value is computed by one thread in a fixed order: the
 results do not depend on the thread count, and both layouts give the same bits.
 
-Windows whose ``z`` holds NaN or an infinity leave the vectorised path and go through
-``_careful_window``, which gives the limits that SEMANTICS.md asks for.
+Windows whose ``z`` holds NaN or an infinity (seen as a non-finite M or y) are redone by
+``_careful_window``, which gives the mathematical limits: NaN wins; +inf cells share the whole
+weight; -inf cells weigh nothing; a window of only -inf gives -inf.
 
 The backward has three forms, all deterministic without atomics. Disjoint windows (stride >=
 kernel on every axis) write each gradient cell once, straight from the window that owns it.
@@ -34,8 +35,8 @@ from libc.math cimport INFINITY, exp
 
 from _fastexp cimport double_bits, exp_nonpositive_f32, exp_nonpositive_f64, float_bits
 
-# Outputs per vectorised block: the scratch arrays of a block stay in L1.
-DEF BLOCK = 64
+cdef enum:
+    BLOCK = 64  # outputs per vectorised block: the scratch arrays of a block stay in L1
 LINE_BLOCK = BLOCK  # for the Python side, which counts the channel blocks of a plane
 
 
