@@ -360,14 +360,14 @@ def test_backward_add_and_gather_paths_give_the_same_bits(problem, last):
         x = channels_last(x, x.ndim == nd + 2)
     g = np.cos(np.arange(call_forward(x, nd, args).size, dtype=np.float32))
     g = g.reshape(call_forward(x, nd, args).shape)
-    saved = local_pools._PLANES_PER_THREAD
+    saved = local_pools._GATHER_COST
     try:
-        local_pools._PLANES_PER_THREAD = 0  # always add plane by plane
+        local_pools._GATHER_COST = 10**9  # always add plane by plane
         added = call_backward(g, x, nd, args)
-        local_pools._PLANES_PER_THREAD = 10**9  # always gather
+        local_pools._GATHER_COST = 0  # always gather
         gathered = call_backward(g, x, nd, args)
     finally:
-        local_pools._PLANES_PER_THREAD = saved
+        local_pools._GATHER_COST = saved
     np.testing.assert_array_equal(added, gathered)
     np.testing.assert_allclose(added, ref_backward(g, x, nd, args), rtol=1e-4,
                                atol=1e-4 * scale_of(x))

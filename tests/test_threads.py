@@ -32,10 +32,9 @@ def run_all(fn):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bits_do_not_depend_on_thread_count(layout, args, dtype):
     rng = np.random.default_rng(0)
-    # N*C = 1 included; with few planes per thread the backward of overlapping windows
+    # N*C = 1 included: with 7 threads and one plane the backward of overlapping windows
     # switches from adding plane by plane to gathering, which must not change a bit.
-    for shape in [(4, 8, 23, 29), (1, 1, 57, 130), (1, 70, 5, 6), (2, 4, 23, 29),
-                  (8, 4, 9, 11)]:
+    for shape in [(4, 8, 23, 29), (1, 1, 57, 130), (1, 70, 5, 6), (1, 4, 9, 11)]:
         x = (rng.standard_normal(shape) * 10).astype(dtype)
         if layout == "channels_last":
             x = channels_last(x)

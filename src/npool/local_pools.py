@@ -18,8 +18,9 @@ from ._threads import get_num_threads
 
 # The number of values each half of a thread's buffer holds: a block of outputs' window cells.
 _BUFFER_VALUES = 4096
-# Below this many planes per thread, overlapping windows take the gather path of the backward.
-_PLANES_PER_THREAD = 4
+# Per cell, the gather path of the backward costs about this many times the add path (measured:
+# 5.2x); it pays only when the add path, parallel over planes, would leave most threads idle.
+_GATHER_COST = 5
 
 
 class _Problem:
@@ -103,11 +104,15 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
     grad_x = problem.empty(xb.shape, zero=True)
     if xb.shape[0] > 0:
         kernel, stride3, padding3, offsets, buffers, n_threads = problem.kernel_call_args()
-        # Overlapping windows add their terms plane by plane when there are enough planes to
-        # share among the threads, else gather per-output M, g/S and y (the same bits).
+        # Overlapping windows add their terms plane by plane (parallel over planes), unless
+        # gathering per-output M, g/S and y for every cell (parallel over everything) is faster
+        # with this many planes and threads. Both give the same bits.
         stats = None
-        if not problem.args.disjoint and problem.plane_count() < _PLANES_PER_THREAD * n_threads:
-            stats = problem.statistics_buffer(g.shape)
+        if not problem.args.disjoint:
+            planes = problem.plane_count()
+            add_rounds = -(-planes // n_threads)  # planes per thread on the add path
+            if _GATHER_COST * planes < n_threads * add_rounds:
+                stats = problem.statistics_buffer(g.shape)
         kernel_module("_windowed_softmax").backward(
             problem.to_5d(g), problem.to_5d(xb), problem.to_5d(grad_x), stats,
             kernel, stride3, padding3, float(lam),
