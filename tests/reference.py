@@ -25,7 +25,6 @@ def _windows(spatial, kernel, stride, padding, ceil_mode):
             start = o * s - p
             slices.append(slice(max(start, 0), min(start + k, L)))
         yield out_index, tuple(slices)
-    return sizes
 
 
 def _as_tuple(v, nd):

@@ -45,22 +45,14 @@ def scale_of(x):
 
 
 # ------------------------------------------------------------------ forward vs reference
-@given(pool_problems(dtype=np.float64))
-def test_forward_float64_matches_reference(problem):
-    x, nd, args = problem
+@pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-10), (np.float32, 1e-5)])
+@given(data=st.data())
+def test_forward_matches_reference(dtype, tolerance, data):
+    x, nd, args = data.draw(pool_problems(dtype=dtype))
     y = call_forward(x, nd, args)
     expected = ref_forward(x, nd, args)
-    assert y.dtype == np.float64 and y.shape == expected.shape
-    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10 * scale_of(x))
-
-
-@given(pool_problems(dtype=np.float32))
-def test_forward_float32_matches_reference(problem):
-    x, nd, args = problem
-    y = call_forward(x, nd, args)
-    expected = ref_forward(x, nd, args)
-    assert y.dtype == np.float32 and y.shape == expected.shape
-    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * scale_of(x))
+    assert y.dtype == dtype and y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=tolerance, atol=tolerance * scale_of(x))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -80,27 +72,19 @@ def test_forward_lies_between_window_min_and_max(dtype, data):
 
 
 # ------------------------------------------------------------------ backward
-@given(pool_problems(dtype=np.float64), st.data())
-def test_backward_float64_matches_reference(problem, data):
-    x, nd, args = problem
+@pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-9), (np.float32, 1e-4)])
+@given(data=st.data())
+def test_backward_matches_reference(dtype, tolerance, data):
+    x, nd, args = data.draw(pool_problems(dtype=dtype))
     y = call_forward(x, nd, args)
-    g = data.draw(st.sampled_from(["ones", "random"]))
-    g = np.ones_like(y) if g == "ones" else np.random.default_rng(0).standard_normal(y.shape)
+    if data.draw(st.sampled_from(["ones", "random"])) == "ones":
+        g = np.ones_like(y)
+    else:
+        g = np.random.default_rng(0).standard_normal(y.shape).astype(dtype)
     grad = call_backward(g, x, nd, args)
     expected = ref_backward(g, x, nd, args)
-    assert grad.shape == x.shape and grad.dtype == np.float64
-    np.testing.assert_allclose(grad, expected, rtol=1e-9, atol=1e-9 * scale_of(x))
-
-
-@given(pool_problems(dtype=np.float32))
-def test_backward_float32_matches_reference(problem):
-    x, nd, args = problem
-    y = call_forward(x, nd, args)
-    g = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
-    grad = call_backward(g, x, nd, args)
-    expected = ref_backward(g, x, nd, args)
-    assert grad.dtype == np.float32
-    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-4 * scale_of(x))
+    assert grad.shape == x.shape and grad.dtype == dtype
+    np.testing.assert_allclose(grad, expected, rtol=tolerance, atol=tolerance * scale_of(x))
 
 
 def central_differences(f, x, eps=1e-6):
