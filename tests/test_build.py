@@ -11,7 +11,9 @@ from npool import _build_info
 from npool._cuda import fatbin_path
 
 FATBIN_MAGIC = 0xBA55ED50
-KERNELS = ["npool_softmax_pool_forward_f32", "npool_softmax_pool_forward_f64"]
+KERNELS = [f"npool_windowed_softmax_{name}_{t}_{i}"
+           for name in ("forward", "backward_disjoint", "backward_stats", "backward_gather")
+           for t in ("f16", "f32", "f64") for i in ("i32", "i64")]
 
 
 def test_build_info_is_consistent():
@@ -30,6 +32,13 @@ def test_fatbin_holds_every_kernel_for_every_arch():
     for kernel in KERNELS:
         # The symbol table of every embedded cubin names the kernel.
         assert data.count(f".text.{kernel}".encode()) >= len(archs), kernel
+
+
+def test_kernel_sources_are_shipped():
+    """Without the fatbin, the GPU backend compiles these at run time."""
+    from npool._cuda import kernel_source_dir
+    names = {f.name for f in kernel_source_dir().iterdir()}
+    assert {"npool_cuda.cuh", "windowed_softmax.cu"} <= names
 
 
 def test_fatbin_is_built_when_nvcc_is_present():

@@ -1,33 +1,101 @@
-// Shared definitions of npool's CUDA kernels.
+// Shared definitions of npool's CUDA kernels: numeric helpers, fast index division and the
+// macro that turns a per-work-item function into a kernel.
+//
+// Every kernel of npool has one argument, a struct of 8-byte fields passed by value, and runs a
+// per-work-item function `f(args, t)` for t in [0, args.count) in a grid-stride loop. Compiled
+// with -DNPOOL_HOST_EMULATION, the same sources give plain host functions that run every work
+// item in a loop: the test suite compiles them with nvcc and checks the kernels' arithmetic and
+// indexing on a machine without a GPU.
 #pragma once
 #include <cstdint>
+#include <cuda_fp16.h>
+
+#ifdef NPOOL_HOST_EMULATION
+#include <cmath>
+#define NPOOL_FN inline
+#else
+#define NPOOL_FN __device__ __forceinline__
+#endif
 
 namespace npool {
 
-// Shapes and element strides of a 5-D (N, C, D, H, W) pool, passed by value to kernels; the
-// host side packs the same layout (little-endian int64 fields, in this order).
-struct PoolGeometry {
-  int64_t size[5];      // N, C, D, H, W of the input
-  int64_t out_size[3];  // OD, OH, OW
-  int64_t kernel[3];
-  int64_t stride[3];
-  int64_t padding[3];
-  int64_t x_strides[5];  // element strides of the input
-  int64_t y_strides[5];  // element strides of the output
-};
-
+// ------------------------------------------------------------------ numbers
+// Storage type T -> accumulation type: float for half and float, double for double.
 template <typename T> struct Accumulator { using type = float; };
 template <> struct Accumulator<double> { using type = double; };
 
-template <typename T> __device__ inline T infinity();
-template <> __device__ inline float infinity<float>() { return __int_as_float(0x7f800000); }
-template <> __device__ inline double infinity<double>() { return __longlong_as_double(0x7ff0000000000000LL); }
+NPOOL_FN float to_acc(__half v) { return __half2float(v); }
+NPOOL_FN float to_acc(float v) { return v; }
+NPOOL_FN double to_acc(double v) { return v; }
 
-template <typename T> __device__ inline T quiet_nan();
-template <> __device__ inline float quiet_nan<float>() { return __int_as_float(0x7fc00000); }
-template <> __device__ inline double quiet_nan<double>() { return __longlong_as_double(0x7ff8000000000000LL); }
+template <typename T> NPOOL_FN T from_acc(typename Accumulator<T>::type v);
+template <> NPOOL_FN __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> NPOOL_FN float from_acc<float>(float v) { return v; }
+template <> NPOOL_FN double from_acc<double>(double v) { return v; }
 
-__device__ inline float exp(float v) { return expf(v); }
-__device__ inline double exp(double v) { return ::exp(v); }
+#ifdef NPOOL_HOST_EMULATION
+NPOOL_FN float exp_acc(float v) { return std::exp(v); }
+NPOOL_FN double exp_acc(double v) { return std::exp(v); }
+NPOOL_FN bool is_finite(float v) { return std::isfinite(v); }
+NPOOL_FN bool is_finite(double v) { return std::isfinite(v); }
+#else
+NPOOL_FN float exp_acc(float v) { return expf(v); }
+NPOOL_FN double exp_acc(double v) { return ::exp(v); }
+NPOOL_FN bool is_finite(float v) { return isfinite(v); }
+NPOOL_FN bool is_finite(double v) { return isfinite(v); }
+#endif
+
+template <typename A> NPOOL_FN A infinity() { return A(HUGE_VAL); }
+template <typename A> NPOOL_FN A quiet_nan() { return A(NAN); }
+
+// ------------------------------------------------------------------ index division
+// A divisor with its magic numbers for 32-bit division by multiplication (Granlund-Montgomery,
+// as PyTorch's IntDivider): for 0 <= n < 2^31, n / d == (mulhi(n, magic) + n) >> shift. The host
+// computes magic and shift. Kernels whose every index fits in 31 bits divide this way; the
+// others (arrays of 2^31 elements or more) use 64-bit division.
+struct Divisor {
+  int64_t value;
+  int64_t magic;
+  int64_t shift;
+};
+
+NPOOL_FN uint32_t mulhi32(uint32_t a, uint32_t b) {
+#ifdef NPOOL_HOST_EMULATION
+  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
+#else
+  return __umulhi(a, b);
+#endif
+}
+
+NPOOL_FN int32_t divide(int32_t n, const Divisor& d) {
+  const uint32_t u = static_cast<uint32_t>(n);
+  return static_cast<int32_t>((mulhi32(u, static_cast<uint32_t>(d.magic)) + u) >> d.shift);
+}
+NPOOL_FN int64_t divide(int64_t n, const Divisor& d) { return n / d.value; }
+
+// q = n / d, r = n % d with the division of the index type I.
+template <typename I> NPOOL_FN I div_mod(I n, const Divisor& d, I* remainder) {
+  const I q = divide(n, d);
+  *remainder = n - q * static_cast<I>(d.value);
+  return q;
+}
 
 }  // namespace npool
+
+// ------------------------------------------------------------------ kernels
+// NPOOL_KERNEL(name, Args, item): an extern "C" kernel `name(Args args)` that calls
+// `item(args, t)` for every work item t < args.count (an int64_t field of Args).
+#ifdef NPOOL_HOST_EMULATION
+#define NPOOL_KERNEL(name, Args, item)                                                    \
+  extern "C" __attribute__((visibility("default"))) void name(const Args* args) {         \
+    for (int64_t t = 0; t < args->count; ++t) item(*args, t);                             \
+  }
+#else
+#define NPOOL_KERNEL(name, Args, item)                                                    \
+  extern "C" __global__ void __launch_bounds__(256) name(const Args args) {                \
+    const int64_t step = static_cast<int64_t>(blockDim.x) * gridDim.x;                    \
+    for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;         \
+         t < args.count; t += step)                                                       \
+      item(args, t);                                                                      \
+  }
+#endif

@@ -1,86 +1,293 @@
-// The windowed-softmax pool (SoftPool: lam = 1; Max-Entropy pooling: any lam) on the GPU.
+// The windowed-softmax pool on the GPU: SoftPool (lam = 1) and Max-Entropy pooling (any lam).
 //
-// Forward, one thread per output, on 5-D (N, C, D, H, W) arrays with arbitrary element strides
-// (1-D and 2-D pools insert size-1 axes), exactly the math of the CPU kernel:
-//   z_i = lam x_i,  M = max z over the real cells of the window,
-//   y = sum_i exp(z_i - M) x_i / sum_i exp(z_i - M), computed as x* + sum_i e_i (x_i - x*) / S
-//   with x* the x of the cell where z is largest, which keeps y inside the window's range.
-// Padded cells are left out of the window. Accumulation is in float for float (and, later,
-// half) inputs and in double for double inputs.
+// For every sample n, channel c and output o, with R(o) the real (unpadded) cells of o's window:
+//   z_i = lam x_i,  M = max_{R(o)} z,  e_i = exp(z_i - M),  S = sum e_i,
+//   y_o = sum e_i x_i / S, computed as x* + sum e_i (x_i - x*) / S with x* the x of the (first)
+//         cell where z is largest, so y stays inside the window's range after rounding;
+//   dL/dx_i = sum_{o : i in R(o)} (g_o / S_o) e_{o,i} (1 + lam (x_i - y_o)).
+// Windows whose M or y is not finite (NaN, +-inf, or lam x overflowing) are redone with the
+// limits of the CPU kernel: NaN wins, +inf cells share the whole weight, -inf cells weigh nothing.
+//
+// Arrays are seen as 5-D (N, C, D, H, W) with arbitrary element strides (1-D and 2-D pools add
+// size-1 axes). Work items are taken in memory order of a C-contiguous array, or, when
+// args.channels_last is set, with the channel fastest, so neighbouring threads touch
+// neighbouring addresses in both layouts. Kernels, each for f16/f32/f64 storage (f16 computed in
+// float) and i32/i64 index arithmetic:
+//   forward             one thread per output: y.
+//   backward_disjoint   windows that do not overlap: one thread per output, which writes the
+//                       gradient of every input cell it owns (its window, and the cells between
+//                       it and the next window or the edge, which get 0); each cell is written
+//                       by exactly one thread.
+//   backward_stats      overlapping windows, pass 1: one thread per output stores M, g/S and y.
+//   backward_gather     pass 2: one thread per input cell adds the terms of the windows that
+//                       cover it, in output order. No atomics: the gradient is deterministic.
 #include "npool_cuda.cuh"
 
-namespace {
+namespace npool {
+namespace windowed_softmax {
 
-template <typename T>
-__device__ void softmax_pool_forward_one(const T* __restrict__ x, T* __restrict__ y,
-                                         const npool::PoolGeometry& g, float lam_f,
-                                         int64_t index) {
-  using Acc = typename npool::Accumulator<T>::type;
-  const Acc lam = static_cast<Acc>(lam_f);
-  // Output index (n, c, od, oh, ow), C order.
-  int64_t rest = index;
-  const int64_t ow = rest % g.out_size[2]; rest /= g.out_size[2];
-  const int64_t oh = rest % g.out_size[1]; rest /= g.out_size[1];
-  const int64_t od = rest % g.out_size[0]; rest /= g.out_size[0];
-  const int64_t c = rest % g.size[1];
-  const int64_t n = rest / g.size[1];
+// The one argument of every kernel below; the host packs the same fields (all 8 bytes wide).
+struct Args {
+  const void* x;         // input (N, C, D, H, W)
+  const void* grad_out;  // gradient of the output, shaped like y
+  void* out;             // y (forward) or grad_x (backward)
+  void* stats;           // accumulators M, g/S and y of every output, in output work-item order
+  int64_t stats_stride;  // distance between the M, g/S and y arrays of stats: the output count
+  int64_t count;         // work items
+  int64_t channels_last; // work-item order: channels fastest when non-zero
+  double lam;            // temperature
+  int64_t size[5];       // N, C, D, H, W of x
+  int64_t out_size[3];   // OD, OH, OW
+  int64_t kernel[3];
+  int64_t stride[3];
+  int64_t padding[3];
+  int64_t x_strides[5];    // element strides of x
+  int64_t out_strides[5];  // element strides of out
+  int64_t g_strides[5];    // element strides of grad_out
+  Divisor work[4];         // the four fastest axes of the work items, fastest first
+  Divisor stride_div[3];   // the strides, as divisors
+};
 
-  int64_t lo[3], hi[3];
-  const int64_t o[3] = {od, oh, ow};
-  for (int a = 0; a < 3; ++a) {
-    const int64_t start = o[a] * g.stride[a] - g.padding[a];
-    lo[a] = start < 0 ? 0 : start;
-    hi[a] = start + g.kernel[a] < g.size[2 + a] ? start + g.kernel[a] : g.size[2 + a];
+template <typename I> struct Position {
+  I n, c, s[3];  // sample, channel, (d, h, w) of an output or of an input cell
+};
+
+// Position of work item t: (n, c, d, h, w) with w fastest, or (n, d, h, w, c) with c fastest.
+template <typename I> NPOOL_FN Position<I> work_position(const Args& a, int64_t t) {
+  I q[4];
+  I rest = static_cast<I>(t);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    I r;
+    rest = div_mod<I>(rest, a.work[k], &r);
+    q[k] = r;
   }
-  const T* base = x + n * g.x_strides[0] + c * g.x_strides[1];
+  Position<I> p;
+  p.n = rest;
+  if (a.channels_last) {
+    p.c = q[0]; p.s[2] = q[1]; p.s[1] = q[2]; p.s[0] = q[3];
+  } else {
+    p.s[2] = q[0]; p.s[1] = q[1]; p.s[0] = q[2]; p.c = q[3];
+  }
+  return p;
+}
 
-  Acc m = -npool::infinity<Acc>();
-  Acc xm = 0;  // x of the first cell where z is largest: y is taken relative to it
+template <typename I> NPOOL_FN I offset(const int64_t* strides, I n, I c, I d, I h, I w) {
+  return n * static_cast<I>(strides[0]) + c * static_cast<I>(strides[1]) +
+         d * static_cast<I>(strides[2]) + h * static_cast<I>(strides[3]) +
+         w * static_cast<I>(strides[4]);
+}
+
+// Index of output (n, c, o) among the work items of the output kernels (stats layout).
+template <typename I> NPOOL_FN int64_t output_item(const Args& a, I n, I c, I od, I oh, I ow) {
+  const int64_t C = a.size[1], OD = a.out_size[0], OH = a.out_size[1], OW = a.out_size[2];
+  if (a.channels_last) return (((n * OD + od) * OH + oh) * OW + ow) * C + c;
+  return (((n * C + c) * OD + od) * OH + oh) * OW + ow;
+}
+
+// The real cells [lo, hi) of output o's window on each spatial axis.
+template <typename I> struct Window {
+  I lo[3], hi[3];
+};
+
+template <typename I> NPOOL_FN Window<I> window_of(const Args& a, const I* o) {
+  Window<I> win;
+#pragma unroll
+  for (int k = 0; k < 3; ++k) {
+    const I start = o[k] * static_cast<I>(a.stride[k]) - static_cast<I>(a.padding[k]);
+    const I stop = start + static_cast<I>(a.kernel[k]);
+    const I length = static_cast<I>(a.size[2 + k]);
+    win.lo[k] = start < 0 ? I(0) : start;
+    win.hi[k] = stop < length ? stop : length;
+  }
+  return win;
+}
+
+template <typename A> NPOOL_FN A scaled(A v, A lam) {
+  return lam != A(0) ? lam * v : A(0);  // lam = 0 is average pooling, infinite cells included
+}
+
+// exp(z - m) for z <= m; a cell at the maximum weighs 1 (also when both are infinite).
+template <typename A> NPOOL_FN A weight(A z, A m) { return z == m ? A(1) : exp_acc(z - m); }
+
+// a e (1 + lam (x - y)): one window's share of dL/dx for one cell, with a = g / S.
+template <typename A> NPOOL_FN A gradient_term(A z, A v, A m, A a, A y, A lam) {
+  const A e = weight(z, m);
+  if (e == A(0)) return A(0);
+  if (lam == A(0) || v == y) return a * e;  // v == y: also the infinite cells
+  return a * e * (A(1) + lam * (v - y));
+}
+
+template <typename A> struct Stats {
+  A m, s, y;
+};
+
+// M, S and y of one window; x points at (n, c, 0, 0, 0).
+template <typename T, typename I>
+NPOOL_FN Stats<typename Accumulator<T>::type> window_stats(const Args& a, const T* x,
+                                                         const Window<I>& win) {
+  using A = typename Accumulator<T>::type;
+  const A lam = static_cast<A>(a.lam);
+  const I s2 = static_cast<I>(a.x_strides[2]), s3 = static_cast<I>(a.x_strides[3]),
+          s4 = static_cast<I>(a.x_strides[4]);
+  A m = -infinity<A>(), xm = 0;
   bool any_nan = false;
-  for (int64_t d = lo[0]; d < hi[0]; ++d)
-    for (int64_t h = lo[1]; h < hi[1]; ++h)
-      for (int64_t w = lo[2]; w < hi[2]; ++w) {
-        const Acc v = static_cast<Acc>(base[d * g.x_strides[2] + h * g.x_strides[3] + w * g.x_strides[4]]);
-        const Acc z = lam != Acc(0) ? lam * v : Acc(0);
-        any_nan |= (z != z);
+  for (I d = win.lo[0]; d < win.hi[0]; ++d)
+    for (I h = win.lo[1]; h < win.hi[1]; ++h)
+      for (I w = win.lo[2]; w < win.hi[2]; ++w) {
+        const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
+        const A z = scaled(v, lam);
+        any_nan |= z != z;
         if (z > m) { m = z; xm = v; }
       }
-  Acc s = 0, t = 0;
-  for (int64_t d = lo[0]; d < hi[0]; ++d)
-    for (int64_t h = lo[1]; h < hi[1]; ++h)
-      for (int64_t w = lo[2]; w < hi[2]; ++w) {
-        const Acc v = static_cast<Acc>(base[d * g.x_strides[2] + h * g.x_strides[3] + w * g.x_strides[4]]);
-        const Acc z = lam != Acc(0) ? lam * v : Acc(0);
-        const Acc e = z == m ? Acc(1) : npool::exp(z - m);  // a cell at the maximum weighs 1
+  if (any_nan) m = quiet_nan<A>();
+  Stats<A> st;
+  st.m = m;
+  if (is_finite(m)) {
+    A s = 0, t = 0;
+    for (I d = win.lo[0]; d < win.hi[0]; ++d)
+      for (I h = win.lo[1]; h < win.hi[1]; ++h)
+        for (I w = win.lo[2]; w < win.hi[2]; ++w) {
+          const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
+          const A e = weight(scaled(v, lam), m);
+          s += e;
+          if (e != A(0)) t += e * (v - xm);
+        }
+    st.s = s;
+    st.y = xm + t / s;
+    if (is_finite(st.y)) return st;
+  }
+  // Non-finite M or y: the limits, taken directly.
+  A s = 0, t = 0;
+  for (I d = win.lo[0]; d < win.hi[0]; ++d)
+    for (I h = win.lo[1]; h < win.hi[1]; ++h)
+      for (I w = win.lo[2]; w < win.hi[2]; ++w) {
+        const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
+        const A e = weight(scaled(v, lam), m);
         s += e;
-        if (e != Acc(0)) t += e * (v == xm ? Acc(0) : v - xm);
+        if (e != A(0)) t += e * v;
       }
-  const Acc out = any_nan ? npool::quiet_nan<Acc>() : xm + t / s;
-  y[n * g.y_strides[0] + c * g.y_strides[1] + od * g.y_strides[2] + oh * g.y_strides[3] +
-    ow * g.y_strides[4]] = static_cast<T>(out);
+  st.s = s;
+  st.y = t / s;
+  return st;
 }
 
-template <typename T>
-__device__ void softmax_pool_forward(const T* __restrict__ x, T* __restrict__ y,
-                                     npool::PoolGeometry g, float lam) {
-  const int64_t total = g.size[0] * g.size[1] * g.out_size[0] * g.out_size[1] * g.out_size[2];
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += int64_t(blockDim.x) * gridDim.x)
-    softmax_pool_forward_one(x, y, g, lam, i);
+template <typename T, typename I> NPOOL_FN void forward_item(const Args& a, int64_t t) {
+  const Position<I> p = work_position<I>(a, t);
+  const T* x = static_cast<const T*>(a.x) + offset<I>(a.x_strides, p.n, p.c, 0, 0, 0);
+  const auto st = window_stats<T, I>(a, x, window_of<I>(a, p.s));
+  static_cast<T*>(a.out)[offset<I>(a.out_strides, p.n, p.c, p.s[0], p.s[1], p.s[2])] =
+      from_acc<T>(st.y);
 }
 
-}  // namespace
-
-extern "C" {
-
-__global__ void npool_softmax_pool_forward_f32(const float* x, float* y, npool::PoolGeometry g,
-                                               float lam) {
-  softmax_pool_forward(x, y, g, lam);
+template <typename T, typename I> NPOOL_FN void backward_disjoint_item(const Args& a, int64_t t) {
+  using A = typename Accumulator<T>::type;
+  const Position<I> p = work_position<I>(a, t);
+  const T* x = static_cast<const T*>(a.x) + offset<I>(a.x_strides, p.n, p.c, 0, 0, 0);
+  T* gx = static_cast<T*>(a.out) + offset<I>(a.out_strides, p.n, p.c, 0, 0, 0);
+  const Window<I> win = window_of<I>(a, p.s);
+  const auto st = window_stats<T, I>(a, x, win);
+  const A g = to_acc(static_cast<const T*>(a.grad_out)[
+      offset<I>(a.g_strides, p.n, p.c, p.s[0], p.s[1], p.s[2])]);
+  const A coef = g / st.s, lam = static_cast<A>(a.lam);
+  // The cells this output owns: from its window's start (0 for the first) to the next window's
+  // start (the edge for the last). They partition each axis.
+  I own_lo[3], own_hi[3];
+#pragma unroll
+  for (int k = 0; k < 3; ++k) {
+    const I start = p.s[k] * static_cast<I>(a.stride[k]) - static_cast<I>(a.padding[k]);
+    own_lo[k] = p.s[k] == 0 ? I(0) : start;
+    own_hi[k] = p.s[k] == static_cast<I>(a.out_size[k]) - 1 ? static_cast<I>(a.size[2 + k])
+                                                             : start + static_cast<I>(a.stride[k]);
+  }
+  const I xs2 = static_cast<I>(a.x_strides[2]), xs3 = static_cast<I>(a.x_strides[3]),
+          xs4 = static_cast<I>(a.x_strides[4]);
+  const I gs2 = static_cast<I>(a.out_strides[2]), gs3 = static_cast<I>(a.out_strides[3]),
+          gs4 = static_cast<I>(a.out_strides[4]);
+  for (I d = own_lo[0]; d < own_hi[0]; ++d)
+    for (I h = own_lo[1]; h < own_hi[1]; ++h)
+      for (I w = own_lo[2]; w < own_hi[2]; ++w) {
+        const bool inside = d >= win.lo[0] && d < win.hi[0] && h >= win.lo[1] &&
+                            h < win.hi[1] && w >= win.lo[2] && w < win.hi[2];
+        A term = 0;
+        if (inside) {
+          const A v = to_acc(x[d * xs2 + h * xs3 + w * xs4]);
+          term = gradient_term(scaled(v, lam), v, st.m, coef, st.y, lam);
+        }
+        gx[d * gs2 + h * gs3 + w * gs4] = from_acc<T>(term);
+      }
 }
 
-__global__ void npool_softmax_pool_forward_f64(const double* x, double* y,
-                                               npool::PoolGeometry g, float lam) {
-  softmax_pool_forward(x, y, g, lam);
+template <typename T, typename I> NPOOL_FN void backward_stats_item(const Args& a, int64_t t) {
+  using A = typename Accumulator<T>::type;
+  const Position<I> p = work_position<I>(a, t);
+  const T* x = static_cast<const T*>(a.x) + offset<I>(a.x_strides, p.n, p.c, 0, 0, 0);
+  const auto st = window_stats<T, I>(a, x, window_of<I>(a, p.s));
+  const A g = to_acc(static_cast<const T*>(a.grad_out)[
+      offset<I>(a.g_strides, p.n, p.c, p.s[0], p.s[1], p.s[2])]);
+  A* stats = static_cast<A*>(a.stats);
+  stats[t] = st.m;
+  stats[a.stats_stride + t] = g / st.s;
+  stats[2 * a.stats_stride + t] = st.y;
 }
 
-}  // extern "C"
+template <typename T, typename I> NPOOL_FN void backward_gather_item(const Args& a, int64_t t) {
+  using A = typename Accumulator<T>::type;
+  const Position<I> p = work_position<I>(a, t);  // an input cell
+  // The outputs whose windows hold this cell, per axis: o*s - pad <= i < o*s - pad + k.
+  I lo[3], hi[3];
+#pragma unroll
+  for (int k = 0; k < 3; ++k) {
+    const I i_pad = p.s[k] + static_cast<I>(a.padding[k]);
+    const I first = i_pad - static_cast<I>(a.kernel[k]) + 1;
+    lo[k] = first <= 0 ? I(0) : divide(first + static_cast<I>(a.stride[k]) - 1, a.stride_div[k]);
+    const I last = divide(i_pad, a.stride_div[k]);
+    hi[k] = last < static_cast<I>(a.out_size[k]) ? last + 1 : static_cast<I>(a.out_size[k]);
+  }
+  const A lam = static_cast<A>(a.lam);
+  const A v = to_acc(static_cast<const T*>(a.x)[
+      offset<I>(a.x_strides, p.n, p.c, p.s[0], p.s[1], p.s[2])]);
+  const A z = scaled(v, lam);
+  const A* stats = static_cast<const A*>(a.stats);
+  const int64_t outputs = a.stats_stride;
+  A sum = 0;
+  for (I od = lo[0]; od < hi[0]; ++od)
+    for (I oh = lo[1]; oh < hi[1]; ++oh)
+      for (I ow = lo[2]; ow < hi[2]; ++ow) {
+        const int64_t o = output_item<I>(a, p.n, p.c, od, oh, ow);
+        sum += gradient_term(z, v, stats[o], stats[outputs + o], stats[2 * outputs + o], lam);
+      }
+  static_cast<T*>(a.out)[offset<I>(a.out_strides, p.n, p.c, p.s[0], p.s[1], p.s[2])] =
+      from_acc<T>(sum);
+}
+
+}  // namespace windowed_softmax
+}  // namespace npool
+
+// npool_windowed_softmax_<pass>_<f16|f32|f64>_<i32|i64>
+#define NPOOL_WINDOWED_SOFTMAX_KERNELS(T, tname, I, iname)                                   \
+  NPOOL_KERNEL(npool_windowed_softmax_forward_##tname##_##iname,                             \
+               npool::windowed_softmax::Args, (npool::windowed_softmax::forward_item<T, I>)) \
+  NPOOL_KERNEL(npool_windowed_softmax_backward_disjoint_##tname##_##iname,                   \
+               npool::windowed_softmax::Args,                                                \
+               (npool::windowed_softmax::backward_disjoint_item<T, I>))                      \
+  NPOOL_KERNEL(npool_windowed_softmax_backward_stats_##tname##_##iname,                      \
+               npool::windowed_softmax::Args,                                                \
+               (npool::windowed_softmax::backward_stats_item<T, I>))                         \
+  NPOOL_KERNEL(npool_windowed_softmax_backward_gather_##tname##_##iname,                     \
+               npool::windowed_softmax::Args,                                                \
+               (npool::windowed_softmax::backward_gather_item<T, I>))
+
+NPOOL_WINDOWED_SOFTMAX_KERNELS(__half, f16, int32_t, i32)
+NPOOL_WINDOWED_SOFTMAX_KERNELS(__half, f16, int64_t, i64)
+NPOOL_WINDOWED_SOFTMAX_KERNELS(float, f32, int32_t, i32)
+NPOOL_WINDOWED_SOFTMAX_KERNELS(float, f32, int64_t, i64)
+NPOOL_WINDOWED_SOFTMAX_KERNELS(double, f64, int32_t, i32)
+NPOOL_WINDOWED_SOFTMAX_KERNELS(double, f64, int64_t, i64)
+
+#ifdef NPOOL_HOST_EMULATION
+// For the tests: the size of Args, which the host side must pack exactly.
+extern "C" __attribute__((visibility("default"))) int64_t npool_windowed_softmax_args_size() {
+  return sizeof(npool::windowed_softmax::Args);
+}
+#endif

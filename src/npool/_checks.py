@@ -14,9 +14,15 @@ def _describe(value):
     return f"{type(value).__name__} {value!r}" if np.ndim(value) == 0 else type(value).__name__
 
 
+def _is_array(a):
+    from ._cuda._arrays import DeviceArray  # a GPU array, as described by npool._cuda
+    return isinstance(a, (np.ndarray, DeviceArray))
+
+
 def float_array(a, name):
-    """``a`` itself if it is a numpy array of a floating dtype npool computes in."""
-    if not isinstance(a, np.ndarray):
+    """``a`` itself if it is an array (numpy, or a described GPU array) of a floating dtype
+    npool computes in."""
+    if not _is_array(a):
         raise TypeError(f"{name} must be a numpy.ndarray (or a GPU array), got {type(a).__name__}")
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float16, float32 or float64, got {a.dtype}")
@@ -108,8 +114,9 @@ def pool_input(x, nd, name="x"):
 
 def grad_out_array(grad_out, expected_shape, x):
     """Check that grad_out is an array shaped like the forward's output, with x's dtype."""
-    if not isinstance(grad_out, np.ndarray):
-        raise TypeError(f"grad_out must be a numpy.ndarray, got {type(grad_out).__name__}")
+    if not _is_array(grad_out):
+        raise TypeError(f"grad_out must be a numpy.ndarray (or a GPU array), "
+                        f"got {type(grad_out).__name__}")
     if grad_out.dtype != x.dtype:
         raise TypeError(f"grad_out must have the dtype of x ({x.dtype}), got {grad_out.dtype}")
     if grad_out.shape != tuple(expected_shape):

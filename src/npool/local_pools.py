@@ -1,6 +1,7 @@
 """Local soft pools: SoftPool in 1, 2 and 3 dimensions.
 
-All of them run the one windowed-softmax kernel (``src/cpu/_windowed_softmax.pyx``) with a
+All of them run the one windowed-softmax kernel (``src/cpu/_windowed_softmax.pyx`` on numpy
+arrays, ``src/cuda/windowed_softmax.cu`` through ``npool._cuda`` on GPU arrays) with a
 temperature ``lam``; SoftPool is ``lam = 1``. For each sample, channel and output ``o`` with the
 real (unpadded) cells ``R(o)`` of its window::
 
@@ -27,7 +28,6 @@ class _Problem:
     """One validated call: the input as a 5-D (N, C, D, H, W) view and what the kernel needs."""
 
     def __init__(self, x, nd, kernel_size, stride, padding, ceil_mode):
-        backend_of(x=x)
         x, self.batched = _checks.pool_input(x, nd)
         self.args = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
         self.out_spatial = self.args.output_size(x.shape[-nd:])
@@ -82,6 +82,9 @@ class _Problem:
 
 
 def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode):
+    if backend_of(x=x) == "cuda":
+        from ._cuda import windowed_softmax
+        return windowed_softmax.forward(x, nd, lam, kernel_size, stride, padding, ceil_mode)
     problem = _Problem(x, nd, kernel_size, stride, padding, ceil_mode)
     xb = problem.x
     y = problem.empty(xb.shape[:2] + problem.out_spatial)
@@ -94,7 +97,10 @@ def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode):
 
 
 def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode):
-    backend_of(grad_out=grad_out, x=x)
+    if backend_of(grad_out=grad_out, x=x) == "cuda":
+        from ._cuda import windowed_softmax
+        return windowed_softmax.backward(grad_out, x, nd, lam, kernel_size, stride, padding,
+                                         ceil_mode)
     problem = _Problem(x, nd, kernel_size, stride, padding, ceil_mode)
     _checks.grad_out_array(grad_out, problem.out_shape, x)
     g = grad_out.astype(problem.work_dtype, copy=False)
@@ -141,9 +147,12 @@ def _make_pool(nd):
 
     Parameters
     ----------
-    x : numpy.ndarray, shape (N, C, {axes}) or (C, {axes})
-        float32 or float64 (float16 is computed in float32). C-contiguous or channels-last
-        memory is used as it is; the output has the same memory layout.
+    x : numpy.ndarray or GPU array, shape (N, C, {axes}) or (C, {axes})
+        float32, float64 or float16 (computed in float32). C-contiguous or channels-last
+        memory is used as it is; the output has the same memory layout. A GPU array (PyCUDA
+        GPUArray, or any object with ``__cuda_array_interface__``: a CUDA torch tensor, a CuPy
+        array) runs on its GPU without a copy and gives a PyCUDA GPUArray, which
+        ``torch.as_tensor(y, device="cuda")`` or ``cupy.asarray(y)`` wrap without a copy.
     kernel_size : int or tuple of {nd} ints
     stride : int or tuple of {nd} ints, optional
         Defaults to ``kernel_size``.
@@ -154,7 +163,7 @@ def _make_pool(nd):
 
     Returns
     -------
-    numpy.ndarray, shape (N, C, *out) or (C, *out), with
+    numpy.ndarray (GPUArray for GPU input), shape (N, C, *out) or (C, *out), with
     ``out = floor((L + 2p - k [+ s - 1]) / s) + 1`` per axis.
     """
     backward.__doc__ = f"""Gradient of ``soft_pool{nd}d_forward`` with respect to x.

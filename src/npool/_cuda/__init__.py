@@ -1,7 +1,9 @@
-"""npool's GPU side: the CUDA kernels compiled at build time into ``npool_kernels.fatbin``.
+"""npool's GPU backend: CUDA kernels from src/cuda/ launched through PyCUDA on GPU arrays.
 
-Launching them through PyCUDA on GPU arrays is the GPU backend's job; until it lands, GPU arrays
-are refused with a clear error by ``npool._dispatch``.
+``_arrays`` reads ``__cuda_array_interface__``, ``_device`` holds the primary context, kernels
+and stream of each GPU, ``_driver_api`` the driver calls PyCUDA lacks, and one module per kernel
+family (``windowed_softmax``) packs arguments and launches. PyCUDA is imported only when a GPU
+array arrives, so the CPU path never needs it.
 """
 from importlib import resources
 
@@ -14,3 +16,15 @@ def fatbin_path():
         return None
     path = resources.files(__name__) / "npool_kernels.fatbin"  # also right for editable installs
     return path if path.is_file() else None
+
+
+def kernel_source_dir():
+    """The folder of the CUDA sources shipped in the package (compiled at run time when the
+    fatbin is absent)."""
+    return resources.files(__name__) / "kernels"
+
+
+def cuda_available():
+    """True when GPU arrays can be used: PyCUDA is installed and sees a GPU. Never raises."""
+    from ._device import available
+    return available()

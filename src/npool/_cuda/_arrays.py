@@ -1,0 +1,130 @@
+"""What npool reads from a GPU array: its ``__cuda_array_interface__`` (versions 0 to 3).
+
+A PyCUDA ``GPUArray``, a CUDA torch tensor and a CuPy array all export it, so one reader serves
+them all; the data is used where it lies, never copied.
+"""
+import numpy as np
+
+from .._checks import FLOAT_DTYPES
+
+
+class DeviceArray:
+    """A GPU array as npool's kernels see it.
+
+    Attributes: ``ptr`` (device address of element 0), ``shape``, ``strides`` (in elements, may
+    be negative), ``dtype``, ``stream`` (the producer's stream handle from a version-3 interface:
+    1 = legacy default stream, 2 = per-thread default stream, other = a ``CUstream``; None when
+    the producer names none) and ``obj`` (the object described, kept alive with the description).
+    """
+
+    __slots__ = ("ptr", "shape", "strides", "dtype", "stream", "obj")
+
+    def __init__(self, ptr, shape, strides, dtype, stream=None, obj=None):
+        self.ptr = ptr
+        self.shape = tuple(shape)
+        self.strides = tuple(strides)
+        self.dtype = np.dtype(dtype)
+        self.stream = stream
+        self.obj = obj
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __repr__(self):
+        return (f"DeviceArray(ptr={self.ptr:#x}, shape={self.shape}, strides={self.strides}, "
+                f"dtype={self.dtype}, stream={self.stream})")
+
+
+def _interface(obj, name):
+    try:
+        cai = obj.__cuda_array_interface__
+    except Exception as error:  # torch raises RuntimeError for tensors that require grad
+        raise TypeError(f"{name}: its __cuda_array_interface__ cannot be read ({error}); for a "
+                        f"torch tensor that requires grad, pass {name}.detach()") from None
+    if not isinstance(cai, dict):
+        raise TypeError(f"{name}.__cuda_array_interface__ must be a dict, got {type(cai).__name__}")
+    return cai
+
+
+def describe(obj, name):
+    """The DeviceArray of ``obj``, checked: float16/32/64, no mask, strides in whole elements."""
+    cai = _interface(obj, name)
+    try:
+        shape = tuple(int(n) for n in cai["shape"])
+        typestr = cai["typestr"]
+        ptr = int(cai["data"][0])
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise TypeError(f"{name}.__cuda_array_interface__ lacks a valid shape, typestr or data "
+                        f"entry: {cai!r}") from None
+    version = cai.get("version", 0)
+    if not isinstance(version, int) or not 0 <= version <= 3:
+        raise TypeError(f"{name}: __cuda_array_interface__ version {version!r} is not supported "
+                        "(npool reads versions 0 to 3)")
+    if cai.get("mask") is not None:
+        raise TypeError(f"{name}: masked GPU arrays are not supported")
+    try:
+        dtype = np.dtype(typestr)
+    except TypeError:
+        raise TypeError(f"{name} has an unknown typestr {typestr!r}") from None
+    if dtype not in FLOAT_DTYPES or not dtype.isnative:
+        raise TypeError(f"{name} must have dtype float16, float32 or float64, got {typestr}")
+    byte_strides = cai.get("strides")
+    if byte_strides is None:  # C-contiguous
+        strides, step = [], 1
+        for n in reversed(shape):
+            strides.append(step)
+            step *= max(n, 1)
+        strides = tuple(reversed(strides))
+    else:
+        byte_strides = tuple(int(s) for s in byte_strides)
+        if len(byte_strides) != len(shape):
+            raise TypeError(f"{name}.__cuda_array_interface__ has {len(byte_strides)} strides "
+                            f"for {len(shape)} axes")
+        if any(s % dtype.itemsize for s in byte_strides):
+            raise ValueError(f"{name} has strides {byte_strides} that are not whole multiples "
+                             f"of its item size {dtype.itemsize}")
+        strides = tuple(s // dtype.itemsize for s in byte_strides)
+    size = int(np.prod(shape, dtype=np.int64))
+    if ptr == 0 and size > 0:
+        raise ValueError(f"{name} has a null data pointer")
+    stream = cai.get("stream") if version >= 3 else None
+    if stream is not None:
+        if isinstance(stream, bool) or not isinstance(stream, int) or stream <= 0:
+            raise ValueError(f"{name}.__cuda_array_interface__ has stream {stream!r}; expected "
+                             "None or a positive int (0 is disallowed by the protocol)")
+    return DeviceArray(ptr, shape, strides, dtype, stream, obj)
+
+
+def layout(shape, strides):
+    """"contiguous" (C order), "channels_last" ((N, *spatial, C) memory seen as (N, C, *spatial))
+    or None for other strides; axes of size 1 may have any stride."""
+    def dense(order):
+        step = 1
+        for axis in reversed(order):
+            if shape[axis] != 1 and strides[axis] != step:
+                return False
+            step *= shape[axis]
+        return True
+
+    if dense(range(len(shape))):
+        return "contiguous"
+    if len(shape) >= 3 and dense((0, *range(2, len(shape)), 1)):
+        return "channels_last"
+    return None
+
+
+def dense_strides(shape, layout_name):
+    """Element strides of a new dense array of ``shape`` in ``layout_name``."""
+    ndim = len(shape)
+    order = (0, *range(2, ndim), 1) if layout_name == "channels_last" else tuple(range(ndim))
+    strides = [0] * ndim
+    step = 1
+    for axis in reversed(order):
+        strides[axis] = step
+        step *= max(shape[axis], 1)
+    return tuple(strides)

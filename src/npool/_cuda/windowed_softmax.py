@@ -1,0 +1,161 @@
+"""Launch the windowed-softmax kernels of src/cuda/windowed_softmax.cu on GPU arrays.
+
+The kernels take one struct (``ARGS`` mirrors ``npool::windowed_softmax::Args``) and read every
+array through its element strides, so any memory layout is used in place. Outputs take the
+input's layout when it is C-contiguous or channels-last, and C order otherwise. Index arithmetic
+is 32-bit (with division by multiplication) unless an array spans 2**31 elements or more.
+"""
+import numpy as np
+
+from .. import _checks
+from . import _device
+from ._arrays import describe, layout
+
+_DIVISOR = [("value", "i8"), ("magic", "i8"), ("shift", "i8")]
+ARGS = np.dtype([
+    ("x", "u8"), ("grad_out", "u8"), ("out", "u8"), ("stats", "u8"),
+    ("stats_stride", "i8"), ("count", "i8"), ("channels_last", "i8"), ("lam", "f8"),
+    ("size", "i8", 5), ("out_size", "i8", 3), ("kernel", "i8", 3), ("stride", "i8", 3),
+    ("padding", "i8", 3), ("x_strides", "i8", 5), ("out_strides", "i8", 5),
+    ("g_strides", "i8", 5), ("work", _DIVISOR, 4), ("stride_div", _DIVISOR, 3),
+])
+_TYPE_SUFFIX = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32",
+                np.dtype(np.float64): "f64"}
+_INDEX_LIMIT = 2 ** 31
+
+
+def divisor(d, wide):
+    """(d, magic, shift) with n // d == (mulhi32(n, magic) + n) >> shift for 0 <= n < 2**31."""
+    d = int(d)
+    if wide:
+        return (d, 0, 0)
+    shift = (d - 1).bit_length()
+    magic = ((1 << 32) * ((1 << shift) - d)) // d + 1
+    return (d, magic, shift)
+
+
+def _extent(shape, strides):
+    """Largest |element offset| of an array, plus one."""
+    return 1 + sum((n - 1) * abs(s) for n, s in zip(shape, strides))
+
+
+class _Pool:
+    """One validated call: x and the window arguments, seen as 5-D (N, C, D, H, W)."""
+
+    def __init__(self, x, nd, kernel_size, stride, padding, ceil_mode):
+        self.x = describe(x, "x")
+        _checks.pool_input(self.x, nd)
+        self.args = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
+        self.nd = nd
+        self.batched = self.x.ndim == nd + 2
+        self.out_spatial = self.args.output_size(self.x.shape[-nd:])
+        self.out_shape = self.x.shape[:-nd] + self.out_spatial  # the caller's view of y
+        shape, strides = self.to_5d(self.x)
+        self.size = shape
+        self.x_strides = strides
+        self.out_size = (1,) * (3 - nd) + self.out_spatial
+        self.layout = layout(shape, strides) or "contiguous"
+
+    def to_5d(self, a):
+        """Shape and element strides of a DeviceArray as (N, C, D, H, W)."""
+        shape, strides = a.shape, a.strides
+        if not self.batched:
+            shape, strides = (1,) + shape, (0,) + strides
+        pad = 3 - self.nd
+        return shape[:2] + (1,) * pad + shape[2:], strides[:2] + (0,) * pad + strides[2:]
+
+    def empty(self, call, shape):
+        """A new array of the caller's ``shape`` in x's layout: (object, 5-D strides)."""
+        obj, a = call.empty(shape, self.x.dtype, self.layout)
+        return obj, a.ptr, self.to_5d(a)[1]
+
+    def arguments(self, lam, **arrays):
+        """The kernel argument struct; ``arrays`` maps field names to (ptr, 5-D strides)."""
+        args = np.zeros((), ARGS)
+        kernel, stride, padding = self.args.as_3d()
+        args["lam"] = lam
+        args["size"] = self.size
+        args["out_size"] = self.out_size
+        args["kernel"] = kernel
+        args["stride"] = stride
+        args["padding"] = padding
+        args["channels_last"] = self.layout == "channels_last"
+        args["x"] = self.x.ptr
+        args["x_strides"] = self.x_strides
+        for field, (ptr, strides) in arrays.items():
+            args[field] = ptr
+            if strides is not None:
+                args[{"out": "out_strides", "grad_out": "g_strides"}[field]] = strides
+        return args
+
+    def wide_index(self, counts, *stride_sets):
+        """Whether any index may reach 2**31: then the kernels use 64-bit arithmetic."""
+        extents = [_extent(self.size, s) for s in stride_sets]
+        return max(counts + extents) >= _INDEX_LIMIT
+
+    def set_work(self, args, spatial, count, wide):
+        """Work items: outputs (spatial = out_size) or input cells (spatial = size[2:])."""
+        c = self.size[1]
+        d, h, w = spatial
+        dims = (c, w, h, d) if self.layout == "channels_last" else (w, h, d, c)
+        args["work"] = [divisor(n, wide) for n in dims]
+        args["stride_div"] = [divisor(s, wide) for s in args["stride"]]
+        args["count"] = count
+
+    def kernel(self, name, wide):
+        return (f"npool_windowed_softmax_{name}_{_TYPE_SUFFIX[self.x.dtype]}_"
+                f"{'i64' if wide else 'i32'}")
+
+    def outputs(self):
+        return self.size[0] * self.size[1] * int(np.prod(self.out_size))
+
+    def inputs(self):
+        return int(np.prod(self.size))
+
+
+def forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None):
+    """y of the windowed-softmax pool of GPU array x (see npool.local_pools)."""
+    pool = _Pool(x, nd, kernel_size, stride, padding, ceil_mode)
+    device = device or _device.device_for({"x": pool.x})
+    with device.session([pool.x.stream]) as call:
+        y, y_ptr, y_strides = pool.empty(call, pool.out_shape)
+        count = pool.outputs()
+        if count:
+            wide = pool.wide_index([count], pool.x_strides, y_strides)
+            args = pool.arguments(lam, out=(y_ptr, y_strides))
+            pool.set_work(args, pool.out_size, count, wide)
+            call.launch(pool.kernel("forward", wide), args[()], count)
+    return y
+
+
+def backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None):
+    """grad_x of the windowed-softmax pool of GPU array x (see npool.local_pools)."""
+    pool = _Pool(x, nd, kernel_size, stride, padding, ceil_mode)
+    g = describe(grad_out, "grad_out")
+    _checks.grad_out_array(g, pool.out_shape, pool.x)
+    g_strides = pool.to_5d(g)[1]
+    device = device or _device.device_for({"grad_out": g, "x": pool.x})
+    with device.session([g.stream, pool.x.stream]) as call:
+        grad_x, gx_ptr, gx_strides = pool.empty(call, pool.x.shape)
+        outputs, inputs = pool.outputs(), pool.inputs()
+        if outputs:
+            arrays = dict(out=(gx_ptr, gx_strides), grad_out=(g.ptr, g_strides))
+            if pool.args.disjoint:
+                # Each input cell belongs to at most one window: its thread writes the cell.
+                wide = pool.wide_index([outputs], pool.x_strides, gx_strides, g_strides)
+                args = pool.arguments(lam, **arrays)
+                pool.set_work(args, pool.out_size, outputs, wide)
+                call.launch(pool.kernel("backward_disjoint", wide), args[()], outputs)
+            else:
+                # Pass 1 stores M, g/S and y per output; pass 2 gathers them per input cell.
+                wide = pool.wide_index([3 * outputs, inputs], pool.x_strides, gx_strides,
+                                       g_strides)
+                accumulator = 8 if pool.x.dtype == np.float64 else 4
+                stats = call.workspace(3 * outputs * accumulator)
+                args = pool.arguments(lam, stats=(stats, None), **arrays)
+                args["stats_stride"] = outputs
+                pool.set_work(args, pool.out_size, outputs, wide)
+                call.launch(pool.kernel("backward_stats", wide), args[()], outputs)
+                pool.set_work(args, pool.size[2:], inputs, wide)
+                call.launch(pool.kernel("backward_gather", wide), args[()], inputs)
+    return grad_x
