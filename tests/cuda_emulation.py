@@ -15,7 +15,7 @@ import subprocess
 
 import numpy as np
 
-from npool._cuda._arrays import DeviceArray, dense_strides
+from npool._cuda._arrays import DeviceArray
 
 SOURCES = pathlib.Path(__file__).resolve().parents[1] / "src" / "cuda"
 
@@ -68,8 +68,7 @@ class EmulatedSession:
         self.device = device
         self.keep = []
 
-    def empty(self, shape, dtype, layout):
-        strides = dense_strides(shape, layout)
+    def empty(self, shape, dtype, strides):
         array = poisoned(shape, dtype, strides)
         out = HostArray(array)
         return out, DeviceArray(array.ctypes.data if array.size else 0, shape, strides, dtype,

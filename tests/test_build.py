@@ -60,6 +60,7 @@ def test_public_api():
             fn = getattr(npool, f"soft_pool{nd}d_{kind}")
             assert fn.__name__ == f"soft_pool{nd}d_{kind}" and fn.__doc__
     assert callable(npool.set_num_threads) and callable(npool.get_num_threads)
+    assert callable(npool.cuda_available)
 
 
 def _configure(tmp_path, *defines):

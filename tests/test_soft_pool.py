@@ -292,6 +292,18 @@ def test_non_finite_cells_in_overlapping_windows():
     assert np.all(np.isfinite(grad))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_minus_inf_beside_equal_large_values(dtype):
+    """A -inf cell weighs nothing and the others are equal: y is exactly their value and each
+    gets a third of the gradient (y taken as a plain sum would be an ulp of 1e30 off, and the
+    gradient 1 + x - y wildly wrong)."""
+    x = np.array([[[-np.inf, 1e30, 1e30, 1e30]]], dtype)
+    y = npool.soft_pool1d_forward(x, 4)
+    assert y.item() == dtype(1e30)
+    grad = npool.soft_pool1d_backward(np.ones_like(y), x, 4)
+    np.testing.assert_allclose(grad.ravel(), [0, 1 / 3, 1 / 3, 1 / 3], rtol=1e-6)
+
+
 # ------------------------------------------------------------------ purity
 @given(pool_problems(dtype=np.float32))
 def test_inputs_are_not_modified(problem):

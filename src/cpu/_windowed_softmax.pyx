@@ -125,10 +125,15 @@ cdef inline floating _gradient_term(floating z, floating x, floating m, floating
 cdef inline void _careful_window(const floating* x, const Py_ssize_t* offsets, Py_ssize_t ncell,
                                  floating lam, floating* m_out, floating* s_out,
                                  floating* y_out) noexcept nogil:
-    """M, S and y of one window that holds NaN or an infinity in z (scalar, exact limits)."""
+    """M, S and y of one window that holds NaN or an infinity in z (scalar, exact limits).
+
+    With a finite M (only -inf cells, or overflow in the fast sums), y is still taken relative
+    to x* as on the fast path, so a window of equal large values gives exactly that value.
+    """
     cdef Py_ssize_t c
-    cdef floating z, m, s = 0, t = 0, e
+    cdef floating z, m, s = 0, t = 0, e, xm
     m = _scaled(x[offsets[0]], lam)
+    xm = x[offsets[0]]
     for c in range(ncell):
         z = _scaled(x[offsets[c]], lam)
         if z != z:
@@ -136,14 +141,24 @@ cdef inline void _careful_window(const floating* x, const Py_ssize_t* offsets, P
             break
         if z > m:
             m = z
+            xm = x[offsets[c]]
+    if _is_nonfinite(m):
+        xm = 0
     for c in range(ncell):
         e = _weight(_scaled(x[offsets[c]], lam), m)
         s = s + e
         if e != 0:
-            t = t + e * x[offsets[c]]
+            t = t + e * (x[offsets[c]] - xm)
     m_out[0] = m
     s_out[0] = s
-    y_out[0] = t / s
+    y_out[0] = xm + t / s
+    if _is_nonfinite(y_out[0]) and xm != 0:  # x - x* overflowed: the plain sum
+        t = 0
+        for c in range(ncell):
+            e = _weight(_scaled(x[offsets[c]], lam), m)
+            if e != 0:
+                t = t + e * x[offsets[c]]
+        y_out[0] = t / s
 
 
 cdef inline void _pool_line(

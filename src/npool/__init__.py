@@ -6,7 +6,11 @@ The core works on NumPy arrays::
     x = np.random.rand(8, 16, 32, 32).astype(np.float32)
     y = npool.soft_pool2d_forward(x, kernel_size=2)            # (8, 16, 16, 16)
     gx = npool.soft_pool2d_backward(np.ones_like(y), x, kernel_size=2)
+
+and on GPU arrays (PyCUDA GPUArray, or anything with ``__cuda_array_interface__``: CUDA torch
+tensors, CuPy arrays) through the same functions, without copies; see ``cuda_available``.
 """
+from ._cuda import cuda_available
 from ._threads import get_num_threads, set_num_threads
 from .local_pools import (
     soft_pool1d_backward,
@@ -20,6 +24,7 @@ from .local_pools import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "cuda_available",
     "get_num_threads",
     "set_num_threads",
     "soft_pool1d_forward",

@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 
 from . import _driver_api, fatbin_path, kernel_source_dir
-from ._arrays import DeviceArray, dense_strides
+from ._arrays import DeviceArray
 
 _BLOCK = 256           # threads per block (the kernels' __launch_bounds__)
 _BLOCKS_PER_SM = 32    # grid-stride loops: at most this many blocks per multiprocessor
@@ -152,11 +152,11 @@ class Session:
         self.device = device
         self.workspaces = []
 
-    def empty(self, shape, dtype, layout):
-        """A new GPUArray of ``shape`` in ``layout`` and its DeviceArray description."""
+    def empty(self, shape, dtype, strides):
+        """A new GPUArray of ``shape`` with element ``strides`` (a dense layout) and its
+        DeviceArray description."""
         from pycuda import gpuarray
         dtype = np.dtype(dtype)
-        strides = dense_strides(shape, layout)
         size = int(np.prod(shape, dtype=np.int64))
         data = self.device.cuda.mem_alloc(size * dtype.itemsize) if size else None
         array = gpuarray.GPUArray(shape, dtype, gpudata=data,

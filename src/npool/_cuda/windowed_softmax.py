@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _checks
 from . import _device
-from ._arrays import describe, layout
+from ._arrays import dense_strides, describe, layout
 
 _DIVISOR = [("value", "i8"), ("magic", "i8"), ("shift", "i8")]
 ARGS = np.dtype([
@@ -65,8 +65,10 @@ class _Pool:
         return shape[:2] + (1,) * pad + shape[2:], strides[:2] + (0,) * pad + strides[2:]
 
     def empty(self, call, shape):
-        """A new array of the caller's ``shape`` in x's layout: (object, 5-D strides)."""
-        obj, a = call.empty(shape, self.x.dtype, self.layout)
+        """A new array of the caller's ``shape`` in x's layout: (object, ptr, 5-D strides)."""
+        batched_shape = shape if self.batched else (1,) + shape
+        strides = dense_strides(batched_shape, self.layout)
+        obj, a = call.empty(shape, self.x.dtype, strides if self.batched else strides[1:])
         return obj, a.ptr, self.to_5d(a)[1]
 
     def arguments(self, lam, **arrays):

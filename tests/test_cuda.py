@@ -1,0 +1,455 @@
+"""The GPU backend: SoftPool on GPU arrays against the float64 reference and the CPU kernels.
+
+Every test runs on two backends (``gpu`` fixture):
+
+- ``emulated``: the CUDA kernels of src/cuda/ compiled for the host by nvcc (see
+  cuda_emulation.py) behind npool's real GPU code path; runs wherever nvcc is, GPU or not;
+- ``cuda``: a real GPU through PyCUDA; skipped without PyCUDA and a GPU.
+
+Outputs are allocated poisoned with NaN on both, so an element the kernels forget shows.
+"""
+import ctypes
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cuda_emulation
+import npool
+import reference
+from npool._cuda import _device, windowed_softmax
+from npool._cuda._arrays import describe
+from strategies import channels_last, pool_problems
+from test_soft_pool import call_backward, call_forward, ref_backward, ref_forward, scale_of
+
+
+# ------------------------------------------------------------------ backends
+def _byte_span(shape, strides, itemsize):
+    """(lowest, highest + itemsize) byte offsets an array of these byte strides touches."""
+    if 0 in shape:
+        return 0, 0
+    low = sum(min(0, (n - 1) * s) for n, s in zip(shape, strides))
+    high = sum(max(0, (n - 1) * s) for n, s in zip(shape, strides))
+    return low, high + itemsize
+
+
+class Emulated:
+    name = "emulated"
+
+    def __init__(self, library):
+        self.device = cuda_emulation.EmulatedDevice(library)
+        self._saved = _device.device_for
+
+    def __enter__(self):
+        _device.device_for = lambda arrays: self.device
+        return self
+
+    def __exit__(self, *exc):
+        _device.device_for = self._saved
+
+    def to_device(self, a, stream=None):
+        return cuda_emulation.HostArray(a, stream=stream)
+
+    def to_host(self, obj):
+        assert isinstance(obj, cuda_emulation.HostArray)
+        return self.read(obj)
+
+    def read(self, obj):
+        return np.array(obj.array)
+
+
+class CudaArray:
+    """Device memory holding a copy of a numpy array, with the array's strides (any sign)."""
+
+    def __init__(self, cuda, a):
+        low, high = _byte_span(a.shape, a.strides, a.itemsize)
+        self.memory = cuda.mem_alloc(max(high - low, 1))
+        if high > low:
+            span = (ctypes.c_uint8 * (high - low)).from_address(a.ctypes.data + low)
+            cuda.memcpy_htod(self.memory, np.ctypeslib.as_array(span))
+        self.__cuda_array_interface__ = {
+            "shape": a.shape, "typestr": a.dtype.str, "strides": a.strides, "version": 2,
+            "data": (int(self.memory) - low if a.size else 0, False)}
+
+
+class Cuda:
+    name = "cuda"
+
+    def __init__(self):
+        pytest.importorskip("pycuda")
+        if not npool.cuda_available():
+            pytest.skip("no GPU")
+        self.cuda = _device.pycuda_driver()
+        self.device = _device.device_for({})
+        self._saved = (_device.Session.empty, _device.Session.workspace)
+
+    def __enter__(self):
+        empty, workspace = self._saved
+        cuda = self.cuda
+
+        def poisoned_empty(session, shape, dtype, strides):
+            obj, a = empty(session, shape, dtype, strides)
+            if a.size:
+                cuda.memset_d8(a.ptr, 0xFF, a.size * a.dtype.itemsize)
+            return obj, a
+
+        def poisoned_workspace(session, nbytes):
+            ptr = workspace(session, nbytes)
+            cuda.memset_d8(ptr, 0xFF, nbytes)
+            return ptr
+
+        _device.Session.empty, _device.Session.workspace = poisoned_empty, poisoned_workspace
+        return self
+
+    def __exit__(self, *exc):
+        _device.Session.empty, _device.Session.workspace = self._saved
+
+    def to_device(self, a):
+        with self.device._active():
+            return CudaArray(self.cuda, a)
+
+    def to_host(self, obj):
+        from pycuda import gpuarray
+        assert isinstance(obj, gpuarray.GPUArray)
+        return self.read(obj)
+
+    def read(self, obj):
+        """A numpy copy of any object with __cuda_array_interface__."""
+        a = describe(obj, "array")
+        item = a.dtype.itemsize
+        byte_strides = tuple(s * item for s in a.strides)
+        low, high = _byte_span(a.shape, byte_strides, item)
+        memory = np.empty(max(high - low, 1), np.uint8)
+        if high > low:
+            self.cuda.memcpy_dtoh(memory, a.ptr + low)
+        return np.array(np.lib.stride_tricks.as_strided(
+            memory[-low:].view(a.dtype) if a.size else memory.view(np.uint8)[:0].view(a.dtype),
+            a.shape, byte_strides))
+
+
+@pytest.fixture(scope="session")
+def emulation_library(tmp_path_factory):
+    library = cuda_emulation.build(tmp_path_factory.mktemp("cuda_host"))
+    if library is None:
+        pytest.skip("no nvcc: the CUDA kernels cannot be compiled for the host")
+    return library
+
+
+@pytest.fixture(scope="module", params=["emulated", "cuda"])
+def gpu(request):
+    if request.param == "emulated":
+        backend = Emulated(request.getfixturevalue("emulation_library"))
+    else:
+        backend = Cuda()
+    with backend:
+        yield backend
+
+
+def gpu_forward(gpu, x, nd, args):
+    return gpu.to_host(call_forward(gpu.to_device(x), nd, args))
+
+
+def gpu_backward(gpu, g, x, nd, args):
+    return gpu.to_host(call_backward(gpu.to_device(g), gpu.to_device(x), nd, args))
+
+
+# ------------------------------------------------------------------ against the references
+@pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-10), (np.float32, 1e-5)])
+@given(data=st.data())
+def test_forward_matches_reference_and_cpu(gpu, dtype, tolerance, data):
+    x, nd, args = data.draw(pool_problems(dtype=dtype))
+    y = gpu_forward(gpu, x, nd, args)
+    expected = ref_forward(x, nd, args)
+    assert y.dtype == dtype and y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=tolerance, atol=tolerance * scale_of(x))
+    np.testing.assert_allclose(y, call_forward(x, nd, args), rtol=tolerance,
+                               atol=tolerance * scale_of(x))
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-9), (np.float32, 1e-4)])
+@given(data=st.data())
+def test_backward_matches_reference_and_cpu(gpu, dtype, tolerance, data):
+    x, nd, args = data.draw(pool_problems(dtype=dtype))
+    y = call_forward(x, nd, args)
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    g = np.random.default_rng(seed).standard_normal(y.shape).astype(dtype)
+    grad = gpu_backward(gpu, g, x, nd, args)
+    expected = ref_backward(g, x, nd, args)
+    assert grad.dtype == dtype and grad.shape == x.shape
+    np.testing.assert_allclose(grad, expected, rtol=tolerance, atol=tolerance * scale_of(x))
+    np.testing.assert_allclose(grad, call_backward(g, x, nd, args), rtol=tolerance,
+                               atol=tolerance * scale_of(x))
+
+
+@given(pool_problems(dtype=np.float16, elements=st.floats(-60, 60, width=16)), st.data())
+def test_float16_is_computed_in_float32(gpu, problem, data):
+    x, nd, args = problem
+    y = gpu_forward(gpu, x, nd, args)
+    assert y.dtype == np.float16
+    # The float32 result rounded once to float16: within one float16 rounding of the CPU's.
+    expected = call_forward(x.astype(np.float32), nd, args)
+    np.testing.assert_allclose(y.astype(np.float32), expected, rtol=2**-10, atol=1e-6)
+    g = np.random.default_rng(5).standard_normal(y.shape).astype(np.float16)
+    grad = gpu_backward(gpu, g, x, nd, args)
+    assert grad.dtype == np.float16
+    expected = call_backward(g.astype(np.float32), x.astype(np.float32), nd, args)
+    np.testing.assert_allclose(grad.astype(np.float32), expected, rtol=2**-10,
+                               atol=1e-4 * scale_of(g.astype(np.float32)))
+
+
+@settings(max_examples=10)
+@given(pool_problems(dtype=np.float64, elements=st.floats(-3, 3), max_kernel=3), st.data())
+def test_backward_matches_finite_differences(gpu, problem, data):
+    x, nd, args = problem
+    y = call_forward(x, nd, args)
+    g = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))).standard_normal(y.shape)
+    eps = 1e-6
+    numeric = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[index] += eps
+        minus[index] -= eps
+        numeric[index] = np.sum((gpu_forward(gpu, plus, nd, args) -
+                                 gpu_forward(gpu, minus, nd, args)) * g) / (2 * eps)
+    np.testing.assert_allclose(gpu_backward(gpu, g, x, nd, args), numeric, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ layouts and shapes
+@given(pool_problems(dtype=np.float32), st.data())
+def test_channels_last_gives_the_same_bits_and_keeps_its_layout(gpu, problem, data):
+    x, nd, args = problem
+    batched = x.ndim == nd + 2
+    x_cl = channels_last(x, batched)
+    y = call_forward(gpu.to_device(x), nd, args)
+    y_cl = call_forward(gpu.to_device(x_cl), nd, args)
+    np.testing.assert_array_equal(gpu.to_host(y_cl), gpu.to_host(y))
+    g = np.random.default_rng(2).standard_normal(gpu.to_host(y).shape).astype(np.float32)
+    g_cl = channels_last(g, batched) if data.draw(st.booleans()) else g
+    grad = gpu_backward(gpu, g, x, nd, args)
+    grad_cl_obj = call_backward(gpu.to_device(g_cl), gpu.to_device(x_cl), nd, args)
+    np.testing.assert_array_equal(gpu.to_host(grad_cl_obj), grad)
+    c = 1 if batched else 0
+    if not x_cl.flags.c_contiguous:  # truly channels-last: so are the outputs
+        for obj in (y_cl, grad_cl_obj):
+            a = describe(obj, "out")
+            memory_order = [i for i in range(a.ndim) if i != c] + [c]
+            assert np.all(np.diff([a.strides[i] for i in memory_order]) <= 0)
+            assert a.strides[c] == 1
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_other_strides_are_read_in_place(gpu, nd):
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((3, 4) + (9,) * nd)
+    x = base[::-1, ::2, ..., ::2]  # negative and non-unit strides
+    args = (2, 1, 1, True)
+    np.testing.assert_allclose(gpu_forward(gpu, x, nd, args), ref_forward(x, nd, args),
+                               rtol=1e-10, atol=1e-12)
+    g = rng.standard_normal(ref_forward(x, nd, args).shape)[..., ::-1]
+    np.testing.assert_allclose(gpu_backward(gpu, g, x, nd, args), ref_backward(g, x, nd, args),
+                               rtol=1e-10, atol=1e-12)
+
+
+@given(pool_problems(dtype=np.float32, batched=True))
+def test_unbatched_equals_batched(gpu, problem):
+    x, nd, args = problem
+    y = gpu_forward(gpu, x, nd, args)
+    np.testing.assert_array_equal(gpu_forward(gpu, x[0], nd, args), y[0])
+    g = np.random.default_rng(4).standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_array_equal(gpu_backward(gpu, g[0], x[0], nd, args),
+                                  gpu_backward(gpu, g, x, nd, args)[0])
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_empty_batch_gives_empty_output(gpu, nd):
+    x = np.zeros((0, 3) + (5,) * nd, np.float32)
+    y = gpu_forward(gpu, x, nd, (2, None, 1, False))
+    assert y.shape == (0, 3) + (3,) * nd and y.dtype == np.float32
+    grad = gpu_backward(gpu, y, x, nd, (2, None, 1, False))
+    assert grad.shape == x.shape
+
+
+@given(pool_problems(dtype=np.float32))
+def test_two_runs_give_the_same_bits(gpu, problem):
+    x, nd, args = problem
+    g = np.random.default_rng(6).standard_normal(call_forward(x, nd, args).shape)
+    g = g.astype(np.float32)
+    np.testing.assert_array_equal(gpu_forward(gpu, x, nd, args), gpu_forward(gpu, x, nd, args))
+    np.testing.assert_array_equal(gpu_backward(gpu, g, x, nd, args),
+                                  gpu_backward(gpu, g, x, nd, args))
+
+
+@given(pool_problems(dtype=np.float32))
+def test_64_bit_indexing_gives_the_same_bits(gpu, problem):
+    """The i64 kernels (arrays of 2**31 elements or more) agree with the i32 ones, whose
+    division by multiplication they thereby check."""
+    x, nd, args = problem
+    g = np.random.default_rng(7).standard_normal(call_forward(x, nd, args).shape)
+    g = g.astype(np.float32)
+    y32, grad32 = gpu_forward(gpu, x, nd, args), gpu_backward(gpu, g, x, nd, args)
+    saved = windowed_softmax._INDEX_LIMIT
+    windowed_softmax._INDEX_LIMIT = 0
+    try:
+        y64, grad64 = gpu_forward(gpu, x, nd, args), gpu_backward(gpu, g, x, nd, args)
+    finally:
+        windowed_softmax._INDEX_LIMIT = saved
+    np.testing.assert_array_equal(y64, y32)
+    np.testing.assert_array_equal(grad64, grad32)
+
+
+# ------------------------------------------------------------------ non-finite values
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(data=st.data())
+def test_non_finite_values_match_the_cpu(gpu, dtype, data):
+    """NaN wins, +inf takes the whole weight, -inf weighs nothing - as on the CPU."""
+    special = st.sampled_from([np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0, 1.0, 2.0])
+    x, nd, args = data.draw(pool_problems(dtype=dtype, elements=special))
+    y, expected = gpu_forward(gpu, x, nd, args), call_forward(x, nd, args)
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=0)
+    g = np.ones_like(y)
+    np.testing.assert_allclose(gpu_backward(gpu, g, x, nd, args), call_backward(g, x, nd, args),
+                               rtol=1e-6, atol=0)
+
+
+def test_large_activations_stay_finite(gpu):
+    x = np.array([[[[500.0, -500.0], [499.0, 1e4]]]], np.float32)
+    y = gpu_forward(gpu, x, 2, (2, None, 0, False))
+    np.testing.assert_allclose(y, ref_forward(x, 2, (2, None, 0, False)), rtol=1e-6)
+    grad = gpu_backward(gpu, np.ones_like(y), x, 2, (2, None, 0, False))
+    assert np.all(np.isfinite(grad))
+
+
+# ------------------------------------------------------------------ plumbing
+def test_kernel_choice(gpu):
+    if gpu.name != "emulated":
+        pytest.skip("the emulated device records its launches")
+    launches = gpu.device.launches
+    x = np.random.default_rng(8).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    del launches[:]
+    call_backward(gpu.to_device(np.ones((2, 3, 4, 4), np.float32)), gpu.to_device(x), 2,
+                  (2, None, 0, False))
+    assert launches == ["npool_windowed_softmax_backward_disjoint_f32_i32"]
+    del launches[:]
+    call_backward(gpu.to_device(np.ones((2, 3, 7, 7), np.float64)),
+                  gpu.to_device(x.astype(np.float64)), 2, (2, 1, 0, False))
+    assert launches == ["npool_windowed_softmax_backward_stats_f64_i32",
+                        "npool_windowed_softmax_backward_gather_f64_i32"]
+
+
+def test_sessions_follow_the_callers_streams(gpu):
+    if gpu.name != "emulated":
+        pytest.skip("the emulated device records its sessions")
+    x = np.ones((1, 1, 4, 4), np.float32)
+    sessions = gpu.device.sessions
+    npool.soft_pool2d_forward(cuda_emulation.HostArray(x, stream=7), 2)
+    npool.soft_pool2d_forward(cuda_emulation.HostArray(x, version=2), 2)
+    npool.soft_pool2d_backward(cuda_emulation.HostArray(np.ones((1, 1, 2, 2), np.float32),
+                                                        stream=9),
+                               cuda_emulation.HostArray(x, stream=7), 2)
+    assert sessions[-3:] == [[7], [None], [9, 7]]
+
+
+def test_gpu_errors_are_the_cpu_errors(gpu):
+    x = gpu.to_device(np.zeros((1, 1, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="padding must be at most half"):
+        npool.soft_pool2d_forward(x, 2, padding=2)
+    with pytest.raises(ValueError, match="grad_out must have the forward output's shape"):
+        npool.soft_pool2d_backward(gpu.to_device(np.zeros((1, 1, 3, 3), np.float32)), x, 2)
+    with pytest.raises(TypeError, match="grad_out must have the dtype of x"):
+        npool.soft_pool2d_backward(gpu.to_device(np.zeros((1, 1, 2, 2))), x, 2)
+    with pytest.raises(ValueError, match="x must be 3-D"):
+        npool.soft_pool2d_forward(gpu.to_device(np.zeros((4, 4), np.float32)), 2)
+    with pytest.raises(TypeError, match="same device"):
+        npool.soft_pool2d_backward(np.zeros((1, 1, 2, 2), np.float32), x, 2)
+
+
+def test_inputs_are_not_modified(gpu):
+    x = np.random.default_rng(9).standard_normal((2, 3, 6, 6))
+    g = np.random.default_rng(10).standard_normal((2, 3, 5, 5))
+    x_cl = channels_last(x)
+    xd, gd, x_cld = gpu.to_device(x.copy()), gpu.to_device(g.copy()), gpu.to_device(x_cl.copy())
+    call_backward(gd, xd, 2, (2, 1, 0, False))
+    call_forward(xd, 2, (3, 1, 1, False))
+    call_backward(gpu.to_device(np.ones((2, 3, 3, 3))), x_cld, 2, (2, None, 0, False))
+    np.testing.assert_array_equal(gpu.read(xd), x)
+    np.testing.assert_array_equal(gpu.read(gd), g)
+    np.testing.assert_array_equal(gpu.read(x_cld), x_cl)
+
+
+# ------------------------------------------------------------------ without a GPU
+def test_args_struct_matches_the_kernels(emulation_library):
+    assert windowed_softmax.ARGS.itemsize == emulation_library.npool_windowed_softmax_args_size()
+
+
+def test_division_by_multiplication():
+    """The magic numbers of the i32 kernels give n // d for every n < 2**31."""
+    rng = np.random.default_rng(11)
+    n = np.concatenate([np.arange(5000), 2**31 - 1 - np.arange(5000),
+                        rng.integers(0, 2**31, 100_000)]).astype(np.uint64)
+    for d in list(range(1, 300)) + [2**k for k in range(31)] + list(rng.integers(1, 2**31, 200)):
+        value, magic, shift = windowed_softmax.divisor(int(d), wide=False)
+        assert 0 <= magic < 2**32
+        quotient = (((n * np.uint64(magic)) >> np.uint64(32)) + n) >> np.uint64(shift)
+        np.testing.assert_array_equal(quotient, n // np.uint64(d), err_msg=f"d={d}")
+
+
+class Interface:
+    def __init__(self, **cai):
+        self.__cuda_array_interface__ = cai
+
+
+def test_interface_is_read_with_strides_and_stream():
+    base = dict(shape=(2, 3, 4), typestr="<f4", data=(0x1000, False))
+    a = describe(Interface(**base, version=2), "x")
+    assert (a.ptr, a.shape, a.strides, a.dtype, a.stream) == (0x1000, (2, 3, 4), (12, 4, 1),
+                                                               np.float32, None)
+    a = describe(Interface(**base, strides=(4, 32, -8), version=3, stream=5), "x")
+    assert a.strides == (1, 8, -2) and a.stream == 5
+    assert describe(Interface(**base, version=3, stream=None), "x").stream is None
+    assert describe(Interface(**dict(base, typestr="<f2")), "x").dtype == np.float16
+
+
+@pytest.mark.parametrize("change,error,message", [
+    (dict(typestr="<i4"), TypeError, "x must have dtype float16, float32 or float64"),
+    (dict(typestr=">f4"), TypeError, "x must have dtype"),
+    (dict(typestr="<c8"), TypeError, "x must have dtype"),
+    (dict(strides=(12, 6, 1)), ValueError, "not whole multiples"),
+    (dict(strides=(12, 4)), TypeError, "2 strides for 3 axes"),
+    (dict(mask=(0x2000, False)), TypeError, "masked"),
+    (dict(stream=0), ValueError, "0 is disallowed"),
+    (dict(version=4), TypeError, "version 4 is not supported"),
+    (dict(data=(0, False)), ValueError, "null data pointer"),
+    (dict(shape=None), TypeError, "lacks a valid shape"),
+])
+def test_bad_interfaces_are_refused(change, error, message):
+    cai = dict(shape=(2, 3, 4), typestr="<f4", data=(0x1000, False), version=3)
+    cai.update(change)
+    with pytest.raises(error, match=message):
+        describe(Interface(**cai), "x")
+
+
+def test_unreadable_interface_names_the_argument():
+    class RequiresGrad:  # as a CUDA torch tensor that requires grad
+        @property
+        def __cuda_array_interface__(self):
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad")
+
+    with pytest.raises(TypeError, match=r"x: its __cuda_array_interface__ cannot be read.*detach"):
+        npool.soft_pool2d_forward(RequiresGrad(), 2)
+
+
+def test_without_pycuda_gpu_arrays_get_a_clear_error():
+    try:
+        import pycuda.driver  # noqa: F401
+        pytest.skip("PyCUDA is installed")
+    except ImportError:
+        pass
+    assert npool.cuda_available() is False
+    x = Interface(shape=(1, 1, 4, 4), typestr="<f4", data=(0x1000, False), version=2)
+    with pytest.raises(RuntimeError, match=r"need PyCUDA.*pip install 'npool\[cuda\]'"):
+        npool.soft_pool2d_forward(x, 2)
+
+
+def test_cuda_available_never_raises():
+    assert npool.cuda_available() in (True, False)
