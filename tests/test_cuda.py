@@ -377,6 +377,108 @@ def test_inputs_are_not_modified(gpu):
     np.testing.assert_array_equal(gpu.read(x_cld), x_cl)
 
 
+# ------------------------------------------------------------------ frameworks, on a GPU
+@pytest.fixture(scope="module")
+def torch_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available() or not npool.cuda_available():
+        pytest.skip("no GPU")
+    return torch
+
+
+def test_torch_cuda_tensors_without_copies(torch_cuda):
+    torch = torch_cuda
+    x = torch.randn(4, 8, 33, 31, device="cuda")
+    y = npool.soft_pool2d_forward(x, 3, stride=2, padding=1)
+    y_t = torch.as_tensor(y, device="cuda")
+    assert y_t.data_ptr() == int(y.gpudata)  # wrapped, not copied
+    expected = npool.soft_pool2d_forward(x.cpu().numpy(), 3, stride=2, padding=1)
+    np.testing.assert_allclose(y_t.cpu().numpy(), expected, rtol=1e-5, atol=1e-6)
+    g = torch.randn(y_t.shape, device="cuda")
+    grad = torch.as_tensor(npool.soft_pool2d_backward(g, x, 3, stride=2, padding=1),
+                           device="cuda")
+    expected = npool.soft_pool2d_backward(g.cpu().numpy(), x.cpu().numpy(), 3, stride=2,
+                                          padding=1)
+    np.testing.assert_allclose(grad.cpu().numpy(), expected, rtol=1e-4, atol=1e-5)
+    # channels-last stays channels-last; float16 works.
+    x_cl = x.half().to(memory_format=torch.channels_last)
+    y_cl = torch.as_tensor(npool.soft_pool2d_forward(x_cl, 2), device="cuda")
+    assert y_cl.dtype == torch.float16
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    expected = npool.soft_pool2d_forward(x_cl.float().cpu().numpy(), 2)
+    np.testing.assert_allclose(y_cl.float().cpu().numpy(), expected, rtol=2**-10, atol=1e-3)
+
+
+def _slow_work_on(torch, stream, shape):
+    """A tensor that is finished only after a long queue of kernels on ``stream``."""
+    with torch.cuda.stream(stream):
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time before anything else
+        x = torch.randn(shape, device="cuda")
+        for _ in range(5):
+            x = torch.sin(x) * 2
+    return x
+
+
+def test_torch_tensor_produced_on_a_side_stream(torch_cuda):
+    """torch's interface names no stream: npool waits for the device before reading."""
+    torch = torch_cuda
+    side = torch.cuda.Stream()
+    x = _slow_work_on(torch, side, (8, 16, 64, 64))
+    with torch.cuda.stream(side):
+        y = npool.soft_pool2d_forward(x, 2)  # no synchronisation by the caller
+    side.synchronize()
+    np.testing.assert_allclose(torch.as_tensor(y, device="cuda").cpu().numpy(),
+                               npool.soft_pool2d_forward(x.cpu().numpy(), 2), rtol=1e-5)
+
+
+class OnStream:
+    """A torch tensor seen through a version-3 interface that names ``stream``."""
+
+    def __init__(self, tensor, stream):
+        self.tensor = tensor
+        self.__cuda_array_interface__ = dict(tensor.__cuda_array_interface__, version=3,
+                                             stream=stream.cuda_stream)
+
+
+def test_stream_named_by_the_interface_is_followed_without_blocking(torch_cuda):
+    """npool runs after the named stream's work, and that stream waits for npool's kernels."""
+    torch = torch_cuda
+    side = torch.cuda.Stream()
+    x = _slow_work_on(torch, side, (8, 16, 64, 64))
+    with torch.cuda.stream(side):
+        y = npool.soft_pool2d_forward(OnStream(x, side), 2)
+        assert not side.query()  # the host did not wait for the sleeping stream
+        z = torch.as_tensor(y, device="cuda") * 2  # consumed on the same stream, no sync
+    side.synchronize()
+    np.testing.assert_allclose(z.cpu().numpy() / 2,
+                               npool.soft_pool2d_forward(x.cpu().numpy(), 2), rtol=1e-5)
+
+
+def test_cupy_arrays():
+    cupy = pytest.importorskip("cupy")
+    if not npool.cuda_available():
+        pytest.skip("no GPU")
+    x = cupy.random.standard_normal((2, 3, 17, 16), dtype=cupy.float32)
+    y = npool.soft_pool2d_forward(x, 2, ceil_mode=True)
+    y_c = cupy.asarray(y)
+    assert y_c.data.ptr == int(y.gpudata)
+    np.testing.assert_allclose(cupy.asnumpy(y_c),
+                               npool.soft_pool2d_forward(cupy.asnumpy(x), 2, ceil_mode=True),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_gpuarray_in_gpuarray_out():
+    pytest.importorskip("pycuda")
+    if not npool.cuda_available():
+        pytest.skip("no GPU")
+    import pycuda.autoprimaryctx  # noqa: F401  (the primary context, as npool uses)
+    from pycuda import gpuarray
+    x = np.random.default_rng(12).standard_normal((2, 3, 9)).astype(np.float32)
+    y = npool.soft_pool1d_forward(gpuarray.to_gpu(x), 3, stride=2)
+    assert isinstance(y, gpuarray.GPUArray)
+    np.testing.assert_allclose(y.get(), npool.soft_pool1d_forward(x, 3, stride=2), rtol=1e-5)
+
+
 # ------------------------------------------------------------------ without a GPU
 def test_args_struct_matches_the_kernels(emulation_library):
     assert windowed_softmax.ARGS.itemsize == emulation_library.npool_windowed_softmax_args_size()

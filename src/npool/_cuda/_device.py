@@ -104,6 +104,7 @@ class Device:
         self.context = device.retain_primary_context()
         self._functions = {}
         self._pending = []  # (event, workspaces): freed once the event has completed
+        self._pending_lock = threading.Lock()
         with self._active():
             self.module = _load_module(cuda)
             self.stream = cuda.Stream(flags=1)  # CU_STREAM_NON_BLOCKING
@@ -125,7 +126,8 @@ class Device:
     def session(self, streams):
         """Launch in the order of the callers' ``streams`` (handles; None: unknown, see above)."""
         with self._active():
-            self._pending = [(event, w) for event, w in self._pending if not event.done()]
+            with self._pending_lock:
+                self._pending = [(event, w) for event, w in self._pending if not event.done()]
             known = [s for s in dict.fromkeys(streams) if s is not None]
             blocking = len(known) < len(streams) or not known
             if blocking:
@@ -142,7 +144,8 @@ class Device:
                 for stream in known:
                     done.make_wait(stream)
                 if call.workspaces:  # in use until the kernels finish
-                    self._pending.append((done, call.workspaces))
+                    with self._pending_lock:
+                        self._pending.append((done, call.workspaces))
 
 
 class Session:
