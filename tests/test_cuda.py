@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 import cuda_emulation
 import npool
-import reference
 from npool._cuda import _device, windowed_softmax
 from npool._cuda._arrays import describe
 from strategies import channels_last, pool_problems

@@ -122,6 +122,28 @@ template <typename A> struct Stats {
   A m, s, y;
 };
 
+// S = sum e_i and y = x0 + sum e_i (x_i - x0) / S of one window with maximum m of z.
+template <typename T, typename I>
+NPOOL_FN void window_sums(const Args& a, const T* x, const Window<I>& win,
+                          Stats<typename Accumulator<T>::type>* st,
+                          typename Accumulator<T>::type x0) {
+  using A = typename Accumulator<T>::type;
+  const A lam = static_cast<A>(a.lam);
+  const I s2 = static_cast<I>(a.x_strides[2]), s3 = static_cast<I>(a.x_strides[3]),
+          s4 = static_cast<I>(a.x_strides[4]);
+  A s = 0, t = 0;
+  for (I d = win.lo[0]; d < win.hi[0]; ++d)
+    for (I h = win.lo[1]; h < win.hi[1]; ++h)
+      for (I w = win.lo[2]; w < win.hi[2]; ++w) {
+        const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
+        const A e = weight(scaled(v, lam), st->m);
+        s += e;
+        if (e != A(0)) t += e * (v - x0);  // cells of zero weight (-inf ones) add nothing
+      }
+  st->s = s;
+  st->y = x0 + t / s;
+}
+
 // M, S and y of one window; x points at (n, c, 0, 0, 0).
 template <typename T, typename I>
 NPOOL_FN Stats<typename Accumulator<T>::type> window_stats(const Args& a, const T* x,
@@ -140,35 +162,13 @@ NPOOL_FN Stats<typename Accumulator<T>::type> window_stats(const Args& a, const 
         any_nan |= z != z;
         if (z > m) { m = z; xm = v; }
       }
-  if (any_nan) m = quiet_nan<A>();
   Stats<A> st;
-  st.m = m;
-  if (is_finite(m)) {
-    A s = 0, t = 0;
-    for (I d = win.lo[0]; d < win.hi[0]; ++d)
-      for (I h = win.lo[1]; h < win.hi[1]; ++h)
-        for (I w = win.lo[2]; w < win.hi[2]; ++w) {
-          const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
-          const A e = weight(scaled(v, lam), m);
-          s += e;
-          if (e != A(0)) t += e * (v - xm);
-        }
-    st.s = s;
-    st.y = xm + t / s;
+  st.m = any_nan ? quiet_nan<A>() : m;
+  if (is_finite(st.m)) {
+    window_sums<T, I>(a, x, win, &st, xm);  // relative to x*: y stays in the window's range
     if (is_finite(st.y)) return st;
   }
-  // Non-finite M or y: the limits, taken directly.
-  A s = 0, t = 0;
-  for (I d = win.lo[0]; d < win.hi[0]; ++d)
-    for (I h = win.lo[1]; h < win.hi[1]; ++h)
-      for (I w = win.lo[2]; w < win.hi[2]; ++w) {
-        const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
-        const A e = weight(scaled(v, lam), m);
-        s += e;
-        if (e != A(0)) t += e * v;
-      }
-  st.s = s;
-  st.y = t / s;
+  window_sums<T, I>(a, x, win, &st, A(0));  // non-finite M, or x - x* overflowed: the limits
   return st;
 }
 

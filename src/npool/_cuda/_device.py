@@ -14,6 +14,7 @@ CuPy) uses, so memory passes freely between them. It never creates a context of 
   which stream produced the data: it waits for all work on the device before launching and for
   its own kernels before returning, which is safe with any stream of any framework.
 """
+import atexit
 import contextlib
 import threading
 import warnings
@@ -70,6 +71,20 @@ def device_for(arrays):
         return _devices[ordinal]
 
 
+@atexit.register
+def _release_devices():
+    """Drop the kernels and streams while their context is current (not in random order at
+    interpreter exit, where PyCUDA would warn about clean-ups on a dead context)."""
+    with _lock:
+        for device in _devices.values():
+            try:
+                with device._active():
+                    device.release()
+            except Exception:
+                pass
+        _devices.clear()
+
+
 def _load_module(cuda):
     """The kernels: the prebuilt fatbin, or the sources compiled now when it is absent."""
     global _compile_warned
@@ -116,6 +131,11 @@ class Device:
             yield
         finally:
             self.cuda.Context.pop()
+
+    def release(self):
+        self._functions.clear()
+        self._pending = []
+        self.module = self.stream = None
 
     def function(self, name):
         if name not in self._functions:
