@@ -1,0 +1,16 @@
+"""PyTorch adapter: npool's ops as ``torch.library`` custom ops, functions and ``nn.Module``s.
+
+Imported only on request (``import npool.torch``); PyTorch is an optional dependency. Each op is
+a pair of custom ops (forward and backward) with fake kernels, so they work under
+``torch.compile(fullgraph=True)`` without a graph break, and with autograd wired through
+``torch.library.register_autograd``. CPU tensors reach the NumPy core as NumPy views of their
+memory, CUDA tensors reach the GPU core through ``__cuda_array_interface__`` naming the current
+stream; both without copies, and channels-last tensors stay channels-last. Under CUDA autocast
+the ops run in float16.
+
+This module holds no math: see ``npool.local_pools`` for the formulas.
+"""
+from ._layers import SoftPool1d, SoftPool2d, SoftPool3d
+from ._ops import soft_pool1d, soft_pool2d, soft_pool3d
+
+__all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "SoftPool1d", "SoftPool2d", "SoftPool3d"]

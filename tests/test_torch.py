@@ -1,0 +1,189 @@
+"""npool.torch: custom ops (opcheck, gradcheck, torch.compile), functions and modules."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+
+import npool  # noqa: E402
+import npool.torch as nt  # noqa: E402
+from npool.torch._tensors import to_core  # noqa: E402
+from strategies import channels_last, pool_problems  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and npool.cuda_available() else [])
+FUNCTIONS = {1: nt.soft_pool1d, 2: nt.soft_pool2d, 3: nt.soft_pool3d}
+MODULES = {1: nt.SoftPool1d, 2: nt.SoftPool2d, 3: nt.SoftPool3d}
+CORE = {1: npool.soft_pool1d_forward, 2: npool.soft_pool2d_forward, 3: npool.soft_pool3d_forward}
+CASES = [(1, (3, 2, 1, True)), (2, ((2, 3), (1, 2), (1, 1), False)), (3, (2, None, 0, False)),
+         (2, (2, None, 0, False))]
+
+
+def torch_channels_last(t):
+    return t.movedim(1, -1).contiguous().movedim(-1, 1)
+
+
+def sample(nd, device, dtype=torch.float64, layout="contiguous", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((2, 3) + tuple(range(5, 5 + nd)), generator=g, dtype=dtype).to(device)
+    return torch_channels_last(x) if layout == "channels_last" else x
+
+
+def window_lists(nd, args):
+    kernel, stride, padding, ceil_mode = args
+    as_list = lambda v: list(v) if isinstance(v, tuple) else [v] * nd  # noqa: E731
+    kernel = as_list(kernel)
+    return kernel, kernel if stride is None else as_list(stride), as_list(padding), ceil_mode
+
+
+# ------------------------------------------------------------------ the custom ops
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("nd,args", CASES)
+def test_opcheck(device, layout, nd, args):
+    x = sample(nd, device, layout=layout)
+    window = window_lists(nd, args)
+    torch.library.opcheck(torch.ops.npool.soft_pool.default, (x, *window))
+    y = torch.ops.npool.soft_pool(x, *window)
+    g = torch.randn(y.shape, dtype=y.dtype, device=device)
+    torch.library.opcheck(torch.ops.npool.soft_pool_backward.default, (g, x, *window))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("nd,args", CASES)
+def test_gradcheck(device, layout, nd, args):
+    x = sample(nd, device, layout=layout).requires_grad_(True)
+    kernel, stride, padding, ceil_mode = args
+    assert torch.autograd.gradcheck(
+        lambda v: FUNCTIONS[nd](v, kernel, stride, padding, ceil_mode), (x,))
+
+
+@given(pool_problems(dtype=np.float32), st.booleans())
+def test_results_equal_the_numpy_core(problem, use_channels_last):
+    x, nd, (kernel, stride, padding, ceil_mode) = problem
+    if use_channels_last:
+        x = channels_last(x, x.ndim == nd + 2)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    y = FUNCTIONS[nd](xt, kernel, stride, padding, ceil_mode)
+    np.testing.assert_array_equal(y.detach().numpy(), CORE[nd](x, kernel, stride, padding,
+                                                               ceil_mode))
+    g = np.random.default_rng(0).standard_normal(y.shape).astype(np.float32)
+    y.backward(torch.from_numpy(g))
+    backward = getattr(npool, f"soft_pool{nd}d_backward")
+    np.testing.assert_array_equal(xt.grad.numpy(), backward(g, x, kernel, stride, padding,
+                                                            ceil_mode))
+
+
+def test_cpu_tensors_reach_the_core_without_copies():
+    x = torch_channels_last(torch.randn(2, 3, 8, 8))
+    assert np.shares_memory(to_core(x), x.numpy())
+    y = nt.soft_pool2d(x, 2)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    x3 = torch.randn(1, 2, 4, 4, 4).to(memory_format=torch.channels_last_3d)
+    assert nt.soft_pool3d(x3, 2).is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_float16_and_unbatched():
+    x = torch.randn(3, 8, 8, dtype=torch.float16)
+    y = nt.soft_pool2d(x, 2)
+    assert y.dtype == torch.float16 and y.shape == (3, 4, 4)
+    np.testing.assert_array_equal(y.numpy(), npool.soft_pool2d_forward(x.numpy(), 2))
+
+
+def test_errors_are_npools():
+    with pytest.raises(ValueError, match="padding must be at most half"):
+        nt.soft_pool2d(torch.randn(1, 1, 4, 4), 2, padding=2)
+    with pytest.raises(TypeError, match="ceil_mode must be a bool"):
+        nt.soft_pool2d(torch.randn(1, 1, 4, 4), 2, ceil_mode=1)
+    with pytest.raises(TypeError, match="x must have dtype"):
+        nt.soft_pool2d(torch.ones(1, 1, 4, 4, dtype=torch.int32), 2)
+
+
+# ------------------------------------------------------------------ modules
+def test_modules_mirror_max_pool():
+    assert repr(nt.SoftPool2d(3, 2, 1, 1, False, True)) == \
+        "SoftPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)"
+    for nd in (1, 2, 3):
+        x = sample(nd, "cpu", torch.float32)
+        pool, reference = MODULES[nd](3, 2, 1, ceil_mode=True), getattr(
+            torch.nn, f"MaxPool{nd}d")(3, 2, 1, ceil_mode=True)
+        assert pool(x).shape == reference(x).shape
+    with pytest.raises(ValueError, match="dilation must be 1"):
+        nt.SoftPool2d(2, dilation=2)
+    with pytest.raises(ValueError, match="return_indices must be False"):
+        nt.SoftPool2d(2, return_indices=True)
+    with pytest.raises(ValueError, match="padding must be at most half"):
+        nt.SoftPool2d(2, padding=2)
+    assert list(nt.SoftPool2d(2).parameters()) == []
+
+
+def _tiny_cnn():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), nt.SoftPool2d(2),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), nt.SoftPool2d(2, ceil_mode=True),
+        torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 2))
+
+
+def _blob_task(n=64):
+    """Images with one bright blob, labelled by the half it lies in."""
+    g = torch.Generator().manual_seed(1)
+    x = 0.1 * torch.randn(n, 1, 14, 14, generator=g)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    rows = torch.randint(2, 12, (n,), generator=g)
+    cols = torch.randint(1, 6, (n,), generator=g) + 7 * labels
+    for i in range(n):
+        x[i, 0, rows[i] - 1:rows[i] + 1, cols[i] - 1:cols[i] + 1] += 2.0
+    return x, labels
+
+
+def test_tiny_cnn_trains():
+    model, (x, labels) = _tiny_cnn(), _blob_task()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), labels)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_torch_compile_fullgraph():
+    model = _tiny_cnn()
+    x, _labels = _blob_task(8)
+    compiled = torch.compile(model, fullgraph=True)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    expected, result = model(x1), compiled(x2)
+    torch.testing.assert_close(result, expected)
+    expected.sum().backward()
+    result.sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad)
+
+
+# ------------------------------------------------------------------ CUDA
+@pytest.mark.skipif("cuda" not in DEVICES, reason="no GPU")
+def test_cuda_autocast_runs_in_float16():
+    x = torch.randn(2, 3, 8, 8, device="cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        y = nt.soft_pool2d(x, 2)
+    assert y.dtype == torch.float16 and y.device.type == "cuda"
+    torch.testing.assert_close(y.float(), nt.soft_pool2d(x.half(), 2).float())
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="no GPU")
+def test_cuda_results_equal_cpu_on_a_side_stream():
+    x = torch.randn(4, 8, 32, 32, device="cuda", requires_grad=True)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        y = nt.soft_pool2d(x * 2, 3, 2, 1)
+        y.sum().backward()
+    side.synchronize()
+    x_cpu = x.detach().cpu().requires_grad_(True)
+    y_cpu = nt.soft_pool2d(x_cpu * 2, 3, 2, 1)
+    y_cpu.sum().backward()
+    torch.testing.assert_close(y.cpu(), y_cpu, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.cpu(), x_cpu.grad, rtol=1e-4, atol=1e-5)
