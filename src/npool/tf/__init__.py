@@ -1,0 +1,19 @@
+"""TensorFlow adapter: npool's ops as ``tf.custom_gradient`` functions and Keras 3 layers.
+
+Imported only on request (``import npool.tf``); TensorFlow is an optional dependency. The ops
+run npool's NumPy core through ``tf.numpy_function``, eagerly and inside ``tf.function``, with
+static output shapes set. ``data_format="channels_last"`` (TensorFlow's convention) is the
+default and reaches the kernels as a channels-last view of the same memory, with no transpose
+copy; ``"channels_first"`` is available.
+
+What cannot work, because the graph holds a Python callback: XLA (``jit_compile=True``; the
+Keras layers declare ``supports_jit = False``, so Keras leaves XLA off by itself), exporting a
+SavedModel (``tf.saved_model.save``, ``model.export``) to be loaded by another process, and
+TF Serving/TFLite. Saving Keras models in the ``.keras`` format works: it stores the layers'
+configs, not the graph. This module holds no math: see ``npool.local_pools`` for the formulas.
+"""
+from ._layers import SoftPooling1D, SoftPooling2D, SoftPooling3D
+from ._ops import soft_pool1d, soft_pool2d, soft_pool3d
+
+__all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "SoftPooling1D", "SoftPooling2D",
+           "SoftPooling3D"]

@@ -1,0 +1,172 @@
+"""npool.tf: tf.custom_gradient functions (eager, tf.function, gradients) and Keras layers."""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+import npool  # noqa: E402
+import npool.tf as ntf  # noqa: E402
+from strategies import pool_problems  # noqa: E402
+
+FUNCTIONS = {1: ntf.soft_pool1d, 2: ntf.soft_pool2d, 3: ntf.soft_pool3d}
+LAYERS = {1: ntf.SoftPooling1D, 2: ntf.SoftPooling2D, 3: ntf.SoftPooling3D}
+CORE = {1: (npool.soft_pool1d_forward, npool.soft_pool1d_backward),
+        2: (npool.soft_pool2d_forward, npool.soft_pool2d_backward),
+        3: (npool.soft_pool3d_forward, npool.soft_pool3d_backward)}
+CASES = [(1, (3, 2, 1, True)), (2, ((2, 3), (1, 2), (1, 1), False)), (3, (2, None, 0, False))]
+
+
+def nhwc(x, batched=True):
+    """npool's (N, C, *spatial) values in TensorFlow's (N, *spatial, C) order."""
+    return np.ascontiguousarray(np.moveaxis(x, 1 if batched else 0, -1))
+
+
+# ------------------------------------------------------------------ functions
+@given(pool_problems(dtype=np.float32), st.sampled_from(["channels_last", "channels_first"]))
+@settings(deadline=None)
+def test_results_equal_the_numpy_core(problem, data_format):
+    x, nd, (kernel, stride, padding, ceil_mode) = problem
+    batched = x.ndim == nd + 2
+    forward, backward = CORE[nd]
+    expected = forward(x, kernel, stride, padding, ceil_mode)
+    g = np.random.default_rng(0).standard_normal(expected.shape).astype(np.float32)
+    expected_grad = backward(g, x, kernel, stride, padding, ceil_mode)
+    if data_format == "channels_last":
+        x, g = nhwc(x, batched), nhwc(g, batched)
+        expected, expected_grad = nhwc(expected, batched), nhwc(expected_grad, batched)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = FUNCTIONS[nd](xt, kernel, stride, padding, ceil_mode, data_format=data_format)
+    np.testing.assert_array_equal(y.numpy(), expected)
+    np.testing.assert_array_equal(tape.gradient(y, xt, output_gradients=tf.constant(g)).numpy(),
+                                  expected_grad)
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("nd,args", CASES)
+def test_gradient_matches_numerical(nd, args, data_format):
+    shape = (2, 3) + tuple(range(5, 5 + nd))
+    x = np.random.default_rng(nd).standard_normal(shape)
+    if data_format == "channels_last":
+        x = nhwc(x)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda v: FUNCTIONS[nd](v, *args, data_format=data_format), [tf.constant(x)])
+    np.testing.assert_allclose(theoretical[0], numerical[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("nd,args", CASES)
+def test_eager_equals_tf_function_with_static_shapes(nd, args):
+    x = np.random.default_rng(1).standard_normal((2,) + tuple(range(6, 6 + nd)) + (3,))
+    x = x.astype(np.float32)
+    eager = FUNCTIONS[nd](tf.constant(x), *args)
+    spec = tf.TensorSpec((None,) + x.shape[1:], tf.float32)
+
+    @tf.function(input_signature=[spec])
+    def traced(v):
+        y = FUNCTIONS[nd](v, *args)
+        assert y.shape.as_list() == [None] + eager.shape.as_list()[1:]  # static shape set
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            z = tf.reduce_sum(FUNCTIONS[nd](v, *args) ** 2)
+        return y, tape.gradient(z, v)
+
+    y, grad = traced(tf.constant(x))
+    np.testing.assert_array_equal(y.numpy(), eager.numpy())
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        z = tf.reduce_sum(FUNCTIONS[nd](xt, *args) ** 2)
+    np.testing.assert_array_equal(grad.numpy(), tape.gradient(z, xt).numpy())
+
+
+def test_dtypes_and_unbatched():
+    x = np.random.default_rng(2).standard_normal((8, 8, 3))
+    for dtype in (np.float16, np.float32, np.float64):
+        y = ntf.soft_pool2d(tf.constant(x.astype(dtype)), 2)
+        assert y.dtype == dtype and y.shape == (4, 4, 3)
+        expected = npool.soft_pool2d_forward(np.moveaxis(x.astype(dtype), -1, 0), 2)
+        np.testing.assert_array_equal(y.numpy(), np.moveaxis(expected, 0, -1))
+
+
+def test_errors():
+    x = tf.zeros((1, 4, 4, 1))
+    with pytest.raises(ValueError, match="data_format must be"):
+        ntf.soft_pool2d(x, 2, data_format="NHWC")
+    with pytest.raises(ValueError, match="x must be 3-D or 4-D"):
+        ntf.soft_pool2d(tf.zeros((4, 4)), 2)
+    with pytest.raises(ValueError, match="padding must be at most half"):
+        ntf.soft_pool2d(x, 2, padding=2)
+    with pytest.raises(TypeError, match="x must have dtype"):
+        ntf.soft_pool2d(tf.zeros((1, 4, 4, 1), tf.int32), 2)
+
+
+def test_xla_is_refused_by_tensorflow_naming_the_op():
+    f = tf.function(lambda v: ntf.soft_pool2d(v, 2), jit_compile=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="npool_soft_pool"):
+        f(tf.zeros((1, 4, 4, 1)))
+
+
+# ------------------------------------------------------------------ Keras layers
+def test_layers_serialise_and_check_arguments():
+    layer = ntf.SoftPooling2D(pool_size=3, strides=2, padding=1, ceil_mode=True, name="sp")
+    config = layer.get_config()
+    assert {k: config[k] for k in ("pool_size", "strides", "padding", "ceil_mode",
+                                   "data_format")} == {
+        "pool_size": 3, "strides": 2, "padding": 1, "ceil_mode": True,
+        "data_format": "channels_last"}
+    clone = ntf.SoftPooling2D.from_config(config)
+    x = tf.random.normal((2, 9, 9, 4), seed=1)
+    np.testing.assert_array_equal(clone(x).numpy(), layer(x).numpy())
+    assert layer.compute_output_shape((None, 9, 9, 4)) == (None, 5, 5, 4)
+    assert ntf.SoftPooling1D(2, data_format="channels_first").compute_output_shape(
+        (None, 4, 9)) == (None, 4, 4)
+    with pytest.raises(ValueError, match="'same' pads asymmetrically"):
+        ntf.SoftPooling2D(2, padding="same")
+    with pytest.raises(ValueError, match="padding must be at most half"):
+        ntf.SoftPooling3D(2, padding=2)
+    assert not layer.supports_jit
+
+
+def _blob_task(n=64):
+    rng = np.random.default_rng(3)
+    x = 0.1 * rng.standard_normal((n, 14, 14, 1)).astype(np.float32)
+    labels = rng.integers(0, 2, n)
+    for i in range(n):
+        r, c = rng.integers(2, 12), rng.integers(1, 6) + 7 * labels[i]
+        x[i, r - 1:r + 1, c - 1:c + 1, 0] += 2.0
+    return x, labels
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((14, 14, 1)),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        ntf.SoftPooling2D(2),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        ntf.SoftPooling2D(2, ceil_mode=True),
+        keras.layers.Flatten(),
+        keras.layers.Dense(2),
+    ])
+
+
+def test_keras_model_trains_and_saves(tmp_path):
+    x, labels = _blob_task()
+    model = _model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, labels, batch_size=64, epochs=30, verbose=0).history["loss"]
+    assert history[-1] < 0.5 * history[0], history
+    assert model.jit_compile is False  # "auto" saw supports_jit = False
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-6, atol=1e-6)
