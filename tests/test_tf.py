@@ -113,6 +113,20 @@ def test_xla_is_refused_by_tensorflow_naming_the_op():
         f(tf.zeros((1, 4, 4, 1)))
 
 
+def test_saved_model_export_is_refused_clearly(tmp_path):
+    model = keras.Sequential([keras.Input((4, 4, 1)), ntf.SoftPooling2D(2)])
+    with pytest.raises(RuntimeError, match="cannot be exported to a SavedModel"):
+        model.export(str(tmp_path / "exported"), verbose=False)
+
+    class Module(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec((1, 4, 4, 1), tf.float32)])
+        def pool(self, x):
+            return ntf.soft_pool2d(x, 2)
+
+    with pytest.raises(RuntimeError, match="cannot be exported to a SavedModel"):
+        tf.saved_model.save(Module(), str(tmp_path / "saved"))
+
+
 # ------------------------------------------------------------------ Keras layers
 def test_layers_serialise_and_check_arguments():
     layer = ntf.SoftPooling2D(pool_size=3, strides=2, padding=1, ceil_mode=True, name="sp")

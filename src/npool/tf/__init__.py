@@ -8,8 +8,8 @@ copy; ``"channels_first"`` is available.
 
 What cannot work, because the graph holds a Python callback: XLA (``jit_compile=True``; the
 Keras layers declare ``supports_jit = False``, so Keras leaves XLA off by itself), exporting a
-SavedModel (``tf.saved_model.save``, ``model.export``) to be loaded by another process, and
-TF Serving/TFLite. Saving Keras models in the ``.keras`` format works: it stores the layers'
+SavedModel (``tf.saved_model.save``, ``model.export``: refused with a clear error while the
+export traces the op), and TF Serving/TFLite. Saving Keras models in the ``.keras`` format works: it stores the layers'
 configs, not the graph. This module holds no math: see ``npool.local_pools`` for the formulas.
 """
 from ._layers import SoftPooling1D, SoftPooling2D, SoftPooling3D

@@ -37,7 +37,22 @@ class _Layout:
         return range(start, start + self.nd)
 
 
+def _refuse_saved_model_export():
+    """A SavedModel would hold a Python callback that no other process can run: say so while
+    it is being written (tf.saved_model.save, Keras' model.export), not when it fails to load."""
+    try:
+        from tensorflow.python.saved_model.save_context import in_save_context
+    except ImportError:  # a TensorFlow without it: the limitation stays documented only
+        return
+    if in_save_context():
+        raise RuntimeError(
+            "npool.tf ops cannot be exported to a SavedModel: they run npool's NumPy core "
+            "through tf.numpy_function, a Python callback that the SavedModel cannot carry. "
+            "Save Keras models in the .keras format (model.save('m.keras')) instead")
+
+
 def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
+    _refuse_saved_model_export()
     x = tf.convert_to_tensor(x)
     if x.dtype not in (tf.float16, tf.float32, tf.float64):
         raise TypeError(f"x must have dtype float16, float32 or float64, got {x.dtype.name}")
