@@ -26,6 +26,8 @@ def torch_channels_last(t):
 def sample(nd, device, dtype=torch.float64, layout="contiguous", seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((2, 3) + tuple(range(5, 5 + nd)), generator=g, dtype=dtype).to(device)
+    if layout == "unbatched channels_last":
+        return x[0].movedim(0, -1).contiguous().movedim(-1, 0)
     return torch_channels_last(x) if layout == "channels_last" else x
 
 
@@ -38,7 +40,7 @@ def window_lists(nd, args):
 
 # ------------------------------------------------------------------ the custom ops
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "unbatched channels_last"])
 @pytest.mark.parametrize("nd,args", CASES)
 def test_opcheck(device, layout, nd, args):
     x = sample(nd, device, layout=layout)

@@ -27,11 +27,11 @@ def _layout_of(x):
     return "contiguous"
 
 
-def _empty_in_layout(x, shape):
-    """A new tensor of ``shape`` with the strides npool's cores give for input x."""
-    batched = x.dim() == len(shape) and x.dim() >= 3
-    layout = _layout_of(x) if batched else ("contiguous" if x.is_contiguous() else
-                                            _layout_of(x.unsqueeze(0)))
+def _empty_in_layout(x, shape, nd):
+    """A new tensor of ``shape`` with the strides npool's cores give for input x of an
+    ``nd``-d pool (batched or not)."""
+    batched = x.dim() == nd + 2
+    layout = _layout_of(x if batched else x.unsqueeze(0))
     full = shape if batched else (1, *shape)
     strides = dense_strides(full, layout)
     return x.new_empty_strided(shape, strides if batched else strides[1:])
@@ -51,7 +51,7 @@ def _(x, kernel_size, stride, padding, ceil_mode):
     if x.dim() not in (nd + 1, nd + 2):
         raise ValueError(f"x must be {nd + 1}-D or {nd + 2}-D for a {nd}-d pool, got {x.dim()}-D")
     out = tuple(x.shape[:-nd]) + args.output_size(tuple(x.shape[-nd:]))
-    return _empty_in_layout(x, out)
+    return _empty_in_layout(x, out, nd)
 
 
 @torch.library.custom_op("npool::soft_pool_backward", mutates_args=())
@@ -65,7 +65,7 @@ def _soft_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: li
 
 @_soft_pool_backward.register_fake
 def _(grad_out, x, kernel_size, stride, padding, ceil_mode):
-    return _empty_in_layout(x, tuple(x.shape))
+    return _empty_in_layout(x, tuple(x.shape), len(kernel_size))
 
 
 def _soft_pool_setup_context(ctx, inputs, output):
