@@ -126,13 +126,11 @@ def grad_out_array(grad_out, expected_shape, x):
 
 
 def memory_layout(x):
-    """"contiguous" (C order), "channels_last" ((N, *spatial, C) memory seen as (N, C, *spatial))
-    or None for any other strides."""
-    if x.flags.c_contiguous:
-        return "contiguous"
-    if np.transpose(x, (0, *range(2, x.ndim), 1)).flags.c_contiguous:
-        return "channels_last"
-    return None
+    """"contiguous", "channels_last" or None: the layout of numpy array x (see
+    ``layout_of_strides``)."""
+    if any(s % x.itemsize for s in x.strides):
+        return None
+    return layout_of_strides(x.shape, tuple(s // x.itemsize for s in x.strides))
 
 
 def empty_like_layout(shape, dtype, layout, zero=False):
@@ -144,3 +142,36 @@ def empty_like_layout(shape, dtype, layout, zero=False):
     ndim = len(shape)
     memory = alloc((shape[0], *shape[2:], shape[1]), dtype)
     return np.transpose(memory, (0, ndim - 1, *range(1, ndim - 1)))
+
+
+def layout_of_strides(shape, strides):
+    """The layout of an array of ``shape`` with element ``strides``: "contiguous" (C order),
+    "channels_last" ((N, *spatial, C) memory seen as (N, C, *spatial)) or None for others.
+    Axes of size 1 may have any stride, and empty arrays count as contiguous (as in NumPy)."""
+    if 0 in shape:
+        return "contiguous"
+    def dense(order):
+        step = 1
+        for axis in reversed(order):
+            if shape[axis] != 1 and strides[axis] != step:
+                return False
+            step *= shape[axis]
+        return True
+
+    if dense(range(len(shape))):
+        return "contiguous"
+    if len(shape) >= 3 and dense((0, *range(2, len(shape)), 1)):
+        return "channels_last"
+    return None
+
+
+def dense_strides(shape, layout_name):
+    """Element strides of a new dense array of ``shape`` in ``layout_name``."""
+    ndim = len(shape)
+    order = (0, *range(2, ndim), 1) if layout_name == "channels_last" else tuple(range(ndim))
+    strides = [0] * ndim
+    step = 1
+    for axis in reversed(order):
+        strides[axis] = step
+        step *= max(shape[axis], 1)
+    return tuple(strides)

@@ -98,33 +98,3 @@ def describe(obj, name):
             raise ValueError(f"{name}.__cuda_array_interface__ has stream {stream!r}; expected "
                              "None or a positive int (0 is disallowed by the protocol)")
     return DeviceArray(ptr, shape, strides, dtype, stream, obj)
-
-
-def layout(shape, strides):
-    """"contiguous" (C order), "channels_last" ((N, *spatial, C) memory seen as (N, C, *spatial))
-    or None for other strides; axes of size 1 may have any stride."""
-    def dense(order):
-        step = 1
-        for axis in reversed(order):
-            if shape[axis] != 1 and strides[axis] != step:
-                return False
-            step *= shape[axis]
-        return True
-
-    if dense(range(len(shape))):
-        return "contiguous"
-    if len(shape) >= 3 and dense((0, *range(2, len(shape)), 1)):
-        return "channels_last"
-    return None
-
-
-def dense_strides(shape, layout_name):
-    """Element strides of a new dense array of ``shape`` in ``layout_name``."""
-    ndim = len(shape)
-    order = (0, *range(2, ndim), 1) if layout_name == "channels_last" else tuple(range(ndim))
-    strides = [0] * ndim
-    step = 1
-    for axis in reversed(order):
-        strides[axis] = step
-        step *= max(shape[axis], 1)
-    return tuple(strides)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _checks
 from . import _device
-from ._arrays import dense_strides, describe, layout
+from ._arrays import describe
 
 _DIVISOR = [("value", "i8"), ("magic", "i8"), ("shift", "i8")]
 ARGS = np.dtype([
@@ -54,7 +54,7 @@ class _Pool:
         self.size = shape
         self.x_strides = strides
         self.out_size = (1,) * (3 - nd) + self.out_spatial
-        self.layout = layout(shape, strides) or "contiguous"
+        self.layout = _checks.layout_of_strides(shape, strides) or "contiguous"
 
     def to_5d(self, a):
         """Shape and element strides of a DeviceArray as (N, C, D, H, W)."""
@@ -67,7 +67,7 @@ class _Pool:
     def empty(self, call, shape):
         """A new array of the caller's ``shape`` in x's layout: (object, ptr, 5-D strides)."""
         batched_shape = shape if self.batched else (1,) + shape
-        strides = dense_strides(batched_shape, self.layout)
+        strides = _checks.dense_strides(batched_shape, self.layout)
         obj, a = call.empty(shape, self.x.dtype, strides if self.batched else strides[1:])
         return obj, a.ptr, self.to_5d(a)[1]
 

@@ -5,7 +5,6 @@ import torch
 import npool
 
 from .. import _checks
-from .._cuda._arrays import dense_strides
 from ._tensors import from_core, to_core
 
 # ------------------------------------------------------------------ SoftPool
@@ -15,16 +14,9 @@ _SOFT_POOL = {1: (npool.soft_pool1d_forward, npool.soft_pool1d_backward),
 
 
 def _layout_of(x):
-    """The memory layout npool gives outputs of x: its own when it is C-contiguous or
+    """The memory layout npool gives outputs of x (batched): its own when it is C-contiguous or
     channels-last, else C order (as the NumPy and GPU cores do)."""
-    if x.is_contiguous():
-        return "contiguous"
-    if x.dim() >= 3:
-        order = (0, *range(2, x.dim()), 1)
-        expected = dense_strides(tuple(x.shape), "channels_last")
-        if all(x.shape[a] == 1 or x.stride(a) == expected[a] for a in order):
-            return "channels_last"
-    return "contiguous"
+    return _checks.layout_of_strides(tuple(x.shape), x.stride()) or "contiguous"
 
 
 def _empty_in_layout(x, shape, nd):
@@ -33,7 +25,7 @@ def _empty_in_layout(x, shape, nd):
     batched = x.dim() == nd + 2
     layout = _layout_of(x if batched else x.unsqueeze(0))
     full = shape if batched else (1, *shape)
-    strides = dense_strides(full, layout)
+    strides = _checks.dense_strides(full, layout)
     return x.new_empty_strided(shape, strides if batched else strides[1:])
 
 
