@@ -12,6 +12,18 @@ tensors, CuPy arrays) through the same functions, without copies; see ``cuda_ava
 """
 from ._cuda import cuda_available
 from ._threads import get_num_threads, set_num_threads
+from .global_pools import (
+    global_avg_pool_backward,
+    global_avg_pool_forward,
+    global_kmax_pool_backward,
+    global_kmax_pool_forward,
+    global_lse_pool_backward,
+    global_lse_pool_forward,
+    global_max_pool_backward,
+    global_max_pool_forward,
+    weldon_pool_backward,
+    weldon_pool_forward,
+)
 from .local_pools import (
     soft_pool1d_backward,
     soft_pool1d_forward,
@@ -26,6 +38,14 @@ __version__ = "0.1.0"
 __all__ = [
     "cuda_available",
     "get_num_threads",
+    "global_avg_pool_backward",
+    "global_avg_pool_forward",
+    "global_kmax_pool_backward",
+    "global_kmax_pool_forward",
+    "global_lse_pool_backward",
+    "global_lse_pool_forward",
+    "global_max_pool_backward",
+    "global_max_pool_forward",
     "set_num_threads",
     "soft_pool1d_forward",
     "soft_pool1d_backward",
@@ -33,4 +53,6 @@ __all__ = [
     "soft_pool2d_backward",
     "soft_pool3d_forward",
     "soft_pool3d_backward",
+    "weldon_pool_backward",
+    "weldon_pool_forward",
 ]

@@ -3,6 +3,8 @@
 Each check raises ``TypeError`` (wrong type or dtype) or ``ValueError`` (wrong value or shape)
 with a message that names the argument and says what was expected.
 """
+import math
+import numbers
 import operator
 
 import numpy as np
@@ -175,3 +177,34 @@ def dense_strides(shape, layout_name):
         strides[axis] = step
         step *= max(shape[axis], 1)
     return tuple(strides)
+
+
+def k_count(k, n, name, allow_zero=False):
+    """The k rule (scikit-learn's counts vs fractions): an int is a count, at least 1 (0 too
+    with ``allow_zero``), clipped to n; a float is a fraction in (0, 1] giving
+    ``max(1, floor(k * n + 1e-6))`` cells (the epsilon makes 0.29 * 100 give 29). Anything else
+    is a ValueError."""
+    if isinstance(k, numbers.Integral) and not isinstance(k, (bool, np.bool_)):
+        least = 0 if allow_zero else 1
+        if k < least:
+            raise ValueError(f"{name} must be an int >= {least} (a count) or a float in (0, 1] "
+                             f"(a fraction), got {k!r}")
+        return min(int(k), n)
+    if isinstance(k, numbers.Real) and not isinstance(k, (bool, np.bool_)):
+        k = float(k)
+        if not 0 < k <= 1:  # NaN fails too
+            raise ValueError(f"{name} as a float is a fraction and must be in (0, 1], got {k!r}"
+                             f" (pass an int for a count)")
+        return max(1, math.floor(k * n + 1e-6))
+    raise ValueError(f"{name} must be an int (a count) or a float in (0, 1] (a fraction), "
+                     f"got {_describe(k)}")
+
+
+def finite_real(value, name):
+    """A finite float from a real number; TypeError for other types, ValueError for NaN/inf."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {_describe(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value

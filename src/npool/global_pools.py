@@ -1,0 +1,294 @@
+"""Global pools (spatial-pooling.torch; Durand et al., WELDON and WILDCAT): every (sample,
+channel) map of ``n`` spatial cells pooled to one value, by ``src/cpu/_global_pools.pyx``.
+
+    max     y = max x (ties: lowest flat index; a NaN wins)
+    avg     y = mean x
+    k-max   y = mean of the k largest
+    LSE     y = (1/beta) log((1/n) sum exp(beta x))   (beta = 0: the mean)
+    WELDON  y = mean of the kmax largest + alpha * mean of the kmin smallest
+
+Inputs are ``(N, C, *spatial)`` with at least one spatial axis, C-contiguous or channels-last
+(used in place); outputs ``(N, C)``, or ``(N, C, 1, ...)`` with ``keepdims=True``. Flat indices
+count the spatial cells in C order, whatever the memory layout.
+"""
+import numpy as np
+
+from . import _checks
+from ._cpu import kernel_module
+from ._dispatch import backend_of
+from ._threads import get_num_threads
+
+_MAX, _SUM, _LSE = 0, 1, 2
+
+
+def _kernels():
+    return kernel_module("_global_pools")
+
+
+class _Maps:
+    """One validated call: x seen as (N, C, S) maps, S the flattened spatial cells."""
+
+    def __init__(self, x):
+        if backend_of(x=x) != "cpu":
+            raise NotImplementedError("global pools run on the CPU only for now: pass numpy "
+                                      "arrays (their CUDA kernels are not written yet)")
+        _checks.float_array(x, "x")
+        if x.ndim < 3:
+            raise ValueError(f"x must be (N, C, *spatial) with at least one spatial axis, got "
+                             f"{x.ndim}-D shape {x.shape}")
+        if 0 in x.shape[1:]:
+            raise ValueError(f"x must have non-zero channel and spatial sizes, got shape "
+                             f"{x.shape}")
+        self.original = x
+        self.shape = x.shape
+        self.dtype = x.dtype
+        self.layout = _checks.memory_layout(x)
+        if self.layout is None:
+            x = np.ascontiguousarray(x)
+            self.layout = "contiguous"
+        self.work_dtype = _checks.compute_dtype(x.dtype)
+        self.x = x.astype(self.work_dtype, copy=False)  # float16 is computed in float32
+        self.n = int(np.prod(x.shape[2:]))
+        self.maps = x.shape[0] * x.shape[1]
+        self.x3 = self.view3(self.x)
+
+    def view3(self, a):
+        """An (N, C, *spatial) array in x's layout as an (N, C, S) view."""
+        N, C = a.shape[:2]
+        if self.layout == "channels_last":
+            return np.moveaxis(a, 1, -1).reshape(N, self.n, C).transpose(0, 2, 1)
+        return a.reshape(N, C, self.n)
+
+    def empty(self):
+        return self.maps == 0
+
+    def partials(self, mode, beta=1.0):
+        """Per-(map, chunk) partial results of a reduction (see _global_pools.reduce)."""
+        k = _kernels()
+        chunk = k.CHUNK_CELLS if self.layout == "contiguous" or self.n == 1 else \
+            k.CHANNELS_LAST_CHUNK
+        chunks = -(-self.n // chunk)
+        a = np.empty((self.maps, chunks))
+        b = np.empty((self.maps, chunks))
+        index = np.zeros((self.maps, chunks), np.int64)
+        k.reduce(mode, self.x3, beta, a, b, index, get_num_threads())
+        return a, b, index
+
+    def select(self, count, bottom):
+        """The ``count`` largest (or smallest) cells of every map: (sums, ranked indices)."""
+        total = np.zeros(self.maps)
+        index = np.zeros((self.maps, count), np.int64)
+        if count and not self.empty():
+            n_threads = get_num_threads()
+            buffers = np.empty((n_threads, 2 * self.n), np.int64)
+            _kernels().select(self.x3, count, bottom, total, index, buffers, n_threads)
+        return total, index
+
+    def result(self, values, keepdims):
+        """(maps,) float64 values as the caller's (N, C[, 1, ...]) array of x's dtype."""
+        y = values.reshape(self.shape[:2]).astype(self.dtype)
+        return y.reshape(self.shape[:2] + (1,) * (len(self.shape) - 2)) if keepdims else y
+
+    def grad_out(self, grad_out, keepdims):
+        """grad_out checked against the forward's output shape, as (maps,) float64."""
+        expected = self.shape[:2] + ((1,) * (len(self.shape) - 2) if keepdims else ())
+        backend_of(grad_out=grad_out)
+        _checks.grad_out_array(grad_out, expected, self.original)
+        return grad_out.reshape(self.maps).astype(np.float64)
+
+    def zeros(self):
+        """A zero gradient in x's layout and work dtype, and its (N, C, S) view."""
+        g = _checks.empty_like_layout(self.shape, self.work_dtype, self.layout, zero=True)
+        return g, self.view3(g)
+
+    def gradient(self, g):
+        return g.astype(self.dtype, copy=False)
+
+    def check_indices(self, indices, count, expected=None, name="indices"):
+        """Indices a forward returned (shape ``expected``, by default (N, C, count)): ints in
+        [0, n), as (maps, count) int64."""
+        if not isinstance(indices, np.ndarray) or indices.dtype.kind not in "iu":
+            raise TypeError(f"{name} must be the integer array the forward returned, got "
+                            f"{type(indices).__name__}")
+        expected = self.shape[:2] + (count,) if expected is None else expected
+        if indices.shape != expected:
+            raise ValueError(f"{name} must have shape {expected}, got {indices.shape}")
+        if indices.size and (indices.min() < 0 or indices.max() >= self.n):
+            raise ValueError(f"{name} must lie in [0, {self.n}), the flat spatial indices")
+        return indices.reshape(self.maps, count).astype(np.int64)
+
+
+def _scatter(maps, parts):
+    """A gradient that is zero but for ``parts``: (indices (maps, k), values (maps,)) pairs,
+    added in order (a cell in two parts gets both)."""
+    g, g3 = maps.zeros()
+    flat = g3.reshape(maps.maps, maps.n) if maps.layout == "contiguous" else None
+    for index, values in parts:
+        if index.shape[1] == 0:
+            continue
+        if flat is not None:
+            rows = np.arange(maps.maps)[:, None]
+            flat[rows, index] += values[:, None].astype(maps.work_dtype)
+        else:
+            n = np.arange(maps.maps) // maps.shape[1]
+            c = np.arange(maps.maps) % maps.shape[1]
+            g3[n[:, None], c[:, None], index] += values[:, None].astype(maps.work_dtype)
+    return maps.gradient(g)
+
+
+# ------------------------------------------------------------------ max
+def _max(maps):
+    a, _, index = maps.partials(_MAX)
+    chunk = np.argmax(a, axis=1)  # the first largest chunk; a NaN counts as largest
+    rows = np.arange(maps.maps)
+    return a[rows, chunk], index[rows, chunk]
+
+
+def global_max_pool_forward(x, keepdims=False, return_indices=False):
+    """``y = max x`` over the spatial cells of each map; ties go to the lowest flat index and a
+    NaN wins. With ``return_indices``, also the flat index of each maximum (int64, y's shape)."""
+    maps = _Maps(x)
+    values, index = _max(maps) if not maps.empty() else (np.zeros(0), np.zeros(0, np.int64))
+    y = maps.result(values, keepdims)
+    return (y, index.reshape(y.shape)) if return_indices else y
+
+
+def global_max_pool_backward(grad_out, x, keepdims=False, return_indices=False, indices=None):
+    """Gradient of ``global_max_pool_forward``: ``grad_out`` at each maximum, 0 elsewhere."""
+    maps = _Maps(x)
+    g = maps.grad_out(grad_out, keepdims)
+    if maps.empty():
+        return maps.gradient(maps.zeros()[0])
+    if indices is None:
+        index = _max(maps)[1][:, None]
+    else:
+        index = maps.check_indices(indices, 1, np.shape(grad_out))
+    return _scatter(maps, [(index, g)])
+
+
+# ------------------------------------------------------------------ avg
+def _sum(maps):
+    return maps.partials(_SUM)[0].sum(axis=1)
+
+
+def global_avg_pool_forward(x, keepdims=False):
+    """``y = mean x`` over the spatial cells of each map (summed in float64)."""
+    maps = _Maps(x)
+    values = _sum(maps) / maps.n if not maps.empty() else np.zeros(0)
+    return maps.result(values, keepdims)
+
+
+def global_avg_pool_backward(grad_out, x, keepdims=False):
+    """Gradient of ``global_avg_pool_forward``: ``grad_out / n`` on every cell."""
+    maps = _Maps(x)
+    g = maps.grad_out(grad_out, keepdims)
+    grad, grad3 = maps.zeros()
+    grad3[...] = (g / maps.n).reshape(maps.shape[:2] + (1,)).astype(maps.work_dtype)
+    return maps.gradient(grad)
+
+
+# ------------------------------------------------------------------ LogSumExp
+def _lse_stats(maps, beta):
+    """Per map: M = max beta x and S = sum exp(beta x - M) (float64)."""
+    a, b, _ = maps.partials(_LSE, beta)
+    m = a.max(axis=1)  # NaN propagates
+    with np.errstate(invalid="ignore", over="ignore"):
+        weights = np.where(a == m[:, None], 1.0, np.exp(a - m[:, None]))
+    return m, (b * weights).sum(axis=1)
+
+
+def global_lse_pool_forward(x, beta=1.0, keepdims=False):
+    """``y = (1/beta) log((1/n) sum_i exp(beta x_i))``: the mean at ``beta = 0``, the max as
+    ``beta -> +inf``, the min as ``beta -> -inf``. Stable for any finite input."""
+    beta = _checks.finite_real(beta, "beta")
+    maps = _Maps(x)
+    if maps.empty():
+        return maps.result(np.zeros(0), keepdims)
+    if beta == 0:
+        return maps.result(_sum(maps) / maps.n, keepdims)
+    m, s = _lse_stats(maps, beta)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.where(np.isfinite(m), m + np.log(s / maps.n), m) / beta
+    return maps.result(values, keepdims)
+
+
+def global_lse_pool_backward(grad_out, x, beta=1.0, keepdims=False):
+    """Gradient of ``global_lse_pool_forward``: ``grad_out * softmax(beta x)_i`` (``1/n`` at
+    ``beta = 0``), with no thresholding."""
+    beta = _checks.finite_real(beta, "beta")
+    maps = _Maps(x)
+    if beta == 0 or maps.empty():
+        return global_avg_pool_backward(grad_out, x, keepdims)
+    g = maps.grad_out(grad_out, keepdims)
+    m, s = _lse_stats(maps, beta)
+    grad, grad3 = maps.zeros()
+    _kernels().lse_gradient(maps.x3, grad3, m, g / s, beta, get_num_threads())
+    return maps.gradient(grad)
+
+
+# ------------------------------------------------------------------ k-max
+def global_kmax_pool_forward(x, k=1, keepdims=False, return_indices=False):
+    """``y = mean of the k largest cells`` of each map. ``k``: an int count (clipped to n) or a
+    float fraction in (0, 1] (``max(1, floor(k n + 1e-6))`` cells). Ties: lower flat indices
+    first. With ``return_indices``, also the selected flat indices, largest first
+    (int64, ``(N, C, k)``)."""
+    maps = _Maps(x)
+    count = _checks.k_count(k, maps.n, "k")
+    total, index = maps.select(count, bottom=False)
+    y = maps.result(total / count, keepdims)
+    return (y, index.reshape(maps.shape[:2] + (count,))) if return_indices else y
+
+
+def global_kmax_pool_backward(grad_out, x, k=1, keepdims=False, return_indices=False,
+                              indices=None):
+    """Gradient of ``global_kmax_pool_forward``: ``grad_out / k`` on each selected cell."""
+    maps = _Maps(x)
+    count = _checks.k_count(k, maps.n, "k")
+    g = maps.grad_out(grad_out, keepdims)
+    index = maps.select(count, False)[1] if indices is None else \
+        maps.check_indices(indices, count)
+    return _scatter(maps, [(index, g / count)])
+
+
+# ------------------------------------------------------------------ WELDON
+def _weldon_counts(maps, kmax, kmin, alpha):
+    top = _checks.k_count(kmax, maps.n, "kmax")
+    bottom = top if kmin is None else _checks.k_count(kmin, maps.n, "kmin", allow_zero=True)
+    return top, bottom, _checks.finite_real(alpha, "alpha")
+
+
+def weldon_pool_forward(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_indices=False):
+    """WELDON: ``y = mean(kmax largest) + alpha * mean(kmin smallest)`` per map.
+
+    ``kmin=None`` means ``kmin = kmax``; ``kmin = 0`` drops the second term. Counts follow the
+    k rule of ``global_kmax_pool_forward``. When the two sets overlap (``kmax + kmin > n``) a
+    cell counts in both. WILDCAT's pooling is ``0.5 * weldon_pool_forward(x, kmax, kmin,
+    alpha)``. With ``return_indices``, also the selected flat indices: the kmax largest (largest
+    first), then the kmin smallest (smallest first), int64 ``(N, C, kmax + kmin)``.
+    """
+    maps = _Maps(x)
+    top, bottom, alpha = _weldon_counts(maps, kmax, kmin, alpha)
+    total_top, index_top = maps.select(top, bottom=False)
+    total_bottom, index_bottom = maps.select(bottom, bottom=True)
+    values = total_top / top + (alpha * total_bottom / bottom if bottom else 0.0)
+    y = maps.result(values, keepdims)
+    if not return_indices:
+        return y
+    return y, np.concatenate([index_top, index_bottom], axis=1).reshape(
+        maps.shape[:2] + (top + bottom,))
+
+
+def weldon_pool_backward(grad_out, x, kmax=1, kmin=None, alpha=1.0, keepdims=False,
+                         return_indices=False, indices=None):
+    """Gradient of ``weldon_pool_forward``: ``grad_out / kmax`` on the top cells plus
+    ``alpha * grad_out / kmin`` on the bottom cells (both for a cell in both sets)."""
+    maps = _Maps(x)
+    top, bottom, alpha = _weldon_counts(maps, kmax, kmin, alpha)
+    g = maps.grad_out(grad_out, keepdims)
+    if indices is None:
+        index_top, index_bottom = maps.select(top, False)[1], maps.select(bottom, True)[1]
+    else:
+        index = maps.check_indices(indices, top + bottom)
+        index_top, index_bottom = index[:, :top], index[:, top:]
+    parts = [(index_top, g / top)] + ([(index_bottom, alpha * g / bottom)] if bottom else [])
+    return _scatter(maps, parts)
