@@ -71,3 +71,91 @@ def softmax_pool_grad(grad_out, x, nd, lam, kernel_size, stride=None, padding=0,
         term = g_o * w * (1 + lam * (flat - y))
         grad[(Ellipsis,) + window] += term.reshape(cells.shape)
     return grad
+
+
+# ------------------------------------------------------------------ global pools
+def maps(x):
+    """(N, C, *spatial) as (N, C, n) float64 maps, cells in flat (C) order."""
+    x = np.asarray(x, dtype=np.float64)
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def ranked(values, largest=True):
+    """Flat indices of one map in selection order: larger (or smaller) first, NaN counted as the
+    largest value, lower index first among equal values."""
+    def rank(i):
+        v = values[i]
+        nan = bool(np.isnan(v))
+        if largest:
+            return (not nan, 0.0 if nan else -v, i)
+        return (nan, 0.0 if nan else v, i)
+    return sorted(range(len(values)), key=rank)
+
+
+def k_rule(k, n):
+    if isinstance(k, float):
+        return max(1, int(np.floor(k * n + 1e-6)))
+    return min(k, n)
+
+
+def global_max(x):
+    m = maps(x)
+    return np.array([[m[a, b][ranked(m[a, b])[0]] for b in range(m.shape[1])]
+                     for a in range(m.shape[0])]).reshape(m.shape[:2])
+
+
+def global_kmax(x, k):
+    m = maps(x)
+    out = np.empty(m.shape[:2])
+    for a, b in np.ndindex(*m.shape[:2]):
+        chosen = ranked(m[a, b])[:k_rule(k, m.shape[2])]
+        out[a, b] = m[a, b][chosen].mean()
+    return out
+
+
+def weldon(x, kmax, kmin, alpha):
+    m = maps(x)
+    n = m.shape[2]
+    top = k_rule(kmax, n)
+    bottom = top if kmin is None else k_rule(kmin, n)
+    out = np.empty(m.shape[:2])
+    for a, b in np.ndindex(*m.shape[:2]):
+        v = m[a, b]
+        out[a, b] = v[ranked(v)[:top]].mean()
+        if bottom:
+            out[a, b] += alpha * v[ranked(v, largest=False)[:bottom]].mean()
+    return out
+
+
+def weldon_grad(g, x, kmax, kmin, alpha):
+    m = maps(x)
+    n = m.shape[2]
+    top = k_rule(kmax, n)
+    bottom = top if kmin is None else k_rule(kmin, n)
+    grad = np.zeros_like(m)
+    for a, b in np.ndindex(*m.shape[:2]):
+        v = m[a, b]
+        for i in ranked(v)[:top]:
+            grad[a, b, i] += g[a, b] / top
+        for i in ranked(v, largest=False)[:bottom]:
+            grad[a, b, i] += alpha * g[a, b] / bottom
+    return grad.reshape(np.shape(x))
+
+
+def global_lse(x, beta):
+    m = maps(x)
+    if beta == 0:
+        return m.mean(axis=2)
+    z = beta * m
+    top = z.max(axis=2, keepdims=True)
+    return (top[..., 0] + np.log(np.exp(z - top).mean(axis=2))) / beta
+
+
+def global_lse_grad(g, x, beta):
+    m = maps(x)
+    if beta == 0:
+        return np.broadcast_to((g / m.shape[2])[..., None], m.shape).reshape(np.shape(x))
+    z = beta * m
+    w = np.exp(z - z.max(axis=2, keepdims=True))
+    w /= w.sum(axis=2, keepdims=True)
+    return (g[..., None] * w).reshape(np.shape(x))
