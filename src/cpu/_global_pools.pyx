@@ -16,15 +16,17 @@ computed by one thread in a fixed order: results do not depend on the thread cou
     LSE: z = beta x, M = max z, S = sum exp(z - M), y = (M + log(S / n)) / beta
          (beta = 0 is the mean, taken by the caller); dy/dx_i = exp(z_i - M) / S.
 
-Selection (k-max, WELDON) is O(S) per map: the cells get 64-bit keys that order values (NaN
-above +inf, -0 equal to +0), ties go to the lower flat index, a quickselect (median of three,
-with a heapsort fallback past 2 log2 S levels) puts the k best first, and a heapsort orders
-them. The mean is summed in that ranking order, in float64.
+Selection (k-max, WELDON) is O(S) per map on average: the cells get unsigned keys that order
+their values (NaN above +inf, -0 equal to +0; complemented for the smallest values), a
+quickselect finds the k-th key T, and the k best are the cells above T plus the first cells
+equal to T in flat order (ties go to the lower flat index). Sums run in flat order, in float64;
+gradients are written map by map, with no scatter.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY, NAN, exp
 from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.string cimport memset
 
 from _fastexp cimport double_bits, exp_nonpositive_f32, exp_nonpositive_f64, float_bits
 
@@ -273,142 +275,228 @@ def lse_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, const doub
 
 
 # ------------------------------------------------------------------ selection
-cdef struct Entry:
-    uint64_t key
-    int64_t index
-
-
 cdef inline uint64_t _key(floating v) noexcept nogil:
-    """An unsigned key in the order of the values: NaN above +inf, -0 equal to +0."""
+    """An unsigned key in the order of the values: NaN above +inf, -0 equal to +0 (branch-free,
+    so key loops vectorise)."""
     cdef float_bits fb
     cdef double_bits db
     cdef uint32_t u
     cdef uint64_t w
-    if v != v:
-        return 0xFFFFFFFFFFFFFFFFULL
-    if v == 0:
-        v = 0
     if floating is float:
         fb.f = v
-        u = <uint32_t>fb.i
-        return <uint64_t>((~u) if (u & 0x80000000U) else (u | 0x80000000U))
+        u = <uint32_t>fb.i if v != 0 else 0U
+        u = u ^ ((0U - (u >> 31)) | 0x80000000U)
+        return <uint64_t>(u if v == v else 0xFFFFFFFFU)
     else:
         db.f = v
-        w = <uint64_t>db.i
-        return (~w) if (w & 0x8000000000000000ULL) else (w | 0x8000000000000000ULL)
+        w = <uint64_t>db.i if v != 0 else 0ULL
+        w = w ^ ((0ULL - (w >> 63)) | 0x8000000000000000ULL)
+        return w if v == v else 0xFFFFFFFFFFFFFFFFULL
 
 
-cdef inline bint _better(Entry a, Entry b) noexcept nogil:
-    """a ranks before b: larger key, or the same key and a lower index."""
-    return a.key > b.key or (a.key == b.key and a.index < b.index)
-
-
-cdef inline void _swap(Entry* a, Py_ssize_t i, Py_ssize_t j) noexcept nogil:
-    cdef Entry t = a[i]
-    a[i] = a[j]
-    a[j] = t
-
-
-cdef void _heapsort(Entry* a, Py_ssize_t n) noexcept nogil:
-    """Sort a[:n] best first, through a heap whose root is the worst entry."""
-    cdef Py_ssize_t start, end, root, child
-    start = n // 2
-    end = n
-    while end > 1:
-        if start > 0:
-            start = start - 1
-        else:
-            end = end - 1
-            _swap(a, 0, end)
-        root = start
-        while 2 * root + 1 < end:
-            child = 2 * root + 1
-            if child + 1 < end and _better(a[child], a[child + 1]):
-                child = child + 1  # the worse child
-            if _better(a[child], a[root]):
+cdef uint64_t _kth_largest(const uint64_t* keys, uint64_t* scratch, Py_ssize_t n,
+                           Py_ssize_t k, int width) noexcept nogil:
+    """The k-th largest of keys[:n] (1 <= k <= n; keys of ``width`` bits): a radix select, one
+    byte at a time from the top, keeping the candidates that share the chosen prefix (compacted
+    into scratch without branches) until the k-th is found. Four interleaved histograms keep
+    repeated digits from waiting on each other; the scan for the digit starts at the largest
+    one present."""
+    cdef uint32_t hist[4][256]
+    cdef const uint64_t* candidates = keys
+    cdef Py_ssize_t count = n, remaining = k, i, c, b, in_bin
+    cdef int shift = width - 8
+    cdef uint64_t prefix = 0, key, low, digit, top
+    while True:
+        memset(hist, 0, sizeof(hist))
+        top = 0
+        for i in range(count):
+            digit = (candidates[i] >> shift) & 255
+            hist[i & 3][digit] += 1
+            top = digit if digit > top else top
+        b = <Py_ssize_t>top
+        while True:
+            in_bin = hist[0][b] + hist[1][b] + hist[2][b] + hist[3][b]
+            if remaining <= in_bin:
                 break
-            _swap(a, root, child)
-            root = child
+            remaining = remaining - in_bin
+            b = b - 1
+        prefix = prefix | (<uint64_t>b << shift)
+        if shift == 0:
+            return prefix
+        c = 0
+        for i in range(count):
+            key = candidates[i]
+            scratch[c] = key
+            c = c + (((key >> shift) & 255) == <uint64_t>b)
+        count = c
+        candidates = scratch
+        shift = shift - 8
+        if remaining == count:  # every candidate is taken: the k-th is the smallest of them
+            low = candidates[0]
+            for i in range(count):
+                low = candidates[i] if candidates[i] < low else low
+            return low
 
 
-cdef void _select(Entry* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
-    """Rearrange a[:n] so that a[:k] holds the k best entries (keys are unique)."""
-    cdef Py_ssize_t lo = 0, hi = n - 1, i, j, mid, depth = 0, size = n
-    cdef Entry pivot
-    while size > 1:
-        size = size // 2
-        depth = depth + 2
-    while hi > lo:
-        if depth == 0:
-            _heapsort(a + lo, hi - lo + 1)
-            return
-        depth = depth - 1
-        mid = lo + (hi - lo) // 2
-        # Median of three as the pivot.
-        if _better(a[mid], a[lo]):
-            _swap(a, mid, lo)
-        if _better(a[hi], a[lo]):
-            _swap(a, hi, lo)
-        if _better(a[hi], a[mid]):
-            _swap(a, hi, mid)
-        pivot = a[mid]
-        i = lo
-        j = hi
-        while i <= j:
-            while _better(a[i], pivot):
-                i = i + 1
-            while _better(pivot, a[j]):
-                j = j - 1
-            if i <= j:
-                _swap(a, i, j)
-                i = i + 1
-                j = j - 1
-        if k - 1 <= j:
-            hi = j
-        elif k - 1 >= i:
-            lo = i
-        else:
-            return
+cdef inline Py_ssize_t _threshold(const floating* x, Py_ssize_t step, Py_ssize_t n,
+                                  Py_ssize_t k, bint bottom, uint64_t* keys, uint64_t* scratch,
+                                  uint64_t* t_out) noexcept nogil:
+    """Keys of one map (for the smallest values when bottom) and the threshold T of its k best:
+    they are the cells whose key exceeds T, then the first ``need`` cells (by flat index) whose
+    key equals T. Returns need."""
+    cdef Py_ssize_t i, greater = 0
+    cdef uint64_t flip = 0, top = 0xFFFFFFFFFFFFFFFFULL if floating is double else 0xFFFFFFFFULL
+    cdef uint64_t t
+    if bottom:
+        flip = top
+    for i in range(n):
+        keys[i] = _key(x[i * step]) ^ flip
+    t = _kth_largest(keys, scratch, n, k, 64 if floating is double else 32)
+    for i in range(n):
+        greater = greater + (keys[i] > t)
+    t_out[0] = t
+    return k - greater
+
+
+cdef inline bint _taken(uint64_t key, uint64_t t, Py_ssize_t* need) noexcept nogil:
+    """Whether a cell with this key is selected, cells visited in flat order."""
+    if key > t:
+        return True
+    if key == t and need[0] > 0:
+        need[0] = need[0] - 1
+        return True
+    return False
 
 
 cdef void _select_map(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssize_t k,
-                      bint bottom, Entry* buffer, double* total, int64_t* index) noexcept nogil:
-    """The k best cells of one map (largest, or smallest if bottom), in ranking order: their
-    flat indices and the float64 sum of their values in that order."""
-    cdef Py_ssize_t i
-    cdef uint64_t flip = 0
-    cdef double t = 0
-    if bottom:
-        flip = 0xFFFFFFFFFFFFFFFFULL if floating is double else 0xFFFFFFFFULL
-    for i in range(n):
-        buffer[i].key = _key(x[i * step]) ^ flip
-        buffer[i].index = i
-    if bottom and floating is float:
-        for i in range(n):  # NaN's key is all ones: keep it worst once flipped
-            if buffer[i].key > 0xFFFFFFFFULL:
-                buffer[i].key = 0
-    _select(buffer, n, k)
-    _heapsort(buffer, k)
-    for i in range(k):
-        index[i] = buffer[i].index
-        t = t + x[buffer[i].index * step]
-    total[0] = t
+                      bint bottom, uint64_t* buffer, double* total, int64_t* index,
+                      bint want_index) noexcept nogil:
+    """The float64 sum of the k best cells of one map (in flat order) and, if wanted, their flat
+    indices in ascending order."""
+    cdef uint64_t t
+    cdef uint64_t* keys = buffer
+    cdef Py_ssize_t i, need, j = 0
+    cdef double acc[4]
+    cdef double at_t = 0
+    need = _threshold(x, step, n, k, bottom, keys, buffer + n, &t)
+    for i in range(4):
+        acc[i] = 0
+    i = 0
+    while i + 4 <= n:  # branch-free: a select, not a multiply (an unselected NaN adds 0)
+        for j in range(4):
+            acc[j] = acc[j] + (<double>x[(i + j) * step] if keys[i + j] > t else 0.0)
+        i = i + 4
+    for j in range(n - i):
+        acc[j] = acc[j] + (<double>x[(i + j) * step] if keys[i + j] > t else 0.0)
+    if need:
+        for i in range(n):
+            if keys[i] == t:
+                at_t = x[i * step]
+                break
+    total[0] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + (need * at_t if need else 0.0)
+    j = 0
+    if want_index:
+        for i in range(n):
+            if _taken(keys[i], t, &need):
+                index[j] = i
+                j = j + 1
 
 
 def select(const floating[:, :, :] x, Py_ssize_t k, bint bottom, double[:] total,
-           int64_t[:, :] index, int64_t[:, :] buffers, int n_threads):
-    """For every map of x (N, C, S): the k largest (or smallest) cells, ranked (``index``,
-    (N * C, k)) and the sum of their values (``total``). ``buffers`` is (threads, 2 * S)."""
+           int64_t[:, :] index, uint64_t[:, :] buffers, int n_threads):
+    """For every map of x (N, C, S): the sum of its k largest (or smallest) cells in ``total``
+    and, when ``index`` has k columns, their flat indices in ascending order. ``buffers`` is
+    (threads, 2 * S)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t sN = x.strides[0] // x.itemsize, sC = x.strides[1] // x.itemsize
     cdef Py_ssize_t sS = x.strides[2] // x.itemsize
     cdef Py_ssize_t t
+    cdef bint want_index = index.shape[1] == k
     cdef const floating* base = &x[0, 0, 0]
-    cdef Entry* buffer
+    cdef uint64_t* buffer
     if k == 0 or N * C == 0:
         return
     with nogil, parallel(num_threads=n_threads):
-        buffer = <Entry*>&buffers[threadid(), 0]
+        buffer = &buffers[threadid(), 0]
         for t in prange(N * C, schedule='static'):
             _select_map(base + (t // C) * sN + (t % C) * sC, sS, S, k, bottom, buffer,
-                        &total[t], &index[t, 0])
+                        &total[t], &index[t, 0] if want_index else NULL, want_index)
+
+
+cdef void _selection_gradient_map(const floating* x, floating* gx, Py_ssize_t step,
+                                  Py_ssize_t n, Py_ssize_t k_top, double top_share,
+                                  Py_ssize_t k_bottom, double bottom_share,
+                                  uint64_t* buffer) noexcept nogil:
+    """gx = top_share on the k_top largest cells + bottom_share on the k_bottom smallest."""
+    cdef uint64_t t
+    cdef uint64_t* keys = buffer
+    cdef Py_ssize_t i, need
+    cdef floating share
+    if k_top:
+        need = _threshold(x, step, n, k_top, False, keys, buffer + n, &t)
+        share = <floating>top_share
+        for i in range(n):
+            gx[i * step] = share if keys[i] > t else 0
+        if need:
+            for i in range(n):
+                if keys[i] == t:
+                    gx[i * step] = share
+                    need = need - 1
+                    if need == 0:
+                        break
+    else:
+        for i in range(n):
+            gx[i * step] = 0
+    if k_bottom:
+        need = _threshold(x, step, n, k_bottom, True, keys, buffer + n, &t)
+        share = <floating>bottom_share
+        for i in range(n):
+            gx[i * step] = gx[i * step] + (share if keys[i] > t else 0)
+        if need:
+            for i in range(n):
+                if keys[i] == t:
+                    gx[i * step] = gx[i * step] + share
+                    need = need - 1
+                    if need == 0:
+                        break
+
+
+def selection_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, Py_ssize_t k_top,
+                       const double[:] top_share, Py_ssize_t k_bottom,
+                       const double[:] bottom_share, uint64_t[:, :] buffers, int n_threads):
+    """grad_x of k-max / WELDON: per map, top_share on the k_top largest cells plus
+    bottom_share on the k_bottom smallest (a cell in both gets both); 0 elsewhere. grad_x has
+    x's strides."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
+    cdef Py_ssize_t sN = x.strides[0] // x.itemsize, sC = x.strides[1] // x.itemsize
+    cdef Py_ssize_t sS = x.strides[2] // x.itemsize
+    cdef Py_ssize_t t, offset
+    cdef const floating* base = &x[0, 0, 0]
+    cdef floating* gbase = &grad_x[0, 0, 0]
+    cdef uint64_t* buffer
+    if N * C == 0:
+        return
+    with nogil, parallel(num_threads=n_threads):
+        buffer = &buffers[threadid(), 0]
+        for t in prange(N * C, schedule='static'):
+            offset = (t // C) * sN + (t % C) * sC
+            _selection_gradient_map(base + offset, gbase + offset, sS, S, k_top, top_share[t],
+                                    k_bottom, bottom_share[t] if k_bottom else 0.0, buffer)
+
+
+def scatter_gradient(floating[:, :, :] grad_x, const int64_t[:, :] index, const double[:] share,
+                     bint accumulate, int n_threads):
+    """grad_x[map, index[map, j]] = share[map] for every j (added when ``accumulate``, else
+    the map is zeroed first): the gradient of selections whose indices the forward returned."""
+    cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1], S = grad_x.shape[2]
+    cdef Py_ssize_t K = index.shape[1], t, i, n, c
+    cdef floating value
+    for t in prange(N * C, schedule='static', nogil=True, num_threads=n_threads):
+        n = t // C
+        c = t % C
+        value = <floating>share[t]
+        if not accumulate:
+            for i in range(S):
+                grad_x[n, c, i] = 0
+        for i in range(K):
+            grad_x[n, c, index[t, i]] = grad_x[n, c, index[t, i]] + value

@@ -74,15 +74,28 @@ class _Maps:
         k.reduce(mode, self.x3, beta, a, b, index, get_num_threads())
         return a, b, index
 
-    def select(self, count, bottom):
-        """The ``count`` largest (or smallest) cells of every map: (sums, ranked indices)."""
+    def buffers(self):
+        return np.empty((get_num_threads(), 2 * self.n), np.uint64)
+
+    def select(self, count, bottom, want_index=False):
+        """The ``count`` largest (or smallest) cells of every map: their sums and, if wanted,
+        their flat indices in ascending order (else an empty (maps, 0) array)."""
         total = np.zeros(self.maps)
-        index = np.zeros((self.maps, count), np.int64)
+        index = np.zeros((self.maps, count if want_index else 0), np.int64)
         if count and not self.empty():
-            n_threads = get_num_threads()
-            buffers = np.empty((n_threads, 2 * self.n), np.int64)
-            _kernels().select(self.x3, count, bottom, total, index, buffers, n_threads)
+            _kernels().select(self.x3, count, bottom, total, index, self.buffers(),
+                              get_num_threads())
         return total, index
+
+    def selection_gradient(self, k_top, top_share, k_bottom, bottom_share):
+        """top_share on the k_top largest cells of each map plus bottom_share on the k_bottom
+        smallest, 0 elsewhere, in x's layout."""
+        grad = _checks.empty_like_layout(self.shape, self.work_dtype, self.layout)
+        if not self.empty():
+            _kernels().selection_gradient(self.x3, self.view3(grad), k_top, top_share,
+                                          k_bottom, bottom_share, self.buffers(),
+                                          get_num_threads())
+        return self.gradient(grad)
 
     def result(self, values, keepdims):
         """(maps,) float64 values as the caller's (N, C[, 1, ...]) array of x's dtype."""
@@ -121,19 +134,12 @@ class _Maps:
 def _scatter(maps, parts):
     """A gradient that is zero but for ``parts``: (indices (maps, k), values (maps,)) pairs,
     added in order (a cell in two parts gets both)."""
-    g, g3 = maps.zeros()
-    flat = g3.reshape(maps.maps, maps.n) if maps.layout == "contiguous" else None
-    for index, values in parts:
-        if index.shape[1] == 0:
-            continue
-        if flat is not None:
-            rows = np.arange(maps.maps)[:, None]
-            flat[rows, index] += values[:, None].astype(maps.work_dtype)
-        else:
-            n = np.arange(maps.maps) // maps.shape[1]
-            c = np.arange(maps.maps) % maps.shape[1]
-            g3[n[:, None], c[:, None], index] += values[:, None].astype(maps.work_dtype)
-    return maps.gradient(g)
+    grad = _checks.empty_like_layout(maps.shape, maps.work_dtype, maps.layout)
+    grad3 = maps.view3(grad)
+    for number, (index, values) in enumerate(parts):
+        if not maps.empty():
+            _kernels().scatter_gradient(grad3, index, values, number > 0, get_num_threads())
+    return maps.gradient(grad)
 
 
 # ------------------------------------------------------------------ max
@@ -230,11 +236,11 @@ def global_lse_pool_backward(grad_out, x, beta=1.0, keepdims=False):
 def global_kmax_pool_forward(x, k=1, keepdims=False, return_indices=False):
     """``y = mean of the k largest cells`` of each map. ``k``: an int count (clipped to n) or a
     float fraction in (0, 1] (``max(1, floor(k n + 1e-6))`` cells). Ties: lower flat indices
-    first. With ``return_indices``, also the selected flat indices, largest first
+    first. With ``return_indices``, also the selected flat indices in ascending order
     (int64, ``(N, C, k)``)."""
     maps = _Maps(x)
     count = _checks.k_count(k, maps.n, "k")
-    total, index = maps.select(count, bottom=False)
+    total, index = maps.select(count, False, return_indices)
     y = maps.result(total / count, keepdims)
     return (y, index.reshape(maps.shape[:2] + (count,))) if return_indices else y
 
@@ -245,9 +251,9 @@ def global_kmax_pool_backward(grad_out, x, k=1, keepdims=False, return_indices=F
     maps = _Maps(x)
     count = _checks.k_count(k, maps.n, "k")
     g = maps.grad_out(grad_out, keepdims)
-    index = maps.select(count, False)[1] if indices is None else \
-        maps.check_indices(indices, count)
-    return _scatter(maps, [(index, g / count)])
+    if indices is None:
+        return maps.selection_gradient(count, g / count, 0, g)
+    return _scatter(maps, [(maps.check_indices(indices, count), g / count)])
 
 
 # ------------------------------------------------------------------ WELDON
@@ -263,13 +269,13 @@ def weldon_pool_forward(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_
     ``kmin=None`` means ``kmin = kmax``; ``kmin = 0`` drops the second term. Counts follow the
     k rule of ``global_kmax_pool_forward``. When the two sets overlap (``kmax + kmin > n``) a
     cell counts in both. WILDCAT's pooling is ``0.5 * weldon_pool_forward(x, kmax, kmin,
-    alpha)``. With ``return_indices``, also the selected flat indices: the kmax largest (largest
-    first), then the kmin smallest (smallest first), int64 ``(N, C, kmax + kmin)``.
+    alpha)``. With ``return_indices``, also the selected flat indices: those of the kmax largest,
+    then those of the kmin smallest, each in ascending order, int64 ``(N, C, kmax + kmin)``.
     """
     maps = _Maps(x)
     top, bottom, alpha = _weldon_counts(maps, kmax, kmin, alpha)
-    total_top, index_top = maps.select(top, bottom=False)
-    total_bottom, index_bottom = maps.select(bottom, bottom=True)
+    total_top, index_top = maps.select(top, False, return_indices)
+    total_bottom, index_bottom = maps.select(bottom, True, return_indices)
     values = total_top / top + (alpha * total_bottom / bottom if bottom else 0.0)
     y = maps.result(values, keepdims)
     if not return_indices:
@@ -286,9 +292,8 @@ def weldon_pool_backward(grad_out, x, kmax=1, kmin=None, alpha=1.0, keepdims=Fal
     top, bottom, alpha = _weldon_counts(maps, kmax, kmin, alpha)
     g = maps.grad_out(grad_out, keepdims)
     if indices is None:
-        index_top, index_bottom = maps.select(top, False)[1], maps.select(bottom, True)[1]
-    else:
-        index = maps.check_indices(indices, top + bottom)
-        index_top, index_bottom = index[:, :top], index[:, top:]
+        return maps.selection_gradient(top, g / top, bottom, alpha * g / max(bottom, 1))
+    index = maps.check_indices(indices, top + bottom)
+    index_top, index_bottom = index[:, :top], index[:, top:]
     parts = [(index_top, g / top)] + ([(index_bottom, alpha * g / bottom)] if bottom else [])
     return _scatter(maps, parts)
