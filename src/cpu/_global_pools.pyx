@@ -60,71 +60,136 @@ cdef inline double _weight(double z, double m) noexcept nogil:
 
 
 # ------------------------------------------------------------------ one run of cells
-cdef inline void _max_run(const floating* x, Py_ssize_t step, Py_ssize_t n, double* value,
-                          int64_t* index) noexcept nogil:
-    """Maximum of n cells step apart and its first index; the first NaN wins."""
-    cdef Py_ssize_t i
-    cdef floating m = x[0], v
-    cdef bint nan = False
-    for i in range(n):
-        v = x[i * step]
-        nan = nan | (v != v)
-        m = v if v > m else m
-    for i in range(n):
-        v = x[i * step]
-        if (v != v) if nan else (v == m):
-            value[0] = v
-            index[0] = i
-            return
-
-
-cdef inline double _sum_run(const floating* x, Py_ssize_t n) noexcept nogil:
-    """Sum of n contiguous cells in float64, over eight interleaved accumulators."""
-    cdef double acc[8]
+cdef inline floating _scaled_max(const floating* x, Py_ssize_t n, floating beta,
+                                 floating* bad_out) noexcept nogil:
+    """max of beta * x over n contiguous cells, in eight independent lanes (so it vectorises
+    without -ffast-math), and in bad_out the sum of z - z: NaN exactly when a NaN or an
+    infinity is present (the maximum is then not to be trusted)."""
+    cdef floating m[8]
+    cdef floating bad[8]
+    cdef floating z, best
     cdef Py_ssize_t i, j
     for j in range(8):
-        acc[j] = 0
+        m[j] = -INFINITY
+        bad[j] = 0
     i = 0
     while i + 8 <= n:
         for j in range(8):
-            acc[j] = acc[j] + x[i + j]
+            z = beta * x[i + j]
+            bad[j] = bad[j] + (z - z)
+            m[j] = z if z > m[j] else m[j]
         i = i + 8
     for j in range(n - i):
-        acc[j] = acc[j] + x[i + j]
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+        z = beta * x[i + j]
+        bad[j] = bad[j] + (z - z)
+        m[j] = z if z > m[j] else m[j]
+    best = m[0]
+    for j in range(8):
+        best = m[j] if m[j] > best else best
+    bad_out[0] = ((bad[0] + bad[1]) + (bad[2] + bad[3])) + ((bad[4] + bad[5]) + (bad[6] + bad[7]))
+    return best
+
+
+cdef inline void _max_run(const floating* x, Py_ssize_t step, Py_ssize_t n, double* value,
+                          int64_t* index) noexcept nogil:
+    """Maximum of n cells step apart and its first index; the first NaN wins.
+
+    The vectorised pass takes the maximum and sums v - v, which is NaN exactly when a NaN or an
+    infinity is present; only then are the cells checked one by one for a NaN."""
+    cdef Py_ssize_t i, j
+    cdef floating m = x[0], v, bad = 0
+    cdef bint hit
+    if step == 1:
+        m = _scaled_max(x, n, 1, &bad)
+    else:
+        for i in range(n):
+            v = x[i * step]
+            bad = bad + (v - v)
+            m = v if v > m else m
+    if bad != 0:
+        for i in range(n):
+            v = x[i * step]
+            if v != v:
+                value[0] = v
+                index[0] = i
+                return
+    i = 0
+    while True:  # the first cell equal to m, sixteen cells at a time
+        hit = False
+        for j in range(min(<Py_ssize_t>16, n - i)):
+            hit = hit | (x[(i + j) * step] == m)
+        if hit:
+            for j in range(16):
+                if x[(i + j) * step] == m:
+                    value[0] = m
+                    index[0] = i + j
+                    return
+        i = i + 16
+
+
+cdef inline double _sum_run(const floating* x, Py_ssize_t n) noexcept nogil:
+    """Sum of n contiguous cells: eight lanes of x's precision over blocks of 256 cells, the
+    blocks added in float64."""
+    cdef floating lane[8]
+    cdef double total = 0
+    cdef Py_ssize_t i, j, b = 0, stop
+    while b < n:
+        stop = min(b + 256, n)
+        for j in range(8):
+            lane[j] = 0
+        i = b
+        while i + 8 <= stop:
+            for j in range(8):
+                lane[j] = lane[j] + x[i + j]
+            i = i + 8
+        for j in range(stop - i):
+            lane[j] = lane[j] + x[i + j]
+        total = total + (((<double>lane[0] + lane[1]) + (<double>lane[2] + lane[3])) +
+                         ((<double>lane[4] + lane[5]) + (<double>lane[6] + lane[7])))
+        b = stop
+    return total
 
 
 cdef inline void _lse_run(const floating* x, Py_ssize_t n, floating beta, double* m_out,
                           double* s_out) noexcept nogil:
-    """M = max beta x and S = sum exp(beta x - M) of n contiguous cells."""
-    cdef Py_ssize_t i, j
-    cdef floating m = -INFINITY, z
-    cdef bint nan = False
-    cdef double acc[8]
-    for i in range(n):
-        z = beta * x[i]
-        nan = nan | (z != z)
-        m = z if z > m else m
-    if nan:
-        m_out[0] = NAN
-        s_out[0] = NAN
-        return
-    m_out[0] = m
-    if not _finite(m):
+    """M = max beta x and S = sum exp(beta x - M) of n contiguous cells. The exponentials are
+    added in eight lanes of x's precision over blocks of 256 cells, the blocks in float64."""
+    cdef Py_ssize_t i, j, b, stop
+    cdef floating m, z, bad = 0
+    cdef floating lane[8]
+    cdef double total = 0
+    m = _scaled_max(x, n, beta, &bad)
+    if bad != 0:  # a NaN or an infinity somewhere: exact limits, one cell at a time
+        m = -INFINITY
+        for i in range(n):
+            z = beta * x[i]
+            if z != z:
+                m_out[0] = NAN
+                s_out[0] = NAN
+                return
+            m = z if z > m else m
+        m_out[0] = m
         s_out[0] = 0
         for i in range(n):
             s_out[0] = s_out[0] + _weight(beta * x[i], m)
         return
-    for j in range(8):
-        acc[j] = 0
-    i = 0
-    while i + 8 <= n:
+    m_out[0] = m
+    b = 0
+    while b < n:
+        stop = min(b + 256, n)
         for j in range(8):
-            acc[j] = acc[j] + _exp_nonpositive(beta * x[i + j] - m)
-        i = i + 8
-    for j in range(n - i):
-        acc[j] = acc[j] + _exp_nonpositive(beta * x[i + j] - m)
-    s_out[0] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+            lane[j] = 0
+        i = b
+        while i + 8 <= stop:
+            for j in range(8):
+                lane[j] = lane[j] + _exp_nonpositive(beta * x[i + j] - m)
+            i = i + 8
+        for j in range(stop - i):
+            lane[j] = lane[j] + _exp_nonpositive(beta * x[i + j] - m)
+        total = total + (((<double>lane[0] + lane[1]) + (<double>lane[2] + lane[3])) +
+                         ((<double>lane[4] + lane[5]) + (<double>lane[6] + lane[7])))
+        b = stop
+    s_out[0] = total
 
 
 # ------------------------------------------------------------------ one channels-last chunk

@@ -174,7 +174,8 @@ def global_max_pool_backward(grad_out, x, keepdims=False, return_indices=False, 
 
 # ------------------------------------------------------------------ avg
 def _sum(maps):
-    return maps.partials(_SUM)[0].sum(axis=1)
+    a = maps.partials(_SUM)[0]
+    return a[:, 0] if a.shape[1] == 1 else a.sum(axis=1)
 
 
 def global_avg_pool_forward(x, keepdims=False):
