@@ -28,9 +28,9 @@ def build(directory):
     umbrella = pathlib.Path(directory) / "npool_kernels_host.cu"
     umbrella.write_text("".join(f'#include "{f}"\n' for f in sorted(SOURCES.glob("*.cu"))))
     library = pathlib.Path(directory) / "libnpool_kernels_host.so"
-    subprocess.run([nvcc, "-DNPOOL_HOST_EMULATION", "-std=c++17", "-O1", "-shared",
-                    "-Xcompiler", "-fPIC", "-I", str(SOURCES), str(umbrella), "-o", str(library)],
-                   check=True, capture_output=True)
+    subprocess.run([nvcc, "-DNPOOL_HOST_EMULATION", "-std=c++20", "-O1", "-shared",
+                    "-Xcompiler", "-fPIC", "-Xcompiler", "-pthread", "-I", str(SOURCES),
+                    str(umbrella), "-o", str(library)], check=True, capture_output=True)
     return ctypes.CDLL(str(library))
 
 
@@ -69,7 +69,8 @@ class EmulatedSession:
         self.keep = []
 
     def empty(self, shape, dtype, strides):
-        array = poisoned(shape, dtype, strides)
+        array = poisoned(shape, dtype, strides) if np.dtype(dtype).kind == "f" else \
+            np.full(shape, -7, dtype)
         out = HostArray(array)
         return out, DeviceArray(array.ctypes.data if array.size else 0, shape, strides, dtype,
                                 None, out)
@@ -78,6 +79,16 @@ class EmulatedSession:
         memory = np.full(max(nbytes, 1), 0xFF, np.uint8)
         self.keep.append(memory)
         return memory.ctypes.data
+
+    block_size = 32  # small blocks: many host threads per block would be slow
+
+    def launch_blocks(self, name, args, blocks, shared_bytes):
+        self.device.launches.append(name)
+        buffer = ctypes.create_string_buffer(args.tobytes(), len(args.tobytes()))
+        grid = min(blocks, 3)  # fewer blocks than maps: the grid-stride loops run too
+        function = getattr(self.device.library, name)
+        function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int64]
+        function(buffer, grid, self.block_size, shared_bytes)
 
     def launch(self, name, args, count):
         assert count == args["count"] and count > 0

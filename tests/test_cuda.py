@@ -20,6 +20,7 @@ import npool
 from npool._cuda import _device, windowed_softmax
 from npool._cuda._arrays import describe
 from strategies import channels_last, pool_problems
+from test_global_pools import global_problems
 from test_soft_pool import call_backward, call_forward, ref_backward, ref_forward, scale_of
 
 
@@ -554,3 +555,60 @@ def test_without_pycuda_gpu_arrays_get_a_clear_error():
 
 def test_cuda_available_never_raises():
     assert npool.cuda_available() in (True, False)
+
+
+# ------------------------------------------------------------------ global pools
+GLOBAL_CASES = [
+    ("max", npool.global_max_pool_forward, npool.global_max_pool_backward, {}, True),
+    ("avg", npool.global_avg_pool_forward, npool.global_avg_pool_backward, {}, False),
+    ("lse", npool.global_lse_pool_forward, npool.global_lse_pool_backward, {"beta": 0.7}, False),
+    ("lse-", npool.global_lse_pool_forward, npool.global_lse_pool_backward, {"beta": -2.0},
+     False),
+    ("kmax", npool.global_kmax_pool_forward, npool.global_kmax_pool_backward, {"k": 0.3}, True),
+    ("weldon", npool.weldon_pool_forward, npool.weldon_pool_backward,
+     {"kmax": 3, "kmin": 5, "alpha": 0.6}, True),
+    ("kmax-all", npool.global_kmax_pool_forward, npool.global_kmax_pool_backward, {"k": 1000},
+     True),
+]
+
+
+@pytest.mark.parametrize("name,forward,backward,kwargs,selects", GLOBAL_CASES,
+                         ids=[c[0] for c in GLOBAL_CASES])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=30)
+@given(data=st.data())
+def test_global_pools_match_the_cpu(gpu, name, forward, backward, kwargs, selects, dtype, data):
+    x, _ = data.draw(global_problems(dtype, max_side=12))
+    keepdims = data.draw(st.booleans())
+    tolerance = 1e-12 if dtype == np.float64 else 2e-5
+    scale = max(1.0, float(np.abs(x).max()))
+    y = forward(x, keepdims=keepdims, **kwargs)
+    y_gpu = gpu.to_host(forward(gpu.to_device(x), keepdims=keepdims, **kwargs))
+    assert y_gpu.shape == y.shape and y_gpu.dtype == dtype
+    np.testing.assert_allclose(y_gpu, y, rtol=tolerance, atol=tolerance * scale)
+    g = np.random.default_rng(3).standard_normal(y.shape).astype(dtype)
+    grad = backward(g, x, keepdims=keepdims, **kwargs)
+    grad_gpu = gpu.to_host(backward(gpu.to_device(g), gpu.to_device(x), keepdims=keepdims,
+                                    **kwargs))
+    np.testing.assert_allclose(grad_gpu, grad, rtol=tolerance, atol=tolerance * scale)
+    if selects:  # the same cells as the CPU, and the indices round trip
+        y_i, index = forward(x, keepdims=keepdims, return_indices=True, **kwargs)
+        y_gpu_i, index_gpu = forward(gpu.to_device(x), keepdims=keepdims, return_indices=True,
+                                     **kwargs)
+        np.testing.assert_array_equal(gpu.read(index_gpu), index)
+        grad_gpu = gpu.to_host(backward(gpu.to_device(g), gpu.to_device(x), keepdims=keepdims,
+                                        indices=index_gpu, **kwargs))
+        np.testing.assert_allclose(grad_gpu, grad, rtol=tolerance, atol=tolerance * scale)
+
+
+def test_global_pools_nan_and_float16(gpu):
+    x = np.array([[[1.0, np.nan, 3.0, np.nan], [2.0, 2.0, -1.0, 5.0]]], np.float32)
+    y, index = npool.global_max_pool_forward(gpu.to_device(x), return_indices=True)
+    np.testing.assert_array_equal(gpu.to_host(y), [[np.nan, 5.0]])
+    np.testing.assert_array_equal(gpu.read(index), [[1, 3]])
+    _, index = npool.weldon_pool_forward(gpu.to_device(x), kmax=2, kmin=2, return_indices=True)
+    np.testing.assert_array_equal(gpu.read(index), [[[1, 3, 0, 2], [0, 3, 0, 2]]])
+    h = np.random.default_rng(4).standard_normal((2, 3, 5, 5)).astype(np.float16)
+    for forward in (npool.global_lse_pool_forward, npool.global_avg_pool_forward):
+        np.testing.assert_allclose(gpu.to_host(forward(gpu.to_device(h))).astype(np.float32),
+                                   forward(h).astype(np.float32), rtol=2e-3, atol=2e-3)

@@ -8,10 +8,14 @@
 // indexing on a machine without a GPU.
 #pragma once
 #include <cstdint>
+#include <cstring>
 #include <cuda_fp16.h>
 
 #ifdef NPOOL_HOST_EMULATION
+#include <barrier>
 #include <cmath>
+#include <thread>
+#include <vector>
 #define NPOOL_FN inline
 #else
 #define NPOOL_FN __device__ __forceinline__
@@ -36,11 +40,15 @@ template <> NPOOL_FN double from_acc<double>(double v) { return v; }
 #ifdef NPOOL_HOST_EMULATION
 NPOOL_FN float exp_acc(float v) { return std::exp(v); }
 NPOOL_FN double exp_acc(double v) { return std::exp(v); }
+NPOOL_FN float log_acc(float v) { return std::log(v); }
+NPOOL_FN double log_acc(double v) { return std::log(v); }
 NPOOL_FN bool is_finite(float v) { return std::isfinite(v); }
 NPOOL_FN bool is_finite(double v) { return std::isfinite(v); }
 #else
 NPOOL_FN float exp_acc(float v) { return expf(v); }
 NPOOL_FN double exp_acc(double v) { return ::exp(v); }
+NPOOL_FN float log_acc(float v) { return logf(v); }
+NPOOL_FN double log_acc(double v) { return ::log(v); }
 NPOOL_FN bool is_finite(float v) { return isfinite(v); }
 NPOOL_FN bool is_finite(double v) { return isfinite(v); }
 #endif
@@ -80,6 +88,42 @@ template <typename I> NPOOL_FN I div_mod(I n, const Divisor& d, I* remainder) {
   return q;
 }
 
+// ------------------------------------------------------------------ blocks
+// Block-level kernels see their coordinates, barrier and dynamic shared memory through these,
+// so that the host emulation can run one host thread per CUDA thread of a block.
+#ifdef NPOOL_HOST_EMULATION
+namespace emulation {
+struct Block {
+  int64_t index, count;  // blockIdx.x, gridDim.x
+  int size;              // blockDim.x
+  std::barrier<>* barrier;
+  unsigned char* shared;
+};
+inline thread_local Block block;
+inline thread_local int thread;
+}  // namespace emulation
+inline int thread_index() { return emulation::thread; }
+inline int block_size() { return emulation::block.size; }
+inline int64_t block_index() { return emulation::block.index; }
+inline int64_t grid_size() { return emulation::block.count; }
+inline void sync_block() { emulation::block.barrier->arrive_and_wait(); }
+inline void atomic_add(uint32_t* p, uint32_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+template <typename T> inline T* shared_memory() {
+  return reinterpret_cast<T*>(emulation::block.shared);
+}
+#else
+NPOOL_FN int thread_index() { return threadIdx.x; }
+NPOOL_FN int block_size() { return blockDim.x; }
+NPOOL_FN int64_t block_index() { return blockIdx.x; }
+NPOOL_FN int64_t grid_size() { return gridDim.x; }
+NPOOL_FN void sync_block() { __syncthreads(); }
+NPOOL_FN void atomic_add(uint32_t* p, uint32_t v) { atomicAdd(p, v); }
+template <typename T> NPOOL_FN T* shared_memory() {
+  extern __shared__ __align__(16) unsigned char npool_shared[];
+  return reinterpret_cast<T*>(npool_shared);
+}
+#endif
+
 }  // namespace npool
 
 // ------------------------------------------------------------------ kernels
@@ -98,4 +142,29 @@ template <typename I> NPOOL_FN I div_mod(I n, const Divisor& d, I* remainder) {
          t < args.count; t += step)                                                       \
       item(args, t);                                                                      \
   }
+#endif
+
+// NPOOL_BLOCK_KERNEL(name, Args, body): an extern "C" kernel `name(Args args)` whose threads
+// cooperate in blocks (npool::thread_index(), npool::sync_block(), npool::shared_memory()):
+// `body(args)` runs in every thread. Emulated, each block runs as `block` host threads.
+#ifdef NPOOL_HOST_EMULATION
+#define NPOOL_BLOCK_KERNEL(name, Args, body)                                              \
+  extern "C" __attribute__((visibility("default"))) void name(                            \
+      const Args* args, int64_t grid, int block, int64_t shared_bytes) {                  \
+    std::vector<unsigned char> shared(shared_bytes > 0 ? shared_bytes : 1);               \
+    for (int64_t b = 0; b < grid; ++b) {                                                  \
+      std::barrier<> barrier(block);                                                      \
+      std::vector<std::thread> threads;                                                   \
+      for (int t = 0; t < block; ++t)                                                     \
+        threads.emplace_back([&, t] {                                                     \
+          npool::emulation::block = {b, grid, block, &barrier, shared.data()};            \
+          npool::emulation::thread = t;                                                   \
+          body(*args);                                                                    \
+        });                                                                               \
+      for (auto& th : threads) th.join();                                                 \
+    }                                                                                     \
+  }
+#else
+#define NPOOL_BLOCK_KERNEL(name, Args, body)                                              \
+  extern "C" __global__ void __launch_bounds__(256) name(const Args args) { body(args); }
 #endif

@@ -1,5 +1,6 @@
 """Global pools (spatial-pooling.torch; Durand et al., WELDON and WILDCAT): every (sample,
-channel) map of ``n`` spatial cells pooled to one value, by ``src/cpu/_global_pools.pyx``.
+channel) map of ``n`` spatial cells pooled to one value, by ``src/cpu/_global_pools.pyx`` on
+numpy arrays and ``src/cuda/global_pools.cu`` (through ``npool._cuda``) on GPU arrays.
 
     max     y = max x (ties: lowest flat index; a NaN wins)
     avg     y = mean x
@@ -15,7 +16,7 @@ import numpy as np
 
 from . import _checks
 from ._cpu import kernel_module
-from ._dispatch import backend_of
+from ._dispatch import backend_of, is_gpu_array
 from ._threads import get_num_threads
 
 _MAX, _SUM, _LSE = 0, 1, 2
@@ -25,13 +26,32 @@ def _kernels():
     return kernel_module("_global_pools")
 
 
+def _gpu(**arrays):
+    """npool._cuda.global_pools when the arrays are GPU arrays (a mix is a TypeError), else
+    None."""
+    if backend_of(**arrays) != "cuda":
+        return None
+    from ._cuda import global_pools
+    return global_pools
+
+
+def _cells(x):
+    """The number of spatial cells of each map of x (numpy or GPU array); 1 for anything else,
+    which the checks that follow refuse."""
+    if isinstance(x, np.ndarray):
+        shape = x.shape
+    elif is_gpu_array(x):
+        from ._cuda._arrays import describe
+        shape = describe(x, "x").shape
+    else:
+        return 1
+    return int(np.prod(shape[2:])) if len(shape) >= 3 else 1
+
+
 class _Maps:
     """One validated call: x seen as (N, C, S) maps, S the flattened spatial cells."""
 
     def __init__(self, x):
-        if backend_of(x=x) != "cpu":
-            raise NotImplementedError("global pools run on the CPU only for now: pass numpy "
-                                      "arrays (their CUDA kernels are not written yet)")
         _checks.float_array(x, "x")
         if x.ndim < 3:
             raise ValueError(f"x must be (N, C, *spatial) with at least one spatial axis, got "
@@ -153,6 +173,9 @@ def _max(maps):
 def global_max_pool_forward(x, keepdims=False, return_indices=False):
     """``y = max x`` over the spatial cells of each map; ties go to the lowest flat index and a
     NaN wins. With ``return_indices``, also the flat index of each maximum (int64, y's shape)."""
+    gpu = _gpu(x=x)
+    if gpu:
+        return gpu.forward("max", x, keepdims, return_indices)
     maps = _Maps(x)
     values, index = _max(maps) if not maps.empty() else (np.zeros(0), np.zeros(0, np.int64))
     y = maps.result(values, keepdims)
@@ -161,6 +184,9 @@ def global_max_pool_forward(x, keepdims=False, return_indices=False):
 
 def global_max_pool_backward(grad_out, x, keepdims=False, return_indices=False, indices=None):
     """Gradient of ``global_max_pool_forward``: ``grad_out`` at each maximum, 0 elsewhere."""
+    gpu = _gpu(grad_out=grad_out, x=x)
+    if gpu:
+        return gpu.backward("max", grad_out, x, keepdims, indices)
     maps = _Maps(x)
     g = maps.grad_out(grad_out, keepdims)
     if maps.empty():
@@ -179,7 +205,10 @@ def _sum(maps):
 
 
 def global_avg_pool_forward(x, keepdims=False):
-    """``y = mean x`` over the spatial cells of each map (summed in float64)."""
+    """``y = mean x`` over the spatial cells of each map (partial sums in float64)."""
+    gpu = _gpu(x=x)
+    if gpu:
+        return gpu.forward("avg", x, keepdims, False)
     maps = _Maps(x)
     values = _sum(maps) / maps.n if not maps.empty() else np.zeros(0)
     return maps.result(values, keepdims)
@@ -187,6 +216,9 @@ def global_avg_pool_forward(x, keepdims=False):
 
 def global_avg_pool_backward(grad_out, x, keepdims=False):
     """Gradient of ``global_avg_pool_forward``: ``grad_out / n`` on every cell."""
+    gpu = _gpu(grad_out=grad_out, x=x)
+    if gpu:
+        return gpu.backward("avg", grad_out, x, keepdims)
     maps = _Maps(x)
     g = maps.grad_out(grad_out, keepdims)
     grad, grad3 = maps.zeros()
@@ -208,11 +240,14 @@ def global_lse_pool_forward(x, beta=1.0, keepdims=False):
     """``y = (1/beta) log((1/n) sum_i exp(beta x_i))``: the mean at ``beta = 0``, the max as
     ``beta -> +inf``, the min as ``beta -> -inf``. Stable for any finite input."""
     beta = _checks.finite_real(beta, "beta")
+    if beta == 0:
+        return global_avg_pool_forward(x, keepdims)
+    gpu = _gpu(x=x)
+    if gpu:
+        return gpu.forward("lse", x, keepdims, False, beta=beta)
     maps = _Maps(x)
     if maps.empty():
         return maps.result(np.zeros(0), keepdims)
-    if beta == 0:
-        return maps.result(_sum(maps) / maps.n, keepdims)
     m, s = _lse_stats(maps, beta)
     with np.errstate(invalid="ignore", divide="ignore"):
         values = np.where(np.isfinite(m), m + np.log(s / maps.n), m) / beta
@@ -223,8 +258,13 @@ def global_lse_pool_backward(grad_out, x, beta=1.0, keepdims=False):
     """Gradient of ``global_lse_pool_forward``: ``grad_out * softmax(beta x)_i`` (``1/n`` at
     ``beta = 0``), with no thresholding."""
     beta = _checks.finite_real(beta, "beta")
+    if beta == 0:
+        return global_avg_pool_backward(grad_out, x, keepdims)
+    gpu = _gpu(grad_out=grad_out, x=x)
+    if gpu:
+        return gpu.backward("lse", grad_out, x, keepdims, beta=beta)
     maps = _Maps(x)
-    if beta == 0 or maps.empty():
+    if maps.empty():
         return global_avg_pool_backward(grad_out, x, keepdims)
     g = maps.grad_out(grad_out, keepdims)
     m, s = _lse_stats(maps, beta)
@@ -239,8 +279,11 @@ def global_kmax_pool_forward(x, k=1, keepdims=False, return_indices=False):
     float fraction in (0, 1] (``max(1, floor(k n + 1e-6))`` cells). Ties: lower flat indices
     first. With ``return_indices``, also the selected flat indices in ascending order
     (int64, ``(N, C, k)``)."""
+    count = _checks.k_count(k, _cells(x), "k")
+    gpu = _gpu(x=x)
+    if gpu:
+        return gpu.forward("select", x, keepdims, return_indices, k=count, alpha=0.0)
     maps = _Maps(x)
-    count = _checks.k_count(k, maps.n, "k")
     total, index = maps.select(count, False, return_indices)
     y = maps.result(total / count, keepdims)
     return (y, index.reshape(maps.shape[:2] + (count,))) if return_indices else y
@@ -249,8 +292,11 @@ def global_kmax_pool_forward(x, k=1, keepdims=False, return_indices=False):
 def global_kmax_pool_backward(grad_out, x, k=1, keepdims=False, return_indices=False,
                               indices=None):
     """Gradient of ``global_kmax_pool_forward``: ``grad_out / k`` on each selected cell."""
+    count = _checks.k_count(k, _cells(x), "k")
+    gpu = _gpu(grad_out=grad_out, x=x)
+    if gpu:
+        return gpu.backward("select", grad_out, x, keepdims, indices, k=count, alpha=0.0)
     maps = _Maps(x)
-    count = _checks.k_count(k, maps.n, "k")
     g = maps.grad_out(grad_out, keepdims)
     if indices is None:
         return maps.selection_gradient(count, g / count, 0, g)
@@ -258,9 +304,10 @@ def global_kmax_pool_backward(grad_out, x, k=1, keepdims=False, return_indices=F
 
 
 # ------------------------------------------------------------------ WELDON
-def _weldon_counts(maps, kmax, kmin, alpha):
-    top = _checks.k_count(kmax, maps.n, "kmax")
-    bottom = top if kmin is None else _checks.k_count(kmin, maps.n, "kmin", allow_zero=True)
+def _weldon_counts(x, kmax, kmin, alpha):
+    n = _cells(x)
+    top = _checks.k_count(kmax, n, "kmax")
+    bottom = top if kmin is None else _checks.k_count(kmin, n, "kmin", allow_zero=True)
     return top, bottom, _checks.finite_real(alpha, "alpha")
 
 
@@ -273,8 +320,12 @@ def weldon_pool_forward(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_
     alpha)``. With ``return_indices``, also the selected flat indices: those of the kmax largest,
     then those of the kmin smallest, each in ascending order, int64 ``(N, C, kmax + kmin)``.
     """
+    top, bottom, alpha = _weldon_counts(x, kmax, kmin, alpha)
+    gpu = _gpu(x=x)
+    if gpu:
+        return gpu.forward("select", x, keepdims, return_indices, k=top, k_bottom=bottom,
+                           alpha=alpha)
     maps = _Maps(x)
-    top, bottom, alpha = _weldon_counts(maps, kmax, kmin, alpha)
     total_top, index_top = maps.select(top, False, return_indices)
     total_bottom, index_bottom = maps.select(bottom, True, return_indices)
     values = total_top / top + (alpha * total_bottom / bottom if bottom else 0.0)
@@ -289,8 +340,12 @@ def weldon_pool_backward(grad_out, x, kmax=1, kmin=None, alpha=1.0, keepdims=Fal
                          return_indices=False, indices=None):
     """Gradient of ``weldon_pool_forward``: ``grad_out / kmax`` on the top cells plus
     ``alpha * grad_out / kmin`` on the bottom cells (both for a cell in both sets)."""
+    top, bottom, alpha = _weldon_counts(x, kmax, kmin, alpha)
+    gpu = _gpu(grad_out=grad_out, x=x)
+    if gpu:
+        return gpu.backward("select", grad_out, x, keepdims, indices, k=top, k_bottom=bottom,
+                            alpha=alpha)
     maps = _Maps(x)
-    top, bottom, alpha = _weldon_counts(maps, kmax, kmin, alpha)
     g = maps.grad_out(grad_out, keepdims)
     if indices is None:
         return maps.selection_gradient(top, g / top, bottom, alpha * g / max(bottom, 1))

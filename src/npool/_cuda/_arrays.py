@@ -51,8 +51,9 @@ def _interface(obj, name):
     return cai
 
 
-def describe(obj, name):
-    """The DeviceArray of ``obj``, checked: float16/32/64, no mask, strides in whole elements."""
+def describe(obj, name, dtypes=FLOAT_DTYPES):
+    """The DeviceArray of ``obj``, checked: a dtype in ``dtypes`` (float16/32/64 by default),
+    no mask, strides in whole elements."""
     cai = _interface(obj, name)
     try:
         shape = tuple(int(n) for n in cai["shape"])
@@ -71,8 +72,10 @@ def describe(obj, name):
         dtype = np.dtype(typestr)
     except TypeError:
         raise TypeError(f"{name} has an unknown typestr {typestr!r}") from None
-    if dtype not in FLOAT_DTYPES or not dtype.isnative:
-        raise TypeError(f"{name} must have dtype float16, float32 or float64, got {typestr}")
+    if dtype not in dtypes or not dtype.isnative:
+        expected = " or ".join(str(d) for d in dtypes) if dtypes != FLOAT_DTYPES else \
+            "float16, float32 or float64"
+        raise TypeError(f"{name} must have dtype {expected}, got {typestr}")
     byte_strides = cai.get("strides")
     if byte_strides is None:  # C-contiguous
         strides, step = [], 1

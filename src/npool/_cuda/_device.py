@@ -192,6 +192,15 @@ class Session:
         self.workspaces.append(allocation)
         return int(allocation)
 
+    block_size = _BLOCK
+
+    def launch_blocks(self, name, args, blocks, shared_bytes):
+        """Run block kernel ``name`` (one block per map, grid-stride over more) on ``blocks``
+        work units with ``shared_bytes`` of dynamic shared memory."""
+        grid = max(1, min(blocks, self.device.multiprocessors * _BLOCKS_PER_SM))
+        self.device.function(name)(args, block=(_BLOCK, 1, 1), grid=(grid, 1),
+                                   stream=self.device.stream, shared=shared_bytes)
+
     def launch(self, name, args, count):
         """Run kernel ``name`` over ``count`` work items with ``args`` (a numpy.void struct)."""
         blocks = max(1, min(-(-count // _BLOCK), self.device.multiprocessors * _BLOCKS_PER_SM))

@@ -1,0 +1,163 @@
+"""Launch the global-pool kernels of src/cuda/global_pools.cu on GPU arrays.
+
+Maps are read in place through strides of x seen as (N, C, n): the spatial axes must form one
+strided run (C-contiguous and channels-last arrays do). One block works on one map at a time.
+"""
+import numpy as np
+
+from .. import _checks
+from . import _device
+from ._arrays import describe
+
+ARGS = np.dtype([
+    ("x", "u8"), ("grad_out", "u8"), ("out", "u8"), ("index", "u8"),
+    ("maps", "i8"), ("n", "i8"), ("channels", "i8"), ("x_strides", "i8", 3),
+    ("out_strides", "i8", 3), ("g_strides", "i8", 2), ("k", "i8"), ("k_bottom", "i8"),
+    ("beta", "f8"), ("alpha", "f8"), ("count", "i8"),
+])
+_SUFFIX = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32",
+           np.dtype(np.float64): "f64"}
+_SELECT_SHARED = 256 * 4 + 16 + 2 * 256 * 8  # SelectShared in global_pools.cu
+
+
+def _run_of(shape, strides):
+    """The stride of the spatial axes (shape, strides) as one run of cells, or None."""
+    step = None
+    expected = None
+    for n, s in zip(reversed(shape), reversed(strides)):
+        if n == 1:
+            continue
+        if expected is not None and s != expected:
+            return None
+        step = s if step is None else step
+        expected = s * n
+    return 1 if step is None else step
+
+
+class Maps:
+    """One validated GPU call: x as (N, C, n) maps (see npool.global_pools._Maps)."""
+
+    def __init__(self, x):
+        self.x = describe(x, "x")
+        if self.x.ndim < 3:
+            raise ValueError(f"x must be (N, C, *spatial) with at least one spatial axis, got "
+                             f"{self.x.ndim}-D shape {self.x.shape}")
+        if 0 in self.x.shape[1:]:
+            raise ValueError(f"x must have non-zero channel and spatial sizes, got shape "
+                             f"{self.x.shape}")
+        self.shape = self.x.shape
+        self.n = int(np.prod(self.shape[2:]))
+        self.maps = self.shape[0] * self.shape[1]
+        step = _run_of(self.shape[2:], self.x.strides[2:])
+        if step is None:
+            raise ValueError("on the GPU, the spatial axes of x must form one strided run (as in "
+                             "C-contiguous and channels-last arrays); copy x first")
+        self.x_strides = (self.x.strides[0], self.x.strides[1], step)
+        self.layout = _checks.layout_of_strides(self.shape, self.x.strides) or "contiguous"
+        self.suffix = _SUFFIX[self.x.dtype]
+
+    def device(self, **others):
+        return _device.device_for({"x": self.x, **others})
+
+    def arguments(self, **fields):
+        args = np.zeros((), ARGS)
+        args["x"] = self.x.ptr
+        args["maps"] = self.maps
+        args["n"] = self.n
+        args["channels"] = self.shape[1]
+        args["x_strides"] = self.x_strides
+        for name, value in fields.items():
+            args[name] = value
+        return args
+
+    def output(self, call, keepdims):
+        """y: (N, C) or (N, C, 1, ...), C order."""
+        shape = self.shape[:2] + ((1,) * (len(self.shape) - 2) if keepdims else ())
+        return call.empty(shape, self.x.dtype, _checks.dense_strides(shape, "contiguous"))
+
+    def indices(self, call, shape):
+        return call.empty(shape, np.int64, _checks.dense_strides(shape, "contiguous"))
+
+    def gradient(self, call):
+        """grad_x in x's layout, and its strides as (N, C, n)."""
+        obj, a = call.empty(self.shape, self.x.dtype,
+                            _checks.dense_strides(self.shape, self.layout))
+        return obj, a, (a.strides[0], a.strides[1], _run_of(self.shape[2:], a.strides[2:]))
+
+    def grad_out(self, grad_out, keepdims):
+        g = describe(grad_out, "grad_out")
+        expected = self.shape[:2] + ((1,) * (len(self.shape) - 2) if keepdims else ())
+        _checks.grad_out_array(g, expected, self.x)
+        return g
+
+    def shared_bytes(self, call):
+        return 16 * call.block_size + _SELECT_SHARED + 16
+
+    def kernel(self, name):
+        return f"npool_global_{name}_{self.suffix}"
+
+
+def forward(kind, x, keepdims, return_indices, beta=1.0, k=0, k_bottom=0, alpha=0.0):
+    """y (and indices) of global pool ``kind`` ("max", "avg", "lse", "select") on the GPU."""
+    maps = Maps(x)
+    device = maps.device()
+    with device.session([maps.x.stream]) as call:
+        y, y_array = maps.output(call, keepdims)
+        index, index_ptr = None, 0
+        if return_indices:
+            shape = y_array.shape if kind == "max" else maps.shape[:2] + (k + k_bottom,)
+            index, index_array = maps.indices(call, shape)
+            index_ptr = index_array.ptr
+        if maps.maps:
+            args = maps.arguments(out=y_array.ptr, index=index_ptr, beta=beta, k=k,
+                                  k_bottom=k_bottom, alpha=alpha)
+            call.launch_blocks(maps.kernel(kind), args[()], maps.maps, maps.shared_bytes(call))
+    return (y, index) if return_indices else y
+
+
+def backward(kind, grad_out, x, keepdims, indices=None, beta=1.0, k=0, k_bottom=0, alpha=0.0):
+    """grad_x of global pool ``kind`` on the GPU; selections use ``indices`` when given."""
+    maps = Maps(x)
+    g = maps.grad_out(grad_out, keepdims)
+    index = None
+    if indices is not None:
+        index = describe(indices, "indices", dtypes=(np.dtype(np.int64),))
+        expected = g.shape if kind == "max" else maps.shape[:2] + (k + k_bottom,)
+        if index.shape != tuple(expected) or _checks.layout_of_strides(
+                index.shape, index.strides) != "contiguous":
+            raise ValueError(f"indices must be the C-contiguous int64 array of shape "
+                             f"{tuple(expected)} that the forward returned, got shape "
+                             f"{index.shape}")
+    device = maps.device(grad_out=g, **({"indices": index} if index is not None else {}))
+    streams = [g.stream, maps.x.stream] + ([index.stream] if index is not None else [])
+    with device.session(streams) as call:
+        grad, grad_array, out_strides = maps.gradient(call)
+        if not maps.maps:
+            return grad
+        fields = dict(out=grad_array.ptr, grad_out=g.ptr,
+                      out_strides=out_strides, g_strides=g.strides[:2], beta=beta, k=k,
+                      k_bottom=k_bottom, alpha=alpha)
+        shared = maps.shared_bytes(call)
+        if kind == "avg":
+            args = maps.arguments(count=maps.maps * maps.n, **fields)
+            call.launch(maps.kernel("avg_backward"), args[()], maps.maps * maps.n)
+        elif kind == "lse":
+            call.launch_blocks(maps.kernel("lse_backward"), maps.arguments(**fields)[()],
+                               maps.maps, shared)
+        else:
+            if kind == "max":
+                fields.update(k=1, k_bottom=0, alpha=0.0)
+                if index is None:  # where the maxima are
+                    _, found = maps.indices(call, (maps.maps,))
+                    scratch_y = call.workspace(maps.maps * maps.x.dtype.itemsize)
+                    call.launch_blocks(maps.kernel("max"), maps.arguments(
+                        out=scratch_y, index=found.ptr)[()], maps.maps, shared)
+                    index = found
+            if index is None:
+                call.launch_blocks(maps.kernel("select_backward"), maps.arguments(**fields)[()],
+                                   maps.maps, shared)
+            else:
+                call.launch_blocks(maps.kernel("scatter_backward"),
+                                   maps.arguments(index=index.ptr, **fields)[()], maps.maps,
+                                   shared)
+    return grad
