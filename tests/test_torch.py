@@ -189,3 +189,69 @@ def test_cuda_results_equal_cpu_on_a_side_stream():
     y_cpu.sum().backward()
     torch.testing.assert_close(y.cpu(), y_cpu, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(x.grad.cpu(), x_cpu.grad, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ global pools
+GLOBAL = [
+    ("max", lambda v, **kw: nt.global_max_pool(v, **kw), npool.global_max_pool_forward, {}),
+    ("avg", lambda v, **kw: nt.global_avg_pool(v, **kw), npool.global_avg_pool_forward, {}),
+    ("lse", lambda v, **kw: nt.global_lse_pool(v, beta=-0.7, **kw),
+     npool.global_lse_pool_forward, {"beta": -0.7}),
+    ("kmax", lambda v, **kw: nt.global_kmax_pool(v, k=0.3, **kw),
+     npool.global_kmax_pool_forward, {"k": 0.3}),
+    ("weldon", lambda v, **kw: nt.weldon_pool(v, kmax=3, kmin=2, alpha=0.5, **kw),
+     npool.weldon_pool_forward, {"kmax": 3, "kmin": 2, "alpha": 0.5}),
+]
+GLOBAL_OPS = [
+    (torch.ops.npool.global_max_pool.default, (True,)),
+    (torch.ops.npool.global_avg_pool.default, (False,)),
+    (torch.ops.npool.global_lse_pool.default, (0.5, True)),
+    (torch.ops.npool.weldon_pool.default, (3, 2, 0.5, False)),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("op,arguments", GLOBAL_OPS, ids=["max", "avg", "lse", "weldon"])
+def test_global_opcheck(device, layout, op, arguments):
+    x = sample(2, device, layout=layout)
+    torch.library.opcheck(op, (x, *arguments))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name,function,core,kwargs", GLOBAL, ids=[g[0] for g in GLOBAL])
+def test_global_gradcheck_and_core_equality(device, layout, name, function, core, kwargs):
+    x = sample(2, device, layout=layout).requires_grad_(True)
+    keepdims = name in ("avg", "kmax")
+    assert torch.autograd.gradcheck(lambda v: function(v, keepdims=keepdims), (x,))
+    y = function(x, keepdims=keepdims)
+    expected = core(x.detach().cpu().numpy(), keepdims=keepdims, **kwargs)
+    np.testing.assert_allclose(y.detach().cpu().numpy(), expected, rtol=1e-12)
+    grad, = torch.autograd.grad(y.sum(), x)
+    assert grad.stride() == x.stride()  # the gradient keeps x's layout
+
+
+def test_global_modules_train_and_compile():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), nt.SoftPool2d(2),
+        torch.nn.Conv2d(8, 2, 3, padding=1), nt.WeldonPool(kmax=0.2, kmin=0.2, alpha=0.7))
+    x, labels = _blob_task()
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-2)
+    losses = []
+    for _ in range(80):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), labels)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    for module in (nt.GlobalMaxPool(), nt.GlobalAvgPool(keepdims=True), nt.GlobalLSEPool(2.0),
+                   nt.GlobalKMaxPool(3), nt.WeldonPool(2)):
+        compiled = torch.compile(module, fullgraph=True)
+        torch.testing.assert_close(compiled(x), module(x))
+    assert repr(nt.WeldonPool(2, alpha=0.5)) == \
+        "WeldonPool(kmax=2, kmin=None, alpha=0.5, keepdims=False)"
+    with pytest.raises(ValueError, match="k as a float is a fraction"):
+        nt.GlobalKMaxPool(1.5)

@@ -2,7 +2,8 @@
 import torch
 
 from .. import _checks
-from ._ops import soft_pool1d, soft_pool2d, soft_pool3d
+from ._ops import (global_avg_pool, global_kmax_pool, global_lse_pool, global_max_pool,
+                   soft_pool1d, soft_pool2d, soft_pool3d, weldon_pool)
 
 
 class _SoftPoolNd(torch.nn.Module):
@@ -54,3 +55,76 @@ class SoftPool3d(_SoftPoolNd):
     """SoftPool over 3 spatial axes: ``y_o = sum_i softmax(x over window o)_i x_i``."""
     _nd = 3
     _function = staticmethod(soft_pool3d)
+
+
+class GlobalMaxPool(torch.nn.Module):
+    """``y = max x`` over all spatial cells of each (sample, channel) map."""
+
+    def __init__(self, keepdims=False):
+        super().__init__()
+        self.keepdims = keepdims
+
+    def forward(self, x):
+        return global_max_pool(x, self.keepdims)
+
+    def extra_repr(self):
+        return f"keepdims={self.keepdims}"
+
+
+class GlobalAvgPool(GlobalMaxPool):
+    """``y = mean x`` over all spatial cells of each map."""
+
+    def forward(self, x):
+        return global_avg_pool(x, self.keepdims)
+
+
+class GlobalLSEPool(torch.nn.Module):
+    """``y = (1/beta) log(mean exp(beta x))`` over all spatial cells of each map."""
+
+    def __init__(self, beta=1.0, keepdims=False):
+        super().__init__()
+        self.beta = _checks.finite_real(beta, "beta")
+        self.keepdims = keepdims
+
+    def forward(self, x):
+        return global_lse_pool(x, self.beta, self.keepdims)
+
+    def extra_repr(self):
+        return f"beta={self.beta}, keepdims={self.keepdims}"
+
+
+class GlobalKMaxPool(torch.nn.Module):
+    """The mean of the k largest cells of each map (k: a count or a fraction in (0, 1])."""
+
+    def __init__(self, k=1, keepdims=False):
+        super().__init__()
+        _checks.k_count(k, 1, "k")  # fail early on a bad k
+        self.k = k
+        self.keepdims = keepdims
+
+    def forward(self, x):
+        return global_kmax_pool(x, self.k, self.keepdims)
+
+    def extra_repr(self):
+        return f"k={self.k}, keepdims={self.keepdims}"
+
+
+class WeldonPool(torch.nn.Module):
+    """WELDON: mean of the kmax largest + alpha * mean of the kmin smallest cells of each map.
+    WILDCAT's pooling is half of it."""
+
+    def __init__(self, kmax=1, kmin=None, alpha=1.0, keepdims=False):
+        super().__init__()
+        _checks.k_count(kmax, 1, "kmax")
+        if kmin is not None:
+            _checks.k_count(kmin, 1, "kmin", allow_zero=True)
+        self.kmax, self.kmin = kmax, kmin
+        self.alpha = _checks.finite_real(alpha, "alpha")
+        self.keepdims = keepdims
+
+    def forward(self, x):
+        return weldon_pool(x, self.kmax, self.kmin, self.alpha, self.keepdims)
+
+    def extra_repr(self):
+        return (f"kmax={self.kmax}, kmin={self.kmin}, alpha={self.alpha}, "
+                f"keepdims={self.keepdims}")

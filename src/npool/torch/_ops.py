@@ -102,3 +102,172 @@ def _make_soft_pool(nd):
 soft_pool1d = _make_soft_pool(1)
 soft_pool2d = _make_soft_pool(2)
 soft_pool3d = _make_soft_pool(3)
+
+
+# ------------------------------------------------------------------ global pools
+def _pooled_shape(x, keepdims):
+    return tuple(x.shape[:2]) + ((1,) * (x.dim() - 2) if keepdims else ())
+
+
+def _grad_like(x):
+    """A new tensor with the strides npool's cores give a gradient of (batched) x."""
+    return x.new_empty_strided(tuple(x.shape),
+                               _checks.dense_strides(tuple(x.shape), _layout_of(x)))
+
+
+@torch.library.custom_op("npool::global_max_pool", mutates_args=())
+def _global_max_pool(x: torch.Tensor, keepdims: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    y, index = npool.global_max_pool_forward(to_core(x), keepdims, return_indices=True)
+    return from_core(y, x), from_core(index, x)
+
+
+@_global_max_pool.register_fake
+def _(x, keepdims):
+    shape = _pooled_shape(x, keepdims)
+    return x.new_empty(shape), x.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.custom_op("npool::global_max_pool_backward", mutates_args=())
+def _global_max_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, indices: torch.Tensor,
+                              keepdims: bool) -> torch.Tensor:
+    return from_core(npool.global_max_pool_backward(
+        to_core(grad_out.to(x.dtype)), to_core(x), keepdims, indices=to_core(indices)), x)
+
+
+@torch.library.custom_op("npool::global_avg_pool", mutates_args=())
+def _global_avg_pool(x: torch.Tensor, keepdims: bool) -> torch.Tensor:
+    return from_core(npool.global_avg_pool_forward(to_core(x), keepdims), x)
+
+
+@_global_avg_pool.register_fake
+def _(x, keepdims):
+    return x.new_empty(_pooled_shape(x, keepdims))
+
+
+@torch.library.custom_op("npool::global_avg_pool_backward", mutates_args=())
+def _global_avg_pool_backward(grad_out: torch.Tensor, x: torch.Tensor,
+                              keepdims: bool) -> torch.Tensor:
+    return from_core(npool.global_avg_pool_backward(to_core(grad_out.to(x.dtype)), to_core(x),
+                                                    keepdims), x)
+
+
+@torch.library.custom_op("npool::global_lse_pool", mutates_args=())
+def _global_lse_pool(x: torch.Tensor, beta: float, keepdims: bool) -> torch.Tensor:
+    return from_core(npool.global_lse_pool_forward(to_core(x), beta, keepdims), x)
+
+
+@_global_lse_pool.register_fake
+def _(x, beta, keepdims):
+    return x.new_empty(_pooled_shape(x, keepdims))
+
+
+@torch.library.custom_op("npool::global_lse_pool_backward", mutates_args=())
+def _global_lse_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, beta: float,
+                              keepdims: bool) -> torch.Tensor:
+    return from_core(npool.global_lse_pool_backward(to_core(grad_out.to(x.dtype)), to_core(x),
+                                                    beta, keepdims), x)
+
+
+@torch.library.custom_op("npool::weldon_pool", mutates_args=())
+def _weldon_pool(x: torch.Tensor, kmax: int, kmin: int, alpha: float,
+                 keepdims: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """WELDON with counts; k-max is kmin = 0."""
+    y, index = npool.weldon_pool_forward(to_core(x), kmax, kmin, alpha, keepdims,
+                                         return_indices=True)
+    return from_core(y, x), from_core(index, x)
+
+
+@_weldon_pool.register_fake
+def _(x, kmax, kmin, alpha, keepdims):
+    return (x.new_empty(_pooled_shape(x, keepdims)),
+            x.new_empty(tuple(x.shape[:2]) + (kmax + kmin,), dtype=torch.int64))
+
+
+@torch.library.custom_op("npool::weldon_pool_backward", mutates_args=())
+def _weldon_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, indices: torch.Tensor,
+                          kmax: int, kmin: int, alpha: float, keepdims: bool) -> torch.Tensor:
+    return from_core(npool.weldon_pool_backward(
+        to_core(grad_out.to(x.dtype)), to_core(x), kmax, kmin, alpha, keepdims,
+        indices=to_core(indices)), x)
+
+
+for _op in (_global_max_pool_backward, _global_avg_pool_backward, _global_lse_pool_backward,
+            _weldon_pool_backward):
+    _op.register_fake(lambda grad_out, x, *rest: _grad_like(x))
+
+
+def _save_x(ctx, inputs, output):
+    x, *arguments = inputs
+    ctx.arguments = arguments
+    if isinstance(output, tuple):  # selections: the backward reuses the forward's indices
+        ctx.save_for_backward(x, output[1])
+    else:
+        ctx.save_for_backward(x)
+
+
+def _max_autograd(ctx, grad_out, _grad_indices):
+    x, indices = ctx.saved_tensors
+    return _global_max_pool_backward(grad_out, x, indices, *ctx.arguments), None
+
+
+def _avg_autograd(ctx, grad_out):
+    x, = ctx.saved_tensors
+    return _global_avg_pool_backward(grad_out, x, *ctx.arguments), None
+
+
+def _lse_autograd(ctx, grad_out):
+    x, = ctx.saved_tensors
+    return _global_lse_pool_backward(grad_out, x, *ctx.arguments), None, None
+
+
+def _weldon_autograd(ctx, grad_out, _grad_indices):
+    x, indices = ctx.saved_tensors
+    return (_weldon_pool_backward(grad_out, x, indices, *ctx.arguments),) + (None,) * 4
+
+
+for _op, _backward in ((_global_max_pool, _max_autograd), (_global_avg_pool, _avg_autograd),
+                       (_global_lse_pool, _lse_autograd), (_weldon_pool, _weldon_autograd)):
+    _op.register_autograd(_backward, setup_context=_save_x)
+    torch.library.register_autocast(_op._qualname, "cuda", torch.float16)
+
+
+def _spatial_cells(x):
+    if x.dim() < 3:
+        raise ValueError(f"x must be (N, C, *spatial) with at least one spatial axis, got "
+                         f"{x.dim()}-D shape {tuple(x.shape)}")
+    n = 1
+    for size in x.shape[2:]:
+        n *= size
+    return n
+
+
+def global_max_pool(x, keepdims=False, return_indices=False):
+    """Differentiable ``npool.global_max_pool_forward`` on a CPU or CUDA tensor."""
+    y, indices = _global_max_pool(x, keepdims)
+    return (y, indices) if return_indices else y
+
+
+def global_avg_pool(x, keepdims=False):
+    """Differentiable ``npool.global_avg_pool_forward``."""
+    return _global_avg_pool(x, keepdims)
+
+
+def global_lse_pool(x, beta=1.0, keepdims=False):
+    """Differentiable ``npool.global_lse_pool_forward``."""
+    return _global_lse_pool(x, _checks.finite_real(beta, "beta"), keepdims)
+
+
+def global_kmax_pool(x, k=1, keepdims=False, return_indices=False):
+    """Differentiable ``npool.global_kmax_pool_forward`` (k: a count or a fraction)."""
+    count = _checks.k_count(k, _spatial_cells(x), "k")
+    y, indices = _weldon_pool(x, count, 0, 0.0, keepdims)
+    return (y, indices) if return_indices else y
+
+
+def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_indices=False):
+    """Differentiable ``npool.weldon_pool_forward``; WILDCAT is ``0.5 * weldon_pool(...)``."""
+    n = _spatial_cells(x)
+    top = _checks.k_count(kmax, n, "kmax")
+    bottom = top if kmin is None else _checks.k_count(kmin, n, "kmin", allow_zero=True)
+    y, indices = _weldon_pool(x, top, bottom, _checks.finite_real(alpha, "alpha"), keepdims)
+    return (y, indices) if return_indices else y
