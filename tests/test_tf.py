@@ -184,3 +184,57 @@ def test_keras_model_trains_and_saves(tmp_path):
     loaded = keras.saving.load_model(path)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
                                rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------ global pools
+TF_GLOBAL = [
+    ("max", ntf.global_max_pool, npool.global_max_pool_forward, {}),
+    ("avg", ntf.global_avg_pool, npool.global_avg_pool_forward, {}),
+    ("lse", ntf.global_lse_pool, npool.global_lse_pool_forward, {"beta": -0.7}),
+    ("kmax", ntf.global_kmax_pool, npool.global_kmax_pool_forward, {"k": 0.3}),
+    ("weldon", ntf.weldon_pool, npool.weldon_pool_forward, {"kmax": 3, "kmin": 2, "alpha": 0.5}),
+]
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("name,function,core,kwargs", TF_GLOBAL, ids=[g[0] for g in TF_GLOBAL])
+def test_global_pools(name, function, core, kwargs, data_format, keepdims):
+    x = np.random.default_rng(5).standard_normal((2, 3, 5, 4))
+    expected = core(x, keepdims=keepdims, **kwargs)
+    tf_x = nhwc(x) if data_format == "channels_last" else x
+    if data_format == "channels_last" and keepdims:
+        expected = nhwc(expected)
+    y = function(tf.constant(tf_x), keepdims=keepdims, data_format=data_format, **kwargs)
+    # channels-last maps are summed in another order: equal up to rounding
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-12, atol=1e-15)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda v: function(v, keepdims=keepdims, data_format=data_format, **kwargs),
+        [tf.constant(tf_x)])
+    np.testing.assert_allclose(theoretical[0], numerical[0], rtol=1e-6, atol=1e-6)
+    traced = tf.function(lambda v: function(v, keepdims=keepdims, data_format=data_format,
+                                            **kwargs))
+    np.testing.assert_array_equal(traced(tf.constant(tf_x)).numpy(), y.numpy())
+
+
+def test_global_layers_serialise_and_train():
+    layers = [ntf.GlobalMaxPool(), ntf.GlobalAvgPool(keepdims=True), ntf.GlobalLSEPool(2.0),
+              ntf.GlobalKMaxPool(k=0.25), ntf.WeldonPool(kmax=2, kmin=1, alpha=0.5)]
+    x = tf.random.normal((2, 6, 6, 3), seed=2)
+    for layer in layers:
+        clone = type(layer).from_config(layer.get_config())
+        np.testing.assert_array_equal(clone(x).numpy(), layer(x).numpy())
+        assert layer.compute_output_shape((None, 6, 6, 3)) == tuple(layer(x).shape[:0]) + (
+            (None, 1, 1, 3) if layer.keepdims else (None, 3))
+    with pytest.raises(ValueError, match="k as a float is a fraction"):
+        ntf.GlobalKMaxPool(k=2.0)
+    x, labels = _blob_task()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((14, 14, 1)),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"), ntf.SoftPooling2D(2),
+        keras.layers.Conv2D(2, 3, padding="same"), ntf.WeldonPool(kmax=0.2, kmin=0.2, alpha=0.7)])
+    model.compile(optimizer=keras.optimizers.Adam(3e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, labels, batch_size=64, epochs=80, verbose=0).history["loss"]
+    assert history[-1] < 0.5 * history[0], history

@@ -12,8 +12,12 @@ SavedModel (``tf.saved_model.save``, ``model.export``: refused with a clear erro
 export traces the op), and TF Serving/TFLite. Saving Keras models in the ``.keras`` format works: it stores the layers'
 configs, not the graph. This module holds no math: see ``npool.local_pools`` for the formulas.
 """
-from ._layers import SoftPooling1D, SoftPooling2D, SoftPooling3D
-from ._ops import soft_pool1d, soft_pool2d, soft_pool3d
+from ._layers import (GlobalAvgPool, GlobalKMaxPool, GlobalLSEPool, GlobalMaxPool,
+                      SoftPooling1D, SoftPooling2D, SoftPooling3D, WeldonPool)
+from ._ops import (global_avg_pool, global_kmax_pool, global_lse_pool, global_max_pool,
+                   soft_pool1d, soft_pool2d, soft_pool3d, weldon_pool)
 
-__all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "SoftPooling1D", "SoftPooling2D",
-           "SoftPooling3D"]
+__all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool", "global_avg_pool",
+           "global_lse_pool", "global_kmax_pool", "weldon_pool", "SoftPooling1D",
+           "SoftPooling2D", "SoftPooling3D", "GlobalMaxPool", "GlobalAvgPool", "GlobalLSEPool",
+           "GlobalKMaxPool", "WeldonPool"]

@@ -2,7 +2,8 @@
 import keras
 
 from .. import _checks
-from ._ops import soft_pool1d, soft_pool2d, soft_pool3d
+from ._ops import (global_avg_pool, global_kmax_pool, global_lse_pool, global_max_pool,
+                   soft_pool1d, soft_pool2d, soft_pool3d, weldon_pool)
 
 
 class _SoftPoolingND(keras.layers.Layer):
@@ -78,3 +79,89 @@ class SoftPooling3D(_SoftPoolingND):
     """SoftPool over 3 spatial axes: ``y_o = sum_i softmax(x over window o)_i x_i``."""
     _nd = 3
     _function = staticmethod(soft_pool3d)
+
+
+class _GlobalPooling(keras.layers.Layer):
+    """A global pool over all spatial cells of each map, with Keras' ``keepdims`` and
+    ``data_format`` (default ``keras.config.image_data_format()``)."""
+
+    _options = ()
+
+    def __init__(self, keepdims=False, data_format=None, **kwargs):
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(f"npool.tf layers need Keras' TensorFlow backend, but Keras "
+                               f"runs on {keras.backend.backend()!r}")
+        super().__init__(**kwargs)
+        self.keepdims = keepdims
+        self.data_format = data_format or keras.config.image_data_format()
+        self.supports_jit = False  # a NumPy callback: XLA cannot compile it
+
+    def _arguments(self):
+        return {name: getattr(self, name) for name in self._options}
+
+    def call(self, inputs):
+        return type(self)._function(inputs, keepdims=self.keepdims,
+                                    data_format=self.data_format, **self._arguments())
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        last = self.data_format == "channels_last"
+        if not self.keepdims:
+            return (shape[0], shape[-1] if last else shape[1])
+        ones = [1] * (len(shape) - 2)
+        return tuple([shape[0]] + ones + [shape[-1]] if last else shape[:2] + ones)
+
+    def get_config(self):
+        return {**super().get_config(), "keepdims": self.keepdims,
+                "data_format": self.data_format, **self._arguments()}
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalMaxPool(_GlobalPooling):
+    """``y = max x`` over all spatial cells of each map."""
+    _function = staticmethod(global_max_pool)
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalAvgPool(_GlobalPooling):
+    """``y = mean x`` over all spatial cells of each map."""
+    _function = staticmethod(global_avg_pool)
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalLSEPool(_GlobalPooling):
+    """``y = (1/beta) log(mean exp(beta x))`` over all spatial cells of each map."""
+    _function = staticmethod(global_lse_pool)
+    _options = ("beta",)
+
+    def __init__(self, beta=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.beta = _checks.finite_real(beta, "beta")
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalKMaxPool(_GlobalPooling):
+    """The mean of the k largest cells of each map (k: a count or a fraction in (0, 1])."""
+    _function = staticmethod(global_kmax_pool)
+    _options = ("k",)
+
+    def __init__(self, k=1, **kwargs):
+        super().__init__(**kwargs)
+        _checks.k_count(k, 1, "k")
+        self.k = k
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class WeldonPool(_GlobalPooling):
+    """WELDON: mean of the kmax largest + alpha * mean of the kmin smallest cells of each map;
+    WILDCAT's pooling is half of it."""
+    _function = staticmethod(weldon_pool)
+    _options = ("kmax", "kmin", "alpha")
+
+    def __init__(self, kmax=1, kmin=None, alpha=1.0, **kwargs):
+        super().__init__(**kwargs)
+        _checks.k_count(kmax, 1, "kmax")
+        if kmin is not None:
+            _checks.k_count(kmin, 1, "kmin", allow_zero=True)
+        self.kmax, self.kmin = kmax, kmin
+        self.alpha = _checks.finite_real(alpha, "alpha")

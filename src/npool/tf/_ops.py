@@ -112,3 +112,104 @@ def _make_soft_pool(nd):
 soft_pool1d = _make_soft_pool(1)
 soft_pool2d = _make_soft_pool(2)
 soft_pool3d = _make_soft_pool(3)
+
+
+# ------------------------------------------------------------------ global pools
+def _global_pool(x, forward, backward, keepdims, data_format, selects, **kwargs):
+    """A global pool of npool's core as a tf.custom_gradient function; selecting pools hand
+    their indices from the forward to the backward."""
+    _refuse_saved_model_export()
+    x = tf.convert_to_tensor(x)
+    if x.dtype not in (tf.float16, tf.float32, tf.float64):
+        raise TypeError(f"x must have dtype float16, float32 or float64, got {x.dtype.name}")
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"data_format must be 'channels_last' or 'channels_first', "
+                         f"got {data_format!r}")
+    rank = x.shape.rank
+    if rank is None or rank < 3:
+        raise ValueError(f"x must be (N, *spatial, C) or (N, C, *spatial) with at least one "
+                         f"spatial axis, got shape {x.shape}")
+    last = data_format == "channels_last"
+
+    def to_npool(a):
+        return np.moveaxis(a, -1, 1) if last else a
+
+    def from_npool(a):
+        return np.moveaxis(a, 1, -1) if last and a.ndim > 2 else a
+
+    shape = x.shape.as_list()
+    if not keepdims:
+        out_shape = [shape[0], shape[-1] if last else shape[1]]
+    elif last:
+        out_shape = [shape[0]] + [1] * (rank - 2) + [shape[-1]]
+    else:
+        out_shape = shape[:2] + [1] * (rank - 2)
+
+    @tf.custom_gradient
+    def pool(x):
+        if selects:
+            def forward_numpy(xa):
+                y, index = forward(to_npool(xa), keepdims=keepdims, return_indices=True,
+                                   **kwargs)
+                return from_npool(y), index.astype(np.int64)
+
+            y, index = tf.numpy_function(forward_numpy, [x], [x.dtype, tf.int64],
+                                         stateful=False, name="npool_global_pool")
+        else:
+            y = tf.numpy_function(lambda xa: from_npool(forward(to_npool(xa), keepdims=keepdims,
+                                                                **kwargs)),
+                                  [x], x.dtype, stateful=False, name="npool_global_pool")
+            index = None
+        y.set_shape(out_shape)
+
+        def grad(dy):
+            def backward_numpy(ga, xa, *index_array):
+                extra = {"indices": index_array[0]} if index_array else {}
+                return from_npool(backward(to_npool(ga), to_npool(xa), keepdims=keepdims,
+                                           **kwargs, **extra))
+
+            inputs = [tf.cast(dy, x.dtype), x] + ([index] if index is not None else [])
+            gx = tf.numpy_function(backward_numpy, inputs, x.dtype, stateful=False,
+                                   name="npool_global_pool_backward")
+            gx.set_shape(x.shape)
+            return gx
+
+        return y, grad
+
+    return pool(x)
+
+
+def global_max_pool(x, keepdims=False, data_format="channels_last"):
+    """``y = max x`` over the spatial cells of each map (npool.global_max_pool_forward)."""
+    return _global_pool(x, npool.global_max_pool_forward, npool.global_max_pool_backward,
+                        keepdims, data_format, True)
+
+
+def global_avg_pool(x, keepdims=False, data_format="channels_last"):
+    """``y = mean x`` over the spatial cells of each map."""
+    return _global_pool(x, npool.global_avg_pool_forward, npool.global_avg_pool_backward,
+                        keepdims, data_format, False)
+
+
+def global_lse_pool(x, beta=1.0, keepdims=False, data_format="channels_last"):
+    """``y = (1/beta) log(mean exp(beta x))`` over the spatial cells of each map."""
+    return _global_pool(x, npool.global_lse_pool_forward, npool.global_lse_pool_backward,
+                        keepdims, data_format, False, beta=_checks.finite_real(beta, "beta"))
+
+
+def global_kmax_pool(x, k=1, keepdims=False, data_format="channels_last"):
+    """The mean of the k largest cells of each map (k: a count or a fraction in (0, 1])."""
+    _checks.k_count(k, 1, "k")
+    return _global_pool(x, npool.global_kmax_pool_forward, npool.global_kmax_pool_backward,
+                        keepdims, data_format, True, k=k)
+
+
+def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, data_format="channels_last"):
+    """WELDON: mean of the kmax largest + alpha * mean of the kmin smallest cells of each map
+    (WILDCAT's pooling is half of it)."""
+    _checks.k_count(kmax, 1, "kmax")
+    if kmin is not None:
+        _checks.k_count(kmin, 1, "kmin", allow_zero=True)
+    return _global_pool(x, npool.weldon_pool_forward, npool.weldon_pool_backward, keepdims,
+                        data_format, True, kmax=kmax, kmin=kmin,
+                        alpha=_checks.finite_real(alpha, "alpha"))
