@@ -14,6 +14,8 @@ channels-last, the rows are:
   torch composite fwd  avg_pool2d(x * exp(x)) / avg_pool2d(exp(x))
   torch composite f+b  the same through autograd
   torch max_pool2d     F.max_pool2d (fwd, and fwd+bwd through autograd)
+Then the global pools (max, avg, LSE, k-max 10%) on (64, 512, 14, 14) and (8, 64, 112, 112)
+float32 against adaptive_max_pool2d, mean, logsumexp and topk.
 Columns: median time, bandwidth (bytes that must move / time: each input read once, each output
 written once), that bandwidth as a share of the copy's, and time relative to npool.
 """
@@ -92,6 +94,26 @@ def cases(x):
     }
 
 
+def global_cases(x):
+    """Global pools on (N, C, H, W): name -> (callable, bytes that must move, torch name)."""
+    item = x.element_size()
+    read = x.numel() * item
+    out = x.shape[0] * x.shape[1] * item
+    x_v3 = OnStream(x)
+    k = max(1, int(0.1 * x[0, 0].numel() + 1e-6))
+    return {
+        "d2d copy": (lambda: torch.empty_like(x).copy_(x), 2 * read),
+        "npool max": (lambda: npool.global_max_pool_forward(x_v3), read + out),
+        "torch adaptive_max_pool2d": (lambda: F.adaptive_max_pool2d(x, 1), read + out),
+        "npool avg": (lambda: npool.global_avg_pool_forward(x_v3), read + out),
+        "torch mean": (lambda: x.mean((2, 3)), read + out),
+        "npool LSE": (lambda: npool.global_lse_pool_forward(x_v3), read + out),
+        "torch logsumexp": (lambda: torch.logsumexp(x.flatten(2), 2), read + out),
+        "npool k-max 10%": (lambda: npool.global_kmax_pool_forward(x_v3, k=0.1), read + out),
+        "torch topk 10%": (lambda: x.flatten(2).topk(k, 2).values.mean(2), read + out),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
@@ -125,6 +147,16 @@ def main():
                                  f"{ratio}")
                 del x, runs
                 torch.cuda.empty_cache()
+    for shape in ((64, 512, 14, 14), (8, 64, 112, 112)):
+        x = torch.randn(shape, device="cuda")
+        runs = global_cases(x)
+        table = {name: median_ms(fn, opts.repeats) for name, (fn, _) in runs.items()}
+        copy_bw = runs["d2d copy"][1] / table["d2d copy"] / 1e6
+        lines.append(f"\n## global pools {tuple(shape)} float32 contiguous (forward)")
+        lines.append(f"{'case':<26}{'ms':>9}{'GB/s':>9}{'% copy BW':>11}")
+        for name, ms in table.items():
+            gbs = runs[name][1] / ms / 1e6
+            lines.append(f"{name:<26}{ms:9.3f}{gbs:9.0f}{100 * gbs / copy_bw:10.0f}%")
     report = "\n".join(lines)
     print(report)
     if opts.out:

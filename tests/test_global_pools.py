@@ -9,6 +9,7 @@ from hypothesis.extra import numpy as hnp
 import npool
 import reference
 from strategies import channels_last, values
+from test_soft_pool import central_differences
 
 
 @st.composite
@@ -84,16 +85,6 @@ def test_backward_matches_reference(dtype, data):
     kmin = data.draw(st.one_of(st.none(), st.integers(0, 40)))
     close(npool.weldon_pool_backward(g, x, kmax=k, kmin=kmin, alpha=-0.5),
           reference.weldon_grad(g, x, k, kmin, -0.5), dtype)
-
-
-def central_differences(f, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        plus, minus = x.copy(), x.copy()
-        plus[index] += eps
-        minus[index] -= eps
-        grad[index] = (f(plus) - f(minus)) / (2 * eps)
-    return grad
 
 
 @settings(max_examples=25)

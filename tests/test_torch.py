@@ -140,16 +140,22 @@ def _blob_task(n=64):
     return x, labels
 
 
-def test_tiny_cnn_trains():
-    model, (x, labels) = _tiny_cnn(), _blob_task()
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+def _train(model, steps, lr):
+    """Adam on the blob task; the losses, step by step."""
+    x, labels = _blob_task()
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
-    for _ in range(30):
+    for _ in range(steps):
         optimiser.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(x), labels)
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
+    return losses
+
+
+def test_tiny_cnn_trains():
+    losses = _train(_tiny_cnn(), 30, 1e-2)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -237,16 +243,9 @@ def test_global_modules_train_and_compile():
     model = torch.nn.Sequential(
         torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), nt.SoftPool2d(2),
         torch.nn.Conv2d(8, 2, 3, padding=1), nt.WeldonPool(kmax=0.2, kmin=0.2, alpha=0.7))
-    x, labels = _blob_task()
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-2)
-    losses = []
-    for _ in range(80):
-        optimiser.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), labels)
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = _train(model, 80, 3e-2)
     assert losses[-1] < 0.5 * losses[0], losses
+    x, _ = _blob_task()
     for module in (nt.GlobalMaxPool(), nt.GlobalAvgPool(keepdims=True), nt.GlobalLSEPool(2.0),
                    nt.GlobalKMaxPool(3), nt.WeldonPool(2)):
         compiled = torch.compile(module, fullgraph=True)

@@ -9,6 +9,7 @@ exp(-87) for float and exp(-708) for double (about the smallest normal
 numbers) the result is 0, as an underflowing exp would give. z must not be NaN or +inf: callers
 detect non-finite windows and handle them on a separate path.
 """
+from cython cimport floating
 from libc.stdint cimport int32_t, int64_t
 
 
@@ -53,3 +54,11 @@ cdef inline double exp_nonpositive_f64(double z) noexcept nogil:
             1.0 / 3628800 + r * (1.0 / 39916800 + r * (1.0 / 479001600))))))))))))
     scale.i = (rounded.i - 0x4338000000000000LL + 1023) << 52
     return p * scale.f if not underflow else 0.0
+
+
+cdef inline floating exp_nonpositive(floating z) noexcept nogil:
+    """exp(z) for z <= 0 in the precision of z."""
+    if floating is float:
+        return exp_nonpositive_f32(z)
+    else:
+        return exp_nonpositive_f64(z)

@@ -28,7 +28,7 @@ from libc.math cimport INFINITY, NAN, exp
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memset
 
-from _fastexp cimport double_bits, exp_nonpositive_f32, exp_nonpositive_f64, float_bits
+from _fastexp cimport double_bits, exp_nonpositive, float_bits
 
 cdef enum:
     CHUNK = 2048   # cells per chunk of a contiguous map
@@ -41,13 +41,6 @@ cdef enum Reduction:
     MAX = 0
     SUM = 1
     LSE = 2
-
-
-cdef inline floating _exp_nonpositive(floating z) noexcept nogil:
-    if floating is float:
-        return exp_nonpositive_f32(z)
-    else:
-        return exp_nonpositive_f64(z)
 
 
 cdef inline bint _finite(double v) noexcept nogil:
@@ -182,10 +175,10 @@ cdef inline void _lse_run(const floating* x, Py_ssize_t n, floating beta, double
         i = b
         while i + 8 <= stop:
             for j in range(8):
-                lane[j] = lane[j] + _exp_nonpositive(beta * x[i + j] - m)
+                lane[j] = lane[j] + exp_nonpositive(beta * x[i + j] - m)
             i = i + 8
         for j in range(stop - i):
-            lane[j] = lane[j] + _exp_nonpositive(beta * x[i + j] - m)
+            lane[j] = lane[j] + exp_nonpositive(beta * x[i + j] - m)
         total = total + (((<double>lane[0] + lane[1]) + (<double>lane[2] + lane[3])) +
                          ((<double>lane[4] + lane[5]) + (<double>lane[6] + lane[7])))
         b = stop
@@ -234,7 +227,7 @@ cdef inline void _reduce_channels(Reduction mode, const floating* x, Py_ssize_t 
         for p in range(npos):
             row = x + p * pos_step
             for c in range(nch):
-                s[c] = s[c] + _exp_nonpositive(beta * row[c] - m[c])
+                s[c] = s[c] + exp_nonpositive(beta * row[c] - m[c])
     else:
         for c in range(nch):
             if nan[c]:
@@ -322,7 +315,7 @@ def lse_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, const doub
             cc = <floating>coef[t]
             if _finite(m[t]):
                 for i in range(S):
-                    grad_x[n, c, i] = cc * _exp_nonpositive(fbeta * x[n, c, i] - mm)
+                    grad_x[n, c, i] = cc * exp_nonpositive(fbeta * x[n, c, i] - mm)
             else:
                 for i in range(S):
                     grad_x[n, c, i] = <floating>(coef[t] * _weight(fbeta * x[n, c, i], m[t]))
@@ -332,7 +325,7 @@ def lse_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, const doub
             p = t % S
             for c in range(C):
                 if _finite(m[n * C + c]):
-                    grad_x[n, c, p] = <floating>coef[n * C + c] * _exp_nonpositive(
+                    grad_x[n, c, p] = <floating>coef[n * C + c] * exp_nonpositive(
                         fbeta * x[n, c, p] - <floating>m[n * C + c])
                 else:
                     grad_x[n, c, p] = <floating>(coef[n * C + c] * _weight(
@@ -360,12 +353,12 @@ cdef inline uint64_t _key(floating v) noexcept nogil:
 
 
 cdef uint64_t _kth_largest(const uint64_t* keys, uint64_t* scratch, Py_ssize_t n,
-                           Py_ssize_t k, int width) noexcept nogil:
+                           Py_ssize_t k, int width, Py_ssize_t* need) noexcept nogil:
     """The k-th largest of keys[:n] (1 <= k <= n; keys of ``width`` bits): a radix select, one
     byte at a time from the top, keeping the candidates that share the chosen prefix (compacted
     into scratch without branches) until the k-th is found. Four interleaved histograms keep
     repeated digits from waiting on each other; the scan for the digit starts at the largest
-    one present."""
+    one present. ``need`` receives how many keys equal to the k-th are among the k largest."""
     cdef uint32_t hist[4][256]
     cdef const uint64_t* candidates = keys
     cdef Py_ssize_t count = n, remaining = k, i, c, b, in_bin
@@ -387,6 +380,7 @@ cdef uint64_t _kth_largest(const uint64_t* keys, uint64_t* scratch, Py_ssize_t n
             b = b - 1
         prefix = prefix | (<uint64_t>b << shift)
         if shift == 0:
+            need[0] = remaining
             return prefix
         c = 0
         for i in range(count):
@@ -400,6 +394,10 @@ cdef uint64_t _kth_largest(const uint64_t* keys, uint64_t* scratch, Py_ssize_t n
             low = candidates[0]
             for i in range(count):
                 low = candidates[i] if candidates[i] < low else low
+            c = 0
+            for i in range(count):
+                c = c + (candidates[i] == low)
+            need[0] = c
             return low
 
 
@@ -409,28 +407,14 @@ cdef inline Py_ssize_t _threshold(const floating* x, Py_ssize_t step, Py_ssize_t
     """Keys of one map (for the smallest values when bottom) and the threshold T of its k best:
     they are the cells whose key exceeds T, then the first ``need`` cells (by flat index) whose
     key equals T. Returns need."""
-    cdef Py_ssize_t i, greater = 0
-    cdef uint64_t flip = 0, top = 0xFFFFFFFFFFFFFFFFULL if floating is double else 0xFFFFFFFFULL
-    cdef uint64_t t
+    cdef Py_ssize_t i, need
+    cdef uint64_t flip = 0
     if bottom:
-        flip = top
+        flip = 0xFFFFFFFFFFFFFFFFULL if floating is double else 0xFFFFFFFFULL
     for i in range(n):
         keys[i] = _key(x[i * step]) ^ flip
-    t = _kth_largest(keys, scratch, n, k, 64 if floating is double else 32)
-    for i in range(n):
-        greater = greater + (keys[i] > t)
-    t_out[0] = t
-    return k - greater
-
-
-cdef inline bint _taken(uint64_t key, uint64_t t, Py_ssize_t* need) noexcept nogil:
-    """Whether a cell with this key is selected, cells visited in flat order."""
-    if key > t:
-        return True
-    if key == t and need[0] > 0:
-        need[0] = need[0] - 1
-        return True
-    return False
+    t_out[0] = _kth_largest(keys, scratch, n, k, 64 if floating is double else 32, &need)
+    return need
 
 
 cdef void _select_map(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssize_t k,
@@ -441,6 +425,7 @@ cdef void _select_map(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssize
     cdef uint64_t t
     cdef uint64_t* keys = buffer
     cdef Py_ssize_t i, need, j = 0
+    cdef bint equal, taken
     cdef double acc[4]
     cdef double at_t = 0
     need = _threshold(x, step, n, k, bottom, keys, buffer + n, &t)
@@ -460,11 +445,15 @@ cdef void _select_map(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssize
                 break
     total[0] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + (need * at_t if need else 0.0)
     j = 0
-    if want_index:
-        for i in range(n):
-            if _taken(keys[i], t, &need):
-                index[j] = i
-                j = j + 1
+    if want_index:  # branch-free: each cell is written at j, which moves on if it is taken
+        i = 0
+        while j < k:
+            equal = keys[i] == t
+            taken = (keys[i] > t) | (equal & (need > 0))
+            need = need - (equal & (need > 0))
+            index[j] = i
+            j = j + taken
+            i = i + 1
 
 
 def select(const floating[:, :, :] x, Py_ssize_t k, bint bottom, double[:] total,

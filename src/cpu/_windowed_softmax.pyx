@@ -33,7 +33,7 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY, exp
 
-from _fastexp cimport double_bits, exp_nonpositive_f32, exp_nonpositive_f64, float_bits
+from _fastexp cimport double_bits, exp_nonpositive, float_bits
 
 cdef enum:
     BLOCK = 64  # outputs per vectorised block: the scratch arrays of a block stay in L1
@@ -78,13 +78,6 @@ cdef struct Geometry:
     Py_ssize_t stats_plane    # distance between the M, g/S and y statistics arrays
 
 
-cdef inline floating _exp_nonpositive(floating z) noexcept nogil:
-    if floating is float:
-        return exp_nonpositive_f32(z)
-    else:
-        return exp_nonpositive_f64(z)
-
-
 cdef inline bint _is_nonfinite(floating z) noexcept nogil:
     """Bit test for NaN and +-inf that holds whatever the floating-point flags."""
     cdef float_bits fb
@@ -107,7 +100,7 @@ cdef inline floating _weight(floating z, floating m) noexcept nogil:
     if z == m:
         return 1
     if not _is_nonfinite(z) and not _is_nonfinite(m):
-        return _exp_nonpositive(z - m)
+        return exp_nonpositive(z - m)
     return exp(z - m)  # 0 for z = -inf or m = +inf; NaN if either is NaN
 
 
@@ -240,7 +233,7 @@ cdef inline void _pool_line(
             wc = weights + c * n
             for j in range(n):
                 v = bc[j]
-                e = _exp_nonpositive(lam * v - m[j])
+                e = exp_nonpositive(lam * v - m[j])
                 wc[j] = e
                 s[j] = s[j] + e
                 t[j] = t[j] + e * (v - xm[j])
