@@ -75,6 +75,8 @@ cdef struct Geometry:
     Py_ssize_t x_strides[5]   # element strides of x and grad_x
     Py_ssize_t y_strides[5]   # element strides of y (forward) or of each statistics array
     Py_ssize_t g_strides[5]   # element strides of grad_out
+    Py_ssize_t lam_strides[5]   # element strides of lam, broadcast to the output (0: shared)
+    Py_ssize_t glam_strides[5]  # element strides of dL/dlam per output
     Py_ssize_t stats_plane    # distance between the M, g/S and y statistics arrays
 
 
@@ -154,20 +156,51 @@ cdef inline void _careful_window(const floating* x, const Py_ssize_t* offsets, P
         y_out[0] = t / s
 
 
+cdef inline void _temperature_gradient(
+        const floating* xj, Py_ssize_t xstep, const Py_ssize_t* offsets, Py_ssize_t ncell,
+        Py_ssize_t n, const floating* values, const floating* weights, const floating* lv,
+        const floating* m, const floating* s, const floating* y, const bint* bad, bint any_bad,
+        floating* q) noexcept nogil:
+    """q_j = sum_i e_i (x_i - y_j)^2 of the n windows of a chunk (so dL/dlam_j = g_j q_j / S_j),
+    from the cell values and weights in the buffer; windows with non-finite values are redone
+    with the limits (cells of zero weight, or equal to y, add nothing)."""
+    cdef Py_ssize_t c, j
+    cdef floating d, v, e
+    for j in range(n):
+        q[j] = 0
+    for c in range(ncell):
+        for j in range(n):
+            d = values[c * n + j] - y[j]
+            q[j] = q[j] + weights[c * n + j] * d * d
+    if any_bad:
+        for j in range(n):
+            if bad[j]:
+                q[j] = 0
+                for c in range(ncell):
+                    v = xj[j * xstep + offsets[c]]
+                    e = _weight(_scaled(v, lv[j]), m[j])
+                    if e != 0 and v != y[j]:
+                        q[j] = q[j] + e * (v - y[j]) * (v - y[j])
+
+
 cdef inline void _pool_line(
         Mode mode, const floating* x, LineStep line_step, const Py_ssize_t* offsets,
-        Py_ssize_t ncell, Py_ssize_t length, floating lam,
+        Py_ssize_t ncell, Py_ssize_t length, const floating* lam, Py_ssize_t lam_step,
         floating* y, Py_ssize_t ystep, Py_ssize_t stats_plane,
-        const floating* g, Py_ssize_t gstep, floating* gx,
-        floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
+        const floating* g, Py_ssize_t gstep, floating* gx, floating* glam,
+        Py_ssize_t glam_step, floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
     """Pool ``length`` (<= BLOCK) outputs whose windows start ``line_step`` apart in x.
 
     ``offsets[:ncell]`` are the offsets of the window's real cells from the window's first real
     cell, in (d, h, w) order; ``gx`` has the strides of ``x``. The cells of a chunk of outputs
     are first copied to the first half of ``buffer`` (cell-major, output-minor) and their
     weights exp(z - M) kept in the second half, so the arithmetic runs on unit-stride data
-    whatever the step; each half holds at least ``ncell`` values.
+    whatever the step; each half holds at least ``ncell`` values. Output j has temperature
+    ``lam[j * lam_step]``; when ``glam`` is given, the backward also writes dL/dlam of output j,
+    g_j * sum_i w_i (x_i - y_j)^2, to ``glam[j * glam_step]``.
     """
+    cdef floating lv[BLOCK]
+    cdef floating q[BLOCK]
     cdef floating m[BLOCK]
     cdef floating s[BLOCK]
     cdef floating t[BLOCK]
@@ -190,6 +223,8 @@ cdef inline void _pool_line(
     while j0 < length:
         n = min(chunk, length - j0)
         xj = x + j0 * xstep
+        for j in range(n):
+            lv[j] = lam[(j0 + j) * lam_step]
         # Copy the cells to the buffer; take the window maxima M of z = lam * x and the x of
         # the (first) cell where z is largest.
         for j in range(n):
@@ -204,12 +239,12 @@ cdef inline void _pool_line(
                 for j in range(n):
                     v = xc[j * 2]
                     bc[j] = v
-                    z = lam * v
+                    z = lv[j] * v
                     xm[j] = v if z > m[j] else xm[j]
                     m[j] = z if z > m[j] else m[j]
                     v = xc[j * 2 + 1]
                     bc[j + n] = v
-                    z = lam * v
+                    z = lv[j] * v
                     xm[j] = v if z > m[j] else xm[j]
                     m[j] = z if z > m[j] else m[j]
                 c += 2
@@ -217,7 +252,7 @@ cdef inline void _pool_line(
             for j in range(n):
                 v = xc[j * xstep]
                 bc[j] = v
-                z = lam * v
+                z = lv[j] * v
                 xm[j] = v if z > m[j] else xm[j]
                 m[j] = z if z > m[j] else m[j]
             c += 1
@@ -233,7 +268,7 @@ cdef inline void _pool_line(
             wc = weights + c * n
             for j in range(n):
                 v = bc[j]
-                e = exp_nonpositive(lam * v - m[j])
+                e = exp_nonpositive(lv[j] * v - m[j])
                 wc[j] = e
                 s[j] = s[j] + e
                 t[j] = t[j] + e * (v - xm[j])
@@ -245,7 +280,8 @@ cdef inline void _pool_line(
         if any_bad:
             for j in range(n):
                 if bad[j]:
-                    _careful_window(xj + j * xstep, offsets, ncell, lam, &m[j], &s[j], &t[j])
+                    _careful_window(xj + j * xstep, offsets, ncell, lv[j], &m[j], &s[j],
+                                    &t[j])
 
         if mode == FORWARD:
             for j in range(n):
@@ -253,6 +289,11 @@ cdef inline void _pool_line(
             j0 += n
             continue
 
+        if glam != NULL:
+            _temperature_gradient(xj, xstep, offsets, ncell, n, buffer, weights, lv, m, s, t,
+                                  bad, any_bad, q)
+            for j in range(n):
+                glam[(j0 + j) * glam_step] = g[(j0 + j) * gstep] * q[j] / s[j]
         for j in range(n):
             s[j] = g[(j0 + j) * gstep] / s[j]  # s holds a = g / S from here on
         if mode == BACKWARD_STATS:
@@ -268,14 +309,14 @@ cdef inline void _pool_line(
             bc = buffer + c * n
             wc = weights + c * n
             for j in range(n):
-                bc[j] = s[j] * wc[j] * (1 + lam * (bc[j] - t[j]))
+                bc[j] = s[j] * wc[j] * (1 + lv[j] * (bc[j] - t[j]))
         if any_bad:
             for j in range(n):
                 if bad[j]:
                     for c in range(ncell):
                         v = xj[j * xstep + offsets[c]]
-                        buffer[c * n + j] = _gradient_term(_scaled(v, lam), v, m[j], s[j], t[j],
-                                                           lam)
+                        buffer[c * n + j] = _gradient_term(_scaled(v, lv[j]), v, m[j], s[j],
+                                                           t[j], lv[j])
         if mode == BACKWARD_DISJOINT or mode == BACKWARD_ADD:
             c = 0
             while c < ncell:
@@ -310,19 +351,19 @@ cdef inline void _pool_line(
 
 cdef inline void _pool_line_dispatch(
         Mode mode, const floating* x, Py_ssize_t xstep, const Py_ssize_t* offsets,
-        Py_ssize_t ncell, Py_ssize_t length, floating lam,
+        Py_ssize_t ncell, Py_ssize_t length, const floating* lam, Py_ssize_t lam_step,
         floating* y, Py_ssize_t ystep, Py_ssize_t stats_plane,
-        const floating* g, Py_ssize_t gstep, floating* gx,
-        floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
+        const floating* g, Py_ssize_t gstep, floating* gx, floating* glam,
+        Py_ssize_t glam_step, floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
     if xstep == 1:
-        _pool_line(mode, x, <signed char>1, offsets, ncell, length, lam, y, ystep, stats_plane,
-                   g, gstep, gx, buffer, buffer_size)
+        _pool_line(mode, x, <signed char>1, offsets, ncell, length, lam, lam_step, y, ystep,
+                   stats_plane, g, gstep, gx, glam, glam_step, buffer, buffer_size)
     elif xstep == 2:
-        _pool_line(mode, x, <short>2, offsets, ncell, length, lam, y, ystep, stats_plane, g,
-                   gstep, gx, buffer, buffer_size)
+        _pool_line(mode, x, <short>2, offsets, ncell, length, lam, lam_step, y, ystep,
+                   stats_plane, g, gstep, gx, glam, glam_step, buffer, buffer_size)
     else:
-        _pool_line(mode, x, xstep, offsets, ncell, length, lam, y, ystep, stats_plane, g, gstep,
-                   gx, buffer, buffer_size)
+        _pool_line(mode, x, xstep, offsets, ncell, length, lam, lam_step, y, ystep,
+                   stats_plane, g, gstep, gx, glam, glam_step, buffer, buffer_size)
 
 
 cdef inline void _axis_window(const Geometry* geo, int axis, Py_ssize_t o,
@@ -338,6 +379,13 @@ cdef inline void _axis_window(const Geometry* geo, int axis, Py_ssize_t o,
     count[0] = stop - start
 
 
+cdef inline Py_ssize_t _output_offset(const Py_ssize_t* strides, Py_ssize_t n, Py_ssize_t c,
+                                      Py_ssize_t od, Py_ssize_t oh,
+                                      Py_ssize_t ow) noexcept nogil:
+    return (n * strides[0] + c * strides[1] + od * strides[2] + oh * strides[3]
+            + ow * strides[4])
+
+
 cdef inline Py_ssize_t _window_offsets(const Geometry* geo, Py_ssize_t nd, Py_ssize_t nh,
                                        Py_ssize_t nw, Py_ssize_t* offsets) noexcept nogil:
     cdef Py_ssize_t a, b, c, n = 0
@@ -350,8 +398,8 @@ cdef inline Py_ssize_t _window_offsets(const Geometry* geo, Py_ssize_t nd, Py_ss
 
 
 cdef inline void _channels_last_unit(
-        Mode mode, const Geometry* geo, const floating* x, floating lam, floating* y,
-        const floating* g, floating* gx, Py_ssize_t unit, Py_ssize_t* offsets,
+        Mode mode, const Geometry* geo, const floating* x, const floating* lam, floating* y,
+        const floating* g, floating* gx, floating* glam, Py_ssize_t unit, Py_ssize_t* offsets,
         floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
     """Line ``unit`` of the channels-last loop: output position (n, od, oh, ow), channels
     [c0, c0 + BLOCK); units are numbered in that order, channel block fastest."""
@@ -374,18 +422,19 @@ cdef inline void _channels_last_unit(
             + hlo * geo.x_strides[3] + wlo * geo.x_strides[4])
     _pool_line_dispatch(
         mode, x + xoff, geo.x_strides[1], offsets, ncell,
-        min(<Py_ssize_t>BLOCK, geo.size[1] - c0), lam,
-        y + (n * geo.y_strides[0] + c0 * geo.y_strides[1] + od * geo.y_strides[2]
-             + oh * geo.y_strides[3] + ow * geo.y_strides[4]) if y != NULL else NULL,
+        min(<Py_ssize_t>BLOCK, geo.size[1] - c0),
+        lam + _output_offset(geo.lam_strides, n, c0, od, oh, ow), geo.lam_strides[1],
+        y + _output_offset(geo.y_strides, n, c0, od, oh, ow) if y != NULL else NULL,
         geo.y_strides[1], geo.stats_plane,
-        g + (n * geo.g_strides[0] + c0 * geo.g_strides[1] + od * geo.g_strides[2]
-             + oh * geo.g_strides[3] + ow * geo.g_strides[4]) if g != NULL else NULL,
-        geo.g_strides[1], gx + xoff if gx != NULL else NULL, buffer, buffer_size)
+        g + _output_offset(geo.g_strides, n, c0, od, oh, ow) if g != NULL else NULL,
+        geo.g_strides[1], gx + xoff if gx != NULL else NULL,
+        glam + _output_offset(geo.glam_strides, n, c0, od, oh, ow) if glam != NULL else NULL,
+        geo.glam_strides[1], buffer, buffer_size)
 
 
 cdef inline void _rows_unit(
-        Mode mode, const Geometry* geo, const floating* x, floating lam, floating* y,
-        const floating* g, floating* gx, Py_ssize_t unit, Py_ssize_t* offsets,
+        Mode mode, const Geometry* geo, const floating* x, const floating* lam, floating* y,
+        const floating* g, floating* gx, floating* glam, Py_ssize_t unit, Py_ssize_t* offsets,
         floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
     """Line ``unit`` of the row loop: output row (n, c, od, oh), outputs [ow0, ow0 + BLOCK);
     units are numbered in that order, block fastest.
@@ -401,6 +450,7 @@ cdef inline void _rows_unit(
     cdef Py_ssize_t inner_lo = (pw + sw - 1) // sw
     cdef Py_ssize_t inner_hi = (geo.size[4] + pw - kw) // sw + 1 if geo.size[4] + pw >= kw else 0
     cdef Py_ssize_t rest, n, ch, od, oh, ow, ow0, ow1, lo, hi, ncell, xrow, yrow, grow, xoff
+    cdef Py_ssize_t lrow, glrow
     cdef Py_ssize_t dlo = 0, hlo = 0, wlo = 0, nd = 0, nh = 0, nw = 0
     ow0 = (unit % n_wblocks) * BLOCK
     ow1 = min(ow0 + BLOCK, OW)
@@ -419,6 +469,8 @@ cdef inline void _rows_unit(
             + oh * geo.y_strides[3])
     grow = (n * geo.g_strides[0] + ch * geo.g_strides[1] + od * geo.g_strides[2]
             + oh * geo.g_strides[3])
+    lrow = _output_offset(geo.lam_strides, n, ch, od, oh, 0)
+    glrow = _output_offset(geo.glam_strides, n, ch, od, oh, 0)
     lo = max(ow0, inner_lo)
     hi = min(ow1, inner_hi)
     if lo >= hi:
@@ -428,25 +480,31 @@ cdef inline void _rows_unit(
             ncell = _window_offsets(geo, nd, nh, kw, offsets)
             xoff = xrow + (lo * sw - pw) * geo.x_strides[4]
             _pool_line_dispatch(
-                mode, x + xoff, sw * geo.x_strides[4], offsets, ncell, hi - lo, lam,
+                mode, x + xoff, sw * geo.x_strides[4], offsets, ncell, hi - lo,
+                lam + lrow + lo * geo.lam_strides[4], geo.lam_strides[4],
                 y + yrow + lo * geo.y_strides[4] if y != NULL else NULL, geo.y_strides[4],
                 geo.stats_plane,
                 g + grow + lo * geo.g_strides[4] if g != NULL else NULL, geo.g_strides[4],
-                gx + xoff if gx != NULL else NULL, buffer, buffer_size)
+                gx + xoff if gx != NULL else NULL,
+                glam + glrow + lo * geo.glam_strides[4] if glam != NULL else NULL,
+                geo.glam_strides[4], buffer, buffer_size)
         if lo <= ow < hi:
             continue
         _axis_window(geo, 2, ow, &wlo, &nw)
         ncell = _window_offsets(geo, nd, nh, nw, offsets)
         xoff = xrow + wlo * geo.x_strides[4]
         _pool_line_dispatch(
-            mode, x + xoff, 0, offsets, ncell, 1, lam,
+            mode, x + xoff, 0, offsets, ncell, 1, lam + lrow + ow * geo.lam_strides[4], 0,
             y + yrow + ow * geo.y_strides[4] if y != NULL else NULL, 0, geo.stats_plane,
             g + grow + ow * geo.g_strides[4] if g != NULL else NULL, 0,
-            gx + xoff if gx != NULL else NULL, buffer, buffer_size)
+            gx + xoff if gx != NULL else NULL,
+            glam + glrow + ow * geo.glam_strides[4] if glam != NULL else NULL, 0,
+            buffer, buffer_size)
 
 
-cdef void _run_lines(Mode mode, const Geometry* geo, const floating* x, floating lam,
-                     floating* y, const floating* g, floating* gx, bint channels_last,
+cdef void _run_lines(Mode mode, const Geometry* geo, const floating* x, const floating* lam,
+                     floating* y, const floating* g, floating* gx, floating* glam,
+                     bint channels_last,
                      bint by_plane, Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers,
                      int n_threads) noexcept nogil:
     """Run every line, in parallel.
@@ -477,10 +535,11 @@ cdef void _run_lines(Mode mode, const Geometry* geo, const floating* x, floating
             buffer = &buffers[threadid(), 0]
             for unit in prange(n_units, schedule='static'):
                 if channels_last:
-                    _channels_last_unit(mode, geo, x, lam, y, g, gx, unit, offsets, buffer,
-                                        buffer_size)
+                    _channels_last_unit(mode, geo, x, lam, y, g, gx, glam, unit, offsets,
+                                        buffer, buffer_size)
                 else:
-                    _rows_unit(mode, geo, x, lam, y, g, gx, unit, offsets, buffer, buffer_size)
+                    _rows_unit(mode, geo, x, lam, y, g, gx, glam, unit, offsets, buffer,
+                               buffer_size)
     else:
         with parallel(num_threads=n_threads):
             offsets = &scratch[threadid(), 0]
@@ -489,11 +548,11 @@ cdef void _run_lines(Mode mode, const Geometry* geo, const floating* x, floating
                 for k in range(per_plane):
                     if channels_last:  # plane (n, channel block): positions in order
                         _channels_last_unit(
-                            mode, geo, x, lam, y, g, gx,
+                            mode, geo, x, lam, y, g, gx, glam,
                             ((plane // n_cblocks) * n_positions + k) * n_cblocks
                             + plane % n_cblocks, offsets, buffer, buffer_size)
                     else:  # plane (n, c): its rows and blocks in order
-                        _rows_unit(mode, geo, x, lam, y, g, gx, plane * per_plane + k,
+                        _rows_unit(mode, geo, x, lam, y, g, gx, glam, plane * per_plane + k,
                                    offsets, buffer, buffer_size)
 
 
@@ -506,7 +565,7 @@ cdef inline void _covering_outputs(const Geometry* geo, int axis, Py_ssize_t i,
     stop[0] = min((i + p) // s + 1, geo.out_size[axis])
 
 
-cdef void _gather_gradient(const Geometry* geo, const floating* x, floating lam,
+cdef void _gather_gradient(const Geometry* geo, const floating* x, const floating* lam,
                            const floating* stats, floating* gx, bint channels_last,
                            int n_threads) noexcept nogil:
     """grad_x of overlapping windows: each cell sums its terms over the windows that hold it."""
@@ -517,7 +576,7 @@ cdef void _gather_gradient(const Geometry* geo, const floating* x, floating lam,
     cdef Py_ssize_t n_units = N * C * D * H * W // inner
     cdef Py_ssize_t unit, rest, n, ch, d, h, w, q, xoff, soff
     cdef Py_ssize_t od, oh, ow, od0, od1, oh0, oh1, ow0, ow1
-    cdef floating v, z, acc
+    cdef floating v, acc, lo_
     cdef const floating* st
     for unit in prange(n_units, schedule='static', nogil=True, num_threads=n_threads):
         od0 = od1 = oh0 = oh1 = ow0 = ow1 = 0  # thread-private: see _pool_channels_last
@@ -543,7 +602,6 @@ cdef void _gather_gradient(const Geometry* geo, const floating* x, floating lam,
             xoff = (n * geo.x_strides[0] + ch * geo.x_strides[1] + d * geo.x_strides[2]
                     + h * geo.x_strides[3] + w * geo.x_strides[4])
             v = x[xoff]
-            z = _scaled(v, lam)
             acc = 0
             for od in range(od0, od1):
                 for oh in range(oh0, oh1):
@@ -552,14 +610,17 @@ cdef void _gather_gradient(const Geometry* geo, const floating* x, floating lam,
                                 + od * geo.y_strides[2] + oh * geo.y_strides[3]
                                 + ow * geo.y_strides[4])
                         st = stats + soff
-                        acc = acc + _gradient_term(z, v, st[0], st[geo.stats_plane],
-                                                   st[2 * geo.stats_plane], lam)
+                        lo_ = lam[_output_offset(geo.lam_strides, n, ch, od, oh, ow)]
+                        acc = acc + _gradient_term(_scaled(v, lo_), v, st[0],
+                                                   st[geo.stats_plane],
+                                                   st[2 * geo.stats_plane], lo_)
             gx[xoff] = acc
 
 
 cdef Geometry _geometry(const Py_ssize_t* size, const Py_ssize_t* x_strides,
                         const Py_ssize_t* out_size, const Py_ssize_t* y_strides,
-                        const Py_ssize_t* g_strides, Py_ssize_t itemsize, tuple kernel,
+                        const Py_ssize_t* g_strides, const Py_ssize_t* lam_strides,
+                        const Py_ssize_t* glam_strides, Py_ssize_t itemsize, tuple kernel,
                         tuple stride, tuple padding, Py_ssize_t stats_plane):
     """Geometry from the shapes and byte strides of 5-D memoryviews."""
     cdef Geometry geo
@@ -569,6 +630,8 @@ cdef Geometry _geometry(const Py_ssize_t* size, const Py_ssize_t* x_strides,
         geo.x_strides[a] = x_strides[a] // itemsize
         geo.y_strides[a] = y_strides[a] // itemsize
         geo.g_strides[a] = g_strides[a] // itemsize if g_strides != NULL else 0
+        geo.lam_strides[a] = lam_strides[a] // itemsize
+        geo.glam_strides[a] = glam_strides[a] // itemsize if glam_strides != NULL else 0
     for a in range(3):
         geo.out_size[a] = out_size[2 + a]
         geo.kernel[a] = kernel[a]
@@ -579,25 +642,26 @@ cdef Geometry _geometry(const Py_ssize_t* size, const Py_ssize_t* x_strides,
 
 
 def forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] y, tuple kernel,
-            tuple stride, tuple padding, double lam, bint channels_last,
+            tuple stride, tuple padding, const floating[:, :, :, :, :] lam, bint channels_last,
             Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers, int n_threads):
     """y = windowed-softmax pool of x, written in place. The caller validates everything.
 
-    x and y are non-empty 5-D (N, C, D, H, W) views; ``channels_last`` picks the loop order
+    x and y are non-empty 5-D (N, C, D, H, W) views, ``lam`` the temperatures broadcast to y's
+    shape (strides 0 where shared); ``channels_last`` picks the loop order
     (lines along C when true, along W otherwise); scratch is ``(n_threads, kD * kH * kW)`` and
     buffers ``(n_threads, 2 * max(4096, kD * kH * kW))``.
     """
-    cdef Geometry geo = _geometry(x.shape, x.strides, y.shape, y.strides, NULL,
-                                  sizeof(floating), kernel, stride, padding, 0)
-    cdef floating lam_ = <floating>lam
+    cdef Geometry geo = _geometry(x.shape, x.strides, y.shape, y.strides, NULL, lam.strides,
+                                  NULL, sizeof(floating), kernel, stride, padding, 0)
     with nogil:
-        _run_lines(FORWARD, &geo, &x[0, 0, 0, 0, 0], lam_, &y[0, 0, 0, 0, 0], NULL, NULL,
-                   channels_last, False, scratch, buffers, n_threads)
+        _run_lines(FORWARD, &geo, &x[0, 0, 0, 0, 0], &lam[0, 0, 0, 0, 0], &y[0, 0, 0, 0, 0],
+                   NULL, NULL, NULL, channels_last, False, scratch, buffers, n_threads)
 
 
 def backward(const floating[:, :, :, :, :] grad_out, const floating[:, :, :, :, :] x,
              floating[:, :, :, :, :] grad_x, floating[:, :, :, :, :, :] stats, tuple kernel,
-             tuple stride, tuple padding, double lam, bint channels_last,
+             tuple stride, tuple padding, const floating[:, :, :, :, :] lam,
+             floating[:, :, :, :, :] grad_lam, bint channels_last,
              Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers, int n_threads):
     """grad_x = dL/dx given grad_out = dL/dy, written in place into the zero-filled grad_x,
     which has the strides of x.
@@ -607,6 +671,8 @@ def backward(const floating[:, :, :, :, :] grad_out, const floating[:, :, :, :, 
     planes, fast when there are several per thread) or, given a ``(3, N, C, OD, OH, OW)``
     ``stats`` scratch array, store per-output M, g/S and y and gather them for every cell
     (parallel over everything). Both add the terms of a cell in output order: the same bits.
+    ``lam`` is broadcast to grad_out's shape; ``grad_lam`` (grad_out's shape, or None) receives
+    dL/dlam of every output.
     """
     cdef bint gather = stats is not None
     cdef bint disjoint = True
@@ -620,20 +686,23 @@ def backward(const floating[:, :, :, :, :] grad_out, const floating[:, :, :, :, 
         mode = BACKWARD_ADD  # the windows of a line do not overlap
     else:
         mode = BACKWARD_ADD_ORDERED
+    cdef bint with_glam = grad_lam is not None
     cdef Geometry geo = _geometry(
         x.shape, x.strides, grad_out.shape,
-        &stats.strides[1] if gather else &grad_x.strides[0], grad_out.strides,
+        &stats.strides[1] if gather else &grad_x.strides[0], grad_out.strides, lam.strides,
+        grad_lam.strides if with_glam else NULL,
         sizeof(floating), kernel, stride, padding,
         stats.strides[0] // sizeof(floating) if gather else 0)
-    cdef floating lam_ = <floating>lam
+    cdef floating* glam = &grad_lam[0, 0, 0, 0, 0] if with_glam else NULL
     with nogil:
         if not gather:
-            _run_lines(mode, &geo, &x[0, 0, 0, 0, 0], lam_, NULL, &grad_out[0, 0, 0, 0, 0],
-                       &grad_x[0, 0, 0, 0, 0], channels_last, not disjoint, scratch, buffers,
-                       n_threads)
+            _run_lines(mode, &geo, &x[0, 0, 0, 0, 0], &lam[0, 0, 0, 0, 0], NULL,
+                       &grad_out[0, 0, 0, 0, 0], &grad_x[0, 0, 0, 0, 0], glam, channels_last,
+                       not disjoint, scratch, buffers, n_threads)
         else:
-            _run_lines(BACKWARD_STATS, &geo, &x[0, 0, 0, 0, 0], lam_, &stats[0, 0, 0, 0, 0, 0],
-                       &grad_out[0, 0, 0, 0, 0], NULL, channels_last, False, scratch, buffers,
-                       n_threads)
-            _gather_gradient(&geo, &x[0, 0, 0, 0, 0], lam_, &stats[0, 0, 0, 0, 0, 0],
-                             &grad_x[0, 0, 0, 0, 0], channels_last, n_threads)
+            _run_lines(BACKWARD_STATS, &geo, &x[0, 0, 0, 0, 0], &lam[0, 0, 0, 0, 0],
+                       &stats[0, 0, 0, 0, 0, 0], &grad_out[0, 0, 0, 0, 0], NULL, glam,
+                       channels_last, False, scratch, buffers, n_threads)
+            _gather_gradient(&geo, &x[0, 0, 0, 0, 0], &lam[0, 0, 0, 0, 0],
+                             &stats[0, 0, 0, 0, 0, 0], &grad_x[0, 0, 0, 0, 0], channels_last,
+                             n_threads)

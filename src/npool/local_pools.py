@@ -81,6 +81,36 @@ class _Problem:
         return a if self.batched else a[0]
 
 
+def _temperature(problem, lam, out_shape):
+    """lam as a 5-D view broadcast to the batched output's shape (no copy of the broadcast),
+    in the work dtype; a clear error if it does not broadcast."""
+    if isinstance(lam, (bool, np.bool_)) or not (
+            isinstance(lam, (int, float, np.integer, np.floating)) or
+            (isinstance(lam, np.ndarray) and lam.dtype.kind in "iuf")):
+        raise TypeError(f"lam must be a real number or a real numpy array, got "
+                        f"{type(lam).__name__}" + (f" of dtype {lam.dtype}"
+                                                   if isinstance(lam, np.ndarray) else ""))
+    lam = np.asarray(lam, dtype=problem.work_dtype)
+    try:
+        full = np.broadcast_to(lam, problem.out_shape)
+    except ValueError:
+        raise ValueError(f"lam of shape {lam.shape} does not broadcast to the output's shape "
+                         f"{problem.out_shape} (N, C, *out): use a scalar, (C, 1, ...) per "
+                         f"channel, (N, C, 1, ...) per sample and channel, or any shape that "
+                         f"broadcasts") from None
+    if not problem.batched:
+        full = full[np.newaxis]
+    return problem.to_5d(full)
+
+
+def _sum_to_shape(full, shape):
+    """Sum a per-output array down to ``shape`` (the inverse of broadcasting)."""
+    extra = full.ndim - len(shape)
+    total = full.sum(axis=tuple(range(extra))) if extra else full
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and total.shape[i] != 1)
+    return total.sum(axis=axes, keepdims=True).reshape(shape) if axes else total.reshape(shape)
+
+
 def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode):
     if backend_of(x=x) == "cuda":
         from ._cuda import windowed_softmax
@@ -91,12 +121,15 @@ def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode):
     if xb.shape[0] > 0:
         kernel, stride3, padding3, offsets, buffers, n_threads = problem.kernel_call_args()
         kernel_module("_windowed_softmax").forward(
-            problem.to_5d(xb), problem.to_5d(y), kernel, stride3, padding3, float(lam),
-            problem.layout == "channels_last", offsets, buffers, n_threads)
+            problem.to_5d(xb), problem.to_5d(y), kernel, stride3, padding3,
+            _temperature(problem, lam, y.shape), problem.layout == "channels_last", offsets,
+            buffers, n_threads)
     return problem.result(y)
 
 
-def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode):
+def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode,
+                           with_lam=False):
+    """grad_x, and with ``with_lam`` also dL/dlam summed to lam's shape."""
     if backend_of(grad_out=grad_out, x=x) == "cuda":
         from ._cuda import windowed_softmax
         return windowed_softmax.backward(grad_out, x, nd, lam, kernel_size, stride, padding,
@@ -108,6 +141,7 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
         g = g[np.newaxis]
     xb = problem.x
     grad_x = problem.empty(xb.shape, zero=True)
+    grad_lam = problem.empty(g.shape, zero=True) if with_lam else None
     if xb.shape[0] > 0:
         kernel, stride3, padding3, offsets, buffers, n_threads = problem.kernel_call_args()
         # Overlapping windows add their terms plane by plane (parallel over planes), unless
@@ -121,9 +155,13 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
                 stats = problem.statistics_buffer(g.shape)
         kernel_module("_windowed_softmax").backward(
             problem.to_5d(g), problem.to_5d(xb), problem.to_5d(grad_x), stats,
-            kernel, stride3, padding3, float(lam),
+            kernel, stride3, padding3, _temperature(problem, lam, g.shape),
+            problem.to_5d(grad_lam) if with_lam else None,
             problem.layout == "channels_last", offsets, buffers, n_threads)
-    return problem.result(grad_x)
+    if not with_lam:
+        return problem.result(grad_x)
+    full = grad_lam if problem.batched else grad_lam[0]
+    return problem.result(grad_x), _sum_to_shape(full, np.shape(lam)).astype(problem.dtype)
 
 
 def _make_pool(nd):
@@ -178,3 +216,55 @@ def _make_pool(nd):
 soft_pool1d_forward, soft_pool1d_backward = _make_pool(1)
 soft_pool2d_forward, soft_pool2d_backward = _make_pool(2)
 soft_pool3d_forward, soft_pool3d_backward = _make_pool(3)
+
+
+def _make_maxent_pool(nd):
+    """The public forward and backward of Max-Entropy pooling in ``nd`` spatial dimensions."""
+    axes = ", ".join("DHW"[3 - nd:])
+
+    def refuse_gpu(**arrays):
+        if backend_of(**arrays) == "cuda":
+            raise NotImplementedError("Max-Entropy pooling runs on numpy arrays only in this "
+                                      "version (its GPU kernels take a per-output lam next)")
+
+    def forward(x, lam, kernel_size, stride=None, padding=0, ceil_mode=False):
+        refuse_gpu(x=x)
+        return _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode)
+
+    def backward(grad_out, x, lam, kernel_size, stride=None, padding=0, ceil_mode=False):
+        refuse_gpu(grad_out=grad_out, x=x)
+        return _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding,
+                                      ceil_mode, with_lam=True)
+
+    forward.__name__ = forward.__qualname__ = f"maxent_pool{nd}d_forward"
+    backward.__name__ = backward.__qualname__ = f"maxent_pool{nd}d_backward"
+    forward.__doc__ = f"""Max-Entropy pooling over {nd} spatial axes (Kobayashi, ICCV 2019).
+
+    SoftPool with a temperature: for each window of real cells R(o)::
+
+        w = softmax_R(o)(lam_o * x),   y_o = sum_i w_i x_i
+
+    ``lam = 0`` is average pooling over the real cells, ``lam -> +inf`` max pooling, ``lam < 0``
+    a soft minimum, ``lam = 1`` SoftPool (the same kernel, the same bits).
+
+    Parameters
+    ----------
+    x : numpy.ndarray, shape (N, C, {axes}) or (C, {axes})
+    lam : float or array broadcastable to the output (N, C, *out)
+        A constant, per channel ``(C, 1, ...)``, per sample and channel ``(N, C, 1, ...)`` (as
+        GFGP gives), per output position, per sample, or any other broadcast.
+    kernel_size, stride, padding, ceil_mode
+        As ``soft_pool{nd}d_forward``.
+    """
+    backward.__doc__ = f"""Gradients of ``maxent_pool{nd}d_forward``: ``(grad_x, grad_lam)``.
+
+    ``dL/dx_i = sum_o g_o w_(o,i) (1 + lam_o (x_i - y_o))`` and
+    ``dL/dlam_o = g_o sum_i w_(o,i) (x_i - y_o)^2``, summed down to lam's own shape (a 0-d array
+    for a scalar lam).
+    """
+    return forward, backward
+
+
+maxent_pool1d_forward, maxent_pool1d_backward = _make_maxent_pool(1)
+maxent_pool2d_forward, maxent_pool2d_backward = _make_maxent_pool(2)
+maxent_pool3d_forward, maxent_pool3d_backward = _make_maxent_pool(3)
