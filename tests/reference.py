@@ -159,3 +159,54 @@ def global_lse_grad(g, x, beta):
     w = np.exp(z - z.max(axis=2, keepdims=True))
     w /= w.sum(axis=2, keepdims=True)
     return (g[..., None] * w).reshape(np.shape(x))
+
+
+# ------------------------------------------------------------------ Max-Entropy pooling
+def maxent_pool(x, nd, lam, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """y_o = sum_i w_i x_i, w = softmax(lam_o x) over window o, lam broadcast to y (float64).
+    Returns (y, per-output dL/dlam for g = 1 helper terms: sum w (x - y)^2)."""
+    x = np.asarray(x, dtype=np.float64)
+    kernel = _as_tuple(kernel_size, nd)
+    stride = kernel if stride is None else _as_tuple(stride, nd)
+    padding = _as_tuple(padding, nd)
+    spatial = x.shape[-nd:]
+    sizes = [output_size(L, k, s, p, ceil_mode)
+             for L, k, s, p in zip(spatial, kernel, stride, padding)]
+    shape = x.shape[:-nd] + tuple(sizes)
+    lam = np.broadcast_to(np.asarray(lam, dtype=np.float64), shape)
+    y = np.empty(shape)
+    variance = np.empty(shape)
+    for out_index, window in _windows(spatial, kernel, stride, padding, ceil_mode):
+        cells = x[(Ellipsis,) + window].reshape(x.shape[:-nd] + (-1,))
+        z = lam[(Ellipsis,) + out_index][..., None] * cells
+        w = np.exp(z - z.max(axis=-1, keepdims=True))
+        w /= w.sum(axis=-1, keepdims=True)
+        y_o = (w * cells).sum(axis=-1)
+        y[(Ellipsis,) + out_index] = y_o
+        variance[(Ellipsis,) + out_index] = (w * (cells - y_o[..., None]) ** 2).sum(axis=-1)
+    return y, variance
+
+
+def maxent_pool_grad(grad_out, x, nd, lam, kernel_size, stride=None, padding=0,
+                     ceil_mode=False):
+    """(dL/dx, per-output dL/dlam = g_o sum_i w_i (x_i - y_o)^2) in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    g = np.asarray(grad_out, dtype=np.float64)
+    kernel = _as_tuple(kernel_size, nd)
+    stride = kernel if stride is None else _as_tuple(stride, nd)
+    padding = _as_tuple(padding, nd)
+    spatial = x.shape[-nd:]
+    lam = np.broadcast_to(np.asarray(lam, dtype=np.float64), g.shape)
+    grad = np.zeros_like(x)
+    for out_index, window in _windows(spatial, kernel, stride, padding, ceil_mode):
+        cells = x[(Ellipsis,) + window]
+        flat = cells.reshape(x.shape[:-nd] + (-1,))
+        lam_o = lam[(Ellipsis,) + out_index][..., None]
+        z = lam_o * flat
+        w = np.exp(z - z.max(axis=-1, keepdims=True))
+        w /= w.sum(axis=-1, keepdims=True)
+        y = (w * flat).sum(axis=-1, keepdims=True)
+        g_o = g[(Ellipsis,) + out_index][..., None]
+        grad[(Ellipsis,) + window] += (g_o * w * (1 + lam_o * (flat - y))).reshape(cells.shape)
+    _, variance = maxent_pool(x, nd, lam, kernel_size, stride, padding, ceil_mode)
+    return grad, g * variance
