@@ -49,6 +49,21 @@ ctypedef fused LineStep:
     Py_ssize_t    # any other step
 
 
+# Whether the temperature is the same for every output of a line (SoftPool, and lam per channel
+# or per sample on rows) or varies along it: the uniform copy multiplies by a scalar.
+ctypedef fused LamKind:
+    char    # uniform along the line
+    int     # one per output
+
+
+cdef inline floating _lam_at(LamKind kind, const floating* lv, floating lam0,
+                             Py_ssize_t j) noexcept nogil:
+    if LamKind is char:
+        return lam0
+    else:
+        return lv[j]
+
+
 cdef inline Py_ssize_t _step_of(LineStep step) noexcept nogil:
     if LineStep is "signed char":
         return 1
@@ -186,7 +201,7 @@ cdef inline void _temperature_gradient(
 cdef inline void _pool_line(
         Mode mode, const floating* x, LineStep line_step, const Py_ssize_t* offsets,
         Py_ssize_t ncell, Py_ssize_t length, const floating* lam, Py_ssize_t lam_step,
-        floating* y, Py_ssize_t ystep, Py_ssize_t stats_plane,
+        LamKind kind, floating* y, Py_ssize_t ystep, Py_ssize_t stats_plane,
         const floating* g, Py_ssize_t gstep, floating* gx, floating* glam,
         Py_ssize_t glam_step, floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
     """Pool ``length`` (<= BLOCK) outputs whose windows start ``line_step`` apart in x.
@@ -218,6 +233,7 @@ cdef inline void _pool_line(
     cdef Py_ssize_t capacity = buffer_size // 2
     cdef floating* weights = buffer + capacity
     cdef Py_ssize_t chunk = min(length, max(<Py_ssize_t>1, capacity // ncell))
+    cdef floating lam0 = lam[0]
 
     j0 = 0
     while j0 < length:
@@ -239,12 +255,12 @@ cdef inline void _pool_line(
                 for j in range(n):
                     v = xc[j * 2]
                     bc[j] = v
-                    z = lv[j] * v
+                    z = _lam_at(kind, lv, lam0, j) * v
                     xm[j] = v if z > m[j] else xm[j]
                     m[j] = z if z > m[j] else m[j]
                     v = xc[j * 2 + 1]
                     bc[j + n] = v
-                    z = lv[j] * v
+                    z = _lam_at(kind, lv, lam0, j) * v
                     xm[j] = v if z > m[j] else xm[j]
                     m[j] = z if z > m[j] else m[j]
                 c += 2
@@ -252,7 +268,7 @@ cdef inline void _pool_line(
             for j in range(n):
                 v = xc[j * xstep]
                 bc[j] = v
-                z = lv[j] * v
+                z = _lam_at(kind, lv, lam0, j) * v
                 xm[j] = v if z > m[j] else xm[j]
                 m[j] = z if z > m[j] else m[j]
             c += 1
@@ -268,7 +284,7 @@ cdef inline void _pool_line(
             wc = weights + c * n
             for j in range(n):
                 v = bc[j]
-                e = exp_nonpositive(lv[j] * v - m[j])
+                e = exp_nonpositive(_lam_at(kind, lv, lam0, j) * v - m[j])
                 wc[j] = e
                 s[j] = s[j] + e
                 t[j] = t[j] + e * (v - xm[j])
@@ -309,7 +325,7 @@ cdef inline void _pool_line(
             bc = buffer + c * n
             wc = weights + c * n
             for j in range(n):
-                bc[j] = s[j] * wc[j] * (1 + lv[j] * (bc[j] - t[j]))
+                bc[j] = s[j] * wc[j] * (1 + _lam_at(kind, lv, lam0, j) * (bc[j] - t[j]))
         if any_bad:
             for j in range(n):
                 if bad[j]:
@@ -355,14 +371,25 @@ cdef inline void _pool_line_dispatch(
         floating* y, Py_ssize_t ystep, Py_ssize_t stats_plane,
         const floating* g, Py_ssize_t gstep, floating* gx, floating* glam,
         Py_ssize_t glam_step, floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
-    if xstep == 1:
-        _pool_line(mode, x, <signed char>1, offsets, ncell, length, lam, lam_step, y, ystep,
-                   stats_plane, g, gstep, gx, glam, glam_step, buffer, buffer_size)
+    if lam_step == 0:
+        if xstep == 1:
+            _pool_line(mode, x, <signed char>1, offsets, ncell, length, lam, lam_step, <char>0,
+                       y, ystep, stats_plane, g, gstep, gx, glam, glam_step, buffer,
+                       buffer_size)
+        elif xstep == 2:
+            _pool_line(mode, x, <short>2, offsets, ncell, length, lam, lam_step, <char>0, y,
+                       ystep, stats_plane, g, gstep, gx, glam, glam_step, buffer, buffer_size)
+        else:
+            _pool_line(mode, x, xstep, offsets, ncell, length, lam, lam_step, <char>0, y,
+                       ystep, stats_plane, g, gstep, gx, glam, glam_step, buffer, buffer_size)
+    elif xstep == 1:
+        _pool_line(mode, x, <signed char>1, offsets, ncell, length, lam, lam_step, <int>0, y,
+                   ystep, stats_plane, g, gstep, gx, glam, glam_step, buffer, buffer_size)
     elif xstep == 2:
-        _pool_line(mode, x, <short>2, offsets, ncell, length, lam, lam_step, y, ystep,
+        _pool_line(mode, x, <short>2, offsets, ncell, length, lam, lam_step, <int>0, y, ystep,
                    stats_plane, g, gstep, gx, glam, glam_step, buffer, buffer_size)
     else:
-        _pool_line(mode, x, xstep, offsets, ncell, length, lam, lam_step, y, ystep,
+        _pool_line(mode, x, xstep, offsets, ncell, length, lam, lam_step, <int>0, y, ystep,
                    stats_plane, g, gstep, gx, glam, glam_step, buffer, buffer_size)
 
 
