@@ -21,6 +21,7 @@ from npool._cuda import _device, windowed_softmax
 from npool._cuda._arrays import describe
 from strategies import channels_last, pool_problems
 from test_global_pools import global_problems
+from test_maxent import lam_of
 from test_soft_pool import call_backward, call_forward, ref_backward, ref_forward, scale_of
 
 
@@ -612,3 +613,38 @@ def test_global_pools_nan_and_float16(gpu):
     for forward in (npool.global_lse_pool_forward, npool.global_avg_pool_forward):
         np.testing.assert_allclose(gpu.to_host(forward(gpu.to_device(h))).astype(np.float32),
                                    forward(h).astype(np.float32), rtol=2e-3, atol=2e-3)
+
+
+# ------------------------------------------------------------------ Max-Entropy pooling
+@pytest.mark.parametrize("mode", ["scalar", "channel", "sample_channel", "position", "sample",
+                                  "other"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=25)
+@given(data=st.data())
+def test_maxent_matches_the_cpu(gpu, mode, dtype, data):
+    x, nd, args = data.draw(pool_problems(dtype=dtype, elements=st.floats(-20, 20, width=32)))
+    if data.draw(st.booleans()):
+        x = channels_last(x, x.ndim == nd + 2)
+    kernel, stride, padding, ceil_mode = args
+    forward = getattr(npool, f"maxent_pool{nd}d_forward")
+    backward = getattr(npool, f"maxent_pool{nd}d_backward")
+    rng = np.random.default_rng(data.draw(st.integers(0, 999)))
+    y = forward(x, 1.0, kernel, stride, padding, ceil_mode)
+    lam = lam_of(mode, y.shape, x.ndim == nd + 2, rng)
+    lam_gpu = lam if np.ndim(lam) == 0 else gpu.to_device(np.asarray(lam, dtype))
+    lam_cpu = lam if np.ndim(lam) == 0 else np.asarray(lam, dtype)
+    tolerance = 1e-10 if dtype == np.float64 else 1e-4
+    scale = max(1.0, float(np.abs(x).max()))
+    expected = forward(x, lam_cpu, kernel, stride, padding, ceil_mode)
+    result = gpu.to_host(forward(gpu.to_device(x), lam_gpu, kernel, stride, padding, ceil_mode))
+    np.testing.assert_allclose(result, expected, rtol=tolerance, atol=tolerance * scale)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    grad_x, grad_lam = backward(g, x, lam_cpu, kernel, stride, padding, ceil_mode)
+    gx_gpu, glam_gpu = backward(gpu.to_device(g), gpu.to_device(x), lam_gpu, kernel, stride,
+                                padding, ceil_mode)
+    np.testing.assert_allclose(gpu.to_host(gx_gpu), grad_x, rtol=tolerance,
+                               atol=tolerance * scale * 4)
+    glam = gpu.to_host(glam_gpu)
+    assert glam.shape == np.shape(lam)
+    np.testing.assert_allclose(glam, grad_lam, rtol=tolerance * 10,
+                               atol=tolerance * 10 * scale ** 2 * max(1, g.size))

@@ -124,6 +124,22 @@ template <typename T> NPOOL_FN T* shared_memory() {
 }
 #endif
 
+// A tree reduction over the block's values (shared: block_size() slots); every thread gets the
+// result. Pairs are combined in a fixed order.
+template <typename V, typename Combine>
+NPOOL_FN V block_reduce(V value, V* shared, Combine combine) {
+  const int t = thread_index(), size = block_size();
+  shared[t] = value;
+  sync_block();
+  for (int half = size / 2; half > 0; half /= 2) {
+    if (t < half) shared[t] = combine(shared[t], shared[t + half]);
+    sync_block();
+  }
+  const V result = shared[0];
+  sync_block();
+  return result;
+}
+
 }  // namespace npool
 
 // ------------------------------------------------------------------ kernels

@@ -35,7 +35,11 @@ struct Args {
   int64_t stats_stride;  // distance between the M, g/S and y arrays of stats: the output count
   int64_t count;         // work items
   int64_t channels_last; // work-item order: channels fastest when non-zero
-  double lam;            // temperature
+  double lam;            // temperature, when lam_values is null
+  const void* lam_values;   // per-output temperatures (x's dtype), with lam_strides
+  void* grad_lam;           // dL/dlam per output (accumulator dtype), with glam_strides
+  int64_t lam_strides[5];   // element strides of lam_values over the output (0: broadcast)
+  int64_t glam_strides[5];
   int64_t size[5];       // N, C, D, H, W of x
   int64_t out_size[3];   // OD, OH, OW
   int64_t kernel[3];
@@ -103,6 +107,16 @@ template <typename I> NPOOL_FN Window<I> window_of(const Args& a, const I* o) {
   return win;
 }
 
+// The temperature of output (n, c, od, oh, ow).
+template <typename T, typename I>
+NPOOL_FN typename Accumulator<T>::type temperature(const Args& a, I n, I c, I od, I oh, I ow) {
+  using A = typename Accumulator<T>::type;
+  if (!a.lam_values) return static_cast<A>(a.lam);
+  const int64_t* s = a.lam_strides;
+  return to_acc(static_cast<const T*>(a.lam_values)[
+      n * s[0] + c * s[1] + od * s[2] + oh * s[3] + ow * s[4]]);
+}
+
 template <typename A> NPOOL_FN A scaled(A v, A lam) {
   return lam != A(0) ? lam * v : A(0);  // lam = 0 is average pooling, infinite cells included
 }
@@ -126,9 +140,8 @@ template <typename A> struct Stats {
 template <typename T, typename I>
 NPOOL_FN void window_sums(const Args& a, const T* x, const Window<I>& win,
                           Stats<typename Accumulator<T>::type>* st,
-                          typename Accumulator<T>::type x0) {
+                          typename Accumulator<T>::type x0, typename Accumulator<T>::type lam) {
   using A = typename Accumulator<T>::type;
-  const A lam = static_cast<A>(a.lam);
   const I s2 = static_cast<I>(a.x_strides[2]), s3 = static_cast<I>(a.x_strides[3]),
           s4 = static_cast<I>(a.x_strides[4]);
   A s = 0, t = 0;
@@ -147,9 +160,9 @@ NPOOL_FN void window_sums(const Args& a, const T* x, const Window<I>& win,
 // M, S and y of one window; x points at (n, c, 0, 0, 0).
 template <typename T, typename I>
 NPOOL_FN Stats<typename Accumulator<T>::type> window_stats(const Args& a, const T* x,
-                                                         const Window<I>& win) {
+                                                         const Window<I>& win,
+                                                         typename Accumulator<T>::type lam) {
   using A = typename Accumulator<T>::type;
-  const A lam = static_cast<A>(a.lam);
   const I s2 = static_cast<I>(a.x_strides[2]), s3 = static_cast<I>(a.x_strides[3]),
           s4 = static_cast<I>(a.x_strides[4]);
   A m = -infinity<A>(), xm = 0;
@@ -165,17 +178,46 @@ NPOOL_FN Stats<typename Accumulator<T>::type> window_stats(const Args& a, const 
   Stats<A> st;
   st.m = any_nan ? quiet_nan<A>() : m;
   if (is_finite(st.m)) {
-    window_sums<T, I>(a, x, win, &st, xm);  // relative to x*: y stays in the window's range
+    window_sums<T, I>(a, x, win, &st, xm, lam);  // relative to x*: y stays in the window's range
     if (is_finite(st.y)) return st;
   }
-  window_sums<T, I>(a, x, win, &st, A(0));  // non-finite M, or x - x* overflowed: the limits
+  window_sums<T, I>(a, x, win, &st, A(0), lam);  // non-finite M, or x - x* overflowed: the limits
   return st;
+}
+
+// q = sum_i e_i (x_i - y)^2 of one window (dL/dlam = g q / S); cells of zero weight or equal
+// to y (the infinite ones that take the weight) add nothing.
+template <typename T, typename I>
+NPOOL_FN typename Accumulator<T>::type window_spread(
+    const Args& a, const T* x, const Window<I>& win, typename Accumulator<T>::type lam,
+    const Stats<typename Accumulator<T>::type>& st) {
+  using A = typename Accumulator<T>::type;
+  const I s2 = static_cast<I>(a.x_strides[2]), s3 = static_cast<I>(a.x_strides[3]),
+          s4 = static_cast<I>(a.x_strides[4]);
+  A q = 0;
+  for (I d = win.lo[0]; d < win.hi[0]; ++d)
+    for (I h = win.lo[1]; h < win.hi[1]; ++h)
+      for (I w = win.lo[2]; w < win.hi[2]; ++w) {
+        const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
+        const A e = weight(scaled(v, lam), st.m);
+        if (e != A(0) && v != st.y) q += e * (v - st.y) * (v - st.y);
+      }
+  return q;
+}
+
+template <typename T, typename I>
+NPOOL_FN void store_grad_lam(const Args& a, const Position<I>& p, typename Accumulator<T>::type value) {
+  if (!a.grad_lam) return;
+  const int64_t* s = a.glam_strides;
+  static_cast<typename Accumulator<T>::type*>(a.grad_lam)[
+      p.n * s[0] + p.c * s[1] + p.s[0] * s[2] + p.s[1] * s[3] + p.s[2] * s[4]] = value;
 }
 
 template <typename T, typename I> NPOOL_FN void forward_item(const Args& a, int64_t t) {
   const Position<I> p = work_position<I>(a, t);
   const T* x = static_cast<const T*>(a.x) + offset<I>(a.x_strides, p.n, p.c, 0, 0, 0);
-  const auto st = window_stats<T, I>(a, x, window_of<I>(a, p.s));
+  const auto lam = temperature<T, I>(a, p.n, p.c, p.s[0], p.s[1], p.s[2]);
+  const auto st = window_stats<T, I>(a, x, window_of<I>(a, p.s), lam);
   static_cast<T*>(a.out)[offset<I>(a.out_strides, p.n, p.c, p.s[0], p.s[1], p.s[2])] =
       from_acc<T>(st.y);
 }
@@ -186,10 +228,12 @@ template <typename T, typename I> NPOOL_FN void backward_disjoint_item(const Arg
   const T* x = static_cast<const T*>(a.x) + offset<I>(a.x_strides, p.n, p.c, 0, 0, 0);
   T* gx = static_cast<T*>(a.out) + offset<I>(a.out_strides, p.n, p.c, 0, 0, 0);
   const Window<I> win = window_of<I>(a, p.s);
-  const auto st = window_stats<T, I>(a, x, win);
+  const A lam = temperature<T, I>(a, p.n, p.c, p.s[0], p.s[1], p.s[2]);
+  const auto st = window_stats<T, I>(a, x, win, lam);
   const A g = to_acc(static_cast<const T*>(a.grad_out)[
       offset<I>(a.g_strides, p.n, p.c, p.s[0], p.s[1], p.s[2])]);
-  const A coef = g / st.s, lam = static_cast<A>(a.lam);
+  const A coef = g / st.s;
+  if (a.grad_lam) store_grad_lam<T, I>(a, p, g * window_spread<T, I>(a, x, win, lam, st) / st.s);
   // The cells this output owns: from its window's start (0 for the first) to the next window's
   // start (the edge for the last). They partition each axis.
   I own_lo[3], own_hi[3];
@@ -222,9 +266,12 @@ template <typename T, typename I> NPOOL_FN void backward_stats_item(const Args& 
   using A = typename Accumulator<T>::type;
   const Position<I> p = work_position<I>(a, t);
   const T* x = static_cast<const T*>(a.x) + offset<I>(a.x_strides, p.n, p.c, 0, 0, 0);
-  const auto st = window_stats<T, I>(a, x, window_of<I>(a, p.s));
+  const Window<I> win = window_of<I>(a, p.s);
+  const A lam = temperature<T, I>(a, p.n, p.c, p.s[0], p.s[1], p.s[2]);
+  const auto st = window_stats<T, I>(a, x, win, lam);
   const A g = to_acc(static_cast<const T*>(a.grad_out)[
       offset<I>(a.g_strides, p.n, p.c, p.s[0], p.s[1], p.s[2])]);
+  if (a.grad_lam) store_grad_lam<T, I>(a, p, g * window_spread<T, I>(a, x, win, lam, st) / st.s);
   A* stats = static_cast<A*>(a.stats);
   stats[t] = st.m;
   stats[a.stats_stride + t] = g / st.s;
@@ -244,10 +291,8 @@ template <typename T, typename I> NPOOL_FN void backward_gather_item(const Args&
     const I last = divide(i_pad, a.stride_div[k]);
     hi[k] = last < static_cast<I>(a.out_size[k]) ? last + 1 : static_cast<I>(a.out_size[k]);
   }
-  const A lam = static_cast<A>(a.lam);
   const A v = to_acc(static_cast<const T*>(a.x)[
       offset<I>(a.x_strides, p.n, p.c, p.s[0], p.s[1], p.s[2])]);
-  const A z = scaled(v, lam);
   const A* stats = static_cast<const A*>(a.stats);
   const int64_t outputs = a.stats_stride;
   A sum = 0;
@@ -255,7 +300,9 @@ template <typename T, typename I> NPOOL_FN void backward_gather_item(const Args&
     for (I oh = lo[1]; oh < hi[1]; ++oh)
       for (I ow = lo[2]; ow < hi[2]; ++ow) {
         const int64_t o = output_item<I>(a, p.n, p.c, od, oh, ow);
-        sum += gradient_term(z, v, stats[o], stats[outputs + o], stats[2 * outputs + o], lam);
+        const A lam = temperature<T, I>(a, p.n, p.c, od, oh, ow);
+        sum += gradient_term(scaled(v, lam), v, stats[o], stats[outputs + o],
+                             stats[2 * outputs + o], lam);
       }
   static_cast<T*>(a.out)[offset<I>(a.out_strides, p.n, p.c, p.s[0], p.s[1], p.s[2])] =
       from_acc<T>(sum);

@@ -133,7 +133,7 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
     if backend_of(grad_out=grad_out, x=x) == "cuda":
         from ._cuda import windowed_softmax
         return windowed_softmax.backward(grad_out, x, nd, lam, kernel_size, stride, padding,
-                                         ceil_mode)
+                                         ceil_mode, with_lam=with_lam)
     problem = _Problem(x, nd, kernel_size, stride, padding, ceil_mode)
     _checks.grad_out_array(grad_out, problem.out_shape, x)
     g = grad_out.astype(problem.work_dtype, copy=False)
@@ -222,17 +222,10 @@ def _make_maxent_pool(nd):
     """The public forward and backward of Max-Entropy pooling in ``nd`` spatial dimensions."""
     axes = ", ".join("DHW"[3 - nd:])
 
-    def refuse_gpu(**arrays):
-        if backend_of(**arrays) == "cuda":
-            raise NotImplementedError("Max-Entropy pooling runs on numpy arrays only in this "
-                                      "version (its GPU kernels take a per-output lam next)")
-
     def forward(x, lam, kernel_size, stride=None, padding=0, ceil_mode=False):
-        refuse_gpu(x=x)
         return _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode)
 
     def backward(grad_out, x, lam, kernel_size, stride=None, padding=0, ceil_mode=False):
-        refuse_gpu(grad_out=grad_out, x=x)
         return _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding,
                                       ceil_mode, with_lam=True)
 

@@ -15,7 +15,8 @@ _DIVISOR = [("value", "i8"), ("magic", "i8"), ("shift", "i8")]
 ARGS = np.dtype([
     ("x", "u8"), ("grad_out", "u8"), ("out", "u8"), ("stats", "u8"),
     ("stats_stride", "i8"), ("count", "i8"), ("channels_last", "i8"), ("lam", "f8"),
-    ("size", "i8", 5), ("out_size", "i8", 3), ("kernel", "i8", 3), ("stride", "i8", 3),
+    ("lam_values", "u8"), ("grad_lam", "u8"), ("lam_strides", "i8", 5),
+    ("glam_strides", "i8", 5), ("size", "i8", 5), ("out_size", "i8", 3), ("kernel", "i8", 3), ("stride", "i8", 3),
     ("padding", "i8", 3), ("x_strides", "i8", 5), ("out_strides", "i8", 5),
     ("g_strides", "i8", 5), ("work", _DIVISOR, 4), ("stride_div", _DIVISOR, 3),
 ])
@@ -71,11 +72,40 @@ class _Pool:
         obj, a = call.empty(shape, self.x.dtype, strides if self.batched else strides[1:])
         return obj, a.ptr, self.to_5d(a)[1]
 
+    def temperature(self, lam):
+        """lam as (scalar, pointer, 5-D strides over the output, 5-D shape, own shape): a real
+        number, or a GPU array of x's dtype that broadcasts to the output."""
+        if isinstance(lam, (bool, np.bool_)):
+            raise TypeError("lam must be a real number or a GPU array, got bool")
+        if isinstance(lam, (int, float, np.integer, np.floating)):
+            return float(lam), 0, (0,) * 5, (1,) * 5, ()
+        if isinstance(lam, np.ndarray):
+            raise TypeError("lam is a numpy array but x is on the GPU: pass lam on the GPU "
+                            "(or a Python number)")
+        t = describe(lam, "lam")
+        if t.dtype != self.x.dtype:
+            raise TypeError(f"lam must have the dtype of x ({self.x.dtype}), got {t.dtype}")
+        out = self.out_shape
+        if t.ndim > len(out) or any(n not in (1, m) for n, m in zip(t.shape[::-1], out[::-1])):
+            raise ValueError(f"lam of shape {t.shape} does not broadcast to the output's shape "
+                             f"{out} (N, C, *out)")
+        strides = [0] * (len(out) - t.ndim) + [0 if n == 1 else st
+                                               for n, st in zip(t.shape, t.strides)]
+        shape = [1] * (len(out) - t.ndim) + list(t.shape)
+        if not self.batched:
+            strides, shape = [0] + strides, [1] + shape
+        pad = 3 - self.nd
+        return (1.0, t.ptr, tuple(strides[:2] + [0] * pad + strides[2:]),
+                tuple(shape[:2] + [1] * pad + shape[2:]), t.shape)
+
     def arguments(self, lam, **arrays):
         """The kernel argument struct; ``arrays`` maps field names to (ptr, 5-D strides)."""
         args = np.zeros((), ARGS)
         kernel, stride, padding = self.args.as_3d()
-        args["lam"] = lam
+        lam_scalar, lam_ptr, lam_strides = self.temperature(lam)[:3]
+        args["lam"] = lam_scalar
+        args["lam_values"] = lam_ptr
+        args["lam_strides"] = lam_strides
         args["size"] = self.size
         args["out_size"] = self.out_size
         args["kernel"] = kernel
@@ -87,7 +117,8 @@ class _Pool:
         for field, (ptr, strides) in arrays.items():
             args[field] = ptr
             if strides is not None:
-                args[{"out": "out_strides", "grad_out": "g_strides"}[field]] = strides
+                args[{"out": "out_strides", "grad_out": "g_strides",
+                      "grad_lam": "glam_strides"}[field]] = strides
         return args
 
     def wide_index(self, counts, *stride_sets):
@@ -130,9 +161,12 @@ def forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None):
     return y
 
 
-def backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None):
-    """grad_x of the windowed-softmax pool of GPU array x (see npool.local_pools)."""
+def backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None,
+             with_lam=False):
+    """grad_x of the windowed-softmax pool of GPU array x (see npool.local_pools), and with
+    ``with_lam`` also dL/dlam summed to lam's shape (a GPUArray; 0-d for a number)."""
     pool = _Pool(x, nd, kernel_size, stride, padding, ceil_mode)
+    lam_parts = pool.temperature(lam)
     g = describe(grad_out, "grad_out")
     _checks.grad_out_array(g, pool.out_shape, pool.x)
     g_strides = pool.to_5d(g)[1]
@@ -140,8 +174,17 @@ def backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode, devi
     with device.session([g.stream, pool.x.stream]) as call:
         grad_x, gx_ptr, gx_strides = pool.empty(call, pool.x.shape)
         outputs, inputs = pool.outputs(), pool.inputs()
+        accumulator = 8 if pool.x.dtype == np.float64 else 4
+        grad_lam = None
+        arrays = dict(out=(gx_ptr, gx_strides), grad_out=(g.ptr, g_strides))
+        if with_lam:  # dL/dlam per output, contiguous over the 5-D output, then summed
+            lam_shape = lam_parts[4]
+            grad_lam, grad_lam_array = call.empty(lam_shape, pool.x.dtype,
+                                                  _checks.dense_strides(lam_shape, "contiguous"))
+            full_shape = pool.size[:2] + pool.out_size
+            full = call.workspace(max(outputs, 1) * accumulator)
+            arrays["grad_lam"] = (full, _checks.dense_strides(full_shape, "contiguous"))
         if outputs:
-            arrays = dict(out=(gx_ptr, gx_strides), grad_out=(g.ptr, g_strides))
             if pool.args.disjoint:
                 # Each input cell belongs to at most one window: its thread writes the cell.
                 wide = pool.wide_index([outputs], pool.x_strides, gx_strides, g_strides)
@@ -152,7 +195,6 @@ def backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode, devi
                 # Pass 1 stores M, g/S and y per output; pass 2 gathers them per input cell.
                 wide = pool.wide_index([3 * outputs, inputs], pool.x_strides, gx_strides,
                                        g_strides)
-                accumulator = 8 if pool.x.dtype == np.float64 else 4
                 stats = call.workspace(3 * outputs * accumulator)
                 args = pool.arguments(lam, stats=(stats, None), **arrays)
                 args["stats_stride"] = outputs
@@ -160,4 +202,25 @@ def backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode, devi
                 call.launch(pool.kernel("backward_stats", wide), args[()], outputs)
                 pool.set_work(args, pool.size[2:], inputs, wide)
                 call.launch(pool.kernel("backward_gather", wide), args[()], inputs)
-    return grad_x
+        if with_lam and grad_lam_array.size:
+            _sum_to_shape(call, pool, full, full_shape, lam_parts[3], grad_lam_array)
+    return (grad_x, grad_lam) if with_lam else grad_x
+
+
+_REDUCE_ARGS = np.dtype([("full", "u8"), ("out", "u8"), ("full_shape", "i8", 5),
+                         ("out_shape", "i8", 5), ("count", "i8")])
+
+
+def _sum_to_shape(call, pool, full, full_shape, out_shape, out):
+    """out (C-contiguous, out_shape as 5-D) = the float accumulators ``full`` (full_shape)
+    summed over the axes where out_shape is 1."""
+    args = np.zeros((), _REDUCE_ARGS)
+    args["full"] = full
+    args["out"] = out.ptr
+    args["full_shape"] = full_shape
+    args["out_shape"] = out_shape
+    count = int(np.prod(out_shape))
+    args["count"] = count
+    accumulator = 8 if pool.x.dtype == np.float64 else 4
+    call.launch_blocks(f"npool_sum_to_shape_{_TYPE_SUFFIX[pool.x.dtype]}", args[()], count,
+                       accumulator * call.block_size)
