@@ -106,7 +106,7 @@ def _temperature(problem, lam, out_shape):
 def _sum_to_shape(full, shape):
     """Sum a per-output array down to ``shape`` (the inverse of broadcasting)."""
     extra = full.ndim - len(shape)
-    total = full.sum(axis=tuple(range(extra))) if extra else full
+    total = np.asarray(full.sum(axis=tuple(range(extra)))) if extra else full
     axes = tuple(i for i, n in enumerate(shape) if n == 1 and total.shape[i] != 1)
     return total.sum(axis=axes, keepdims=True).reshape(shape) if axes else total.reshape(shape)
 

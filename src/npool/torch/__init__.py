@@ -10,12 +10,13 @@ the ops run in float16.
 
 This module holds no math: see ``npool.local_pools`` for the formulas.
 """
-from ._layers import (GlobalAvgPool, GlobalKMaxPool, GlobalLSEPool, GlobalMaxPool, SoftPool1d,
-                      SoftPool2d, SoftPool3d, WeldonPool)
+from ._layers import (GlobalAvgPool, GlobalKMaxPool, GlobalLSEPool, GlobalMaxPool, MaxEntPool2d,
+                      SoftPool1d, SoftPool2d, SoftPool3d, WeldonPool)
 from ._ops import (global_avg_pool, global_kmax_pool, global_lse_pool, global_max_pool,
-                   soft_pool1d, soft_pool2d, soft_pool3d, weldon_pool)
+                   maxent_pool1d, maxent_pool2d, maxent_pool3d, soft_pool1d, soft_pool2d,
+                   soft_pool3d, weldon_pool)
 
 __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool", "global_avg_pool",
            "global_lse_pool", "global_kmax_pool", "weldon_pool", "SoftPool1d", "SoftPool2d",
            "SoftPool3d", "GlobalMaxPool", "GlobalAvgPool", "GlobalLSEPool", "GlobalKMaxPool",
-           "WeldonPool"]
+           "WeldonPool", "maxent_pool1d", "maxent_pool2d", "maxent_pool3d", "MaxEntPool2d"]

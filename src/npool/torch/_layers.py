@@ -3,7 +3,7 @@ import torch
 
 from .. import _checks
 from ._ops import (global_avg_pool, global_kmax_pool, global_lse_pool, global_max_pool,
-                   soft_pool1d, soft_pool2d, soft_pool3d, weldon_pool)
+                   maxent_pool2d, soft_pool1d, soft_pool2d, soft_pool3d, weldon_pool)
 
 
 class _SoftPoolNd(torch.nn.Module):
@@ -128,3 +128,56 @@ class WeldonPool(torch.nn.Module):
     def extra_repr(self):
         return (f"kmax={self.kmax}, kmin={self.kmin}, alpha={self.alpha}, "
                 f"keepdims={self.keepdims}")
+
+
+class MaxEntPool2d(torch.nn.Module):
+    """Max-Entropy pooling (Kobayashi, ICCV 2019) with its temperature ``lam``:
+
+    - ``"gfgp"`` (default): the Global-Feature-Guided parameter branch, GAP -> 1x1 conv
+      (num_features -> hidden, bias) -> BatchNorm -> ReLU -> 1x1 conv (hidden -> num_features,
+      bias) -> BatchNorm -> sigmoid (or softplus), giving lam per sample and channel;
+      ``hidden`` defaults to ``num_features // 2``;
+    - ``"channel"``: a learnable temperature per channel, starting at 1 (SoftPool);
+    - a number: a fixed temperature.
+
+    The window arguments are those of ``nn.MaxPool2d``. The gradient reaches x through the pool
+    and through the branch.
+    """
+
+    def __init__(self, num_features, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 lam="gfgp", activation="sigmoid", hidden=None):
+        super().__init__()
+        _checks.WindowArgs(2, kernel_size, stride, padding, ceil_mode)  # fail early
+        if activation not in ("sigmoid", "softplus"):
+            raise ValueError(f"activation must be 'sigmoid' or 'softplus', got {activation!r}")
+        self.num_features = num_features
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode = ceil_mode
+        self.mode = lam if isinstance(lam, str) else "fixed"
+        if lam == "gfgp":
+            hidden = hidden or max(1, num_features // 2)
+            self.branch = torch.nn.Sequential(
+                torch.nn.AdaptiveAvgPool2d(1),
+                torch.nn.Conv2d(num_features, hidden, 1), torch.nn.BatchNorm2d(hidden),
+                torch.nn.ReLU(),
+                torch.nn.Conv2d(hidden, num_features, 1), torch.nn.BatchNorm2d(num_features),
+                torch.nn.Sigmoid() if activation == "sigmoid" else torch.nn.Softplus())
+        elif lam == "channel":
+            self.lam = torch.nn.Parameter(torch.ones(num_features, 1, 1))
+        elif isinstance(lam, str):
+            raise ValueError(f"lam must be 'gfgp', 'channel' or a number, got {lam!r}")
+        else:
+            self.register_buffer("lam", torch.tensor(_checks.finite_real(lam, "lam")))
+
+    def temperature(self, x):
+        """lam for input x: (N, C, 1, 1) for GFGP, (C, 1, 1) per channel, or a 0-d tensor."""
+        return self.branch(x) if self.mode == "gfgp" else self.lam
+
+    def forward(self, x):
+        return maxent_pool2d(x, self.temperature(x), self.kernel_size, self.stride,
+                             self.padding, self.ceil_mode)
+
+    def extra_repr(self):
+        return (f"num_features={self.num_features}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}, "
+                f"lam={self.mode!r}")

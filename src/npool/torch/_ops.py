@@ -37,7 +37,7 @@ def _soft_pool(x: torch.Tensor, kernel_size: list[int], stride: list[int], paddi
 
 
 @_soft_pool.register_fake
-def _(x, kernel_size, stride, padding, ceil_mode):
+def _soft_pool_fake(x, kernel_size, stride, padding, ceil_mode):
     nd = len(kernel_size)
     args = _checks.WindowArgs(nd, tuple(kernel_size), tuple(stride), tuple(padding), ceil_mode)
     if x.dim() not in (nd + 1, nd + 2):
@@ -271,3 +271,78 @@ def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_indices=
     bottom = top if kmin is None else _checks.k_count(kmin, n, "kmin", allow_zero=True)
     y, indices = _weldon_pool(x, top, bottom, _checks.finite_real(alpha, "alpha"), keepdims)
     return (y, indices) if return_indices else y
+
+
+# ------------------------------------------------------------------ Max-Entropy pooling
+_MAXENT = {1: (npool.maxent_pool1d_forward, npool.maxent_pool1d_backward),
+           2: (npool.maxent_pool2d_forward, npool.maxent_pool2d_backward),
+           3: (npool.maxent_pool3d_forward, npool.maxent_pool3d_backward)}
+
+
+@torch.library.custom_op("npool::maxent_pool", mutates_args=())
+def _maxent_pool(x: torch.Tensor, lam: torch.Tensor, kernel_size: list[int], stride: list[int],
+                 padding: list[int], ceil_mode: bool) -> torch.Tensor:
+    forward, _ = _MAXENT[len(kernel_size)]
+    return from_core(forward(to_core(x), to_core(lam.to(x.dtype)), kernel_size, stride,
+                             padding, ceil_mode), x)
+
+
+@_maxent_pool.register_fake
+def _(x, lam, kernel_size, stride, padding, ceil_mode):
+    return _soft_pool_fake(x, kernel_size, stride, padding, ceil_mode)
+
+
+@torch.library.custom_op("npool::maxent_pool_backward", mutates_args=())
+def _maxent_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, lam: torch.Tensor,
+                          kernel_size: list[int], stride: list[int], padding: list[int],
+                          ceil_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    _, backward = _MAXENT[len(kernel_size)]
+    grad_x, grad_lam = backward(to_core(grad_out.to(x.dtype)), to_core(x),
+                                to_core(lam.to(x.dtype)), kernel_size, stride, padding,
+                                ceil_mode)
+    return from_core(grad_x, x), from_core(grad_lam, x).to(lam.dtype).reshape(lam.shape)
+
+
+@_maxent_pool_backward.register_fake
+def _(grad_out, x, lam, kernel_size, stride, padding, ceil_mode):
+    return _empty_in_layout(x, tuple(x.shape), len(kernel_size)), lam.new_empty(lam.shape)
+
+
+def _maxent_setup_context(ctx, inputs, output):
+    x, lam, *window = inputs
+    ctx.save_for_backward(x, lam)
+    ctx.window = window
+
+
+def _maxent_autograd(ctx, grad_out):
+    x, lam = ctx.saved_tensors
+    grad_x, grad_lam = _maxent_pool_backward(grad_out, x, lam, *ctx.window)
+    return (grad_x, grad_lam) + (None,) * len(ctx.window)
+
+
+_maxent_pool.register_autograd(_maxent_autograd, setup_context=_maxent_setup_context)
+torch.library.register_autocast("npool::maxent_pool", "cuda", torch.float16)
+
+
+def _make_maxent_pool(nd):
+    def maxent_pool(x, lam, kernel_size, stride=None, padding=0, ceil_mode=False):
+        kernel, stride, padding = _window_lists(nd, kernel_size, stride, padding)
+        if not isinstance(ceil_mode, bool):
+            raise TypeError(f"ceil_mode must be a bool, got {type(ceil_mode).__name__}")
+        if not isinstance(lam, torch.Tensor):
+            lam = torch.tensor(_checks.finite_real(lam, "lam"), dtype=x.dtype, device=x.device)
+        return _maxent_pool(x, lam, kernel, stride, padding, ceil_mode)
+
+    maxent_pool.__name__ = maxent_pool.__qualname__ = f"maxent_pool{nd}d"
+    maxent_pool.__doc__ = f"""Max-Entropy pooling over {nd} spatial axes, differentiable in x and
+    lam (npool.maxent_pool{nd}d_forward): ``y_o = sum_i softmax(lam_o x over window o)_i x_i``.
+
+    ``lam``: a number or a tensor broadcastable to the output (N, C, *out), e.g. (N, C, 1, ...)
+    from a GFGP branch; its gradient is summed to its own shape.
+    """
+    return maxent_pool
+
+
+maxent_pool1d = _make_maxent_pool(1)
+maxent_pool2d = _make_maxent_pool(2)
+maxent_pool3d = _make_maxent_pool(3)
