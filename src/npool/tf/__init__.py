@@ -13,11 +13,13 @@ export traces the op), and TF Serving/TFLite. Saving Keras models in the ``.kera
 configs, not the graph. This module holds no math: see ``npool.local_pools`` for the formulas.
 """
 from ._layers import (GlobalAvgPool, GlobalKMaxPool, GlobalLSEPool, GlobalMaxPool,
-                      SoftPooling1D, SoftPooling2D, SoftPooling3D, WeldonPool)
+                      MaxEntPooling2D, SoftPooling1D, SoftPooling2D, SoftPooling3D, WeldonPool)
 from ._ops import (global_avg_pool, global_kmax_pool, global_lse_pool, global_max_pool,
-                   soft_pool1d, soft_pool2d, soft_pool3d, weldon_pool)
+                   maxent_pool1d, maxent_pool2d, maxent_pool3d, soft_pool1d, soft_pool2d,
+                   soft_pool3d, weldon_pool)
 
 __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool", "global_avg_pool",
            "global_lse_pool", "global_kmax_pool", "weldon_pool", "SoftPooling1D",
            "SoftPooling2D", "SoftPooling3D", "GlobalMaxPool", "GlobalAvgPool", "GlobalLSEPool",
-           "GlobalKMaxPool", "WeldonPool"]
+           "GlobalKMaxPool", "WeldonPool", "maxent_pool1d", "maxent_pool2d", "maxent_pool3d",
+           "MaxEntPooling2D"]

@@ -3,7 +3,7 @@ import keras
 
 from .. import _checks
 from ._ops import (global_avg_pool, global_kmax_pool, global_lse_pool, global_max_pool,
-                   soft_pool1d, soft_pool2d, soft_pool3d, weldon_pool)
+                   maxent_pool2d, soft_pool1d, soft_pool2d, soft_pool3d, weldon_pool)
 
 
 class _SoftPoolingND(keras.layers.Layer):
@@ -165,3 +165,78 @@ class WeldonPool(_GlobalPooling):
             _checks.k_count(kmin, 1, "kmin", allow_zero=True)
         self.kmax, self.kmin = kmax, kmin
         self.alpha = _checks.finite_real(alpha, "alpha")
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class MaxEntPooling2D(keras.layers.Layer):
+    """Max-Entropy pooling with its temperature ``lam``: ``"gfgp"`` (the Global-Feature-Guided
+    branch: GAP -> 1x1 conv -> BatchNorm -> ReLU -> 1x1 conv -> BatchNorm -> sigmoid/softplus,
+    hidden width ``channels // 2`` by default), ``"channel"`` (a learnable temperature per
+    channel, starting at 1) or a fixed number. Window arguments as ``SoftPooling2D``."""
+
+    def __init__(self, pool_size=2, strides=None, padding="valid", ceil_mode=False, lam="gfgp",
+                 activation="sigmoid", hidden=None, data_format=None, **kwargs):
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(f"npool.tf layers need Keras' TensorFlow backend, but Keras "
+                               f"runs on {keras.backend.backend()!r}")
+        super().__init__(**kwargs)
+        if isinstance(padding, str):
+            if padding.lower() != "valid":
+                raise ValueError(f"padding must be 'valid' or explicit ints, got {padding!r}")
+            padding = 0
+        if activation not in ("sigmoid", "softplus"):
+            raise ValueError(f"activation must be 'sigmoid' or 'softplus', got {activation!r}")
+        if isinstance(lam, str) and lam not in ("gfgp", "channel"):
+            raise ValueError(f"lam must be 'gfgp', 'channel' or a number, got {lam!r}")
+        if not isinstance(lam, str):
+            lam = _checks.finite_real(lam, "lam")
+        _checks.WindowArgs(2, pool_size, strides, padding, ceil_mode)
+        self.pool_size, self.strides, self.padding = pool_size, strides, padding
+        self.ceil_mode, self.lam, self.activation, self.hidden = ceil_mode, lam, activation, hidden
+        self.data_format = data_format or keras.config.image_data_format()
+        self.supports_jit = False
+
+    def build(self, input_shape):
+        last = self.data_format == "channels_last"
+        channels = input_shape[-1] if last else input_shape[1]
+        axis = -1 if last else 1
+        if self.lam == "gfgp":
+            hidden = self.hidden or max(1, channels // 2)
+            self.branch = [
+                keras.layers.GlobalAveragePooling2D(data_format=self.data_format, keepdims=True),
+                keras.layers.Conv2D(hidden, 1, data_format=self.data_format),
+                keras.layers.BatchNormalization(axis=axis), keras.layers.ReLU(),
+                keras.layers.Conv2D(channels, 1, data_format=self.data_format),
+                keras.layers.BatchNormalization(axis=axis),
+                keras.layers.Activation(self.activation)]
+            shape = input_shape
+            for layer in self.branch:
+                layer.build(shape)
+                shape = layer.compute_output_shape(shape)
+        elif self.lam == "channel":
+            self.temperature = self.add_weight(
+                shape=(channels,) if last else (channels, 1, 1), initializer="ones",
+                name="temperature")
+
+    def call(self, inputs, training=None):
+        if self.lam == "gfgp":
+            lam = inputs
+            for layer in self.branch:
+                lam = layer(lam, training=training) if isinstance(
+                    layer, keras.layers.BatchNormalization) else layer(lam)
+        elif self.lam == "channel":
+            lam = self.temperature
+        else:
+            lam = self.lam
+        return maxent_pool2d(inputs, lam, self.pool_size, self.strides, self.padding,
+                             self.ceil_mode, self.data_format)
+
+    def compute_output_shape(self, input_shape):
+        return SoftPooling2D(self.pool_size, self.strides, self.padding, self.ceil_mode,
+                             self.data_format).compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size, "strides": self.strides,
+                "padding": self.padding, "ceil_mode": self.ceil_mode, "lam": self.lam,
+                "activation": self.activation, "hidden": self.hidden,
+                "data_format": self.data_format}

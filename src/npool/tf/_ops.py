@@ -213,3 +213,76 @@ def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, data_format="ch
     return _global_pool(x, npool.weldon_pool_forward, npool.weldon_pool_backward, keepdims,
                         data_format, True, kmax=kmax, kmin=kmin,
                         alpha=_checks.finite_real(alpha, "alpha"))
+
+
+# ------------------------------------------------------------------ Max-Entropy pooling
+_MAXENT = {1: (npool.maxent_pool1d_forward, npool.maxent_pool1d_backward),
+           2: (npool.maxent_pool2d_forward, npool.maxent_pool2d_backward),
+           3: (npool.maxent_pool3d_forward, npool.maxent_pool3d_backward)}
+
+
+def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format):
+    _refuse_saved_model_export()
+    x = tf.convert_to_tensor(x)
+    if x.dtype not in (tf.float16, tf.float32, tf.float64):
+        raise TypeError(f"x must have dtype float16, float32 or float64, got {x.dtype.name}")
+    lam = tf.cast(tf.convert_to_tensor(lam), x.dtype)
+    layout = _Layout(data_format, nd, x.shape.rank)
+    if lam.shape.rank is None or lam.shape.rank > x.shape.rank:
+        raise ValueError(f"lam of shape {lam.shape} does not broadcast to the output of x "
+                         f"{x.shape}")
+    window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
+    args = (window.kernel, window.stride, window.padding, window.ceil_mode)
+    forward, backward = _MAXENT[nd]
+    rank = x.shape.rank
+    out_shape = list(x.shape)
+    axes = list(layout.spatial_axes(rank))
+    spatial = [out_shape[a] for a in axes]
+    for a, n in zip(axes, window.output_size(spatial) if None not in spatial else [None] * nd):
+        out_shape[a] = n
+
+    def lam_to_npool(la):
+        return layout.to_npool(np.reshape(la, (1,) * (rank - la.ndim) + la.shape))
+
+    def forward_numpy(xa, la):
+        return layout.from_npool(forward(layout.to_npool(xa), lam_to_npool(la), *args))
+
+    def backward_numpy(ga, xa, la):
+        gx, gl = backward(layout.to_npool(ga), layout.to_npool(xa), lam_to_npool(la), *args)
+        return layout.from_npool(gx), np.reshape(layout.from_npool(gl), la.shape)
+
+    @tf.custom_gradient
+    def maxent(x, lam):
+        y = tf.numpy_function(forward_numpy, [x, lam], x.dtype, stateful=False,
+                              name="npool_maxent_pool")
+        y.set_shape(out_shape)
+
+        def grad(dy):
+            gx, gl = tf.numpy_function(backward_numpy, [tf.cast(dy, x.dtype), x, lam],
+                                       [x.dtype, x.dtype], stateful=False,
+                                       name="npool_maxent_pool_backward")
+            gx.set_shape(x.shape)
+            gl.set_shape(lam.shape)
+            return gx, gl
+
+        return y, grad
+
+    return maxent(x, lam)
+
+
+def _make_maxent_pool(nd):
+    def maxent_pool(x, lam, kernel_size, stride=None, padding=0, ceil_mode=False,
+                    data_format="channels_last"):
+        return _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format)
+
+    maxent_pool.__name__ = maxent_pool.__qualname__ = f"maxent_pool{nd}d"
+    maxent_pool.__doc__ = f"""Max-Entropy pooling over {nd} spatial axes, differentiable in x and
+    lam (npool.maxent_pool{nd}d_forward). ``lam`` broadcasts to the output in x's data format,
+    e.g. (N, 1, 1, C) per sample and channel for channels_last.
+    """
+    return maxent_pool
+
+
+maxent_pool1d = _make_maxent_pool(1)
+maxent_pool2d = _make_maxent_pool(2)
+maxent_pool3d = _make_maxent_pool(3)
