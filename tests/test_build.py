@@ -16,7 +16,8 @@ KERNELS = [f"npool_windowed_softmax_{name}_{t}_{i}"
            for t in ("f16", "f32", "f64") for i in ("i32", "i64")] + [
     f"npool_global_{name}_{t}"
     for name in ("max", "avg", "lse", "lse_backward", "select", "select_backward",
-                 "scatter_backward", "avg_backward") for t in ("f16", "f32", "f64")]
+                 "scatter_backward", "avg_backward") for t in ("f16", "f32", "f64")] + [
+    f"npool_sum_to_shape_{t}" for t in ("f16", "f32", "f64")]
 
 
 def test_build_info_is_consistent():
@@ -41,7 +42,7 @@ def test_kernel_sources_are_shipped():
     """Without the fatbin, the GPU backend compiles these at run time."""
     from npool._cuda import kernel_source_dir
     names = {f.name for f in kernel_source_dir().iterdir()}
-    assert {"npool_cuda.cuh", "windowed_softmax.cu", "global_pools.cu"} <= names
+    assert {"npool_cuda.cuh", "windowed_softmax.cu", "global_pools.cu", "reductions.cu"} <= names
 
 
 def test_fatbin_is_built_when_nvcc_is_present():

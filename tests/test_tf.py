@@ -238,3 +238,58 @@ def test_global_layers_serialise_and_train():
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = model.fit(x, labels, batch_size=64, epochs=80, verbose=0).history["loss"]
     assert history[-1] < 0.5 * history[0], history
+
+
+# ------------------------------------------------------------------ Max-Entropy pooling
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("lam_shape", [(), (3,), (2, 1, 1, 3), (4, 4, 1), (2, 1, 1, 1)])
+def test_maxent_gradients_and_core(data_format, lam_shape):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 7, 6))
+    lam = rng.uniform(-1, 2, lam_shape)
+    lam_npool = np.moveaxis(np.reshape(lam, (1,) * (4 - lam.ndim) + lam.shape), -1, 1)
+    expected = npool.maxent_pool2d_forward(x, lam_npool, 3, 2, 1, True)
+    if data_format == "channels_first":
+        lam = np.moveaxis(np.reshape(lam, (1,) * (4 - lam.ndim) + lam.shape), -1, 1)
+        tf_x = x
+    else:
+        tf_x, expected = nhwc(x), nhwc(expected)
+    y = ntf.maxent_pool2d(tf.constant(tf_x), tf.constant(lam), 3, 2, 1, True,
+                          data_format=data_format)
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-12, atol=1e-14)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda v, l: ntf.maxent_pool2d(v, l, 3, 2, 1, True, data_format=data_format),
+        [tf.constant(tf_x), tf.constant(lam)])
+    for t, n in zip(theoretical, numerical):
+        np.testing.assert_allclose(t, n, rtol=1e-5, atol=1e-5)
+
+
+def test_maxent_layer_trains_serialises_and_follows_the_mode():
+    x, labels = _blob_task()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((14, 14, 1)),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        ntf.MaxEntPooling2D(2),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        ntf.MaxEntPooling2D(2, ceil_mode=True, lam="channel"),
+        keras.layers.Flatten(), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, labels, batch_size=64, epochs=30, verbose=0).history["loss"]
+    assert history[-1] < 0.5 * history[0], history
+    layer = model.layers[1]
+    batch = tf.constant(x[:8])
+    features = model.layers[0](batch)
+    train_out = layer(features, training=True)
+    eval_out = layer(features, training=False)
+    assert not np.allclose(train_out.numpy(), eval_out.numpy())  # BatchNorm: batch vs moving
+    np.testing.assert_allclose(layer(features[:4], training=False).numpy(), eval_out.numpy()[:4],
+                               rtol=1e-5, atol=1e-6)
+    clone = ntf.MaxEntPooling2D.from_config(ntf.MaxEntPooling2D(3, 2, 1, True, lam=0.5)
+                                            .get_config())
+    assert clone.lam == 0.5 and clone.pool_size == 3 and clone.ceil_mode
+    np.testing.assert_allclose(ntf.MaxEntPooling2D(2, lam=1.0)(batch).numpy(),
+                               ntf.soft_pool2d(batch, 2).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="lam must be 'gfgp', 'channel' or a number"):
+        ntf.MaxEntPooling2D(2, lam="learned")

@@ -254,3 +254,58 @@ def test_global_modules_train_and_compile():
         "WeldonPool(kmax=2, kmin=None, alpha=0.5, keepdims=False)"
     with pytest.raises(ValueError, match="k as a float is a fraction"):
         nt.GlobalKMaxPool(1.5)
+
+
+# ------------------------------------------------------------------ Max-Entropy pooling
+LAM_SHAPES = {"scalar": (), "channel": (3, 1, 1), "sample_channel": (2, 3, 1, 1),
+              "position": (4, 4), "sample": (2, 1, 1, 1)}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", list(LAM_SHAPES))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_maxent_opcheck_gradcheck_and_core(device, mode, layout):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn((2, 3, 7, 6), generator=g, dtype=torch.float64).to(device)
+    x = torch_channels_last(x) if layout == "channels_last" else x
+    lam = (torch.rand(LAM_SHAPES[mode], generator=g, dtype=torch.float64) * 3 - 1).to(device)
+    window = ([3, 3], [2, 2], [1, 1], True)
+    torch.library.opcheck(torch.ops.npool.maxent_pool.default, (x, lam, *window))
+    grad = torch.randn(2, 3, 4, 4, dtype=torch.float64, device=device)
+    torch.library.opcheck(torch.ops.npool.maxent_pool_backward.default,
+                          (grad, x, lam, *window))
+    xg, lg = x.clone().requires_grad_(True), lam.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v, l: nt.maxent_pool2d(v, l, 3, 2, 1, True), (xg, lg))
+    y = nt.maxent_pool2d(x, lam, 3, 2, 1, True)
+    np.testing.assert_array_equal(y.cpu().numpy(), npool.maxent_pool2d_forward(
+        x.cpu().numpy(), lam.cpu().numpy(), 3, 2, 1, True))
+
+
+def test_gfgp_module_trains_and_its_batchnorms_follow_the_mode():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), nt.MaxEntPool2d(8, 2),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+        nt.MaxEntPool2d(8, 2, ceil_mode=True, lam="channel"),
+        torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 2))
+    gfgp = model[2]
+    running = gfgp.branch[2].running_mean.clone()
+    losses = _train(model, 30, 1e-2)
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert not torch.equal(gfgp.branch[2].running_mean, running)  # train mode updates them
+    assert model[5].lam.grad is not None and gfgp.branch[1].weight.grad is not None
+    x, _ = _blob_task(8)
+    x.requires_grad_(True)
+    model.eval()
+    frozen = gfgp.branch[2].running_mean.clone()
+    y1, y2 = model(x), model(x[:4])
+    assert torch.equal(gfgp.branch[2].running_mean, frozen)  # eval mode leaves them
+    torch.testing.assert_close(y2, y1[:4])  # eval: each sample on its own
+    y1.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(nt.MaxEntPool2d(3, 2, lam=1.0)(x), nt.soft_pool2d(x, 2))
+    with pytest.raises(ValueError, match="lam must be 'gfgp', 'channel' or a number"):
+        nt.MaxEntPool2d(3, 2, lam="learned")
+    with pytest.raises(ValueError, match="activation must be"):
+        nt.MaxEntPool2d(3, 2, activation="tanh")
