@@ -104,11 +104,18 @@ def _temperature(problem, lam, out_shape):
 
 
 def _sum_to_shape(full, shape):
-    """Sum a per-output array down to ``shape`` (the inverse of broadcasting)."""
+    """Sum a per-output array down to ``shape`` (the inverse of broadcasting), reducing in
+    memory order (a channels-last array is summed as the C-contiguous array it is)."""
     extra = full.ndim - len(shape)
-    total = np.asarray(full.sum(axis=tuple(range(extra)))) if extra else full
-    axes = tuple(i for i, n in enumerate(shape) if n == 1 and total.shape[i] != 1)
-    return total.sum(axis=axes, keepdims=True).reshape(shape) if axes else total.reshape(shape)
+    keep = [False] * extra + [n != 1 or m == 1 for n, m in zip(shape, full.shape[extra:])]
+    order = sorted(range(full.ndim), key=lambda a: -abs(full.strides[a]))
+    memory = full.transpose(order)
+    axes = tuple(i for i, a in enumerate(order) if not keep[a])
+    kept = [a for a in order if keep[a]]
+    total = np.asarray(memory.sum(axis=axes)) if axes else memory
+    # back to the original axis order, then to lam's shape
+    total = total.transpose(np.argsort(kept)) if kept else total
+    return total.reshape(shape)
 
 
 def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode):
@@ -141,7 +148,7 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
         g = g[np.newaxis]
     xb = problem.x
     grad_x = problem.empty(xb.shape, zero=True)
-    grad_lam = problem.empty(g.shape, zero=True) if with_lam else None
+    grad_lam = problem.empty(g.shape) if with_lam else None  # every output is written
     if xb.shape[0] > 0:
         kernel, stride3, padding3, offsets, buffers, n_threads = problem.kernel_call_args()
         # Overlapping windows add their terms plane by plane (parallel over planes), unless

@@ -1,0 +1,90 @@
+"""CPU benchmark of Max-Entropy pooling: 2x2/2 on a (32, 64, 112, 112) float32 array with a
+per-sample-and-channel temperature (N, C, 1, 1), as GFGP gives, side by side in one process with
+SoftPool on the same input and the same math composed from PyTorch ops.
+
+    python benchmarks/bench_maxent.py [--repeats 7] [--out FILE]
+
+Rows, for C-contiguous and channels-last memory:
+  npool SoftPool fwd / fwd+bwd      npool.soft_pool2d_forward (+ backward)
+  npool Max-Ent fwd / fwd+bwd       npool.maxent_pool2d_forward (+ backward, grad_x and grad_lam)
+  torch composite fwd / f+b         e = exp(lam x); avg_pool2d(x e) / avg_pool2d(e), autograd
+Target: Max-Ent within 10% of SoftPool's time (the same kernel plus one multiply per cell).
+"""
+import argparse
+import datetime
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import npool
+
+
+def channels_last(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def cases(x, lam):
+    y = npool.soft_pool2d_forward(x, 2)
+    g = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+    if not x.flags.c_contiguous:
+        g = channels_last(g)
+    xt, lt, gt = torch.from_numpy(x), torch.from_numpy(lam), torch.from_numpy(g)
+
+    def composite(v, l):
+        e = torch.exp(l * v)
+        return F.avg_pool2d(v * e, 2) / F.avg_pool2d(e, 2)
+
+    def composite_fb():
+        v, l = xt.clone().requires_grad_(True), lt.clone().requires_grad_(True)
+        composite(v, l).backward(gt)
+
+    return {
+        "npool SoftPool fwd": lambda: npool.soft_pool2d_forward(x, 2),
+        "npool SoftPool fwd+bwd": lambda: (npool.soft_pool2d_forward(x, 2),
+                                           npool.soft_pool2d_backward(g, x, 2)),
+        "npool Max-Ent fwd": lambda: npool.maxent_pool2d_forward(x, lam, 2),
+        "npool Max-Ent fwd+bwd": lambda: (npool.maxent_pool2d_forward(x, lam, 2),
+                                          npool.maxent_pool2d_backward(g, x, lam, 2)),
+        "torch composite fwd": lambda: composite(xt, lt),
+        "torch composite f+b": composite_fb,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out")
+    opts = parser.parse_args()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 64, 112, 112)).astype(np.float32)
+    lam = rng.uniform(0.5, 1.5, (32, 64, 1, 1)).astype(np.float32)
+    lines = [f"# npool Max-Ent pooling, CPU, {datetime.datetime.now():%Y-%m-%d %H:%M}",
+             f"# threads: npool {npool.get_num_threads()}, torch {torch.get_num_threads()}; "
+             f"median of {opts.repeats}"]
+    for layout, a in (("contiguous", x), ("channels_last", channels_last(x))):
+        table = cases(a, lam)
+        times = {name: [] for name in table}
+        for _ in range(opts.repeats):
+            for name, fn in table.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+        ms = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+        lines.append(f"\n## {layout}")
+        lines.append(f"{'case':<26}{'ms':>9}{'/ SoftPool':>12}{'composite /':>13}")
+        for name, value in ms.items():
+            kind = "fwd+bwd" if ("bwd" in name or "f+b" in name) else "fwd"
+            soft = ms["npool SoftPool " + kind]
+            comp = ms["torch composite " + ("f+b" if kind == "fwd+bwd" else "fwd")]
+            lines.append(f"{name:<26}{value:9.2f}{value / soft:12.2f}{comp / value:13.2f}")
+    report = "\n".join(lines)
+    print(report)
+    if opts.out:
+        with open(opts.out, "a") as f:
+            f.write(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
