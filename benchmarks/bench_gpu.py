@@ -9,6 +9,7 @@ channels-last, the rows are:
   npool fwd            npool.soft_pool2d_forward on the tensor, through a version-3
                        __cuda_array_interface__ naming torch's current stream (asynchronous)
   npool fwd+bwd        npool.soft_pool2d_forward + npool.soft_pool2d_backward, the same way
+  npool Max-Ent fwd    npool.maxent_pool2d_forward with a (N, C, 1, 1) lam on the GPU
   npool fwd (v2)       npool.soft_pool2d_forward on the tensor itself: torch's interface names
                        no stream, so npool synchronises the device before and after
   torch composite fwd  avg_pool2d(x * exp(x)) / avg_pool2d(exp(x))
@@ -82,8 +83,11 @@ def cases(x):
     def max_fb():
         F.max_pool2d(x_grad, 2).backward(g)
 
+    lam = torch.rand(x.shape[0], x.shape[1], 1, 1, device="cuda", dtype=x.dtype) + 0.5
+    lam_v3 = OnStream(lam)
     return {
         "d2d copy": (lambda: dst.copy_(x), 2 * n_in * item),
+        "npool Max-Ent fwd": (lambda: npool.maxent_pool2d_forward(x_v3, lam_v3, 2), fwd_bytes),
         "npool fwd": (lambda: npool.soft_pool2d_forward(x_v3, 2), fwd_bytes),
         "npool fwd+bwd": (npool_fb, fwd_bytes + bwd_bytes),
         "npool fwd (v2)": (lambda: npool.soft_pool2d_forward(x, 2), fwd_bytes),
