@@ -33,21 +33,7 @@ def _as_tuple(v, nd):
 
 def softmax_pool(x, nd, lam, kernel_size, stride=None, padding=0, ceil_mode=False):
     """y_o = sum_i w_i x_i, w = softmax(lam * x) over the real cells of window o (float64)."""
-    x = np.asarray(x, dtype=np.float64)
-    kernel = _as_tuple(kernel_size, nd)
-    stride = kernel if stride is None else _as_tuple(stride, nd)
-    padding = _as_tuple(padding, nd)
-    spatial = x.shape[-nd:]
-    sizes = [output_size(L, k, s, p, ceil_mode)
-             for L, k, s, p in zip(spatial, kernel, stride, padding)]
-    y = np.empty(x.shape[:-nd] + tuple(sizes))
-    for out_index, window in _windows(spatial, kernel, stride, padding, ceil_mode):
-        cells = x[(Ellipsis,) + window].reshape(x.shape[:-nd] + (-1,))
-        z = lam * cells
-        w = np.exp(z - z.max(axis=-1, keepdims=True))
-        w /= w.sum(axis=-1, keepdims=True)
-        y[(Ellipsis,) + out_index] = (w * cells).sum(axis=-1)
-    return y
+    return maxent_pool(x, nd, lam, kernel_size, stride, padding, ceil_mode)[0]
 
 
 def softmax_pool_grad(grad_out, x, nd, lam, kernel_size, stride=None, padding=0,

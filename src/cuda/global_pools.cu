@@ -247,6 +247,13 @@ template <typename T> NPOOL_FN Threshold block_threshold(const Args& a, int64_t 
   return {prefix, remaining};
 }
 
+// grad_x = 0 on one map, then a barrier.
+template <typename T> NPOOL_FN void zero_map(const Args& a, T* gx) {
+  for (int64_t i = thread_index(); i < a.n; i += block_size())
+    gx[i * a.out_strides[2]] = from_acc<T>(typename Accumulator<T>::type(0));
+  sync_block();
+}
+
 // Exclusive block scan of a count per thread; returns this thread's offset, and the total.
 NPOOL_FN int64_t block_scan(int64_t value, SelectShared* sh, int64_t* total) {
   const int t = thread_index(), size = block_size();
@@ -337,9 +344,7 @@ template <typename T> NPOOL_FN void select_backward_body(const Args& a) {
     const Map m = map_offsets(a, map);
     T* gx = static_cast<T*>(a.out) + m.out;
     const A g = grad_out_of<T>(a, map);
-    for (int64_t i = thread_index(); i < a.n; i += block_size())
-      gx[i * a.out_strides[2]] = from_acc<T>(A(0));
-    sync_block();
+    zero_map(a, gx);
     for (int part = 0; part < 2; ++part) {
       const bool bottom = part == 1;
       const int64_t k = bottom ? a.k_bottom : a.k;
@@ -364,9 +369,7 @@ template <typename T> NPOOL_FN void scatter_body(const Args& a) {
     const Map m = map_offsets(a, map);
     T* gx = static_cast<T*>(a.out) + m.out;
     const A g = grad_out_of<T>(a, map);
-    for (int64_t i = thread_index(); i < a.n; i += block_size())
-      gx[i * a.out_strides[2]] = from_acc<T>(A(0));
-    sync_block();
+    zero_map(a, gx);
     for (int part = 0; part < 2; ++part) {
       const int64_t k = part ? a.k_bottom : a.k;
       const A share = (part ? static_cast<A>(a.alpha) : A(1)) * g / A(k ? k : 1);
