@@ -17,13 +17,13 @@ import argparse
 import datetime
 import math
 import platform
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import npool
+from _report import emit, interleaved_medians_ms
 
 
 def cases(x_np):
@@ -91,23 +91,15 @@ def main():
     for shape in ((64, 512, 14, 14), (8, 64, 112, 112)):
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         table = cases(x)
-        times = {name: ([], []) for name in table}
-        for _ in range(opts.repeats):
-            for name, (ours, theirs) in table.items():
-                for fn, bucket in ((ours, times[name][0]), (theirs, times[name][1])):
-                    start = time.perf_counter()
-                    fn()
-                    bucket.append(time.perf_counter() - start)
+        flat = {(name, side): fn for name, pair in table.items()
+                for side, fn in zip(("npool", "torch"), pair)}
+        ms = interleaved_medians_ms(flat, opts.repeats)
         lines.append(f"\n## {shape} float32 contiguous")
         lines.append(f"{'case':<16}{'npool ms':>10}{'torch ms':>10}{'torch/npool':>13}")
-        for name, (ours, theirs) in times.items():
-            a, b = 1e3 * np.median(ours), 1e3 * np.median(theirs)
+        for name in table:
+            a, b = ms[name, "npool"], ms[name, "torch"]
             lines.append(f"{name:<16}{a:10.2f}{b:10.2f}{b / a:13.2f}")
-    report = "\n".join(lines)
-    print(report)
-    if opts.out:
-        with open(opts.out, "a") as f:
-            f.write(report + "\n")
+    emit(lines, opts.out)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import npool
+from _report import emit
 
 
 class OnStream:
@@ -161,11 +162,7 @@ def main():
         for name, ms in table.items():
             gbs = runs[name][1] / ms / 1e6
             lines.append(f"{name:<26}{ms:9.3f}{gbs:9.0f}{100 * gbs / copy_bw:10.0f}%")
-    report = "\n".join(lines)
-    print(report)
-    if opts.out:
-        with open(opts.out, "a") as f:
-            f.write(report + "\n")
+    emit(lines, opts.out)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ Target: Max-Ent within 10% of SoftPool's time (the same kernel plus one multiply
 """
 import argparse
 import datetime
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import npool
+from _report import emit, interleaved_medians_ms
 
 
 def channels_last(a):
@@ -64,14 +64,7 @@ def main():
              f"# threads: npool {npool.get_num_threads()}, torch {torch.get_num_threads()}; "
              f"median of {opts.repeats}"]
     for layout, a in (("contiguous", x), ("channels_last", channels_last(x))):
-        table = cases(a, lam)
-        times = {name: [] for name in table}
-        for _ in range(opts.repeats):
-            for name, fn in table.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-        ms = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+        ms = interleaved_medians_ms(cases(a, lam), opts.repeats)
         lines.append(f"\n## {layout}")
         lines.append(f"{'case':<26}{'ms':>9}{'/ SoftPool':>12}{'composite /':>13}")
         for name, value in ms.items():
@@ -79,11 +72,7 @@ def main():
             soft = ms["npool SoftPool " + kind]
             comp = ms["torch composite " + ("f+b" if kind == "fwd+bwd" else "fwd")]
             lines.append(f"{name:<26}{value:9.2f}{value / soft:12.2f}{comp / value:13.2f}")
-    report = "\n".join(lines)
-    print(report)
-    if opts.out:
-        with open(opts.out, "a") as f:
-            f.write(report + "\n")
+    emit(lines, opts.out)
 
 
 if __name__ == "__main__":

@@ -39,24 +39,7 @@ def softmax_pool(x, nd, lam, kernel_size, stride=None, padding=0, ceil_mode=Fals
 def softmax_pool_grad(grad_out, x, nd, lam, kernel_size, stride=None, padding=0,
                       ceil_mode=False):
     """dL/dx_i = sum_o g_o w_{o,i} (1 + lam (x_i - y_o)) (float64)."""
-    x = np.asarray(x, dtype=np.float64)
-    g = np.asarray(grad_out, dtype=np.float64)
-    kernel = _as_tuple(kernel_size, nd)
-    stride = kernel if stride is None else _as_tuple(stride, nd)
-    padding = _as_tuple(padding, nd)
-    spatial = x.shape[-nd:]
-    grad = np.zeros_like(x)
-    for out_index, window in _windows(spatial, kernel, stride, padding, ceil_mode):
-        cells = x[(Ellipsis,) + window]
-        flat = cells.reshape(x.shape[:-nd] + (-1,))
-        z = lam * flat
-        w = np.exp(z - z.max(axis=-1, keepdims=True))
-        w /= w.sum(axis=-1, keepdims=True)
-        y = (w * flat).sum(axis=-1, keepdims=True)
-        g_o = g[(Ellipsis,) + out_index][..., None]
-        term = g_o * w * (1 + lam * (flat - y))
-        grad[(Ellipsis,) + window] += term.reshape(cells.shape)
-    return grad
+    return maxent_pool_grad(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode)[0]
 
 
 # ------------------------------------------------------------------ global pools
