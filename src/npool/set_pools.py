@@ -1,0 +1,251 @@
+"""Learnable set pooling from LOUPE (Miech et al., "Learnable pooling with Context Gating"):
+NetVLAD, NetRVLAD, NetFV, Soft-DBoW and Context Gating, with masks.
+
+``x`` is ``(B, M, D)`` (batch, samples, features), ``assign`` the soft assignment ``(B, M, K)``
+(a softmax over K that the caller computes), ``mask`` ``(B, M)`` booleans (True: a real sample)
+or None. A masked sample changes no output and gets a zero gradient. ``l2n(v) = v /
+sqrt(max(sum v^2, 1e-12))``. Outputs are flattened D-major (``d * K + k``, LOUPE's order).
+
+The two large contractions per op (``x^T a`` and its transposes) are BLAS matrix products; no
+``(B, M, K, D)`` array is ever formed.
+
+WORK IN PROGRESS (issue 7): NumPy core only; the fused Cython/CUDA kernels and the adapters'
+layers are still to come.
+"""
+import numpy as np
+
+from . import _checks
+from ._dispatch import backend_of
+
+_EPS = 1e-12  # the squared-norm floor of l2n
+_SIGMA_EPS = 1e-6  # NetFV: sigma = covar_weights ** 2 + 1e-6
+
+
+def _l2n(v, axis):
+    """l2n along ``axis`` and what its backward needs."""
+    squared = np.sum(v * v, axis=axis, keepdims=True)
+    norm = np.sqrt(np.maximum(squared, _EPS))
+    y = v / norm
+    return y, (y, norm, squared > _EPS)
+
+
+def _l2n_backward(g, saved, axis):
+    y, norm, active = saved
+    dot = np.sum(y * g, axis=axis, keepdims=True)
+    return np.where(active, (g - y * dot) / norm, g / norm)
+
+
+class _Set:
+    """Validated set inputs: x (B, M, D), assign (B, M, K) and the mask applied to assign."""
+
+    def __init__(self, x=None, assign=None, mask=None):
+        arrays = {name: a for name, a in (("x", x), ("assign", assign)) if a is not None}
+        if backend_of(**arrays) != "cpu":
+            raise NotImplementedError("set pools run on numpy arrays only for now")
+        first = next(iter(arrays.values()))
+        for name, a in arrays.items():
+            _checks.float_array(a, name)
+            if a.ndim != 3:
+                raise ValueError(f"{name} must be 3-D (B, M, {'D' if name == 'x' else 'K'}), "
+                                 f"got shape {a.shape}")
+            if a.dtype != first.dtype:
+                raise TypeError(f"{name} must have the dtype of the other inputs "
+                                f"({first.dtype}), got {a.dtype}")
+        if x is not None and assign is not None and x.shape[:2] != assign.shape[:2]:
+            raise ValueError(f"x and assign must agree on (B, M), got {x.shape[:2]} and "
+                             f"{assign.shape[:2]}")
+        self.dtype = first.dtype
+        self.work = _checks.compute_dtype(first.dtype)
+        self.x = None if x is None else x.astype(self.work, copy=False)
+        self.mask = None
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.dtype != np.bool_:
+                raise TypeError(f"mask must be an array of bools, got dtype {mask.dtype}")
+            if mask.shape != first.shape[:2]:
+                raise ValueError(f"mask must have shape (B, M) = {first.shape[:2]}, got "
+                                 f"{mask.shape}")
+            self.mask = mask[..., None].astype(self.work)
+        if assign is not None:
+            a = assign.astype(self.work, copy=False)
+            self.a = a * self.mask if self.mask is not None else a
+
+    def masked(self, g):
+        return g * self.mask if self.mask is not None else g
+
+    def parameter(self, p, name, shape):
+        _checks.float_array(p, name)
+        if p.shape != shape:
+            raise ValueError(f"{name} must have shape {shape} (D, K), got {p.shape}")
+        if p.dtype != self.dtype:
+            raise TypeError(f"{name} must have the dtype of x ({self.dtype}), got {p.dtype}")
+        return p.astype(self.work, copy=False)
+
+    def grad_out(self, g, shape):
+        _checks.grad_out_array(g, shape, np.empty(0, self.dtype))
+        return g.astype(self.work, copy=False)
+
+    def out(self, *arrays):
+        result = tuple(a.astype(self.dtype, copy=False) for a in arrays)
+        return result if len(result) > 1 else result[0]
+
+
+# ------------------------------------------------------------------ NetVLAD / NetRVLAD
+def _vlad(s, centers):
+    """V (B, D, K) = sum_m a (x - c), and the pieces of its backward."""
+    v = np.matmul(s.x.transpose(0, 2, 1), s.a)  # (B, D, K)
+    a_sum = s.a.sum(axis=1)  # (B, K)
+    if centers is not None:
+        v = v - centers[None] * a_sum[:, None, :]
+    intra, intra_saved = _l2n(v, axis=1)
+    flat, flat_saved = _l2n(intra.reshape(v.shape[0], -1), axis=1)
+    return flat, (a_sum, intra_saved, flat_saved, v.shape)
+
+
+def _vlad_backward(s, centers, g, saved):
+    a_sum, intra_saved, flat_saved, shape = saved
+    g_intra = _l2n_backward(g, flat_saved, axis=1).reshape(shape)
+    g_v = _l2n_backward(g_intra, intra_saved, axis=1)  # (B, D, K)
+    grad_x = np.matmul(s.a, g_v.transpose(0, 2, 1))  # (B, M, D); masked rows of a are 0
+    grad_a = np.matmul(s.x, g_v)  # (B, M, K)
+    grad_c = None
+    if centers is not None:
+        grad_a = grad_a - np.sum(g_v * centers[None], axis=1)[:, None, :]
+        grad_c = -np.sum(g_v * a_sum[:, None, :], axis=0)
+    return grad_x, s.masked(grad_a), grad_c
+
+
+def netvlad_pool_forward(x, assign, centers, mask=None):
+    """NetVLAD: ``V[b,d,k] = sum_m a[b,m,k] (x[b,m,d] - c[d,k])``, intra-normalised over d,
+    flattened D-major, l2n: ``(B, D * K)``."""
+    s = _Set(x, assign, mask)
+    c = s.parameter(centers, "centers", (x.shape[2], assign.shape[2]))
+    return s.out(_vlad(s, c)[0])
+
+
+def netvlad_pool_backward(grad_out, x, assign, centers, mask=None):
+    """Gradients of ``netvlad_pool_forward``: ``(grad_x, grad_assign, grad_centers)``."""
+    s = _Set(x, assign, mask)
+    c = s.parameter(centers, "centers", (x.shape[2], assign.shape[2]))
+    _, saved = _vlad(s, c)
+    g = s.grad_out(grad_out, (x.shape[0], x.shape[2] * assign.shape[2]))
+    return s.out(*_vlad_backward(s, c, g, saved))
+
+
+def netrvlad_pool_forward(x, assign, mask=None):
+    """NetRVLAD: NetVLAD without the centroids: ``(B, D * K)``."""
+    s = _Set(x, assign, mask)
+    return s.out(_vlad(s, None)[0])
+
+
+def netrvlad_pool_backward(grad_out, x, assign, mask=None):
+    """Gradients of ``netrvlad_pool_forward``: ``(grad_x, grad_assign)``."""
+    s = _Set(x, assign, mask)
+    _, saved = _vlad(s, None)
+    g = s.grad_out(grad_out, (x.shape[0], x.shape[2] * assign.shape[2]))
+    grad_x, grad_a, _ = _vlad_backward(s, None, g, saved)
+    return s.out(grad_x, grad_a)
+
+
+# ------------------------------------------------------------------ Soft-DBoW
+def soft_dbow_pool_forward(assign, mask=None):
+    """Soft-DBoW: ``l2n(sum_m a[b,m,:])``: ``(B, K)``."""
+    s = _Set(assign=assign, mask=mask)
+    return s.out(_l2n(s.a.sum(axis=1), axis=1)[0])
+
+
+def soft_dbow_pool_backward(grad_out, assign, mask=None):
+    """Gradient of ``soft_dbow_pool_forward`` with respect to assign."""
+    s = _Set(assign=assign, mask=mask)
+    _, saved = _l2n(s.a.sum(axis=1), axis=1)
+    g = _l2n_backward(s.grad_out(grad_out, (assign.shape[0], assign.shape[2])), saved, axis=1)
+    return s.out(s.masked(np.broadcast_to(g[:, None, :], s.a.shape)))
+
+
+# ------------------------------------------------------------------ NetFV
+def _fv(s, mu, covar):
+    sigma = covar * covar + _SIGMA_EPS
+    xt = s.x.transpose(0, 2, 1)
+    s1 = np.matmul(xt, s.a)  # sum_m a x          (B, D, K)
+    s2 = np.matmul(xt * xt, s.a)  # sum_m a x^2   (B, D, K)
+    a_sum = s.a.sum(axis=1)[:, None, :]  # (B, 1, K)
+    f1 = (s1 - a_sum * mu) / sigma
+    f2 = (s2 - 2 * mu * s1 + mu * mu * a_sum) / (sigma * sigma) - a_sum
+    b = f1.shape[0]
+    f1_intra, f1_intra_saved = _l2n(f1, axis=1)
+    out1, out1_saved = _l2n(f1_intra.reshape(b, -1), axis=1)
+    out2, out2_saved = _l2n(f2.reshape(b, -1), axis=1)
+    return np.concatenate([out1, out2], axis=1), (sigma, s1, a_sum, f1, f2, f1_intra_saved,
+                                                  out1_saved, out2_saved)
+
+
+def netfv_pool_forward(x, assign, mu, covar_weights, mask=None):
+    """NetFV: first-order ``F1 = (sum_m a x - a_sum mu) / sigma`` (intra-normalised over d) and
+    second-order ``F2 = sum_m a (x - mu)^2 / sigma^2 - a_sum`` (no intra-normalisation, as
+    LOUPE), each flattened D-major and l2n, concatenated: ``(B, 2 * D * K)``; ``sigma =
+    covar_weights^2 + 1e-6``."""
+    s = _Set(x, assign, mask)
+    shape = (x.shape[2], assign.shape[2])
+    return s.out(_fv(s, s.parameter(mu, "mu", shape),
+                     s.parameter(covar_weights, "covar_weights", shape))[0])
+
+
+def netfv_pool_backward(grad_out, x, assign, mu, covar_weights, mask=None):
+    """Gradients of ``netfv_pool_forward``: ``(grad_x, grad_assign, grad_mu,
+    grad_covar_weights)``."""
+    s = _Set(x, assign, mask)
+    shape = (x.shape[2], assign.shape[2])
+    mu = s.parameter(mu, "mu", shape)
+    covar = s.parameter(covar_weights, "covar_weights", shape)
+    _, (sigma, s1, a_sum, f1, f2, f1_intra_saved, out1_saved, out2_saved) = _fv(s, mu, covar)
+    b, d, k = f1.shape
+    g = s.grad_out(grad_out, (b, 2 * d * k))
+    g1 = _l2n_backward(g[:, :d * k], out1_saved, axis=1).reshape(b, d, k)
+    g_f1 = _l2n_backward(g1, f1_intra_saved, axis=1)
+    g_f2 = _l2n_backward(g[:, d * k:], out2_saved, axis=1).reshape(b, d, k)
+    p = g_f1 / sigma
+    q = g_f2 / (sigma * sigma)
+    g_s1 = p - 2 * mu * q  # dL/d(sum_m a x)
+    g_s2 = q  # dL/d(sum_m a x^2)
+    g_a_sum = (np.sum(-p * mu + q * mu * mu - g_f2, axis=1))[:, None, :]  # (B, 1, K)
+    grad_x = np.matmul(s.a, g_s1.transpose(0, 2, 1)) + \
+        2 * s.x * np.matmul(s.a, g_s2.transpose(0, 2, 1))
+    grad_a = np.matmul(s.x, g_s1) + np.matmul(s.x * s.x, g_s2) + g_a_sum
+    grad_mu = np.sum(-p * a_sum - 2 * q * s1 + 2 * q * mu * a_sum, axis=0)
+    g_sigma = np.sum(-g_f1 * f1 / sigma - 2 * g_f2 * (f2 + a_sum) / sigma, axis=0)
+    return s.out(grad_x, s.masked(grad_a), grad_mu, g_sigma * 2 * covar)
+
+
+# ------------------------------------------------------------------ Context Gating
+def _gating_inputs(x, weights, biases):
+    _checks.float_array(x, "x")
+    if x.ndim < 1:
+        raise ValueError("x must have at least one axis (its last is the features)")
+    n = x.shape[-1]
+    for name, p, shape in (("weights", weights, (n, n)), ("biases", biases, (n,))):
+        _checks.float_array(p, name)
+        if p.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {p.shape}")
+        if p.dtype != x.dtype:
+            raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {p.dtype}")
+    work = _checks.compute_dtype(x.dtype)
+    flat = x.reshape(-1, n).astype(work, copy=False)
+    gate = 1 / (1 + np.exp(-(flat @ weights.astype(work) + biases.astype(work))))
+    return flat, gate, work
+
+
+def context_gating_forward(x, weights, biases):
+    """``y = x * sigmoid(x W + b)`` over the last axis of x."""
+    flat, gate, _ = _gating_inputs(x, weights, biases)
+    return (flat * gate).reshape(x.shape).astype(x.dtype, copy=False)
+
+
+def context_gating_backward(grad_out, x, weights, biases):
+    """Gradients of ``context_gating_forward``: ``(grad_x, grad_weights, grad_biases)``."""
+    flat, gate, work = _gating_inputs(x, weights, biases)
+    _checks.grad_out_array(grad_out, x.shape, x)
+    g = grad_out.reshape(flat.shape).astype(work, copy=False)
+    g_z = g * flat * gate * (1 - gate)
+    grad_x = g * gate + g_z @ weights.astype(work).T
+    return tuple(a.astype(x.dtype, copy=False) for a in (
+        grad_x.reshape(x.shape), flat.T @ g_z, g_z.sum(axis=0)))

@@ -1,0 +1,168 @@
+"""LOUPE set pools (WIP, issue 7): NetVLAD, NetRVLAD, NetFV, Soft-DBoW and Context Gating on
+numpy arrays, against plain float64 loops and finite differences, with masks."""
+import numpy as np
+import pytest
+
+from npool import set_pools as sp
+from test_soft_pool import central_differences
+
+
+def l2n(v):
+    return v / np.sqrt(max(float(np.sum(v * v)), 1e-12))
+
+
+def ref_vlad(x, a, c=None):
+    """Loops over b, d, k; flatten index d * K + k."""
+    B, M, D = x.shape
+    K = a.shape[2]
+    out = np.zeros((B, D * K))
+    for b in range(B):
+        v = np.zeros((D, K))
+        for d in range(D):
+            for k in range(K):
+                v[d, k] = sum(a[b, m, k] * (x[b, m, d] - (c[d, k] if c is not None else 0))
+                              for m in range(M))
+        for k in range(K):
+            v[:, k] = l2n(v[:, k])
+        flat = np.array([v[d, k] for d in range(D) for k in range(K)])
+        out[b] = l2n(flat)
+    return out
+
+
+def ref_fv(x, a, mu, cw):
+    B, M, D = x.shape
+    K = a.shape[2]
+    sigma = cw ** 2 + 1e-6
+    out = np.zeros((B, 2 * D * K))
+    for b in range(B):
+        f1, f2 = np.zeros((D, K)), np.zeros((D, K))
+        for d in range(D):
+            for k in range(K):
+                a_sum = sum(a[b, m, k] for m in range(M))
+                f1[d, k] = (sum(a[b, m, k] * x[b, m, d] for m in range(M))
+                            - a_sum * mu[d, k]) / sigma[d, k]
+                f2[d, k] = sum(a[b, m, k] * (x[b, m, d] - mu[d, k]) ** 2
+                               for m in range(M)) / sigma[d, k] ** 2 - a_sum
+        for k in range(K):
+            f1[:, k] = l2n(f1[:, k])
+        out[b, :D * K] = l2n(np.array([f1[d, k] for d in range(D) for k in range(K)]))
+        out[b, D * K:] = l2n(np.array([f2[d, k] for d in range(D) for k in range(K)]))
+    return out
+
+
+def problem(seed=0, B=2, M=4, D=3, K=3):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, M, D))
+    logits = rng.standard_normal((B, M, K))
+    a = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    return rng, x, a
+
+
+def test_forwards_match_plain_loops():
+    rng, x, a = problem()
+    c, mu = rng.standard_normal((3, 3)), rng.standard_normal((3, 3))
+    cw = rng.normal(1, 0.3, (3, 3))
+    np.testing.assert_allclose(sp.netvlad_pool_forward(x, a, c), ref_vlad(x, a, c), rtol=1e-12)
+    np.testing.assert_allclose(sp.netrvlad_pool_forward(x, a), ref_vlad(x, a), rtol=1e-12)
+    np.testing.assert_allclose(sp.netfv_pool_forward(x, a, mu, cw), ref_fv(x, a, mu, cw),
+                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(sp.soft_dbow_pool_forward(a),
+                               np.stack([l2n(a[b].sum(axis=0)) for b in range(2)]), rtol=1e-12)
+    w, bias = rng.standard_normal((3, 3)), rng.standard_normal(3)
+    np.testing.assert_allclose(sp.context_gating_forward(x, w, bias),
+                               x / (1 + np.exp(-(x @ w + bias))), rtol=1e-12)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_gradients_match_finite_differences(masked):
+    rng, x, a = problem(1)
+    mask = np.array([[True, False, True, True], [True, True, True, False]]) if masked else None
+    c, mu = rng.standard_normal((3, 3)), rng.standard_normal((3, 3))
+    cw = rng.normal(1, 0.3, (3, 3))
+    g_vlad = rng.standard_normal((2, 9))
+    g_fv = rng.standard_normal((2, 18))
+    g_bow = rng.standard_normal((2, 3))
+    cases = [
+        (lambda *p: sp.netvlad_pool_forward(*p, mask=mask), [x, a, c], g_vlad,
+         sp.netvlad_pool_backward(g_vlad, x, a, c, mask=mask)),
+        (lambda *p: sp.netrvlad_pool_forward(*p, mask=mask), [x, a], g_vlad,
+         sp.netrvlad_pool_backward(g_vlad, x, a, mask=mask)),
+        (lambda *p: sp.netfv_pool_forward(*p, mask=mask), [x, a, mu, cw], g_fv,
+         sp.netfv_pool_backward(g_fv, x, a, mu, cw, mask=mask)),
+        (lambda *p: sp.soft_dbow_pool_forward(*p, mask=mask), [a], g_bow,
+         (sp.soft_dbow_pool_backward(g_bow, a, mask=mask),)),
+    ]
+    for forward, inputs, g, analytic in cases:
+        for i, grad in enumerate(analytic):
+            def f(v, i=i):
+                args = list(inputs)
+                args[i] = v
+                return float(np.sum(forward(*args) * g))
+            np.testing.assert_allclose(grad, central_differences(f, inputs[i]), rtol=1e-5,
+                                       atol=1e-7)
+            if masked and i < 2 and inputs[i].ndim == 3 and inputs[i].shape[:2] == (2, 4):
+                assert np.all(grad[~mask] == 0)  # masked samples get no gradient
+    w, bias = rng.standard_normal((3, 3)), rng.standard_normal(3)
+    g = rng.standard_normal(x.shape)
+    analytic = sp.context_gating_backward(g, x, w, bias)
+    for i, v in enumerate([x, w, bias]):
+        def f(p, i=i):
+            args = [x, w, bias]
+            args[i] = p
+            return float(np.sum(sp.context_gating_forward(*args) * g))
+        np.testing.assert_allclose(analytic[i], central_differences(f, v), rtol=1e-6,
+                                   atol=1e-8)
+
+
+def test_masked_batch_equals_the_lists_run_one_by_one():
+    rng, x, a = problem(2, B=3, M=5)
+    lengths = [5, 2, 3]
+    mask = np.arange(5)[None, :] < np.array(lengths)[:, None]
+    x = np.where(mask[..., None], x, 1e3)  # padding full of junk: it must not matter
+    c, mu = rng.standard_normal((3, 3)), rng.standard_normal((3, 3))
+    cw = rng.normal(1, 0.3, (3, 3))
+    batch = [sp.netvlad_pool_forward(x, a, c, mask), sp.netrvlad_pool_forward(x, a, mask),
+             sp.netfv_pool_forward(x, a, mu, cw, mask), sp.soft_dbow_pool_forward(a, mask)]
+    for b, n in enumerate(lengths):
+        xb, ab = x[b:b + 1, :n], a[b:b + 1, :n]
+        single = [sp.netvlad_pool_forward(xb, ab, c), sp.netrvlad_pool_forward(xb, ab),
+                  sp.netfv_pool_forward(xb, ab, mu, cw), sp.soft_dbow_pool_forward(ab)]
+        for got, expected in zip(batch, single):
+            np.testing.assert_allclose(got[b], expected[0], rtol=1e-12, atol=1e-15)
+
+
+def test_all_zero_residual_is_safe():
+    _, x, a = problem(3)
+    a[:, :, 1] = 0  # cluster 1 gets nothing: its residual is exactly zero
+    c = np.zeros((3, 3))
+    y = sp.netvlad_pool_forward(x, a, c)
+    assert np.all(np.isfinite(y)) and np.all(y.reshape(2, 3, 3)[:, :, 1] == 0)
+    grads = sp.netvlad_pool_backward(np.ones_like(y), x, a, c)
+    assert all(np.all(np.isfinite(gr)) for gr in grads)
+    zero = np.zeros((1, 2, 3))
+    assert np.all(sp.netrvlad_pool_forward(zero, np.full((1, 2, 2), 0.5)) == 0)
+
+
+def test_d_major_layout():
+    """Output index d * K + k, so LOUPE's weights (built on that order) load unchanged."""
+    x = np.zeros((1, 1, 2))
+    x[0, 0] = [3.0, 4.0]
+    a = np.array([[[1.0, 0.0]]])
+    y = sp.netrvlad_pool_forward(x, a)  # V[d, 0] = x[d], V[d, 1] = 0
+    np.testing.assert_allclose(y[0], [0.6, 0.0, 0.8, 0.0])
+
+
+def test_errors():
+    _, x, a = problem()
+    with pytest.raises(ValueError, match="centers must have shape"):
+        sp.netvlad_pool_forward(x, a, np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"mask must have shape \(B, M\)"):
+        sp.netrvlad_pool_forward(x, a, np.ones((2, 3), bool))
+    with pytest.raises(TypeError, match="mask must be an array of bools"):
+        sp.netrvlad_pool_forward(x, a, np.ones((2, 4)))
+    with pytest.raises(ValueError, match="x and assign must agree"):
+        sp.netrvlad_pool_forward(x, a[:, :3])
+    with pytest.raises(TypeError, match="assign must have the dtype"):
+        sp.netrvlad_pool_forward(x, a.astype(np.float32))
+    with pytest.raises(ValueError, match="grad_out must have the forward output's shape"):
+        sp.netrvlad_pool_backward(np.zeros((2, 8)), x, a)
