@@ -15,7 +15,9 @@ layers are still to come.
 import numpy as np
 
 from . import _checks
+from ._cpu import kernel_module
 from ._dispatch import backend_of
+from ._threads import get_num_threads
 
 _EPS = 1e-12  # the squared-norm floor of l2n
 _SIGMA_EPS = 1e-6  # NetFV: sigma = covar_weights ** 2 + 1e-6
@@ -92,26 +94,34 @@ class _Set:
 
 # ------------------------------------------------------------------ NetVLAD / NetRVLAD
 def _vlad(s, centers):
-    """V (B, D, K) = sum_m a (x - c), and the pieces of its backward."""
-    v = np.matmul(s.x.transpose(0, 2, 1), s.a)  # (B, D, K)
-    a_sum = s.a.sum(axis=1)  # (B, K)
-    if centers is not None:
-        v = v - centers[None] * a_sum[:, None, :]
-    intra, intra_saved = _l2n(v, axis=1)
-    flat, flat_saved = _l2n(intra.reshape(v.shape[0], -1), axis=1)
-    return flat, (a_sum, intra_saved, flat_saved, v.shape)
+    """The NetVLAD output (B, D * K) and what its backward needs: the BLAS contraction
+    V = x^T a, then the fused residual correction and both normalisations, in place."""
+    v = np.ascontiguousarray(np.matmul(s.x.transpose(0, 2, 1), s.a))  # (B, D, K)
+    b, _, k = v.shape
+    a_sum = np.ascontiguousarray(s.a.sum(axis=1))  # (B, K)
+    intra_norm = np.empty((b, k), s.work)
+    intra_squared = np.empty((b, k), s.work)
+    flat_norm = np.empty(b, s.work)
+    if b:
+        kernel_module("_set_pools").vlad_normalize(
+            v, centers if centers is not None else np.zeros((1, 1), s.work), a_sum, intra_norm,
+            intra_squared, flat_norm, centers is not None, get_num_threads())
+    return v.reshape(b, -1), (v, a_sum, intra_norm, intra_squared, flat_norm)
 
 
 def _vlad_backward(s, centers, g, saved):
-    a_sum, intra_saved, flat_saved, shape = saved
-    g_intra = _l2n_backward(g, flat_saved, axis=1).reshape(shape)
-    g_v = _l2n_backward(g_intra, intra_saved, axis=1)  # (B, D, K)
+    y, a_sum, intra_norm, intra_squared, flat_norm = saved
+    g_v = np.array(g.reshape(y.shape), dtype=s.work, order="C")  # becomes dL/dV in place
+    if len(g_v):
+        kernel_module("_set_pools").vlad_normalize_backward(
+            g_v, y, intra_norm, intra_squared, flat_norm, np.empty_like(intra_norm),
+            get_num_threads())
     grad_x = np.matmul(s.a, g_v.transpose(0, 2, 1))  # (B, M, D); masked rows of a are 0
     grad_a = np.matmul(s.x, g_v)  # (B, M, K)
     grad_c = None
     if centers is not None:
-        grad_a = grad_a - np.sum(g_v * centers[None], axis=1)[:, None, :]
-        grad_c = -np.sum(g_v * a_sum[:, None, :], axis=0)
+        grad_a -= np.einsum("bdk,dk->bk", g_v, centers)[:, None, :]
+        grad_c = -np.einsum("bdk,bk->dk", g_v, a_sum)
     return grad_x, s.masked(grad_a), grad_c
 
 
