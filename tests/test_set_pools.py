@@ -1,7 +1,10 @@
-"""LOUPE set pools (WIP, issue 7): NetVLAD, NetRVLAD, NetFV, Soft-DBoW and Context Gating on
+"""LOUPE set pools: NetVLAD, NetRVLAD, NetFV, Soft-DBoW and Context Gating on
 numpy arrays, against plain float64 loops and finite differences, with masks."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from npool import set_pools as sp
 from test_soft_pool import central_differences
@@ -114,6 +117,42 @@ def test_gradients_match_finite_differences(masked):
                                    atol=1e-8)
 
 
+@st.composite
+def set_problems(draw, dtype):
+    """(x, a, c, mask): sizes down to 1, values up to +-500 with ties, a random mask."""
+    B, M, D, K = (draw(st.integers(1, n)) for n in (3, 5, 4, 4))
+    values = st.one_of(st.floats(-500, 500, width=32), st.integers(-2, 2).map(float))
+    x = draw(hnp.arrays(dtype, (B, M, D), elements=values))
+    logits = draw(hnp.arrays(np.float64, (B, M, K), elements=st.floats(-5, 5)))
+    a = (np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)).astype(dtype)
+    c = draw(hnp.arrays(dtype, (D, K), elements=st.floats(-500, 500, width=32)))
+    mask = draw(st.none() | hnp.arrays(np.bool_, (B, M)))
+    return x, a, c, mask
+
+
+@settings(max_examples=60, deadline=None)
+@given(set_problems(np.float64) | set_problems(np.float32), st.data())
+def test_vlad_matches_float64_reference(problem, data):
+    x, a, c, mask = problem
+    x64, a64, c64 = (v.astype(np.float64) for v in (x, a, c))
+    a_ref = a64 if mask is None else a64 * mask[..., None]
+    tol = dict(rtol=1e-4, atol=1e-5) if x.dtype == np.float32 else dict(rtol=1e-9, atol=1e-12)
+    y, norms = sp.netvlad_pool_forward(x, a, c, mask, return_norms=True)
+    assert y.dtype == x.dtype and norms.shape == (x.shape[0], a.shape[2] + 1)
+    np.testing.assert_allclose(y, ref_vlad(x64, a_ref, c64), **tol)
+    np.testing.assert_allclose(sp.netrvlad_pool_forward(x, a, mask), ref_vlad(x64, a_ref),
+                               **tol)
+    # The backward from the forward's state is the recomputing backward, bit for bit.
+    g = data.draw(hnp.arrays(x.dtype, y.shape, elements=st.floats(-1, 1, width=32)))
+    recomputed = sp.netvlad_pool_backward(g, x, a, c, mask)
+    reused = sp.netvlad_pool_backward(g, x, a, c, mask, output=y, norms=norms)
+    for r, u in zip(recomputed, reused):
+        assert r.dtype == x.dtype and np.all(np.isfinite(r))
+        np.testing.assert_array_equal(r, u)
+    if mask is not None:
+        assert np.all(recomputed[0][~mask] == 0) and np.all(recomputed[1][~mask] == 0)
+
+
 def test_masked_batch_equals_the_lists_run_one_by_one():
     rng, x, a = problem(2, B=3, M=5)
     lengths = [5, 2, 3]
@@ -166,3 +205,8 @@ def test_errors():
         sp.netrvlad_pool_forward(x, a.astype(np.float32))
     with pytest.raises(ValueError, match="grad_out must have the forward output's shape"):
         sp.netrvlad_pool_backward(np.zeros((2, 8)), x, a)
+    y, norms = sp.netrvlad_pool_forward(x, a, return_norms=True)
+    with pytest.raises(ValueError, match="output and norms must be given together"):
+        sp.netrvlad_pool_backward(y, x, a, output=y)
+    with pytest.raises(ValueError, match=r"norms must have shape \(2, 4\)"):
+        sp.netrvlad_pool_backward(y, x, a, output=y, norms=norms[:, :3])

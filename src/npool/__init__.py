@@ -38,10 +38,24 @@ from .local_pools import (
     soft_pool3d_backward,
     soft_pool3d_forward,
 )
+from .set_pools import (
+    context_gating_backward,
+    context_gating_forward,
+    netfv_pool_backward,
+    netfv_pool_forward,
+    netrvlad_pool_backward,
+    netrvlad_pool_forward,
+    netvlad_pool_backward,
+    netvlad_pool_forward,
+    soft_dbow_pool_backward,
+    soft_dbow_pool_forward,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "context_gating_backward",
+    "context_gating_forward",
     "cuda_available",
     "get_num_threads",
     "global_avg_pool_backward",
@@ -58,7 +72,15 @@ __all__ = [
     "maxent_pool2d_forward",
     "maxent_pool3d_backward",
     "maxent_pool3d_forward",
+    "netfv_pool_backward",
+    "netfv_pool_forward",
+    "netrvlad_pool_backward",
+    "netrvlad_pool_forward",
+    "netvlad_pool_backward",
+    "netvlad_pool_forward",
     "set_num_threads",
+    "soft_dbow_pool_backward",
+    "soft_dbow_pool_forward",
     "soft_pool1d_forward",
     "soft_pool1d_backward",
     "soft_pool2d_forward",

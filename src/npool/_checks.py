@@ -208,3 +208,26 @@ def finite_real(value, name):
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return value
+
+
+def positive_int(value, name):
+    """A layer size: an int >= 1 (bools refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {_describe(value)}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def set_layer_input(shape, feature_size, max_samples):
+    """The (B, M, D) shape a LOUPE layer reads from an input of ``shape``: (B, M, D) itself, or
+    LOUPE's (B * M, D) with M = max_samples."""
+    if len(shape) == 3 and shape[2] == feature_size:
+        return tuple(shape)
+    if len(shape) == 2 and shape[1] == feature_size:
+        if shape[0] is not None and shape[0] % max_samples:
+            raise ValueError(f"a 2-D input (B * max_samples, feature_size) needs a first axis "
+                             f"divisible by max_samples={max_samples}, got {shape[0]}")
+        return (None if shape[0] is None else shape[0] // max_samples, max_samples, feature_size)
+    raise ValueError(f"x must be (B, M, feature_size) or (B * max_samples, feature_size) with "
+                     f"feature_size={feature_size}, got shape {tuple(shape)}")

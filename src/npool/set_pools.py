@@ -9,8 +9,8 @@ sqrt(max(sum v^2, 1e-12))``. Outputs are flattened D-major (``d * K + k``, LOUPE
 The two large contractions per op (``x^T a`` and its transposes) are BLAS matrix products; no
 ``(B, M, K, D)`` array is ever formed.
 
-WORK IN PROGRESS (issue 7): NumPy core only; the fused Cython/CUDA kernels and the adapters'
-layers are still to come.
+The trainable layers around these ops (assignment, BatchNorm, projection) live in the framework
+adapters: ``npool.torch.NetVLAD`` etc. and ``npool.tf.NetVLAD`` etc.
 """
 import numpy as np
 
@@ -43,7 +43,7 @@ class _Set:
     def __init__(self, x=None, assign=None, mask=None):
         arrays = {name: a for name, a in (("x", x), ("assign", assign)) if a is not None}
         if backend_of(**arrays) != "cpu":
-            raise NotImplementedError("set pools run on numpy arrays only for now")
+            raise NotImplementedError("the set pools run on the CPU only for now: pass numpy arrays")
         first = next(iter(arrays.values()))
         for name, a in arrays.items():
             _checks.float_array(a, name)
@@ -94,66 +94,91 @@ class _Set:
 
 # ------------------------------------------------------------------ NetVLAD / NetRVLAD
 def _vlad(s, centers):
-    """The NetVLAD output (B, D * K) and what its backward needs: the BLAS contraction
-    V = x^T a, then the fused residual correction and both normalisations, in place."""
-    v = np.ascontiguousarray(np.matmul(s.x.transpose(0, 2, 1), s.a))  # (B, D, K)
+    """The NetVLAD output (B, D, K) and its norms (B, K + 1): the BLAS contraction V = x^T a,
+    then the fused residual correction and both normalisations, in place."""
+    v = np.matmul(s.x.transpose(0, 2, 1), s.a)  # (B, D, K), C-contiguous
     b, _, k = v.shape
-    a_sum = np.ascontiguousarray(s.a.sum(axis=1))  # (B, K)
-    intra_norm = np.empty((b, k), s.work)
-    intra_squared = np.empty((b, k), s.work)
-    flat_norm = np.empty(b, s.work)
+    norms = np.empty((b, k + 1), s.work)
     if b:
         kernel_module("_set_pools").vlad_normalize(
-            v, centers if centers is not None else np.zeros((1, 1), s.work), a_sum, intra_norm,
-            intra_squared, flat_norm, centers is not None, get_num_threads())
-    return v.reshape(b, -1), (v, a_sum, intra_norm, intra_squared, flat_norm)
+            v, centers if centers is not None else np.zeros((1, 1), s.work),
+            np.ascontiguousarray(s.a.sum(axis=1)), norms, centers is not None,
+            get_num_threads())
+    return v, norms
 
 
-def _vlad_backward(s, centers, g, saved):
-    y, a_sum, intra_norm, intra_squared, flat_norm = saved
+def _vlad_state(s, centers, output, norms):
+    """The forward's (output, norms) as given to a backward, checked, or recomputed."""
+    if output is None and norms is None:
+        return _vlad(s, centers)
+    if output is None or norms is None:
+        raise ValueError("output and norms must be given together (both from the forward with "
+                         "return_norms=True) or not at all")
+    b, d, k = s.x.shape[0], s.x.shape[2], s.a.shape[2]
+    for name, array, shape in (("output", output, (b, d * k)), ("norms", norms, (b, k + 1))):
+        _checks.float_array(array, name)
+        if array.shape != shape:
+            raise ValueError(f"{name} must have shape {shape} as the forward returned it, got "
+                             f"{array.shape}")
+    return (np.ascontiguousarray(output, dtype=s.work).reshape(b, d, k),
+            np.ascontiguousarray(norms, dtype=s.work))
+
+
+def _vlad_backward(s, centers, g, state):
+    """dL/dV through the normalisations (fused, in place on a copy of g), then the BLAS
+    products: grad_x = a dV^T, grad_a = x dV (- the centroid term), grad_c = -dV a_sum."""
+    y, norms = state
     g_v = np.array(g.reshape(y.shape), dtype=s.work, order="C")  # becomes dL/dV in place
     if len(g_v):
         kernel_module("_set_pools").vlad_normalize_backward(
-            g_v, y, intra_norm, intra_squared, flat_norm, np.empty_like(intra_norm),
-            get_num_threads())
+            g_v, y, norms, np.empty((len(g_v), y.shape[2]), s.work), get_num_threads())
     grad_x = np.matmul(s.a, g_v.transpose(0, 2, 1))  # (B, M, D); masked rows of a are 0
     grad_a = np.matmul(s.x, g_v)  # (B, M, K)
     grad_c = None
     if centers is not None:
         grad_a -= np.einsum("bdk,dk->bk", g_v, centers)[:, None, :]
-        grad_c = -np.einsum("bdk,bk->dk", g_v, a_sum)
+        grad_c = -np.einsum("bdk,bk->dk", g_v, s.a.sum(axis=1))
     return grad_x, s.masked(grad_a), grad_c
 
 
-def netvlad_pool_forward(x, assign, centers, mask=None):
+def _vlad_result(s, output, norms, return_norms):
+    b = len(output)
+    output = s.out(output.reshape(b, -1))
+    return (output, s.out(norms)) if return_norms else output
+
+
+def netvlad_pool_forward(x, assign, centers, mask=None, return_norms=False):
     """NetVLAD: ``V[b,d,k] = sum_m a[b,m,k] (x[b,m,d] - c[d,k])``, intra-normalised over d,
-    flattened D-major, l2n: ``(B, D * K)``."""
+    flattened D-major, l2n: ``(B, D * K)``. With ``return_norms``, also the norms ``(B, K + 1)``
+    (K column norms, then the global one), which the backward takes to skip recomputing."""
     s = _Set(x, assign, mask)
     c = s.parameter(centers, "centers", (x.shape[2], assign.shape[2]))
-    return s.out(_vlad(s, c)[0])
+    return _vlad_result(s, *_vlad(s, c), return_norms)
 
 
-def netvlad_pool_backward(grad_out, x, assign, centers, mask=None):
-    """Gradients of ``netvlad_pool_forward``: ``(grad_x, grad_assign, grad_centers)``."""
+def netvlad_pool_backward(grad_out, x, assign, centers, mask=None, output=None, norms=None):
+    """Gradients of ``netvlad_pool_forward``: ``(grad_x, grad_assign, grad_centers)``.
+    ``output, norms`` from ``netvlad_pool_forward(..., return_norms=True)`` skip its
+    recomputation."""
     s = _Set(x, assign, mask)
     c = s.parameter(centers, "centers", (x.shape[2], assign.shape[2]))
-    _, saved = _vlad(s, c)
+    state = _vlad_state(s, c, output, norms)
     g = s.grad_out(grad_out, (x.shape[0], x.shape[2] * assign.shape[2]))
-    return s.out(*_vlad_backward(s, c, g, saved))
+    return s.out(*_vlad_backward(s, c, g, state))
 
 
-def netrvlad_pool_forward(x, assign, mask=None):
-    """NetRVLAD: NetVLAD without the centroids: ``(B, D * K)``."""
+def netrvlad_pool_forward(x, assign, mask=None, return_norms=False):
+    """NetRVLAD: NetVLAD without the centroids: ``(B, D * K)`` (and the norms, as NetVLAD)."""
     s = _Set(x, assign, mask)
-    return s.out(_vlad(s, None)[0])
+    return _vlad_result(s, *_vlad(s, None), return_norms)
 
 
-def netrvlad_pool_backward(grad_out, x, assign, mask=None):
+def netrvlad_pool_backward(grad_out, x, assign, mask=None, output=None, norms=None):
     """Gradients of ``netrvlad_pool_forward``: ``(grad_x, grad_assign)``."""
     s = _Set(x, assign, mask)
-    _, saved = _vlad(s, None)
+    state = _vlad_state(s, None, output, norms)
     g = s.grad_out(grad_out, (x.shape[0], x.shape[2] * assign.shape[2]))
-    grad_x, grad_a, _ = _vlad_backward(s, None, g, saved)
+    grad_x, grad_a, _ = _vlad_backward(s, None, g, state)
     return s.out(grad_x, grad_a)
 
 

@@ -8,15 +8,21 @@ memory, CUDA tensors reach the GPU core through ``__cuda_array_interface__`` nam
 stream; both without copies, and channels-last tensors stay channels-last. Under CUDA autocast
 the ops run in float16.
 
-This module holds no math: see ``npool.local_pools`` for the formulas.
+This module holds no math: see ``npool.local_pools``, ``npool.global_pools`` and
+``npool.set_pools`` for the formulas. The set pools run on CPU tensors only for now.
 """
 from ._layers import (GlobalAvgPool, GlobalKMaxPool, GlobalLSEPool, GlobalMaxPool, MaxEntPool2d,
                       SoftPool1d, SoftPool2d, SoftPool3d, WeldonPool)
-from ._ops import (global_avg_pool, global_kmax_pool, global_lse_pool, global_max_pool,
-                   maxent_pool1d, maxent_pool2d, maxent_pool3d, soft_pool1d, soft_pool2d,
+from ._ops import (context_gating, global_avg_pool, global_kmax_pool, global_lse_pool,
+                   global_max_pool, maxent_pool1d, maxent_pool2d, maxent_pool3d, netfv_pool,
+                   netrvlad_pool, netvlad_pool, soft_dbow_pool, soft_pool1d, soft_pool2d,
                    soft_pool3d, weldon_pool)
+from ._set_layers import (ContextGating, MaskedBatchNorm1d, NetFV, NetRVLAD, NetVLAD,
+                          SoftDBoW)
 
 __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool", "global_avg_pool",
            "global_lse_pool", "global_kmax_pool", "weldon_pool", "SoftPool1d", "SoftPool2d",
            "SoftPool3d", "GlobalMaxPool", "GlobalAvgPool", "GlobalLSEPool", "GlobalKMaxPool",
-           "WeldonPool", "maxent_pool1d", "maxent_pool2d", "maxent_pool3d", "MaxEntPool2d"]
+           "WeldonPool", "maxent_pool1d", "maxent_pool2d", "maxent_pool3d", "MaxEntPool2d",
+           "netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool", "context_gating",
+           "NetVLAD", "NetRVLAD", "NetFV", "SoftDBoW", "ContextGating", "MaskedBatchNorm1d"]

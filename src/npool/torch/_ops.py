@@ -346,3 +346,179 @@ def _make_maxent_pool(nd):
 maxent_pool1d = _make_maxent_pool(1)
 maxent_pool2d = _make_maxent_pool(2)
 maxent_pool3d = _make_maxent_pool(3)
+
+
+# ------------------------------------------------------------------ Set pools (LOUPE)
+def _core_or_none(t):
+    return None if t is None else to_core(t)
+
+
+@torch.library.custom_op("npool::netvlad_pool", mutates_args=())
+def _netvlad_pool(x: torch.Tensor, assign: torch.Tensor, centers: torch.Tensor | None,
+                  mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    args = (to_core(x), to_core(assign)) + ((to_core(centers),) if centers is not None else ())
+    forward = npool.netvlad_pool_forward if centers is not None else npool.netrvlad_pool_forward
+    out, norms = forward(*args, mask=_core_or_none(mask), return_norms=True)
+    return from_core(out, x), from_core(norms, x)
+
+
+@_netvlad_pool.register_fake
+def _(x, assign, centers, mask):
+    b, k = x.shape[0], assign.shape[-1]
+    return x.new_empty((b, x.shape[-1] * k)), x.new_empty((b, k + 1))
+
+
+@torch.library.custom_op("npool::netvlad_pool_backward", mutates_args=())
+def _netvlad_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, assign: torch.Tensor,
+                           centers: torch.Tensor | None, mask: torch.Tensor | None,
+                           output: torch.Tensor, norms: torch.Tensor) -> list[torch.Tensor]:
+    state = dict(mask=_core_or_none(mask), output=to_core(output), norms=to_core(norms))
+    g, xs, a = to_core(grad_out.to(x.dtype)), to_core(x), to_core(assign)
+    if centers is None:
+        grads = npool.netrvlad_pool_backward(g, xs, a, **state)
+    else:
+        grads = npool.netvlad_pool_backward(g, xs, a, to_core(centers), **state)
+    return [from_core(gr, x) for gr in grads]
+
+
+@_netvlad_pool_backward.register_fake
+def _(grad_out, x, assign, centers, mask, output, norms):
+    return [torch.empty_like(t) for t in (x, assign, centers) if t is not None]
+
+
+def _netvlad_setup_context(ctx, inputs, output):
+    x, assign, centers, mask = inputs
+    ctx.save_for_backward(x, assign, centers, mask, *output)
+
+
+def _netvlad_autograd(ctx, grad_out, _grad_norms):
+    x, assign, centers, mask, output, norms = ctx.saved_tensors
+    grads = _netvlad_pool_backward(grad_out, x, assign, centers, mask, output, norms)
+    return grads[0], grads[1], grads[2] if centers is not None else None, None
+
+
+_netvlad_pool.register_autograd(_netvlad_autograd, setup_context=_netvlad_setup_context)
+
+
+@torch.library.custom_op("npool::netfv_pool", mutates_args=())
+def _netfv_pool(x: torch.Tensor, assign: torch.Tensor, mu: torch.Tensor,
+                covar_weights: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return from_core(npool.netfv_pool_forward(to_core(x), to_core(assign), to_core(mu),
+                                              to_core(covar_weights), _core_or_none(mask)), x)
+
+
+@_netfv_pool.register_fake
+def _(x, assign, mu, covar_weights, mask):
+    return x.new_empty((x.shape[0], 2 * x.shape[-1] * assign.shape[-1]))
+
+
+@torch.library.custom_op("npool::netfv_pool_backward", mutates_args=())
+def _netfv_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, assign: torch.Tensor,
+                         mu: torch.Tensor, covar_weights: torch.Tensor,
+                         mask: torch.Tensor | None) -> list[torch.Tensor]:
+    grads = npool.netfv_pool_backward(to_core(grad_out.to(x.dtype)), to_core(x), to_core(assign),
+                                      to_core(mu), to_core(covar_weights), _core_or_none(mask))
+    return [from_core(gr, x) for gr in grads]
+
+
+@_netfv_pool_backward.register_fake
+def _(grad_out, x, assign, mu, covar_weights, mask):
+    return [torch.empty_like(t) for t in (x, assign, mu, covar_weights)]
+
+
+def _save_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _netfv_autograd(ctx, grad_out):
+    return (*_netfv_pool_backward(grad_out, *ctx.saved_tensors), None)
+
+
+_netfv_pool.register_autograd(_netfv_autograd, setup_context=_save_inputs)
+
+
+@torch.library.custom_op("npool::soft_dbow_pool", mutates_args=())
+def _soft_dbow_pool(assign: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return from_core(npool.soft_dbow_pool_forward(to_core(assign), _core_or_none(mask)), assign)
+
+
+@_soft_dbow_pool.register_fake
+def _(assign, mask):
+    return assign.new_empty((assign.shape[0], assign.shape[-1]))
+
+
+@torch.library.custom_op("npool::soft_dbow_pool_backward", mutates_args=())
+def _soft_dbow_pool_backward(grad_out: torch.Tensor, assign: torch.Tensor,
+                             mask: torch.Tensor | None) -> torch.Tensor:
+    return from_core(npool.soft_dbow_pool_backward(to_core(grad_out.to(assign.dtype)),
+                                                   to_core(assign), _core_or_none(mask)), assign)
+
+
+_soft_dbow_pool_backward.register_fake(lambda grad_out, assign, mask: torch.empty_like(assign))
+_soft_dbow_pool.register_autograd(
+    lambda ctx, grad_out: (_soft_dbow_pool_backward(grad_out, *ctx.saved_tensors), None),
+    setup_context=_save_inputs)
+
+
+@torch.library.custom_op("npool::context_gating", mutates_args=())
+def _context_gating(x: torch.Tensor, weights: torch.Tensor,
+                    biases: torch.Tensor) -> torch.Tensor:
+    return from_core(npool.context_gating_forward(to_core(x), to_core(weights), to_core(biases)),
+                     x)
+
+
+_context_gating.register_fake(lambda x, weights, biases: torch.empty_like(x))
+
+
+@torch.library.custom_op("npool::context_gating_backward", mutates_args=())
+def _context_gating_backward(grad_out: torch.Tensor, x: torch.Tensor, weights: torch.Tensor,
+                             biases: torch.Tensor) -> list[torch.Tensor]:
+    grads = npool.context_gating_backward(to_core(grad_out.to(x.dtype)), to_core(x),
+                                          to_core(weights), to_core(biases))
+    return [from_core(gr, x) for gr in grads]
+
+
+@_context_gating_backward.register_fake
+def _(grad_out, x, weights, biases):
+    return [torch.empty_like(t) for t in (x, weights, biases)]
+
+
+_context_gating.register_autograd(
+    lambda ctx, grad_out: tuple(_context_gating_backward(grad_out, *ctx.saved_tensors)),
+    setup_context=_save_inputs)
+
+
+def _set_mask(mask, x):
+    """mask as a bool tensor (B, M) on x's device, or None."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (B, M), got "
+                        f"{getattr(mask, 'dtype', type(mask).__name__)}")
+    return mask.to(x.device)
+
+
+def netvlad_pool(x, assign, centers, mask=None):
+    """Differentiable ``npool.netvlad_pool_forward``: ``(B, M, D), (B, M, K), (D, K) ->
+    (B, D * K)``; the backward reuses the forward's output and norms."""
+    return _netvlad_pool(x, assign, centers, _set_mask(mask, x))[0]
+
+
+def netrvlad_pool(x, assign, mask=None):
+    """Differentiable ``npool.netrvlad_pool_forward``: ``(B, M, D), (B, M, K) -> (B, D * K)``."""
+    return _netvlad_pool(x, assign, None, _set_mask(mask, x))[0]
+
+
+def netfv_pool(x, assign, mu, covar_weights, mask=None):
+    """Differentiable ``npool.netfv_pool_forward``: ``-> (B, 2 * D * K)``."""
+    return _netfv_pool(x, assign, mu, covar_weights, _set_mask(mask, x))
+
+
+def soft_dbow_pool(assign, mask=None):
+    """Differentiable ``npool.soft_dbow_pool_forward``: ``(B, M, K) -> (B, K)``."""
+    return _soft_dbow_pool(assign, _set_mask(mask, assign))
+
+
+def context_gating(x, weights, biases):
+    """Differentiable ``npool.context_gating_forward``: ``x * sigmoid(x W + b)``."""
+    return _context_gating(x, weights, biases)
