@@ -10,16 +10,20 @@ What cannot work, because the graph holds a Python callback: XLA (``jit_compile=
 Keras layers declare ``supports_jit = False``, so Keras leaves XLA off by itself), exporting a
 SavedModel (``tf.saved_model.save``, ``model.export``: refused with a clear error while the
 export traces the op), and TF Serving/TFLite. Saving Keras models in the ``.keras`` format works: it stores the layers'
-configs, not the graph. This module holds no math: see ``npool.local_pools`` for the formulas.
+configs, not the graph. This module holds no math: see ``npool.local_pools``, ``npool.global_pools`` and ``npool.set_pools`` for
+the formulas.
 """
 from ._layers import (GlobalAvgPool, GlobalKMaxPool, GlobalLSEPool, GlobalMaxPool,
                       MaxEntPooling2D, SoftPooling1D, SoftPooling2D, SoftPooling3D, WeldonPool)
-from ._ops import (global_avg_pool, global_kmax_pool, global_lse_pool, global_max_pool,
-                   maxent_pool1d, maxent_pool2d, maxent_pool3d, soft_pool1d, soft_pool2d,
+from ._ops import (context_gating, global_avg_pool, global_kmax_pool, global_lse_pool,
+                   global_max_pool, maxent_pool1d, maxent_pool2d, maxent_pool3d, netfv_pool,
+                   netrvlad_pool, netvlad_pool, soft_dbow_pool, soft_pool1d, soft_pool2d,
                    soft_pool3d, weldon_pool)
+from ._set_layers import ContextGating, NetFV, NetRVLAD, NetVLAD, SoftDBoW
 
 __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool", "global_avg_pool",
            "global_lse_pool", "global_kmax_pool", "weldon_pool", "SoftPooling1D",
            "SoftPooling2D", "SoftPooling3D", "GlobalMaxPool", "GlobalAvgPool", "GlobalLSEPool",
            "GlobalKMaxPool", "WeldonPool", "maxent_pool1d", "maxent_pool2d", "maxent_pool3d",
-           "MaxEntPooling2D"]
+           "MaxEntPooling2D", "netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool",
+           "context_gating", "NetVLAD", "NetRVLAD", "NetFV", "SoftDBoW", "ContextGating"]

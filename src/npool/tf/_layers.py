@@ -6,6 +6,13 @@ from ._ops import (global_avg_pool, global_kmax_pool, global_lse_pool, global_ma
                    maxent_pool2d, soft_pool1d, soft_pool2d, soft_pool3d, weldon_pool)
 
 
+def require_tensorflow_backend():
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"npool.tf layers need Keras' TensorFlow backend, but Keras runs on "
+                           f"{keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow "
+                           "(npool.torch has the PyTorch modules)")
+
+
 class _SoftPoolingND(keras.layers.Layer):
     """SoftPool with the arguments of Keras' pooling layers.
 
@@ -20,10 +27,7 @@ class _SoftPoolingND(keras.layers.Layer):
 
     def __init__(self, pool_size=2, strides=None, padding="valid", ceil_mode=False,
                  data_format=None, **kwargs):
-        if keras.backend.backend() != "tensorflow":
-            raise RuntimeError(f"npool.tf layers need Keras' TensorFlow backend, but Keras "
-                               f"runs on {keras.backend.backend()!r}: set KERAS_BACKEND="
-                               "tensorflow (npool.torch has the PyTorch modules)")
+        require_tensorflow_backend()
         super().__init__(**kwargs)
         if isinstance(padding, str):
             if padding.lower() != "valid":
@@ -88,9 +92,7 @@ class _GlobalPooling(keras.layers.Layer):
     _options = ()
 
     def __init__(self, keepdims=False, data_format=None, **kwargs):
-        if keras.backend.backend() != "tensorflow":
-            raise RuntimeError(f"npool.tf layers need Keras' TensorFlow backend, but Keras "
-                               f"runs on {keras.backend.backend()!r}")
+        require_tensorflow_backend()
         super().__init__(**kwargs)
         self.keepdims = keepdims
         self.data_format = data_format or keras.config.image_data_format()
@@ -176,9 +178,7 @@ class MaxEntPooling2D(keras.layers.Layer):
 
     def __init__(self, pool_size=2, strides=None, padding="valid", ceil_mode=False, lam="gfgp",
                  activation="sigmoid", hidden=None, data_format=None, **kwargs):
-        if keras.backend.backend() != "tensorflow":
-            raise RuntimeError(f"npool.tf layers need Keras' TensorFlow backend, but Keras "
-                               f"runs on {keras.backend.backend()!r}")
+        require_tensorflow_backend()
         super().__init__(**kwargs)
         if isinstance(padding, str):
             if padding.lower() != "valid":

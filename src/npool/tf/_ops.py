@@ -286,3 +286,97 @@ def _make_maxent_pool(nd):
 maxent_pool1d = _make_maxent_pool(1)
 maxent_pool2d = _make_maxent_pool(2)
 maxent_pool3d = _make_maxent_pool(3)
+
+
+# ------------------------------------------------------------------ set pools (LOUPE)
+def _set_op(name, forward, backward, tensors, mask, out_shape, state=0):
+    """A set op of npool's core as a tf.custom_gradient function of ``tensors`` (one gradient
+    each). ``mask`` None or (B, M) bools, not differentiated; ``mask=False`` for ops without
+    one. The forward's ``state`` extra outputs (NetVLAD's norms) go to the backward."""
+    _refuse_saved_model_export()
+    tensors = [tf.convert_to_tensor(t) for t in tensors]
+    dtype = tensors[0].dtype
+    if dtype not in (tf.float16, tf.float32, tf.float64):
+        raise TypeError(f"x must have dtype float16, float32 or float64, got {dtype.name}")
+    extra = [] if mask is None or mask is False else [tf.cast(mask, tf.bool)]
+    n = len(tensors)
+
+    def core_kwargs(arrays):
+        if mask is False:
+            return {}
+        return {"mask": arrays[n] if extra else None}
+
+    def forward_numpy(*arrays):
+        result = forward(*arrays[:n], **core_kwargs(arrays),
+                         **({"return_norms": True} if state else {}))
+        return list(result) if state else result
+
+    def backward_numpy(g, *arrays):
+        saved = dict(zip(("output", "norms"), arrays[n + len(extra):])) if state else {}
+        grads = backward(g, *arrays[:n], **core_kwargs(arrays), **saved)
+        return list(grads) if isinstance(grads, tuple) else [grads]
+
+    @tf.custom_gradient
+    def op(*ts):
+        outs = tf.numpy_function(forward_numpy, list(ts) + extra,
+                                 [dtype] * (1 + state) if state else dtype, stateful=False,
+                                 name=f"npool_{name}")
+        outs = list(outs) if state else [outs]
+        outs[0].set_shape(out_shape)
+
+        def grad(dy):
+            grads = tf.numpy_function(backward_numpy, [tf.cast(dy, dtype), *ts, *extra, *outs],
+                                      [dtype] * n, stateful=False, name=f"npool_{name}_backward")
+            grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
+            for g, t in zip(grads, ts):
+                g.set_shape(t.shape)
+            return grads
+
+        return outs[0], grad
+
+    return op(*tensors)
+
+
+def _set_shapes(x, assign):
+    shape = x.shape if x is not None else assign.shape
+    b = shape[0]
+    d = x.shape[-1] if x is not None else None
+    k = assign.shape[-1]
+    return b, d, k
+
+
+def netvlad_pool(x, assign, centers, mask=None):
+    """NetVLAD (npool.netvlad_pool_forward), differentiable in x, assign and centers:
+    ``(B, M, D), (B, M, K), (D, K) -> (B, D * K)``; mask (B, M) bools or None."""
+    b, d, k = _set_shapes(x, assign)
+    return _set_op("netvlad_pool", npool.netvlad_pool_forward, npool.netvlad_pool_backward,
+                   [x, assign, centers], mask, [b, None if None in (d, k) else d * k], state=1)
+
+
+def netrvlad_pool(x, assign, mask=None):
+    """NetRVLAD (npool.netrvlad_pool_forward): ``(B, M, D), (B, M, K) -> (B, D * K)``."""
+    b, d, k = _set_shapes(x, assign)
+    return _set_op("netrvlad_pool", npool.netrvlad_pool_forward, npool.netrvlad_pool_backward,
+                   [x, assign], mask, [b, None if None in (d, k) else d * k], state=1)
+
+
+def netfv_pool(x, assign, mu, covar_weights, mask=None):
+    """NetFV (npool.netfv_pool_forward): ``-> (B, 2 * D * K)``."""
+    b, d, k = _set_shapes(x, assign)
+    return _set_op("netfv_pool", npool.netfv_pool_forward, npool.netfv_pool_backward,
+                   [x, assign, mu, covar_weights], mask,
+                   [b, None if None in (d, k) else 2 * d * k])
+
+
+def soft_dbow_pool(assign, mask=None):
+    """Soft-DBoW (npool.soft_dbow_pool_forward): ``(B, M, K) -> (B, K)``."""
+    b, _, k = _set_shapes(None, assign)
+    return _set_op("soft_dbow_pool", npool.soft_dbow_pool_forward,
+                   npool.soft_dbow_pool_backward, [assign], mask, [b, k])
+
+
+def context_gating(x, weights, biases):
+    """Context Gating (npool.context_gating_forward): ``x * sigmoid(x W + b)``."""
+    x = tf.convert_to_tensor(x)
+    return _set_op("context_gating", npool.context_gating_forward,
+                   npool.context_gating_backward, [x, weights, biases], False, x.shape)
