@@ -182,6 +182,20 @@ def test_all_zero_residual_is_safe():
     assert np.all(sp.netrvlad_pool_forward(zero, np.full((1, 2, 2), 0.5)) == 0)
 
 
+def test_results_are_new_writable_arrays():
+    rng, x, a = problem(4)
+    c, cw = rng.standard_normal((3, 3)), rng.normal(1, 0.3, (3, 3))
+    x0, a0 = x.copy(), a.copy()
+    results = [sp.soft_dbow_pool_backward(np.ones((2, 3)), a),
+               *sp.netvlad_pool_backward(np.ones((2, 9)), x, a, c),
+               *sp.netfv_pool_backward(np.ones((2, 18)), x, a, c, cw),
+               *sp.netvlad_pool_forward(x, a, c, return_norms=True)]
+    for r in results:
+        assert r.flags.writeable and r.flags.c_contiguous and not np.shares_memory(r, x)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(a, a0)
+
+
 def test_d_major_layout():
     """Output index d * K + k, so LOUPE's weights (built on that order) load unchanged."""
     x = np.zeros((1, 1, 2))

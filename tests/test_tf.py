@@ -293,3 +293,125 @@ def test_maxent_layer_trains_serialises_and_follows_the_mode():
                                ntf.soft_pool2d(batch, 2).numpy(), rtol=1e-6)
     with pytest.raises(ValueError, match="lam must be 'gfgp', 'channel' or a number"):
         ntf.MaxEntPooling2D(2, lam="learned")
+
+
+# ------------------------------------------------------------------ set pools (LOUPE)
+TF_SET_LAYERS = [ntf.NetVLAD, ntf.NetRVLAD, ntf.NetFV, ntf.SoftDBoW]
+
+
+def set_problem(seed=0, B=3, M=5, D=4, K=3):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, M, D))
+    logits = rng.standard_normal((B, M, K))
+    a = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    mask = np.arange(M)[None, :] < np.array([M, 2, 1][:B])[:, None]
+    return x, a, rng.standard_normal((D, K)), 1 + 0.3 * rng.standard_normal((D, K)), mask
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_set_functions_gradients_and_core(masked):
+    x, a, c, cw, mask = set_problem()
+    mask = mask if masked else None
+    cases = [("netvlad", lambda x, a, c: ntf.netvlad_pool(x, a, c, mask), [x, a, c]),
+             ("netrvlad", lambda x, a: ntf.netrvlad_pool(x, a, mask), [x, a]),
+             ("netfv", lambda x, a, mu, cw: ntf.netfv_pool(x, a, mu, cw, mask), [x, a, c, cw]),
+             ("soft_dbow", lambda a: ntf.soft_dbow_pool(a, mask), [a])]
+    for name, function, inputs in cases:
+        theoretical, numerical = tf.test.compute_gradient(
+            function, [tf.constant(v) for v in inputs], delta=1e-6)
+        for t, n in zip(theoretical, numerical):
+            np.testing.assert_allclose(t, n, rtol=1e-5, atol=1e-6, err_msg=name)
+        core = getattr(npool, f"{name}_pool_forward")
+        expected = core(*inputs, mask=mask)
+        np.testing.assert_array_equal(function(*inputs).numpy(), expected)
+        graph = tf.function(function, input_signature=[
+            tf.TensorSpec([None, *v.shape[1:]] if v.ndim == 3 else v.shape, tf.float64)
+            for v in inputs])
+        assert graph.get_concrete_function().structured_outputs.shape.as_list() == \
+            [None, expected.shape[1]]
+        np.testing.assert_array_equal(graph(*inputs).numpy(), expected)
+    w, b = np.random.default_rng(1).standard_normal((4, 4)), np.ones(4)
+    theoretical, numerical = tf.test.compute_gradient(
+        ntf.context_gating, [tf.constant(v) for v in (x, w, b)], delta=1e-6)
+    for t, n in zip(theoretical, numerical):
+        np.testing.assert_allclose(t, n, rtol=1e-5, atol=1e-6)
+
+
+def test_loupe_layer_layout_and_initialisers():
+    keras.utils.set_random_seed(0)
+    layer = ntf.NetVLAD(64, 5, 16, 8, gating=False, add_batch_norm=False)
+    x = np.random.default_rng(0).standard_normal((3, 5, 64)).astype(np.float32)
+    y = layer(x).numpy()
+    w, b, c, h = (v.numpy() for v in (layer.cluster_weights, layer.cluster_biases,
+                                      layer.cluster_weights2, layer.hidden1_weights))
+    # LOUPE's graph: assignments, the contraction as (B, K, D) transposed, D-major flatten.
+    a = tf.nn.softmax(x @ w + b).numpy()
+    vlad = np.transpose(np.transpose(a, (0, 2, 1)) @ x, (0, 2, 1)) - a.sum(1)[:, None] * c
+    vlad = tf.math.l2_normalize(vlad, 1).numpy().reshape(3, -1)
+    np.testing.assert_allclose(y, tf.math.l2_normalize(vlad, 1).numpy() @ h, rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(layer(x.reshape(15, 64)).numpy(), y, rtol=1e-6)
+    assert abs(w.std() * 8 - 1) < 0.1 and abs(h.std() * 4 - 1) < 0.1
+    fv = ntf.NetFV(64, 5, 16, 8)
+    assert abs(fv.covar_weights.numpy().mean() - 1) < 0.05
+    assert tuple(fv.hidden1_weights.shape) == (2 * 64 * 16, 8)
+
+
+@pytest.mark.parametrize("layer_class", TF_SET_LAYERS)
+def test_set_layers_masked_batch_equals_lists_one_by_one(layer_class):
+    keras.utils.set_random_seed(1)
+    layer = layer_class(4, 5, 3, 6)
+    x, _, _, _, mask = set_problem(2)
+    x = np.where(mask[..., None], x, 1e3).astype(np.float32)  # junk in the padding
+    layer(x, mask=mask, training=True)  # BatchNorm statistics from the real samples
+    batch = layer(x, mask=mask).numpy()
+    for b, n in enumerate(mask.sum(1)):
+        np.testing.assert_allclose(batch[b:b + 1], layer(x[b:b + 1, :n]).numpy(), rtol=1e-5,
+                                   atol=1e-6)
+
+
+def toy_sets(n_sets, seed, max_len=6, dim=8):
+    """Sets of 2..max_len vectors; the class is which of two directions the vectors follow."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n_sets)
+    x = rng.standard_normal((n_sets, max_len, dim)) + 2 * np.eye(dim)[labels][:, None]
+    mask = np.arange(max_len)[None, :] < rng.integers(2, max_len + 1, n_sets)[:, None]
+    return np.where(mask[..., None], x, 0).astype(np.float32), mask, labels
+
+
+@pytest.mark.parametrize("layer_class", TF_SET_LAYERS)
+def test_set_layers_train_serialise_and_take_keras_masks(layer_class, tmp_path):
+    keras.utils.set_random_seed(2)
+    x, mask, labels = toy_sets(64, 3)
+    inputs = keras.Input((6, 8))
+    masked = keras.layers.Masking(0.0)(inputs)  # Keras' mask reaches the layer
+    outputs = keras.layers.Dense(2)(layer_class(8, 6, 4, 16)(masked))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(2e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, labels, batch_size=64, epochs=30, verbose=0).history["loss"]
+    assert history[-1] < 0.5 * history[0], history
+    pool = model.layers[2]
+    np.testing.assert_allclose(pool(x, mask=mask).numpy(), pool(x, mask=x.any(-1)).numpy())
+    path = tmp_path / "sets.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_context_gating_layer_and_errors():
+    keras.utils.set_random_seed(3)
+    x = np.random.default_rng(4).standard_normal((5, 6)).astype(np.float32)
+    for bn in (True, False):
+        layer = ntf.ContextGating(6, add_batch_norm=bn)
+        assert layer(x).shape == (5, 6)
+        assert ntf.ContextGating.from_config(layer.get_config()).add_batch_norm == bn
+    layer = ntf.ContextGating(6, add_batch_norm=False)
+    np.testing.assert_allclose(
+        layer(x).numpy(), x / (1 + np.exp(-(x @ layer.gating_weights.numpy()
+                                            + layer.gating_biases.numpy()))), rtol=1e-5)
+    with pytest.raises(ValueError, match="output_dim must be >= 1"):
+        ntf.NetVLAD(8, 6, 4, 0)
+    with pytest.raises(ValueError, match="divisible by max_samples=6"):
+        ntf.SoftDBoW(8, 6, 4, 5)(np.zeros((10, 8), np.float32))

@@ -309,3 +309,186 @@ def test_gfgp_module_trains_and_its_batchnorms_follow_the_mode():
         nt.MaxEntPool2d(3, 2, lam="learned")
     with pytest.raises(ValueError, match="activation must be"):
         nt.MaxEntPool2d(3, 2, activation="tanh")
+
+
+# ------------------------------------------------------------------ set pools (LOUPE)
+SET_LAYERS = [nt.NetVLAD, nt.NetRVLAD, nt.NetFV, nt.SoftDBoW]
+
+
+def set_problem(seed=0, B=3, M=5, D=4, K=3, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, M, D, generator=g, dtype=dtype)
+    a = torch.softmax(torch.randn(B, M, K, generator=g, dtype=dtype), -1)
+    params = [torch.randn(D, K, generator=g, dtype=dtype),
+              1 + 0.3 * torch.randn(D, K, generator=g, dtype=dtype)]
+    lengths = torch.tensor([M, 2, 1][:B])
+    mask = torch.arange(M)[None, :] < lengths[:, None]
+    return x, a, params, mask
+
+
+def set_calls(x, a, params, mask):
+    """(name, function of the differentiable inputs, those inputs)."""
+    c, cw = params
+    return [("netvlad", lambda x, a, c: nt.netvlad_pool(x, a, c, mask), (x, a, c)),
+            ("netrvlad", lambda x, a: nt.netrvlad_pool(x, a, mask), (x, a)),
+            ("netfv", lambda x, a, mu, cw: nt.netfv_pool(x, a, mu, cw, mask), (x, a, c, cw)),
+            ("soft_dbow", lambda a: nt.soft_dbow_pool(a, mask), (a,))]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_set_ops_opcheck(masked):
+    x, a, (c, cw), mask = set_problem(dtype=torch.float32)
+    mask = mask if masked else None
+    ops = torch.ops.npool
+    out, norms = ops.netvlad_pool(x, a, c, mask)
+    g = torch.randn_like(out)
+    for op, args in [
+            (ops.netvlad_pool, (x, a, c, mask)), (ops.netvlad_pool, (x, a, None, mask)),
+            (ops.netvlad_pool_backward, (g, x, a, c, mask, out, norms)),
+            (ops.netfv_pool, (x, a, c, cw, mask)),
+            (ops.netfv_pool_backward, (torch.cat([g, g], 1), x, a, c, cw, mask)),
+            (ops.soft_dbow_pool, (a, mask)),
+            (ops.soft_dbow_pool_backward, (torch.randn(3, 3), a, mask)),
+            (ops.context_gating, (x, torch.randn(4, 4), torch.randn(4))),
+            (ops.context_gating_backward, (torch.randn_like(x), x, torch.randn(4, 4),
+                                           torch.randn(4)))]:
+        torch.library.opcheck(op.default, args)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_set_ops_gradcheck_and_core_equality(masked):
+    x, a, params, mask = set_problem()
+    mask = mask if masked else None
+    for name, function, inputs in set_calls(x, a, params, mask):
+        inputs = tuple(t.clone().requires_grad_() for t in inputs)
+        assert torch.autograd.gradcheck(function, inputs), name
+        core = getattr(npool, f"{name}_pool_forward")
+        extra = {} if mask is None else {"mask": mask.numpy()}
+        np.testing.assert_array_equal(function(*inputs).detach().numpy(),
+                                      core(*(t.detach().numpy() for t in inputs), **extra))
+        if masked:  # masked samples get no gradient
+            function(*inputs).sum().backward()
+            assert torch.all(inputs[0].grad[~mask] == 0)
+    w, b = torch.randn(4, 4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(nt.context_gating, tuple(
+        t.clone().requires_grad_() for t in (x, w, b)))
+
+
+def test_set_functions_refuse_bad_masks():
+    x, a, (c, _), mask = set_problem()
+    with pytest.raises(TypeError, match="mask must be a bool tensor"):
+        nt.netvlad_pool(x, a, c, mask.double())
+    with pytest.raises(ValueError, match=r"mask must have shape \(B, M\)"):
+        nt.netrvlad_pool(x, a, mask[:, :3])
+
+
+def loupe_netvlad(x, layer):
+    """LOUPE's NetVLAD graph (add_batch_norm=False, gating=False), as its TF code reads: the
+    contraction taken as (B, K, D) and transposed, D-major flatten, then hidden1_weights."""
+    a = torch.softmax(x @ layer.cluster_weights + layer.cluster_biases, -1)
+    vlad = torch.matmul(a.transpose(1, 2), x).transpose(1, 2)  # (B, D, K)
+    vlad = vlad - a.sum(1, keepdim=True) * layer.cluster_weights2[None]
+    vlad = torch.nn.functional.normalize(vlad, dim=1, eps=1e-6)
+    vlad = torch.nn.functional.normalize(vlad.reshape(len(x), -1), dim=1, eps=1e-6)
+    return vlad @ layer.hidden1_weights
+
+
+def test_loupe_weight_layout_and_initialisers():
+    torch.manual_seed(0)
+    layer = nt.NetVLAD(64, 5, 16, 8, gating=False, add_batch_norm=False).double()
+    x = torch.randn(3, 5, 64, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), loupe_netvlad(x, layer))
+    torch.testing.assert_close(layer(x.reshape(15, 64)), layer(x))  # LOUPE's (B * M, D) input
+    stds = {"cluster_weights": 1 / 8, "cluster_biases": 1 / 8, "cluster_weights2": 1 / 8,
+            "hidden1_weights": 1 / 4}
+    for name, std in stds.items():
+        assert abs(getattr(layer, name).std().item() / std - 1) < 0.1, name
+    fv = nt.NetFV(64, 5, 16, 8)
+    assert abs(fv.covar_weights.mean().item() - 1) < 0.05
+    assert fv.hidden1_weights.shape == (2 * 64 * 16, 8)
+    gate = nt.ContextGating(400, add_batch_norm=False)
+    assert abs(gate.gating_weights.std().item() * 20 - 1) < 0.1
+
+
+@pytest.mark.parametrize("layer_class", SET_LAYERS)
+@pytest.mark.parametrize("add_batch_norm", [True, False])
+def test_set_layers_masked_batch_equals_lists_one_by_one(layer_class, add_batch_norm):
+    torch.manual_seed(1)
+    layer = layer_class(4, 5, 3, 6, gating=True, add_batch_norm=add_batch_norm).double()
+    x, _, _, mask = set_problem(2)
+    x = torch.where(mask[..., None], x, 1e3)  # junk in the padding
+    layer.train()
+    layer(x, mask).sum().backward()  # one training step's statistics: real samples only
+    layer.eval()
+    batch = layer(x, mask)
+    for b, n in enumerate(mask.sum(1).tolist()):
+        torch.testing.assert_close(batch[b:b + 1], layer(x[b:b + 1, :n]))
+
+
+def test_masked_batch_norm_uses_the_real_samples_only():
+    z = torch.randn(3, 5, 4, dtype=torch.float64)
+    mask = torch.rand(3, 5) > 0.4
+    mask[:, 0] = True
+    masked = nt.MaskedBatchNorm1d(4).double()
+    plain = torch.nn.BatchNorm1d(4).double()
+    with torch.no_grad():
+        masked.weight.uniform_(0.5, 2)
+        plain.weight.copy_(masked.weight)
+    torch.testing.assert_close(masked(z, mask)[mask], plain(z[mask]))
+    torch.testing.assert_close(masked.running_mean, plain.running_mean)
+    torch.testing.assert_close(masked.running_var, plain.running_var)
+    z.requires_grad_()
+    masked(torch.where(mask[..., None], z, 1e30), mask).sum().backward()
+    assert torch.all(z.grad[~mask] == 0)
+
+
+def toy_sets(n_sets, generator, max_len=6, dim=8):
+    """Sets of 2..max_len vectors; the class is which of two directions the vectors follow."""
+    labels = torch.randint(0, 2, (n_sets,), generator=generator)
+    directions = torch.eye(dim)[:2] * 2
+    x = torch.randn(n_sets, max_len, dim, generator=generator) + directions[labels][:, None]
+    lengths = torch.randint(2, max_len + 1, (n_sets,), generator=generator)
+    mask = torch.arange(max_len)[None, :] < lengths[:, None]
+    return torch.where(mask[..., None], x, 0), mask, labels
+
+
+@pytest.mark.parametrize("layer_class", SET_LAYERS)
+def test_set_layers_train_on_a_toy_set_classification(layer_class):
+    torch.manual_seed(2)
+    x, mask, labels = toy_sets(64, torch.Generator().manual_seed(3))
+    model = torch.nn.ModuleDict({"pool": layer_class(8, 6, 4, 16),
+                                 "head": torch.nn.Linear(16, 2)})
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model["head"](model["pool"](x, mask)), labels)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_set_layer_compiles_fullgraph():
+    torch.manual_seed(4)
+    layer = nt.NetVLAD(8, 6, 4, 5, add_batch_norm=False).eval()
+    x, mask, _ = toy_sets(4, torch.Generator().manual_seed(5))
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    eager, graph = layer(x1, mask), compiled(x2, mask)
+    torch.testing.assert_close(graph, eager)
+    eager.sum().backward()
+    graph.sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad)
+
+
+def test_set_layers_check_their_arguments():
+    with pytest.raises(ValueError, match="cluster_size must be >= 1"):
+        nt.NetVLAD(8, 6, 0, 5)
+    with pytest.raises(TypeError, match="feature_size must be an int"):
+        nt.NetRVLAD(8.0, 6, 4, 5)
+    layer = nt.SoftDBoW(8, 6, 4, 5)
+    with pytest.raises(ValueError, match="divisible by max_samples=6"):
+        layer(torch.randn(10, 8))
+    with pytest.raises(ValueError, match=r"x must be \(B, M, feature_size\)"):
+        layer(torch.randn(2, 6, 7))

@@ -194,7 +194,9 @@ def soft_dbow_pool_backward(grad_out, assign, mask=None):
     s = _Set(assign=assign, mask=mask)
     _, saved = _l2n(s.a.sum(axis=1), axis=1)
     g = _l2n_backward(s.grad_out(grad_out, (assign.shape[0], assign.shape[2])), saved, axis=1)
-    return s.out(s.masked(np.broadcast_to(g[:, None, :], s.a.shape)))
+    grad = np.empty(s.a.shape, s.work)
+    grad[...] = g[:, None, :]
+    return s.out(s.masked(grad))
 
 
 # ------------------------------------------------------------------ NetFV

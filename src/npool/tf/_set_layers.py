@@ -42,6 +42,10 @@ class ContextGating(keras.layers.Layer):
             self.gating_biases = self.add_weight(shape=(self.input_size,),
                                                  initializer=_normal(std), name="gating_biases")
 
+    def build(self, input_shape=None):
+        if self.add_batch_norm:
+            self.gating_bn.build((None, self.input_size))
+
     def call(self, inputs, training=None):
         w = tf.cast(self.gating_weights, inputs.dtype)
         if not self.add_batch_norm:
@@ -90,6 +94,12 @@ class _LoupePool(keras.layers.Layer):
 
     def _add_pool_weights(self, d, k):
         pass
+
+    def build(self, input_shape=None):
+        if self.add_batch_norm:
+            self.cluster_bn.build((None, None, self.cluster_size))
+        if self.gating:
+            self.context_gating.build((None, self.output_dim))
 
     def _weight(self, variable, dtype):
         return tf.cast(variable, dtype)
