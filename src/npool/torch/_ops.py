@@ -5,7 +5,7 @@ import torch
 import npool
 
 from .. import _checks
-from ._tensors import from_core, to_core
+from ._tensors import from_core, to_core, torch_matmul
 
 # ------------------------------------------------------------------ SoftPool
 _SOFT_POOL = {1: (npool.soft_pool1d_forward, npool.soft_pool1d_backward),
@@ -358,7 +358,7 @@ def _netvlad_pool(x: torch.Tensor, assign: torch.Tensor, centers: torch.Tensor |
                   mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     args = (to_core(x), to_core(assign)) + ((to_core(centers),) if centers is not None else ())
     forward = npool.netvlad_pool_forward if centers is not None else npool.netrvlad_pool_forward
-    out, norms = forward(*args, mask=_core_or_none(mask), return_norms=True)
+    out, norms = forward(*args, mask=_core_or_none(mask), return_norms=True, matmul=torch_matmul)
     return from_core(out, x), from_core(norms, x)
 
 
@@ -372,7 +372,8 @@ def _(x, assign, centers, mask):
 def _netvlad_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, assign: torch.Tensor,
                            centers: torch.Tensor | None, mask: torch.Tensor | None,
                            output: torch.Tensor, norms: torch.Tensor) -> list[torch.Tensor]:
-    state = dict(mask=_core_or_none(mask), output=to_core(output), norms=to_core(norms))
+    state = dict(mask=_core_or_none(mask), output=to_core(output), norms=to_core(norms),
+                 matmul=torch_matmul)
     g, xs, a = to_core(grad_out.to(x.dtype)), to_core(x), to_core(assign)
     if centers is None:
         grads = npool.netrvlad_pool_backward(g, xs, a, **state)
@@ -404,7 +405,8 @@ _netvlad_pool.register_autograd(_netvlad_autograd, setup_context=_netvlad_setup_
 def _netfv_pool(x: torch.Tensor, assign: torch.Tensor, mu: torch.Tensor,
                 covar_weights: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return from_core(npool.netfv_pool_forward(to_core(x), to_core(assign), to_core(mu),
-                                              to_core(covar_weights), _core_or_none(mask)), x)
+                                              to_core(covar_weights), _core_or_none(mask),
+                                              matmul=torch_matmul), x)
 
 
 @_netfv_pool.register_fake
@@ -417,7 +419,8 @@ def _netfv_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, assign: torch.
                          mu: torch.Tensor, covar_weights: torch.Tensor,
                          mask: torch.Tensor | None) -> list[torch.Tensor]:
     grads = npool.netfv_pool_backward(to_core(grad_out.to(x.dtype)), to_core(x), to_core(assign),
-                                      to_core(mu), to_core(covar_weights), _core_or_none(mask))
+                                      to_core(mu), to_core(covar_weights), _core_or_none(mask),
+                                      matmul=torch_matmul)
     return [from_core(gr, x) for gr in grads]
 
 
@@ -463,8 +466,8 @@ _soft_dbow_pool.register_autograd(
 @torch.library.custom_op("npool::context_gating", mutates_args=())
 def _context_gating(x: torch.Tensor, weights: torch.Tensor,
                     biases: torch.Tensor) -> torch.Tensor:
-    return from_core(npool.context_gating_forward(to_core(x), to_core(weights), to_core(biases)),
-                     x)
+    return from_core(npool.context_gating_forward(to_core(x), to_core(weights), to_core(biases),
+                                                  matmul=torch_matmul), x)
 
 
 _context_gating.register_fake(lambda x, weights, biases: torch.empty_like(x))
@@ -474,7 +477,8 @@ _context_gating.register_fake(lambda x, weights, biases: torch.empty_like(x))
 def _context_gating_backward(grad_out: torch.Tensor, x: torch.Tensor, weights: torch.Tensor,
                              biases: torch.Tensor) -> list[torch.Tensor]:
     grads = npool.context_gating_backward(to_core(grad_out.to(x.dtype)), to_core(x),
-                                          to_core(weights), to_core(biases))
+                                          to_core(weights), to_core(biases),
+                                          matmul=torch_matmul)
     return [from_core(gr, x) for gr in grads]
 
 

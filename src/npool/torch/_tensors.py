@@ -28,3 +28,9 @@ def from_core(a, like):
     if like.device.type == "cpu":
         return torch.from_numpy(a)
     return torch.as_tensor(a, device=like.device)
+
+
+def torch_matmul(a, b):
+    """numpy.matmul on torch's BLAS, through views (the set pools' ``matmul=``): keeps numpy's
+    OpenBLAS threads, which spin after each call, from competing with torch's."""
+    return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
