@@ -18,12 +18,13 @@ import datetime
 import os
 import platform
 import sys
-import time
 
 import numpy as np
 
 import npool
 from npool._cpu import selected_isa
+
+from _report import interleaved_medians_ms
 
 
 def channels_last(x):
@@ -91,15 +92,10 @@ def make_cases(x, torch, F):
 
 
 def time_cases(cases, repeats):
-    for fn in cases.values():  # warm-up
+    """Median seconds of each case over interleaved rounds, after a warm-up."""
+    for fn in cases.values():
         fn()
-    times = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return {name: ms / 1e3 for name, ms in interleaved_medians_ms(cases, repeats).items()}
 
 
 def main():
