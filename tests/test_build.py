@@ -17,7 +17,12 @@ KERNELS = [f"npool_windowed_softmax_{name}_{t}_{i}"
     f"npool_global_{name}_{t}"
     for name in ("max", "avg", "lse", "lse_backward", "select", "select_backward",
                  "scatter_backward", "avg_backward") for t in ("f16", "f32", "f64")] + [
-    f"npool_sum_to_shape_{t}" for t in ("f16", "f32", "f64")]
+    f"npool_sum_to_shape_{t}" for t in ("f16", "f32", "f64")] + [
+    f"npool_{name}_{t}"
+    for name in ("batched_matmul", "vlad_normalize", "vlad_normalize_backward",
+                 "vlad_centers_gradient", "l2n_rows", "l2n_rows_backward", "fv_moments",
+                 "fv_backward_terms", "gating", "gating_backward") for t in ("f32", "f64")] + [
+    f"npool_set_rows_{pair}" for pair in ("f32_f32", "f64_f64", "f16_f32", "f32_f16")]
 
 
 def test_build_info_is_consistent():
@@ -42,7 +47,8 @@ def test_kernel_sources_are_shipped():
     """Without the fatbin, the GPU backend compiles these at run time."""
     from npool._cuda import kernel_source_dir
     names = {f.name for f in kernel_source_dir().iterdir()}
-    assert {"npool_cuda.cuh", "windowed_softmax.cu", "global_pools.cu", "reductions.cu"} <= names
+    assert {"npool_cuda.cuh", "windowed_softmax.cu", "global_pools.cu", "reductions.cu",
+            "set_pools.cu"} <= names
 
 
 def test_fatbin_is_built_when_nvcc_is_present():

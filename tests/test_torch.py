@@ -1,4 +1,6 @@
 """npool.torch: custom ops (opcheck, gradcheck, torch.compile), functions and modules."""
+import copy
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -484,6 +486,37 @@ def test_set_layer_compiles_fullgraph():
     eager.sum().backward()
     graph.sum().backward()
     torch.testing.assert_close(x2.grad, x1.grad)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="no GPU")
+@pytest.mark.parametrize("masked", [False, True])
+def test_set_ops_and_layers_on_cuda_equal_cpu(masked):
+    """On CUDA the set ops run on npool's own kernels: gradcheck there, and the same results
+    as the CPU for the ops and for every LOUPE layer (forward and parameter gradients)."""
+    x, a, params, mask = set_problem(B=3, M=7, D=20, K=17)
+    mask = mask if masked else None
+    cuda_mask = None if mask is None else mask.cuda()
+    for (name, function, inputs), (_, cuda_function, _) in zip(
+            set_calls(x, a, params, mask), set_calls(x, a, params, cuda_mask)):
+        cuda_inputs = tuple(t.cuda().requires_grad_() for t in inputs)
+        assert torch.autograd.gradcheck(cuda_function, cuda_inputs), name
+        cpu_inputs = tuple(t.clone().requires_grad_() for t in inputs)
+        torch.testing.assert_close(cuda_function(*cuda_inputs).cpu(), function(*cpu_inputs))
+    w, b = torch.randn(20, 20, dtype=torch.float64), torch.randn(20, dtype=torch.float64)
+    assert torch.autograd.gradcheck(nt.context_gating, tuple(
+        t.cuda().requires_grad_() for t in (x, w, b)))
+    xs, set_mask, _ = toy_sets(16, torch.Generator().manual_seed(6))
+    for layer_class in SET_LAYERS:
+        torch.manual_seed(7)
+        layer = layer_class(8, 6, 4, 16)
+        cuda_layer = copy.deepcopy(layer).cuda()
+        y, y_cuda = layer(xs, set_mask), cuda_layer(xs.cuda(), set_mask.cuda())
+        torch.testing.assert_close(y_cuda.cpu(), y, rtol=1e-4, atol=1e-5)
+        y.square().sum().backward()
+        y_cuda.square().sum().backward()
+        for (name, p), p_cuda in zip(layer.named_parameters(), cuda_layer.parameters()):
+            torch.testing.assert_close(p_cuda.grad.cpu(), p.grad, rtol=1e-3, atol=1e-5,
+                                       msg=f"{layer_class.__name__}.{name}")
 
 
 def test_set_layers_check_their_arguments():

@@ -12,6 +12,9 @@ adapter run them on its own BLAS: the torch adapter passes torch's, because nump
 threads keep spinning after each call and slow the next torch operation down when both share
 the cores (measured: a torch GEMM right after a numpy matmul took 1.6x its time).
 
+GPU arrays go to ``npool._cuda.set_pools`` (src/cuda/set_pools.cu): the same math on npool's own
+kernels, products included; ``matmul=`` applies to numpy arrays only.
+
 The trainable layers around these ops (assignment, BatchNorm, projection) live in the framework
 adapters: ``npool.torch.NetVLAD`` etc. and ``npool.tf.NetVLAD`` etc.
 """
@@ -52,14 +55,33 @@ def _matmul_function(matmul):
     return lambda a, b: np.ascontiguousarray(matmul(a, b))
 
 
-class _Set:
-    """Validated set inputs: x (B, M, D), assign (B, M, K) and the mask applied to assign."""
+def _describe(a, name, dtypes=None):
+    from ._cuda._arrays import describe
+    return describe(a, name) if dtypes is None else describe(a, name, dtypes)
 
-    def __init__(self, x=None, assign=None, mask=None, matmul=None):
-        self.matmul = _matmul_function(matmul)
+
+class _Set:
+    """Validated set inputs: x (B, M, D), assign (B, M, K) and the mask (B, M).
+
+    On the CPU, ``x`` and ``a`` (assign with masked rows zeroed) are numpy arrays of the
+    working dtype. With GPU arrays (``gpu``: npool._cuda.set_pools), every array is described
+    (``x``, ``assign``, ``mask``: DeviceArrays) and the GPU module computes. ``others`` (name ->
+    array) are the call's other arrays, checked to be on the same device.
+    """
+
+    def __init__(self, x=None, assign=None, mask=None, matmul=None, **others):
         arrays = {name: a for name, a in (("x", x), ("assign", assign)) if a is not None}
-        if backend_of(**arrays) != "cpu":
-            raise NotImplementedError("the set pools run on the CPU only for now: pass numpy arrays")
+        on_device = dict(arrays, **{n: a for n, a in dict(mask=mask, **others).items()
+                                    if a is not None})
+        self.gpu = None
+        if backend_of(**on_device) == "cuda":
+            from ._cuda import set_pools as gpu
+            if matmul is not None:
+                raise ValueError("matmul= applies to numpy arrays only: on the GPU the products "
+                                 "run on npool's own kernels")
+            self.gpu = gpu
+            arrays = {name: _describe(a, name) for name, a in arrays.items()}
+        self.matmul = _matmul_function(matmul)
         first = next(iter(arrays.values()))
         for name, a in arrays.items():
             _checks.float_array(a, name)
@@ -69,39 +91,58 @@ class _Set:
             if a.dtype != first.dtype:
                 raise TypeError(f"{name} must have the dtype of the other inputs "
                                 f"({first.dtype}), got {a.dtype}")
-        if x is not None and assign is not None and x.shape[:2] != assign.shape[:2]:
-            raise ValueError(f"x and assign must agree on (B, M), got {x.shape[:2]} and "
-                             f"{assign.shape[:2]}")
+        if "x" in arrays and "assign" in arrays and \
+                arrays["x"].shape[:2] != arrays["assign"].shape[:2]:
+            raise ValueError(f"x and assign must agree on (B, M), got {arrays['x'].shape[:2]} "
+                             f"and {arrays['assign'].shape[:2]}")
         self.dtype = first.dtype
         self.work = _checks.compute_dtype(first.dtype)
+        self.sizes = first.shape[:2]
+        self.clusters = arrays["assign"].shape[2] if "assign" in arrays else None
+        self.mask = self._mask(mask)
+        if self.gpu is not None:
+            self.x, self.assign = arrays.get("x"), arrays.get("assign")
+            return
         self.x = None if x is None else x.astype(self.work, copy=False)
-        self.mask = None
-        if mask is not None:
-            mask = np.asarray(mask)
-            if mask.dtype != np.bool_:
-                raise TypeError(f"mask must be an array of bools, got dtype {mask.dtype}")
-            if mask.shape != first.shape[:2]:
-                raise ValueError(f"mask must have shape (B, M) = {first.shape[:2]}, got "
-                                 f"{mask.shape}")
-            self.mask = mask[..., None].astype(self.work)
         if assign is not None:
             a = assign.astype(self.work, copy=False)
             self.a = a * self.mask if self.mask is not None else a
+
+    def _mask(self, mask):
+        """None, the mask as a (B, M, 1) working-dtype array (CPU) or its DeviceArray (GPU)."""
+        if mask is None:
+            return None
+        if self.gpu is not None:
+            mask = _describe(mask, "mask", (np.dtype(np.bool_),))
+        else:
+            mask = np.asarray(mask)
+            if mask.dtype != np.bool_:
+                raise TypeError(f"mask must be an array of bools, got dtype {mask.dtype}")
+        if mask.shape != self.sizes:
+            raise ValueError(f"mask must have shape (B, M) = {self.sizes}, got {mask.shape}")
+        return mask if self.gpu is not None else mask[..., None].astype(self.work)
+
+    def array(self, a, name):
+        """A further array of the call: itself (CPU) or its DeviceArray (GPU)."""
+        return _describe(a, name) if self.gpu is not None else a
 
     def masked(self, g):
         return g * self.mask if self.mask is not None else g
 
     def parameter(self, p, name, shape):
+        """A (D, K) parameter, checked: in the working dtype (CPU) or described (GPU)."""
+        p = self.array(p, name)
         _checks.float_array(p, name)
         if p.shape != shape:
             raise ValueError(f"{name} must have shape {shape} (D, K), got {p.shape}")
         if p.dtype != self.dtype:
             raise TypeError(f"{name} must have the dtype of x ({self.dtype}), got {p.dtype}")
-        return p.astype(self.work, copy=False)
+        return p if self.gpu is not None else p.astype(self.work, copy=False)
 
     def grad_out(self, g, shape):
+        g = self.array(g, "grad_out")
         _checks.grad_out_array(g, shape, np.empty(0, self.dtype))
-        return g.astype(self.work, copy=False)
+        return g if self.gpu is not None else g.astype(self.work, copy=False)
 
     def out(self, *arrays):
         result = tuple(a.astype(self.dtype, copy=False) for a in arrays)
@@ -124,18 +165,22 @@ def _vlad(s, centers):
 
 
 def _vlad_state(s, centers, output, norms):
-    """The forward's (output, norms) as given to a backward, checked, or recomputed."""
+    """The forward's (output, norms) as given to a backward, checked; None when not given (the
+    backward recomputes them)."""
     if output is None and norms is None:
-        return _vlad(s, centers)
+        return None
     if output is None or norms is None:
         raise ValueError("output and norms must be given together (both from the forward with "
                          "return_norms=True) or not at all")
-    b, d, k = s.x.shape[0], s.x.shape[2], s.a.shape[2]
+    (b, _, d), k = s.x.shape, s.clusters
+    output, norms = s.array(output, "output"), s.array(norms, "norms")
     for name, array, shape in (("output", output, (b, d * k)), ("norms", norms, (b, k + 1))):
         _checks.float_array(array, name)
         if array.shape != shape:
             raise ValueError(f"{name} must have shape {shape} as the forward returned it, got "
                              f"{array.shape}")
+    if s.gpu is not None:
+        return output, norms
     return (np.ascontiguousarray(output, dtype=s.work).reshape(b, d, k),
             np.ascontiguousarray(norms, dtype=s.work))
 
@@ -143,7 +188,9 @@ def _vlad_state(s, centers, output, norms):
 def _vlad_backward(s, centers, g, state):
     """dL/dV through the normalisations (fused, in place on a copy of g), then the BLAS
     products: grad_x = a dV^T, grad_a = x dV (- the centroid term), grad_c = -dV a_sum."""
-    y, norms = state
+    if s.gpu is not None:
+        return s.gpu.vlad_backward(s, centers, g, *(state or (None, None)))
+    y, norms = state or _vlad(s, centers)
     g_v = np.array(g.reshape(y.shape), dtype=s.work, order="C")  # becomes dL/dV in place
     if len(g_v):
         kernel_module("_set_pools").vlad_normalize_backward(
@@ -154,12 +201,17 @@ def _vlad_backward(s, centers, g, state):
     if centers is not None:
         grad_a -= np.einsum("bdk,dk->bk", g_v, centers)[:, None, :]
         grad_c = -np.einsum("bdk,bk->dk", g_v, s.a.sum(axis=1))
-    return grad_x, s.masked(grad_a), grad_c
+    return s.out(grad_x, s.masked(grad_a), grad_c) if centers is not None else \
+        s.out(grad_x, s.masked(grad_a)) + (None,)
 
 
-def _vlad_result(s, output, norms, return_norms):
-    b = len(output)
-    output = s.out(output.reshape(b, -1))
+def _vlad_forward(s, centers, return_norms):
+    if s.gpu is not None:
+        output, norms = s.gpu.vlad_forward(s, centers, return_norms)
+        return (output, norms) if return_norms else output
+    output, norms = _vlad(s, centers)
+    b, d, k = output.shape
+    output = s.out(output.reshape(b, d * k))
     return (output, s.out(norms)) if return_norms else output
 
 
@@ -167,9 +219,9 @@ def netvlad_pool_forward(x, assign, centers, mask=None, return_norms=False, matm
     """NetVLAD: ``V[b,d,k] = sum_m a[b,m,k] (x[b,m,d] - c[d,k])``, intra-normalised over d,
     flattened D-major, l2n: ``(B, D * K)``. With ``return_norms``, also the norms ``(B, K + 1)``
     (K column norms, then the global one), which the backward takes to skip recomputing."""
-    s = _Set(x, assign, mask, matmul)
-    c = s.parameter(centers, "centers", (x.shape[2], assign.shape[2]))
-    return _vlad_result(s, *_vlad(s, c), return_norms)
+    s = _Set(x, assign, mask, matmul, centers=centers)
+    c = s.parameter(centers, "centers", (s.x.shape[2], s.clusters))
+    return _vlad_forward(s, c, return_norms)
 
 
 def netvlad_pool_backward(grad_out, x, assign, centers, mask=None, output=None, norms=None,
@@ -177,41 +229,46 @@ def netvlad_pool_backward(grad_out, x, assign, centers, mask=None, output=None, 
     """Gradients of ``netvlad_pool_forward``: ``(grad_x, grad_assign, grad_centers)``.
     ``output, norms`` from ``netvlad_pool_forward(..., return_norms=True)`` skip its
     recomputation."""
-    s = _Set(x, assign, mask, matmul)
-    c = s.parameter(centers, "centers", (x.shape[2], assign.shape[2]))
+    s = _Set(x, assign, mask, matmul, centers=centers, grad_out=grad_out, output=output,
+             norms=norms)
+    k = s.clusters
+    c = s.parameter(centers, "centers", (s.x.shape[2], k))
     state = _vlad_state(s, c, output, norms)
-    g = s.grad_out(grad_out, (x.shape[0], x.shape[2] * assign.shape[2]))
-    return s.out(*_vlad_backward(s, c, g, state))
+    g = s.grad_out(grad_out, (s.x.shape[0], s.x.shape[2] * k))
+    return _vlad_backward(s, c, g, state)
 
 
 def netrvlad_pool_forward(x, assign, mask=None, return_norms=False, matmul=None):
     """NetRVLAD: NetVLAD without the centroids: ``(B, D * K)`` (and the norms, as NetVLAD)."""
-    s = _Set(x, assign, mask, matmul)
-    return _vlad_result(s, *_vlad(s, None), return_norms)
+    return _vlad_forward(_Set(x, assign, mask, matmul), None, return_norms)
 
 
 def netrvlad_pool_backward(grad_out, x, assign, mask=None, output=None, norms=None,
                            matmul=None):
     """Gradients of ``netrvlad_pool_forward``: ``(grad_x, grad_assign)``."""
-    s = _Set(x, assign, mask, matmul)
+    s = _Set(x, assign, mask, matmul, grad_out=grad_out, output=output, norms=norms)
     state = _vlad_state(s, None, output, norms)
-    g = s.grad_out(grad_out, (x.shape[0], x.shape[2] * assign.shape[2]))
-    grad_x, grad_a, _ = _vlad_backward(s, None, g, state)
-    return s.out(grad_x, grad_a)
+    g = s.grad_out(grad_out, (s.x.shape[0], s.x.shape[2] * s.clusters))
+    return _vlad_backward(s, None, g, state)[:2]
 
 
 # ------------------------------------------------------------------ Soft-DBoW
 def soft_dbow_pool_forward(assign, mask=None):
     """Soft-DBoW: ``l2n(sum_m a[b,m,:])``: ``(B, K)``."""
     s = _Set(assign=assign, mask=mask)
+    if s.gpu is not None:
+        return s.gpu.soft_dbow_forward(s)
     return s.out(_l2n(s.a.sum(axis=1), axis=1)[0])
 
 
 def soft_dbow_pool_backward(grad_out, assign, mask=None):
     """Gradient of ``soft_dbow_pool_forward`` with respect to assign."""
-    s = _Set(assign=assign, mask=mask)
+    s = _Set(assign=assign, mask=mask, grad_out=grad_out)
+    g = s.grad_out(grad_out, (s.sizes[0], s.clusters))
+    if s.gpu is not None:
+        return s.gpu.soft_dbow_backward(s, g)
     _, saved = _l2n(s.a.sum(axis=1), axis=1)
-    g = _l2n_backward(s.grad_out(grad_out, (assign.shape[0], assign.shape[2])), saved, axis=1)
+    g = _l2n_backward(g, saved, axis=1)
     grad = np.empty(s.a.shape, s.work)
     grad[...] = g[:, None, :]
     return s.out(s.masked(grad))
@@ -226,10 +283,10 @@ def _fv(s, mu, covar):
     a_sum = s.a.sum(axis=1)[:, None, :]  # (B, 1, K)
     f1 = (s1 - a_sum * mu) / sigma
     f2 = (s2 - 2 * mu * s1 + mu * mu * a_sum) / (sigma * sigma) - a_sum
-    b = f1.shape[0]
+    b, d, k = f1.shape
     f1_intra, f1_intra_saved = _l2n(f1, axis=1)
-    out1, out1_saved = _l2n(f1_intra.reshape(b, -1), axis=1)
-    out2, out2_saved = _l2n(f2.reshape(b, -1), axis=1)
+    out1, out1_saved = _l2n(f1_intra.reshape(b, d * k), axis=1)
+    out2, out2_saved = _l2n(f2.reshape(b, d * k), axis=1)
     return np.concatenate([out1, out2], axis=1), (sigma, s1, a_sum, f1, f2, f1_intra_saved,
                                                   out1_saved, out2_saved)
 
@@ -239,22 +296,27 @@ def netfv_pool_forward(x, assign, mu, covar_weights, mask=None, matmul=None):
     second-order ``F2 = sum_m a (x - mu)^2 / sigma^2 - a_sum`` (no intra-normalisation, as
     LOUPE), each flattened D-major and l2n, concatenated: ``(B, 2 * D * K)``; ``sigma =
     covar_weights^2 + 1e-6``."""
-    s = _Set(x, assign, mask, matmul)
-    shape = (x.shape[2], assign.shape[2])
-    return s.out(_fv(s, s.parameter(mu, "mu", shape),
-                     s.parameter(covar_weights, "covar_weights", shape))[0])
+    s = _Set(x, assign, mask, matmul, mu=mu, covar_weights=covar_weights)
+    shape = (s.x.shape[2], s.clusters)
+    mu = s.parameter(mu, "mu", shape)
+    covar = s.parameter(covar_weights, "covar_weights", shape)
+    if s.gpu is not None:
+        return s.gpu.fv_forward(s, mu, covar)
+    return s.out(_fv(s, mu, covar)[0])
 
 
 def netfv_pool_backward(grad_out, x, assign, mu, covar_weights, mask=None, matmul=None):
     """Gradients of ``netfv_pool_forward``: ``(grad_x, grad_assign, grad_mu,
     grad_covar_weights)``."""
-    s = _Set(x, assign, mask, matmul)
-    shape = (x.shape[2], assign.shape[2])
+    s = _Set(x, assign, mask, matmul, mu=mu, covar_weights=covar_weights, grad_out=grad_out)
+    shape = (s.x.shape[2], s.clusters)
     mu = s.parameter(mu, "mu", shape)
     covar = s.parameter(covar_weights, "covar_weights", shape)
+    g = s.grad_out(grad_out, (s.sizes[0], 2 * shape[0] * shape[1]))
+    if s.gpu is not None:
+        return s.gpu.fv_backward(s, mu, covar, g)
     _, (sigma, s1, a_sum, f1, f2, f1_intra_saved, out1_saved, out2_saved) = _fv(s, mu, covar)
     b, d, k = f1.shape
-    g = s.grad_out(grad_out, (b, 2 * d * k))
     g1 = _l2n_backward(g[:, :d * k], out1_saved, axis=1).reshape(b, d, k)
     g_f1 = _l2n_backward(g1, f1_intra_saved, axis=1)
     g_f2 = _l2n_backward(g[:, d * k:], out2_saved, axis=1).reshape(b, d, k)
@@ -272,7 +334,19 @@ def netfv_pool_backward(grad_out, x, assign, mu, covar_weights, mask=None, matmu
 
 
 # ------------------------------------------------------------------ Context Gating
-def _gating_inputs(x, weights, biases, matmul):
+def _gating_checked(x, weights, biases, matmul, grad_out=None):
+    """(GPU module or None, x, weights, biases, grad_out), checked (described on the GPU)."""
+    arrays = dict(x=x, weights=weights, biases=biases)
+    if grad_out is not None:
+        arrays["grad_out"] = grad_out
+    gpu = None
+    if backend_of(**arrays) == "cuda":
+        from ._cuda import set_pools as gpu
+        if matmul is not None:
+            raise ValueError("matmul= applies to numpy arrays only: on the GPU the products run "
+                             "on npool's own kernels")
+        arrays = {name: _describe(a, name) for name, a in arrays.items()}
+    x, weights, biases = arrays["x"], arrays["weights"], arrays["biases"]
     _checks.float_array(x, "x")
     if x.ndim < 1:
         raise ValueError("x must have at least one axis (its last is the features)")
@@ -283,8 +357,15 @@ def _gating_inputs(x, weights, biases, matmul):
             raise ValueError(f"{name} must have shape {shape}, got {p.shape}")
         if p.dtype != x.dtype:
             raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {p.dtype}")
+    if grad_out is not None:
+        _checks.grad_out_array(arrays["grad_out"], x.shape, x)
+    return gpu, x, weights, biases, arrays.get("grad_out")
+
+
+def _gate(x, weights, biases, matmul):
+    """x as (N, n) rows in the working dtype, sigmoid(x W + b), the working dtype, matmul."""
     work = _checks.compute_dtype(x.dtype)
-    flat = x.reshape(-1, n).astype(work, copy=False)
+    flat = x.reshape(-1, x.shape[-1]).astype(work, copy=False)
     matmul = _matmul_function(matmul)
     gate = 1 / (1 + np.exp(-(matmul(flat, weights.astype(work)) + biases.astype(work))))
     return flat, gate, work, matmul
@@ -292,14 +373,19 @@ def _gating_inputs(x, weights, biases, matmul):
 
 def context_gating_forward(x, weights, biases, matmul=None):
     """``y = x * sigmoid(x W + b)`` over the last axis of x."""
-    flat, gate, _, _ = _gating_inputs(x, weights, biases, matmul)
+    gpu, x, weights, biases, _ = _gating_checked(x, weights, biases, matmul)
+    if gpu is not None:
+        return gpu.gating_forward(x, weights, biases)
+    flat, gate, _, _ = _gate(x, weights, biases, matmul)
     return (flat * gate).reshape(x.shape).astype(x.dtype, copy=False)
 
 
 def context_gating_backward(grad_out, x, weights, biases, matmul=None):
     """Gradients of ``context_gating_forward``: ``(grad_x, grad_weights, grad_biases)``."""
-    flat, gate, work, matmul = _gating_inputs(x, weights, biases, matmul)
-    _checks.grad_out_array(grad_out, x.shape, x)
+    gpu, x, weights, biases, grad_out = _gating_checked(x, weights, biases, matmul, grad_out)
+    if gpu is not None:
+        return gpu.gating_backward(grad_out, x, weights, biases)
+    flat, gate, work, matmul = _gate(x, weights, biases, matmul)
     g = grad_out.reshape(flat.shape).astype(work, copy=False)
     g_z = g * flat * gate * (1 - gate)
     grad_x = g * gate + matmul(g_z, weights.astype(work).T)

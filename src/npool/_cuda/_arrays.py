@@ -7,6 +7,10 @@ import numpy as np
 
 from .._checks import FLOAT_DTYPES
 
+# The suffix of the kernels for each storage dtype: npool_<kernel>_<suffix>.
+TYPE_SUFFIX = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32",
+               np.dtype(np.float64): "f64"}
+
 
 class DeviceArray:
     """A GPU array as npool's kernels see it.
@@ -101,3 +105,18 @@ def describe(obj, name, dtypes=FLOAT_DTYPES):
             raise ValueError(f"{name}.__cuda_array_interface__ has stream {stream!r}; expected "
                              "None or a positive int (0 is disallowed by the protocol)")
     return DeviceArray(ptr, shape, strides, dtype, stream, obj)
+
+
+def run_stride(shape, strides):
+    """The element stride of axes ``shape`` (with ``strides``) walked as one run of cells in C
+    order, or None when they do not form one strided run; 1 for a single cell."""
+    step = None
+    expected = None
+    for n, s in zip(reversed(shape), reversed(strides)):
+        if n == 1:
+            continue
+        if expected is not None and s != expected:
+            return None
+        step = s if step is None else step
+        expected = s * n
+    return 1 if step is None else step

@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import _checks
 from . import _device
-from ._arrays import describe
+from ._arrays import TYPE_SUFFIX, describe, run_stride
 
 ARGS = np.dtype([
     ("x", "u8"), ("grad_out", "u8"), ("out", "u8"), ("index", "u8"),
@@ -15,23 +15,7 @@ ARGS = np.dtype([
     ("out_strides", "i8", 3), ("g_strides", "i8", 2), ("k", "i8"), ("k_bottom", "i8"),
     ("beta", "f8"), ("alpha", "f8"), ("count", "i8"),
 ])
-_SUFFIX = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32",
-           np.dtype(np.float64): "f64"}
 _SELECT_SHARED = 256 * 4 + 16 + 2 * 256 * 8  # SelectShared in global_pools.cu
-
-
-def _run_of(shape, strides):
-    """The stride of the spatial axes (shape, strides) as one run of cells, or None."""
-    step = None
-    expected = None
-    for n, s in zip(reversed(shape), reversed(strides)):
-        if n == 1:
-            continue
-        if expected is not None and s != expected:
-            return None
-        step = s if step is None else step
-        expected = s * n
-    return 1 if step is None else step
 
 
 class Maps:
@@ -48,13 +32,13 @@ class Maps:
         self.shape = self.x.shape
         self.n = int(np.prod(self.shape[2:]))
         self.maps = self.shape[0] * self.shape[1]
-        step = _run_of(self.shape[2:], self.x.strides[2:])
+        step = run_stride(self.shape[2:], self.x.strides[2:])
         if step is None:
             raise ValueError("on the GPU, the spatial axes of x must form one strided run (as in "
                              "C-contiguous and channels-last arrays); copy x first")
         self.x_strides = (self.x.strides[0], self.x.strides[1], step)
         self.layout = _checks.layout_of_strides(self.shape, self.x.strides) or "contiguous"
-        self.suffix = _SUFFIX[self.x.dtype]
+        self.suffix = TYPE_SUFFIX[self.x.dtype]
 
     def device(self, **others):
         return _device.device_for({"x": self.x, **others})
@@ -82,7 +66,7 @@ class Maps:
         """grad_x in x's layout, and its strides as (N, C, n)."""
         obj, a = call.empty(self.shape, self.x.dtype,
                             _checks.dense_strides(self.shape, self.layout))
-        return obj, a, (a.strides[0], a.strides[1], _run_of(self.shape[2:], a.strides[2:]))
+        return obj, a, (a.strides[0], a.strides[1], run_stride(self.shape[2:], a.strides[2:]))
 
     def grad_out(self, grad_out, keepdims):
         g = describe(grad_out, "grad_out")

@@ -8,8 +8,8 @@ is 32-bit (with division by multiplication) unless an array spans 2**31 elements
 import numpy as np
 
 from .. import _checks
-from . import _device
-from ._arrays import describe
+from . import _device, reductions
+from ._arrays import TYPE_SUFFIX, describe
 
 _DIVISOR = [("value", "i8"), ("magic", "i8"), ("shift", "i8")]
 ARGS = np.dtype([
@@ -20,8 +20,6 @@ ARGS = np.dtype([
     ("padding", "i8", 3), ("x_strides", "i8", 5), ("out_strides", "i8", 5),
     ("g_strides", "i8", 5), ("work", _DIVISOR, 4), ("stride_div", _DIVISOR, 3),
 ])
-_TYPE_SUFFIX = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32",
-                np.dtype(np.float64): "f64"}
 _INDEX_LIMIT = 2 ** 31
 
 
@@ -136,7 +134,7 @@ class _Pool:
         args["count"] = count
 
     def kernel(self, name, wide):
-        return (f"npool_windowed_softmax_{name}_{_TYPE_SUFFIX[self.x.dtype]}_"
+        return (f"npool_windowed_softmax_{name}_{TYPE_SUFFIX[self.x.dtype]}_"
                 f"{'i64' if wide else 'i32'}")
 
     def outputs(self):
@@ -203,24 +201,6 @@ def backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode, devi
                 pool.set_work(args, pool.size[2:], inputs, wide)
                 call.launch(pool.kernel("backward_gather", wide), args[()], inputs)
         if with_lam and grad_lam_array.size:
-            _sum_to_shape(call, pool, full, full_shape, lam_parts[3], grad_lam_array)
+            reductions.sum_to_shape(call, pool.x.dtype, full, full_shape, grad_lam_array.ptr,
+                                    lam_parts[3])
     return (grad_x, grad_lam) if with_lam else grad_x
-
-
-_REDUCE_ARGS = np.dtype([("full", "u8"), ("out", "u8"), ("full_shape", "i8", 5),
-                         ("out_shape", "i8", 5), ("count", "i8")])
-
-
-def _sum_to_shape(call, pool, full, full_shape, out_shape, out):
-    """out (C-contiguous, out_shape as 5-D) = the float accumulators ``full`` (full_shape)
-    summed over the axes where out_shape is 1."""
-    args = np.zeros((), _REDUCE_ARGS)
-    args["full"] = full
-    args["out"] = out.ptr
-    args["full_shape"] = full_shape
-    args["out_shape"] = out_shape
-    count = int(np.prod(out_shape))
-    args["count"] = count
-    accumulator = 8 if pool.x.dtype == np.float64 else 4
-    call.launch_blocks(f"npool_sum_to_shape_{_TYPE_SUFFIX[pool.x.dtype]}", args[()], count,
-                       accumulator * call.block_size)

@@ -353,12 +353,19 @@ def _core_or_none(t):
     return None if t is None else to_core(t)
 
 
+def _matmul_for(t):
+    """The set pools' matmul= for tensors on t's device: torch's BLAS on the CPU; None (npool's
+    own GPU kernels) on CUDA."""
+    return torch_matmul if t.device.type == "cpu" else None
+
+
 @torch.library.custom_op("npool::netvlad_pool", mutates_args=())
 def _netvlad_pool(x: torch.Tensor, assign: torch.Tensor, centers: torch.Tensor | None,
                   mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     args = (to_core(x), to_core(assign)) + ((to_core(centers),) if centers is not None else ())
     forward = npool.netvlad_pool_forward if centers is not None else npool.netrvlad_pool_forward
-    out, norms = forward(*args, mask=_core_or_none(mask), return_norms=True, matmul=torch_matmul)
+    out, norms = forward(*args, mask=_core_or_none(mask), return_norms=True,
+                         matmul=_matmul_for(x))
     return from_core(out, x), from_core(norms, x)
 
 
@@ -373,7 +380,7 @@ def _netvlad_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, assign: torc
                            centers: torch.Tensor | None, mask: torch.Tensor | None,
                            output: torch.Tensor, norms: torch.Tensor) -> list[torch.Tensor]:
     state = dict(mask=_core_or_none(mask), output=to_core(output), norms=to_core(norms),
-                 matmul=torch_matmul)
+                 matmul=_matmul_for(x))
     g, xs, a = to_core(grad_out.to(x.dtype)), to_core(x), to_core(assign)
     if centers is None:
         grads = npool.netrvlad_pool_backward(g, xs, a, **state)
@@ -406,7 +413,7 @@ def _netfv_pool(x: torch.Tensor, assign: torch.Tensor, mu: torch.Tensor,
                 covar_weights: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return from_core(npool.netfv_pool_forward(to_core(x), to_core(assign), to_core(mu),
                                               to_core(covar_weights), _core_or_none(mask),
-                                              matmul=torch_matmul), x)
+                                              matmul=_matmul_for(x)), x)
 
 
 @_netfv_pool.register_fake
@@ -420,7 +427,7 @@ def _netfv_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, assign: torch.
                          mask: torch.Tensor | None) -> list[torch.Tensor]:
     grads = npool.netfv_pool_backward(to_core(grad_out.to(x.dtype)), to_core(x), to_core(assign),
                                       to_core(mu), to_core(covar_weights), _core_or_none(mask),
-                                      matmul=torch_matmul)
+                                      matmul=_matmul_for(x))
     return [from_core(gr, x) for gr in grads]
 
 
@@ -467,7 +474,7 @@ _soft_dbow_pool.register_autograd(
 def _context_gating(x: torch.Tensor, weights: torch.Tensor,
                     biases: torch.Tensor) -> torch.Tensor:
     return from_core(npool.context_gating_forward(to_core(x), to_core(weights), to_core(biases),
-                                                  matmul=torch_matmul), x)
+                                                  matmul=_matmul_for(x)), x)
 
 
 _context_gating.register_fake(lambda x, weights, biases: torch.empty_like(x))
@@ -478,7 +485,7 @@ def _context_gating_backward(grad_out: torch.Tensor, x: torch.Tensor, weights: t
                              biases: torch.Tensor) -> list[torch.Tensor]:
     grads = npool.context_gating_backward(to_core(grad_out.to(x.dtype)), to_core(x),
                                           to_core(weights), to_core(biases),
-                                          matmul=torch_matmul)
+                                          matmul=_matmul_for(x))
     return [from_core(gr, x) for gr in grads]
 
 

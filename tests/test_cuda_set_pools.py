@@ -1,0 +1,231 @@
+"""The set pools (LOUPE) on GPU arrays, on both GPU backends of test_cuda.py (the kernels
+compiled for the host behind npool's real GPU code path, and a real GPU when there is one),
+against the float64 loops of test_set_pools.py and the CPU core. Outputs and workspaces are
+poisoned with NaN, so an element the kernels forget shows."""
+import ctypes
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import npool
+from npool._cuda import set_pools as gpu_set_pools
+from test_cuda import emulation_library, gpu  # noqa: F401 (the two backends, as fixtures)
+from test_set_pools import ref_fv, ref_vlad
+
+
+def on_gpu(gpu, *arrays):
+    return [None if a is None else gpu.to_device(a) for a in arrays]
+
+
+def to_host(gpu, result):
+    if isinstance(result, tuple):
+        return tuple(None if r is None else gpu.to_host(r) for r in result)
+    return gpu.to_host(result)
+
+
+def softmax(logits):
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@st.composite
+def gpu_set_problems(draw, dtype, fv=False):
+    """(x, a, p, q, mask): B and M down to 0, D and K past one matmul tile and one emulated
+    block (16, 32), values up to +-500 with ties (NetFV: up to +-5), x sometimes strided."""
+    B, M = draw(st.integers(0, 3)), draw(st.integers(0, 6))
+    D, K = draw(st.integers(1, 20)), draw(st.sampled_from([1, 2, 3, 5, 17, 33]))
+    big = 5 if fv else 500
+    values = st.one_of(st.floats(-big, big, width=32), st.integers(-2, 2).map(float))
+    if draw(st.booleans()):
+        x = draw(hnp.arrays(dtype, (B, M, D), elements=values))
+    else:  # (B, M, D) view of a (B, D, M) array
+        x = draw(hnp.arrays(dtype, (B, D, M), elements=values)).transpose(0, 2, 1)
+    logits = draw(hnp.arrays(np.float64, (B, M, K), elements=st.floats(-5, 5)))
+    a = softmax(logits).astype(dtype)
+    if fv:
+        p = draw(hnp.arrays(dtype, (D, K), elements=st.floats(-3, 3, width=32)))
+        q = draw(hnp.arrays(dtype, (D, K), elements=st.floats(0.5, 2, width=32)))
+    else:
+        p = draw(hnp.arrays(dtype, (D, K), elements=values))
+        q = None
+    mask = draw(st.none() | hnp.arrays(np.bool_, (B, M)))
+    return x, a, p, q, mask
+
+
+def assert_close(got, expected, dtype, factor=1.0):
+    tolerance = (1e-9 if dtype == np.float64 else 2e-4) * factor
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    scale = max(1.0, float(np.abs(expected).max())) if expected.size else 1.0
+    np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance * scale)
+
+
+def check_op(gpu, forward, backward, inputs, grad_shape, dtype, factor=1.0, reference=None):
+    """forward(*inputs) and backward(g, *inputs) on the GPU equal the CPU core; inputs
+    unchanged; the forward also equals ``reference`` (float64) when given."""
+    kept = [None if a is None else a.copy() for a in inputs]
+    y = forward(*inputs)
+    y_gpu = to_host(gpu, forward(*on_gpu(gpu, *inputs)))
+    assert_close(y_gpu, y, dtype, factor)
+    if reference is not None:
+        assert_close(y_gpu.astype(np.float64), reference, np.float64,
+                     1e5 * factor if dtype == np.float32 else factor)
+    g = np.random.default_rng(7).uniform(-1, 1, grad_shape).astype(dtype)
+    expected = backward(g, *inputs)
+    got = to_host(gpu, backward(*on_gpu(gpu, g, *inputs)))
+    if not isinstance(expected, tuple):
+        got, expected = (got,), (expected,)
+    assert len(got) == len(expected)
+    for gr, ex in zip(got, expected):
+        assert_close(gr, ex, dtype, factor)
+    for a, k in zip(inputs, kept):
+        if a is not None:
+            np.testing.assert_array_equal(a, k)
+    return y_gpu, got
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=25)
+@given(data=st.data())
+def test_vlad_matches_the_cpu_and_reference(gpu, dtype, data):
+    x, a, c, _, mask = data.draw(gpu_set_problems(dtype))
+    b, m, d = x.shape
+    k = a.shape[2]
+    a_ref = a.astype(np.float64) * (1 if mask is None else mask[..., None])
+    small = b * m * d * k <= 2000
+    check_op(gpu, lambda x, a, c, mask: npool.netvlad_pool_forward(x, a, c, mask),
+             npool.netvlad_pool_backward, (x, a, c, mask), (b, d * k), dtype,
+             reference=ref_vlad(x.astype(np.float64), a_ref, c.astype(np.float64))
+             if small else None)
+    check_op(gpu, lambda x, a, mask: npool.netrvlad_pool_forward(x, a, mask),
+             npool.netrvlad_pool_backward, (x, a, mask), (b, d * k), dtype)
+    # The backward from the forward's output and norms equals the recomputing one.
+    xg, ag, cg, mg = on_gpu(gpu, x, a, c, mask)
+    y, norms = npool.netvlad_pool_forward(xg, ag, cg, mg, return_norms=True)
+    np.testing.assert_allclose(gpu.to_host(norms), npool.netvlad_pool_forward(
+        x, a, c, mask, return_norms=True)[1], rtol=1e-9 if dtype == np.float64 else 2e-4)
+    g = np.random.default_rng(1).uniform(-1, 1, (b, d * k)).astype(dtype)
+    reused = to_host(gpu, npool.netvlad_pool_backward(gpu.to_device(g), xg, ag, cg, mg,
+                                                      output=y, norms=norms))
+    for got, ex in zip(reused, npool.netvlad_pool_backward(g, x, a, c, mask)):
+        assert_close(got, ex, dtype)
+        if mask is not None and got.ndim == 3:
+            assert np.all(got[~mask] == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=20)
+@given(data=st.data())
+def test_fv_matches_the_cpu_and_reference(gpu, dtype, data):
+    x, a, mu, covar, mask = data.draw(gpu_set_problems(dtype, fv=True))
+    b, m, d = x.shape
+    k = a.shape[2]
+    a_ref = a.astype(np.float64) * (1 if mask is None else mask[..., None])
+    small = b * m * d * k <= 2000
+    check_op(gpu, lambda x, a, mu, cw, mask: npool.netfv_pool_forward(x, a, mu, cw, mask),
+             npool.netfv_pool_backward, (x, a, mu, covar, mask), (b, 2 * d * k), dtype,
+             factor=10 if dtype == np.float32 else 1,
+             reference=ref_fv(*(v.astype(np.float64) for v in (x,)), a_ref,
+                              mu.astype(np.float64), covar.astype(np.float64))
+             if small else None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=20)
+@given(data=st.data())
+def test_soft_dbow_and_gating_match_the_cpu(gpu, dtype, data):
+    x, a, _, _, mask = data.draw(gpu_set_problems(dtype))
+    b, m, k = a.shape
+    check_op(gpu, lambda a, mask: npool.soft_dbow_pool_forward(a, mask),
+             npool.soft_dbow_pool_backward, (a, mask), (b, k), dtype)
+    n = x.shape[2]
+    rng = np.random.default_rng(data.draw(st.integers(0, 99)))
+    weights = rng.standard_normal((n, n)).astype(dtype)
+    biases = rng.standard_normal(n).astype(dtype)
+    # Context Gating on (B, M, D) (strided x included) and on one vector.
+    for features in (x / 100, x[0, 0] / 100 if x.size else np.ones(n, dtype)):
+        features = features.astype(dtype)
+        check_op(gpu, npool.context_gating_forward, npool.context_gating_backward,
+                 (features, weights, biases), features.shape, dtype, factor=4)
+
+
+def test_float16_is_computed_in_float32(gpu):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 6)).astype(np.float16)
+    a = softmax(rng.standard_normal((2, 5, 4))).astype(np.float16)
+    c = rng.standard_normal((6, 4)).astype(np.float16)
+    cw = rng.uniform(0.5, 2, (6, 4)).astype(np.float16)
+    mask = np.array([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1]], bool)
+    w, bias = rng.standard_normal((6, 6)).astype(np.float16), np.zeros(6, np.float16)
+    cases = [(npool.netvlad_pool_forward, npool.netvlad_pool_backward, (x, a, c, mask), 24),
+             (npool.netrvlad_pool_forward, npool.netrvlad_pool_backward, (x, a, mask), 24),
+             (npool.netfv_pool_forward, npool.netfv_pool_backward, (x, a, c, cw, mask), 48),
+             (npool.soft_dbow_pool_forward, npool.soft_dbow_pool_backward, (a, mask), 4),
+             (npool.context_gating_forward, npool.context_gating_backward, (x, w, bias), None)]
+    for forward, backward, inputs, width in cases:
+        y = gpu.to_host(forward(*on_gpu(gpu, *inputs)))
+        assert y.dtype == np.float16
+        # One float16 rounding of the float32 result, as on the CPU.
+        np.testing.assert_allclose(y.astype(np.float32), forward(*inputs).astype(np.float32),
+                                   rtol=2**-10, atol=2e-3)
+        g = rng.uniform(-1, 1, y.shape).astype(np.float16)
+        grads = to_host(gpu, backward(*on_gpu(gpu, g, *inputs)))
+        for got, ex in zip(grads, backward(g, *inputs)):
+            assert got.dtype == np.float16
+            scale = max(1.0, float(np.abs(ex.astype(np.float32)).max()))
+            np.testing.assert_allclose(got.astype(np.float32), ex.astype(np.float32),
+                                       rtol=4e-3, atol=4e-3 * scale)
+
+
+def test_masked_samples_change_nothing_and_all_zero_residual_is_safe(gpu):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 4, 3))
+    a = softmax(rng.standard_normal((2, 4, 5)))
+    c = rng.standard_normal((3, 5))
+    mask = np.array([[1, 1, 0, 0], [1, 0, 1, 0]], bool)
+    junk = np.where(mask[..., None], x, 1e30)
+    y = gpu.to_host(npool.netvlad_pool_forward(*on_gpu(gpu, junk, a, c, mask)))
+    np.testing.assert_allclose(y, npool.netvlad_pool_forward(x, a, c, mask), rtol=1e-12)
+    # All samples at the centroid: V = 0, the 1e-12 floor keeps everything finite.
+    x0 = np.zeros((1, 3, 2))
+    a0 = np.full((1, 3, 2), 0.5)
+    grads = to_host(gpu, npool.netvlad_pool_backward(*on_gpu(
+        gpu, np.ones((1, 4)), x0, a0, np.zeros((2, 2)))))
+    assert all(np.all(np.isfinite(t)) for t in grads)
+    np.testing.assert_array_equal(gpu.to_host(npool.netvlad_pool_forward(
+        *on_gpu(gpu, x0, a0, np.zeros((2, 2))))), np.zeros((1, 4)))
+
+
+def test_gpu_errors(gpu):
+    x, a, c = np.zeros((2, 3, 4)), np.full((2, 3, 5), 0.2), np.zeros((4, 5))
+    xg, ag, cg = on_gpu(gpu, x, a, c)
+    with pytest.raises(ValueError, match="matmul= applies to numpy arrays"):
+        npool.netvlad_pool_forward(xg, ag, cg, matmul=np.matmul)
+    with pytest.raises(TypeError, match="same device"):
+        npool.netvlad_pool_forward(xg, ag, c)
+    with pytest.raises(TypeError, match="mask must have dtype bool"):
+        npool.netvlad_pool_forward(xg, ag, cg, gpu.to_device(np.ones((2, 3))))
+    with pytest.raises(ValueError, match=r"mask must have shape \(B, M\)"):
+        npool.netvlad_pool_forward(xg, ag, cg, gpu.to_device(np.ones((2, 4), bool)))
+    with pytest.raises(ValueError, match=r"centers must have shape \(4, 5\)"):
+        npool.netvlad_pool_forward(xg, ag, gpu.to_device(np.zeros((5, 4))))
+    with pytest.raises(ValueError, match="x and assign must agree"):
+        npool.netfv_pool_forward(xg, gpu.to_device(np.zeros((2, 2, 5))), cg, cg)
+    with pytest.raises(ValueError, match="grad_out must have the forward output's shape"):
+        npool.netvlad_pool_backward(gpu.to_device(np.zeros((2, 19))), xg, ag, cg)
+    with pytest.raises(ValueError, match="output and norms must be given together"):
+        npool.netvlad_pool_backward(gpu.to_device(np.zeros((2, 20))), xg, ag, cg,
+                                    output=gpu.to_device(np.zeros((2, 20))))
+    x4 = np.zeros((2, 3, 4, 6)).transpose(2, 1, 0, 3)  # leading axes not one run
+    with pytest.raises(ValueError, match="leading axes of x must form one strided run"):
+        npool.context_gating_forward(gpu.to_device(x4), *on_gpu(gpu, np.eye(6), np.zeros(6)))
+
+
+def test_args_structs_match_the_kernels(emulation_library):
+    sizes = (ctypes.c_int64 * 6)()
+    emulation_library.npool_set_pools_args_sizes(sizes)
+    assert list(sizes) == [args.itemsize for args in (
+        gpu_set_pools.MATMUL_ARGS, gpu_set_pools.VLAD_ARGS, gpu_set_pools.L2N_ARGS,
+        gpu_set_pools.FV_ARGS, gpu_set_pools.GATING_ARGS, gpu_set_pools.ROWS_ARGS)]
