@@ -275,20 +275,29 @@ def soft_dbow_pool_backward(grad_out, assign, mask=None):
 
 
 # ------------------------------------------------------------------ NetFV
-def _fv(s, mu, covar):
+def _fv(s, mu, covar, for_backward=False):
+    """The NetFV parts y1 (B, D, K) and y2 (B, D * K) and, ``for_backward``, what the backward
+    needs: sigma, the moment sum_m a x, a_sum (B, 1, K), F1 and F2 before normalisation, the
+    norms of both parts. F1's intra and global l2n are NetRVLAD's (the fused kernel, in place),
+    F2's global l2n a NumPy pass."""
     sigma = covar * covar + _SIGMA_EPS
     xt = s.x.transpose(0, 2, 1)
     s1 = s.matmul(xt, s.a)  # sum_m a x          (B, D, K)
     s2 = s.matmul(xt * xt, s.a)  # sum_m a x^2   (B, D, K)
     a_sum = s.a.sum(axis=1)[:, None, :]  # (B, 1, K)
+    b, d, k = s1.shape
     f1 = (s1 - a_sum * mu) / sigma
     f2 = (s2 - 2 * mu * s1 + mu * mu * a_sum) / (sigma * sigma) - a_sum
-    b, d, k = f1.shape
-    f1_intra, f1_intra_saved = _l2n(f1, axis=1)
-    out1, out1_saved = _l2n(f1_intra.reshape(b, d * k), axis=1)
-    out2, out2_saved = _l2n(f2.reshape(b, d * k), axis=1)
-    return np.concatenate([out1, out2], axis=1), (sigma, s1, a_sum, f1, f2, f1_intra_saved,
-                                                  out1_saved, out2_saved)
+    saved = (sigma, s1, a_sum, f1.copy(), f2) if for_backward else None
+    norms1 = np.empty((b, k + 1), s.work)
+    if b:
+        kernel_module("_set_pools").vlad_normalize(
+            f1, np.zeros((1, 1), s.work), np.ascontiguousarray(a_sum[:, 0]), norms1, False,
+            get_num_threads())
+    f2 = f2.reshape(b, d * k)
+    norms2 = np.sqrt(np.maximum(np.einsum("bi,bi->b", f2, f2), _EPS))[:, None]
+    y2 = f2 / norms2
+    return (f1, y2, saved + (norms1, norms2)) if for_backward else (f1, y2, None)
 
 
 def netfv_pool_forward(x, assign, mu, covar_weights, mask=None, matmul=None):
@@ -302,7 +311,8 @@ def netfv_pool_forward(x, assign, mu, covar_weights, mask=None, matmul=None):
     covar = s.parameter(covar_weights, "covar_weights", shape)
     if s.gpu is not None:
         return s.gpu.fv_forward(s, mu, covar)
-    return s.out(_fv(s, mu, covar)[0])
+    y1, y2, _ = _fv(s, mu, covar)
+    return s.out(np.concatenate([y1.reshape(y2.shape), y2], axis=1))
 
 
 def netfv_pool_backward(grad_out, x, assign, mu, covar_weights, mask=None, matmul=None):
@@ -315,11 +325,15 @@ def netfv_pool_backward(grad_out, x, assign, mu, covar_weights, mask=None, matmu
     g = s.grad_out(grad_out, (s.sizes[0], 2 * shape[0] * shape[1]))
     if s.gpu is not None:
         return s.gpu.fv_backward(s, mu, covar, g)
-    _, (sigma, s1, a_sum, f1, f2, f1_intra_saved, out1_saved, out2_saved) = _fv(s, mu, covar)
-    b, d, k = f1.shape
-    g1 = _l2n_backward(g[:, :d * k], out1_saved, axis=1).reshape(b, d, k)
-    g_f1 = _l2n_backward(g1, f1_intra_saved, axis=1)
-    g_f2 = _l2n_backward(g[:, d * k:], out2_saved, axis=1).reshape(b, d, k)
+    y1, y2, (sigma, s1, a_sum, f1, f2, norms1, norms2) = _fv(s, mu, covar, for_backward=True)
+    b, d, k = y1.shape
+    g_f1 = np.array(g[:, :d * k].reshape(y1.shape), dtype=s.work, order="C")
+    if b:  # through NetRVLAD's normalisations (fused, in place)
+        kernel_module("_set_pools").vlad_normalize_backward(
+            g_f1, y1, norms1, np.empty((b, k), s.work), get_num_threads())
+    g2 = g[:, d * k:]  # through F2's l2n
+    dot = np.where(norms2 > np.sqrt(_EPS), np.einsum("bi,bi->b", y2, g2)[:, None], 0)
+    g_f2 = ((g2 - y2 * dot) / norms2).reshape(y1.shape)
     p = g_f1 / sigma
     q = g_f2 / (sigma * sigma)
     g_s1 = p - 2 * mu * q  # dL/d(sum_m a x)
