@@ -17,6 +17,8 @@ channels-last, the rows are:
   torch max_pool2d     F.max_pool2d (fwd, and fwd+bwd through autograd)
 Then the global pools (max, avg, LSE, k-max 10%) on (64, 512, 14, 14) and (8, 64, 112, 112)
 float32 against adaptive_max_pool2d, mean, logsumexp and topk.
+Then the NetVLAD layer and pool of bench_netvlad.py (LOUPE's sizes) on CUDA tensors, npool's
+kernels against the same math in plain PyTorch (einsum + F.normalize, cuBLAS), time only.
 Columns: median time, bandwidth (bytes that must move / time: each input read once, each output
 written once), that bandwidth as a share of the copy's, and time relative to npool.
 """
@@ -162,7 +164,23 @@ def main():
         for name, ms in table.items():
             gbs = runs[name][1] / ms / 1e6
             lines.append(f"{name:<26}{ms:9.3f}{gbs:9.0f}{100 * gbs / copy_bw:10.0f}%")
+    lines += netvlad_lines(opts.repeats)
     emit(lines, opts.out)
+
+
+def netvlad_lines(repeats):
+    """The NetVLAD cases of bench_netvlad.py on the GPU: torch / npool time ratios."""
+    import bench_netvlad
+    layer, x, a = bench_netvlad.setup("cuda")
+    table = bench_netvlad.cases(layer, x, a)
+    lines = [f"\n## NetVLAD (B, M, D) = {(bench_netvlad.B, bench_netvlad.M, bench_netvlad.D)} "
+             f"float32, K = {bench_netvlad.K}, output {bench_netvlad.OUT}, gating + BatchNorm, "
+             "training mode",
+             f"{'case':<16}{'npool ms':>10}{'torch ms':>10}{'torch/npool':>13}"]
+    for name, (npool_fn, torch_fn) in table.items():
+        t_np, t_torch = median_ms(npool_fn, repeats), median_ms(torch_fn, repeats)
+        lines.append(f"{name:<16}{t_np:10.2f}{t_torch:10.2f}{t_torch / t_np:13.2f}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -43,10 +43,11 @@ def plain_netvlad_pool(x, a, c):
     return F.normalize(v.flatten(1), dim=1, eps=1e-6)
 
 
-def setup():
+def setup(device="cpu"):
+    """The layer, an input and its assignments, on ``device`` (bench_gpu.py uses "cuda")."""
     torch.manual_seed(0)
-    layer = nt.NetVLAD(D, M, K, OUT)
-    x = torch.randn(B, M, D)
+    layer = nt.NetVLAD(D, M, K, OUT).to(device)
+    x = torch.randn(B, M, D, device=device)
     a = layer.assignment(x).detach()
     return layer, x, a
 
