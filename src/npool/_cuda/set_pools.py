@@ -207,17 +207,27 @@ class _Call:
 
     def vlad_normalize_backward(self, g, y, norms, centers=None, cdot=None, set_stride=None):
         """dL/dy -> dL/dV in place (g, y (B, D, K)); cdot[b, k] = sum_d dV c."""
-        args = self._vlad_args(g, 0, norms, centers, set_stride)
+        args = self._vlad_args(g, None, norms, centers, set_stride)
         args["y"] = y.ptr
         if cdot is not None:
             args["cdot"] = cdot.ptr
         self.launch_blocks("vlad_normalize_backward", args, g.shape[0])
 
+    def vlad_centers_gradient(self, g, a_sum, grad_centers):
+        """grad_centers (D, K) = -sum_b dV[b] a_sum[b] (g = dV (B, D, K), a_sum (B, K))."""
+        b, d, k = g.shape
+        args = self._vlad_args(g, a_sum, None, None, None)
+        args["grad_centers"] = grad_centers.ptr
+        self.launch("vlad_centers_gradient", args, d * k)
+
     def _vlad_args(self, v, a_sum, norms, centers, set_stride):
         b, d, k = v.shape
         args = np.zeros((), VLAD_ARGS)
-        args["v"], args["norms"] = v.ptr, norms.ptr
-        args["a_sum"] = a_sum if isinstance(a_sum, int) else a_sum.ptr
+        args["v"] = v.ptr
+        if norms is not None:
+            args["norms"] = norms.ptr
+        if a_sum is not None:
+            args["a_sum"] = a_sum.ptr
         if centers is not None:
             args["centers"] = centers.ptr
         args["sets"], args["features"], args["clusters"] = b, d, k
@@ -291,9 +301,7 @@ def vlad_backward(s, centers, grad_out, output, norms):
         grad_c = None
         if c is not None:
             grad_c = w.output((d, k))
-            args = w._vlad_args(g, a_sum, n, c, None)
-            args["grad_centers"] = grad_c.ptr
-            w.launch("vlad_centers_gradient", args, d * k)
+            w.vlad_centers_gradient(g, a_sum, grad_c)
         return tuple(w.finish(t) if t is not None else None for t in (grad_x, grad_a, grad_c))
 
 
