@@ -135,6 +135,18 @@ def memory_layout(x):
     return layout_of_strides(x.shape, tuple(s // x.itemsize for s in x.strides))
 
 
+def working_array(x):
+    """(x in the dtype the CPU kernels compute in, its layout, that dtype): x itself when it is
+    C-contiguous or channels-last and not float16, else a copy (C-contiguous when x had
+    neither layout)."""
+    layout = memory_layout(x)
+    if layout is None:
+        x = np.ascontiguousarray(x)
+        layout = "contiguous"
+    work_dtype = compute_dtype(x.dtype)
+    return x.astype(work_dtype, copy=False), layout, work_dtype
+
+
 def empty_like_layout(shape, dtype, layout, zero=False):
     """A new (N, C, *spatial) array whose memory is in ``layout`` ("contiguous" or
     "channels_last")."""

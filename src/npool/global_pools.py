@@ -62,12 +62,7 @@ class _Maps:
         self.original = x
         self.shape = x.shape
         self.dtype = x.dtype
-        self.layout = _checks.memory_layout(x)
-        if self.layout is None:
-            x = np.ascontiguousarray(x)
-            self.layout = "contiguous"
-        self.work_dtype = _checks.compute_dtype(x.dtype)
-        self.x = x.astype(self.work_dtype, copy=False)  # float16 is computed in float32
+        self.x, self.layout, self.work_dtype = _checks.working_array(x)
         self.n = int(np.prod(x.shape[2:]))
         self.maps = x.shape[0] * x.shape[1]
         self.x3 = self.view3(self.x)

@@ -36,12 +36,7 @@ class _Problem:
         self.out_shape = x.shape[:-nd] + self.out_spatial  # the caller's view of y
         if not self.batched:
             x = x[np.newaxis]
-        self.layout = _checks.memory_layout(x)
-        if self.layout is None:
-            x = np.ascontiguousarray(x)
-            self.layout = "contiguous"
-        self.work_dtype = _checks.compute_dtype(x.dtype)
-        self.x = x.astype(self.work_dtype, copy=False)  # float16 is computed in float32
+        self.x, self.layout, self.work_dtype = _checks.working_array(x)
 
     def empty(self, shape, zero=False):
         return _checks.empty_like_layout(shape, self.work_dtype, self.layout, zero=zero)

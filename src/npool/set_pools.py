@@ -60,6 +60,18 @@ def _describe(a, name, dtypes=None):
     return describe(a, name) if dtypes is None else describe(a, name, dtypes)
 
 
+def _gpu_backend(arrays, matmul):
+    """npool._cuda.set_pools when ``arrays`` (name -> array or None) are GPU arrays (a mix
+    with numpy arrays is a TypeError), else None."""
+    if backend_of(**{name: a for name, a in arrays.items() if a is not None}) != "cuda":
+        return None
+    if matmul is not None:
+        raise ValueError("matmul= applies to numpy arrays only: on the GPU the products run on "
+                         "npool's own kernels")
+    from ._cuda import set_pools
+    return set_pools
+
+
 class _Set:
     """Validated set inputs: x (B, M, D), assign (B, M, K) and the mask (B, M).
 
@@ -71,15 +83,8 @@ class _Set:
 
     def __init__(self, x=None, assign=None, mask=None, matmul=None, **others):
         arrays = {name: a for name, a in (("x", x), ("assign", assign)) if a is not None}
-        on_device = dict(arrays, **{n: a for n, a in dict(mask=mask, **others).items()
-                                    if a is not None})
-        self.gpu = None
-        if backend_of(**on_device) == "cuda":
-            from ._cuda import set_pools as gpu
-            if matmul is not None:
-                raise ValueError("matmul= applies to numpy arrays only: on the GPU the products "
-                                 "run on npool's own kernels")
-            self.gpu = gpu
+        self.gpu = _gpu_backend(dict(arrays, mask=mask, **others), matmul)
+        if self.gpu is not None:
             arrays = {name: _describe(a, name) for name, a in arrays.items()}
         self.matmul = _matmul_function(matmul)
         first = next(iter(arrays.values()))
@@ -145,7 +150,8 @@ class _Set:
         return g if self.gpu is not None else g.astype(self.work, copy=False)
 
     def out(self, *arrays):
-        result = tuple(a.astype(self.dtype, copy=False) for a in arrays)
+        """The results in the caller's dtype (None stays None)."""
+        result = tuple(None if a is None else a.astype(self.dtype, copy=False) for a in arrays)
         return result if len(result) > 1 else result[0]
 
 
@@ -201,8 +207,7 @@ def _vlad_backward(s, centers, g, state):
     if centers is not None:
         grad_a -= np.einsum("bdk,dk->bk", g_v, centers)[:, None, :]
         grad_c = -np.einsum("bdk,bk->dk", g_v, s.a.sum(axis=1))
-    return s.out(grad_x, s.masked(grad_a), grad_c) if centers is not None else \
-        s.out(grad_x, s.masked(grad_a)) + (None,)
+    return s.out(grad_x, s.masked(grad_a), grad_c)
 
 
 def _vlad_forward(s, centers, return_norms):
@@ -353,12 +358,8 @@ def _gating_checked(x, weights, biases, matmul, grad_out=None):
     arrays = dict(x=x, weights=weights, biases=biases)
     if grad_out is not None:
         arrays["grad_out"] = grad_out
-    gpu = None
-    if backend_of(**arrays) == "cuda":
-        from ._cuda import set_pools as gpu
-        if matmul is not None:
-            raise ValueError("matmul= applies to numpy arrays only: on the GPU the products run "
-                             "on npool's own kernels")
+    gpu = _gpu_backend(arrays, matmul)
+    if gpu is not None:
         arrays = {name: _describe(a, name) for name, a in arrays.items()}
     x, weights, biases = arrays["x"], arrays["weights"], arrays["biases"]
     _checks.float_array(x, "x")

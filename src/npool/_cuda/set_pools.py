@@ -116,10 +116,12 @@ class _Call:
                   kernel=f"npool_set_rows_{self.suffix}_{TYPE_SUFFIX[self.dtype]}")
         return obj
 
-    def copy(self, a):
-        """A new C-contiguous working copy of a (at most 3-D, any dtype and strides)."""
+    def copy(self, a, mask=None):
+        """A new C-contiguous working copy of a (at most 3-D, any dtype and strides); with a
+        (B, M) ``mask``, a's masked rows (B, M, :) are zero in it."""
         out = self.scratch(a.shape)
-        self.set_rows(a, out, kernel=f"npool_set_rows_{TYPE_SUFFIX[a.dtype]}_{self.suffix}")
+        self.set_rows(a, out, mask=mask,
+                      kernel=f"npool_set_rows_{TYPE_SUFFIX[a.dtype]}_{self.suffix}")
         return out
 
     def operand(self, a, contiguous=False):
@@ -171,13 +173,6 @@ class _Call:
                              f"(as in a C-contiguous array) when it has more than 3 axes; copy "
                              f"{name} first")
         return rows_of(self.copy(a))
-
-    def masked(self, assign, mask):
-        """The assignments (B, M, K) as a C-contiguous working copy, masked rows zero."""
-        out = self.scratch(assign.shape)
-        self.set_rows(assign, out, mask=mask,
-                  kernel=f"npool_set_rows_{TYPE_SUFFIX[assign.dtype]}_{self.suffix}")
-        return out
 
     def matmul(self, a, b, c, accumulate=False, square_a=False):
         """c[i] (+)= a[i] b[i] for 3-D arrays of any strides (a's elements squared if asked)."""
@@ -260,7 +255,7 @@ def vlad_forward(s, centers, return_norms):
     """(output (B, D * K), norms (B, K + 1) or None) of NetVLAD (NetRVLAD without centers)."""
     (b, m, d), k = s.x.shape, s.assign.shape[2]
     with _call(s.dtype, x=s.x, assign=s.assign, mask=s.mask, centers=centers) as w:
-        x, a = w.operand(s.x), w.masked(s.assign, s.mask)
+        x, a = w.operand(s.x), w.copy(s.assign, s.mask)
         c = w.operand(centers, contiguous=True) if centers is not None else None
         out = w.output((b, d * k))
         norms = w.output((b, k + 1)) if return_norms else w.scratch((b, k + 1))
@@ -276,7 +271,7 @@ def vlad_backward(s, centers, grad_out, output, norms):
     (b, m, d), k = s.x.shape, s.assign.shape[2]
     with _call(s.dtype, x=s.x, assign=s.assign, mask=s.mask, centers=centers,
                grad_out=grad_out, output=output, norms=norms) as w:
-        x, a = w.operand(s.x), w.masked(s.assign, s.mask)
+        x, a = w.operand(s.x), w.copy(s.assign, s.mask)
         c = w.operand(centers, contiguous=True) if centers is not None else None
         a_sum = w.scratch((b, k))
         if output is None:
@@ -310,7 +305,7 @@ def soft_dbow_forward(s):
     """l2n(sum_m a) (B, K)."""
     b, m, k = s.assign.shape
     with _call(s.dtype, assign=s.assign, mask=s.mask) as w:
-        a = w.masked(s.assign, s.mask)
+        a = w.copy(s.assign, s.mask)
         out = w.output((b, k))
         w.sum_to_shape(a, out, (b, 1, k))
         w.l2n_rows(out, w.scratch((b,)), k)
@@ -320,7 +315,7 @@ def soft_dbow_forward(s):
 def soft_dbow_backward(s, grad_out):
     b, m, k = s.assign.shape
     with _call(s.dtype, assign=s.assign, mask=s.mask, grad_out=grad_out) as w:
-        a = w.masked(s.assign, s.mask)
+        a = w.copy(s.assign, s.mask)
         y, n = w.scratch((b, k)), w.scratch((b,))
         w.sum_to_shape(a, y, (b, 1, k))
         w.l2n_rows(y, n, k)
@@ -332,17 +327,20 @@ def soft_dbow_backward(s, grad_out):
 
 
 # ------------------------------------------------------------------ NetFV
-def _fv_moments(w, x, a, mu, covar, s, a_sum):
-    """s (B, 2, D, K) = (sum a x, sum a x^2) -> (F1, F2) in place; a_sum (B, K) written."""
-    b, two, d, k = s.shape
-    halves = [view(s, (b, d, k), (2 * d * k, k, 1), offset) for offset in (0, d * k)]
-    w.matmul(transposed(x), a, halves[0])
-    w.matmul(transposed(x), a, halves[1], square_a=True)
-    w.sum_to_shape(a, a_sum, (b, 1, k))
+def _fv_moments(w, x, a, moments):
+    """moments (B, 2, D, K) = (sum_m a x, sum_m a x^2)."""
+    b, two, d, k = moments.shape
+    w.matmul(transposed(x), a, view(moments, (b, d, k), (2 * d * k, k, 1)))
+    w.matmul(transposed(x), a, view(moments, (b, d, k), (2 * d * k, k, 1), d * k),
+             square_a=True)
+
+
+def _fv_args(f, a_sum, mu, covar):
+    """The FV_ARGS of f (B, 2, D, K) with its a_sum (B, K), mu and covar (D, K)."""
+    b, two, d, k = f.shape
     args = np.zeros((), FV_ARGS)
-    args["s"], args["a_sum"], args["mu"], args["covar"] = s.ptr, a_sum.ptr, mu.ptr, covar.ptr
+    args["s"], args["a_sum"], args["mu"], args["covar"] = f.ptr, a_sum.ptr, mu.ptr, covar.ptr
     args["sets"], args["features"], args["clusters"] = b, d, k
-    w.launch("fv_moments", args, b * d * k)
     return args
 
 
@@ -358,11 +356,14 @@ def _fv_normalize(w, f, a, norms1, norms2):
 def fv_forward(s, mu, covar):
     (b, m, d), k = s.x.shape, s.assign.shape[2]
     with _call(s.dtype, x=s.x, assign=s.assign, mask=s.mask, mu=mu, covar_weights=covar) as w:
-        x, a = w.operand(s.x), w.masked(s.assign, s.mask)
+        x, a = w.operand(s.x), w.copy(s.assign, s.mask)
         mu, covar = w.operand(mu, contiguous=True), w.operand(covar, contiguous=True)
         out = w.output((b, 2 * d * k))
         f = view(out, (b, 2, d, k), (2 * d * k, d * k, k, 1))
-        _fv_moments(w, x, a, mu, covar, f, w.scratch((b, k)))
+        _fv_moments(w, x, a, f)
+        a_sum = w.scratch((b, k))
+        w.sum_to_shape(a, a_sum, (b, 1, k))
+        w.launch("fv_moments", _fv_args(f, a_sum, mu, covar), b * d * k)  # F1, F2 in place
         _fv_normalize(w, f, a, w.scratch((b, k + 1)), w.scratch((b,)))
         return w.finish(out)
 
@@ -373,20 +374,16 @@ def fv_backward(s, mu, covar, grad_out):
     dk = d * k
     with _call(s.dtype, x=s.x, assign=s.assign, mask=s.mask, mu=mu, covar_weights=covar,
                grad_out=grad_out) as w:
-        x, a = w.operand(s.x), w.masked(s.assign, s.mask)
+        x, a = w.operand(s.x), w.copy(s.assign, s.mask)
         mu, covar = w.operand(mu, contiguous=True), w.operand(covar, contiguous=True)
         # The forward: the moments (kept), F1 and F2 (kept), the output (kept).
         moments, a_sum = w.scratch((b, 2, d, k)), w.scratch((b, k))
-        halves = [view(moments, (b, d, k), (2 * dk, k, 1), offset) for offset in (0, dk)]
-        w.matmul(transposed(x), a, halves[0])
-        w.matmul(transposed(x), a, halves[1], square_a=True)
+        _fv_moments(w, x, a, moments)
         f = w.copy(view(moments, (b, 2, dk), (2 * dk, dk, 1)))
         f = view(f, (b, 2, d, k), (2 * dk, dk, k, 1))
         w.sum_to_shape(a, a_sum, (b, 1, k))
-        args = np.zeros((), FV_ARGS)
-        args["s"], args["a_sum"], args["mu"], args["covar"] = f.ptr, a_sum.ptr, mu.ptr, covar.ptr
-        args["sets"], args["features"], args["clusters"] = b, d, k
-        w.launch("fv_moments", args, b * dk)
+        args = _fv_args(f, a_sum, mu, covar)
+        w.launch("fv_moments", args, b * dk)  # F1, F2 in place
         y = w.copy(view(f, (b, 2, dk), (2 * dk, dk, 1)))
         norms1, norms2 = w.scratch((b, k + 1)), w.scratch((b,))
         _fv_normalize(w, view(y, (b, 2, d, k), (2 * dk, dk, k, 1)), a, norms1, norms2)
