@@ -16,9 +16,10 @@ computed by one thread in a fixed order: results do not depend on the thread cou
     LSE: z = beta x, M = max z, S = sum exp(z - M), y = (M + log(S / n)) / beta
          (beta = 0 is the mean, taken by the caller); dy/dx_i = exp(z_i - M) / S.
 
-Selection (k-max, WELDON) is O(S) per map on average: the cells get unsigned keys that order
-their values (NaN above +inf, -0 equal to +0; complemented for the smallest values), a
-quickselect finds the k-th key T, and the k best are the cells above T plus the first cells
+Selection (k-max, WELDON) is O(S) per map: the cells get unsigned keys that order their values
+(NaN above +inf, -0 equal to +0; complemented for the smallest values), computed on the fly; a
+radix select finds the k-th key T with a scratch of at most ``capacity`` keys per thread (maps
+larger than that take a pass over their cells per key byte until the candidates fit), and the k best are the cells above T plus the first cells
 equal to T in flat order (ties go to the lower flat index). Sums run in flat order, in float64;
 gradients are written map by map, with no scatter.
 """
@@ -50,6 +51,23 @@ cdef inline bint _finite(double v) noexcept nogil:
 cdef inline double _weight(double z, double m) noexcept nogil:
     """exp(z - m) for z <= m; a cell at the maximum weighs 1 (also when both are infinite)."""
     return 1.0 if z == m else exp(z - m)
+
+
+cdef tuple _dims(Py_ssize_t* values, int n):
+    return tuple([values[i] for i in range(n)])
+
+
+def _same_strides(tuple shape, tuple a, tuple b):
+    """Whether two arrays of ``shape`` with byte strides a and b lay out memory alike (axes of
+    size 1 may have any stride)."""
+    return all(n == 1 or sa == sb for n, sa, sb in zip(shape, a, b))
+
+
+def _require(bint ok, str what):
+    """The kernels trust no shape: every entry checks the buffers it is given against each
+    other and raises before touching memory (a wrong size from Python is a bug, not a crash)."""
+    if not ok:
+        raise ValueError(f"npool._global_pools: {what}")
 
 
 # ------------------------------------------------------------------ one run of cells
@@ -251,9 +269,19 @@ def reduce(int mode, const floating[:, :, :] x, double beta, double[:, :] a, dou
     cdef Py_ssize_t sN = x.strides[0] // x.itemsize, sC = x.strides[1] // x.itemsize
     cdef Py_ssize_t sS = x.strides[2] // x.itemsize
     cdef Py_ssize_t K = a.shape[1], blocks, t, map_, chunk, n, c0, start, length
-    cdef const floating* base = &x[0, 0, 0]
+    cdef const floating* base
     cdef floating fbeta = <floating>beta
     cdef Reduction red = <Reduction>mode
+    _require(0 <= mode <= 2, "mode must be 0, 1 or 2")
+    _require(N * C * S > 0, "x must not be empty")
+    _require(sS == 1 or S == 1 or sC == 1, "x needs unit stride along S or C")
+    _require(K == (S + CHUNK - 1) // CHUNK if (sS == 1 or S == 1) else
+             K == (S + CL_CHUNK - 1) // CL_CHUNK, "a must have one column per chunk")
+    for arr_rows, arr_cols in ((a.shape[0], a.shape[1]), (b.shape[0], b.shape[1]),
+                               (index.shape[0], index.shape[1])):
+        _require(arr_rows == N * C and arr_cols == K, "a, b and index must be (N * C, chunks)")
+    _require(n_threads >= 1, "n_threads must be >= 1")
+    base = &x[0, 0, 0]
     if sS == 1 or S == 1:
         for t in prange(N * C * K, schedule='static', nogil=True, num_threads=n_threads):
             map_ = t // K
@@ -307,6 +335,9 @@ def lse_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, const doub
     cdef Py_ssize_t t, i, n, c, p
     cdef floating fbeta = <floating>beta
     cdef floating mm, cc
+    _require(_dims(grad_x.shape, 3) == _dims(x.shape, 3), "grad_x must have x's shape")
+    _require(m.shape[0] == N * C and coef.shape[0] == N * C, "m and coef must have N * C values")
+    _require(n_threads >= 1, "n_threads must be >= 1")
     if x.strides[2] == x.itemsize or S == 1:
         for t in prange(N * C, schedule='static', nogil=True, num_threads=n_threads):
             n = t // C
@@ -352,25 +383,50 @@ cdef inline uint64_t _key(floating v) noexcept nogil:
         return w if v == v else 0xFFFFFFFFFFFFFFFFULL
 
 
-cdef uint64_t _kth_largest(const uint64_t* keys, uint64_t* scratch, Py_ssize_t n,
-                           Py_ssize_t k, int width, Py_ssize_t* need) noexcept nogil:
-    """The k-th largest of keys[:n] (1 <= k <= n; keys of ``width`` bits): a radix select, one
-    byte at a time from the top, keeping the candidates that share the chosen prefix (compacted
-    into scratch without branches) until the k-th is found. Four interleaved histograms keep
-    repeated digits from waiting on each other; the scan for the digit starts at the largest
-    one present. ``need`` receives how many keys equal to the k-th are among the k largest."""
+cdef inline uint64_t _cell_key(const floating* x, Py_ssize_t i, Py_ssize_t step,
+                               uint64_t flip) noexcept nogil:
+    """The key of cell i (complemented by ``flip`` when the smallest values are wanted)."""
+    return _key(x[i * step]) ^ flip
+
+
+cdef uint64_t _kth_key(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssize_t k,
+                       uint64_t flip, uint64_t* scratch, Py_ssize_t capacity,
+                       Py_ssize_t* need) noexcept nogil:
+    """The k-th largest key of the n cells of x (1 <= k <= n): a radix select, one byte at a
+    time from the top, keeping the candidates that share the chosen prefix. While more than
+    ``capacity`` cells share it (maps larger than the scratch), each byte is found by a pass
+    over x with the keys computed on the fly; then the candidates are compacted into
+    ``scratch`` (capacity + 1 keys) and the search goes on there until the k-th is found.
+    Four interleaved histograms keep repeated digits from waiting on each other; the scan for
+    the digit starts at the largest one present. ``need`` receives how many keys equal to the
+    k-th are among the k largest."""
     cdef uint32_t hist[4][256]
-    cdef const uint64_t* candidates = keys
-    cdef Py_ssize_t count = n, remaining = k, i, c, b, in_bin
+    cdef const uint64_t* candidates = scratch
+    cdef Py_ssize_t count = n, remaining = k, i, c, b, in_bin = 0
+    cdef int width = 64 if floating is double else 32
     cdef int shift = width - 8
-    cdef uint64_t prefix = 0, key, low, digit, top
+    cdef bint streaming = True
+    cdef uint64_t prefix = 0, key, low, digit, top, high
     while True:
         memset(hist, 0, sizeof(hist))
         top = 0
-        for i in range(count):
-            digit = (candidates[i] >> shift) & 255
-            hist[i & 3][digit] += 1
-            top = digit if digit > top else top
+        if not streaming:
+            for i in range(count):
+                digit = (candidates[i] >> shift) & 255
+                hist[i & 3][digit] += 1
+                top = digit if digit > top else top
+        elif shift == width - 8:  # the first byte: every cell is a candidate
+            for i in range(n):
+                digit = (_cell_key(x, i, step, flip) >> shift) & 255
+                hist[i & 3][digit] += 1
+                top = digit if digit > top else top
+        else:  # a later byte of a map too large for the scratch: the cells with the prefix
+            for i in range(n):
+                key = _cell_key(x, i, step, flip)
+                if (key >> (shift + 8)) == high:
+                    digit = (key >> shift) & 255
+                    hist[i & 3][digit] += 1
+                    top = digit if digit > top else top
         b = <Py_ssize_t>top
         while True:
             in_bin = hist[0][b] + hist[1][b] + hist[2][b] + hist[3][b]
@@ -382,11 +438,22 @@ cdef uint64_t _kth_largest(const uint64_t* keys, uint64_t* scratch, Py_ssize_t n
         if shift == 0:
             need[0] = remaining
             return prefix
-        c = 0
-        for i in range(count):
-            key = candidates[i]
-            scratch[c] = key
-            c = c + (((key >> shift) & 255) == <uint64_t>b)
+        high = prefix >> shift  # the chosen bytes, as the candidates' keys start
+        if streaming and in_bin > capacity:
+            shift = shift - 8
+            continue
+        c = 0  # compact the candidates (in place once they are in scratch): branch-free
+        if streaming:
+            for i in range(n):
+                key = _cell_key(x, i, step, flip)
+                scratch[c] = key
+                c = c + ((key >> shift) == high)
+            streaming = False
+        else:
+            for i in range(count):
+                key = candidates[i]
+                scratch[c] = key
+                c = c + ((key >> shift) == high)
         count = c
         candidates = scratch
         shift = shift - 8
@@ -401,46 +468,39 @@ cdef uint64_t _kth_largest(const uint64_t* keys, uint64_t* scratch, Py_ssize_t n
             return low
 
 
-cdef inline Py_ssize_t _threshold(const floating* x, Py_ssize_t step, Py_ssize_t n,
-                                  Py_ssize_t k, bint bottom, uint64_t* keys, uint64_t* scratch,
-                                  uint64_t* t_out) noexcept nogil:
-    """Keys of one map (for the smallest values when bottom) and the threshold T of its k best:
-    they are the cells whose key exceeds T, then the first ``need`` cells (by flat index) whose
-    key equals T. Returns need."""
-    cdef Py_ssize_t i, need
-    cdef uint64_t flip = 0
-    if bottom:
-        flip = 0xFFFFFFFFFFFFFFFFULL if floating is double else 0xFFFFFFFFULL
-    for i in range(n):
-        keys[i] = _key(x[i * step]) ^ flip
-    t_out[0] = _kth_largest(keys, scratch, n, k, 64 if floating is double else 32, &need)
-    return need
+cdef inline uint64_t _flip(bint bottom, const floating* x) noexcept nogil:
+    """The key complement that orders the smallest values first (x only picks the width)."""
+    if not bottom:
+        return 0
+    return 0xFFFFFFFFFFFFFFFFULL if floating is double else 0xFFFFFFFFULL
 
 
 cdef void _select_map(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssize_t k,
-                      bint bottom, uint64_t* buffer, double* total, int64_t* index,
-                      bint want_index) noexcept nogil:
-    """The float64 sum of the k best cells of one map (in flat order) and, if wanted, their flat
-    indices in ascending order."""
-    cdef uint64_t t
-    cdef uint64_t* keys = buffer
+                      bint bottom, uint64_t* scratch, Py_ssize_t capacity, double* total,
+                      int64_t* index, bint want_index) noexcept nogil:
+    """The float64 sum of the k best cells of one map (in flat order) and, if wanted, their
+    flat indices in ascending order. The k best are the cells whose key exceeds the k-th key
+    T, then the first ``need`` cells (by flat index) whose key equals T."""
+    cdef uint64_t t, flip = _flip(bottom, x), key
     cdef Py_ssize_t i, need, j = 0
     cdef bint equal, taken
     cdef double acc[4]
     cdef double at_t = 0
-    need = _threshold(x, step, n, k, bottom, keys, buffer + n, &t)
+    t = _kth_key(x, step, n, k, flip, scratch, capacity, &need)
     for i in range(4):
         acc[i] = 0
     i = 0
     while i + 4 <= n:  # branch-free: a select, not a multiply (an unselected NaN adds 0)
         for j in range(4):
-            acc[j] = acc[j] + (<double>x[(i + j) * step] if keys[i + j] > t else 0.0)
+            acc[j] = acc[j] + (<double>x[(i + j) * step]
+                               if _cell_key(x, i + j, step, flip) > t else 0.0)
         i = i + 4
     for j in range(n - i):
-        acc[j] = acc[j] + (<double>x[(i + j) * step] if keys[i + j] > t else 0.0)
+        acc[j] = acc[j] + (<double>x[(i + j) * step]
+                           if _cell_key(x, i + j, step, flip) > t else 0.0)
     if need:
         for i in range(n):
-            if keys[i] == t:
+            if _cell_key(x, i, step, flip) == t:
                 at_t = x[i * step]
                 break
     total[0] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + (need * at_t if need else 0.0)
@@ -448,8 +508,9 @@ cdef void _select_map(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssize
     if want_index:  # branch-free: each cell is written at j, which moves on if it is taken
         i = 0
         while j < k:
-            equal = keys[i] == t
-            taken = (keys[i] > t) | (equal & (need > 0))
+            key = _cell_key(x, i, step, flip)
+            equal = key == t
+            taken = (key > t) | (equal & (need > 0))
             need = need - (equal & (need > 0))
             index[j] = i
             j = j + taken
@@ -460,59 +521,66 @@ def select(const floating[:, :, :] x, Py_ssize_t k, bint bottom, double[:] total
            int64_t[:, :] index, uint64_t[:, :] buffers, int n_threads):
     """For every map of x (N, C, S): the sum of its k largest (or smallest) cells in ``total``
     and, when ``index`` has k columns, their flat indices in ascending order. ``buffers`` is
-    (threads, 2 * S)."""
+    (threads, capacity + 1): any capacity >= 1 works, maps of more cells than the capacity
+    take more passes over their cells."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t sN = x.strides[0] // x.itemsize, sC = x.strides[1] // x.itemsize
     cdef Py_ssize_t sS = x.strides[2] // x.itemsize
-    cdef Py_ssize_t t
+    cdef Py_ssize_t t, capacity = buffers.shape[1] - 1
     cdef bint want_index = index.shape[1] == k
-    cdef const floating* base = &x[0, 0, 0]
+    cdef const floating* base
     cdef uint64_t* buffer
+    _require(0 <= k <= S, "k must be in [0, S]")
+    _require(total.shape[0] == N * C and index.shape[0] == N * C and
+             (index.shape[1] == k or index.shape[1] == 0), "total (N * C,), index (N * C, k or 0)")
+    _require(1 <= n_threads <= buffers.shape[0] and capacity >= 1 and buffers.strides[1] == 8,
+             "buffers must be (>= n_threads, >= 2) with unit stride, n_threads >= 1")
     if k == 0 or N * C == 0:
         return
+    base = &x[0, 0, 0]
     with nogil, parallel(num_threads=n_threads):
         buffer = &buffers[threadid(), 0]
         for t in prange(N * C, schedule='static'):
-            _select_map(base + (t // C) * sN + (t % C) * sC, sS, S, k, bottom, buffer,
+            _select_map(base + (t // C) * sN + (t % C) * sC, sS, S, k, bottom, buffer, capacity,
                         &total[t], &index[t, 0] if want_index else NULL, want_index)
+
+
+cdef void _add_share(const floating* x, floating* gx, Py_ssize_t step, Py_ssize_t n,
+                     Py_ssize_t k, bint bottom, floating share, bint accumulate,
+                     uint64_t* scratch, Py_ssize_t capacity) noexcept nogil:
+    """gx (= or +=) share on the k largest (smallest when bottom) cells, 0 elsewhere."""
+    cdef uint64_t t, flip = _flip(bottom, x)
+    cdef Py_ssize_t i, need
+    t = _kth_key(x, step, n, k, flip, scratch, capacity, &need)
+    if accumulate:
+        for i in range(n):
+            gx[i * step] = gx[i * step] + (share if _cell_key(x, i, step, flip) > t else 0)
+    else:
+        for i in range(n):
+            gx[i * step] = share if _cell_key(x, i, step, flip) > t else 0
+    if need:
+        for i in range(n):
+            if _cell_key(x, i, step, flip) == t:
+                gx[i * step] = gx[i * step] + share if accumulate else share
+                need = need - 1
+                if need == 0:
+                    break
 
 
 cdef void _selection_gradient_map(const floating* x, floating* gx, Py_ssize_t step,
                                   Py_ssize_t n, Py_ssize_t k_top, double top_share,
                                   Py_ssize_t k_bottom, double bottom_share,
-                                  uint64_t* buffer) noexcept nogil:
+                                  uint64_t* scratch, Py_ssize_t capacity) noexcept nogil:
     """gx = top_share on the k_top largest cells + bottom_share on the k_bottom smallest."""
-    cdef uint64_t t
-    cdef uint64_t* keys = buffer
-    cdef Py_ssize_t i, need
-    cdef floating share
+    cdef Py_ssize_t i
     if k_top:
-        need = _threshold(x, step, n, k_top, False, keys, buffer + n, &t)
-        share = <floating>top_share
-        for i in range(n):
-            gx[i * step] = share if keys[i] > t else 0
-        if need:
-            for i in range(n):
-                if keys[i] == t:
-                    gx[i * step] = share
-                    need = need - 1
-                    if need == 0:
-                        break
+        _add_share(x, gx, step, n, k_top, False, <floating>top_share, False, scratch, capacity)
     else:
         for i in range(n):
             gx[i * step] = 0
     if k_bottom:
-        need = _threshold(x, step, n, k_bottom, True, keys, buffer + n, &t)
-        share = <floating>bottom_share
-        for i in range(n):
-            gx[i * step] = gx[i * step] + (share if keys[i] > t else 0)
-        if need:
-            for i in range(n):
-                if keys[i] == t:
-                    gx[i * step] = gx[i * step] + share
-                    need = need - 1
-                    if need == 0:
-                        break
+        _add_share(x, gx, step, n, k_bottom, True, <floating>bottom_share, True, scratch,
+                   capacity)
 
 
 def selection_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, Py_ssize_t k_top,
@@ -520,22 +588,33 @@ def selection_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, Py_s
                        const double[:] bottom_share, uint64_t[:, :] buffers, int n_threads):
     """grad_x of k-max / WELDON: per map, top_share on the k_top largest cells plus
     bottom_share on the k_bottom smallest (a cell in both gets both); 0 elsewhere. grad_x has
-    x's strides."""
+    x's strides; ``buffers`` as for ``select``."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t sN = x.strides[0] // x.itemsize, sC = x.strides[1] // x.itemsize
     cdef Py_ssize_t sS = x.strides[2] // x.itemsize
-    cdef Py_ssize_t t, offset
-    cdef const floating* base = &x[0, 0, 0]
-    cdef floating* gbase = &grad_x[0, 0, 0]
+    cdef Py_ssize_t t, offset, capacity = buffers.shape[1] - 1
+    cdef const floating* base
+    cdef floating* gbase
     cdef uint64_t* buffer
+    _require(_dims(grad_x.shape, 3) == _dims(x.shape, 3) and
+             _same_strides(_dims(x.shape, 3), _dims(grad_x.strides, 3), _dims(x.strides, 3)),
+             "grad_x must have x's shape and strides")
+    _require(0 <= k_top <= S and 0 <= k_bottom <= S, "k_top and k_bottom must be in [0, S]")
+    _require(top_share.shape[0] == N * C and (k_bottom == 0 or bottom_share.shape[0] == N * C),
+             "top_share and bottom_share must have N * C values")
+    _require(1 <= n_threads <= buffers.shape[0] and capacity >= 1 and buffers.strides[1] == 8,
+             "buffers must be (>= n_threads, >= 2) with unit stride, n_threads >= 1")
     if N * C == 0:
         return
+    base = &x[0, 0, 0]
+    gbase = &grad_x[0, 0, 0]
     with nogil, parallel(num_threads=n_threads):
         buffer = &buffers[threadid(), 0]
         for t in prange(N * C, schedule='static'):
             offset = (t // C) * sN + (t % C) * sC
             _selection_gradient_map(base + offset, gbase + offset, sS, S, k_top, top_share[t],
-                                    k_bottom, bottom_share[t] if k_bottom else 0.0, buffer)
+                                    k_bottom, bottom_share[t] if k_bottom else 0.0, buffer,
+                                    capacity)
 
 
 def scatter_gradient(floating[:, :, :] grad_x, const int64_t[:, :] index, const double[:] share,
@@ -545,6 +624,15 @@ def scatter_gradient(floating[:, :, :] grad_x, const int64_t[:, :] index, const 
     cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1], S = grad_x.shape[2]
     cdef Py_ssize_t K = index.shape[1], t, i, n, c
     cdef floating value
+    cdef bint in_range = True
+    _require(index.shape[0] == N * C and share.shape[0] == N * C,
+             "index and share must have N * C rows")
+    _require(n_threads >= 1, "n_threads must be >= 1")
+    with nogil:
+        for t in range(N * C):
+            for i in range(K):
+                in_range = in_range & (0 <= index[t, i] < S)
+    _require(in_range, "index must lie in [0, S)")
     for t in prange(N * C, schedule='static', nogil=True, num_threads=n_threads):
         n = t // C
         c = t % C

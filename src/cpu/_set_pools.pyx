@@ -15,7 +15,8 @@ they vectorise. No (B, M, K, D) array exists anywhere; the contractions are BLAS
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.math cimport fabs, sqrt
+from libc.stdlib cimport free, malloc
 
 cdef double EPS = 1e-12  # squared-norm floor, as TensorFlow's l2_normalize
 cdef double FLOOR = sqrt(EPS)  # the norm of a (numerically) zero vector
@@ -29,13 +30,32 @@ cdef inline bint _active(floating norm) noexcept nogil:
     return norm > <floating>FLOOR
 
 
+cdef inline double _column_norm(double squared, const floating* v, Py_ssize_t D,
+                                Py_ssize_t K) noexcept nogil:
+    """The floored norm of a column from its sum of squares, or, when that overflowed in
+    float64 (values beyond 1e154), from the column scaled before squaring."""
+    cdef Py_ssize_t d
+    cdef double top = 0, total = 0, r
+    if squared - squared == 0:  # finite
+        return _floored_norm(squared)
+    for d in range(D):
+        top = max(top, fabs(<double>v[d * K]))
+    if top - top != 0:  # an infinity or a NaN in the column: its own limit
+        return squared
+    for d in range(D):
+        r = v[d * K] / top
+        total = total + r * r
+    return top * sqrt(total)
+
+
 cdef void _normalize_one(floating* v, const floating* c, const floating* a_sum,
-                         floating* norms, Py_ssize_t D, Py_ssize_t K,
+                         floating* norms, double* squared, Py_ssize_t D, Py_ssize_t K,
                          bint with_centers) noexcept nogil:
+    """One set: the column sums of squares are taken in float64 (``squared``, K values), so
+    float32 values never overflow them; float64 columns beyond 1e154 are scaled first."""
     cdef Py_ssize_t d, k
     cdef floating* row
-    cdef floating* squared = norms  # the column sums are accumulated in place of the norms
-    cdef double total = 0
+    cdef double total = 0, norm
     for k in range(K):
         squared[k] = 0
     for d in range(D):
@@ -44,15 +64,23 @@ cdef void _normalize_one(floating* v, const floating* c, const floating* a_sum,
             for k in range(K):
                 row[k] = row[k] - c[d * K + k] * a_sum[k]
         for k in range(K):
-            squared[k] = squared[k] + row[k] * row[k]
+            squared[k] = squared[k] + <double>row[k] * row[k]
     for k in range(K):
-        total = total + squared[k] / max(<double>squared[k], EPS)
-        norms[k] = <floating>_floored_norm(squared[k])
+        norm = _column_norm(squared[k], v + k, D, K)
+        total = total + (1.0 if norm > FLOOR else squared[k] / EPS)
+        norms[k] = <floating>norm
     norms[K] = <floating>_floored_norm(total)
     for d in range(D):
         row = v + d * K
         for k in range(K):
             row[k] = row[k] / (norms[k] * norms[K])
+
+
+def _require(bint ok, str what):
+    """The kernels trust no shape: every entry checks the buffers it is given against each
+    other and raises before touching memory (a wrong size from Python is a bug, not a crash)."""
+    if not ok:
+        raise ValueError(f"npool._set_pools: {what}")
 
 
 def vlad_normalize(floating[:, :, ::1] v, const floating[:, ::1] centers,
@@ -61,9 +89,21 @@ def vlad_normalize(floating[:, :, ::1] v, const floating[:, ::1] centers,
     """In place: residual correction (with_centers), intra-normalisation over d, global l2n;
     norms[b] = (column norms, global norm)."""
     cdef Py_ssize_t B = v.shape[0], D = v.shape[1], K = v.shape[2], b
-    for b in prange(B, schedule='static', nogil=True, num_threads=n_threads):
-        _normalize_one(&v[b, 0, 0], &centers[0, 0], &a_sum[b, 0], &norms[b, 0], D, K,
-                       with_centers)
+    cdef double* squared
+    _require(not with_centers or (centers.shape[0] == D and centers.shape[1] == K),
+             "centers must be (D, K)")
+    _require(a_sum.shape[0] == B and a_sum.shape[1] == K, "a_sum must be (B, K)")
+    _require(norms.shape[0] == B and norms.shape[1] == K + 1, "norms must be (B, K + 1)")
+    _require(n_threads >= 1, "n_threads must be >= 1")
+    squared = <double*>malloc(max(B * K, 1) * sizeof(double))
+    if squared == NULL:
+        raise MemoryError()
+    try:
+        for b in prange(B, schedule='static', nogil=True, num_threads=n_threads):
+            _normalize_one(&v[b, 0, 0], &centers[0, 0], &a_sum[b, 0], &norms[b, 0],
+                           squared + b * K, D, K, with_centers)
+    finally:
+        free(squared)
 
 
 cdef void _backward_one(floating* g, const floating* y, const floating* norms, floating* dots,
@@ -101,5 +141,9 @@ def vlad_normalize_backward(floating[:, :, ::1] g, const floating[:, :, ::1] y,
     """In place: g = dL/dy (B, D, K) becomes dL/dV, where y is the forward's output and norms
     its norms."""
     cdef Py_ssize_t B = g.shape[0], D = g.shape[1], K = g.shape[2], b
+    _require(y.shape[0] == B and y.shape[1] == D and y.shape[2] == K, "y must have g's shape")
+    _require(norms.shape[0] == B and norms.shape[1] == K + 1, "norms must be (B, K + 1)")
+    _require(dots.shape[0] == B and dots.shape[1] == K, "dots must be (B, K)")
+    _require(n_threads >= 1, "n_threads must be >= 1")
     for b in prange(B, schedule='static', nogil=True, num_threads=n_threads):
         _backward_one(&g[b, 0, 0], &y[b, 0, 0], &norms[b, 0], &dots[b, 0], D, K)

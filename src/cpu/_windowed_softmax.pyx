@@ -18,15 +18,17 @@ along C (one line per output position, channels innermost). Lines are independen
 parallel loop runs over lines and every value is computed by one thread in a fixed order: the
 results do not depend on the thread count, and both layouts give the same bits.
 
-Windows whose ``z`` holds NaN or an infinity (seen as a non-finite M or y) are redone by
-``_careful_window``, which gives the mathematical limits: NaN wins; +inf cells share the whole
-weight; -inf cells weigh nothing; a window of only -inf gives -inf.
+Windows whose ``z`` holds NaN or an infinity (seen as a non-finite M or y: NaN or infinite
+cells, ``lam * x`` overflowing, or a weighted sum overflowing near the float maximum) are redone
+by ``_careful_window``, which works from x* (the cell of the largest ``lam * x``, found by
+comparing x) so that nothing overflows, and gives the mathematical limits: NaN wins; +inf cells
+share the whole weight; -inf cells weigh nothing; a window of only -inf gives -inf.
 
 The backward has three forms, all deterministic without atomics. Disjoint windows (stride >=
 kernel on every axis) write each gradient cell once, straight from the window that owns it.
 Overlapping windows either add their terms into the gradient, one thread per plane running its
 lines in output order, or — when there are too few planes to keep the threads busy — store
-per-output statistics (M, g/S, y), then gather, for each input cell, the terms of every window
+per-output statistics (x*, g/S, y), then gather, for each input cell, the terms of every window
 that covers it in output order. The two give the same bits.
 """
 from cython cimport floating
@@ -76,7 +78,7 @@ cdef inline Py_ssize_t _step_of(LineStep step) noexcept nogil:
 cdef enum Mode:
     FORWARD = 0            # write y
     BACKWARD_DISJOINT = 1  # write grad_x directly: every input cell lies in at most one window
-    BACKWARD_STATS = 2     # write M, g/S and y of every output for the gather pass
+    BACKWARD_STATS = 2     # write x*, g/S and y of every output for the gather pass
     BACKWARD_ADD = 3       # add to grad_x; the windows of one line do not overlap each other
     BACKWARD_ADD_ORDERED = 4  # add to grad_x output after output: windows of a line overlap
 
@@ -92,7 +94,7 @@ cdef struct Geometry:
     Py_ssize_t g_strides[5]   # element strides of grad_out
     Py_ssize_t lam_strides[5]   # element strides of lam, broadcast to the output (0: shared)
     Py_ssize_t glam_strides[5]  # element strides of dL/dlam per output
-    Py_ssize_t stats_plane    # distance between the M, g/S and y statistics arrays
+    Py_ssize_t stats_plane    # distance between the x*, g/S and y statistics arrays
 
 
 cdef inline bint _is_nonfinite(floating z) noexcept nogil:
@@ -107,75 +109,104 @@ cdef inline bint _is_nonfinite(floating z) noexcept nogil:
         return (db.i & 0x7FF0000000000000LL) == 0x7FF0000000000000LL
 
 
-cdef inline floating _scaled(floating x, floating lam) noexcept nogil:
-    # lam = 0 is average pooling: every cell has z = 0, infinite ones included.
-    return lam * x if lam != 0 else 0
+cdef inline double _scaled_difference(double lam, double v, double w) noexcept nogil:
+    """lam (v - w) for finite v and w, without overflow in v - w (halved when that would
+    overflow: only float64 cells beyond 9e307 need it)."""
+    cdef double d = v - w
+    if d - d == 0:
+        return lam * d
+    return 2 * (lam * (0.5 * v - 0.5 * w))
 
 
-cdef inline floating _weight(floating z, floating m) noexcept nogil:
-    """exp(z - m) for z <= m, with the limits for infinities: a cell equal to the maximum weighs 1."""
-    if z == m:
+cdef inline floating _weight(floating v, floating xstar, floating lam) noexcept nogil:
+    """exp(lam (v - x*)), with x* the window's reference cell (its largest lam x).
+
+    While lam v and lam x* are finite this is the fast path's exp(lam v - lam x*), bit for bit
+    (the gather pass of the backward relies on it). Otherwise the limits: NaN wins; lam = 0
+    weighs every cell 1; the cells equal to an infinite x* share the weight and the others get
+    none; an infinite v that is not x* weighs 0; and when lam x overflows for finite cells,
+    lam (v - x*) is taken without overflow.
+    """
+    cdef floating z, m
+    if v != v or xstar != xstar:
+        return v + xstar  # NaN
+    if lam == 0 or v == xstar:
         return 1
+    z = lam * v
+    m = lam * xstar
     if not _is_nonfinite(z) and not _is_nonfinite(m):
         return exp_nonpositive(z - m)
-    return exp(z - m)  # 0 for z = -inf or m = +inf; NaN if either is NaN
+    if _is_nonfinite(v) or _is_nonfinite(xstar):
+        return 0
+    return <floating>exp(min(_scaled_difference(lam, v, xstar), 0.0))
 
 
-cdef inline floating _gradient_term(floating z, floating x, floating m, floating a, floating y,
+cdef inline floating _gradient_term(floating x, floating xstar, floating a, floating y,
                                     floating lam) noexcept nogil:
-    """a * e * (1 + lam (x - y)): the share of dL/dx of one cell from one window (a = g / S)."""
-    cdef floating e = _weight(z, m)
+    """a * e * (1 + lam (x - y)): the share of dL/dx of one cell from one window (a = g / S,
+    e its weight). The fast path's arithmetic while lam (x - y) is finite; otherwise (float32
+    cells of opposite signs near the float32 maximum with a tiny lam) in float64 without
+    overflow."""
+    cdef floating e = _weight(x, xstar, lam)
+    cdef floating r
     if e == 0:
         return 0
     if lam == 0 or x == y:  # x == y also covers the infinite cells that take the whole weight
         return a * e
-    return a * e * (1 + lam * (x - y))
+    r = lam * (x - y)
+    if not _is_nonfinite(r) or _is_nonfinite(x) or _is_nonfinite(y):
+        return a * e * (1 + r)
+    return <floating>(<double>a * e * (1 + _scaled_difference(lam, x, y)))
 
 
 cdef inline void _careful_window(const floating* x, const Py_ssize_t* offsets, Py_ssize_t ncell,
-                                 floating lam, floating* m_out, floating* s_out,
+                                 floating lam, floating* xstar_out, floating* s_out,
                                  floating* y_out) noexcept nogil:
-    """M, S and y of one window that holds NaN or an infinity in z (scalar, exact limits).
+    """x*, S and y of one window the fast path could not do: NaN or an infinity in lam x, or
+    an overflow (lam x, or the weighted sum). Scalar, in float64, with exact limits.
 
-    With a finite M (only -inf cells, or overflow in the fast sums), y is still taken relative
-    to x* as on the fast path, so a window of equal large values gives exactly that value.
+    x* is found by comparing x itself (in lam's direction), so lam x may overflow; the weights
+    are ``_weight``'s; y = x* + sum_i (e_i / S) (x_i - x*) is accumulated halved,
+    ``2 (x*/2 + sum_i w_i (x_i/2 - x*/2))``, so that neither the differences nor their sum
+    overflow (a window of equal values still gives exactly that value).
     """
     cdef Py_ssize_t c
-    cdef floating z, m, s = 0, t = 0, e, xm
-    m = _scaled(x[offsets[0]], lam)
-    xm = x[offsets[0]]
+    cdef floating v, xs = x[offsets[0]]
+    cdef double s = 0, h = 0, e, y
     for c in range(ncell):
-        z = _scaled(x[offsets[c]], lam)
-        if z != z:
-            m = z
+        v = x[offsets[c]]
+        if v != v:
+            xs = v
             break
-        if z > m:
-            m = z
-            xm = x[offsets[c]]
-    if _is_nonfinite(m):
-        xm = 0
+        if (lam > 0 and v > xs) or (lam < 0 and v < xs):
+            xs = v
     for c in range(ncell):
-        e = _weight(_scaled(x[offsets[c]], lam), m)
-        s = s + e
-        if e != 0:
-            t = t + e * (x[offsets[c]] - xm)
-    m_out[0] = m
-    s_out[0] = s
-    y_out[0] = xm + t / s
-    if _is_nonfinite(y_out[0]) and xm != 0:  # x - x* overflowed: the plain sum
-        t = 0
+        s = s + _weight(x[offsets[c]], xs, lam)
+    xstar_out[0] = xs
+    s_out[0] = <floating>s
+    if xs != xs or (_is_nonfinite(xs) and lam != 0):
+        y_out[0] = xs  # NaN wins; an infinite x* takes the whole weight
+        return
+    for c in range(ncell):
+        v = x[offsets[c]]
+        e = _weight(v, xs, lam)
+        if e != 0 and v != xs:
+            h = h + (e / s) * (0.5 * <double>v - 0.5 * <double>xs)
+    y = 2 * (0.5 * <double>xs + h)
+    if y - y != 0:  # infinite cells averaged (lam = 0): the plain weighted mean, halved
+        h = 0
         for c in range(ncell):
-            e = _weight(_scaled(x[offsets[c]], lam), m)
-            if e != 0:
-                t = t + e * x[offsets[c]]
-        y_out[0] = t / s
+            v = x[offsets[c]]
+            h = h + (_weight(v, xs, lam) / s) * (0.5 * <double>v)
+        y = 2 * h
+    y_out[0] = <floating>y
 
 
 cdef inline void _temperature_gradient(
         const floating* xj, Py_ssize_t xstep, const Py_ssize_t* offsets, Py_ssize_t ncell,
         Py_ssize_t n, const floating* values, const floating* weights, const floating* lv,
-        const floating* m, const floating* s, const floating* y, const bint* bad, bint any_bad,
-        floating* q) noexcept nogil:
+        const floating* xstar, const floating* s, const floating* y, const bint* bad,
+        bint any_bad, floating* q) noexcept nogil:
     """q_j = sum_i e_i (x_i - y_j)^2 of the n windows of a chunk (so dL/dlam_j = g_j q_j / S_j),
     from the cell values and weights in the buffer; windows with non-finite values are redone
     with the limits (cells of zero weight, or equal to y, add nothing)."""
@@ -193,9 +224,9 @@ cdef inline void _temperature_gradient(
                 q[j] = 0
                 for c in range(ncell):
                     v = xj[j * xstep + offsets[c]]
-                    e = _weight(_scaled(v, lv[j]), m[j])
+                    e = _weight(v, xstar[j], lv[j])
                     if e != 0 and v != y[j]:
-                        q[j] = q[j] + e * (v - y[j]) * (v - y[j])
+                        q[j] = q[j] + <floating>(e * (<double>v - y[j]) * (<double>v - y[j]))
 
 
 cdef inline void _pool_line(
@@ -296,7 +327,7 @@ cdef inline void _pool_line(
         if any_bad:
             for j in range(n):
                 if bad[j]:
-                    _careful_window(xj + j * xstep, offsets, ncell, lv[j], &m[j], &s[j],
+                    _careful_window(xj + j * xstep, offsets, ncell, lv[j], &xm[j], &s[j],
                                     &t[j])
 
         if mode == FORWARD:
@@ -306,7 +337,7 @@ cdef inline void _pool_line(
             continue
 
         if glam != NULL:
-            _temperature_gradient(xj, xstep, offsets, ncell, n, buffer, weights, lv, m, s, t,
+            _temperature_gradient(xj, xstep, offsets, ncell, n, buffer, weights, lv, xm, s, t,
                                   bad, any_bad, q)
             for j in range(n):
                 glam[(j0 + j) * glam_step] = g[(j0 + j) * gstep] * q[j] / s[j]
@@ -314,7 +345,7 @@ cdef inline void _pool_line(
             s[j] = g[(j0 + j) * gstep] / s[j]  # s holds a = g / S from here on
         if mode == BACKWARD_STATS:
             for j in range(n):
-                y[(j0 + j) * ystep] = m[j]
+                y[(j0 + j) * ystep] = xm[j]
                 y[(j0 + j) * ystep + stats_plane] = s[j]
                 y[(j0 + j) * ystep + 2 * stats_plane] = t[j]
             j0 += n
@@ -331,8 +362,7 @@ cdef inline void _pool_line(
                 if bad[j]:
                     for c in range(ncell):
                         v = xj[j * xstep + offsets[c]]
-                        buffer[c * n + j] = _gradient_term(_scaled(v, lv[j]), v, m[j], s[j],
-                                                           t[j], lv[j])
+                        buffer[c * n + j] = _gradient_term(v, xm[j], s[j], t[j], lv[j])
         if mode == BACKWARD_DISJOINT or mode == BACKWARD_ADD:
             c = 0
             while c < ncell:
@@ -638,8 +668,7 @@ cdef void _gather_gradient(const Geometry* geo, const floating* x, const floatin
                                 + ow * geo.y_strides[4])
                         st = stats + soff
                         lo_ = lam[_output_offset(geo.lam_strides, n, ch, od, oh, ow)]
-                        acc = acc + _gradient_term(_scaled(v, lo_), v, st[0],
-                                                   st[geo.stats_plane],
+                        acc = acc + _gradient_term(v, st[0], st[geo.stats_plane],
                                                    st[2 * geo.stats_plane], lo_)
             gx[xoff] = acc
 
@@ -668,6 +697,45 @@ cdef Geometry _geometry(const Py_ssize_t* size, const Py_ssize_t* x_strides,
     return geo
 
 
+cdef tuple _dims(Py_ssize_t* values, int n):
+    return tuple([values[i] for i in range(n)])
+
+
+def _same_strides(tuple shape, tuple a, tuple b):
+    """Whether two arrays of ``shape`` with byte strides a and b lay out memory alike (axes of
+    size 1 may have any stride)."""
+    return all(n == 1 or sa == sb for n, sa, sb in zip(shape, a, b))
+
+
+def _require(bint ok, str what):
+    if not ok:
+        raise ValueError(f"npool._windowed_softmax: {what}")
+
+
+def _check_call(tuple x_shape, tuple out_shape, tuple lam_shape, tuple kernel, tuple stride,
+                tuple padding, Py_ssize_t[:, ::1] scratch, buffers, int n_threads):
+    """The kernels trust no shape: every entry checks what it is given and raises before
+    touching memory (a wrong size from Python is a bug, not a crash). Every window must hold
+    at least one real cell, and the scratch must hold a window for every thread."""
+    cdef Py_ssize_t cells = 1
+    _require(len(kernel) == 3 and len(stride) == 3 and len(padding) == 3,
+             "kernel, stride and padding must have 3 values")
+    _require(all(n >= 1 for n in x_shape) and all(n >= 1 for n in out_shape),
+             "x and the output must not be empty")
+    _require(out_shape[:2] == x_shape[:2] and lam_shape == out_shape,
+             "the output and lam must be (N, C, OD, OH, OW) of x's N and C")
+    for a in range(3):
+        _require(kernel[a] >= 1 and stride[a] >= 1 and 0 <= 2 * padding[a] <= kernel[a],
+                 "kernel >= 1, stride >= 1, 0 <= 2 * padding <= kernel")
+        _require((out_shape[2 + a] - 1) * stride[a] - padding[a] < x_shape[2 + a],
+                 "every window must start inside the input")
+        cells *= kernel[a]
+    _require(n_threads >= 1 and scratch.shape[0] >= n_threads and scratch.shape[1] >= cells,
+             "scratch must be (>= n_threads, kernel cells)")
+    _require(buffers.shape[0] >= n_threads and buffers.shape[1] >= 2 * cells,
+             "buffers must be (>= n_threads, >= 2 * kernel cells)")
+
+
 def forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] y, tuple kernel,
             tuple stride, tuple padding, const floating[:, :, :, :, :] lam, bint channels_last,
             Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers, int n_threads):
@@ -678,6 +746,8 @@ def forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] y, tuple ke
     (lines along C when true, along W otherwise); scratch is ``(n_threads, kD * kH * kW)`` and
     buffers ``(n_threads, 2 * max(4096, kD * kH * kW))``.
     """
+    _check_call(_dims(x.shape, 5), _dims(y.shape, 5), _dims(lam.shape, 5), kernel, stride,
+                padding, scratch, buffers, n_threads)
     cdef Geometry geo = _geometry(x.shape, x.strides, y.shape, y.strides, NULL, lam.strides,
                                   NULL, sizeof(floating), kernel, stride, padding, 0)
     with nogil:
@@ -696,7 +766,7 @@ def backward(const floating[:, :, :, :, :] grad_out, const floating[:, :, :, :, 
     Disjoint windows (stride >= kernel on every axis) write each cell once. Overlapping
     windows either add their terms plane by plane (``stats`` is ``None``: parallel over
     planes, fast when there are several per thread) or, given a ``(3, N, C, OD, OH, OW)``
-    ``stats`` scratch array, store per-output M, g/S and y and gather them for every cell
+    ``stats`` scratch array, store per-output x*, g/S and y and gather them for every cell
     (parallel over everything). Both add the terms of a cell in output order: the same bits.
     ``lam`` is broadcast to grad_out's shape; ``grad_lam`` (grad_out's shape, or None) receives
     dL/dlam of every output.
@@ -705,6 +775,17 @@ def backward(const floating[:, :, :, :, :] grad_out, const floating[:, :, :, :, 
     cdef bint disjoint = True
     cdef Mode mode
     cdef int a
+    out_shape = _dims(grad_out.shape, 5)
+    _check_call(_dims(x.shape, 5), out_shape, _dims(lam.shape, 5), kernel, stride, padding,
+                scratch, buffers, n_threads)
+    _require(_dims(grad_x.shape, 5) == _dims(x.shape, 5) and
+             _same_strides(_dims(x.shape, 5), _dims(grad_x.strides, 5),
+                                                        _dims(x.strides, 5)),
+             "grad_x must have x's shape and strides")
+    _require(grad_lam is None or _dims(grad_lam.shape, 5) == out_shape,
+             "grad_lam must have grad_out's shape")
+    _require(stats is None or _dims(stats.shape, 6) == (3,) + out_shape,
+             "stats must be (3, *grad_out.shape)")
     for a in range(3):
         disjoint = disjoint and stride[a] >= kernel[a]
     if disjoint:

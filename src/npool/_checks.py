@@ -23,7 +23,12 @@ def _is_array(a):
 
 def float_array(a, name):
     """``a`` itself if it is an array (numpy, or a described GPU array) of a floating dtype
-    npool computes in."""
+    npool computes in. A masked array is refused: npool would compute on the values under
+    its mask, which is never what the mask means."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain numpy.ndarray, got a numpy.ma.MaskedArray: "
+                        f"npool ignores masks (fill the masked cells, e.g. {name}.filled(...), "
+                        f"or pass the mask= argument of the set pools)")
     if not _is_array(a):
         raise TypeError(f"{name} must be a numpy.ndarray (or a GPU array), got {type(a).__name__}")
     if a.dtype not in FLOAT_DTYPES:
@@ -36,8 +41,13 @@ def compute_dtype(dtype):
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
 
 
+# The largest kernel_size, stride or padding: far beyond any array, small enough that the
+# output-size arithmetic of every kernel stays inside 64-bit integers.
+MAX_WINDOW_ARGUMENT = 2 ** 60
+
+
 def int_tuple(value, name, length, minimum):
-    """An int or a sequence of ``length`` ints, each >= minimum, as a tuple of ints."""
+    """An int or a sequence of ``length`` ints, each in [minimum, 2**60], as a tuple of ints."""
     items = value if isinstance(value, (tuple, list)) else (value,) * length
     if isinstance(value, (tuple, list)) and len(items) != length:
         raise ValueError(f"{name} must be an int or a tuple of {length} ints, got {value!r} "
@@ -53,6 +63,8 @@ def int_tuple(value, name, length, minimum):
                             f"got {_describe(item)}") from None
         if item < minimum:
             raise ValueError(f"{name} must be >= {minimum} on every axis, got {value!r}")
+        if item > MAX_WINDOW_ARGUMENT:
+            raise ValueError(f"{name} must be at most 2**60 on every axis, got {value!r}")
         out.append(item)
     return tuple(out)
 
@@ -69,9 +81,7 @@ class WindowArgs:
             if 2 * p > k:
                 raise ValueError(f"padding must be at most half of kernel_size on every axis, got "
                                  f"padding={self.padding} for kernel_size={self.kernel}")
-        if not isinstance(ceil_mode, (bool, np.bool_)):
-            raise TypeError(f"ceil_mode must be a bool, got {type(ceil_mode).__name__}")
-        self.ceil_mode = bool(ceil_mode)
+        self.ceil_mode = flag(ceil_mode, "ceil_mode")
         self.disjoint = all(s >= k for s, k in zip(self.stride, self.kernel))
 
     def output_size(self, spatial):
@@ -212,11 +222,23 @@ def k_count(k, n, name, allow_zero=False):
                      f"got {_describe(k)}")
 
 
+def flag(value, name):
+    """A bool (Python's or NumPy's) as a Python bool; anything else is a TypeError (so that
+    ``keepdims="no"`` is not taken for True)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {_describe(value)}")
+    return bool(value)
+
+
 def finite_real(value, name):
-    """A finite float from a real number; TypeError for other types, ValueError for NaN/inf."""
+    """A finite float from a real number; TypeError for other types, ValueError for NaN, inf
+    and numbers beyond float64's range (an int like 10**400)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {_describe(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite, got an int beyond float64's range") from None
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return value

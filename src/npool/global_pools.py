@@ -17,9 +17,16 @@ import numpy as np
 from . import _checks
 from ._cpu import kernel_module
 from ._dispatch import backend_of, is_gpu_array
-from ._threads import get_num_threads
+from ._threads import threads_for
 
 _MAX, _SUM, _LSE = 0, 1, 2
+# Keys a selection keeps in memory per thread: 8 MiB; a map of more cells takes up to 7
+# (float64) or 3 (float32) extra passes over its cells, and needs no more memory.
+_SELECT_CAPACITY = 1 << 20
+
+
+def _flags(keepdims, return_indices=False):
+    return _checks.flag(keepdims, "keepdims"), _checks.flag(return_indices, "return_indices")
 
 
 def _kernels():
@@ -51,7 +58,9 @@ def _cells(x):
 class _Maps:
     """One validated call: x seen as (N, C, S) maps, S the flattened spatial cells."""
 
-    def __init__(self, x):
+    def __init__(self, x, float64=False):
+        """``float64``: compute in float64 whatever x's dtype (a temperature beyond float32's
+        range)."""
         _checks.float_array(x, "x")
         if x.ndim < 3:
             raise ValueError(f"x must be (N, C, *spatial) with at least one spatial axis, got "
@@ -63,9 +72,13 @@ class _Maps:
         self.shape = x.shape
         self.dtype = x.dtype
         self.x, self.layout, self.work_dtype = _checks.working_array(x)
+        if float64 and self.work_dtype != np.float64:
+            self.work_dtype = np.dtype(np.float64)
+            self.x = self.x.astype(np.float64)  # keeps the layout
         self.n = int(np.prod(x.shape[2:]))
         self.maps = x.shape[0] * x.shape[1]
         self.x3 = self.view3(self.x)
+        self.threads = threads_for(self.maps)  # the threads of the per-map kernels
 
     def view3(self, a):
         """An (N, C, *spatial) array in x's layout as an (N, C, S) view."""
@@ -86,11 +99,37 @@ class _Maps:
         a = np.empty((self.maps, chunks))
         b = np.empty((self.maps, chunks))
         index = np.zeros((self.maps, chunks), np.int64)
-        k.reduce(mode, self.x3, beta, a, b, index, get_num_threads())
+        k.reduce(mode, self.x3, beta, a, b, index, threads_for(a.size))
         return a, b, index
 
+    def rows(self, maps):
+        """The cells of the maps numbered ``maps`` (flat (n, c) indices) as a float64
+        (len(maps), S) array, in flat spatial order."""
+        C = self.shape[1]
+        return self.x3[maps // C, maps % C].astype(np.float64)
+
+    def rescue_overflow(self, values, recompute):
+        """``values`` (maps,) of a reduction whose float sums can overflow although the result
+        is finite (cells near the float maximum): maps with a non-finite value and only finite
+        cells get ``recompute(cells)`` (float64 rows -> (rows,)) of their cells scaled by a
+        power of two, scaled back. Rare, so done in NumPy."""
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size == 0:
+            return values
+        cells = self.rows(bad)
+        finite = np.isfinite(cells).all(axis=1)
+        bad, cells = bad[finite], cells[finite]
+        if bad.size:
+            shift = int(np.ceil(np.log2(self.n))) + 1  # sums of the scaled cells stay finite
+            values = values.copy()
+            with np.errstate(over="ignore"):
+                values[bad] = np.ldexp(recompute(np.ldexp(cells, -shift)), shift)
+        return values
+
     def buffers(self):
-        return np.empty((get_num_threads(), 2 * self.n), np.uint64)
+        """Per-thread scratch of the selection kernels: keys of at most _SELECT_CAPACITY
+        cells (8 bytes each); larger maps take extra passes over their cells instead."""
+        return np.empty((self.threads, min(self.n, _SELECT_CAPACITY) + 1), np.uint64)
 
     def select(self, count, bottom, want_index=False):
         """The ``count`` largest (or smallest) cells of every map: their sums and, if wanted,
@@ -99,7 +138,7 @@ class _Maps:
         index = np.zeros((self.maps, count if want_index else 0), np.int64)
         if count and not self.empty():
             _kernels().select(self.x3, count, bottom, total, index, self.buffers(),
-                              get_num_threads())
+                              self.threads)
         return total, index
 
     def selection_gradient(self, k_top, top_share, k_bottom, bottom_share):
@@ -109,7 +148,7 @@ class _Maps:
         if not self.empty():
             _kernels().selection_gradient(self.x3, self.view3(grad), k_top, top_share,
                                           k_bottom, bottom_share, self.buffers(),
-                                          get_num_threads())
+                                          self.threads)
         return self.gradient(grad)
 
     def result(self, values, keepdims):
@@ -153,7 +192,7 @@ def _scatter(maps, parts):
     grad3 = maps.view3(grad)
     for number, (index, values) in enumerate(parts):
         if not maps.empty():
-            _kernels().scatter_gradient(grad3, index, values, number > 0, get_num_threads())
+            _kernels().scatter_gradient(grad3, index, values, number > 0, maps.threads)
     return maps.gradient(grad)
 
 
@@ -168,6 +207,7 @@ def _max(maps):
 def global_max_pool_forward(x, keepdims=False, return_indices=False):
     """``y = max x`` over the spatial cells of each map; ties go to the lowest flat index and a
     NaN wins. With ``return_indices``, also the flat index of each maximum (int64, y's shape)."""
+    keepdims, return_indices = _flags(keepdims, return_indices)
     gpu = _gpu(x=x)
     if gpu:
         return gpu.forward("max", x, keepdims, return_indices)
@@ -179,17 +219,17 @@ def global_max_pool_forward(x, keepdims=False, return_indices=False):
 
 def global_max_pool_backward(grad_out, x, keepdims=False, return_indices=False, indices=None):
     """Gradient of ``global_max_pool_forward``: ``grad_out`` at each maximum, 0 elsewhere."""
+    keepdims, return_indices = _flags(keepdims, return_indices)
     gpu = _gpu(grad_out=grad_out, x=x)
     if gpu:
         return gpu.backward("max", grad_out, x, keepdims, indices)
     maps = _Maps(x)
     g = maps.grad_out(grad_out, keepdims)
+    index = None if indices is None else maps.check_indices(indices, 1, np.shape(grad_out))
     if maps.empty():
         return maps.gradient(maps.zeros()[0])
-    if indices is None:
+    if index is None:
         index = _max(maps)[1][:, None]
-    else:
-        index = maps.check_indices(indices, 1, np.shape(grad_out))
     return _scatter(maps, [(index, g)])
 
 
@@ -201,16 +241,20 @@ def _sum(maps):
 
 def global_avg_pool_forward(x, keepdims=False):
     """``y = mean x`` over the spatial cells of each map (partial sums in float64)."""
+    keepdims, _ = _flags(keepdims)
     gpu = _gpu(x=x)
     if gpu:
         return gpu.forward("avg", x, keepdims, False)
     maps = _Maps(x)
-    values = _sum(maps) / maps.n if not maps.empty() else np.zeros(0)
+    if maps.empty():
+        return maps.result(np.zeros(0), keepdims)
+    values = maps.rescue_overflow(_sum(maps) / maps.n, lambda cells: cells.mean(axis=1))
     return maps.result(values, keepdims)
 
 
 def global_avg_pool_backward(grad_out, x, keepdims=False):
     """Gradient of ``global_avg_pool_forward``: ``grad_out / n`` on every cell."""
+    keepdims, _ = _flags(keepdims)
     gpu = _gpu(grad_out=grad_out, x=x)
     if gpu:
         return gpu.backward("avg", grad_out, x, keepdims)
@@ -222,6 +266,16 @@ def global_avg_pool_backward(grad_out, x, keepdims=False):
 
 
 # ------------------------------------------------------------------ LogSumExp
+_FLOAT32 = np.finfo(np.float32)
+
+
+def _lse_maps(x, beta):
+    """The maps of an LSE call: computed in float64 when beta has no normal float32 value
+    (the float32 kernels would take it as 0 or inf)."""
+    narrow = isinstance(x, np.ndarray) and x.dtype != np.float64
+    return _Maps(x, float64=narrow and not float(_FLOAT32.tiny) <= abs(beta) <= float(_FLOAT32.max))
+
+
 def _lse_stats(maps, beta):
     """Per map: M = max beta x and S = sum exp(beta x - M) (float64)."""
     a, b, _ = maps.partials(_LSE, beta)
@@ -231,40 +285,100 @@ def _lse_stats(maps, beta):
     return m, (b * weights).sum(axis=1)
 
 
+def _lse_shifted(cells, beta):
+    """For rows of finite float64 cells: x* (the max for beta > 0, the min for beta < 0) and
+    u = beta (x - x*) <= 0, without overflow (halved where x - x* would overflow)."""
+    star = cells.max(axis=1) if beta > 0 else cells.min(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = cells - star[:, None]
+        u = np.where(np.isfinite(d), beta * d, 2 * (beta * (0.5 * cells - 0.5 * star[:, None])))
+    return star, u
+
+
+def _lse_exact(cells, beta):
+    """``(1/beta) log(mean exp(beta x))`` of rows of finite float64 cells, accurate for every
+    finite beta: ``x* + log1p(mean(expm1(u))) / beta`` (see ``_lse_shifted``), so that terms
+    near 1 lose nothing to cancellation; rows where |beta| times the range is below 1e-8 take
+    the limit's series ``mean + beta var / 2`` (the next term is below float64 rounding)."""
+    star, u = _lse_shifted(cells, beta)
+    with np.errstate(over="ignore"):
+        values = star + np.log1p(np.mean(np.expm1(u), axis=1)) / beta
+        half_range = 0.5 * cells.max(axis=1) - 0.5 * cells.min(axis=1)
+    tiny = np.abs(beta) * half_range < 5e-9
+    if tiny.any():
+        rows = cells[tiny]
+        mean = np.mean(0.5 * rows, axis=1) * 2
+        variance = np.mean((rows - mean[:, None]) ** 2, axis=1)
+        values[tiny] = mean + beta * variance / 2
+    return values
+
+
+def _lse_redo(maps, m, s, beta):
+    """The maps whose kernel result is not to be trusted although their cells are finite, and
+    those cells: beta x overflowed (M infinite), or the result is a small correction to a small
+    shift (|M| + |log(S/n)| < 1/4: the float sum of exponentials near 1 would cost digits
+    to cancellation once divided by a small beta)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        suspect = ~np.isfinite(m) | (np.abs(m) + np.abs(np.log(s / maps.n)) < 0.25)
+    rows = np.flatnonzero(suspect)
+    if rows.size == 0:
+        return rows, None
+    cells = maps.rows(rows)
+    finite = np.isfinite(cells).all(axis=1)
+    return rows[finite], cells[finite]
+
+
 def global_lse_pool_forward(x, beta=1.0, keepdims=False):
     """``y = (1/beta) log((1/n) sum_i exp(beta x_i))``: the mean at ``beta = 0``, the max as
-    ``beta -> +inf``, the min as ``beta -> -inf``. Stable for any finite input."""
+    ``beta -> +inf``, the min as ``beta -> -inf``. Accurate for any finite input and any finite
+    beta: exponentials relative to the map's extreme; maps where that is not enough (beta x
+    overflowing, or |beta| so small that the sum of exponentials is all cancellation, where
+    the result tends to the mean) are computed again with ``log1p``/``expm1`` in float64."""
+    keepdims, _ = _flags(keepdims)
     beta = _checks.finite_real(beta, "beta")
     if beta == 0:
         return global_avg_pool_forward(x, keepdims)
     gpu = _gpu(x=x)
     if gpu:
         return gpu.forward("lse", x, keepdims, False, beta=beta)
-    maps = _Maps(x)
+    maps = _lse_maps(x, beta)
     if maps.empty():
         return maps.result(np.zeros(0), keepdims)
     m, s = _lse_stats(maps, beta)
     with np.errstate(invalid="ignore", divide="ignore"):
         values = np.where(np.isfinite(m), m + np.log(s / maps.n), m) / beta
+    rows, cells = _lse_redo(maps, m, s, beta)
+    if rows.size:
+        values[rows] = _lse_exact(cells, beta)
     return maps.result(values, keepdims)
 
 
 def global_lse_pool_backward(grad_out, x, beta=1.0, keepdims=False):
     """Gradient of ``global_lse_pool_forward``: ``grad_out * softmax(beta x)_i`` (``1/n`` at
     ``beta = 0``), with no thresholding."""
+    keepdims, _ = _flags(keepdims)
     beta = _checks.finite_real(beta, "beta")
     if beta == 0:
         return global_avg_pool_backward(grad_out, x, keepdims)
     gpu = _gpu(grad_out=grad_out, x=x)
     if gpu:
         return gpu.backward("lse", grad_out, x, keepdims, beta=beta)
-    maps = _Maps(x)
+    maps = _lse_maps(x, beta)
     if maps.empty():
         return global_avg_pool_backward(grad_out, x, keepdims)
     g = maps.grad_out(grad_out, keepdims)
     m, s = _lse_stats(maps, beta)
     grad, grad3 = maps.zeros()
-    _kernels().lse_gradient(maps.x3, grad3, m, g / s, beta, get_num_threads())
+    _kernels().lse_gradient(maps.x3, grad3, m, g / s, beta, maps.threads)
+    rows = np.flatnonzero(~np.isfinite(m))  # beta x overflowed: the weights again, in float64
+    if rows.size:
+        cells = maps.rows(rows)
+        finite = np.isfinite(cells).all(axis=1)
+        rows, cells = rows[finite], cells[finite]
+    if rows.size:
+        weights = np.exp(_lse_shifted(cells, beta)[1])
+        C = maps.shape[1]
+        grad3[rows // C, rows % C] = g[rows, None] * weights / weights.sum(axis=1, keepdims=True)
     return maps.gradient(grad)
 
 
@@ -274,19 +388,23 @@ def global_kmax_pool_forward(x, k=1, keepdims=False, return_indices=False):
     float fraction in (0, 1] (``max(1, floor(k n + 1e-6))`` cells). Ties: lower flat indices
     first. With ``return_indices``, also the selected flat indices in ascending order
     (int64, ``(N, C, k)``)."""
+    keepdims, return_indices = _flags(keepdims, return_indices)
     count = _checks.k_count(k, _cells(x), "k")
     gpu = _gpu(x=x)
     if gpu:
         return gpu.forward("select", x, keepdims, return_indices, k=count, alpha=0.0)
     maps = _Maps(x)
     total, index = maps.select(count, False, return_indices)
-    y = maps.result(total / count, keepdims)
+    values = maps.rescue_overflow(
+        total / count, lambda cells: np.sort(cells, axis=1)[:, cells.shape[1] - count:].mean(1))
+    y = maps.result(values, keepdims)
     return (y, index.reshape(maps.shape[:2] + (count,))) if return_indices else y
 
 
 def global_kmax_pool_backward(grad_out, x, k=1, keepdims=False, return_indices=False,
                               indices=None):
     """Gradient of ``global_kmax_pool_forward``: ``grad_out / k`` on each selected cell."""
+    keepdims, return_indices = _flags(keepdims, return_indices)
     count = _checks.k_count(k, _cells(x), "k")
     gpu = _gpu(grad_out=grad_out, x=x)
     if gpu:
@@ -315,6 +433,7 @@ def weldon_pool_forward(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_
     alpha)``. With ``return_indices``, also the selected flat indices: those of the kmax largest,
     then those of the kmin smallest, each in ascending order, int64 ``(N, C, kmax + kmin)``.
     """
+    keepdims, return_indices = _flags(keepdims, return_indices)
     top, bottom, alpha = _weldon_counts(x, kmax, kmin, alpha)
     gpu = _gpu(x=x)
     if gpu:
@@ -323,8 +442,15 @@ def weldon_pool_forward(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_
     maps = _Maps(x)
     total_top, index_top = maps.select(top, False, return_indices)
     total_bottom, index_bottom = maps.select(bottom, True, return_indices)
-    values = total_top / top + (alpha * total_bottom / bottom if bottom else 0.0)
-    y = maps.result(values, keepdims)
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = total_top / top + (alpha * total_bottom / bottom if bottom else 0.0)
+
+    def weldon(cells):
+        ordered = np.sort(cells, axis=1)
+        means = ordered[:, cells.shape[1] - top:].mean(axis=1)
+        return means + (alpha * ordered[:, :bottom].mean(axis=1) if bottom else 0.0)
+
+    y = maps.result(maps.rescue_overflow(values, weldon), keepdims)
     if not return_indices:
         return y
     return y, np.concatenate([index_top, index_bottom], axis=1).reshape(
@@ -335,6 +461,7 @@ def weldon_pool_backward(grad_out, x, kmax=1, kmin=None, alpha=1.0, keepdims=Fal
                          return_indices=False, indices=None):
     """Gradient of ``weldon_pool_forward``: ``grad_out / kmax`` on the top cells plus
     ``alpha * grad_out / kmin`` on the bottom cells (both for a cell in both sets)."""
+    keepdims, return_indices = _flags(keepdims, return_indices)
     top, bottom, alpha = _weldon_counts(x, kmax, kmin, alpha)
     gpu = _gpu(grad_out=grad_out, x=x)
     if gpu:

@@ -15,7 +15,7 @@ import numpy as np
 from . import _checks
 from ._cpu import kernel_module
 from ._dispatch import backend_of
-from ._threads import get_num_threads
+from ._threads import threads_for
 
 # The number of values each half of a thread's buffer holds: a block of outputs' window cells.
 _BUFFER_VALUES = 4096
@@ -63,7 +63,9 @@ class _Problem:
 
     def kernel_call_args(self):
         kernel, stride, padding = self.args.as_3d()
-        n_threads = get_num_threads()
+        # at most one thread per output row (or output position of a channels-last array)
+        n_threads = threads_for(np.prod(self.x.shape[:2] + self.out_spatial[:-1]) *
+                                (self.out_spatial[-1] if self.layout == "channels_last" else 1))
         cells = kernel[0] * kernel[1] * kernel[2]
         offsets = np.empty((n_threads, cells), dtype=np.intp)
         # Two halves per thread: window values and their weights.
@@ -76,16 +78,27 @@ class _Problem:
         return a if self.batched else a[0]
 
 
-def _temperature(problem, lam, out_shape):
+def _temperature(problem, lam):
     """lam as a 5-D view broadcast to the batched output's shape (no copy of the broadcast),
-    in the work dtype; a clear error if it does not broadcast."""
+    in the work dtype. TypeError for a non-real lam, ValueError for one that does not broadcast
+    or is not finite in the work dtype (NaN, +-inf, or beyond float32's range for float32 and
+    float16 input): the same rule as the framework modules."""
     if isinstance(lam, (bool, np.bool_)) or not (
             isinstance(lam, (int, float, np.integer, np.floating)) or
             (isinstance(lam, np.ndarray) and lam.dtype.kind in "iuf")):
         raise TypeError(f"lam must be a real number or a real numpy array, got "
                         f"{type(lam).__name__}" + (f" of dtype {lam.dtype}"
                                                    if isinstance(lam, np.ndarray) else ""))
-    lam = np.asarray(lam, dtype=problem.work_dtype)
+    if isinstance(lam, np.ma.MaskedArray):
+        raise TypeError("lam must be a plain numpy.ndarray, got a numpy.ma.MaskedArray")
+    try:
+        with np.errstate(over="ignore"):
+            lam = np.asarray(lam, dtype=problem.work_dtype)
+    except OverflowError:
+        lam = np.asarray(np.inf, dtype=problem.work_dtype)
+    if not np.isfinite(lam).all():
+        raise ValueError(f"lam must be finite (in {problem.work_dtype}, the dtype the pool "
+                         f"computes in): NaN, +-inf and values beyond its range are refused")
     try:
         full = np.broadcast_to(lam, problem.out_shape)
     except ValueError:
@@ -99,18 +112,14 @@ def _temperature(problem, lam, out_shape):
 
 
 def _sum_to_shape(full, shape):
-    """Sum a per-output array down to ``shape`` (the inverse of broadcasting), reducing in
-    memory order (a channels-last array is summed as the C-contiguous array it is)."""
+    """Sum a per-output array down to ``shape`` (the inverse of broadcasting), in the logical
+    (C) order of its axes, so that both memory layouts give the same bits: a channels-last
+    array is summed from a C-ordered copy."""
     extra = full.ndim - len(shape)
-    keep = [False] * extra + [n != 1 or m == 1 for n, m in zip(shape, full.shape[extra:])]
-    order = sorted(range(full.ndim), key=lambda a: -abs(full.strides[a]))
-    memory = full.transpose(order)
-    axes = tuple(i for i, a in enumerate(order) if not keep[a])
-    kept = [a for a in order if keep[a]]
-    total = np.asarray(memory.sum(axis=axes)) if axes else memory
-    # back to the original axis order, then to lam's shape
-    total = total.transpose(np.argsort(kept)) if kept else total
-    return total.reshape(shape)
+    axes = tuple(range(extra)) + tuple(
+        extra + i for i, (n, m) in enumerate(zip(shape, full.shape[extra:])) if n == 1 and m != 1)
+    total = np.ascontiguousarray(full).sum(axis=axes) if axes else full
+    return np.asarray(total).reshape(shape)
 
 
 def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode):
@@ -118,13 +127,14 @@ def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode):
         from ._cuda import windowed_softmax
         return windowed_softmax.forward(x, nd, lam, kernel_size, stride, padding, ceil_mode)
     problem = _Problem(x, nd, kernel_size, stride, padding, ceil_mode)
+    temperature = _temperature(problem, lam)  # checked before any work, empty batch or not
     xb = problem.x
     y = problem.empty(xb.shape[:2] + problem.out_spatial)
     if xb.shape[0] > 0:
         kernel, stride3, padding3, offsets, buffers, n_threads = problem.kernel_call_args()
         kernel_module("_windowed_softmax").forward(
             problem.to_5d(xb), problem.to_5d(y), kernel, stride3, padding3,
-            _temperature(problem, lam, y.shape), problem.layout == "channels_last", offsets,
+            temperature, problem.layout == "channels_last", offsets,
             buffers, n_threads)
     return problem.result(y)
 
@@ -137,6 +147,7 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
         return windowed_softmax.backward(grad_out, x, nd, lam, kernel_size, stride, padding,
                                          ceil_mode, with_lam=with_lam)
     problem = _Problem(x, nd, kernel_size, stride, padding, ceil_mode)
+    temperature = _temperature(problem, lam)
     _checks.grad_out_array(grad_out, problem.out_shape, x)
     g = grad_out.astype(problem.work_dtype, copy=False)
     if not problem.batched:
@@ -157,7 +168,7 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
                 stats = problem.statistics_buffer(g.shape)
         kernel_module("_windowed_softmax").backward(
             problem.to_5d(g), problem.to_5d(xb), problem.to_5d(grad_x), stats,
-            kernel, stride3, padding3, _temperature(problem, lam, g.shape),
+            kernel, stride3, padding3, temperature,
             problem.to_5d(grad_lam) if with_lam else None,
             problem.layout == "channels_last", offsets, buffers, n_threads)
     if not with_lam:

@@ -23,7 +23,7 @@ import numpy as np
 from . import _checks
 from ._cpu import kernel_module
 from ._dispatch import backend_of
-from ._threads import get_num_threads
+from ._threads import threads_for
 
 _EPS = 1e-12  # the squared-norm floor of l2n
 _SIGMA_EPS = 1e-6  # NetFV: sigma = covar_weights ** 2 + 1e-6
@@ -37,22 +37,61 @@ def _l2n(v, axis):
     return y, (y, norm, squared > _EPS)
 
 
+def _row_norms(v):
+    """The floored l2 norms of the rows of v (B, n), as (B, 1). Rows whose sum of squares
+    overflows although the norm is finite (float32 values past 1e19) are scaled by their
+    largest magnitude before squaring."""
+    with np.errstate(over="ignore"):
+        squared = np.einsum("bi,bi->b", v, v)
+    norms = np.sqrt(np.maximum(squared, _EPS))
+    bad = np.flatnonzero(~np.isfinite(squared))
+    if bad.size:
+        rows = v[bad].astype(np.float64)
+        top = np.abs(rows).max(axis=1)
+        finite = np.isfinite(top) & (top > 0)
+        with np.errstate(over="ignore"):
+            scaled = top[finite] * np.sqrt(np.einsum("bi,bi->b", *(rows[finite] / top[finite, None],) * 2))
+        norms[bad[finite]] = scaled.astype(norms.dtype)
+    return norms[:, None]
+
+
 def _l2n_backward(g, saved, axis):
     y, norm, active = saved
     dot = np.sum(y * g, axis=axis, keepdims=True)
     return np.where(active, (g - y * dot) / norm, g / norm)
 
 
-def _matmul_function(matmul):
+def _matmul_function(matmul, work):
     """The batched matrix product: numpy.matmul, or the caller's (same signature and result,
     e.g. torch's through NumPy views, so that one process does not run two BLAS thread pools
-    that spin against each other)."""
+    that spin against each other).
+
+    A caller's result is checked (a numpy array of the operands' dtype ``work`` and of the
+    product's shape) and copied into a new C-contiguous array before any kernel sees it: the
+    kernels normalise it in place, so it must be npool's own memory, whatever the callable
+    returned (a view of an input, a read-only or strided array).
+    """
     if matmul is None:
         return np.matmul
     if not callable(matmul):
         raise TypeError(f"matmul must be a callable like numpy.matmul, got "
                         f"{type(matmul).__name__}")
-    return lambda a, b: np.ascontiguousarray(matmul(a, b))
+
+    def checked(a, b):
+        shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+        result = matmul(a, b)
+        if not isinstance(result, np.ndarray) or isinstance(result, np.ma.MaskedArray):
+            raise TypeError(f"matmul must return a numpy.ndarray like numpy.matmul, got "
+                            f"{type(result).__name__}")
+        if result.shape != shape:
+            raise ValueError(f"matmul returned shape {result.shape} for operands of shapes "
+                             f"{a.shape} and {b.shape}; numpy.matmul gives {shape}")
+        if result.dtype != work:
+            raise TypeError(f"matmul returned dtype {result.dtype} for {work} operands; it must "
+                            f"keep the operands' dtype as numpy.matmul does")
+        return np.array(result, dtype=work, order="C", copy=True)
+
+    return checked
 
 
 def _describe(a, name, dtypes=None):
@@ -81,12 +120,14 @@ class _Set:
     array) are the call's other arrays, checked to be on the same device.
     """
 
-    def __init__(self, x=None, assign=None, mask=None, matmul=None, **others):
-        arrays = {name: a for name, a in (("x", x), ("assign", assign)) if a is not None}
+    def __init__(self, x=None, assign=None, mask=None, matmul=None, uses_x=True, **others):
+        arrays = {"x": x, "assign": assign} if uses_x else {"assign": assign}
+        for name, a in arrays.items():  # a missing array is named before anything else
+            if a is None:
+                raise TypeError(f"{name} must be a numpy.ndarray (or a GPU array), got None")
         self.gpu = _gpu_backend(dict(arrays, mask=mask, **others), matmul)
         if self.gpu is not None:
             arrays = {name: _describe(a, name) for name, a in arrays.items()}
-        self.matmul = _matmul_function(matmul)
         first = next(iter(arrays.values()))
         for name, a in arrays.items():
             _checks.float_array(a, name)
@@ -102,6 +143,7 @@ class _Set:
                              f"and {arrays['assign'].shape[:2]}")
         self.dtype = first.dtype
         self.work = _checks.compute_dtype(first.dtype)
+        self.matmul = _matmul_function(matmul, self.work)
         self.sizes = first.shape[:2]
         self.clusters = arrays["assign"].shape[2] if "assign" in arrays else None
         self.mask = self._mask(mask)
@@ -135,14 +177,15 @@ class _Set:
         return g * self.mask if self.mask is not None else g
 
     def parameter(self, p, name, shape):
-        """A (D, K) parameter, checked: in the working dtype (CPU) or described (GPU)."""
+        """A (D, K) parameter, checked: C-contiguous in the working dtype (CPU; any layout is
+        accepted) or described (GPU)."""
         p = self.array(p, name)
         _checks.float_array(p, name)
         if p.shape != shape:
             raise ValueError(f"{name} must have shape {shape} (D, K), got {p.shape}")
         if p.dtype != self.dtype:
             raise TypeError(f"{name} must have the dtype of x ({self.dtype}), got {p.dtype}")
-        return p if self.gpu is not None else p.astype(self.work, copy=False)
+        return p if self.gpu is not None else np.ascontiguousarray(p, dtype=self.work)
 
     def grad_out(self, g, shape):
         g = self.array(g, "grad_out")
@@ -165,8 +208,7 @@ def _vlad(s, centers):
     if b:
         kernel_module("_set_pools").vlad_normalize(
             v, centers if centers is not None else np.zeros((1, 1), s.work),
-            np.ascontiguousarray(s.a.sum(axis=1)), norms, centers is not None,
-            get_num_threads())
+            np.ascontiguousarray(s.a.sum(axis=1)), norms, centers is not None, threads_for(b))
     return v, norms
 
 
@@ -200,7 +242,7 @@ def _vlad_backward(s, centers, g, state):
     g_v = np.array(g.reshape(y.shape), dtype=s.work, order="C")  # becomes dL/dV in place
     if len(g_v):
         kernel_module("_set_pools").vlad_normalize_backward(
-            g_v, y, norms, np.empty((len(g_v), y.shape[2]), s.work), get_num_threads())
+            g_v, y, norms, np.empty((len(g_v), y.shape[2]), s.work), threads_for(len(g_v)))
     grad_x = s.matmul(s.a, g_v.transpose(0, 2, 1))  # (B, M, D); masked rows of a are 0
     grad_a = s.matmul(s.x, g_v)  # (B, M, K)
     grad_c = None
@@ -224,6 +266,7 @@ def netvlad_pool_forward(x, assign, centers, mask=None, return_norms=False, matm
     """NetVLAD: ``V[b,d,k] = sum_m a[b,m,k] (x[b,m,d] - c[d,k])``, intra-normalised over d,
     flattened D-major, l2n: ``(B, D * K)``. With ``return_norms``, also the norms ``(B, K + 1)``
     (K column norms, then the global one), which the backward takes to skip recomputing."""
+    return_norms = _checks.flag(return_norms, "return_norms")
     s = _Set(x, assign, mask, matmul, centers=centers)
     c = s.parameter(centers, "centers", (s.x.shape[2], s.clusters))
     return _vlad_forward(s, c, return_norms)
@@ -245,6 +288,7 @@ def netvlad_pool_backward(grad_out, x, assign, centers, mask=None, output=None, 
 
 def netrvlad_pool_forward(x, assign, mask=None, return_norms=False, matmul=None):
     """NetRVLAD: NetVLAD without the centroids: ``(B, D * K)`` (and the norms, as NetVLAD)."""
+    return_norms = _checks.flag(return_norms, "return_norms")
     return _vlad_forward(_Set(x, assign, mask, matmul), None, return_norms)
 
 
@@ -260,7 +304,7 @@ def netrvlad_pool_backward(grad_out, x, assign, mask=None, output=None, norms=No
 # ------------------------------------------------------------------ Soft-DBoW
 def soft_dbow_pool_forward(assign, mask=None):
     """Soft-DBoW: ``l2n(sum_m a[b,m,:])``: ``(B, K)``."""
-    s = _Set(assign=assign, mask=mask)
+    s = _Set(assign=assign, mask=mask, uses_x=False)
     if s.gpu is not None:
         return s.gpu.soft_dbow_forward(s)
     return s.out(_l2n(s.a.sum(axis=1), axis=1)[0])
@@ -268,7 +312,7 @@ def soft_dbow_pool_forward(assign, mask=None):
 
 def soft_dbow_pool_backward(grad_out, assign, mask=None):
     """Gradient of ``soft_dbow_pool_forward`` with respect to assign."""
-    s = _Set(assign=assign, mask=mask, grad_out=grad_out)
+    s = _Set(assign=assign, mask=mask, uses_x=False, grad_out=grad_out)
     g = s.grad_out(grad_out, (s.sizes[0], s.clusters))
     if s.gpu is not None:
         return s.gpu.soft_dbow_backward(s, g)
@@ -298,9 +342,9 @@ def _fv(s, mu, covar, for_backward=False):
     if b:
         kernel_module("_set_pools").vlad_normalize(
             f1, np.zeros((1, 1), s.work), np.ascontiguousarray(a_sum[:, 0]), norms1, False,
-            get_num_threads())
+            threads_for(b))
     f2 = f2.reshape(b, d * k)
-    norms2 = np.sqrt(np.maximum(np.einsum("bi,bi->b", f2, f2), _EPS))[:, None]
+    norms2 = _row_norms(f2)
     y2 = f2 / norms2
     return (f1, y2, saved + (norms1, norms2)) if for_backward else (f1, y2, None)
 
@@ -335,7 +379,7 @@ def netfv_pool_backward(grad_out, x, assign, mu, covar_weights, mask=None, matmu
     g_f1 = np.array(g[:, :d * k].reshape(y1.shape), dtype=s.work, order="C")
     if b:  # through NetRVLAD's normalisations (fused, in place)
         kernel_module("_set_pools").vlad_normalize_backward(
-            g_f1, y1, norms1, np.empty((b, k), s.work), get_num_threads())
+            g_f1, y1, norms1, np.empty((b, k), s.work), threads_for(b))
     g2 = g[:, d * k:]  # through F2's l2n
     dot = np.where(norms2 > np.sqrt(_EPS), np.einsum("bi,bi->b", y2, g2)[:, None], 0)
     g_f2 = ((g2 - y2 * dot) / norms2).reshape(y1.shape)
@@ -353,10 +397,15 @@ def netfv_pool_backward(grad_out, x, assign, mu, covar_weights, mask=None, matmu
 
 
 # ------------------------------------------------------------------ Context Gating
-def _gating_checked(x, weights, biases, matmul, grad_out=None):
+def _gating_checked(x, weights, biases, matmul, grad_out=None, backward=False):
     """(GPU module or None, x, weights, biases, grad_out), checked (described on the GPU)."""
     arrays = dict(x=x, weights=weights, biases=biases)
-    if grad_out is not None:
+    for name, a in arrays.items():
+        if a is None:
+            _checks.float_array(a, name)  # names the missing array
+    if backward:
+        if grad_out is None:
+            _checks.grad_out_array(grad_out, (), x)
         arrays["grad_out"] = grad_out
     gpu = _gpu_backend(arrays, matmul)
     if gpu is not None:
@@ -372,7 +421,7 @@ def _gating_checked(x, weights, biases, matmul, grad_out=None):
             raise ValueError(f"{name} must have shape {shape}, got {p.shape}")
         if p.dtype != x.dtype:
             raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {p.dtype}")
-    if grad_out is not None:
+    if backward:
         _checks.grad_out_array(arrays["grad_out"], x.shape, x)
     return gpu, x, weights, biases, arrays.get("grad_out")
 
@@ -381,7 +430,7 @@ def _gate(x, weights, biases, matmul):
     """x as (N, n) rows in the working dtype, sigmoid(x W + b), the working dtype, matmul."""
     work = _checks.compute_dtype(x.dtype)
     flat = x.reshape(-1, x.shape[-1]).astype(work, copy=False)
-    matmul = _matmul_function(matmul)
+    matmul = _matmul_function(matmul, work)
     gate = 1 / (1 + np.exp(-(matmul(flat, weights.astype(work)) + biases.astype(work))))
     return flat, gate, work, matmul
 
@@ -397,7 +446,8 @@ def context_gating_forward(x, weights, biases, matmul=None):
 
 def context_gating_backward(grad_out, x, weights, biases, matmul=None):
     """Gradients of ``context_gating_forward``: ``(grad_x, grad_weights, grad_biases)``."""
-    gpu, x, weights, biases, grad_out = _gating_checked(x, weights, biases, matmul, grad_out)
+    gpu, x, weights, biases, grad_out = _gating_checked(x, weights, biases, matmul, grad_out,
+                                                         backward=True)
     if gpu is not None:
         return gpu.gating_backward(grad_out, x, weights, biases)
     flat, gate, work, matmul = _gate(x, weights, biases, matmul)

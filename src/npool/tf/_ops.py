@@ -51,6 +51,27 @@ def _refuse_saved_model_export():
             "Save Keras models in the .keras format (model.save('m.keras')) instead")
 
 
+def _first_order_only(name, inputs, *grads):
+    """The gradients an npool op returns, passed through an identity whose own gradient
+    raises: the backward runs in npool's core (tf.numpy_function), which TensorFlow cannot
+    differentiate, so a nested GradientTape would otherwise get None or, worse, a finite but
+    wrong second derivative that silently drops the path through this gradient. The op's
+    ``inputs`` are inputs of the identity too, so that an outer tape watching them records it."""
+    count = len(grads)
+
+    @tf.custom_gradient
+    def first_order(*ts):
+        def second_order(*_):
+            raise NotImplementedError(
+                f"npool.tf.{name}: second-order gradients (differentiating this op's gradient, "
+                f"e.g. a gradient penalty or a Hessian-vector product with nested "
+                f"GradientTapes) are not implemented; npool's backward is not differentiable")
+        return [tf.identity(t) for t in ts[:count]], second_order
+
+    marked = first_order(*grads, *inputs)
+    return marked if count > 1 else marked[0]
+
+
 def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
     _refuse_saved_model_export()
     x = tf.convert_to_tensor(x)
@@ -85,7 +106,7 @@ def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
             gx = tf.numpy_function(backward_numpy, [tf.cast(dy, x.dtype), x], x.dtype,
                                    stateful=False, name="npool_soft_pool_backward")
             gx.set_shape(x.shape)
-            return gx
+            return _first_order_only(f"soft_pool{nd}d", [x], gx)
 
         return y, grad
 
@@ -172,7 +193,7 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, **kwargs)
             gx = tf.numpy_function(backward_numpy, inputs, x.dtype, stateful=False,
                                    name="npool_global_pool_backward")
             gx.set_shape(x.shape)
-            return gx
+            return _first_order_only(forward.__name__[:-len("_forward")], [x], gx)
 
         return y, grad
 
@@ -263,7 +284,7 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
                                        name="npool_maxent_pool_backward")
             gx.set_shape(x.shape)
             gl.set_shape(lam.shape)
-            return gx, gl
+            return _first_order_only(f"maxent_pool{nd}d", [x, lam], gx, gl)
 
         return y, grad
 
@@ -330,7 +351,8 @@ def _set_op(name, forward, backward, tensors, mask, out_shape, state=0):
             grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
             for g, t in zip(grads, ts):
                 g.set_shape(t.shape)
-            return grads
+            marked = _first_order_only(name, ts, *grads)
+            return list(marked) if n > 1 else [marked]
 
         return outs[0], grad
 

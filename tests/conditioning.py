@@ -1,0 +1,91 @@
+"""Error scales that follow the conditioning of a problem, for tolerances that no hypothesis
+draw can break by luck.
+
+A correct float computation of ``sum_i t_i`` is off by about ``eps * sum_i |t_i|`` (the terms
+that cancel), not by ``eps * |sum_i t_i|``; a normalisation ``v / max(|v|, floor)`` multiplies
+that error by ``1 / max(|v|, floor)``. The scales below bound the rounding error of each output
+element of an op divided by the unit roundoff of the dtype it computes in; a test asserts
+``|got - expected| <= C * eps * scale`` with a small constant C.
+"""
+import numpy as np
+
+VLAD_FLOOR = 1e-6  # the norm floor of l2n (squared-norm floor 1e-12)
+
+
+def assert_within(got, expected, scale, dtype, factor=64.0):
+    """|got - expected| <= factor * eps(dtype) * scale, elementwise, NaN where both are."""
+    got = np.asarray(got, np.float64)
+    expected = np.asarray(expected, np.float64)
+    bound = factor * np.finfo(dtype).eps * np.broadcast_to(scale, expected.shape)
+    error = np.abs(got - expected)
+    bad = ~((error <= bound) | (np.isnan(got) & np.isnan(expected)) | (got == expected))
+    assert not bad.any(), (
+        f"{int(bad.sum())} of {bad.size} elements off by more than {factor} eps x their "
+        f"error scale; worst: got {got[bad][:3]}, expected {expected[bad][:3]}, "
+        f"scale {np.broadcast_to(scale, expected.shape)[bad][:3]}")
+
+
+def _masked_assign(a, mask):
+    a = np.asarray(a, np.float64)
+    return a if mask is None else a * mask[..., None]
+
+
+def _vlad_parts(x, assign, centers, mask):
+    """V (B, D, K), T_k (B, K): the largest sum of term magnitudes of V's column k, the
+    column norms, the floored column norms n_k and the floored global norm n (B, 1)."""
+    x = np.asarray(x, np.float64)
+    a = _masked_assign(assign, mask)
+    b, m, d = x.shape
+    k = a.shape[2]
+    c = np.zeros((d, k)) if centers is None else np.asarray(centers, np.float64)
+    a_sum = a.sum(axis=1)  # (B, K)
+    v = np.einsum("bmd,bmk->bdk", x, a) - c[None] * a_sum[:, None, :]
+    terms = np.einsum("bmd,bmk->bdk", np.abs(x), a) + np.abs(c)[None] * a_sum[:, None, :]
+    t_k = terms.max(axis=1) if d else np.zeros((b, k))
+    column = np.sqrt(np.sum(v * v, axis=1))
+    n_k = np.maximum(column, VLAD_FLOOR)
+    total = np.sqrt(np.sum((column / n_k) ** 2, axis=1))
+    n = np.maximum(total, VLAD_FLOOR)[:, None]
+    return x, a, c, a_sum, v, t_k, column, n_k, n
+
+
+def vlad_norm_scales(x, assign, centers=None, mask=None):
+    """Error scales of the norms (B, K + 1) NetVLAD's forward returns."""
+    x, a, c, a_sum, v, t_k, column, n_k, n = _vlad_parts(x, assign, centers, mask)
+    d = x.shape[2]
+    columns = np.sqrt(d) * t_k + n_k
+    return np.concatenate([columns, n * (1 + (t_k / n_k).max(axis=1, keepdims=True, initial=0))],
+                          axis=1)
+
+
+def vlad_scales(x, assign, centers=None, mask=None, grad_out=None):
+    """Error scales of NetVLAD/NetRVLAD: the forward (B, D * K) and, with ``grad_out``, the
+    gradients (grad_x (B, M, D), grad_assign (B, M, K), grad_centers (D, K)).
+
+    Per set b and cluster k: T_k = max_d sum_m a |x - c| bounds the terms of V's column k;
+    its intra-norm n_k = max(|V_k|, 1e-6) and the global norm n divide them, so the forward's
+    column error is eps T_k / (n_k n) (plus eps |y| for the normalisations). Backward: dL/dV has
+    magnitude up to G_k = 2 |g_b| / (n_k n) (|g_b| the l2 norm of grad_out's row), and carries
+    the relative error rho_k = (T_k + |V_k|) / n_k of the forward quantities it is made of; the
+    products with a and x then add their own terms.
+    """
+    x, a, c, a_sum, v, t_k, column, n_k, n = _vlad_parts(x, assign, centers, mask)
+    b, m, d = x.shape
+    k = a.shape[2]
+    y = (v / (n_k[:, None, :] * n[:, :, None])).reshape(b, d * k)
+    forward = (np.broadcast_to((t_k / (n_k * n))[:, None, :], (b, d, k)).reshape(b, d * k)
+               + np.abs(y) * (1 + (t_k / n_k).max(axis=1, keepdims=True, initial=0)))
+    if grad_out is None:
+        return forward
+    g = np.asarray(grad_out, np.float64)
+    g_norm = np.sqrt(np.sum(g * g, axis=1, keepdims=True))  # (B, 1)
+    rho = (t_k + column) / n_k + 1  # (B, K)
+    scale_k = 2 * g_norm / (n_k * n) * rho  # error scale of dL/dV per column
+    grad_x = np.einsum("bmk,bk->bm", a, scale_k)[:, :, None] * np.ones(d)
+    x_abs = np.abs(x).max(axis=2, initial=0)[:, :, None]  # (B, M, 1)
+    c_abs = np.abs(c).max(axis=0, initial=0)  # (K,)
+    grad_a = d * (x_abs + c_abs) * scale_k[:, None, :] * np.ones((1, m, 1))
+    if mask is not None:
+        grad_a = grad_a * mask[..., None]
+    grad_c = d * np.einsum("bk,bk->k", a_sum, scale_k)[None, :] * np.ones((d, 1))
+    return forward, (grad_x, grad_a, grad_c)
