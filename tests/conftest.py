@@ -4,8 +4,11 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 # "ci" is Hypothesis's own profile name: it is loaded by default when CI is set in the
-# environment. Both profiles keep the suite within a few minutes on two cores.
-settings.register_profile("ci", max_examples=150, deadline=None, derandomize=True,
+# environment. Both profiles keep the suite within a few minutes on two cores. Every profile
+# draws at random (no fixed seed): the tolerances follow each problem's conditioning, so no
+# draw can fail a correct implementation, and a failure prints the seed that reproduces it
+# (pytest --hypothesis-seed=N).
+settings.register_profile("ci", max_examples=150, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=60, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

@@ -648,3 +648,70 @@ def test_maxent_matches_the_cpu(gpu, mode, dtype, data):
     assert glam.shape == np.shape(lam)
     np.testing.assert_allclose(glam, grad_lam, rtol=tolerance * 10,
                                atol=tolerance * 10 * scale ** 2 * max(1, g.size))
+
+
+@pytest.mark.parametrize("window,lam,dtype", [
+    ([3e38, 2e38, 1e38], 2.0, np.float32), ([8e37, -1.4e38, -2.75e38, -2.9e38], 0.0, np.float32),
+    ([3.3e38, -3.3e38, 1e38, 0.0], 1e-30, np.float32), ([3e38, -3e38, 2e38], -2.0, np.float32),
+    ([1.7e308, 1.0e308, -1.7e308], 2.0, np.float64), ([1.7e308, -1.7e308, -1.7e308], 0.0,
+                                                      np.float64),
+    ([np.inf, 1.0, 2.0], 0.0, np.float64), ([np.inf, -np.inf, 1.0], 1.0, np.float64),
+    ([-np.inf, -np.inf, -np.inf], 1.0, np.float32), ([np.nan, 1.0, 2.0], 1.0, np.float32),
+])
+@pytest.mark.parametrize("stride", [1, 3])  # overlapping (stats and gather) and disjoint
+def test_maxent_extreme_windows_match_the_cpu(gpu, window, lam, dtype, stride):
+    """The careful path (lam x overflowing, sums overflowing near the float maximum,
+    infinities, NaN) gives the CPU kernel's results on the GPU, forward and backward."""
+    x = np.array([[[window * 2]]], dtype)
+    kernel = (1, len(window))
+    args = (lam, kernel, (1, stride))
+    with np.errstate(all="ignore"):
+        expected = npool.maxent_pool2d_forward(x, *args)
+        g = np.ones_like(expected)
+        grad_x, grad_lam = npool.maxent_pool2d_backward(g, x, *args)
+    got = gpu.to_host(npool.maxent_pool2d_forward(gpu.to_device(x), *args))
+    np.testing.assert_allclose(got, expected, rtol=1e-6 if dtype == np.float32 else 1e-14)
+    gx, glam = npool.maxent_pool2d_backward(gpu.to_device(g), gpu.to_device(x), *args)
+    np.testing.assert_allclose(gpu.to_host(gx), grad_x, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gpu.to_host(glam), grad_lam, rtol=1e-5)
+
+
+@pytest.mark.parametrize("values,beta,dtype", [
+    ([3e38, 3e38], 2.0, np.float32), ([3.4e32, 1.0], 1e6, np.float32),
+    ([0.0, 1.0], 1e300, np.float32), ([0.0, 1.0], 1e-300, np.float32),
+    ([0.0, 1.0], 1e-6, np.float32), ([0.0, 1.0], -1e-30, np.float32),
+    ([0.3, -0.2, 0.1], 1e-3, np.float32), ([1.7e308, -1.7e308], 1.0, np.float64),
+    ([1.0, 2.0, 3.0], 5e-324, np.float64), ([0.01, 0.02], 1.0, np.float64),
+    ([np.inf, 1.0], 1.0, np.float64), ([-np.inf, 1.0], 1.0, np.float32),
+    ([np.nan, 1.0], -1.0, np.float32),
+])
+def test_global_pools_extreme_values_match_the_cpu(gpu, values, beta, dtype):
+    """LSE for every finite beta (overflow, cancellation, tiny and huge beta), and the sums
+    of avg and k-max near the float maximum, as the CPU core computes them."""
+    x = np.array([[values * 3]], dtype)
+    with np.errstate(all="ignore"):
+        expected = npool.global_lse_pool_forward(x, beta)
+        grad = npool.global_lse_pool_backward(np.ones((1, 1), dtype), x, beta)
+    rtol = 4 * np.finfo(dtype).eps
+    np.testing.assert_allclose(gpu.to_host(npool.global_lse_pool_forward(gpu.to_device(x), beta)),
+                               expected, rtol=rtol)
+    np.testing.assert_allclose(gpu.to_host(npool.global_lse_pool_backward(
+        gpu.to_device(np.ones((1, 1), dtype)), gpu.to_device(x), beta)), grad, rtol=1e-5,
+        atol=1e-7)
+    for forward in (npool.global_avg_pool_forward,
+                    lambda a: npool.global_kmax_pool_forward(a, 4),
+                    lambda a: npool.weldon_pool_forward(a, 2, 2, 0.5)):
+        with np.errstate(all="ignore"):
+            expected = forward(x)
+        np.testing.assert_allclose(gpu.to_host(forward(gpu.to_device(x))), expected, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype,top", [(np.float32, 3e38), (np.float64, 1.7e308)])
+def test_global_sums_near_the_maximum_on_the_gpu(gpu, dtype, top):
+    x = np.full((1, 2, 40), top, dtype)
+    x[0, 1, ::2] = -top
+    assert gpu.to_host(npool.global_avg_pool_forward(gpu.to_device(x)))[0, 0] == dtype(top)
+    assert gpu.to_host(npool.global_kmax_pool_forward(gpu.to_device(x), 40))[0, 0] == dtype(top)
+    np.testing.assert_allclose(gpu.to_host(npool.weldon_pool_forward(gpu.to_device(x), 20, 20,
+                                                                      0.5)),
+                               npool.weldon_pool_forward(x, 20, 20, 0.5), rtol=1e-6)

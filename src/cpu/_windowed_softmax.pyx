@@ -217,7 +217,8 @@ cdef inline void _temperature_gradient(
     for c in range(ncell):
         for j in range(n):
             d = values[c * n + j] - y[j]
-            q[j] = q[j] + weights[c * n + j] * d * d
+            e = weights[c * n + j]
+            q[j] = q[j] + (e * d * d if e != 0 else 0)
     if any_bad:
         for j in range(n):
             if bad[j]:
@@ -318,7 +319,7 @@ cdef inline void _pool_line(
                 e = exp_nonpositive(_lam_at(kind, lv, lam0, j) * v - m[j])
                 wc[j] = e
                 s[j] = s[j] + e
-                t[j] = t[j] + e * (v - xm[j])
+                t[j] = t[j] + (e * (v - xm[j]) if e != 0 else 0)  # -inf cells add nothing
         any_bad = False
         for j in range(n):
             t[j] = xm[j] + t[j] / s[j]  # t holds y from here on
@@ -356,7 +357,9 @@ cdef inline void _pool_line(
             bc = buffer + c * n
             wc = weights + c * n
             for j in range(n):
-                bc[j] = s[j] * wc[j] * (1 + _lam_at(kind, lv, lam0, j) * (bc[j] - t[j]))
+                e = wc[j]
+                bc[j] = (s[j] * e * (1 + _lam_at(kind, lv, lam0, j) * (bc[j] - t[j]))
+                         if e != 0 else 0)
         if any_bad:
             for j in range(n):
                 if bad[j]:

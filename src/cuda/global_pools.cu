@@ -1,7 +1,7 @@
 // Global pools on the GPU: one block per (sample, channel) map of n cells, as on the CPU
 // (src/cpu/_global_pools.pyx):
 //   max     y = max x, first index among ties, the first NaN wins;  avg  y = mean x;
-//   LSE     z = beta x, y = (M + log(S / n)) / beta with M = max z, S = sum exp(z - M);
+//   LSE     y = (1/beta) log(mean exp(beta x)), accurate for every finite beta (see lse_body);
 //   select  y = (sum of the k largest) / k + alpha (sum of the kb smallest) / kb (k-max: kb = 0).
 // Cells are read through element strides of x seen as (N, C, n). Every reduction runs in a fixed
 // order (each thread strides over the map, then a tree in shared memory), so results are the
@@ -45,23 +45,6 @@ template <typename A> NPOOL_FN bool before(const MaxIndex<A>& a, const MaxIndex<
   return a.index < b.index;
 }
 
-template <typename A> struct LogSum {
-  A m, s;  // running maximum of z and sum of exp(z - m)
-};
-
-template <typename A> NPOOL_FN A weight(A z, A m) { return z == m ? A(1) : exp_acc(z - m); }
-
-template <typename A> NPOOL_FN LogSum<A> merge(const LogSum<A>& a, const LogSum<A>& b) {
-  LogSum<A> r;
-  if (a.m != a.m || b.m != b.m) {
-    r.m = r.s = quiet_nan<A>();
-    return r;
-  }
-  r.m = a.m > b.m ? a.m : b.m;
-  r.s = (a.s == A(0) ? A(0) : a.s * weight(a.m, r.m)) + (b.s == A(0) ? A(0) : b.s * weight(b.m, r.m));
-  return r;
-}
-
 struct Map {
   int64_t x, out;  // offsets of the map's first cell in x and grad_x
 };
@@ -103,55 +86,148 @@ template <typename T> NPOOL_FN void max_body(const Args& a) {
   }
 }
 
+// 2^e with e = ceil(log2 count) + 1: sums of count cells scaled by 1/2^e never overflow.
+NPOOL_FN int sum_scale_exponent(int64_t count) {
+  int e = 1;
+  while ((int64_t(1) << (e - 1)) < count && e < 62) ++e;
+  return e;
+}
+
+// The block's sum of its map's cells scaled by 2^-exponent, in float64 (every thread gets it).
+template <typename T> NPOOL_FN double block_sum(const Args& a, int64_t base, int exponent) {
+  double sum = 0;
+  for (int64_t i = thread_index(); i < a.n; i += block_size())
+    sum += ::ldexp(static_cast<double>(cell<T>(a, base, i)), -exponent);
+  return block_reduce(sum, shared_memory<double>(), [](double p, double q) { return p + q; });
+}
+
+// The mean in float64; when the sum overflows although the cells are finite (float64 cells
+// near the maximum) it is taken again with the cells scaled by a power of two.
 template <typename T> NPOOL_FN void avg_body(const Args& a) {
-  using A = typename Accumulator<T>::type;
-  auto* shared = shared_memory<A>();
   for (int64_t map = block_index(); map < a.maps; map += grid_size()) {
-    const Map m = map_offsets(a, map);
-    A sum = 0;
-    for (int64_t i = thread_index(); i < a.n; i += block_size()) sum += cell<T>(a, m.x, i);
-    sum = block_reduce(sum, shared, [](A p, A q) { return p + q; });
-    if (thread_index() == 0) static_cast<T*>(a.out)[map] = from_acc<T>(sum / A(a.n));
+    const int64_t base = map_offsets(a, map).x;
+    double mean = block_sum<T>(a, base, 0) / static_cast<double>(a.n);
+    if (!is_finite(mean)) {  // the same in every thread: the branch is uniform
+      const int e = sum_scale_exponent(a.n);
+      const double scaled = block_sum<T>(a, base, e);
+      if (is_finite(scaled)) mean = ::ldexp(scaled / static_cast<double>(a.n), e);
+    }
+    if (thread_index() == 0) static_cast<T*>(a.out)[map] = from_acc<T>(
+        static_cast<typename Accumulator<T>::type>(mean));
   }
 }
 
-template <typename T> NPOOL_FN LogSum<typename Accumulator<T>::type> lse_stats(
-    const Args& a, int64_t base, LogSum<typename Accumulator<T>::type>* shared) {
-  using A = typename Accumulator<T>::type;
-  const A beta = static_cast<A>(a.beta);
-  LogSum<A> acc = {-infinity<A>(), A(0)};
+// LogSumExp, accurate for every finite beta, in float64 (as the CPU core): x* = the map's max
+// (beta > 0) or min (beta < 0), d = x - x* and u = beta d <= 0 (halved where d overflows);
+//   y = x* + log(S / n) / beta          with S = sum exp(u), when S / n < 1/2,
+//   y = x* + log1p(S' / n) / beta       with S' = sum expm1(u) (no cancellation near 1),
+//   y = mean + beta var / 2             when |beta| max|d| < 1e-8 (the limit's series).
+struct LseSums {
+  double xs;          // x*; NaN if a cell is NaN
+  double s, s1;       // sum exp(u), sum expm1(u)
+  double d1, d2, r;   // sum d, sum d^2, max |d|
+};
+
+NPOOL_FN double lse_shift(double beta, double v, double xs) {
+  const double d = v - xs;
+  if (d - d == 0) return beta * d;
+  return 2 * (beta * (0.5 * v - 0.5 * xs));
+}
+
+// x* of one map (every thread gets it): NaN when a cell is NaN.
+template <typename T> NPOOL_FN double lse_reference(const Args& a, int64_t base) {
+  const bool largest = a.beta > 0;
+  double xs = largest ? -HUGE_VAL : HUGE_VAL, nan = 0;
   for (int64_t i = thread_index(); i < a.n; i += block_size()) {
-    const LogSum<A> one = {beta * cell<T>(a, base, i), A(1)};
-    acc = merge(acc, one);
+    const double v = cell<T>(a, base, i);
+    if (v != v) nan = 1;
+    else xs = largest ? (v > xs ? v : xs) : (v < xs ? v : xs);
   }
-  return block_reduce(acc, shared, [](const LogSum<A>& p, const LogSum<A>& q) {
-    return merge(p, q);
+  double* shared = shared_memory<double>();
+  nan = block_reduce(nan, shared, [](double p, double q) { return p > q ? p : q; });
+  xs = block_reduce(xs, shared, [largest](double p, double q) {
+    return largest ? (p > q ? p : q) : (p < q ? p : q);
   });
+  return nan != 0 ? NAN : xs;
+}
+
+template <typename T> NPOOL_FN LseSums lse_sums(const Args& a, int64_t base, bool moments) {
+  LseSums st = {lse_reference<T>(a, base), 0, 0, 0, 0, 0};
+  double* shared = shared_memory<double>();
+  auto plus = [](double p, double q) { return p + q; };
+  if (st.xs != st.xs) return st;  // uniform: every thread has the same x*
+  if (!is_finite(st.xs)) {  // S = the number of cells at the infinite extreme
+    double count = 0;
+    for (int64_t i = thread_index(); i < a.n; i += block_size())
+      count += static_cast<double>(cell<T>(a, base, i)) == st.xs;
+    st.s = block_reduce(count, shared, plus);
+    return st;
+  }
+  double s = 0, s1 = 0, d1 = 0, d2 = 0, r = 0;
+  for (int64_t i = thread_index(); i < a.n; i += block_size()) {
+    const double v = cell<T>(a, base, i);
+    const double u = lse_shift(a.beta, v, st.xs);
+    s += ::exp(u);
+    if (moments) {
+      const double d = v - st.xs;
+      s1 += ::expm1(u);
+      d1 += d;
+      d2 += d * d;
+      r = r > ::fabs(d) ? r : ::fabs(d);
+    }
+  }
+  st.s = block_reduce(s, shared, plus);
+  if (moments) {
+    st.s1 = block_reduce(s1, shared, plus);
+    st.d1 = block_reduce(d1, shared, plus);
+    st.d2 = block_reduce(d2, shared, plus);
+    st.r = block_reduce(r, shared, [](double p, double q) { return p > q ? p : q; });
+  }
+  return st;
 }
 
 template <typename T> NPOOL_FN void lse_body(const Args& a) {
-  using A = typename Accumulator<T>::type;
-  auto* shared = shared_memory<LogSum<A>>();
   for (int64_t map = block_index(); map < a.maps; map += grid_size()) {
-    const LogSum<A> st = lse_stats<T>(a, map_offsets(a, map).x, shared);
+    const LseSums st = lse_sums<T>(a, map_offsets(a, map).x, true);
     if (thread_index() == 0) {
-      const A y = is_finite(st.m) ? st.m + log_acc(st.s / A(a.n)) : st.m;
-      static_cast<T*>(a.out)[map] = from_acc<T>(y / static_cast<A>(a.beta));
+      const double n = static_cast<double>(a.n), beta = a.beta;
+      double y;
+      if (!is_finite(st.xs)) {
+        y = st.xs;  // NaN, or every cell at the infinite extreme
+      } else if (::fabs(beta) * st.r < 1e-8) {
+        const double mean = st.d1 / n;
+        y = st.xs + mean + beta * (st.d2 / n - mean * mean) / 2;
+      } else if (st.s / n < 0.5) {
+        y = st.xs + ::log(st.s / n) / beta;
+      } else {
+        y = st.xs + ::log1p(st.s1 / n) / beta;
+      }
+      static_cast<T*>(a.out)[map] = from_acc<T>(static_cast<typename Accumulator<T>::type>(y));
     }
+    sync_block();
   }
 }
 
+// dy/dx_i = exp(u_i) / S (the softmax of beta x), with the limits at an infinite x*.
 template <typename T> NPOOL_FN void lse_backward_body(const Args& a) {
   using A = typename Accumulator<T>::type;
-  auto* shared = shared_memory<LogSum<A>>();
-  const A beta = static_cast<A>(a.beta);
   for (int64_t map = block_index(); map < a.maps; map += grid_size()) {
     const Map m = map_offsets(a, map);
-    const LogSum<A> st = lse_stats<T>(a, m.x, shared);
-    const A coef = grad_out_of<T>(a, map) / st.s;
-    for (int64_t i = thread_index(); i < a.n; i += block_size())
-      static_cast<T*>(a.out)[m.out + i * a.out_strides[2]] =
-          from_acc<T>(coef * weight(beta * cell<T>(a, m.x, i), st.m));
+    const LseSums st = lse_sums<T>(a, m.x, false);
+    const double g = grad_out_of<T>(a, map);
+    for (int64_t i = thread_index(); i < a.n; i += block_size()) {
+      const double v = cell<T>(a, m.x, i);
+      double w;
+      if (st.xs != st.xs) {
+        w = NAN;
+      } else if (!is_finite(st.xs)) {  // the cells at the infinite extreme share the weight
+        w = v == st.xs ? 1.0 / st.s : 0.0;
+      } else {
+        w = ::exp(lse_shift(a.beta, v, st.xs)) / st.s;
+      }
+      static_cast<T*>(a.out)[m.out + i * a.out_strides[2]] = from_acc<T>(static_cast<A>(g * w));
+    }
+    sync_block();
   }
 }
 
@@ -291,48 +367,68 @@ NPOOL_FN void for_selected(const Args& a, int64_t base, const Threshold& th, boo
   }
 }
 
-template <typename T> NPOOL_FN typename Accumulator<T>::type selected_sum(
-    const Args& a, int64_t base, const Threshold& th, bool bottom,
-    typename Accumulator<T>::type* shared) {
+// The sum of the selected cells of one map scaled by 2^-exponent, in float64.
+template <typename T> NPOOL_FN double selected_sum(const Args& a, int64_t base,
+                                                   const Threshold& th, bool bottom,
+                                                   int exponent) {
   using A = typename Accumulator<T>::type;
-  A sum = 0;
+  double sum = 0;
   for (int64_t i = thread_index(); i < a.n; i += block_size())
-    if (selection_key<T>(a, base, i, bottom) > th.key) sum += cell<T>(a, base, i);
-  sum = block_reduce(sum, shared, [](A p, A q) { return p + q; });
+    if (selection_key<T>(a, base, i, bottom) > th.key)
+      sum += ::ldexp(static_cast<double>(cell<T>(a, base, i)), -exponent);
+  sum = block_reduce(sum, shared_memory<double>(), [](double p, double q) { return p + q; });
   if (th.need == 0) return sum;
   const uint64_t flip = bottom ? (KeyWidth<A>::bits == 64 ? ~0ull : 0xFFFFFFFFull) : 0;
-  return sum + A(th.need) * static_cast<A>(value_of(th.key ^ flip, A(0)));
+  return sum + static_cast<double>(th.need) *
+                   ::ldexp(static_cast<double>(value_of(th.key ^ flip, A(0))), -exponent);
 }
 
 template <typename T> NPOOL_FN SelectShared* select_shared() {
-  using A = typename Accumulator<T>::type;
-  // The reduction slots first (block_size() accumulators), then the selection state.
+  // The reduction slots first (block_size() float64 accumulators), then the selection state.
   unsigned char* base = shared_memory<unsigned char>();
-  const int64_t slots = (static_cast<int64_t>(block_size()) * sizeof(A) + 15) / 16 * 16;
+  const int64_t slots = (static_cast<int64_t>(block_size()) * sizeof(double) + 15) / 16 * 16;
   return reinterpret_cast<SelectShared*>(base + slots);
 }
 
+// mean of the k largest + alpha * mean of the kb smallest, with the cells scaled by 2^-exponent.
+template <typename T> NPOOL_FN double selection_value(const Args& a, int64_t base,
+                                                     const Threshold* th, int exponent) {
+  double y = 0;
+  for (int part = 0; part < 2; ++part) {
+    const int64_t k = part ? a.k_bottom : a.k;
+    if (k) y += (part ? a.alpha : 1.0) *
+                (selected_sum<T>(a, base, th[part], part == 1, exponent) / static_cast<double>(k));
+  }
+  return y;
+}
+
+// y = mean of the k largest + alpha * mean of the kb smallest, in float64; when that overflows
+// although the cells are finite (float64 cells near the maximum), again with the cells scaled
+// by a power of two, as the CPU core does.
 template <typename T> NPOOL_FN void select_body(const Args& a) {
-  using A = typename Accumulator<T>::type;
-  A* sums = shared_memory<A>();
   SelectShared* sh = select_shared<T>();
   const int64_t width = a.k + a.k_bottom;
   for (int64_t map = block_index(); map < a.maps; map += grid_size()) {
     const int64_t base = map_offsets(a, map).x;
-    A y = 0;
+    Threshold th[2] = {{0, 0}, {0, 0}};
     for (int part = 0; part < 2; ++part) {
       const bool bottom = part == 1;
       const int64_t k = bottom ? a.k_bottom : a.k;
       if (k == 0) continue;
-      const Threshold th = block_threshold<T>(a, base, k, bottom, sh);
-      const A sum = selected_sum<T>(a, base, th, bottom, sums);
-      y += (bottom ? static_cast<A>(a.alpha) : A(1)) * (sum / A(k));
+      th[part] = block_threshold<T>(a, base, k, bottom, sh);
       if (a.index) {
         int64_t* out = a.index + map * width + (bottom ? a.k : 0);
-        for_selected<T>(a, base, th, bottom, sh, [&](int64_t i, int64_t p) { out[p] = i; });
+        for_selected<T>(a, base, th[part], bottom, sh, [&](int64_t i, int64_t p) { out[p] = i; });
       }
     }
-    if (thread_index() == 0) static_cast<T*>(a.out)[map] = from_acc<T>(y);
+    double y = selection_value<T>(a, base, th, 0);
+    if (!is_finite(y)) {  // the same in every thread: the branch is uniform
+      const int e = sum_scale_exponent(a.k > a.k_bottom ? a.k : a.k_bottom);
+      const double scaled = selection_value<T>(a, base, th, e);
+      if (is_finite(scaled)) y = ::ldexp(scaled, e);
+    }
+    if (thread_index() == 0) static_cast<T*>(a.out)[map] = from_acc<T>(
+        static_cast<typename Accumulator<T>::type>(y));
     sync_block();
   }
 }

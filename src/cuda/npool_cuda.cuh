@@ -17,8 +17,12 @@
 #include <thread>
 #include <vector>
 #define NPOOL_FN inline
+#define NPOOL_COLD_FN __attribute__((noinline))
 #else
 #define NPOOL_FN __device__ __forceinline__
+// A rarely taken path (the careful redo of an overflowing window), kept out of line so that
+// its float64 arithmetic costs the hot path no registers.
+#define NPOOL_COLD_FN __device__ __noinline__
 #endif
 
 namespace npool {

@@ -5,8 +5,9 @@
 //   y_o = sum e_i x_i / S, computed as x* + sum e_i (x_i - x*) / S with x* the x of the (first)
 //         cell where z is largest, so y stays inside the window's range after rounding;
 //   dL/dx_i = sum_{o : i in R(o)} (g_o / S_o) e_{o,i} (1 + lam (x_i - y_o)).
-// Windows whose M or y is not finite (NaN, +-inf, or lam x overflowing) are redone with the
-// limits of the CPU kernel: NaN wins, +inf cells share the whole weight, -inf cells weigh nothing.
+// Windows whose M or y is not finite (NaN, +-inf, lam x or the weighted sum overflowing) are
+// redone as the CPU kernel does: from x* (found by comparing x), so nothing overflows, with the
+// limits NaN wins, +inf cells share the whole weight, -inf cells weigh nothing.
 //
 // Arrays are seen as 5-D (N, C, D, H, W) with arbitrary element strides (1-D and 2-D pools add
 // size-1 axes). Work items are taken in memory order of a C-contiguous array, or, when
@@ -18,7 +19,7 @@
 //                       gradient of every input cell it owns (its window, and the cells between
 //                       it and the next window or the edge, which get 0); each cell is written
 //                       by exactly one thread.
-//   backward_stats      overlapping windows, pass 1: one thread per output stores M, g/S and y.
+//   backward_stats      overlapping windows, pass 1: one thread per output stores x*, g/S and y.
 //   backward_gather     pass 2: one thread per input cell adds the terms of the windows that
 //                       cover it, in output order. No atomics: the gradient is deterministic.
 #include "npool_cuda.cuh"
@@ -31,8 +32,8 @@ struct Args {
   const void* x;         // input (N, C, D, H, W)
   const void* grad_out;  // gradient of the output, shaped like y
   void* out;             // y (forward) or grad_x (backward)
-  void* stats;           // accumulators M, g/S and y of every output, in output work-item order
-  int64_t stats_stride;  // distance between the M, g/S and y arrays of stats: the output count
+  void* stats;           // accumulators x*, g/S and y of every output, in output work-item order
+  int64_t stats_stride;  // distance between the x*, g/S and y arrays of stats: the output count
   int64_t count;         // work items
   int64_t channels_last; // work-item order: channels fastest when non-zero
   double lam;            // temperature, when lam_values is null
@@ -117,47 +118,144 @@ NPOOL_FN typename Accumulator<T>::type temperature(const Args& a, I n, I c, I od
       n * s[0] + c * s[1] + od * s[2] + oh * s[3] + ow * s[4]]);
 }
 
-template <typename A> NPOOL_FN A scaled(A v, A lam) {
-  return lam != A(0) ? lam * v : A(0);  // lam = 0 is average pooling, infinite cells included
+// lam (v - w) for finite v and w, without overflow in v - w (halved when that would overflow).
+NPOOL_FN double scaled_difference(double lam, double v, double w) {
+  const double d = v - w;
+  if (d - d == 0) return lam * d;
+  return 2 * (lam * (0.5 * v - 0.5 * w));
 }
 
-// exp(z - m) for z <= m; a cell at the maximum weighs 1 (also when both are infinite).
-template <typename A> NPOOL_FN A weight(A z, A m) { return z == m ? A(1) : exp_acc(z - m); }
+// exp(z - m) of the fast path (z <= m finite, or z = -inf); a cell at the maximum weighs 1.
+template <typename A> NPOOL_FN A fast_weight(A z, A m) { return z == m ? A(1) : exp_acc(z - m); }
 
-// a e (1 + lam (x - y)): one window's share of dL/dx for one cell, with a = g / S.
-template <typename A> NPOOL_FN A gradient_term(A z, A v, A m, A a, A y, A lam) {
-  const A e = weight(z, m);
+// exp(lam (v - x*)), with x* the window's reference cell (its largest lam x), for any cells:
+// lam = 0 weighs every cell 1; NaN wins; the cells equal to an infinite x* share the weight and
+// another infinite v weighs 0; when lam v or lam x* overflows for finite cells, lam (v - x*) is
+// taken in float64 without overflow. While both products are finite it is the fast path's
+// weight, bit for bit. As the CPU kernel's _weight.
+template <typename A> NPOOL_FN A weight(A v, A xs, A lam) {
+  if (lam == A(0)) return A(1);
+  if (v != v || xs != xs) return v + xs;
+  if (v == xs) return A(1);
+  const A z = lam * v, m = lam * xs;
+  if (is_finite(z) && is_finite(m)) return exp_acc(z - m);
+  if (!is_finite(v) || !is_finite(xs)) return A(0);
+  const double u = scaled_difference(static_cast<double>(lam), static_cast<double>(v),
+                                     static_cast<double>(xs));
+  return static_cast<A>(::exp(u < 0 ? u : 0.0));
+}
+
+// a e (1 + lam (x - y)) for any cells (see weight); lam (x - y) overflowing for finite cells
+// is taken in float64. Out of line: the rare path of gradient_term.
+template <typename A> NPOOL_COLD_FN A careful_gradient_term(A v, A xs, A a, A y, A lam) {
+  const A e = weight(v, xs, lam);
   if (e == A(0)) return A(0);
   if (lam == A(0) || v == y) return a * e;  // v == y: also the infinite cells
-  return a * e * (A(1) + lam * (v - y));
+  const A r = lam * (v - y);
+  if (is_finite(r) || !is_finite(v) || !is_finite(y)) return a * e * (A(1) + r);
+  return static_cast<A>(static_cast<double>(a) * e *
+                        (1 + scaled_difference(static_cast<double>(lam), static_cast<double>(v),
+                                               static_cast<double>(y))));
+}
+
+// a e (1 + lam (x - y)): one window's share of dL/dx for one cell, with a = g / S. The fast
+// path's arithmetic when everything is finite, else careful_gradient_term.
+template <typename A> NPOOL_FN A gradient_term(A v, A xs, A a, A y, A lam) {
+  const A z = lam * v, m = lam * xs;
+  if (is_finite(z) && is_finite(m) && is_finite(y)) {
+    const A e = fast_weight(z, m);
+    if (e == A(0)) return A(0);
+    if (lam == A(0) || v == y) return a * e;
+    const A r = lam * (v - y);
+    if (is_finite(r)) return a * e * (A(1) + r);
+  }
+  return careful_gradient_term(v, xs, a, y, lam);
 }
 
 template <typename A> struct Stats {
-  A m, s, y;
+  A xs, s, y;  // the reference cell x*, S and y
 };
 
-// S = sum e_i and y = x0 + sum e_i (x_i - x0) / S of one window with maximum m of z.
+// S = sum e_i and y = x* + sum e_i (x_i - x*) / S of one window whose fast maximum of z is
+// finite (x* = xs, e_i = exp(lam x_i - lam x*)).
 template <typename T, typename I>
 NPOOL_FN void window_sums(const Args& a, const T* x, const Window<I>& win,
                           Stats<typename Accumulator<T>::type>* st,
-                          typename Accumulator<T>::type x0, typename Accumulator<T>::type lam) {
+                          typename Accumulator<T>::type xs, typename Accumulator<T>::type lam) {
   using A = typename Accumulator<T>::type;
   const I s2 = static_cast<I>(a.x_strides[2]), s3 = static_cast<I>(a.x_strides[3]),
           s4 = static_cast<I>(a.x_strides[4]);
+  const A m = lam * xs;
   A s = 0, t = 0;
   for (I d = win.lo[0]; d < win.hi[0]; ++d)
     for (I h = win.lo[1]; h < win.hi[1]; ++h)
       for (I w = win.lo[2]; w < win.hi[2]; ++w) {
         const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
-        const A e = weight(scaled(v, lam), st->m);
+        const A e = lam != A(0) ? fast_weight(lam * v, m) : A(1);
         s += e;
-        if (e != A(0)) t += e * (v - x0);  // cells of zero weight (-inf ones) add nothing
+        if (e != A(0)) t += e * (v - xs);  // cells of zero weight (-inf ones) add nothing
       }
+  st->xs = xs;
   st->s = s;
-  st->y = x0 + t / s;
+  st->y = xs + t / s;
 }
 
-// M, S and y of one window; x points at (n, c, 0, 0, 0).
+// A window the fast path could not do (NaN or an infinity in lam x, or an overflow): x* found
+// by comparing x itself in lam's direction, the weights of weight(), and y accumulated halved in
+// float64, 2 (x*/2 + sum_i w_i (x_i/2 - x*/2)), so that nothing overflows. As the CPU kernel's
+// _careful_window.
+template <typename T, typename I>
+NPOOL_COLD_FN void careful_window(const Args& a, const T* x, const Window<I>& win,
+                             Stats<typename Accumulator<T>::type>* st,
+                             typename Accumulator<T>::type lam) {
+  using A = typename Accumulator<T>::type;
+  const I s2 = static_cast<I>(a.x_strides[2]), s3 = static_cast<I>(a.x_strides[3]),
+          s4 = static_cast<I>(a.x_strides[4]);
+  A xs = to_acc(x[win.lo[0] * s2 + win.lo[1] * s3 + win.lo[2] * s4]);
+  bool nan = false;
+  for (I d = win.lo[0]; d < win.hi[0]; ++d)
+    for (I h = win.lo[1]; h < win.hi[1]; ++h)
+      for (I w = win.lo[2]; w < win.hi[2]; ++w) {
+        const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
+        if (nan) continue;
+        if (v != v) { xs = v; nan = true; }
+        else if ((lam > A(0) && v > xs) || (lam < A(0) && v < xs)) xs = v;
+      }
+  double s = 0;
+  for (I d = win.lo[0]; d < win.hi[0]; ++d)
+    for (I h = win.lo[1]; h < win.hi[1]; ++h)
+      for (I w = win.lo[2]; w < win.hi[2]; ++w)
+        s += weight(to_acc(x[d * s2 + h * s3 + w * s4]), xs, lam);
+  st->xs = xs;
+  st->s = static_cast<A>(s);
+  if (xs != xs || (!is_finite(xs) && lam != A(0))) {  // NaN wins; an infinite x* takes it all
+    st->y = xs;
+    return;
+  }
+  double half = 0;
+  for (I d = win.lo[0]; d < win.hi[0]; ++d)
+    for (I h = win.lo[1]; h < win.hi[1]; ++h)
+      for (I w = win.lo[2]; w < win.hi[2]; ++w) {
+        const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
+        const double e = weight(v, xs, lam);
+        if (e != 0 && v != xs) half += (e / s) * (0.5 * static_cast<double>(v) -
+                                                  0.5 * static_cast<double>(xs));
+      }
+  double y = 2 * (0.5 * static_cast<double>(xs) + half);
+  if (y - y != 0) {  // infinite cells averaged (lam = 0): the plain weighted mean, halved
+    half = 0;
+    for (I d = win.lo[0]; d < win.hi[0]; ++d)
+      for (I h = win.lo[1]; h < win.hi[1]; ++h)
+        for (I w = win.lo[2]; w < win.hi[2]; ++w) {
+          const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
+          half += (weight(v, xs, lam) / s) * (0.5 * static_cast<double>(v));
+        }
+    y = 2 * half;
+  }
+  st->y = static_cast<A>(y);
+}
+
+// x*, S and y of one window; x points at (n, c, 0, 0, 0).
 template <typename T, typename I>
 NPOOL_FN Stats<typename Accumulator<T>::type> window_stats(const Args& a, const T* x,
                                                          const Window<I>& win,
@@ -171,17 +269,16 @@ NPOOL_FN Stats<typename Accumulator<T>::type> window_stats(const Args& a, const 
     for (I h = win.lo[1]; h < win.hi[1]; ++h)
       for (I w = win.lo[2]; w < win.hi[2]; ++w) {
         const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
-        const A z = scaled(v, lam);
+        const A z = lam != A(0) ? lam * v : A(0);  // lam = 0: average, infinite cells included
         any_nan |= z != z;
         if (z > m) { m = z; xm = v; }
       }
   Stats<A> st;
-  st.m = any_nan ? quiet_nan<A>() : m;
-  if (is_finite(st.m)) {
+  if (!any_nan && is_finite(m)) {
     window_sums<T, I>(a, x, win, &st, xm, lam);  // relative to x*: y stays in the window's range
     if (is_finite(st.y)) return st;
   }
-  window_sums<T, I>(a, x, win, &st, A(0), lam);  // non-finite M, or x - x* overflowed: the limits
+  careful_window<T, I>(a, x, win, &st, lam);
   return st;
 }
 
@@ -199,8 +296,11 @@ NPOOL_FN typename Accumulator<T>::type window_spread(
     for (I h = win.lo[1]; h < win.hi[1]; ++h)
       for (I w = win.lo[2]; w < win.hi[2]; ++w) {
         const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
-        const A e = weight(scaled(v, lam), st.m);
-        if (e != A(0) && v != st.y) q += e * (v - st.y) * (v - st.y);
+        const A e = weight(v, st.xs, lam);
+        if (e != A(0) && v != st.y) {
+          const double d = static_cast<double>(v) - static_cast<double>(st.y);
+          q += static_cast<A>(e * d * d);
+        }
       }
   return q;
 }
@@ -256,7 +356,7 @@ template <typename T, typename I> NPOOL_FN void backward_disjoint_item(const Arg
         A term = 0;
         if (inside) {
           const A v = to_acc(x[d * xs2 + h * xs3 + w * xs4]);
-          term = gradient_term(scaled(v, lam), v, st.m, coef, st.y, lam);
+          term = gradient_term(v, st.xs, coef, st.y, lam);
         }
         gx[d * gs2 + h * gs3 + w * gs4] = from_acc<T>(term);
       }
@@ -273,7 +373,7 @@ template <typename T, typename I> NPOOL_FN void backward_stats_item(const Args& 
       offset<I>(a.g_strides, p.n, p.c, p.s[0], p.s[1], p.s[2])]);
   if (a.grad_lam) store_grad_lam<T, I>(a, p, g * window_spread<T, I>(a, x, win, lam, st) / st.s);
   A* stats = static_cast<A*>(a.stats);
-  stats[t] = st.m;
+  stats[t] = st.xs;
   stats[a.stats_stride + t] = g / st.s;
   stats[2 * a.stats_stride + t] = st.y;
 }
@@ -301,8 +401,7 @@ template <typename T, typename I> NPOOL_FN void backward_gather_item(const Args&
       for (I ow = lo[2]; ow < hi[2]; ++ow) {
         const int64_t o = output_item<I>(a, p.n, p.c, od, oh, ow);
         const A lam = temperature<T, I>(a, p.n, p.c, od, oh, ow);
-        sum += gradient_term(scaled(v, lam), v, stats[o], stats[outputs + o],
-                             stats[2 * outputs + o], lam);
+        sum += gradient_term(v, stats[o], stats[outputs + o], stats[2 * outputs + o], lam);
       }
   static_cast<T*>(a.out)[offset<I>(a.out_strides, p.n, p.c, p.s[0], p.s[1], p.s[2])] =
       from_acc<T>(sum);

@@ -76,7 +76,11 @@ class _Pool:
         if isinstance(lam, (bool, np.bool_)):
             raise TypeError("lam must be a real number or a GPU array, got bool")
         if isinstance(lam, (int, float, np.integer, np.floating)):
-            return float(lam), 0, (0,) * 5, (1,) * 5, ()
+            value = _checks.finite_real(lam, "lam")
+            if self.x.dtype != np.float64 and abs(value) > float(np.finfo(np.float32).max):
+                raise ValueError("lam must be finite (in float32, the dtype the pool computes "
+                                 "in): values beyond its range are refused")
+            return value, 0, (0,) * 5, (1,) * 5, ()
         if isinstance(lam, np.ndarray):
             raise TypeError("lam is a numpy array but x is on the GPU: pass lam on the GPU "
                             "(or a Python number)")
@@ -190,7 +194,7 @@ def backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode, devi
                 pool.set_work(args, pool.out_size, outputs, wide)
                 call.launch(pool.kernel("backward_disjoint", wide), args[()], outputs)
             else:
-                # Pass 1 stores M, g/S and y per output; pass 2 gathers them per input cell.
+                # Pass 1 stores x*, g/S and y per output; pass 2 gathers them per input cell.
                 wide = pool.wide_index([3 * outputs, inputs], pool.x_strides, gx_strides,
                                        g_strides)
                 stats = call.workspace(3 * outputs * accumulator)
