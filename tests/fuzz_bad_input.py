@@ -170,7 +170,9 @@ def _snapshots(kwargs):
 
 
 def run(examples):
+    """Outcome counts: overall, and per function (``by_function``)."""
     outcomes = Counter()
+    by_function = {}
 
     @settings(max_examples=examples, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
@@ -180,19 +182,21 @@ def run(examples):
         before = _snapshots(kwargs)
         try:
             getattr(npool, name)(**kwargs)
-            outcomes["returned"] += 1
+            outcome = "returned"
         except (TypeError, ValueError) as error:
-            outcomes[type(error).__name__] += 1
+            outcome = type(error).__name__
             assert str(error), f"{name}: an error without a message"
         finally:
             npool.set_num_threads(None)
+        outcomes[outcome] += 1
+        by_function.setdefault(name, Counter())[outcome] += 1
         for key, copy in before.items():
             assert np.array_equal(np.asarray(kwargs[key]), copy, equal_nan=True), \
                 f"{name} changed the caller's {key}"
 
     fuzz()
     outcomes["calls"] = sum(outcomes.values())
-    return dict(outcomes)
+    return dict(outcomes, by_function={k: dict(v) for k, v in sorted(by_function.items())})
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memset
 
 from _fastexp cimport double_bits, exp_nonpositive, float_bits
+from _kernel_checks cimport dims, require, same_strides
 
 cdef enum:
     CHUNK = 2048   # cells per chunk of a contiguous map
@@ -51,23 +52,6 @@ cdef inline bint _finite(double v) noexcept nogil:
 cdef inline double _weight(double z, double m) noexcept nogil:
     """exp(z - m) for z <= m; a cell at the maximum weighs 1 (also when both are infinite)."""
     return 1.0 if z == m else exp(z - m)
-
-
-cdef tuple _dims(Py_ssize_t* values, int n):
-    return tuple([values[i] for i in range(n)])
-
-
-def _same_strides(tuple shape, tuple a, tuple b):
-    """Whether two arrays of ``shape`` with byte strides a and b lay out memory alike (axes of
-    size 1 may have any stride)."""
-    return all(n == 1 or sa == sb for n, sa, sb in zip(shape, a, b))
-
-
-def _require(bint ok, str what):
-    """The kernels trust no shape: every entry checks the buffers it is given against each
-    other and raises before touching memory (a wrong size from Python is a bug, not a crash)."""
-    if not ok:
-        raise ValueError(f"npool._global_pools: {what}")
 
 
 # ------------------------------------------------------------------ one run of cells
@@ -272,15 +256,15 @@ def reduce(int mode, const floating[:, :, :] x, double beta, double[:, :] a, dou
     cdef const floating* base
     cdef floating fbeta = <floating>beta
     cdef Reduction red = <Reduction>mode
-    _require(0 <= mode <= 2, "mode must be 0, 1 or 2")
-    _require(N * C * S > 0, "x must not be empty")
-    _require(sS == 1 or S == 1 or sC == 1, "x needs unit stride along S or C")
-    _require(K == (S + CHUNK - 1) // CHUNK if (sS == 1 or S == 1) else
-             K == (S + CL_CHUNK - 1) // CL_CHUNK, "a must have one column per chunk")
+    require(0 <= mode <= 2, "mode must be 0, 1 or 2")
+    require(N * C * S > 0, "x must not be empty")
+    require(sS == 1 or S == 1 or sC == 1, "x needs unit stride along S or C")
+    require(K == (S + CHUNK - 1) // CHUNK if (sS == 1 or S == 1) else
+            K == (S + CL_CHUNK - 1) // CL_CHUNK, "a must have one column per chunk")
     for arr_rows, arr_cols in ((a.shape[0], a.shape[1]), (b.shape[0], b.shape[1]),
                                (index.shape[0], index.shape[1])):
-        _require(arr_rows == N * C and arr_cols == K, "a, b and index must be (N * C, chunks)")
-    _require(n_threads >= 1, "n_threads must be >= 1")
+        require(arr_rows == N * C and arr_cols == K, "a, b and index must be (N * C, chunks)")
+    require(n_threads >= 1, "n_threads must be >= 1")
     base = &x[0, 0, 0]
     if sS == 1 or S == 1:
         for t in prange(N * C * K, schedule='static', nogil=True, num_threads=n_threads):
@@ -335,9 +319,9 @@ def lse_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, const doub
     cdef Py_ssize_t t, i, n, c, p
     cdef floating fbeta = <floating>beta
     cdef floating mm, cc
-    _require(_dims(grad_x.shape, 3) == _dims(x.shape, 3), "grad_x must have x's shape")
-    _require(m.shape[0] == N * C and coef.shape[0] == N * C, "m and coef must have N * C values")
-    _require(n_threads >= 1, "n_threads must be >= 1")
+    require(dims(grad_x.shape, 3) == dims(x.shape, 3), "grad_x must have x's shape")
+    require(m.shape[0] == N * C and coef.shape[0] == N * C, "m and coef must have N * C values")
+    require(n_threads >= 1, "n_threads must be >= 1")
     if x.strides[2] == x.itemsize or S == 1:
         for t in prange(N * C, schedule='static', nogil=True, num_threads=n_threads):
             n = t // C
@@ -530,11 +514,11 @@ def select(const floating[:, :, :] x, Py_ssize_t k, bint bottom, double[:] total
     cdef bint want_index = index.shape[1] == k
     cdef const floating* base
     cdef uint64_t* buffer
-    _require(0 <= k <= S, "k must be in [0, S]")
-    _require(total.shape[0] == N * C and index.shape[0] == N * C and
-             (index.shape[1] == k or index.shape[1] == 0), "total (N * C,), index (N * C, k or 0)")
-    _require(1 <= n_threads <= buffers.shape[0] and capacity >= 1 and buffers.strides[1] == 8,
-             "buffers must be (>= n_threads, >= 2) with unit stride, n_threads >= 1")
+    require(0 <= k <= S, "k must be in [0, S]")
+    require(total.shape[0] == N * C and index.shape[0] == N * C and
+            (index.shape[1] == k or index.shape[1] == 0), "total (N * C,), index (N * C, k or 0)")
+    require(1 <= n_threads <= buffers.shape[0] and capacity >= 1 and buffers.strides[1] == 8,
+            "buffers must be (>= n_threads, >= 2) with unit stride, n_threads >= 1")
     if k == 0 or N * C == 0:
         return
     base = &x[0, 0, 0]
@@ -596,14 +580,14 @@ def selection_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, Py_s
     cdef const floating* base
     cdef floating* gbase
     cdef uint64_t* buffer
-    _require(_dims(grad_x.shape, 3) == _dims(x.shape, 3) and
-             _same_strides(_dims(x.shape, 3), _dims(grad_x.strides, 3), _dims(x.strides, 3)),
-             "grad_x must have x's shape and strides")
-    _require(0 <= k_top <= S and 0 <= k_bottom <= S, "k_top and k_bottom must be in [0, S]")
-    _require(top_share.shape[0] == N * C and (k_bottom == 0 or bottom_share.shape[0] == N * C),
-             "top_share and bottom_share must have N * C values")
-    _require(1 <= n_threads <= buffers.shape[0] and capacity >= 1 and buffers.strides[1] == 8,
-             "buffers must be (>= n_threads, >= 2) with unit stride, n_threads >= 1")
+    require(dims(grad_x.shape, 3) == dims(x.shape, 3) and
+            same_strides(dims(x.shape, 3), dims(grad_x.strides, 3), dims(x.strides, 3)),
+            "grad_x must have x's shape and strides")
+    require(0 <= k_top <= S and 0 <= k_bottom <= S, "k_top and k_bottom must be in [0, S]")
+    require(top_share.shape[0] == N * C and (k_bottom == 0 or bottom_share.shape[0] == N * C),
+            "top_share and bottom_share must have N * C values")
+    require(1 <= n_threads <= buffers.shape[0] and capacity >= 1 and buffers.strides[1] == 8,
+            "buffers must be (>= n_threads, >= 2) with unit stride, n_threads >= 1")
     if N * C == 0:
         return
     base = &x[0, 0, 0]
@@ -625,14 +609,14 @@ def scatter_gradient(floating[:, :, :] grad_x, const int64_t[:, :] index, const 
     cdef Py_ssize_t K = index.shape[1], t, i, n, c
     cdef floating value
     cdef bint in_range = True
-    _require(index.shape[0] == N * C and share.shape[0] == N * C,
-             "index and share must have N * C rows")
-    _require(n_threads >= 1, "n_threads must be >= 1")
+    require(index.shape[0] == N * C and share.shape[0] == N * C,
+            "index and share must have N * C rows")
+    require(n_threads >= 1, "n_threads must be >= 1")
     with nogil:
         for t in range(N * C):
             for i in range(K):
                 in_range = in_range & (0 <= index[t, i] < S)
-    _require(in_range, "index must lie in [0, S)")
+    require(in_range, "index must lie in [0, S)")
     for t in prange(N * C, schedule='static', nogil=True, num_threads=n_threads):
         n = t // C
         c = t % C

@@ -13,6 +13,7 @@ passes through it divided by the floor (the derivative of v / 1e-6), as for Tens
 l2_normalize. The loops run over rows of K contiguous values with per-column accumulators, so
 they vectorise. No (B, M, K, D) array exists anywhere; the contractions are BLAS products.
 """
+from _kernel_checks cimport require
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport fabs, sqrt
@@ -76,13 +77,6 @@ cdef void _normalize_one(floating* v, const floating* c, const floating* a_sum,
             row[k] = row[k] / (norms[k] * norms[K])
 
 
-def _require(bint ok, str what):
-    """The kernels trust no shape: every entry checks the buffers it is given against each
-    other and raises before touching memory (a wrong size from Python is a bug, not a crash)."""
-    if not ok:
-        raise ValueError(f"npool._set_pools: {what}")
-
-
 def vlad_normalize(floating[:, :, ::1] v, const floating[:, ::1] centers,
                    const floating[:, ::1] a_sum, floating[:, ::1] norms, bint with_centers,
                    int n_threads):
@@ -90,11 +84,11 @@ def vlad_normalize(floating[:, :, ::1] v, const floating[:, ::1] centers,
     norms[b] = (column norms, global norm)."""
     cdef Py_ssize_t B = v.shape[0], D = v.shape[1], K = v.shape[2], b
     cdef double* squared
-    _require(not with_centers or (centers.shape[0] == D and centers.shape[1] == K),
-             "centers must be (D, K)")
-    _require(a_sum.shape[0] == B and a_sum.shape[1] == K, "a_sum must be (B, K)")
-    _require(norms.shape[0] == B and norms.shape[1] == K + 1, "norms must be (B, K + 1)")
-    _require(n_threads >= 1, "n_threads must be >= 1")
+    require(not with_centers or (centers.shape[0] == D and centers.shape[1] == K),
+            "centers must be (D, K)")
+    require(a_sum.shape[0] == B and a_sum.shape[1] == K, "a_sum must be (B, K)")
+    require(norms.shape[0] == B and norms.shape[1] == K + 1, "norms must be (B, K + 1)")
+    require(n_threads >= 1, "n_threads must be >= 1")
     squared = <double*>malloc(max(B * K, 1) * sizeof(double))
     if squared == NULL:
         raise MemoryError()
@@ -141,9 +135,9 @@ def vlad_normalize_backward(floating[:, :, ::1] g, const floating[:, :, ::1] y,
     """In place: g = dL/dy (B, D, K) becomes dL/dV, where y is the forward's output and norms
     its norms."""
     cdef Py_ssize_t B = g.shape[0], D = g.shape[1], K = g.shape[2], b
-    _require(y.shape[0] == B and y.shape[1] == D and y.shape[2] == K, "y must have g's shape")
-    _require(norms.shape[0] == B and norms.shape[1] == K + 1, "norms must be (B, K + 1)")
-    _require(dots.shape[0] == B and dots.shape[1] == K, "dots must be (B, K)")
-    _require(n_threads >= 1, "n_threads must be >= 1")
+    require(y.shape[0] == B and y.shape[1] == D and y.shape[2] == K, "y must have g's shape")
+    require(norms.shape[0] == B and norms.shape[1] == K + 1, "norms must be (B, K + 1)")
+    require(dots.shape[0] == B and dots.shape[1] == K, "dots must be (B, K)")
+    require(n_threads >= 1, "n_threads must be >= 1")
     for b in prange(B, schedule='static', nogil=True, num_threads=n_threads):
         _backward_one(&g[b, 0, 0], &y[b, 0, 0], &norms[b, 0], &dots[b, 0], D, K)

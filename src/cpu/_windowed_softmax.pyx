@@ -36,6 +36,7 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY, exp
 
 from _fastexp cimport double_bits, exp_nonpositive, float_bits
+from _kernel_checks cimport dims, require, same_strides
 
 cdef enum:
     BLOCK = 64  # outputs per vectorised block: the scratch arrays of a block stay in L1
@@ -700,43 +701,28 @@ cdef Geometry _geometry(const Py_ssize_t* size, const Py_ssize_t* x_strides,
     return geo
 
 
-cdef tuple _dims(Py_ssize_t* values, int n):
-    return tuple([values[i] for i in range(n)])
-
-
-def _same_strides(tuple shape, tuple a, tuple b):
-    """Whether two arrays of ``shape`` with byte strides a and b lay out memory alike (axes of
-    size 1 may have any stride)."""
-    return all(n == 1 or sa == sb for n, sa, sb in zip(shape, a, b))
-
-
-def _require(bint ok, str what):
-    if not ok:
-        raise ValueError(f"npool._windowed_softmax: {what}")
-
-
 def _check_call(tuple x_shape, tuple out_shape, tuple lam_shape, tuple kernel, tuple stride,
                 tuple padding, Py_ssize_t[:, ::1] scratch, buffers, int n_threads):
     """The kernels trust no shape: every entry checks what it is given and raises before
     touching memory (a wrong size from Python is a bug, not a crash). Every window must hold
     at least one real cell, and the scratch must hold a window for every thread."""
     cdef Py_ssize_t cells = 1
-    _require(len(kernel) == 3 and len(stride) == 3 and len(padding) == 3,
-             "kernel, stride and padding must have 3 values")
-    _require(all(n >= 1 for n in x_shape) and all(n >= 1 for n in out_shape),
-             "x and the output must not be empty")
-    _require(out_shape[:2] == x_shape[:2] and lam_shape == out_shape,
-             "the output and lam must be (N, C, OD, OH, OW) of x's N and C")
+    require(len(kernel) == 3 and len(stride) == 3 and len(padding) == 3,
+            "kernel, stride and padding must have 3 values")
+    require(all(n >= 1 for n in x_shape) and all(n >= 1 for n in out_shape),
+            "x and the output must not be empty")
+    require(out_shape[:2] == x_shape[:2] and lam_shape == out_shape,
+            "the output and lam must be (N, C, OD, OH, OW) of x's N and C")
     for a in range(3):
-        _require(kernel[a] >= 1 and stride[a] >= 1 and 0 <= 2 * padding[a] <= kernel[a],
-                 "kernel >= 1, stride >= 1, 0 <= 2 * padding <= kernel")
-        _require((out_shape[2 + a] - 1) * stride[a] - padding[a] < x_shape[2 + a],
-                 "every window must start inside the input")
+        require(kernel[a] >= 1 and stride[a] >= 1 and 0 <= 2 * padding[a] <= kernel[a],
+                "kernel >= 1, stride >= 1, 0 <= 2 * padding <= kernel")
+        require((out_shape[2 + a] - 1) * stride[a] - padding[a] < x_shape[2 + a],
+                "every window must start inside the input")
         cells *= kernel[a]
-    _require(n_threads >= 1 and scratch.shape[0] >= n_threads and scratch.shape[1] >= cells,
-             "scratch must be (>= n_threads, kernel cells)")
-    _require(buffers.shape[0] >= n_threads and buffers.shape[1] >= 2 * cells,
-             "buffers must be (>= n_threads, >= 2 * kernel cells)")
+    require(n_threads >= 1 and scratch.shape[0] >= n_threads and scratch.shape[1] >= cells,
+            "scratch must be (>= n_threads, kernel cells)")
+    require(buffers.shape[0] >= n_threads and buffers.shape[1] >= 2 * cells,
+            "buffers must be (>= n_threads, >= 2 * kernel cells)")
 
 
 def forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] y, tuple kernel,
@@ -749,7 +735,7 @@ def forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] y, tuple ke
     (lines along C when true, along W otherwise); scratch is ``(n_threads, kD * kH * kW)`` and
     buffers ``(n_threads, 2 * max(4096, kD * kH * kW))``.
     """
-    _check_call(_dims(x.shape, 5), _dims(y.shape, 5), _dims(lam.shape, 5), kernel, stride,
+    _check_call(dims(x.shape, 5), dims(y.shape, 5), dims(lam.shape, 5), kernel, stride,
                 padding, scratch, buffers, n_threads)
     cdef Geometry geo = _geometry(x.shape, x.strides, y.shape, y.strides, NULL, lam.strides,
                                   NULL, sizeof(floating), kernel, stride, padding, 0)
@@ -778,17 +764,17 @@ def backward(const floating[:, :, :, :, :] grad_out, const floating[:, :, :, :, 
     cdef bint disjoint = True
     cdef Mode mode
     cdef int a
-    out_shape = _dims(grad_out.shape, 5)
-    _check_call(_dims(x.shape, 5), out_shape, _dims(lam.shape, 5), kernel, stride, padding,
+    out_shape = dims(grad_out.shape, 5)
+    _check_call(dims(x.shape, 5), out_shape, dims(lam.shape, 5), kernel, stride, padding,
                 scratch, buffers, n_threads)
-    _require(_dims(grad_x.shape, 5) == _dims(x.shape, 5) and
-             _same_strides(_dims(x.shape, 5), _dims(grad_x.strides, 5),
-                                                        _dims(x.strides, 5)),
-             "grad_x must have x's shape and strides")
-    _require(grad_lam is None or _dims(grad_lam.shape, 5) == out_shape,
-             "grad_lam must have grad_out's shape")
-    _require(stats is None or _dims(stats.shape, 6) == (3,) + out_shape,
-             "stats must be (3, *grad_out.shape)")
+    require(dims(grad_x.shape, 5) == dims(x.shape, 5) and
+            same_strides(dims(x.shape, 5), dims(grad_x.strides, 5),
+                                                        dims(x.strides, 5)),
+            "grad_x must have x's shape and strides")
+    require(grad_lam is None or dims(grad_lam.shape, 5) == out_shape,
+            "grad_lam must have grad_out's shape")
+    require(stats is None or dims(stats.shape, 6) == (3,) + out_shape,
+            "stats must be (3, *grad_out.shape)")
     for a in range(3):
         disjoint = disjoint and stride[a] >= kernel[a]
     if disjoint:

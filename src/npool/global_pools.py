@@ -240,7 +240,10 @@ def _sum(maps):
 
 
 def global_avg_pool_forward(x, keepdims=False):
-    """``y = mean x`` over the spatial cells of each map (partial sums in float64)."""
+    """``y = mean x`` over the spatial cells of each map. The CPU kernels add runs of 256
+    cells in x's precision and the runs in float64; a map whose sum overflows although its
+    cells are finite (near the float maximum) is summed again in float64 with its cells scaled
+    by a power of two, so the mean is finite whenever the cells are."""
     keepdims, _ = _flags(keepdims)
     gpu = _gpu(x=x)
     if gpu:
