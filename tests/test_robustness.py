@@ -200,7 +200,7 @@ def test_absurd_thread_counts_are_refused(n):
 
 
 def test_scratch_is_sized_by_the_threads_that_run():
-    """4096 threads asked, one map of a million cells to pool: one thread's scratch (8 MiB),
+    """4096 threads asked, one map of a million cells to pool: one thread's scratch (16 MiB),
     not 4096 of them (64 GiB, a MemoryError before)."""
     npool.set_num_threads(4096)
     x = np.random.rand(1, 1, 10 ** 6).astype(F32)
@@ -441,8 +441,8 @@ def test_tf_second_order_gradients_raise():
 
 # ------------------------------------------------------------------ 13. selection scratch
 def test_selection_scratch_is_bounded(monkeypatch):
-    """Maps larger than the per-thread key scratch are selected exactly, with extra passes
-    (here a scratch of 3 keys for maps of up to 300 cells)."""
+    """Maps larger than the per-thread key buffer are selected exactly, with extra passes
+    (here a buffer of 7 keys for maps of up to 300 cells)."""
     from npool import global_pools
     monkeypatch.setattr(global_pools, "_SELECT_CAPACITY", 3)
     rng = np.random.default_rng(5)
@@ -456,4 +456,4 @@ def test_selection_scratch_is_bounded(monkeypatch):
             np.testing.assert_allclose(y, np.take_along_axis(x, order, 2).mean(2), rtol=1e-6)
             g = npool.weldon_pool_backward(np.ones((2, 3), dtype), x, k, 2, 0.5)
             assert np.allclose(g.sum(axis=2), 1 + 0.5)
-    assert global_pools._Maps(np.zeros((1, 1, 10), F32)).buffers().shape[1] == 4
+    assert global_pools._Maps(np.zeros((1, 1, 10), F32)).buffers().shape[1] == 7

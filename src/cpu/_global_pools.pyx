@@ -17,9 +17,10 @@ computed by one thread in a fixed order: results do not depend on the thread cou
          (beta = 0 is the mean, taken by the caller); dy/dx_i = exp(z_i - M) / S.
 
 Selection (k-max, WELDON) is O(S) per map: the cells get unsigned keys that order their values
-(NaN above +inf, -0 equal to +0; complemented for the smallest values), computed on the fly; a
-radix select finds the k-th key T with a scratch of at most ``capacity`` keys per thread (maps
-larger than that take a pass over their cells per key byte until the candidates fit), and the k best are the cells above T plus the first cells
+(NaN above +inf, -0 equal to +0; complemented for the smallest values); a radix select finds
+the k-th key T, in memory when the thread's buffer holds the map's keys and a scratch, and for
+larger maps with the keys computed on the fly, a pass over the cells per key byte until the
+candidates fit the buffer (so the scratch is bounded whatever the map's size), and the k best are the cells above T plus the first cells
 equal to T in flat order (ties go to the lower flat index). Sums run in flat order, in float64;
 gradients are written map by map, with no scatter.
 """
@@ -373,14 +374,22 @@ cdef inline uint64_t _cell_key(const floating* x, Py_ssize_t i, Py_ssize_t step,
     return _key(x[i * step]) ^ flip
 
 
+cdef inline uint64_t _key_at(const uint64_t* keys, const floating* x, Py_ssize_t i,
+                             Py_ssize_t step, uint64_t flip) noexcept nogil:
+    """The key of cell i: from ``keys`` when the map's keys are in memory, else computed."""
+    return keys[i] if keys != NULL else _cell_key(x, i, step, flip)
+
+
 cdef uint64_t _kth_key(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssize_t k,
-                       uint64_t flip, uint64_t* scratch, Py_ssize_t capacity,
+                       uint64_t flip, uint64_t* keys, uint64_t* scratch, Py_ssize_t capacity,
                        Py_ssize_t* need) noexcept nogil:
     """The k-th largest key of the n cells of x (1 <= k <= n): a radix select, one byte at a
-    time from the top, keeping the candidates that share the chosen prefix. While more than
-    ``capacity`` cells share it (maps larger than the scratch), each byte is found by a pass
-    over x with the keys computed on the fly; then the candidates are compacted into
-    ``scratch`` (capacity + 1 keys) and the search goes on there until the k-th is found.
+    time from the top, keeping the candidates that share the chosen prefix. With ``keys`` (room
+    for n keys; then capacity >= n), the map's keys are computed once into it and the search
+    runs in memory. Without (a map larger than the scratch), while more than ``capacity``
+    cells share the prefix, each byte is found by a pass over x with the keys computed on the
+    fly; then the candidates are compacted into ``scratch`` (capacity + 1 keys) and the search
+    goes on there until the k-th is found.
     Four interleaved histograms keep repeated digits from waiting on each other; the scan for
     the digit starts at the largest one present. ``need`` receives how many keys equal to the
     k-th are among the k largest."""
@@ -391,6 +400,11 @@ cdef uint64_t _kth_key(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssiz
     cdef int shift = width - 8
     cdef bint streaming = True
     cdef uint64_t prefix = 0, key, low, digit, top, high
+    if keys != NULL:
+        for i in range(n):
+            keys[i] = _cell_key(x, i, step, flip)
+        candidates = keys
+        streaming = False
     while True:
         memset(hist, 0, sizeof(hist))
         top = 0
@@ -459,32 +473,48 @@ cdef inline uint64_t _flip(bint bottom, const floating* x) noexcept nogil:
     return 0xFFFFFFFFFFFFFFFFULL if floating is double else 0xFFFFFFFFULL
 
 
+cdef inline uint64_t* _split(uint64_t* buffer, Py_ssize_t length, Py_ssize_t n,
+                             uint64_t** scratch, Py_ssize_t* capacity) noexcept nogil:
+    """A thread's buffer of ``length`` keys for a map of n cells: the map's keys (returned) and
+    the scratch after them when both fit (length >= 2 n + 1), else no keys (NULL) and the
+    whole buffer as scratch."""
+    if length >= 2 * n + 1:
+        scratch[0] = buffer + n
+        capacity[0] = length - n - 1
+        return buffer
+    scratch[0] = buffer
+    capacity[0] = length - 1
+    return NULL
+
+
 cdef void _select_map(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssize_t k,
-                      bint bottom, uint64_t* scratch, Py_ssize_t capacity, double* total,
+                      bint bottom, uint64_t* buffer, Py_ssize_t length, double* total,
                       int64_t* index, bint want_index) noexcept nogil:
     """The float64 sum of the k best cells of one map (in flat order) and, if wanted, their
     flat indices in ascending order. The k best are the cells whose key exceeds the k-th key
     T, then the first ``need`` cells (by flat index) whose key equals T."""
     cdef uint64_t t, flip = _flip(bottom, x), key
-    cdef Py_ssize_t i, need, j = 0
+    cdef Py_ssize_t i, need, j = 0, capacity
     cdef bint equal, taken
     cdef double acc[4]
     cdef double at_t = 0
-    t = _kth_key(x, step, n, k, flip, scratch, capacity, &need)
+    cdef uint64_t* scratch
+    cdef uint64_t* keys = _split(buffer, length, n, &scratch, &capacity)
+    t = _kth_key(x, step, n, k, flip, keys, scratch, capacity, &need)
     for i in range(4):
         acc[i] = 0
     i = 0
     while i + 4 <= n:  # branch-free: a select, not a multiply (an unselected NaN adds 0)
         for j in range(4):
             acc[j] = acc[j] + (<double>x[(i + j) * step]
-                               if _cell_key(x, i + j, step, flip) > t else 0.0)
+                               if _key_at(keys, x, i + j, step, flip) > t else 0.0)
         i = i + 4
     for j in range(n - i):
         acc[j] = acc[j] + (<double>x[(i + j) * step]
-                           if _cell_key(x, i + j, step, flip) > t else 0.0)
+                           if _key_at(keys, x, i + j, step, flip) > t else 0.0)
     if need:
         for i in range(n):
-            if _cell_key(x, i, step, flip) == t:
+            if _key_at(keys, x, i, step, flip) == t:
                 at_t = x[i * step]
                 break
     total[0] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + (need * at_t if need else 0.0)
@@ -492,7 +522,7 @@ cdef void _select_map(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssize
     if want_index:  # branch-free: each cell is written at j, which moves on if it is taken
         i = 0
         while j < k:
-            key = _cell_key(x, i, step, flip)
+            key = _key_at(keys, x, i, step, flip)
             equal = key == t
             taken = (key > t) | (equal & (need > 0))
             need = need - (equal & (need > 0))
@@ -505,19 +535,19 @@ def select(const floating[:, :, :] x, Py_ssize_t k, bint bottom, double[:] total
            int64_t[:, :] index, uint64_t[:, :] buffers, int n_threads):
     """For every map of x (N, C, S): the sum of its k largest (or smallest) cells in ``total``
     and, when ``index`` has k columns, their flat indices in ascending order. ``buffers`` is
-    (threads, capacity + 1): any capacity >= 1 works, maps of more cells than the capacity
-    take more passes over their cells."""
+    (threads, length >= 2): with length >= 2 S + 1 the keys of a map stay in memory, shorter
+    buffers make larger maps take more passes over their cells instead (see ``_kth_key``)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t sN = x.strides[0] // x.itemsize, sC = x.strides[1] // x.itemsize
     cdef Py_ssize_t sS = x.strides[2] // x.itemsize
-    cdef Py_ssize_t t, capacity = buffers.shape[1] - 1
+    cdef Py_ssize_t t, length = buffers.shape[1]
     cdef bint want_index = index.shape[1] == k
     cdef const floating* base
     cdef uint64_t* buffer
     require(0 <= k <= S, "k must be in [0, S]")
     require(total.shape[0] == N * C and index.shape[0] == N * C and
             (index.shape[1] == k or index.shape[1] == 0), "total (N * C,), index (N * C, k or 0)")
-    require(1 <= n_threads <= buffers.shape[0] and capacity >= 1 and buffers.strides[1] == 8,
+    require(1 <= n_threads <= buffers.shape[0] and length >= 2 and buffers.strides[1] == 8,
             "buffers must be (>= n_threads, >= 2) with unit stride, n_threads >= 1")
     if k == 0 or N * C == 0:
         return
@@ -525,26 +555,28 @@ def select(const floating[:, :, :] x, Py_ssize_t k, bint bottom, double[:] total
     with nogil, parallel(num_threads=n_threads):
         buffer = &buffers[threadid(), 0]
         for t in prange(N * C, schedule='static'):
-            _select_map(base + (t // C) * sN + (t % C) * sC, sS, S, k, bottom, buffer, capacity,
+            _select_map(base + (t // C) * sN + (t % C) * sC, sS, S, k, bottom, buffer, length,
                         &total[t], &index[t, 0] if want_index else NULL, want_index)
 
 
 cdef void _add_share(const floating* x, floating* gx, Py_ssize_t step, Py_ssize_t n,
                      Py_ssize_t k, bint bottom, floating share, bint accumulate,
-                     uint64_t* scratch, Py_ssize_t capacity) noexcept nogil:
+                     uint64_t* buffer, Py_ssize_t length) noexcept nogil:
     """gx (= or +=) share on the k largest (smallest when bottom) cells, 0 elsewhere."""
     cdef uint64_t t, flip = _flip(bottom, x)
-    cdef Py_ssize_t i, need
-    t = _kth_key(x, step, n, k, flip, scratch, capacity, &need)
+    cdef Py_ssize_t i, need, capacity
+    cdef uint64_t* scratch
+    cdef uint64_t* keys = _split(buffer, length, n, &scratch, &capacity)
+    t = _kth_key(x, step, n, k, flip, keys, scratch, capacity, &need)
     if accumulate:
         for i in range(n):
-            gx[i * step] = gx[i * step] + (share if _cell_key(x, i, step, flip) > t else 0)
+            gx[i * step] = gx[i * step] + (share if _key_at(keys, x, i, step, flip) > t else 0)
     else:
         for i in range(n):
-            gx[i * step] = share if _cell_key(x, i, step, flip) > t else 0
+            gx[i * step] = share if _key_at(keys, x, i, step, flip) > t else 0
     if need:
         for i in range(n):
-            if _cell_key(x, i, step, flip) == t:
+            if _key_at(keys, x, i, step, flip) == t:
                 gx[i * step] = gx[i * step] + share if accumulate else share
                 need = need - 1
                 if need == 0:
@@ -554,17 +586,17 @@ cdef void _add_share(const floating* x, floating* gx, Py_ssize_t step, Py_ssize_
 cdef void _selection_gradient_map(const floating* x, floating* gx, Py_ssize_t step,
                                   Py_ssize_t n, Py_ssize_t k_top, double top_share,
                                   Py_ssize_t k_bottom, double bottom_share,
-                                  uint64_t* scratch, Py_ssize_t capacity) noexcept nogil:
+                                  uint64_t* buffer, Py_ssize_t length) noexcept nogil:
     """gx = top_share on the k_top largest cells + bottom_share on the k_bottom smallest."""
     cdef Py_ssize_t i
     if k_top:
-        _add_share(x, gx, step, n, k_top, False, <floating>top_share, False, scratch, capacity)
+        _add_share(x, gx, step, n, k_top, False, <floating>top_share, False, buffer, length)
     else:
         for i in range(n):
             gx[i * step] = 0
     if k_bottom:
-        _add_share(x, gx, step, n, k_bottom, True, <floating>bottom_share, True, scratch,
-                   capacity)
+        _add_share(x, gx, step, n, k_bottom, True, <floating>bottom_share, True, buffer,
+                   length)
 
 
 def selection_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, Py_ssize_t k_top,
@@ -576,7 +608,7 @@ def selection_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, Py_s
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t sN = x.strides[0] // x.itemsize, sC = x.strides[1] // x.itemsize
     cdef Py_ssize_t sS = x.strides[2] // x.itemsize
-    cdef Py_ssize_t t, offset, capacity = buffers.shape[1] - 1
+    cdef Py_ssize_t t, offset, length = buffers.shape[1]
     cdef const floating* base
     cdef floating* gbase
     cdef uint64_t* buffer
@@ -586,7 +618,7 @@ def selection_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, Py_s
     require(0 <= k_top <= S and 0 <= k_bottom <= S, "k_top and k_bottom must be in [0, S]")
     require(top_share.shape[0] == N * C and (k_bottom == 0 or bottom_share.shape[0] == N * C),
             "top_share and bottom_share must have N * C values")
-    require(1 <= n_threads <= buffers.shape[0] and capacity >= 1 and buffers.strides[1] == 8,
+    require(1 <= n_threads <= buffers.shape[0] and length >= 2 and buffers.strides[1] == 8,
             "buffers must be (>= n_threads, >= 2) with unit stride, n_threads >= 1")
     if N * C == 0:
         return
@@ -598,7 +630,7 @@ def selection_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, Py_s
             offset = (t // C) * sN + (t % C) * sC
             _selection_gradient_map(base + offset, gbase + offset, sS, S, k_top, top_share[t],
                                     k_bottom, bottom_share[t] if k_bottom else 0.0, buffer,
-                                    capacity)
+                                    length)
 
 
 def scatter_gradient(floating[:, :, :] grad_x, const int64_t[:, :] index, const double[:] share,

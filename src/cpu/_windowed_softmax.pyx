@@ -160,7 +160,7 @@ cdef inline floating _gradient_term(floating x, floating xstar, floating a, floa
     return <floating>(<double>a * e * (1 + _scaled_difference(lam, x, y)))
 
 
-cdef inline void _careful_window(const floating* x, const Py_ssize_t* offsets, Py_ssize_t ncell,
+cdef void _careful_window(const floating* x, const Py_ssize_t* offsets, Py_ssize_t ncell,
                                  floating lam, floating* xstar_out, floating* s_out,
                                  floating* y_out) noexcept nogil:
     """x*, S and y of one window the fast path could not do: NaN or an infinity in lam x, or
@@ -218,8 +218,7 @@ cdef inline void _temperature_gradient(
     for c in range(ncell):
         for j in range(n):
             d = values[c * n + j] - y[j]
-            e = weights[c * n + j]
-            q[j] = q[j] + (e * d * d if e != 0 else 0)
+            q[j] = q[j] + weights[c * n + j] * d * d
     if any_bad:
         for j in range(n):
             if bad[j]:
@@ -308,7 +307,8 @@ cdef inline void _pool_line(
 
         # S and y = xm + sum e (x - xm) / S: taken relative to xm, y stays within the window's
         # range after rounding. A non-finite z anywhere in a window (NaN, +-inf, or lam * x
-        # overflowing) leaves a non-finite M or y: such windows are redone carefully.
+        # overflowing) leaves a non-finite M or y (a -inf cell adds 0 * -inf): such windows
+        # are redone carefully, as on the GPU.
         for j in range(n):
             s[j] = 0
             t[j] = 0
@@ -320,7 +320,7 @@ cdef inline void _pool_line(
                 e = exp_nonpositive(_lam_at(kind, lv, lam0, j) * v - m[j])
                 wc[j] = e
                 s[j] = s[j] + e
-                t[j] = t[j] + (e * (v - xm[j]) if e != 0 else 0)  # -inf cells add nothing
+                t[j] = t[j] + e * (v - xm[j])
         any_bad = False
         for j in range(n):
             t[j] = xm[j] + t[j] / s[j]  # t holds y from here on
@@ -358,9 +358,7 @@ cdef inline void _pool_line(
             bc = buffer + c * n
             wc = weights + c * n
             for j in range(n):
-                e = wc[j]
-                bc[j] = (s[j] * e * (1 + _lam_at(kind, lv, lam0, j) * (bc[j] - t[j]))
-                         if e != 0 else 0)
+                bc[j] = s[j] * wc[j] * (1 + _lam_at(kind, lv, lam0, j) * (bc[j] - t[j]))
         if any_bad:
             for j in range(n):
                 if bad[j]:

@@ -193,7 +193,7 @@ NPOOL_FN void window_sums(const Args& a, const T* x, const Window<I>& win,
         const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
         const A e = lam != A(0) ? fast_weight(lam * v, m) : A(1);
         s += e;
-        if (e != A(0)) t += e * (v - xs);  // cells of zero weight (-inf ones) add nothing
+        t += e * (v - xs);  // a -inf cell adds 0 * -inf = NaN: the window is redone carefully
       }
   st->xs = xs;
   st->s = s;

@@ -20,8 +20,9 @@ from ._dispatch import backend_of, is_gpu_array
 from ._threads import threads_for
 
 _MAX, _SUM, _LSE = 0, 1, 2
-# Keys a selection keeps in memory per thread: 8 MiB; a map of more cells takes up to 7
-# (float64) or 3 (float32) extra passes over its cells, and needs no more memory.
+# Cells whose keys a selection keeps in memory per thread (16 MiB with their scratch); a map of
+# more cells takes up to 7 (float64) or 3 (float32) extra passes over its cells, and needs no
+# more memory.
 _SELECT_CAPACITY = 1 << 20
 
 
@@ -127,9 +128,10 @@ class _Maps:
         return values
 
     def buffers(self):
-        """Per-thread scratch of the selection kernels: keys of at most _SELECT_CAPACITY
-        cells (8 bytes each); larger maps take extra passes over their cells instead."""
-        return np.empty((self.threads, min(self.n, _SELECT_CAPACITY) + 1), np.uint64)
+        """Per-thread scratch of the selection kernels: the keys of a map and a scratch as
+        large (8 bytes a cell each) for maps of up to _SELECT_CAPACITY cells; a larger map gets
+        a buffer of that size and takes extra passes over its cells instead."""
+        return np.empty((self.threads, 2 * min(self.n, _SELECT_CAPACITY) + 1), np.uint64)
 
     def select(self, count, bottom, want_index=False):
         """The ``count`` largest (or smallest) cells of every map: their sums and, if wanted,
