@@ -262,3 +262,22 @@ def test_ill_conditioned_vlad_within_its_error_scale(gpu, dtype):
              reference=ref_vlad(x.astype(np.float64), a.astype(np.float64),
                                 c.astype(np.float64)),
              scales=lambda g: vlad_scales(x, a, c, None, g))
+
+
+def test_norms_do_not_overflow_on_the_gpu(gpu):
+    """NetFV's second-order part past 1e19 in float32 and VLAD columns past 1e154 in float64:
+    the sums of squares in float64, scaled before squaring when that overflows too, as on the
+    CPU."""
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((2, 6, 3)) * 1e18).astype(np.float32)
+    a = np.full((2, 6, 2), 0.5, np.float32)
+    mu, cw = np.zeros((3, 2), np.float32), np.ones((3, 2), np.float32)
+    expected = npool.netfv_pool_forward(x, a, mu, cw)
+    got = to_host(gpu, npool.netfv_pool_forward(*on_gpu(gpu, x, a, mu, cw)))
+    np.testing.assert_allclose(np.linalg.norm(got[:, 6:].astype(np.float64), axis=1), 1,
+                               rtol=1e-5)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    x64 = np.array([[[1e200], [2e200]]])
+    a64 = np.ones((1, 2, 1))
+    got = to_host(gpu, npool.netrvlad_pool_forward(*on_gpu(gpu, x64, a64)))
+    assert got[0, 0] == 1.0

@@ -112,29 +112,51 @@ struct VladArgs {
 };
 
 // One block per set: a thread per column k for the column passes, all threads for the scaling.
+// The floored norm of a column (count values, stride apart) from its float64 sum of squares;
+// when that overflowed (float64 values beyond 1e154), from the values scaled by their largest
+// magnitude before squaring. As the CPU kernel's _column_norm.
+template <typename T> NPOOL_FN double column_norm(const T* v, int64_t count, int64_t stride,
+                                                  double squared) {
+  if (is_finite(squared)) return floored_norm(squared);
+  double top = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const double a = ::fabs(static_cast<double>(v[i * stride]));
+    top = a > top ? a : top;
+  }
+  if (!is_finite(top)) return squared;  // an infinity or a NaN in the column: its own limit
+  double total = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const double r = static_cast<double>(v[i * stride]) / top;
+    total += r * r;
+  }
+  return top * ::sqrt(total);
+}
+
 template <typename T> NPOOL_FN void normalize_body(const VladArgs& g) {
-  T* shared = shared_memory<T>();
+  double* shared = shared_memory<double>();
   const int64_t D = g.features, K = g.clusters, M = g.samples;
   for (int64_t b = block_index(); b < g.sets; b += grid_size()) {
     T* v = static_cast<T*>(g.v) + b * g.set_stride;
     T* norms = static_cast<T*>(g.norms) + b * (K + 1);
-    T part = 0;
+    double part = 0;
     for (int64_t k = thread_index(); k < K; k += block_size()) {
       const T* a = static_cast<const T*>(g.assign) + b * M * K + k;
       T a_sum = 0;
       for (int64_t m = 0; m < M; ++m) a_sum += a[m * K];
       static_cast<T*>(g.a_sum)[b * K + k] = a_sum;
-      T squared = 0;
+      double squared = 0;  // float64: float32 values never overflow it
       for (int64_t d = 0; d < D; ++d) {
         T value = v[d * K + k];
         if (g.centers) value -= static_cast<const T*>(g.centers)[d * K + k] * a_sum;
         v[d * K + k] = value;
-        squared += value * value;
+        squared += static_cast<double>(value) * value;
       }
-      part += squared / (squared > T(EPS) ? squared : T(EPS));
-      norms[k] = floored_norm(squared);
+      const double norm = column_norm(v + k, D, K, squared);
+      part += norm > floored_norm(0.0) ? 1.0 : squared / EPS;
+      norms[k] = static_cast<T>(norm);
     }
-    const T n = floored_norm(block_reduce(part, shared, [](T p, T q) { return p + q; }));
+    const T n = static_cast<T>(
+        floored_norm(block_reduce(part, shared, [](double p, double q) { return p + q; })));
     if (thread_index() == 0) norms[K] = n;
     sync_block();  // every column norm written
     for (int64_t e = thread_index(); e < D * K; e += block_size())
@@ -197,13 +219,35 @@ struct L2nArgs {
   int64_t count;
 };
 
+// l2n of each row; the sum of squares in float64, and for a row whose sum still overflows
+// (float64 values beyond 1e154) from the values scaled by their largest magnitude.
 template <typename T> NPOOL_FN void l2n_rows_body(const L2nArgs& g) {
-  T* shared = shared_memory<T>();
+  double* shared = shared_memory<double>();
+  auto plus = [](double p, double q) { return p + q; };
   for (int64_t r = block_index(); r < g.rows; r += grid_size()) {
     T* v = static_cast<T*>(g.v) + r * g.row_stride;
-    T part = 0;
-    for (int64_t e = thread_index(); e < g.length; e += block_size()) part += v[e] * v[e];
-    const T n = floored_norm(block_reduce(part, shared, [](T p, T q) { return p + q; }));
+    double part = 0;
+    for (int64_t e = thread_index(); e < g.length; e += block_size())
+      part += static_cast<double>(v[e]) * v[e];
+    const double squared = block_reduce(part, shared, plus);
+    double norm = floored_norm(squared);
+    if (!is_finite(squared)) {  // the same in every thread: the branch is uniform
+      double top = 0;
+      for (int64_t e = thread_index(); e < g.length; e += block_size()) {
+        const double a = ::fabs(static_cast<double>(v[e]));
+        top = a > top ? a : top;
+      }
+      top = block_reduce(top, shared, [](double p, double q) { return p > q ? p : q; });
+      if (is_finite(top)) {
+        part = 0;
+        for (int64_t e = thread_index(); e < g.length; e += block_size()) {
+          const double q = static_cast<double>(v[e]) / top;
+          part += q * q;
+        }
+        norm = top * ::sqrt(block_reduce(part, shared, plus));
+      }
+    }
+    const T n = static_cast<T>(norm);
     for (int64_t e = thread_index(); e < g.length; e += block_size()) v[e] /= n;
     if (thread_index() == 0) static_cast<T*>(g.norms)[r] = n;
   }

@@ -88,7 +88,7 @@ class _Call:
         self.dtype = np.dtype(dtype)
         self.work = _checks.compute_dtype(self.dtype)
         self.suffix = TYPE_SUFFIX[self.work]
-        self.block_shared = self.work.itemsize * session.block_size  # block_reduce's slots
+        self.block_shared = 8 * session.block_size  # block_reduce's slots (float64 sums)
 
     # ---------------------------------------------------------------- memory
     def scratch(self, shape):
