@@ -13,10 +13,13 @@ VLAD_FLOOR = 1e-6  # the norm floor of l2n (squared-norm floor 1e-12)
 
 
 def assert_within(got, expected, scale, dtype, factor=64.0):
-    """|got - expected| <= factor * eps(dtype) * scale, elementwise, NaN where both are."""
+    """|got - expected| <= factor * eps(dtype) * scale, elementwise, NaN where both are; plus
+    the dtype's smallest subnormal, the absolute resolution of a result near 0."""
     got = np.asarray(got, np.float64)
     expected = np.asarray(expected, np.float64)
-    bound = factor * np.finfo(dtype).eps * np.broadcast_to(scale, expected.shape)
+    info = np.finfo(dtype)
+    bound = (factor * info.eps * np.broadcast_to(scale, expected.shape)
+             + float(info.smallest_subnormal))
     error = np.abs(got - expected)
     bad = ~((error <= bound) | (np.isnan(got) & np.isnan(expected)) | (got == expected))
     assert not bad.any(), (
@@ -89,3 +92,70 @@ def vlad_scales(x, assign, centers=None, mask=None, grad_out=None):
         grad_a = grad_a * mask[..., None]
     grad_c = d * np.einsum("bk,bk->k", a_sum, scale_k)[None, :] * np.ones((d, 1))
     return forward, (grad_x, grad_a, grad_c)
+
+
+FV_SIGMA_EPS = 1e-6  # sigma = covar_weights^2 + 1e-6
+
+
+def fv_scales(x, assign, mu, covar_weights, mask=None, grad_out=None):
+    """Error scales of NetFV: the forward (B, 2 D K) and, with ``grad_out``, the gradients
+    (grad_x, grad_assign, grad_mu, grad_covar_weights).
+
+    F1 = (S1 - a_sum mu) / sigma is normalised as NetVLAD's V (terms T1 = (sum_m a |x| +
+    a_sum |mu|) / sigma per entry, intra-norms n_k, global norm n); F2 = (S2 - 2 mu S1 +
+    mu^2 a_sum) / sigma^2 - a_sum is only l2n'd (terms T2, norm n2). Backward: dL/dF1 up to
+    G1_k = 2 |g1| / (n_k n) with relative error rho1_k, dL/dF2 up to G2 = 2 |g2| / n2 with
+    relative error rho2; the moment gradients p = dL/dF1 / sigma, q = dL/dF2 / sigma^2 and the
+    products with a, x, x^2 add their own terms.
+    """
+    x = np.asarray(x, np.float64)
+    a = _masked_assign(assign, mask)
+    mu = np.asarray(mu, np.float64)
+    cw = np.asarray(covar_weights, np.float64)
+    b, m, d = x.shape
+    k = a.shape[2]
+    sigma = cw * cw + FV_SIGMA_EPS
+    a_sum = a.sum(axis=1)[:, None, :]  # (B, 1, K)
+    s1 = np.einsum("bmd,bmk->bdk", x, a)
+    s1_abs = np.einsum("bmd,bmk->bdk", np.abs(x), a)
+    s2 = np.einsum("bmd,bmk->bdk", x * x, a)
+    f1 = (s1 - a_sum * mu) / sigma
+    t1 = (s1_abs + a_sum * np.abs(mu)) / sigma
+    f2 = (s2 - 2 * mu * s1 + mu * mu * a_sum) / sigma ** 2 - a_sum
+    t2 = (s2 + 2 * np.abs(mu) * s1_abs + mu * mu * a_sum) / sigma ** 2 + a_sum
+    column = np.sqrt(np.sum(f1 * f1, axis=1))  # (B, K)
+    n_k = np.maximum(column, VLAD_FLOOR)
+    t1_k = t1.max(axis=1) if d else np.zeros((b, k))
+    total = np.sqrt(np.sum((column / n_k) ** 2, axis=1))
+    n = np.maximum(total, VLAD_FLOOR)[:, None]  # (B, 1)
+    n2 = np.maximum(np.sqrt(np.sum(f2 * f2, axis=(1, 2))), VLAD_FLOOR)[:, None]  # (B, 1)
+    t2_max = t2.reshape(b, d * k).max(axis=1, initial=0)[:, None]  # (B, 1)
+    y1 = (f1 / (n_k[:, None, :] * n[:, :, None])).reshape(b, d * k)
+    y2 = (f2 / n2[:, :, None]).reshape(b, d * k)
+    first = (np.broadcast_to((t1_k / (n_k * n))[:, None, :], (b, d, k)).reshape(b, d * k)
+             + np.abs(y1) * (1 + (t1_k / n_k).max(axis=1, keepdims=True, initial=0)))
+    second = t2_max / n2 + np.abs(y2) * (1 + t2_max / n2)
+    forward = np.concatenate([first, second], axis=1)
+    if grad_out is None:
+        return forward
+    g = np.asarray(grad_out, np.float64)
+    g1, g2 = g[:, :d * k], g[:, d * k:]
+    rho1 = (t1_k + column) / n_k + 1  # (B, K)
+    big_g1 = (2 * np.sqrt(np.sum(g1 * g1, axis=1, keepdims=True)) / (n_k * n) * rho1)[:, None, :]
+    big_g2 = (2 * np.sqrt(np.sum(g2 * g2, axis=1, keepdims=True)) / n2 * (t2_max / n2 + 1))[
+        :, :, None]  # (B, 1, 1)
+    p = big_g1 / sigma  # (B, D, K): scales of dL/dS1's first part and of dL/dF1 / sigma
+    q = big_g2 / sigma ** 2
+    g_s1 = p + 2 * np.abs(mu) * q
+    grad_x = (np.einsum("bmk,bdk->bmd", a, g_s1)
+              + 2 * np.abs(x) * np.einsum("bmk,bdk->bmd", a, np.broadcast_to(q, g_s1.shape)))
+    g_a_sum = np.sum(p * np.abs(mu) + q * mu * mu + big_g2, axis=1)[:, None, :]  # (B, 1, K)
+    grad_a = (np.einsum("bmd,bdk->bmk", np.abs(x), g_s1)
+              + np.einsum("bmd,bdk->bmk", x * x, np.broadcast_to(q, g_s1.shape)) + g_a_sum)
+    if mask is not None:
+        grad_a = grad_a * mask[..., None]
+    grad_mu = np.sum(p * a_sum + 2 * q * (s1_abs + np.abs(mu) * a_sum), axis=0)
+    g_sigma = np.sum(big_g1 * (np.abs(f1) + t1) / sigma
+                     + 2 * big_g2 * (np.abs(f2) + t2 + a_sum) / sigma, axis=0)
+    grad_cw = 2 * np.abs(cw) * g_sigma
+    return forward, (grad_x, grad_a, grad_mu, grad_cw)

@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 import npool
 from npool._cuda import set_pools as gpu_set_pools
 from test_cuda import emulation_library, gpu  # noqa: F401 (the two backends, as fixtures)
-from conditioning import assert_within, vlad_norm_scales, vlad_scales
+from conditioning import assert_within, fv_scales, vlad_norm_scales, vlad_scales
 from test_set_pools import ref_fv, ref_vlad
 
 
@@ -144,10 +144,9 @@ def test_fv_matches_the_cpu_and_reference(gpu, dtype, data):
     small = b * m * d * k <= 2000
     check_op(gpu, lambda x, a, mu, cw, mask: npool.netfv_pool_forward(x, a, mu, cw, mask),
              npool.netfv_pool_backward, (x, a, mu, covar, mask), (b, 2 * d * k), dtype,
-             factor=10 if dtype == np.float32 else 1,
              reference=ref_fv(x.astype(np.float64), a_ref, mu.astype(np.float64),
                               covar.astype(np.float64))
-             if small else None)
+             if small else None, scales=lambda g: fv_scales(x, a, mu, covar, mask, g))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
