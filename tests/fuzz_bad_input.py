@@ -78,6 +78,8 @@ def valid_calls():
             grad_out=grad_out, **{k: v for k, v in kwargs.items() if k in names})))
     calls += [("set_num_threads", dict(n=2)), ("get_num_threads", {}),
               ("cuda_available", {})]
+    missing = set(npool.__all__) - {name for name, _ in calls}
+    assert not missing, f"the fuzzer has no valid call of {sorted(missing)}: add one"
     return calls
 
 
