@@ -504,11 +504,19 @@ cdef void _select_map(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssize
     for i in range(4):
         acc[i] = 0
     i = 0
-    while i + 4 <= n:  # branch-free: a select, not a multiply (an unselected NaN adds 0)
-        for j in range(4):
-            acc[j] = acc[j] + (<double>x[(i + j) * step]
-                               if _key_at(keys, x, i + j, step, flip) > t else 0.0)
-        i = i + 4
+    # Branch-free: a select, not a multiply (an unselected NaN adds 0). Two copies of the
+    # loop, so that the one over stored keys vectorises.
+    if keys != NULL:
+        while i + 4 <= n:
+            for j in range(4):
+                acc[j] = acc[j] + (<double>x[(i + j) * step] if keys[i + j] > t else 0.0)
+            i = i + 4
+    else:
+        while i + 4 <= n:
+            for j in range(4):
+                acc[j] = acc[j] + (<double>x[(i + j) * step]
+                                   if _cell_key(x, i + j, step, flip) > t else 0.0)
+            i = i + 4
     for j in range(n - i):
         acc[j] = acc[j] + (<double>x[(i + j) * step]
                            if _key_at(keys, x, i + j, step, flip) > t else 0.0)
@@ -568,12 +576,18 @@ cdef void _add_share(const floating* x, floating* gx, Py_ssize_t step, Py_ssize_
     cdef uint64_t* scratch
     cdef uint64_t* keys = _split(buffer, length, n, &scratch, &capacity)
     t = _kth_key(x, step, n, k, flip, keys, scratch, capacity, &need)
-    if accumulate:
+    if keys != NULL and accumulate:  # four copies, so that the loops over stored keys vectorise
         for i in range(n):
-            gx[i * step] = gx[i * step] + (share if _key_at(keys, x, i, step, flip) > t else 0)
+            gx[i * step] = gx[i * step] + (share if keys[i] > t else 0)
+    elif keys != NULL:
+        for i in range(n):
+            gx[i * step] = share if keys[i] > t else 0
+    elif accumulate:
+        for i in range(n):
+            gx[i * step] = gx[i * step] + (share if _cell_key(x, i, step, flip) > t else 0)
     else:
         for i in range(n):
-            gx[i * step] = share if _key_at(keys, x, i, step, flip) > t else 0
+            gx[i * step] = share if _cell_key(x, i, step, flip) > t else 0
     if need:
         for i in range(n):
             if _key_at(keys, x, i, step, flip) == t:

@@ -113,8 +113,8 @@ def _temperature(problem, lam):
 
 def _sum_to_shape(full, shape):
     """Sum a per-output array down to ``shape`` (the inverse of broadcasting), in the logical
-    (C) order of its axes, so that both memory layouts give the same bits: a channels-last
-    array is summed from a C-ordered copy."""
+    (C) order of its axes, so that both memory layouts give the same bits (the backward writes
+    ``full`` in C order; any other array is summed from a C-ordered copy)."""
     extra = full.ndim - len(shape)
     axes = tuple(range(extra)) + tuple(
         extra + i for i, (n, m) in enumerate(zip(shape, full.shape[extra:])) if n == 1 and m != 1)
@@ -154,7 +154,9 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
         g = g[np.newaxis]
     xb = problem.x
     grad_x = problem.empty(xb.shape, zero=True)
-    grad_lam = problem.empty(g.shape) if with_lam else None  # every output is written
+    # dL/dlam per output, every one written; in C order whatever x's layout, so that its sum
+    # down to lam's shape adds in the same order (the same bits) for both layouts.
+    grad_lam = np.empty(g.shape, problem.work_dtype) if with_lam else None
     if xb.shape[0] > 0:
         kernel, stride3, padding3, offsets, buffers, n_threads = problem.kernel_call_args()
         # Overlapping windows add their terms plane by plane (parallel over planes), unless
