@@ -20,8 +20,9 @@ Selection (k-max, WELDON) is O(S) per map: the cells get unsigned keys that orde
 (NaN above +inf, -0 equal to +0; complemented for the smallest values); a radix select finds
 the k-th key T, in memory when the thread's buffer holds the map's keys and a scratch, and for
 larger maps with the keys computed on the fly, a pass over the cells per key byte until the
-candidates fit the buffer (so the scratch is bounded whatever the map's size), and the k best are the cells above T plus the first cells
-equal to T in flat order (ties go to the lower flat index). Sums run in flat order, in float64;
+candidates fit the buffer (so the scratch is bounded whatever the map's size). The k best are
+the cells above T plus the first cells equal to T in flat order (ties go to the lower flat
+index). Sums run in flat order, in float64;
 gradients are written map by map, with no scatter.
 """
 from cython cimport floating

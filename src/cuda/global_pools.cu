@@ -128,12 +128,6 @@ struct LseSums {
   double d1, d2, r;   // sum d, sum d^2, max |d|
 };
 
-NPOOL_FN double lse_shift(double beta, double v, double xs) {
-  const double d = v - xs;
-  if (d - d == 0) return beta * d;
-  return 2 * (beta * (0.5 * v - 0.5 * xs));
-}
-
 // x* of one map (every thread gets it): NaN when a cell is NaN.
 template <typename T> NPOOL_FN double lse_reference(const Args& a, int64_t base) {
   const bool largest = a.beta > 0;
@@ -166,7 +160,7 @@ template <typename T> NPOOL_FN LseSums lse_sums(const Args& a, int64_t base, boo
   double s = 0, s1 = 0, d1 = 0, d2 = 0, r = 0;
   for (int64_t i = thread_index(); i < a.n; i += block_size()) {
     const double v = cell<T>(a, base, i);
-    const double u = lse_shift(a.beta, v, st.xs);
+    const double u = scaled_difference(a.beta, v, st.xs);
     s += ::exp(u);
     if (moments) {
       const double d = v - st.xs;
@@ -223,7 +217,7 @@ template <typename T> NPOOL_FN void lse_backward_body(const Args& a) {
       } else if (!is_finite(st.xs)) {  // the cells at the infinite extreme share the weight
         w = v == st.xs ? 1.0 / st.s : 0.0;
       } else {
-        w = ::exp(lse_shift(a.beta, v, st.xs)) / st.s;
+        w = ::exp(scaled_difference(a.beta, v, st.xs)) / st.s;
       }
       static_cast<T*>(a.out)[m.out + i * a.out_strides[2]] = from_acc<T>(static_cast<A>(g * w));
     }

@@ -60,6 +60,15 @@ NPOOL_FN bool is_finite(double v) { return isfinite(v); }
 template <typename A> NPOOL_FN A infinity() { return A(HUGE_VAL); }
 template <typename A> NPOOL_FN A quiet_nan() { return A(NAN); }
 
+// s (v - w) for finite v and w in float64, without overflow in v - w (halved when that would
+// overflow: only float64 values beyond 9e307 need it). Softmax-style weights relative to a
+// window's or a map's extreme cell use it where s v itself overflows.
+NPOOL_FN double scaled_difference(double s, double v, double w) {
+  const double d = v - w;
+  if (d - d == 0) return s * d;
+  return 2 * (s * (0.5 * v - 0.5 * w));
+}
+
 // ------------------------------------------------------------------ index division
 // A divisor with its magic numbers for 32-bit division by multiplication (Granlund-Montgomery,
 // as PyTorch's IntDivider): for 0 <= n < 2^31, n / d == (mulhi(n, magic) + n) >> shift. The host

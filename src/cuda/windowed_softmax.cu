@@ -118,13 +118,6 @@ NPOOL_FN typename Accumulator<T>::type temperature(const Args& a, I n, I c, I od
       n * s[0] + c * s[1] + od * s[2] + oh * s[3] + ow * s[4]]);
 }
 
-// lam (v - w) for finite v and w, without overflow in v - w (halved when that would overflow).
-NPOOL_FN double scaled_difference(double lam, double v, double w) {
-  const double d = v - w;
-  if (d - d == 0) return lam * d;
-  return 2 * (lam * (0.5 * v - 0.5 * w));
-}
-
 // exp(z - m) of the fast path (z <= m finite, or z = -inf); a cell at the maximum weighs 1.
 template <typename A> NPOOL_FN A fast_weight(A z, A m) { return z == m ? A(1) : exp_acc(z - m); }
 

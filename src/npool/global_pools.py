@@ -103,23 +103,23 @@ class _Maps:
         k.reduce(mode, self.x3, beta, a, b, index, threads_for(a.size))
         return a, b, index
 
-    def rows(self, maps):
-        """The cells of the maps numbered ``maps`` (flat (n, c) indices) as a float64
-        (len(maps), S) array, in flat spatial order."""
+    def finite_rows(self, selected):
+        """Of the maps where ``selected`` (maps,) is true, those whose cells are all finite:
+        their numbers and their cells as a float64 (rows, S) array in flat spatial order."""
+        rows = np.flatnonzero(selected)
+        if rows.size == 0:
+            return rows, np.zeros((0, self.n))
         C = self.shape[1]
-        return self.x3[maps // C, maps % C].astype(np.float64)
+        cells = self.x3[rows // C, rows % C].astype(np.float64)
+        finite = np.isfinite(cells).all(axis=1)
+        return rows[finite], cells[finite]
 
     def rescue_overflow(self, values, recompute):
         """``values`` (maps,) of a reduction whose float sums can overflow although the result
         is finite (cells near the float maximum): maps with a non-finite value and only finite
         cells get ``recompute(cells)`` (float64 rows -> (rows,)) of their cells scaled by a
         power of two, scaled back. Rare, so done in NumPy."""
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size == 0:
-            return values
-        cells = self.rows(bad)
-        finite = np.isfinite(cells).all(axis=1)
-        bad, cells = bad[finite], cells[finite]
+        bad, cells = self.finite_rows(~np.isfinite(values))
         if bad.size:
             shift = int(np.ceil(np.log2(self.n))) + 1  # sums of the scaled cells stay finite
             values = values.copy()
@@ -278,7 +278,8 @@ def _lse_maps(x, beta):
     """The maps of an LSE call: computed in float64 when beta has no normal float32 value
     (the float32 kernels would take it as 0 or inf)."""
     narrow = isinstance(x, np.ndarray) and x.dtype != np.float64
-    return _Maps(x, float64=narrow and not float(_FLOAT32.tiny) <= abs(beta) <= float(_FLOAT32.max))
+    in_range = float(_FLOAT32.tiny) <= abs(beta) <= float(_FLOAT32.max)
+    return _Maps(x, float64=narrow and not in_range)
 
 
 def _lse_stats(maps, beta):
@@ -325,12 +326,7 @@ def _lse_redo(maps, m, s, beta):
     to cancellation once divided by a small beta)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         suspect = ~np.isfinite(m) | (np.abs(m) + np.abs(np.log(s / maps.n)) < 0.25)
-    rows = np.flatnonzero(suspect)
-    if rows.size == 0:
-        return rows, None
-    cells = maps.rows(rows)
-    finite = np.isfinite(cells).all(axis=1)
-    return rows[finite], cells[finite]
+    return maps.finite_rows(suspect)
 
 
 def global_lse_pool_forward(x, beta=1.0, keepdims=False):
@@ -375,11 +371,7 @@ def global_lse_pool_backward(grad_out, x, beta=1.0, keepdims=False):
     m, s = _lse_stats(maps, beta)
     grad, grad3 = maps.zeros()
     _kernels().lse_gradient(maps.x3, grad3, m, g / s, beta, maps.threads)
-    rows = np.flatnonzero(~np.isfinite(m))  # beta x overflowed: the weights again, in float64
-    if rows.size:
-        cells = maps.rows(rows)
-        finite = np.isfinite(cells).all(axis=1)
-        rows, cells = rows[finite], cells[finite]
+    rows, cells = maps.finite_rows(~np.isfinite(m))  # beta x overflowed: weights in float64
     if rows.size:
         weights = np.exp(_lse_shifted(cells, beta)[1])
         C = maps.shape[1]

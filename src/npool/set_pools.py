@@ -50,7 +50,8 @@ def _row_norms(v):
         top = np.abs(rows).max(axis=1)
         finite = np.isfinite(top) & (top > 0)
         with np.errstate(over="ignore"):
-            scaled = top[finite] * np.sqrt(np.einsum("bi,bi->b", *(rows[finite] / top[finite, None],) * 2))
+            unit = rows[finite] / top[finite, None]
+            scaled = top[finite] * np.sqrt(np.einsum("bi,bi->b", unit, unit))
         norms[bad[finite]] = scaled.astype(norms.dtype)
     return norms[:, None]
 
@@ -124,7 +125,7 @@ class _Set:
         arrays = {"x": x, "assign": assign} if uses_x else {"assign": assign}
         for name, a in arrays.items():  # a missing array is named before anything else
             if a is None:
-                raise TypeError(f"{name} must be a numpy.ndarray (or a GPU array), got None")
+                _checks.float_array(a, name)
         self.gpu = _gpu_backend(dict(arrays, mask=mask, **others), matmul)
         if self.gpu is not None:
             arrays = {name: _describe(a, name) for name, a in arrays.items()}

@@ -56,7 +56,8 @@ def _first_order_only(name, inputs, *grads):
     raises: the backward runs in npool's core (tf.numpy_function), which TensorFlow cannot
     differentiate, so a nested GradientTape would otherwise get None or, worse, a finite but
     wrong second derivative that silently drops the path through this gradient. The op's
-    ``inputs`` are inputs of the identity too, so that an outer tape watching them records it."""
+    ``inputs`` are inputs of the identity too, so that an outer tape watching them records it.
+    Returns the list of marked gradients."""
     count = len(grads)
 
     @tf.custom_gradient
@@ -68,8 +69,7 @@ def _first_order_only(name, inputs, *grads):
                 f"GradientTapes) are not implemented; npool's backward is not differentiable")
         return [tf.identity(t) for t in ts[:count]], second_order
 
-    marked = first_order(*grads, *inputs)
-    return marked if count > 1 else marked[0]
+    return list(first_order(*grads, *inputs))
 
 
 def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
@@ -106,7 +106,7 @@ def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
             gx = tf.numpy_function(backward_numpy, [tf.cast(dy, x.dtype), x], x.dtype,
                                    stateful=False, name="npool_soft_pool_backward")
             gx.set_shape(x.shape)
-            return _first_order_only(f"soft_pool{nd}d", [x], gx)
+            return _first_order_only(f"soft_pool{nd}d", [x], gx)[0]
 
         return y, grad
 
@@ -193,7 +193,7 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, **kwargs)
             gx = tf.numpy_function(backward_numpy, inputs, x.dtype, stateful=False,
                                    name="npool_global_pool_backward")
             gx.set_shape(x.shape)
-            return _first_order_only(forward.__name__[:-len("_forward")], [x], gx)
+            return _first_order_only(forward.__name__[:-len("_forward")], [x], gx)[0]
 
         return y, grad
 
@@ -351,8 +351,7 @@ def _set_op(name, forward, backward, tensors, mask, out_shape, state=0):
             grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
             for g, t in zip(grads, ts):
                 g.set_shape(t.shape)
-            marked = _first_order_only(name, ts, *grads)
-            return list(marked) if n > 1 else [marked]
+            return _first_order_only(name, ts, *grads)
 
         return outs[0], grad
 
