@@ -19,11 +19,13 @@ from ._ops import (context_gating, global_avg_pool, global_kmax_pool, global_lse
                    global_max_pool, maxent_pool1d, maxent_pool2d, maxent_pool3d, netfv_pool,
                    netrvlad_pool, netvlad_pool, soft_dbow_pool, soft_pool1d, soft_pool2d,
                    soft_pool3d, weldon_pool)
-from ._set_layers import ContextGating, NetFV, NetRVLAD, NetVLAD, SoftDBoW
+from ._set_layers import (ContextGating, LoupeBatchNormalization, NetFV, NetRVLAD, NetVLAD,
+                          SoftDBoW, load_loupe_checkpoint)
 
 __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool", "global_avg_pool",
            "global_lse_pool", "global_kmax_pool", "weldon_pool", "SoftPooling1D",
            "SoftPooling2D", "SoftPooling3D", "GlobalMaxPool", "GlobalAvgPool", "GlobalLSEPool",
            "GlobalKMaxPool", "WeldonPool", "maxent_pool1d", "maxent_pool2d", "maxent_pool3d",
            "MaxEntPooling2D", "netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool",
-           "context_gating", "NetVLAD", "NetRVLAD", "NetFV", "SoftDBoW", "ContextGating"]
+           "context_gating", "NetVLAD", "NetRVLAD", "NetFV", "SoftDBoW", "ContextGating",
+           "LoupeBatchNormalization", "load_loupe_checkpoint"]

@@ -7,6 +7,13 @@ as the soft assignment, pools with npool's op, projects with ``hidden1_weights``
 ``output_dim`` and optionally gates. BatchNorm statistics come from the real samples only
 (Keras' ``BatchNormalization`` with the mask). A Keras mask reaching the layer (from
 ``keras.layers.Masking``, say) is used when no ``mask`` is passed.
+
+BatchNorm defaults are LOUPE's (``slim.batch_norm``: epsilon 1e-3, decay 0.999, which is Keras'
+``momentum``), and the moving variance is updated with the unbiased batch variance as
+``slim.batch_norm``'s fused kernel does, so LOUPE's trained weights (``load_loupe_checkpoint``)
+give LOUPE's numbers in both modes. LOUPE's ``is_training`` is accepted: it is the mode used
+when a call does not say (``training=None``), and LOUPE's ``layer.forward(reshaped_input)``
+runs as it did.
 """
 import math
 
@@ -14,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from .. import _checks
+from .._loupe import LOUPE_BN_DECAY, LOUPE_BN_EPSILON, load_loupe_weights
 from ._layers import require_tensorflow_backend
 from ._ops import context_gating, netfv_pool, netrvlad_pool, netvlad_pool, soft_dbow_pool
 
@@ -22,22 +30,75 @@ def _normal(std, mean=0.0):
     return keras.initializers.RandomNormal(mean=mean, stddev=std)
 
 
+def _batch_norm_options(bn_epsilon, bn_momentum):
+    eps = _checks.finite_real(bn_epsilon, "bn_epsilon")
+    if eps <= 0:
+        raise ValueError(f"bn_epsilon must be > 0, got {bn_epsilon!r}")
+    momentum = _checks.finite_real(bn_momentum, "bn_momentum")
+    if not 0 <= momentum <= 1:
+        raise ValueError(f"bn_momentum must be in [0, 1] (Keras' meaning: TensorFlow's decay), "
+                         f"got {bn_momentum!r}")
+    return eps, momentum
+
+
+def _mode(is_training):
+    return None if is_training is None else _checks.flag(is_training, "is_training")
+
+
+class LoupeBatchNormalization(keras.layers.BatchNormalization):
+    """Keras' ``BatchNormalization`` over the last axis whose training step updates the moving
+    variance with the unbiased batch variance ``var * n / (n - 1)``, as ``slim.batch_norm``
+    (LOUPE's, fused) and PyTorch do; the batch itself is normalised with the biased one. With a
+    mask, the statistics come from the rows it marks True. Inference is Keras' own."""
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable):
+            return super().call(inputs, training=training, mask=mask)
+        dtype = keras.backend.result_type(inputs.dtype, "float32")
+        x = tf.cast(inputs, dtype)
+        channels = x.shape[-1]
+        rows = tf.reshape(x, [-1, channels])
+        if mask is None:
+            weights = tf.ones_like(rows[:, :1])
+        else:
+            weights = tf.reshape(tf.cast(mask, dtype), [-1, 1])
+        count = tf.reduce_sum(weights)
+        mean = tf.reduce_sum(weights * rows, axis=0) / count
+        centered = weights * (rows - mean)
+        variance = tf.reduce_sum(centered * centered, axis=0) / count
+        unbiased = variance * count / tf.maximum(count - 1, 1)
+        momentum = self.momentum
+        self.moving_mean.assign(tf.cast(self.moving_mean, dtype) * momentum
+                                + mean * (1 - momentum))
+        self.moving_variance.assign(tf.cast(self.moving_variance, dtype) * momentum
+                                    + unbiased * (1 - momentum))
+        out = (x - mean) * tf.math.rsqrt(variance + self.epsilon)
+        out = out * tf.cast(self.gamma, dtype) + tf.cast(self.beta, dtype)
+        return tf.cast(out, self.compute_dtype)
+
+
 @keras.saving.register_keras_serializable(package="npool")
 class ContextGating(keras.layers.Layer):
     """``y = x * sigmoid(x W + b)``, or ``x * sigmoid(BN(x W))`` with ``add_batch_norm``;
-    ``W, b ~ N(0, 1/sqrt(input_size))`` (LOUPE)."""
+    ``W, b ~ N(0, 1/sqrt(input_size))`` (LOUPE). ``bn_epsilon``/``bn_momentum`` are the
+    BatchNorm's ``epsilon``/``momentum`` (Keras' meaning), LOUPE's by default; ``is_training``
+    is the mode of calls that do not say."""
 
-    def __init__(self, input_size, add_batch_norm=True, **kwargs):
+    def __init__(self, input_size, add_batch_norm=True, bn_epsilon=LOUPE_BN_EPSILON,
+                 bn_momentum=LOUPE_BN_DECAY, is_training=None, **kwargs):
         require_tensorflow_backend()
         super().__init__(**kwargs)
         self.input_size = _checks.positive_int(input_size, "input_size")
-        self.add_batch_norm = bool(add_batch_norm)
+        self.add_batch_norm = _checks.flag(add_batch_norm, "add_batch_norm")
+        self.bn_epsilon, self.bn_momentum = _batch_norm_options(bn_epsilon, bn_momentum)
+        self.is_training = _mode(is_training)
         self.supports_jit = False
         std = 1 / math.sqrt(self.input_size)
         self.gating_weights = self.add_weight(shape=(self.input_size, self.input_size),
                                               initializer=_normal(std), name="gating_weights")
         if self.add_batch_norm:
-            self.gating_bn = keras.layers.BatchNormalization()
+            self.gating_bn = LoupeBatchNormalization(epsilon=self.bn_epsilon,
+                                                     momentum=self.bn_momentum)
         else:
             self.gating_biases = self.add_weight(shape=(self.input_size,),
                                                  initializer=_normal(std), name="gating_biases")
@@ -47,6 +108,7 @@ class ContextGating(keras.layers.Layer):
             self.gating_bn.build((None, self.input_size))
 
     def call(self, inputs, training=None):
+        training = self.is_training if training is None else training
         w = tf.cast(self.gating_weights, inputs.dtype)
         if not self.add_batch_norm:
             return context_gating(inputs, w, tf.cast(self.gating_biases, inputs.dtype))
@@ -58,7 +120,8 @@ class ContextGating(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "input_size": self.input_size,
-                "add_batch_norm": self.add_batch_norm}
+                "add_batch_norm": self.add_batch_norm, "bn_epsilon": self.bn_epsilon,
+                "bn_momentum": self.bn_momentum, "is_training": self.is_training}
 
 
 class _LoupePool(keras.layers.Layer):
@@ -66,22 +129,26 @@ class _LoupePool(keras.layers.Layer):
     the pooled size and the pool."""
 
     def __init__(self, feature_size, max_samples, cluster_size, output_dim, gating=True,
-                 add_batch_norm=True, **kwargs):
+                 add_batch_norm=True, is_training=None, bn_epsilon=LOUPE_BN_EPSILON,
+                 bn_momentum=LOUPE_BN_DECAY, **kwargs):
         require_tensorflow_backend()
         super().__init__(**kwargs)
         self.feature_size = _checks.positive_int(feature_size, "feature_size")
         self.max_samples = _checks.positive_int(max_samples, "max_samples")
         self.cluster_size = _checks.positive_int(cluster_size, "cluster_size")
         self.output_dim = _checks.positive_int(output_dim, "output_dim")
-        self.gating = bool(gating)
-        self.add_batch_norm = bool(add_batch_norm)
+        self.gating = _checks.flag(gating, "gating")
+        self.add_batch_norm = _checks.flag(add_batch_norm, "add_batch_norm")
+        self.bn_epsilon, self.bn_momentum = _batch_norm_options(bn_epsilon, bn_momentum)
+        self.is_training = _mode(is_training)
         self.supports_masking = True
         self.supports_jit = False
         d, k = self.feature_size, self.cluster_size
         self.cluster_weights = self.add_weight(shape=(d, k), initializer=_normal(1 / math.sqrt(d)),
                                                name="cluster_weights")
         if self.add_batch_norm:
-            self.cluster_bn = keras.layers.BatchNormalization()
+            self.cluster_bn = LoupeBatchNormalization(epsilon=self.bn_epsilon,
+                                                      momentum=self.bn_momentum)
         else:
             self.cluster_biases = self.add_weight(shape=(k,), name="cluster_biases",
                                                   initializer=_normal(1 / math.sqrt(d)))
@@ -90,7 +157,8 @@ class _LoupePool(keras.layers.Layer):
                                                initializer=_normal(1 / math.sqrt(k)),
                                                name="hidden1_weights")
         if self.gating:
-            self.context_gating = ContextGating(self.output_dim, self.add_batch_norm)
+            self.context_gating = ContextGating(self.output_dim, self.add_batch_norm,
+                                                self.bn_epsilon, self.bn_momentum)
 
     def _add_pool_weights(self, d, k):
         pass
@@ -116,6 +184,7 @@ class _LoupePool(keras.layers.Layer):
     def call(self, inputs, mask=None, training=None):
         """``inputs`` (B, M, feature_size), or LOUPE's (B * max_samples, feature_size); ``mask``
         (B, M) bools, True for real samples, or None. Returns (B, output_dim)."""
+        training = self.is_training if training is None else training
         _checks.set_layer_input(tuple(inputs.shape), self.feature_size, self.max_samples)
         x = tf.reshape(inputs, [-1, inputs.shape[-2] if inputs.shape.rank == 3
                                 else self.max_samples, self.feature_size])
@@ -124,6 +193,11 @@ class _LoupePool(keras.layers.Layer):
         pooled = self._pool(x, self.assignment(x, mask, training), mask)
         out = tf.matmul(pooled, self._weight(self.hidden1_weights, x.dtype))
         return self.context_gating(out, training=training) if self.gating else out
+
+    def forward(self, reshaped_input):
+        """LOUPE's call: ``layer.forward(reshaped_input)``, the layer in the mode of
+        ``is_training`` (Keras' inference mode if it is None)."""
+        return self(reshaped_input)
 
     def compute_mask(self, inputs, mask=None):
         return None  # the samples axis is pooled away
@@ -137,7 +211,8 @@ class _LoupePool(keras.layers.Layer):
         return {**super().get_config(), "feature_size": self.feature_size,
                 "max_samples": self.max_samples, "cluster_size": self.cluster_size,
                 "output_dim": self.output_dim, "gating": self.gating,
-                "add_batch_norm": self.add_batch_norm}
+                "add_batch_norm": self.add_batch_norm, "is_training": self.is_training,
+                "bn_epsilon": self.bn_epsilon, "bn_momentum": self.bn_momentum}
 
 
 @keras.saving.register_keras_serializable(package="npool")
@@ -196,3 +271,31 @@ class SoftDBoW(_LoupePool):
 
     def _pool(self, x, a, mask):
         return soft_dbow_pool(a, mask)
+
+
+_LAYERS = {"NetVLAD": NetVLAD, "NetRVLAD": NetRVLAD, "NetFV": NetFV, "SoftDBoW": SoftDBoW,
+           "ContextGating": ContextGating}
+_KERAS_BN = {name: name for name in ("gamma", "beta", "moving_mean", "moving_variance")}
+
+
+def _build(layer):
+    if not layer.built:
+        layer.build(None)
+
+
+def load_loupe_checkpoint(checkpoint, layer=None, *, scope=None, max_samples=None):
+    """LOUPE's trained weights from a TensorFlow 1 checkpoint (``tf.train.Saver`` files of a
+    model that used ``loupe.py``), read with ``tf.train.load_checkpoint``.
+
+    - ``load_loupe_checkpoint(path, max_samples=100)`` returns a new, built ``NetVLAD``,
+      ``NetRVLAD``, ``NetFV`` or ``SoftDBoW`` (whichever the checkpoint holds) with the
+      checkpoint's sizes, gating and BatchNorm and LOUPE's BatchNorm epsilon/momentum;
+    - ``load_loupe_checkpoint(path, layer)`` fills an existing layer (also a ``ContextGating``,
+      from ``gating_*``) and returns it; its sizes must match the checkpoint's.
+
+    ``scope``: the variable scope the block was built under (``"video_VLAD"``); None finds the
+    only block in the checkpoint. ``cluster_weights2`` (1, D, K) becomes (D, K).
+    """
+    return load_loupe_weights(checkpoint, layer, scope, max_samples, _LAYERS, _KERAS_BN,
+                              lambda variable, array: variable.assign(array.astype(
+                                  variable.dtype)), build=_build)

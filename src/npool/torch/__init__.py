@@ -18,11 +18,12 @@ from ._ops import (context_gating, global_avg_pool, global_kmax_pool, global_lse
                    netrvlad_pool, netvlad_pool, soft_dbow_pool, soft_pool1d, soft_pool2d,
                    soft_pool3d, weldon_pool)
 from ._set_layers import (ContextGating, MaskedBatchNorm1d, NetFV, NetRVLAD, NetVLAD,
-                          SoftDBoW)
+                          SoftDBoW, load_loupe_checkpoint)
 
 __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool", "global_avg_pool",
            "global_lse_pool", "global_kmax_pool", "weldon_pool", "SoftPool1d", "SoftPool2d",
            "SoftPool3d", "GlobalMaxPool", "GlobalAvgPool", "GlobalLSEPool", "GlobalKMaxPool",
            "WeldonPool", "maxent_pool1d", "maxent_pool2d", "maxent_pool3d", "MaxEntPool2d",
            "netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool", "context_gating",
-           "NetVLAD", "NetRVLAD", "NetFV", "SoftDBoW", "ContextGating", "MaskedBatchNorm1d"]
+           "NetVLAD", "NetRVLAD", "NetFV", "SoftDBoW", "ContextGating", "MaskedBatchNorm1d",
+           "load_loupe_checkpoint"]

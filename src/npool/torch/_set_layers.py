@@ -5,17 +5,45 @@ initialisers, and masks for lists of different lengths.
 Each pooling layer computes ``softmax(BN(x W))`` (or ``softmax(x W + b)`` without BatchNorm)
 as the soft assignment, pools with npool's op, projects with ``hidden1_weights`` to
 ``output_dim`` and optionally gates. BatchNorm statistics come from the real samples only.
+
+BatchNorm defaults are LOUPE's (``slim.batch_norm``: epsilon 1e-3, decay 0.999, that is
+PyTorch momentum 0.001), not ``BatchNorm1d``'s (1e-5, 0.1), so LOUPE's trained weights give
+LOUPE's numbers (``load_loupe_checkpoint``). LOUPE's ``is_training`` is accepted and sets the
+module's train/eval mode.
 """
 import math
 
 import torch
 
 from .. import _checks
+from .._loupe import LOUPE_BN_EPSILON, load_loupe_weights
 from ._ops import context_gating, netfv_pool, netrvlad_pool, netvlad_pool, soft_dbow_pool
+
+
+LOUPE_BN_MOMENTUM = 0.001  # PyTorch's momentum: 1 - LOUPE's decay (0.999)
 
 
 def _normal(*shape, std, mean=0.0):
     return torch.nn.Parameter(torch.randn(*shape) * std + mean)
+
+
+def _batch_norm_options(bn_epsilon, bn_momentum):
+    eps = _checks.finite_real(bn_epsilon, "bn_epsilon")
+    if eps <= 0:
+        raise ValueError(f"bn_epsilon must be > 0, got {bn_epsilon!r}")
+    if bn_momentum is not None:
+        bn_momentum = _checks.finite_real(bn_momentum, "bn_momentum")
+        if not 0 <= bn_momentum <= 1:
+            raise ValueError(f"bn_momentum must be in [0, 1] (PyTorch's meaning: "
+                             f"1 - TensorFlow's decay) or None, got {bn_momentum!r}")
+    return eps, bn_momentum
+
+
+def _set_mode(module, is_training):
+    """LOUPE's ``is_training``: None keeps PyTorch's default (training); a bool sets
+    ``module.train(is_training)``, which ``.train()`` / ``.eval()`` change later as usual."""
+    if is_training is not None:
+        module.train(_checks.flag(is_training, "is_training"))
 
 
 class MaskedBatchNorm1d(torch.nn.BatchNorm1d):
@@ -49,18 +77,22 @@ class MaskedBatchNorm1d(torch.nn.BatchNorm1d):
 
 class ContextGating(torch.nn.Module):
     """``y = x * sigmoid(x W + b)``, or ``x * sigmoid(BN(x W))`` with ``add_batch_norm``;
-    ``W, b ~ N(0, 1/sqrt(input_size))`` (LOUPE)."""
+    ``W, b ~ N(0, 1/sqrt(input_size))`` (LOUPE). ``bn_epsilon``/``bn_momentum`` are the
+    BatchNorm's ``eps``/``momentum`` (PyTorch's meaning), LOUPE's by default."""
 
-    def __init__(self, input_size, add_batch_norm=True):
+    def __init__(self, input_size, add_batch_norm=True, bn_epsilon=LOUPE_BN_EPSILON,
+                 bn_momentum=LOUPE_BN_MOMENTUM, is_training=None):
         super().__init__()
         self.input_size = _checks.positive_int(input_size, "input_size")
-        self.add_batch_norm = bool(add_batch_norm)
+        self.add_batch_norm = _checks.flag(add_batch_norm, "add_batch_norm")
+        eps, momentum = _batch_norm_options(bn_epsilon, bn_momentum)
         std = 1 / math.sqrt(self.input_size)
         self.gating_weights = _normal(self.input_size, self.input_size, std=std)
         if self.add_batch_norm:
-            self.gating_bn = torch.nn.BatchNorm1d(self.input_size)
+            self.gating_bn = torch.nn.BatchNorm1d(self.input_size, eps=eps, momentum=momentum)
         else:
             self.gating_biases = _normal(self.input_size, std=std)
+        _set_mode(self, is_training)
 
     def forward(self, x):
         if not self.add_batch_norm:
@@ -78,25 +110,29 @@ class _LoupePool(torch.nn.Module):
     the pooled size and the pool."""
 
     def __init__(self, feature_size, max_samples, cluster_size, output_dim, gating=True,
-                 add_batch_norm=True):
+                 add_batch_norm=True, is_training=None, bn_epsilon=LOUPE_BN_EPSILON,
+                 bn_momentum=LOUPE_BN_MOMENTUM):
         super().__init__()
         self.feature_size = _checks.positive_int(feature_size, "feature_size")
         self.max_samples = _checks.positive_int(max_samples, "max_samples")
         self.cluster_size = _checks.positive_int(cluster_size, "cluster_size")
         self.output_dim = _checks.positive_int(output_dim, "output_dim")
-        self.gating = bool(gating)
-        self.add_batch_norm = bool(add_batch_norm)
+        self.gating = _checks.flag(gating, "gating")
+        self.add_batch_norm = _checks.flag(add_batch_norm, "add_batch_norm")
+        eps, momentum = _batch_norm_options(bn_epsilon, bn_momentum)
         d, k = self.feature_size, self.cluster_size
         self.cluster_weights = _normal(d, k, std=1 / math.sqrt(d))
         if self.add_batch_norm:
-            self.cluster_bn = MaskedBatchNorm1d(k)
+            self.cluster_bn = MaskedBatchNorm1d(k, eps=eps, momentum=momentum)
         else:
             self.cluster_biases = _normal(k, std=1 / math.sqrt(d))
         self._init_pool_parameters(d, k)
         self.hidden1_weights = _normal(self._pooled_size(d, k), self.output_dim,
                                        std=1 / math.sqrt(k))
         if self.gating:
-            self.context_gating = ContextGating(self.output_dim, self.add_batch_norm)
+            self.context_gating = ContextGating(self.output_dim, self.add_batch_norm, eps,
+                                                momentum)
+        _set_mode(self, is_training)
 
     def _init_pool_parameters(self, d, k):
         pass
@@ -176,3 +212,29 @@ class SoftDBoW(_LoupePool):
 
     def _pool(self, x, a, mask):
         return soft_dbow_pool(a, mask)
+
+
+_LAYERS = {"NetVLAD": NetVLAD, "NetRVLAD": NetRVLAD, "NetFV": NetFV, "SoftDBoW": SoftDBoW,
+           "ContextGating": ContextGating}
+_TORCH_BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
+             "moving_variance": "running_var"}
+
+
+def load_loupe_checkpoint(checkpoint, layer=None, *, scope=None, max_samples=None):
+    """LOUPE's trained weights from a TensorFlow 1 checkpoint (``tf.train.Saver`` files of a
+    model that used ``loupe.py``), read with ``tf.train.load_checkpoint`` (TensorFlow needed).
+
+    - ``load_loupe_checkpoint(path, max_samples=100)`` returns a new ``NetVLAD``, ``NetRVLAD``,
+      ``NetFV`` or ``SoftDBoW`` (whichever the checkpoint holds) with the checkpoint's sizes,
+      gating and BatchNorm, LOUPE's BatchNorm eps/momentum, in PyTorch's default training mode
+      (call ``.eval()`` for inference, as LOUPE's ``is_training=False``);
+    - ``load_loupe_checkpoint(path, layer)`` fills an existing layer (also a ``ContextGating``,
+      from ``gating_*``) and returns it; its sizes must match the checkpoint's.
+
+    ``scope``: the variable scope the block was built under (``"video_VLAD"``); None finds the
+    only block in the checkpoint. BatchNorm ``gamma/beta/moving_mean/moving_variance`` become
+    ``weight/bias/running_mean/running_var``; ``cluster_weights2`` (1, D, K) becomes (D, K).
+    """
+    with torch.no_grad():
+        return load_loupe_weights(checkpoint, layer, scope, max_samples, _LAYERS, _TORCH_BN,
+                                  lambda tensor, array: tensor.copy_(torch.from_numpy(array)))
