@@ -201,11 +201,14 @@ def dense_strides(shape, layout_name):
     return tuple(strides)
 
 
-def k_count(k, n, name, allow_zero=False):
+def k_count(k, n, name, allow_zero=False, rounding="floor"):
     """The k rule (scikit-learn's counts vs fractions): an int is a count, at least 1 (0 too
     with ``allow_zero``), clipped to n; a float is a fraction in (0, 1] giving
-    ``max(1, floor(k * n + 1e-6))`` cells (the epsilon makes 0.29 * 100 give 29). Anything else
-    is a ValueError."""
+    ``max(1, floor(k * n + 1e-6))`` cells (the epsilon makes 0.29 * 100 give 29), or with
+    ``rounding="round"`` ``max(1, round(k * n))`` (Python's round, half to even: WILDCAT's
+    rule). Anything else is a ValueError."""
+    if rounding not in ("floor", "round"):
+        raise ValueError(f"rounding must be 'floor' or 'round', got {rounding!r}")
     if isinstance(k, numbers.Integral) and not isinstance(k, (bool, np.bool_)):
         least = 0 if allow_zero else 1
         if k < least:
@@ -217,9 +220,42 @@ def k_count(k, n, name, allow_zero=False):
         if not 0 < k <= 1:  # NaN fails too
             raise ValueError(f"{name} as a float is a fraction and must be in (0, 1], got {k!r}"
                              f" (pass an int for a count)")
-        return max(1, math.floor(k * n + 1e-6))
+        return max(1, round(k * n) if rounding == "round" else math.floor(k * n + 1e-6))
     raise ValueError(f"{name} must be an int (a count) or a float in (0, 1] (a fraction), "
                      f"got {_describe(k)}")
+
+
+def weldon_counts(kmax, kmin, n, rounding="floor"):
+    """WELDON's (top, bottom) counts over n cells: the k rule for each, ``kmin=None`` meaning
+    ``kmin = kmax`` (the code of both originals: Lua's ``nMin or nMax``, WILDCAT's
+    ``kmin = kmax``), ``kmin = 0`` dropping the bottom term."""
+    top = k_count(kmax, n, "kmax", rounding=rounding)
+    bottom = top if kmin is None else k_count(kmin, n, "kmin", allow_zero=True,
+                                              rounding=rounding)
+    return top, bottom
+
+
+def check_spatial_dims(spatial_dims):
+    """None or an int >= 1 (a global pool's number of spatial axes)."""
+    if spatial_dims is not None and (isinstance(spatial_dims, (bool, np.bool_)) or not isinstance(
+            spatial_dims, numbers.Integral) or spatial_dims < 1):
+        raise ValueError(f"spatial_dims must be None or an int >= 1, got {spatial_dims!r}")
+    return None if spatial_dims is None else int(spatial_dims)
+
+
+def spatial_rank(ndim, spatial_dims, name="x"):
+    """For a global pool told its spatial rank: whether an input of ``ndim`` axes is unbatched
+    ((C, *spatial), as ``nn.AdaptiveMaxPool2d`` takes) rather than (N, C, *spatial). With
+    ``spatial_dims=None`` the input is (N, C, *spatial) with any number of spatial axes."""
+    if check_spatial_dims(spatial_dims) is None:
+        return False
+    if ndim == spatial_dims + 2:
+        return False
+    if ndim == spatial_dims + 1:
+        return True
+    raise ValueError(f"{name} must be batched (N, C, {spatial_dims} spatial axes) or unbatched "
+                     f"(C, {spatial_dims} spatial axes) for spatial_dims={spatial_dims}, got "
+                     f"{ndim} axes")
 
 
 def flag(value, name):

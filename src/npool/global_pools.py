@@ -380,13 +380,14 @@ def global_lse_pool_backward(grad_out, x, beta=1.0, keepdims=False):
 
 
 # ------------------------------------------------------------------ k-max
-def global_kmax_pool_forward(x, k=1, keepdims=False, return_indices=False):
+def global_kmax_pool_forward(x, k=1, keepdims=False, return_indices=False, *, rounding="floor"):
     """``y = mean of the k largest cells`` of each map. ``k``: an int count (clipped to n) or a
-    float fraction in (0, 1] (``max(1, floor(k n + 1e-6))`` cells). Ties: lower flat indices
-    first. With ``return_indices``, also the selected flat indices in ascending order
-    (int64, ``(N, C, k)``)."""
+    float fraction in (0, 1] (``max(1, floor(k n + 1e-6))`` cells; ``rounding="round"``:
+    ``max(1, round(k n))``, WILDCAT's rule). Ties: lower flat indices first. With
+    ``return_indices``, also the selected flat indices in ascending order (int64,
+    ``(N, C, k)``)."""
     keepdims, return_indices = _flags(keepdims, return_indices)
-    count = _checks.k_count(k, _cells(x), "k")
+    count = _checks.k_count(k, _cells(x), "k", rounding=rounding)
     gpu = _gpu(x=x)
     if gpu:
         return gpu.forward("select", x, keepdims, return_indices, k=count, alpha=0.0)
@@ -399,10 +400,10 @@ def global_kmax_pool_forward(x, k=1, keepdims=False, return_indices=False):
 
 
 def global_kmax_pool_backward(grad_out, x, k=1, keepdims=False, return_indices=False,
-                              indices=None):
+                              indices=None, *, rounding="floor"):
     """Gradient of ``global_kmax_pool_forward``: ``grad_out / k`` on each selected cell."""
     keepdims, return_indices = _flags(keepdims, return_indices)
-    count = _checks.k_count(k, _cells(x), "k")
+    count = _checks.k_count(k, _cells(x), "k", rounding=rounding)
     gpu = _gpu(grad_out=grad_out, x=x)
     if gpu:
         return gpu.backward("select", grad_out, x, keepdims, indices, k=count, alpha=0.0)
@@ -414,24 +415,23 @@ def global_kmax_pool_backward(grad_out, x, k=1, keepdims=False, return_indices=F
 
 
 # ------------------------------------------------------------------ WELDON
-def _weldon_counts(x, kmax, kmin, alpha):
-    n = _cells(x)
-    top = _checks.k_count(kmax, n, "kmax")
-    bottom = top if kmin is None else _checks.k_count(kmin, n, "kmin", allow_zero=True)
+def _weldon_counts(x, kmax, kmin, alpha, rounding):
+    top, bottom = _checks.weldon_counts(kmax, kmin, _cells(x), rounding)
     return top, bottom, _checks.finite_real(alpha, "alpha")
 
 
-def weldon_pool_forward(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_indices=False):
+def weldon_pool_forward(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_indices=False,
+                        *, rounding="floor"):
     """WELDON: ``y = mean(kmax largest) + alpha * mean(kmin smallest)`` per map.
 
     ``kmin=None`` means ``kmin = kmax``; ``kmin = 0`` drops the second term. Counts follow the
-    k rule of ``global_kmax_pool_forward``. When the two sets overlap (``kmax + kmin > n``) a
+    k rule of ``global_kmax_pool_forward`` (``rounding`` included). When the two sets overlap (``kmax + kmin > n``) a
     cell counts in both. WILDCAT's pooling is ``0.5 * weldon_pool_forward(x, kmax, kmin,
     alpha)``. With ``return_indices``, also the selected flat indices: those of the kmax largest,
     then those of the kmin smallest, each in ascending order, int64 ``(N, C, kmax + kmin)``.
     """
     keepdims, return_indices = _flags(keepdims, return_indices)
-    top, bottom, alpha = _weldon_counts(x, kmax, kmin, alpha)
+    top, bottom, alpha = _weldon_counts(x, kmax, kmin, alpha, rounding)
     gpu = _gpu(x=x)
     if gpu:
         return gpu.forward("select", x, keepdims, return_indices, k=top, k_bottom=bottom,
@@ -455,11 +455,11 @@ def weldon_pool_forward(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_
 
 
 def weldon_pool_backward(grad_out, x, kmax=1, kmin=None, alpha=1.0, keepdims=False,
-                         return_indices=False, indices=None):
+                         return_indices=False, indices=None, *, rounding="floor"):
     """Gradient of ``weldon_pool_forward``: ``grad_out / kmax`` on the top cells plus
     ``alpha * grad_out / kmin`` on the bottom cells (both for a cell in both sets)."""
     keepdims, return_indices = _flags(keepdims, return_indices)
-    top, bottom, alpha = _weldon_counts(x, kmax, kmin, alpha)
+    top, bottom, alpha = _weldon_counts(x, kmax, kmin, alpha, rounding)
     gpu = _gpu(grad_out=grad_out, x=x)
     if gpu:
         return gpu.backward("select", grad_out, x, keepdims, indices, k=top, k_bottom=bottom,

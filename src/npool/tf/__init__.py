@@ -13,8 +13,13 @@ export traces the op), and TF Serving/TFLite. Saving Keras models in the ``.kera
 configs, not the graph. This module holds no math: see ``npool.local_pools``, ``npool.global_pools`` and ``npool.set_pools`` for
 the formulas.
 """
-from ._layers import (GlobalAvgPool, GlobalKMaxPool, GlobalLSEPool, GlobalMaxPool,
-                      MaxEntPooling2D, SoftPooling1D, SoftPooling2D, SoftPooling3D, WeldonPool)
+from ._layers import (GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalAveragePooling3D,
+                      GlobalAvgPool, GlobalKMaxPool, GlobalKMaxPooling1D, GlobalKMaxPooling2D,
+                      GlobalKMaxPooling3D, GlobalLSEPool, GlobalLSEPooling1D, GlobalLSEPooling2D,
+                      GlobalLSEPooling3D, GlobalMaxPool, GlobalMaxPooling1D, GlobalMaxPooling2D,
+                      GlobalMaxPooling3D, MaxEntPooling2D, SoftPooling1D, SoftPooling2D,
+                      SoftPooling3D, WeldonPool, WeldonPooling1D, WeldonPooling2D,
+                      WeldonPooling3D)
 from ._ops import (context_gating, global_avg_pool, global_kmax_pool, global_lse_pool,
                    global_max_pool, maxent_pool1d, maxent_pool2d, maxent_pool3d, netfv_pool,
                    netrvlad_pool, netvlad_pool, soft_dbow_pool, soft_pool1d, soft_pool2d,
@@ -28,4 +33,4 @@ __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool", "glob
            "GlobalKMaxPool", "WeldonPool", "maxent_pool1d", "maxent_pool2d", "maxent_pool3d",
            "MaxEntPooling2D", "netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool",
            "context_gating", "NetVLAD", "NetRVLAD", "NetFV", "SoftDBoW", "ContextGating",
-           "LoupeBatchNormalization", "load_loupe_checkpoint"]
+           "LoupeBatchNormalization", "load_loupe_checkpoint", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalLSEPooling1D", "GlobalLSEPooling2D", "GlobalLSEPooling3D", "GlobalKMaxPooling1D", "GlobalKMaxPooling2D", "GlobalKMaxPooling3D", "WeldonPooling1D", "WeldonPooling2D", "WeldonPooling3D"]

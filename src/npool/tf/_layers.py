@@ -87,15 +87,24 @@ class SoftPooling3D(_SoftPoolingND):
 
 class _GlobalPooling(keras.layers.Layer):
     """A global pool over all spatial cells of each map, with Keras' ``keepdims`` and
-    ``data_format`` (default ``keras.config.image_data_format()``)."""
+    ``data_format`` (default ``keras.config.image_data_format()``). ``spatial_dims=None``
+    takes any number of spatial axes; the ``…1D/2D/3D`` classes require theirs, as Keras'
+    ``GlobalMaxPooling2D`` does."""
 
+    spatial_dims = None
     _options = ()
 
-    def __init__(self, keepdims=False, data_format=None, **kwargs):
+    def __init__(self, keepdims=False, data_format=None, spatial_dims=None, **kwargs):
         require_tensorflow_backend()
         super().__init__(**kwargs)
-        self.keepdims = keepdims
+        self.keepdims = _checks.flag(keepdims, "keepdims")
         self.data_format = data_format or keras.config.image_data_format()
+        cls = type(self)
+        spatial_dims = _checks.check_spatial_dims(spatial_dims)
+        if cls.spatial_dims is not None and spatial_dims not in (None, cls.spatial_dims):
+            raise ValueError(f"{cls.__name__} pools over {cls.spatial_dims} spatial axes, "
+                             f"spatial_dims={spatial_dims} contradicts it")
+        self.spatial_dims = cls.spatial_dims or spatial_dims
         self.supports_jit = False  # a NumPy callback: XLA cannot compile it
 
     def _arguments(self):
@@ -103,7 +112,8 @@ class _GlobalPooling(keras.layers.Layer):
 
     def call(self, inputs):
         return type(self)._function(inputs, keepdims=self.keepdims,
-                                    data_format=self.data_format, **self._arguments())
+                                    data_format=self.data_format,
+                                    spatial_dims=self.spatial_dims, **self._arguments())
 
     def compute_output_shape(self, input_shape):
         shape = list(input_shape)
@@ -114,8 +124,11 @@ class _GlobalPooling(keras.layers.Layer):
         return tuple([shape[0]] + ones + [shape[-1]] if last else shape[:2] + ones)
 
     def get_config(self):
-        return {**super().get_config(), "keepdims": self.keepdims,
-                "data_format": self.data_format, **self._arguments()}
+        config = {**super().get_config(), "keepdims": self.keepdims,
+                  "data_format": self.data_format, **self._arguments()}
+        if type(self).spatial_dims is None:
+            config["spatial_dims"] = self.spatial_dims
+        return config
 
 
 @keras.saving.register_keras_serializable(package="npool")
@@ -143,30 +156,119 @@ class GlobalLSEPool(_GlobalPooling):
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalKMaxPool(_GlobalPooling):
-    """The mean of the k largest cells of each map (k: a count or a fraction in (0, 1])."""
+    """The mean of the k largest cells of each map (k: a count or a fraction in (0, 1],
+    floored, or rounded half to even with ``rounding="round"`` as WILDCAT)."""
     _function = staticmethod(global_kmax_pool)
-    _options = ("k",)
+    _options = ("k", "rounding")
 
-    def __init__(self, k=1, **kwargs):
+    def __init__(self, k=1, rounding="floor", **kwargs):
         super().__init__(**kwargs)
-        _checks.k_count(k, 1, "k")
-        self.k = k
+        _checks.k_count(k, 1, "k", rounding=rounding)
+        self.k, self.rounding = k, rounding
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class WeldonPool(_GlobalPooling):
-    """WELDON: mean of the kmax largest + alpha * mean of the kmin smallest cells of each map;
-    WILDCAT's pooling is half of it."""
+    """WELDON: mean of the kmax largest + alpha * mean of the kmin smallest cells of each map
+    (``kmin=None``: kmin = kmax); WILDCAT's pooling is half of it."""
     _function = staticmethod(weldon_pool)
-    _options = ("kmax", "kmin", "alpha")
+    _options = ("kmax", "kmin", "alpha", "rounding")
 
-    def __init__(self, kmax=1, kmin=None, alpha=1.0, **kwargs):
+    def __init__(self, kmax=1, kmin=None, alpha=1.0, rounding="floor", **kwargs):
         super().__init__(**kwargs)
-        _checks.k_count(kmax, 1, "kmax")
-        if kmin is not None:
-            _checks.k_count(kmin, 1, "kmin", allow_zero=True)
-        self.kmax, self.kmin = kmax, kmin
+        _checks.weldon_counts(kmax, kmin, 1, rounding)
+        self.kmax, self.kmin, self.rounding = kmax, kmin, rounding
         self.alpha = _checks.finite_real(alpha, "alpha")
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalMaxPooling1D(GlobalMaxPool):
+    """``GlobalMaxPool`` over 1 spatial axis (inputs of rank 3)."""
+    spatial_dims = 1
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalMaxPooling2D(GlobalMaxPool):
+    """``GlobalMaxPool`` over 2 spatial axises (inputs of rank 4)."""
+    spatial_dims = 2
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalMaxPooling3D(GlobalMaxPool):
+    """``GlobalMaxPool`` over 3 spatial axises (inputs of rank 5)."""
+    spatial_dims = 3
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalAveragePooling1D(GlobalAvgPool):
+    """``GlobalAvgPool`` over 1 spatial axis (inputs of rank 3)."""
+    spatial_dims = 1
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalAveragePooling2D(GlobalAvgPool):
+    """``GlobalAvgPool`` over 2 spatial axises (inputs of rank 4)."""
+    spatial_dims = 2
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalAveragePooling3D(GlobalAvgPool):
+    """``GlobalAvgPool`` over 3 spatial axises (inputs of rank 5)."""
+    spatial_dims = 3
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalLSEPooling1D(GlobalLSEPool):
+    """``GlobalLSEPool`` over 1 spatial axis (inputs of rank 3)."""
+    spatial_dims = 1
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalLSEPooling2D(GlobalLSEPool):
+    """``GlobalLSEPool`` over 2 spatial axises (inputs of rank 4)."""
+    spatial_dims = 2
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalLSEPooling3D(GlobalLSEPool):
+    """``GlobalLSEPool`` over 3 spatial axises (inputs of rank 5)."""
+    spatial_dims = 3
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalKMaxPooling1D(GlobalKMaxPool):
+    """``GlobalKMaxPool`` over 1 spatial axis (inputs of rank 3)."""
+    spatial_dims = 1
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalKMaxPooling2D(GlobalKMaxPool):
+    """``GlobalKMaxPool`` over 2 spatial axises (inputs of rank 4)."""
+    spatial_dims = 2
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalKMaxPooling3D(GlobalKMaxPool):
+    """``GlobalKMaxPool`` over 3 spatial axises (inputs of rank 5)."""
+    spatial_dims = 3
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class WeldonPooling1D(WeldonPool):
+    """``WeldonPool`` over 1 spatial axis (inputs of rank 3)."""
+    spatial_dims = 1
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class WeldonPooling2D(WeldonPool):
+    """``WeldonPool`` over 2 spatial axises (inputs of rank 4)."""
+    spatial_dims = 2
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class WeldonPooling3D(WeldonPool):
+    """``WeldonPool`` over 3 spatial axises (inputs of rank 5)."""
+    spatial_dims = 3
 
 
 @keras.saving.register_keras_serializable(package="npool")

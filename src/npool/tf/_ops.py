@@ -136,9 +136,11 @@ soft_pool3d = _make_soft_pool(3)
 
 
 # ------------------------------------------------------------------ global pools
-def _global_pool(x, forward, backward, keepdims, data_format, selects, **kwargs):
+def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_dims=None,
+                 **kwargs):
     """A global pool of npool's core as a tf.custom_gradient function; selecting pools hand
-    their indices from the forward to the backward."""
+    their indices from the forward to the backward. ``spatial_dims`` (an int) requires that
+    many spatial axes, as Keras' ``Global…Pooling2D`` layers do (batched input only)."""
     _refuse_saved_model_export()
     x = tf.convert_to_tensor(x)
     if x.dtype not in (tf.float16, tf.float32, tf.float64):
@@ -150,6 +152,11 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, **kwargs)
     if rank is None or rank < 3:
         raise ValueError(f"x must be (N, *spatial, C) or (N, C, *spatial) with at least one "
                          f"spatial axis, got shape {x.shape}")
+    spatial_dims = _checks.check_spatial_dims(spatial_dims)
+    if spatial_dims is not None and rank != spatial_dims + 2:
+        raise ValueError(f"x must have {spatial_dims} spatial axes (rank {spatial_dims + 2}: "
+                         f"batch, channels and {spatial_dims} spatial) for spatial_dims="
+                         f"{spatial_dims}, got shape {x.shape}")
     last = data_format == "channels_last"
 
     def to_npool(a):
@@ -200,40 +207,46 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, **kwargs)
     return pool(x)
 
 
-def global_max_pool(x, keepdims=False, data_format="channels_last"):
-    """``y = max x`` over the spatial cells of each map (npool.global_max_pool_forward)."""
+def global_max_pool(x, keepdims=False, data_format="channels_last", spatial_dims=None):
+    """``y = max x`` over the spatial cells of each map (npool.global_max_pool_forward).
+
+    ``spatial_dims=None`` takes any number of spatial axes; an int requires exactly that many
+    (the same for every global pool below)."""
     return _global_pool(x, npool.global_max_pool_forward, npool.global_max_pool_backward,
-                        keepdims, data_format, True)
+                        keepdims, data_format, True, spatial_dims)
 
 
-def global_avg_pool(x, keepdims=False, data_format="channels_last"):
+def global_avg_pool(x, keepdims=False, data_format="channels_last", spatial_dims=None):
     """``y = mean x`` over the spatial cells of each map."""
     return _global_pool(x, npool.global_avg_pool_forward, npool.global_avg_pool_backward,
-                        keepdims, data_format, False)
+                        keepdims, data_format, False, spatial_dims)
 
 
-def global_lse_pool(x, beta=1.0, keepdims=False, data_format="channels_last"):
+def global_lse_pool(x, beta=1.0, keepdims=False, data_format="channels_last",
+                    spatial_dims=None):
     """``y = (1/beta) log(mean exp(beta x))`` over the spatial cells of each map."""
     return _global_pool(x, npool.global_lse_pool_forward, npool.global_lse_pool_backward,
-                        keepdims, data_format, False, beta=_checks.finite_real(beta, "beta"))
+                        keepdims, data_format, False, spatial_dims,
+                        beta=_checks.finite_real(beta, "beta"))
 
 
-def global_kmax_pool(x, k=1, keepdims=False, data_format="channels_last"):
-    """The mean of the k largest cells of each map (k: a count or a fraction in (0, 1])."""
-    _checks.k_count(k, 1, "k")
+def global_kmax_pool(x, k=1, keepdims=False, data_format="channels_last", rounding="floor",
+                     spatial_dims=None):
+    """The mean of the k largest cells of each map (k: a count or a fraction in (0, 1], floored
+    or, with ``rounding="round"``, rounded half to even as WILDCAT)."""
+    _checks.k_count(k, 1, "k", rounding=rounding)
     return _global_pool(x, npool.global_kmax_pool_forward, npool.global_kmax_pool_backward,
-                        keepdims, data_format, True, k=k)
+                        keepdims, data_format, True, spatial_dims, k=k, rounding=rounding)
 
 
-def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, data_format="channels_last"):
+def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, data_format="channels_last",
+                rounding="floor", spatial_dims=None):
     """WELDON: mean of the kmax largest + alpha * mean of the kmin smallest cells of each map
-    (WILDCAT's pooling is half of it)."""
-    _checks.k_count(kmax, 1, "kmax")
-    if kmin is not None:
-        _checks.k_count(kmin, 1, "kmin", allow_zero=True)
+    (``kmin=None``: kmin = kmax; WILDCAT's pooling is half of it)."""
+    _checks.weldon_counts(kmax, kmin, 1, rounding)
     return _global_pool(x, npool.weldon_pool_forward, npool.weldon_pool_backward, keepdims,
-                        data_format, True, kmax=kmax, kmin=kmin,
-                        alpha=_checks.finite_real(alpha, "alpha"))
+                        data_format, True, spatial_dims, kmax=kmax, kmin=kmin,
+                        alpha=_checks.finite_real(alpha, "alpha"), rounding=rounding)
 
 
 # ------------------------------------------------------------------ Max-Entropy pooling

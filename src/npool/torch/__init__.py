@@ -11,8 +11,12 @@ the ops run in float16.
 This module holds no math: see ``npool.local_pools``, ``npool.global_pools`` and
 ``npool.set_pools`` for the formulas. The set pools run on CPU tensors only for now.
 """
-from ._layers import (GlobalAvgPool, GlobalKMaxPool, GlobalLSEPool, GlobalMaxPool, MaxEntPool2d,
-                      SoftPool1d, SoftPool2d, SoftPool3d, WeldonPool)
+from ._layers import (GlobalAvgPool, GlobalAvgPool1d, GlobalAvgPool2d, GlobalAvgPool3d,
+                      GlobalKMaxPool, GlobalKMaxPool1d, GlobalKMaxPool2d, GlobalKMaxPool3d,
+                      GlobalLSEPool, GlobalLSEPool1d, GlobalLSEPool2d, GlobalLSEPool3d,
+                      GlobalMaxPool, GlobalMaxPool1d, GlobalMaxPool2d, GlobalMaxPool3d,
+                      MaxEntPool2d, SoftPool1d, SoftPool2d, SoftPool3d, WeldonPool, WeldonPool1d,
+                      WeldonPool2d, WeldonPool3d)
 from ._ops import (context_gating, global_avg_pool, global_kmax_pool, global_lse_pool,
                    global_max_pool, maxent_pool1d, maxent_pool2d, maxent_pool3d, netfv_pool,
                    netrvlad_pool, netvlad_pool, soft_dbow_pool, soft_pool1d, soft_pool2d,
@@ -26,4 +30,4 @@ __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool", "glob
            "WeldonPool", "maxent_pool1d", "maxent_pool2d", "maxent_pool3d", "MaxEntPool2d",
            "netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool", "context_gating",
            "NetVLAD", "NetRVLAD", "NetFV", "SoftDBoW", "ContextGating", "MaskedBatchNorm1d",
-           "load_loupe_checkpoint"]
+           "load_loupe_checkpoint", "GlobalMaxPool1d", "GlobalMaxPool2d", "GlobalMaxPool3d", "GlobalAvgPool1d", "GlobalAvgPool2d", "GlobalAvgPool3d", "GlobalLSEPool1d", "GlobalLSEPool2d", "GlobalLSEPool3d", "GlobalKMaxPool1d", "GlobalKMaxPool2d", "GlobalKMaxPool3d", "WeldonPool1d", "WeldonPool2d", "WeldonPool3d"]

@@ -57,77 +57,165 @@ class SoftPool3d(_SoftPoolNd):
     _function = staticmethod(soft_pool3d)
 
 
-class GlobalMaxPool(torch.nn.Module):
+def _fixed_rank(cls, spatial_dims):
+    """The spatial rank of a global pool: the class's (``…2d``) or ``spatial_dims``."""
+    spatial_dims = _checks.check_spatial_dims(spatial_dims)
+    if cls.spatial_dims is not None and spatial_dims not in (None, cls.spatial_dims):
+        raise ValueError(f"{cls.__name__} pools over {cls.spatial_dims} spatial axes, "
+                         f"spatial_dims={spatial_dims} contradicts it")
+    return cls.spatial_dims if cls.spatial_dims is not None else spatial_dims
+
+
+class _GlobalPool(torch.nn.Module):
+    """A global pool over every spatial cell of each (sample, channel) map.
+
+    ``spatial_dims=None`` reads the input as (N, C, *spatial) with any number of spatial axes;
+    the ``…1d/2d/3d`` classes fix it, so they also take unbatched (C, *spatial) input as
+    ``nn.AdaptiveMaxPool2d`` does (and refuse other ranks). Output (N, C), or (N, C, 1, …)
+    with ``keepdims`` (unbatched: (C,) or (C, 1, …)).
+    """
+
+    spatial_dims = None
+    _options = ()
+
+    def __init__(self, keepdims=False, spatial_dims=None):
+        super().__init__()
+        self.keepdims = _checks.flag(keepdims, "keepdims")
+        self.spatial_dims = _fixed_rank(type(self), spatial_dims)
+
+    def forward(self, x):
+        return type(self)._function(x, keepdims=self.keepdims, spatial_dims=self.spatial_dims,
+                                    **{name: getattr(self, name) for name in self._options})
+
+    def extra_repr(self):
+        shown = [f"{name}={getattr(self, name)!r}" for name in self._options
+                 if name != "rounding" or self.rounding != "floor"]  # new options: when set
+        shown.append(f"keepdims={self.keepdims}")
+        if type(self).spatial_dims is None and self.spatial_dims is not None:
+            shown.append(f"spatial_dims={self.spatial_dims}")
+        return ", ".join(shown)
+
+
+class GlobalMaxPool(_GlobalPool):
     """``y = max x`` over all spatial cells of each (sample, channel) map."""
-
-    def __init__(self, keepdims=False):
-        super().__init__()
-        self.keepdims = keepdims
-
-    def forward(self, x):
-        return global_max_pool(x, self.keepdims)
-
-    def extra_repr(self):
-        return f"keepdims={self.keepdims}"
+    _function = staticmethod(global_max_pool)
 
 
-class GlobalAvgPool(GlobalMaxPool):
+class GlobalAvgPool(_GlobalPool):
     """``y = mean x`` over all spatial cells of each map."""
-
-    def forward(self, x):
-        return global_avg_pool(x, self.keepdims)
+    _function = staticmethod(global_avg_pool)
 
 
-class GlobalLSEPool(torch.nn.Module):
+class GlobalLSEPool(_GlobalPool):
     """``y = (1/beta) log(mean exp(beta x))`` over all spatial cells of each map."""
+    _function = staticmethod(global_lse_pool)
+    _options = ("beta",)
 
-    def __init__(self, beta=1.0, keepdims=False):
-        super().__init__()
+    def __init__(self, beta=1.0, keepdims=False, spatial_dims=None):
+        super().__init__(keepdims, spatial_dims)
         self.beta = _checks.finite_real(beta, "beta")
-        self.keepdims = keepdims
-
-    def forward(self, x):
-        return global_lse_pool(x, self.beta, self.keepdims)
-
-    def extra_repr(self):
-        return f"beta={self.beta}, keepdims={self.keepdims}"
 
 
-class GlobalKMaxPool(torch.nn.Module):
-    """The mean of the k largest cells of each map (k: a count or a fraction in (0, 1])."""
+class GlobalKMaxPool(_GlobalPool):
+    """The mean of the k largest cells of each map (k: a count or a fraction in (0, 1] of the
+    cells, floored, or rounded half to even with ``rounding="round"`` as WILDCAT)."""
+    _function = staticmethod(global_kmax_pool)
+    _options = ("k", "rounding")
 
-    def __init__(self, k=1, keepdims=False):
-        super().__init__()
-        _checks.k_count(k, 1, "k")  # fail early on a bad k
-        self.k = k
-        self.keepdims = keepdims
-
-    def forward(self, x):
-        return global_kmax_pool(x, self.k, self.keepdims)
-
-    def extra_repr(self):
-        return f"k={self.k}, keepdims={self.keepdims}"
+    def __init__(self, k=1, keepdims=False, rounding="floor", spatial_dims=None):
+        super().__init__(keepdims, spatial_dims)
+        _checks.k_count(k, 1, "k", rounding=rounding)  # fail early on a bad k
+        self.k, self.rounding = k, rounding
 
 
-class WeldonPool(torch.nn.Module):
-    """WELDON: mean of the kmax largest + alpha * mean of the kmin smallest cells of each map.
-    WILDCAT's pooling is half of it."""
+class WeldonPool(_GlobalPool):
+    """WELDON: mean of the kmax largest + alpha * mean of the kmin smallest cells of each map
+    (``kmin=None``: kmin = kmax, as both originals' code). WILDCAT's pooling is half of it
+    (``npool.torch.compat.WildcatPool2d`` has WILDCAT's exact conventions)."""
+    _function = staticmethod(weldon_pool)
+    _options = ("kmax", "kmin", "alpha", "rounding")
 
-    def __init__(self, kmax=1, kmin=None, alpha=1.0, keepdims=False):
-        super().__init__()
-        _checks.k_count(kmax, 1, "kmax")
-        if kmin is not None:
-            _checks.k_count(kmin, 1, "kmin", allow_zero=True)
-        self.kmax, self.kmin = kmax, kmin
+    def __init__(self, kmax=1, kmin=None, alpha=1.0, keepdims=False, rounding="floor",
+                 spatial_dims=None):
+        super().__init__(keepdims, spatial_dims)
+        _checks.weldon_counts(kmax, kmin, 1, rounding)  # fail early on bad counts
+        self.kmax, self.kmin, self.rounding = kmax, kmin, rounding
         self.alpha = _checks.finite_real(alpha, "alpha")
-        self.keepdims = keepdims
 
-    def forward(self, x):
-        return weldon_pool(x, self.kmax, self.kmin, self.alpha, self.keepdims)
 
-    def extra_repr(self):
-        return (f"kmax={self.kmax}, kmin={self.kmin}, alpha={self.alpha}, "
-                f"keepdims={self.keepdims}")
+class GlobalMaxPool1d(GlobalMaxPool):
+    """``GlobalMaxPool`` over 1 spatial axis: (N, C, L) or (C, L)."""
+    spatial_dims = 1
+
+
+class GlobalMaxPool2d(GlobalMaxPool):
+    """``GlobalMaxPool`` over 2 spatial axises: (N, C, H, W) or (C, H, W)."""
+    spatial_dims = 2
+
+
+class GlobalMaxPool3d(GlobalMaxPool):
+    """``GlobalMaxPool`` over 3 spatial axises: (N, C, D, H, W) or (C, D, H, W)."""
+    spatial_dims = 3
+
+
+class GlobalAvgPool1d(GlobalAvgPool):
+    """``GlobalAvgPool`` over 1 spatial axis: (N, C, L) or (C, L)."""
+    spatial_dims = 1
+
+
+class GlobalAvgPool2d(GlobalAvgPool):
+    """``GlobalAvgPool`` over 2 spatial axises: (N, C, H, W) or (C, H, W)."""
+    spatial_dims = 2
+
+
+class GlobalAvgPool3d(GlobalAvgPool):
+    """``GlobalAvgPool`` over 3 spatial axises: (N, C, D, H, W) or (C, D, H, W)."""
+    spatial_dims = 3
+
+
+class GlobalLSEPool1d(GlobalLSEPool):
+    """``GlobalLSEPool`` over 1 spatial axis: (N, C, L) or (C, L)."""
+    spatial_dims = 1
+
+
+class GlobalLSEPool2d(GlobalLSEPool):
+    """``GlobalLSEPool`` over 2 spatial axises: (N, C, H, W) or (C, H, W)."""
+    spatial_dims = 2
+
+
+class GlobalLSEPool3d(GlobalLSEPool):
+    """``GlobalLSEPool`` over 3 spatial axises: (N, C, D, H, W) or (C, D, H, W)."""
+    spatial_dims = 3
+
+
+class GlobalKMaxPool1d(GlobalKMaxPool):
+    """``GlobalKMaxPool`` over 1 spatial axis: (N, C, L) or (C, L)."""
+    spatial_dims = 1
+
+
+class GlobalKMaxPool2d(GlobalKMaxPool):
+    """``GlobalKMaxPool`` over 2 spatial axises: (N, C, H, W) or (C, H, W)."""
+    spatial_dims = 2
+
+
+class GlobalKMaxPool3d(GlobalKMaxPool):
+    """``GlobalKMaxPool`` over 3 spatial axises: (N, C, D, H, W) or (C, D, H, W)."""
+    spatial_dims = 3
+
+
+class WeldonPool1d(WeldonPool):
+    """``WeldonPool`` over 1 spatial axis: (N, C, L) or (C, L)."""
+    spatial_dims = 1
+
+
+class WeldonPool2d(WeldonPool):
+    """``WeldonPool`` over 2 spatial axises: (N, C, H, W) or (C, H, W)."""
+    spatial_dims = 2
+
+
+class WeldonPool3d(WeldonPool):
+    """``WeldonPool`` over 3 spatial axises: (N, C, D, H, W) or (C, D, H, W)."""
+    spatial_dims = 3
 
 
 class MaxEntPool2d(torch.nn.Module):

@@ -241,36 +241,59 @@ def _spatial_cells(x):
     return n
 
 
-def global_max_pool(x, keepdims=False, return_indices=False):
-    """Differentiable ``npool.global_max_pool_forward`` on a CPU or CUDA tensor."""
-    y, indices = _global_max_pool(x, keepdims)
-    return (y, indices) if return_indices else y
+def _global(x, spatial_dims, pool):
+    """``pool`` on x read as (N, C, *spatial), or on an unbatched (C, *spatial) x when
+    ``spatial_dims`` says so (the batch axis added, then removed from every output)."""
+    if not _checks.spatial_rank(x.dim(), spatial_dims):
+        return pool(x)
+    out = pool(x.unsqueeze(0))
+    return tuple(o.squeeze(0) for o in out) if isinstance(out, tuple) else out.squeeze(0)
 
 
-def global_avg_pool(x, keepdims=False):
+def global_max_pool(x, keepdims=False, return_indices=False, spatial_dims=None):
+    """Differentiable ``npool.global_max_pool_forward`` on a CPU or CUDA tensor.
+
+    ``spatial_dims=None`` reads x as (N, C, *spatial) with any number of spatial axes; an int
+    makes the rank explicit and also takes an unbatched (C, *spatial) x, as
+    ``nn.AdaptiveMaxPool{1,2,3}d`` do (the same for every global pool below)."""
+    def pool(x):
+        y, indices = _global_max_pool(x, keepdims)
+        return (y, indices) if return_indices else y
+    return _global(x, spatial_dims, pool)
+
+
+def global_avg_pool(x, keepdims=False, spatial_dims=None):
     """Differentiable ``npool.global_avg_pool_forward``."""
-    return _global_avg_pool(x, keepdims)
+    return _global(x, spatial_dims, lambda x: _global_avg_pool(x, keepdims))
 
 
-def global_lse_pool(x, beta=1.0, keepdims=False):
+def global_lse_pool(x, beta=1.0, keepdims=False, spatial_dims=None):
     """Differentiable ``npool.global_lse_pool_forward``."""
-    return _global_lse_pool(x, _checks.finite_real(beta, "beta"), keepdims)
+    beta = _checks.finite_real(beta, "beta")
+    return _global(x, spatial_dims, lambda x: _global_lse_pool(x, beta, keepdims))
 
 
-def global_kmax_pool(x, k=1, keepdims=False, return_indices=False):
+def global_kmax_pool(x, k=1, keepdims=False, return_indices=False, rounding="floor",
+                     spatial_dims=None):
     """Differentiable ``npool.global_kmax_pool_forward`` (k: a count or a fraction)."""
-    count = _checks.k_count(k, _spatial_cells(x), "k")
-    y, indices = _weldon_pool(x, count, 0, 0.0, keepdims)
-    return (y, indices) if return_indices else y
+    def pool(x):
+        count = _checks.k_count(k, _spatial_cells(x), "k", rounding=rounding)
+        y, indices = _weldon_pool(x, count, 0, 0.0, keepdims)
+        return (y, indices) if return_indices else y
+    return _global(x, spatial_dims, pool)
 
 
-def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_indices=False):
-    """Differentiable ``npool.weldon_pool_forward``; WILDCAT is ``0.5 * weldon_pool(...)``."""
-    n = _spatial_cells(x)
-    top = _checks.k_count(kmax, n, "kmax")
-    bottom = top if kmin is None else _checks.k_count(kmin, n, "kmin", allow_zero=True)
-    y, indices = _weldon_pool(x, top, bottom, _checks.finite_real(alpha, "alpha"), keepdims)
-    return (y, indices) if return_indices else y
+def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_indices=False,
+                rounding="floor", spatial_dims=None):
+    """Differentiable ``npool.weldon_pool_forward``; WILDCAT is ``0.5 * weldon_pool(...)`` (see
+    ``npool.torch.compat.WildcatPool2d`` for WILDCAT's exact conventions)."""
+    alpha = _checks.finite_real(alpha, "alpha")
+
+    def pool(x):
+        top, bottom = _checks.weldon_counts(kmax, kmin, _spatial_cells(x), rounding)
+        y, indices = _weldon_pool(x, top, bottom, alpha, keepdims)
+        return (y, indices) if return_indices else y
+    return _global(x, spatial_dims, pool)
 
 
 # ------------------------------------------------------------------ Max-Entropy pooling
