@@ -229,8 +229,14 @@ class MaxEntPool2d(torch.nn.Module):
     - a number: a fixed temperature.
 
     The window arguments are those of ``nn.MaxPool2d``. The gradient reaches x through the pool
-    and through the branch.
+    and through the branch. The branch's parameters are ``branch.{1,2,4,5}.*``; a state_dict
+    of GFGP's original ``MaxEntPoolingCuda2d`` (``ToParam.*``, the same modules in the same
+    order) loads as it is (``npool.torch.compat.MaxEntPoolingCuda2d`` keeps the original's
+    names and arguments).
     """
+
+    _branch_name = "branch"  # the name of the GFGP branch in state_dicts
+    _other_branch_names = ("ToParam",)
 
     def __init__(self, num_features, kernel_size, stride=None, padding=0, ceil_mode=False,
                  lam="gfgp", activation="sigmoid", hidden=None):
@@ -244,12 +250,13 @@ class MaxEntPool2d(torch.nn.Module):
         self.mode = lam if isinstance(lam, str) else "fixed"
         if lam == "gfgp":
             hidden = hidden or max(1, num_features // 2)
-            self.branch = torch.nn.Sequential(
+            setattr(self, self._branch_name, torch.nn.Sequential(
                 torch.nn.AdaptiveAvgPool2d(1),
                 torch.nn.Conv2d(num_features, hidden, 1), torch.nn.BatchNorm2d(hidden),
                 torch.nn.ReLU(),
                 torch.nn.Conv2d(hidden, num_features, 1), torch.nn.BatchNorm2d(num_features),
-                torch.nn.Sigmoid() if activation == "sigmoid" else torch.nn.Softplus())
+                torch.nn.Sigmoid() if activation == "sigmoid" else torch.nn.Softplus()))
+            self.register_load_state_dict_pre_hook(_rename_branch)
         elif lam == "channel":
             self.lam = torch.nn.Parameter(torch.ones(num_features, 1, 1))
         elif isinstance(lam, str):
@@ -259,7 +266,7 @@ class MaxEntPool2d(torch.nn.Module):
 
     def temperature(self, x):
         """lam for input x: (N, C, 1, 1) for GFGP, (C, 1, 1) per channel, or a 0-d tensor."""
-        return self.branch(x) if self.mode == "gfgp" else self.lam
+        return getattr(self, self._branch_name)(x) if self.mode == "gfgp" else self.lam
 
     def forward(self, x):
         return maxent_pool2d(x, self.temperature(x), self.kernel_size, self.stride,
@@ -269,3 +276,16 @@ class MaxEntPool2d(torch.nn.Module):
         return (f"num_features={self.num_features}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}, "
                 f"lam={self.mode!r}")
+
+
+def _rename_branch(module, state_dict, prefix, *_):
+    """Load-state-dict pre-hook: the GFGP branch saved under another name (GFGP's ``ToParam``,
+    npool's ``branch``) is loaded into this module's branch."""
+    own = prefix + module._branch_name + "."
+    for name in (MaxEntPool2d._branch_name,) + MaxEntPool2d._other_branch_names:
+        other = prefix + name + "."
+        if other == own:
+            continue
+        for key in [key for key in state_dict if key.startswith(other)]:
+            if own + key[len(other):] not in state_dict:  # else strict loading reports it
+                state_dict[own + key[len(other):]] = state_dict.pop(key)
