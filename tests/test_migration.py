@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 import npool.torch as nt  # noqa: E402
 from npool.torch import compat  # noqa: E402
 import reference  # noqa: E402
+from original_layouts import OriginalGFGP  # noqa: E402
 
 ARANGE16 = torch.arange(16.0).reshape(1, 1, 4, 4)
 
@@ -55,7 +56,7 @@ def test_fraction_rounding_floor_or_round():
                 nt.global_kmax_pool(maps, k, rounding=rounding),
                 torch.tensor(reference.global_kmax(maps.numpy(), count)))
         differ += max(1, int(k * n + 1e-6)) != max(1, round(k * n))
-    assert differ > 0
+    assert differ == 27  # the count docs/migration.md quotes
     assert round(2.5) == 2  # half to even, as WILDCAT's Python 3 round
     x10 = torch.randn(1, 1, 1, 10, dtype=torch.float64)
     torch.testing.assert_close(nt.global_kmax_pool(x10, 0.25, rounding="round"),
@@ -170,21 +171,6 @@ def test_keras_ranked_layers_match_keras():
 
 
 # ------------------------------------------------------------------ GFGP
-class OriginalGFGP(torch.nn.AvgPool2d):
-    """The layout of GFGP's MaxEntPoolingCuda2d (its modules and names, not its kernel): an
-    AvgPool2d with a ``ToParam`` branch and a separate ``activation``."""
-
-    def __init__(self, num_features, kernel_size, stride=None, padding=0, ceil_mode=False,
-                 activation="sigmoid", hidden_node=None):
-        hidden_node = num_features // 2 if hidden_node is None else hidden_node
-        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad=False)
-        self.ToParam = torch.nn.Sequential(
-            torch.nn.AdaptiveAvgPool2d((1, 1)), torch.nn.Conv2d(num_features, hidden_node, 1),
-            torch.nn.BatchNorm2d(hidden_node), torch.nn.ReLU(False),
-            torch.nn.Conv2d(hidden_node, num_features, 1), torch.nn.BatchNorm2d(num_features))
-        self.activation = torch.nn.Softplus() if activation == "softplus" else torch.nn.Sigmoid()
-
-
 def test_gfgp_call_and_checkpoint_load():
     torch.manual_seed(0)
     original = OriginalGFGP(8, 3, 2, 1, False, "softplus", 3)
