@@ -45,6 +45,7 @@ def _mode(is_training):
     return None if is_training is None else _checks.flag(is_training, "is_training")
 
 
+@keras.saving.register_keras_serializable(package="npool")
 class LoupeBatchNormalization(keras.layers.BatchNormalization):
     """Keras' ``BatchNormalization`` over the last axis whose training step updates the moving
     variance with the unbiased batch variance ``var * n / (n - 1)``, as ``slim.batch_norm``

@@ -10,6 +10,9 @@ the ops run in float16.
 
 This module holds no math: see ``npool.local_pools``, ``npool.global_pools`` and
 ``npool.set_pools`` for the formulas. The set pools run on CPU tensors only for now.
+
+``npool.torch.compat`` (imported on its own) runs the original research code's PyTorch calls
+(SoftPool, GFGP, WILDCAT, spatial-pooling.torch) on npool; see docs/migration.md.
 """
 from ._layers import (GlobalAvgPool, GlobalAvgPool1d, GlobalAvgPool2d, GlobalAvgPool3d,
                       GlobalKMaxPool, GlobalKMaxPool1d, GlobalKMaxPool2d, GlobalKMaxPool3d,

@@ -12,6 +12,7 @@ import numbers
 import torch
 
 from .. import _checks
+from . import _layers
 from ._layers import MaxEntPool2d
 from ._ops import (global_avg_pool, global_kmax_pool, global_lse_pool, global_max_pool,
                    soft_pool1d as _soft_pool1d, soft_pool2d as _soft_pool2d,
@@ -46,38 +47,25 @@ def soft_pool3d(x, kernel_size=2, stride=None, force_inplace=False):
     return _soft_pool(_soft_pool3d, x, kernel_size, stride, force_inplace)
 
 
-class _SoftPool(torch.nn.Module):
-    _function = None
+class _OriginalSoftPool:
+    """The original's constructor on npool's ``SoftPool{1,2,3}d``: kernel 2 by default, no
+    padding or ceil_mode, and ``force_inplace`` (accepted, no effect)."""
 
     def __init__(self, kernel_size=2, stride=None, force_inplace=False):
-        super().__init__()
-        self.kernel_size, self.stride = kernel_size, stride
+        super().__init__(kernel_size, stride)
         self.force_inplace = _checks.flag(force_inplace, "force_inplace")
-        _checks.WindowArgs(self._nd, kernel_size, stride, 0, False)  # fail early
-
-    def forward(self, x):
-        return type(self)._function(x, self.kernel_size, self.stride, self.force_inplace)
-
-    def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}"
 
 
-class SoftPool1d(_SoftPool):
+class SoftPool1d(_OriginalSoftPool, _layers.SoftPool1d):
     """``SoftPool.SoftPool1d(kernel_size=2, stride=None, force_inplace=False)``."""
-    _nd = 1
-    _function = staticmethod(soft_pool1d)
 
 
-class SoftPool2d(_SoftPool):
+class SoftPool2d(_OriginalSoftPool, _layers.SoftPool2d):
     """``SoftPool.SoftPool2d(kernel_size=2, stride=None, force_inplace=False)``."""
-    _nd = 2
-    _function = staticmethod(soft_pool2d)
 
 
-class SoftPool3d(_SoftPool):
+class SoftPool3d(_OriginalSoftPool, _layers.SoftPool3d):
     """``SoftPool.SoftPool3d(kernel_size=2, stride=None, force_inplace=False)``."""
-    _nd = 3
-    _function = staticmethod(soft_pool3d)
 
 
 # ------------------------------------------------------------------ GFGP (Kobayashi)
