@@ -107,11 +107,12 @@ def run(path, kind, x, grad, out, k, gating=True, add_batch_norm=True, scope="vi
             for variable in v1.global_variables():
                 name = variable.op.name
                 if name.endswith(("gamma", "moving_variance")):
-                    variable.load(rng.uniform(0.5, 1.5, variable.shape).astype(np.float32),
-                                  session)
+                    value = rng.uniform(0.5, 1.5, variable.shape)
                 elif name.endswith(("beta", "moving_mean")):
-                    variable.load(rng.normal(0, 0.5, variable.shape).astype(np.float32),
-                                  session)
+                    value = rng.normal(0, 0.5, variable.shape)
+                else:
+                    continue
+                session.run(v1.assign(variable, value.astype(np.float32)))
             v1.train.Saver().save(session, path)
             feed = {x_in: x.reshape(b * m, d)}
             inference = session.run(infer_y, feed)

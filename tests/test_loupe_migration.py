@@ -180,3 +180,17 @@ def test_context_gating_alone_and_several_blocks(tmp_path):
         with pytest.raises(ValueError, match="add_batch_norm=False"):
             adapter.load_loupe_checkpoint(path, adapter.ContextGating(OUT, False),
                                           scope="video_VLAD")
+
+
+def test_keras_model_with_loupe_options_saves_and_loads(tmp_path):
+    keras = pytest.importorskip("keras")
+    layer = ntf.NetFV(D, M, K, OUT, is_training=False, bn_epsilon=1e-4, bn_momentum=0.9)
+    model = keras.Sequential([keras.Input((M, D)), layer])
+    x = np.random.default_rng(3).standard_normal((2, M, D)).astype(np.float32)
+    expected = model(x)
+    model.save(tmp_path / "netfv.keras")
+    loaded = keras.saving.load_model(tmp_path / "netfv.keras")
+    np.testing.assert_allclose(loaded(x), expected, rtol=1e-6)
+    restored = loaded.layers[0]
+    assert (restored.is_training, restored.bn_epsilon, restored.bn_momentum) == (False, 1e-4, 0.9)
+    assert restored.cluster_bn.momentum == 0.9
