@@ -147,7 +147,8 @@ def test_checkpoint_errors(loupe, tmp_path):
 
 
 def test_context_gating_alone_and_several_blocks(tmp_path):
-    """Two blocks in one checkpoint need scope=; a ContextGating fills from gating_*."""
+    """Two blocks in one checkpoint need scope=; a ContextGating fills from gating_*;
+    optimizer slots are ignored."""
     rng = np.random.default_rng(2)
     x = rng.standard_normal((B, M, D)).astype(np.float32)
     path = str(tmp_path / "two.ckpt")
@@ -158,8 +159,11 @@ def test_context_gating_alone_and_several_blocks(tmp_path):
         for scope, kind in (("video_VLAD", "NetVLAD"), ("audio_FV", "NetFV")):
             with v1.variable_scope(scope):
                 outputs[scope] = loupe_tf1.build(kind, x_in, D, M, K, OUT, True, True, False, [])
+        loss = tf.add_n([tf.reduce_sum(y) for y in outputs.values()])
+        step = v1.train.AdamOptimizer().minimize(loss)  # slots: .../cluster_weights/Adam ...
         with v1.Session() as session:
             session.run(v1.global_variables_initializer())
+            session.run(step, {x_in: x.reshape(B * M, D)})
             v1.train.Saver().save(session, path)
             results = session.run(outputs, {x_in: x.reshape(B * M, D)})
     for adapter in (nt, ntf):
