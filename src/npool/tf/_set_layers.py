@@ -31,14 +31,8 @@ def _normal(std, mean=0.0):
 
 
 def _batch_norm_options(bn_epsilon, bn_momentum):
-    eps = _checks.finite_real(bn_epsilon, "bn_epsilon")
-    if eps <= 0:
-        raise ValueError(f"bn_epsilon must be > 0, got {bn_epsilon!r}")
-    momentum = _checks.finite_real(bn_momentum, "bn_momentum")
-    if not 0 <= momentum <= 1:
-        raise ValueError(f"bn_momentum must be in [0, 1] (Keras' meaning: TensorFlow's decay), "
-                         f"got {bn_momentum!r}")
-    return eps, momentum
+    return _checks.batch_norm_options(bn_epsilon, bn_momentum,
+                                      "Keras' meaning: TensorFlow's decay")
 
 
 def _mode(is_training):
@@ -51,6 +45,12 @@ class LoupeBatchNormalization(keras.layers.BatchNormalization):
     variance with the unbiased batch variance ``var * n / (n - 1)``, as ``slim.batch_norm``
     (LOUPE's, fused) and PyTorch do; the batch itself is normalised with the biased one. With a
     mask, the statistics come from the rows it marks True. Inference is Keras' own."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.axis not in (-1,):
+            raise ValueError(f"LoupeBatchNormalization normalises the last axis (axis=-1), got "
+                             f"axis={self.axis!r}")
 
     def call(self, inputs, training=None, mask=None):
         if not (training and self.trainable):
@@ -74,7 +74,10 @@ class LoupeBatchNormalization(keras.layers.BatchNormalization):
         self.moving_variance.assign(tf.cast(self.moving_variance, dtype) * momentum
                                     + unbiased * (1 - momentum))
         out = (x - mean) * tf.math.rsqrt(variance + self.epsilon)
-        out = out * tf.cast(self.gamma, dtype) + tf.cast(self.beta, dtype)
+        if self.scale:
+            out = out * tf.cast(self.gamma, dtype)
+        if self.center:
+            out = out + tf.cast(self.beta, dtype)
         return tf.cast(out, self.compute_dtype)
 
 

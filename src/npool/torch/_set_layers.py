@@ -28,15 +28,8 @@ def _normal(*shape, std, mean=0.0):
 
 
 def _batch_norm_options(bn_epsilon, bn_momentum):
-    eps = _checks.finite_real(bn_epsilon, "bn_epsilon")
-    if eps <= 0:
-        raise ValueError(f"bn_epsilon must be > 0, got {bn_epsilon!r}")
-    if bn_momentum is not None:
-        bn_momentum = _checks.finite_real(bn_momentum, "bn_momentum")
-        if not 0 <= bn_momentum <= 1:
-            raise ValueError(f"bn_momentum must be in [0, 1] (PyTorch's meaning: "
-                             f"1 - TensorFlow's decay) or None, got {bn_momentum!r}")
-    return eps, bn_momentum
+    return _checks.batch_norm_options(bn_epsilon, bn_momentum,
+                                      "PyTorch's meaning: 1 - TensorFlow's decay; or None")
 
 
 def _set_mode(module, is_training):
