@@ -1,0 +1,46 @@
+"""npool.testing: npool's float64 references, hypothesis strategies and property suite, for
+testing your own pooling kernels (CUDA, Triton, C++, a composite of framework ops) the way
+npool tests its own.
+
+- ``reference(op)`` -> ``(forward, backward)``: plain float64 NumPy with the signatures of
+  ``npool.<op>_forward`` / ``npool.<op>_backward``, written to be read (docs/semantics.md has
+  the formulas they implement).
+- ``problems(op, *, dtypes=(float32, float64), layouts=("contiguous", "channels_last",
+  "strided"), extreme=True)``: a hypothesis strategy of ``Problem``s (inputs, options,
+  ``grad_out``) that draws what breaks kernels.
+- ``assert_close(actual, problem, which="forward", *, dtype=None)``: the reference comparison,
+  with tolerances that follow the problem's conditioning (``npool.testing.tolerances``).
+- ``check_op(op, forward, backward=None, *, max_examples=100, to_array=None,
+  from_array=None)``: the whole property suite on your functions.
+
+``op`` is one of ``OPS``: soft_pool1d/2d/3d, maxent_pool1d/2d/3d, global_max_pool,
+global_avg_pool, global_kmax_pool, global_lse_pool, weldon_pool, netvlad_pool, netrvlad_pool,
+netfv_pool, soft_dbow_pool, context_gating. hypothesis is needed for ``problems`` and
+``check_op`` only.
+"""
+from ._check import assert_close, check_op, check_problem
+from ._problems import OPS, Problem, check_op_name
+from ._references import REFERENCES
+
+__all__ = ["OPS", "Problem", "assert_close", "check_op", "check_problem", "problems",
+           "reference"]
+
+
+def reference(op):
+    """``(forward, backward)``: the float64 references of ``op``, with npool's signatures."""
+    return REFERENCES[check_op_name(op)]
+
+
+def problems(op, *, dtypes=("float32", "float64"), layouts=("contiguous",
+             "channels_last", "strided"), extreme=True):
+    """A hypothesis strategy of ``Problem``s for ``op``: shapes with size-1 axes and N = 0,
+    windows equal to the input, strides other than the kernel, padding up to half the kernel,
+    ceil_mode windows hanging over the edge, values around 0, +-500 and +-1e4 (``extreme``),
+    ties, temperatures of every broadcast shape, k as counts and fractions, masks with empty
+    sets, in ``dtypes`` and ``layouts`` (C order, channels-last memory, strided views)."""
+    try:
+        from ._strategies import problems as strategy
+    except ImportError as error:
+        raise ImportError("npool.testing.problems and check_op need hypothesis: pip install "
+                          "hypothesis") from error
+    return strategy(op, dtypes=dtypes, layouts=layouts, extreme=extreme)

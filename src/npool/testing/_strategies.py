@@ -1,0 +1,191 @@
+"""hypothesis strategies of npool problems (imported only when ``problems`` is called)."""
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from ._problems import GLOBAL, LOCAL, Problem, check_op_name
+from ._references import window_geometry
+
+DTYPES = (np.float32, np.float64)
+LAYOUTS = ("contiguous", "channels_last", "strided")
+# Offsets under the drawn values: with extreme=True, maps around +-500 and +-1e4 (where
+# exp overflows without max subtraction, and E[x^2] - E[x]^2 cancels) are drawn as often as
+# maps around 0.
+OFFSETS = (0.0, 500.0, -500.0, 1e4, -1e4)
+
+
+def _floats(bound):
+    """Floats in [-bound, bound] that are 0 or at least 2**-20 in magnitude (and exact in
+    float32): results at the bottom of the float range (subnormals, a kernel flushing them to
+    zero) are not what these problems judge."""
+    magnitude = st.floats(2.0 ** -20, bound, width=32)
+    return st.one_of(st.just(0.0), magnitude, magnitude.map(lambda v: -v))
+
+
+def _elements(extreme):
+    small = st.one_of(st.integers(-2, 2).map(float), _floats(3))  # small ints: ties
+    return st.one_of(small, _floats(500)) if extreme else small
+
+
+@st.composite
+def _values(draw, shape, dtype, extreme):
+    offset = draw(st.sampled_from(OFFSETS)) if extreme else 0.0
+    values = draw(hnp.arrays(np.float64, shape, elements=_elements(extreme)))
+    return (values + offset).astype(dtype)
+
+
+def _in_layout(draw, a, layouts, channel_axis):
+    """``a``'s values in one of ``layouts``: C order, channels-last memory (the channel axis
+    last in memory, seen in the logical order) or a strided view into a larger buffer."""
+    layout = draw(st.sampled_from(layouts))
+    if layout == "channels_last" and channel_axis is not None and a.ndim >= 2:
+        order = [i for i in range(a.ndim) if i != channel_axis] + [channel_axis]
+        return np.transpose(np.ascontiguousarray(np.transpose(a, order)), np.argsort(order))
+    if layout == "strided" and a.ndim:
+        step = draw(st.sampled_from([2, -1]))
+        buffer = np.zeros(a.shape[:-1] + (a.shape[-1] * abs(step),), a.dtype)
+        view = buffer[..., ::step] if step > 0 else buffer[..., ::-1]
+        view[...] = a
+        return view
+    return np.ascontiguousarray(a)
+
+
+def _grad_out(draw, problem, dtype):
+    shape = np.shape(problem.reference("forward")[0])
+    g = draw(hnp.arrays(np.float64, shape, elements=_floats(2)))
+    return g.astype(dtype)
+
+
+@st.composite
+def _window(draw, nd):
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    stride = tuple(draw(st.integers(1, 5)) for _ in range(nd))
+    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
+    options = {"kernel_size": kernel[0] if len(set(kernel)) == 1 and draw(st.booleans())
+               else kernel}
+    if draw(st.booleans()):
+        options["stride"] = stride
+    if any(padding):
+        options["padding"] = padding
+    if draw(st.booleans()):
+        options["ceil_mode"] = True
+    spatial = tuple(draw(st.integers(max(1, k - 2 * p), k + (4 if nd < 3 else 2)))
+                    for k, p in zip(kernel, padding))
+    return options, spatial
+
+
+def _batch(draw, allow_empty=True):
+    return draw(st.integers(0 if allow_empty and draw(st.integers(0, 9)) == 0 else 1, 2))
+
+
+@st.composite
+def _local(draw, op, dtype, layouts, extreme):
+    nd = LOCAL[op]
+    options, spatial = draw(_window(nd))
+    batched = draw(st.booleans())
+    lead = ((_batch(draw),) if batched else ()) + (draw(st.integers(1, 3)),)
+    x = _in_layout(draw, draw(_values(lead + spatial, dtype, extreme)), layouts,
+                   1 if batched else 0)
+    inputs = {"x": x}
+    if op.startswith("maxent"):
+        *_, out = window_geometry(spatial, options["kernel_size"], options.get("stride"),
+                                  options.get("padding", 0), options.get("ceil_mode", False))
+        channels = (lead[-1],) + (1,) * nd
+        shapes = [None, (), channels, lead + (1,) * nd, out, lead + out]
+        if batched:
+            shapes.append((lead[0], 1) + (1,) * nd)
+        shape = draw(st.sampled_from(shapes))
+        lam_values = st.one_of(st.sampled_from([0.0, 1.0]), _floats(4))
+        lam = draw(lam_values) if shape is None else draw(hnp.arrays(
+            np.float64, shape, elements=lam_values)).astype(dtype)
+        inputs["lam"] = lam
+    problem = Problem(op, inputs, options)
+    problem.grad_out = _grad_out(draw, problem, dtype)
+    return problem
+
+
+def _k(draw, n, allow_zero=False):
+    return draw(st.one_of(st.integers(0 if allow_zero else 1, n + 2),
+                          st.floats(0.01, 1.0, allow_nan=False), st.just(1.0)))
+
+
+@st.composite
+def _global(draw, op, dtype, layouts, extreme):
+    spatial = tuple(draw(st.integers(1, 5)) for _ in range(draw(st.integers(1, 3))))
+    shape = (_batch(draw), draw(st.integers(1, 3))) + spatial
+    x = _in_layout(draw, draw(_values(shape, dtype, extreme)), layouts, 1)
+    n = int(np.prod(spatial))
+    options = {}
+    if op == "global_kmax_pool":
+        options["k"] = _k(draw, n)
+    elif op == "weldon_pool":
+        options["kmax"] = _k(draw, n)
+        options["kmin"] = draw(st.one_of(st.none(), st.just(0), st.integers(1, n + 2),
+                                         st.floats(0.01, 1.0, allow_nan=False)))
+        options["alpha"] = draw(_floats(2))
+    elif op == "global_lse_pool":
+        options["beta"] = draw(_floats(4))
+    if op in ("global_kmax_pool", "weldon_pool") and draw(st.booleans()):
+        options["rounding"] = draw(st.sampled_from(["floor", "round"]))
+    problem = Problem(op, {"x": x}, options)
+    problem.grad_out = _grad_out(draw, problem, dtype)
+    return problem
+
+
+@st.composite
+def _set(draw, op, dtype, layouts, extreme):
+    layouts = tuple(layout for layout in layouts if layout != "channels_last") or ("contiguous",)
+    normal = _floats(2)
+
+    def array(shape, elements=normal):
+        return _in_layout(draw, draw(hnp.arrays(np.float64, shape, elements=elements)).astype(
+            dtype), layouts, None)
+
+    if op == "context_gating":
+        n = draw(st.integers(1, 5))
+        lead = draw(st.sampled_from([(_batch(draw),), (draw(st.integers(1, 2)), 3)]))
+        x = _in_layout(draw, draw(_values(lead + (n,), dtype, extreme)), layouts, None)
+        inputs = {"x": x, "weights": array((n, n)), "biases": array((n,))}
+        problem = Problem(op, inputs, {})
+        problem.grad_out = _grad_out(draw, problem, dtype)
+        return problem
+    b, m = _batch(draw), draw(st.integers(1, 6))
+    d, k = draw(st.integers(1, 5)), draw(st.integers(1, 4))
+    logits = draw(hnp.arrays(np.float64, (b, m, k), elements=_floats(3)))
+    assign = np.exp(logits - logits.max(axis=2, keepdims=True), dtype=np.float64)
+    assign = _in_layout(draw, (assign / assign.sum(axis=2, keepdims=True)).astype(dtype),
+                        layouts, None)
+    inputs = {}
+    if op != "soft_dbow_pool":
+        inputs["x"] = _in_layout(draw, draw(_values((b, m, d), dtype, extreme)), layouts, None)
+    inputs["assign"] = assign
+    if op in ("netvlad_pool", "netfv_pool"):
+        inputs["centers" if op == "netvlad_pool" else "mu"] = array((d, k))
+    if op == "netfv_pool":
+        magnitude = st.floats(0.3, 2.0)
+        sign = draw(hnp.arrays(np.float64, (d, k), elements=st.sampled_from([-1.0, 1.0])))
+        inputs["covar_weights"] = (sign * draw(hnp.arrays(np.float64, (d, k),
+                                                          elements=magnitude))).astype(dtype)
+    options = {}
+    if draw(st.booleans()):
+        options["mask"] = draw(hnp.arrays(bool, (b, m)))  # rows of all False included
+    problem = Problem(op, inputs, options)
+    problem.grad_out = _grad_out(draw, problem, dtype)
+    return problem
+
+
+def problems(op, *, dtypes=DTYPES, layouts=LAYOUTS, extreme=True):
+    """A hypothesis strategy of ``npool.testing.Problem``s for ``op`` (see the package doc)."""
+    check_op_name(op)
+    dtypes = tuple(np.dtype(d).type for d in ((dtypes,) if isinstance(dtypes, (str, type))
+                                               else dtypes))
+    for d in dtypes:
+        if d not in (np.float16, np.float32, np.float64):
+            raise ValueError(f"dtypes must be float16, float32 or float64, got {np.dtype(d)}")
+    layouts = (layouts,) if isinstance(layouts, str) else tuple(layouts)
+    for layout in layouts:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layouts must be among {LAYOUTS}, got {layout!r}")
+    family = _local if op in LOCAL else _global if op in GLOBAL else _set
+    return st.sampled_from(dtypes).flatmap(
+        lambda dtype: family(op, dtype, layouts, bool(extreme)))

@@ -1,0 +1,181 @@
+"""npool.testing: its references agree with npool, check_op passes npool's own kernels (CPU
+and the emulated GPU) and catches known-wrong kernels within its default example count."""
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+import npool
+from npool import testing
+from npool.testing._references import sum_to_shape, window_cells, windows
+from test_cuda import emulation_library, gpu  # noqa: F401 (the GPU backends, as fixtures)
+
+OPS = testing.OPS
+
+
+def npool_op(op):
+    return getattr(npool, f"{op}_forward"), getattr(npool, f"{op}_backward")
+
+
+# ------------------------------------------------------------------ npool passes
+@pytest.mark.parametrize("op", OPS)
+def test_check_op_passes_npool_on_the_cpu(op):
+    start = time.perf_counter()
+    testing.check_op(op, *npool_op(op))
+    assert time.perf_counter() - start >= 0  # the time per op is reported in the closing note
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_check_op_passes_npool_on_the_emulated_gpu(op, gpu):
+    forward, backward = npool_op(op)
+    testing.check_op(op, forward, backward, max_examples=15, from_array=gpu.to_device,
+                     to_array=gpu.read, layouts=("contiguous", "channels_last"))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_problems_draw_what_the_references_take(op):
+    @settings(max_examples=20, deadline=None)
+    @given(testing.problems(op, dtypes=("float16", "float32", "float64")))
+    def run(problem):
+        assert list(problem.inputs) and problem.grad_out is not None
+        testing.assert_close(problem.reference("forward"), problem)
+        testing.assert_close(problem.reference("backward"), problem, "backward")
+        assert repr(problem).startswith(f"Problem({op!r})")
+    run()
+
+
+def test_public_api_and_errors():
+    forward, backward = testing.reference("soft_pool2d")
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 4))
+    np.testing.assert_allclose(forward(x, 2), npool.soft_pool2d_forward(x, 2), rtol=1e-12)
+    with pytest.raises(ValueError, match="unknown op 'soft_pool4d'"):
+        testing.reference("soft_pool4d")
+    with pytest.raises(ValueError, match="dtypes"):
+        testing.problems("soft_pool2d", dtypes=("int32",))
+    with pytest.raises(ValueError, match="layouts"):
+        testing.problems("soft_pool2d", layouts=("fortran",))
+    problem = testing.Problem("global_avg_pool", {"x": x}, {}, np.ones((1, 2)))
+    with pytest.raises(AssertionError, match=r"output\[0, 1\] is .*off by"):
+        testing.assert_close(npool.global_avg_pool_forward(x) + [[0, 1e-3]], problem)
+    with pytest.raises(AssertionError, match="shape"):
+        testing.assert_close(np.zeros((2, 2)), problem)
+    with pytest.raises(ValueError, match="which"):
+        testing.assert_close(np.zeros((1, 2)), problem, "sideways")
+
+
+def test_check_op_reports_a_kernel_that_raises_or_writes_its_input():
+    def raising(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+        if x.ndim == 3:
+            raise IndexError("unbatched input")
+        return npool.soft_pool1d_forward(x, kernel_size, stride, padding, ceil_mode)
+
+    with pytest.raises(AssertionError, match="raised IndexError"):
+        testing.check_op("soft_pool1d", raising)
+
+    def writing(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+        y = npool.soft_pool1d_forward(x, kernel_size, stride, padding, ceil_mode)
+        x[...] = 0
+        return y
+
+    with pytest.raises(AssertionError, match="modified its input x"):
+        testing.check_op("soft_pool1d", writing)
+
+
+# ------------------------------------------------------------------ known-wrong kernels
+def _windows_of(x, nd, kernel_size, stride, padding, ceil_mode):
+    return windows(x.shape[-nd:], kernel_size, stride, padding, ceil_mode)
+
+
+def softpool_backward_without_the_x_minus_y_term(grad_out, x, kernel_size, stride=None,
+                                                 padding=0, ceil_mode=False):
+    """The original SoftPool CUDA backward: dL/dx_i = sum_o g_o w_{o,i}, no (x_i - y_o)."""
+    grad = np.zeros(x.shape)
+    for out_index, window in _windows_of(x, 2, kernel_size, stride, padding, ceil_mode):
+        cells = window_cells(x.astype(np.float64), window, 2)
+        w = np.exp(cells - cells.max(axis=-1, keepdims=True))
+        w /= w.sum(axis=-1, keepdims=True)
+        g = grad_out[(Ellipsis,) + out_index][..., None]
+        grad[(Ellipsis,) + window] += (g * w).reshape(grad[(Ellipsis,) + window].shape)
+    return grad.astype(x.dtype)
+
+
+def softpool_without_max_subtraction(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """A composite SoftPool: sum e^x x / sum e^x, exponentials taken as they are."""
+    y = None
+    for out_index, window in _windows_of(x, 2, kernel_size, stride, padding, ceil_mode):
+        cells = window_cells(x, window, 2)
+        with np.errstate(all="ignore"):
+            e = np.exp(cells)
+            value = (e * cells).sum(axis=-1) / e.sum(axis=-1)
+        if y is None:
+            shape = npool.soft_pool2d_forward(x, kernel_size, stride, padding, ceil_mode).shape
+            y = np.empty(shape, x.dtype)
+        y[(Ellipsis,) + out_index] = value
+    return y if y is not None else npool.soft_pool2d_forward(x, kernel_size, stride, padding,
+                                                             ceil_mode)
+
+
+def kmax_backward_with_another_tie_order(grad_out, x, k=1, keepdims=False,
+                                         return_indices=False, indices=None, *,
+                                         rounding="floor"):
+    """k-max whose selection among equal values depends on the sort: here the last of the tied
+    cells instead of the first."""
+    n = int(np.prod(x.shape[2:]))
+    count = npool.global_kmax_pool_forward(x, k, return_indices=True, rounding=rounding)[1]
+    count = count.shape[-1]
+    grad = np.zeros(x.shape[:2] + (n,), x.dtype)
+    flat = x.reshape(x.shape[:2] + (n,))
+    g = np.asarray(grad_out).reshape(x.shape[:2])
+    for a, b in np.ndindex(*x.shape[:2]):
+        order = n - 1 - np.argsort(-flat[a, b][::-1], kind="stable")  # ties: highest index
+        grad[a, b, order[:count]] += g[a, b] / count
+    return grad.reshape(x.shape)
+
+
+def netvlad_ignoring_the_mask(x, assign, centers, mask=None, return_norms=False, matmul=None):
+    return npool.netvlad_pool_forward(x, assign, centers)
+
+
+def netvlad_backward_ignoring_the_mask(grad_out, x, assign, centers, mask=None, **_):
+    return npool.netvlad_pool_backward(grad_out, x, assign, centers)
+
+
+def maxent_backward_with_a_cancelling_grad_lam(grad_out, x, lam, kernel_size, stride=None,
+                                               padding=0, ceil_mode=False):
+    """grad_lam = g (E[x^2] - y^2) in the input's dtype, which cancels: the right grad_x."""
+    grad_x, _ = npool.maxent_pool2d_backward(grad_out, x, lam, kernel_size, stride, padding,
+                                             ceil_mode)
+    lam_full = np.broadcast_to(np.asarray(lam, x.dtype), grad_out.shape)
+    per_output = np.zeros(grad_out.shape, x.dtype)
+    for out_index, window in _windows_of(x, 2, kernel_size, stride, padding, ceil_mode):
+        cells = window_cells(x, window, 2)
+        z = lam_full[(Ellipsis,) + out_index][..., None] * cells
+        w = np.exp(z - z.max(axis=-1, keepdims=True))
+        w /= w.sum(axis=-1, keepdims=True)
+        y = (w * cells).sum(axis=-1)
+        second = (w * cells * cells).sum(axis=-1)
+        per_output[(Ellipsis,) + out_index] = grad_out[(Ellipsis,) + out_index] * (second - y * y)
+    return grad_x, sum_to_shape(per_output.astype(np.float64), np.shape(lam)).astype(
+        np.asarray(lam).dtype if isinstance(lam, np.ndarray) else np.float64)
+
+
+WRONG = {
+    "SoftPool CUDA backward without w (x - y)": (
+        "soft_pool2d", npool.soft_pool2d_forward, softpool_backward_without_the_x_minus_y_term),
+    "SoftPool without max subtraction": ("soft_pool2d", softpool_without_max_subtraction, None),
+    "k-max breaking ties by another order": (
+        "global_kmax_pool", npool.global_kmax_pool_forward, kmax_backward_with_another_tie_order),
+    "NetVLAD letting masked samples through": (
+        "netvlad_pool", netvlad_ignoring_the_mask, netvlad_backward_ignoring_the_mask),
+    "Max-Ent grad_lam as E[x^2] - y^2": (
+        "maxent_pool2d", npool.maxent_pool2d_forward, maxent_backward_with_a_cancelling_grad_lam),
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG))
+def test_check_op_catches_a_known_wrong_kernel(name):
+    op, forward, backward = WRONG[name]
+    with pytest.raises(AssertionError) as caught:
+        testing.check_op(op, forward, backward)  # the default 100 examples
+    assert f"Problem({op!r})" in str(caught.value)
