@@ -19,7 +19,7 @@ import cuda_emulation
 import npool
 from npool._cuda import _device, windowed_softmax
 from npool._cuda._arrays import describe
-from strategies import channels_last, pool_problems
+from npool.testing.strategies import channels_last, local_pool_inputs
 from test_global_pools import global_problems
 from test_maxent import lam_of
 from test_soft_pool import call_backward, call_forward, ref_backward, ref_forward, scale_of
@@ -159,7 +159,7 @@ def gpu_backward(gpu, g, x, nd, args):
 @pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-10), (np.float32, 1e-5)])
 @given(data=st.data())
 def test_forward_matches_reference_and_cpu(gpu, dtype, tolerance, data):
-    x, nd, args = data.draw(pool_problems(dtype=dtype))
+    x, nd, args = data.draw(local_pool_inputs(dtype=dtype))
     y = gpu_forward(gpu, x, nd, args)
     expected = ref_forward(x, nd, args)
     assert y.dtype == dtype and y.shape == expected.shape
@@ -171,7 +171,7 @@ def test_forward_matches_reference_and_cpu(gpu, dtype, tolerance, data):
 @pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-9), (np.float32, 1e-4)])
 @given(data=st.data())
 def test_backward_matches_reference_and_cpu(gpu, dtype, tolerance, data):
-    x, nd, args = data.draw(pool_problems(dtype=dtype))
+    x, nd, args = data.draw(local_pool_inputs(dtype=dtype))
     y = call_forward(x, nd, args)
     seed = data.draw(st.integers(0, 2**32 - 1))
     g = np.random.default_rng(seed).standard_normal(y.shape).astype(dtype)
@@ -183,7 +183,7 @@ def test_backward_matches_reference_and_cpu(gpu, dtype, tolerance, data):
                                atol=tolerance * scale_of(x))
 
 
-@given(pool_problems(dtype=np.float16, elements=st.floats(-60, 60, width=16)), st.data())
+@given(local_pool_inputs(dtype=np.float16, elements=st.floats(-60, 60, width=16)), st.data())
 def test_float16_is_computed_in_float32(gpu, problem, data):
     x, nd, args = problem
     y = gpu_forward(gpu, x, nd, args)
@@ -200,7 +200,7 @@ def test_float16_is_computed_in_float32(gpu, problem, data):
 
 
 @settings(max_examples=10)
-@given(pool_problems(dtype=np.float64, elements=st.floats(-3, 3), max_kernel=3), st.data())
+@given(local_pool_inputs(dtype=np.float64, elements=st.floats(-3, 3), max_kernel=3), st.data())
 def test_backward_matches_finite_differences(gpu, problem, data):
     x, nd, args = problem
     y = call_forward(x, nd, args)
@@ -217,7 +217,7 @@ def test_backward_matches_finite_differences(gpu, problem, data):
 
 
 # ------------------------------------------------------------------ layouts and shapes
-@given(pool_problems(dtype=np.float32), st.data())
+@given(local_pool_inputs(dtype=np.float32), st.data())
 def test_channels_last_gives_the_same_bits_and_keeps_its_layout(gpu, problem, data):
     x, nd, args = problem
     batched = x.ndim == nd + 2
@@ -252,7 +252,7 @@ def test_other_strides_are_read_in_place(gpu, nd):
                                rtol=1e-10, atol=1e-12)
 
 
-@given(pool_problems(dtype=np.float32, batched=True))
+@given(local_pool_inputs(dtype=np.float32, batched=True))
 def test_unbatched_equals_batched(gpu, problem):
     x, nd, args = problem
     y = gpu_forward(gpu, x, nd, args)
@@ -271,7 +271,7 @@ def test_empty_batch_gives_empty_output(gpu, nd):
     assert grad.shape == x.shape
 
 
-@given(pool_problems(dtype=np.float32))
+@given(local_pool_inputs(dtype=np.float32))
 def test_two_runs_give_the_same_bits(gpu, problem):
     x, nd, args = problem
     g = np.random.default_rng(6).standard_normal(call_forward(x, nd, args).shape)
@@ -281,7 +281,7 @@ def test_two_runs_give_the_same_bits(gpu, problem):
                                   gpu_backward(gpu, g, x, nd, args))
 
 
-@given(pool_problems(dtype=np.float32))
+@given(local_pool_inputs(dtype=np.float32))
 def test_64_bit_indexing_gives_the_same_bits(gpu, problem):
     """The i64 kernels (arrays of 2**31 elements or more) agree with the i32 ones, whose
     division by multiplication they thereby check."""
@@ -305,7 +305,7 @@ def test_64_bit_indexing_gives_the_same_bits(gpu, problem):
 def test_non_finite_values_match_the_cpu(gpu, dtype, data):
     """NaN wins, +inf takes the whole weight, -inf weighs nothing - as on the CPU."""
     special = st.sampled_from([np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0, 1.0, 2.0])
-    x, nd, args = data.draw(pool_problems(dtype=dtype, elements=special))
+    x, nd, args = data.draw(local_pool_inputs(dtype=dtype, elements=special))
     y, expected = gpu_forward(gpu, x, nd, args), call_forward(x, nd, args)
     np.testing.assert_allclose(y, expected, rtol=1e-6, atol=0)
     g = np.ones_like(y)
@@ -622,7 +622,7 @@ def test_global_pools_nan_and_float16(gpu):
 @settings(max_examples=25)
 @given(data=st.data())
 def test_maxent_matches_the_cpu(gpu, mode, dtype, data):
-    x, nd, args = data.draw(pool_problems(dtype=dtype, elements=st.floats(-20, 20, width=32)))
+    x, nd, args = data.draw(local_pool_inputs(dtype=dtype, elements=st.floats(-20, 20, width=32)))
     if data.draw(st.booleans()):
         x = channels_last(x, x.ndim == nd + 2)
     kernel, stride, padding, ceil_mode = args

@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 import npool
 from npool._cuda import set_pools as gpu_set_pools
 from test_cuda import emulation_library, gpu  # noqa: F401 (the two backends, as fixtures)
-from conditioning import assert_within, fv_scales, vlad_norm_scales, vlad_scales
+from npool.testing.tolerances import assert_within, fv_scales, vlad_norm_scales, vlad_scales
 from test_set_pools import ref_fv, ref_vlad
 
 
@@ -67,7 +67,7 @@ def check_op(gpu, forward, backward, inputs, grad_shape, dtype, factor=1.0, refe
              scales=None):
     """forward(*inputs) and backward(g, *inputs) on the GPU equal the CPU core; inputs
     unchanged; the forward also equals ``reference`` (float64) when given. ``scales(g)``, when
-    given, returns the error scales of the forward and the gradients (see conditioning.py),
+    given, returns the error scales of the forward and the gradients (see npool.testing.tolerances),
     which replace the fixed tolerances for ill-conditioned problems."""
     kept = [None if a is None else a.copy() for a in inputs]
     g = np.random.default_rng(7).uniform(-1, 1, grad_shape).astype(dtype)

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import npool
-import reference
-from strategies import channels_last, pool_problems
+from npool.testing import reference
+from npool.testing.strategies import channels_last, local_pool_inputs
 from test_soft_pool import central_differences
 
 FORWARD = {1: npool.maxent_pool1d_forward, 2: npool.maxent_pool2d_forward,
@@ -46,7 +46,7 @@ def call(fn, *args, nd_args):
 @pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-9), (np.float32, 1e-4)])
 @given(data=st.data())
 def test_forward_and_backward_match_reference(mode, dtype, tolerance, data):
-    x, nd, args = data.draw(pool_problems(dtype=dtype, elements=st.floats(-20, 20, width=32)))
+    x, nd, args = data.draw(local_pool_inputs(dtype=dtype, elements=st.floats(-20, 20, width=32)))
     if data.draw(st.booleans()):
         x = channels_last(x, x.ndim == nd + 2)
     rng = np.random.default_rng(data.draw(st.integers(0, 999)))
@@ -56,24 +56,23 @@ def test_forward_and_backward_match_reference(mode, dtype, tolerance, data):
         lam = lam.astype(dtype)
     kernel, stride, padding, ceil_mode = args
     y = call(FORWARD[nd], x, lam, nd_args=args)
-    expected, _ = reference.maxent_pool(x, nd, lam, kernel, stride, padding, ceil_mode)
+    ref_forward, ref_backward = reference(f"maxent_pool{nd}d")
+    expected = ref_forward(x, lam, kernel, stride, padding, ceil_mode)
     scale = max(1.0, float(np.abs(x).max()))
     np.testing.assert_allclose(y, expected, rtol=tolerance, atol=tolerance * scale)
     g = rng.standard_normal(out_shape).astype(dtype)
     grad_x, grad_lam = call(BACKWARD[nd], g, x, lam, nd_args=args)
-    ref_x, ref_lam_full = reference.maxent_pool_grad(g, x, nd, lam, kernel, stride, padding,
-                                                     ceil_mode)
+    ref_x, ref_lam = ref_backward(g, x, lam, kernel, stride, padding, ceil_mode)
     np.testing.assert_allclose(grad_x, ref_x, rtol=tolerance,
                                atol=tolerance * scale * (1 + np.max(np.abs(lam))))
     assert grad_lam.shape == np.shape(lam) and grad_lam.dtype == dtype
-    from npool.local_pools import _sum_to_shape
-    np.testing.assert_allclose(grad_lam, _sum_to_shape(ref_lam_full, np.shape(lam)),
-                               rtol=tolerance * 10, atol=tolerance * 10 * scale ** 2)
+    np.testing.assert_allclose(grad_lam, ref_lam, rtol=tolerance * 10,
+                               atol=tolerance * 10 * scale ** 2)
 
 
 @pytest.mark.parametrize("mode", MODES)
 @settings(max_examples=15)
-@given(problem=pool_problems(dtype=np.float64, elements=st.floats(-3, 3), max_kernel=3),
+@given(problem=local_pool_inputs(dtype=np.float64, elements=st.floats(-3, 3), max_kernel=3),
        seed=st.integers(0, 999))
 def test_finite_differences(mode, problem, seed):
     x, nd, args = problem
@@ -96,7 +95,7 @@ def test_limits():
     x = rng.standard_normal((2, 3, 7, 7)).astype(np.float32)
     # lam = 0: the average over the real cells (padding excluded)
     y0 = npool.maxent_pool2d_forward(x, 0.0, 3, 2, 1)
-    np.testing.assert_allclose(y0, reference.maxent_pool(x, 2, 0.0, 3, 2, 1)[0], rtol=1e-6,
+    np.testing.assert_allclose(y0, reference("maxent_pool2d")[0](x, 0.0, 3, 2, 1), rtol=1e-6,
                                atol=1e-6)
     assert np.isclose(y0[0, 0, 0, 0], x[0, 0, :2, :2].mean())
     # large lam: max pooling

@@ -9,10 +9,11 @@ torch = pytest.importorskip("torch")
 
 import npool.torch as nt  # noqa: E402
 from npool.torch import compat  # noqa: E402
-import reference  # noqa: E402
+from npool.testing import reference  # noqa: E402
 from original_layouts import OriginalGFGP  # noqa: E402
 
 ARANGE16 = torch.arange(16.0).reshape(1, 1, 4, 4)
+KMAX = reference("global_kmax_pool")[0]
 
 
 # ------------------------------------------------------------------ WELDON / WILDCAT counts
@@ -43,8 +44,8 @@ def test_fraction_rounding_floor_or_round():
     x = torch.randn(2, 3, 7, 7, dtype=torch.float64)
     floor = nt.GlobalKMaxPool(0.1)(x)
     rounded = nt.GlobalKMaxPool(0.1, rounding="round")(x)
-    torch.testing.assert_close(floor, torch.tensor(reference.global_kmax(x.numpy(), 4)))
-    torch.testing.assert_close(rounded, torch.tensor(reference.global_kmax(x.numpy(), 5)))
+    torch.testing.assert_close(floor, torch.tensor(KMAX(x.numpy(), 4)))
+    torch.testing.assert_close(rounded, torch.tensor(KMAX(x.numpy(), 5)))
     torch.testing.assert_close(compat.WildcatPool2d(0.1, 0)(x), rounded)
     differ = 0
     for k, n in itertools.product([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75,
@@ -54,13 +55,13 @@ def test_fraction_rounding_floor_or_round():
                                 ("round", max(1, round(k * n)))):
             torch.testing.assert_close(
                 nt.global_kmax_pool(maps, k, rounding=rounding),
-                torch.tensor(reference.global_kmax(maps.numpy(), count)))
+                torch.tensor(KMAX(maps.numpy(), count)))
         differ += max(1, int(k * n + 1e-6)) != max(1, round(k * n))
     assert differ == 27  # the count docs/migration.md quotes
     assert round(2.5) == 2  # half to even, as WILDCAT's Python 3 round
     x10 = torch.randn(1, 1, 1, 10, dtype=torch.float64)
     torch.testing.assert_close(nt.global_kmax_pool(x10, 0.25, rounding="round"),
-                               torch.tensor(reference.global_kmax(x10.numpy(), 2)))
+                               torch.tensor(KMAX(x10.numpy(), 2)))
     with pytest.raises(ValueError, match="rounding"):
         nt.GlobalKMaxPool(0.5, rounding="ceil")
 
@@ -189,7 +190,7 @@ def test_gfgp_call_and_checkpoint_load():
     ported.double(), native.double(), original.double()
     with torch.no_grad():
         lam = original.activation(original.ToParam(x))
-        expected, _ = reference.maxent_pool(x.numpy(), 2, lam.numpy(), 3, 2, 1, False)
+        expected = reference("maxent_pool2d")[0](x.numpy(), lam.numpy(), 3, 2, 1, False)
         torch.testing.assert_close(ported.temperature(x), lam)
         np.testing.assert_allclose(ported(x).numpy(), expected, rtol=1e-10, atol=1e-15)
         np.testing.assert_allclose(native(x).numpy(), expected, rtol=1e-10, atol=1e-15)
@@ -214,4 +215,4 @@ def test_softpool_original_calls():
     negative = -torch.rand(1, 2, 4, 4, dtype=torch.float64) - 1
     out = compat.soft_pool2d(negative)
     assert (out < 0).all()  # no clamp at 0 (the original's CPU path clamped)
-    np.testing.assert_allclose(out.numpy(), reference.softmax_pool(negative.numpy(), 2, 1.0, 2))
+    np.testing.assert_allclose(out.numpy(), reference("soft_pool2d")[0](negative.numpy(), 2))

@@ -6,8 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conditioning import assert_within, vlad_scales
 from npool import set_pools as sp
+from npool.testing import references
+from npool.testing.tolerances import assert_within, vlad_scales
 from test_soft_pool import central_differences
 
 
@@ -16,42 +17,13 @@ def l2n(v):
 
 
 def ref_vlad(x, a, c=None):
-    """Loops over b, d, k; flatten index d * K + k."""
-    B, M, D = x.shape
-    K = a.shape[2]
-    out = np.zeros((B, D * K))
-    for b in range(B):
-        v = np.zeros((D, K))
-        for d in range(D):
-            for k in range(K):
-                v[d, k] = sum(a[b, m, k] * (x[b, m, d] - (c[d, k] if c is not None else 0))
-                              for m in range(M))
-        for k in range(K):
-            v[:, k] = l2n(v[:, k])
-        flat = np.array([v[d, k] for d in range(D) for k in range(K)])
-        out[b] = l2n(flat)
-    return out
+    """NetVLAD (NetRVLAD without c): npool.testing's float64 reference."""
+    return references.netrvlad_pool_forward(x, a) if c is None else \
+        references.netvlad_pool_forward(x, a, c)
 
 
 def ref_fv(x, a, mu, cw):
-    B, M, D = x.shape
-    K = a.shape[2]
-    sigma = cw ** 2 + 1e-6
-    out = np.zeros((B, 2 * D * K))
-    for b in range(B):
-        f1, f2 = np.zeros((D, K)), np.zeros((D, K))
-        for d in range(D):
-            for k in range(K):
-                a_sum = sum(a[b, m, k] for m in range(M))
-                f1[d, k] = (sum(a[b, m, k] * x[b, m, d] for m in range(M))
-                            - a_sum * mu[d, k]) / sigma[d, k]
-                f2[d, k] = sum(a[b, m, k] * (x[b, m, d] - mu[d, k]) ** 2
-                               for m in range(M)) / sigma[d, k] ** 2 - a_sum
-        for k in range(K):
-            f1[:, k] = l2n(f1[:, k])
-        out[b, :D * K] = l2n(np.array([f1[d, k] for d in range(D) for k in range(K)]))
-        out[b, D * K:] = l2n(np.array([f2[d, k] for d in range(D) for k in range(K)]))
-    return out
+    return references.netfv_pool_forward(x, a, mu, cw)
 
 
 def problem(seed=0, B=2, M=4, D=3, K=3):

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import npool
-import reference
-from strategies import as_tuple, channels_last, pool_problems
+from npool.testing import references, reference
+from npool.testing.strategies import as_tuple, channels_last, local_pool_inputs
 
 FORWARD = {1: npool.soft_pool1d_forward, 2: npool.soft_pool2d_forward,
            3: npool.soft_pool3d_forward}
@@ -31,12 +31,12 @@ def call_backward(g, x, nd, args):
 
 def ref_forward(x, nd, args):
     kernel, stride, padding, ceil_mode = args
-    return reference.softmax_pool(x, nd, 1.0, kernel, stride, padding, ceil_mode)
+    return reference(f"soft_pool{nd}d")[0](x, kernel, stride, padding, ceil_mode)
 
 
 def ref_backward(g, x, nd, args):
     kernel, stride, padding, ceil_mode = args
-    return reference.softmax_pool_grad(g, x, nd, 1.0, kernel, stride, padding, ceil_mode)
+    return reference(f"soft_pool{nd}d")[1](g, x, kernel, stride, padding, ceil_mode)
 
 
 def scale_of(x):
@@ -48,7 +48,7 @@ def scale_of(x):
 @pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-10), (np.float32, 1e-5)])
 @given(data=st.data())
 def test_forward_matches_reference(dtype, tolerance, data):
-    x, nd, args = data.draw(pool_problems(dtype=dtype))
+    x, nd, args = data.draw(local_pool_inputs(dtype=dtype))
     y = call_forward(x, nd, args)
     expected = ref_forward(x, nd, args)
     assert y.dtype == dtype and y.shape == expected.shape
@@ -58,14 +58,14 @@ def test_forward_matches_reference(dtype, tolerance, data):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @given(data=st.data())
 def test_forward_lies_between_window_min_and_max(dtype, data):
-    x, nd, args = data.draw(pool_problems(dtype=dtype))
+    x, nd, args = data.draw(local_pool_inputs(dtype=dtype))
     kernel, stride, padding, ceil_mode = args
     y = call_forward(x, nd, args)
     kernel = as_tuple(kernel, nd)
     stride = kernel if stride is None else as_tuple(stride, nd)
     padding = as_tuple(padding, nd)
-    for out_index, window in reference._windows(x.shape[-nd:], kernel, stride, padding,
-                                                ceil_mode):
+    for out_index, window in references.windows(x.shape[-nd:], kernel, stride, padding,
+                                                 ceil_mode):
         cells = x[(Ellipsis,) + window].reshape(x.shape[:-nd] + (-1,))
         y_o = y[(Ellipsis,) + out_index]
         assert np.all(cells.min(axis=-1) <= y_o) and np.all(y_o <= cells.max(axis=-1))
@@ -75,7 +75,7 @@ def test_forward_lies_between_window_min_and_max(dtype, data):
 @pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-9), (np.float32, 1e-4)])
 @given(data=st.data())
 def test_backward_matches_reference(dtype, tolerance, data):
-    x, nd, args = data.draw(pool_problems(dtype=dtype))
+    x, nd, args = data.draw(local_pool_inputs(dtype=dtype))
     y = call_forward(x, nd, args)
     if data.draw(st.sampled_from(["ones", "random"])) == "ones":
         g = np.ones_like(y)
@@ -98,7 +98,7 @@ def central_differences(f, x, eps=1e-6):
 
 
 @settings(max_examples=25)
-@given(pool_problems(dtype=np.float64, elements=st.floats(-3, 3), max_kernel=3), st.data())
+@given(local_pool_inputs(dtype=np.float64, elements=st.floats(-3, 3), max_kernel=3), st.data())
 def test_backward_matches_finite_differences(problem, data):
     x, nd, args = problem
     y = call_forward(x, nd, args)
@@ -120,7 +120,7 @@ def test_backward_finite_differences_overlapping_windows_with_padding(nd):
 
 
 # ------------------------------------------------------------------ layouts
-@given(pool_problems(dtype=np.float32), st.data())
+@given(local_pool_inputs(dtype=np.float32), st.data())
 def test_channels_last_gives_the_same_bits_and_keeps_its_layout(problem, data):
     x, nd, args = problem
     batched = x.ndim == nd + 2
@@ -157,14 +157,14 @@ def test_broadcast_and_read_only_inputs():
     x = np.broadcast_to(np.arange(6.0), (2, 3, 6))
     assert not x.flags.writeable
     y = npool.soft_pool1d_forward(x, 2)
-    np.testing.assert_allclose(y, reference.softmax_pool(x, 1, 1.0, 2), rtol=1e-12)
+    np.testing.assert_allclose(y, reference("soft_pool1d")[0](x, 2), rtol=1e-12)
     g = np.broadcast_to(np.ones(3), y.shape)
     np.testing.assert_allclose(npool.soft_pool1d_backward(g, x, 2),
-                               reference.softmax_pool_grad(g, x, 1, 1.0, 2), rtol=1e-12)
+                               reference("soft_pool1d")[1](g, x, 2), rtol=1e-12)
 
 
 # ------------------------------------------------------------------ shapes and dtypes
-@given(pool_problems(dtype=np.float32, batched=True))
+@given(local_pool_inputs(dtype=np.float32, batched=True))
 def test_unbatched_equals_batched(problem):
     x, nd, args = problem
     for i in range(x.shape[0]):
@@ -185,7 +185,7 @@ def test_empty_batch_gives_empty_output(nd, dtype):
     assert grad.shape == x.shape and grad.dtype == dtype
 
 
-@given(pool_problems(dtype=np.float16, elements=st.floats(-60, 60, width=16)))
+@given(local_pool_inputs(dtype=np.float16, elements=st.floats(-60, 60, width=16)))
 def test_float16_is_computed_in_float32(problem):
     x, nd, args = problem
     y = call_forward(x, nd, args)
@@ -283,9 +283,9 @@ def test_non_finite_cells_in_overlapping_windows():
     x = np.array([[[0.0, 1.0, -np.inf, 2.0, np.inf, 3.0]]])
     y = npool.soft_pool1d_forward(x, 3, stride=1, padding=1)
     np.testing.assert_allclose(
-        y.ravel(), [reference.softmax_pool(x[..., :2], 1, 1.0, 2).item(),
-                    reference.softmax_pool(x[..., :2], 1, 1.0, 2).item(),
-                    reference.softmax_pool(x[..., [1, 3]], 1, 1.0, 2).item(),
+        y.ravel(), [reference("soft_pool1d")[0](x[..., :2], 2).item(),
+                    reference("soft_pool1d")[0](x[..., :2], 2).item(),
+                    reference("soft_pool1d")[0](x[..., [1, 3]], 2).item(),
                     np.inf, np.inf, np.inf])
     grad = npool.soft_pool1d_backward(np.ones_like(y), x, 3, stride=1, padding=1)
     assert grad[0, 0, 2] == 0 and grad[0, 0, 4] == 3 and grad[0, 0, 5] == 0
@@ -305,7 +305,7 @@ def test_minus_inf_beside_equal_large_values(dtype):
 
 
 # ------------------------------------------------------------------ purity
-@given(pool_problems(dtype=np.float32))
+@given(local_pool_inputs(dtype=np.float32))
 def test_inputs_are_not_modified(problem):
     x, nd, args = problem
     x_before = x.copy()
@@ -346,7 +346,7 @@ def test_baseline_and_x86_64_v3_kernels_give_the_same_bits(tmp_path):
 
 
 @settings(max_examples=40)
-@given(pool_problems(dtype=np.float32), st.booleans())
+@given(local_pool_inputs(dtype=np.float32), st.booleans())
 def test_backward_add_and_gather_paths_give_the_same_bits(problem, last):
     """Overlapping windows: adding plane by plane and gathering per cell agree bit for bit."""
     from npool import local_pools

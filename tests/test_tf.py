@@ -12,7 +12,7 @@ keras = pytest.importorskip("keras")
 
 import npool  # noqa: E402
 import npool.tf as ntf  # noqa: E402
-from strategies import pool_problems  # noqa: E402
+from npool.testing.strategies import local_pool_inputs  # noqa: E402
 
 FUNCTIONS = {1: ntf.soft_pool1d, 2: ntf.soft_pool2d, 3: ntf.soft_pool3d}
 LAYERS = {1: ntf.SoftPooling1D, 2: ntf.SoftPooling2D, 3: ntf.SoftPooling3D}
@@ -28,7 +28,7 @@ def nhwc(x, batched=True):
 
 
 # ------------------------------------------------------------------ functions
-@given(pool_problems(dtype=np.float32), st.sampled_from(["channels_last", "channels_first"]))
+@given(local_pool_inputs(dtype=np.float32), st.sampled_from(["channels_last", "channels_first"]))
 @settings(deadline=None)
 def test_results_equal_the_numpy_core(problem, data_format):
     x, nd, (kernel, stride, padding, ceil_mode) = problem

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 
 import npool
-from strategies import channels_last, pool_problems
+from npool.testing.strategies import channels_last, local_pool_inputs
 
 THREAD_COUNTS = (1, 2, 3, 4, 7)
 
@@ -48,7 +48,7 @@ def test_bits_do_not_depend_on_thread_count(layout, args, dtype):
 
 
 @settings(max_examples=30)
-@given(pool_problems(dtype=np.float32))
+@given(local_pool_inputs(dtype=np.float32))
 def test_bits_do_not_depend_on_thread_count_hypothesis(problem):
     x, nd, (kernel, stride, padding, ceil_mode) = problem
     fwd = getattr(npool, f"soft_pool{nd}d_forward")

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 import npool  # noqa: E402
 import npool.torch as nt  # noqa: E402
 from npool.torch._tensors import to_core, torch_matmul  # noqa: E402
-from strategies import channels_last, pool_problems  # noqa: E402
+from npool.testing.strategies import channels_last, local_pool_inputs  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and npool.cuda_available() else [])
 FUNCTIONS = {1: nt.soft_pool1d, 2: nt.soft_pool2d, 3: nt.soft_pool3d}
@@ -63,7 +63,7 @@ def test_gradcheck(device, layout, nd, args):
         lambda v: FUNCTIONS[nd](v, kernel, stride, padding, ceil_mode), (x,))
 
 
-@given(pool_problems(dtype=np.float32), st.booleans())
+@given(local_pool_inputs(dtype=np.float32), st.booleans())
 def test_results_equal_the_numpy_core(problem, use_channels_last):
     x, nd, (kernel, stride, padding, ceil_mode) = problem
     if use_channels_last:

@@ -20,7 +20,7 @@ netfv_pool, soft_dbow_pool, context_gating. hypothesis is needed for ``problems`
 """
 from ._check import assert_close, check_op, check_problem
 from ._problems import OPS, Problem, check_op_name
-from ._references import REFERENCES
+from .references import REFERENCES
 
 __all__ = ["OPS", "Problem", "assert_close", "check_op", "check_problem", "problems",
            "reference"]
@@ -39,7 +39,7 @@ def problems(op, *, dtypes=("float32", "float64"), layouts=("contiguous",
     ties, temperatures of every broadcast shape, k as counts and fractions, masks with empty
     sets, in ``dtypes`` and ``layouts`` (C order, channels-last memory, strided views)."""
     try:
-        from ._strategies import problems as strategy
+        from .strategies import problems as strategy
     except ImportError as error:
         raise ImportError("npool.testing.problems and check_op need hypothesis: pip install "
                           "hypothesis") from error

@@ -3,8 +3,8 @@ import numpy as np
 
 from . import tolerances
 from ._problems import LOCAL, Problem, as_results, check_op_name
-from ._references import REFERENCES
-from ._references import f64, maps, window_cells, windows
+from .references import REFERENCES
+from .references import f64, maps, window_cells, windows
 
 FACTOR = 64  # bound: FACTOR * (eps(dtype) * error scale + the dtype's smallest subnormal)
 SELECTIONS = ("global_max_pool", "global_kmax_pool", "weldon_pool")
@@ -183,7 +183,7 @@ def _masked_sums(assign, mask):
 
 def _fv_norms(problem):
     """The smallest norm NetFV normalises (its F1 columns, F1 and F2), from the reference."""
-    from ._references import _fv_parts, l2n
+    from .references import _fv_parts, l2n
     *_, f1, f2 = _fv_parts(*problem.args, problem.options.get("mask"))
     if f1.size == 0:
         return np.inf
@@ -284,7 +284,7 @@ def check_op(op, forward, backward=None, *, max_examples=100, to_array=None, fro
     """
     from hypothesis import HealthCheck, given, settings
 
-    from ._strategies import DTYPES, LAYOUTS, problems
+    from .strategies import DTYPES, LAYOUTS, problems
     check_op_name(op)
     strategy = problems(op, dtypes=DTYPES if dtypes is None else dtypes,
                         layouts=LAYOUTS if layouts is None else layouts, extreme=extreme)

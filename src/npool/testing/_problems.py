@@ -3,7 +3,7 @@ the references and the tolerances need to judge a result for it."""
 import numpy as np
 
 from . import tolerances
-from ._references import REFERENCES
+from .references import REFERENCES
 
 LOCAL = {f"{kind}_pool{nd}d": nd for kind in ("soft", "maxent") for nd in (1, 2, 3)}
 GLOBAL = ("global_max_pool", "global_avg_pool", "global_kmax_pool", "global_lse_pool",

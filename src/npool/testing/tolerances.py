@@ -21,7 +21,7 @@ smallest subnormal.
 """
 import numpy as np
 
-from ._references import (f64, maps, softmax_weights, sum_to_shape, window_cells, window_geometry,
+from .references import (f64, maps, softmax_weights, sum_to_shape, window_cells, window_geometry,
                           windows)
 
 VLAD_FLOOR = 1e-6  # the norm floor of l2n (squared-norm floor 1e-12)

@@ -1,10 +1,12 @@
-"""hypothesis strategies of npool problems (imported only when ``problems`` is called)."""
+"""hypothesis strategies of npool problems (hypothesis needed): ``problems`` (what
+``npool.testing.problems`` returns) and the building blocks for tests of one's own:
+``window_args``, ``local_pool_inputs``, ``values`` and ``channels_last``."""
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ._problems import GLOBAL, LOCAL, Problem, check_op_name
-from ._references import window_geometry
+from .references import window_geometry
 
 DTYPES = (np.float32, np.float64)
 LAYOUTS = ("contiguous", "channels_last", "strided")
@@ -34,13 +36,67 @@ def _values(draw, shape, dtype, extreme):
     return (values + offset).astype(dtype)
 
 
+# Values for local-pool inputs: the bulk of any magnitude up to +-500, small integers for ties.
+values = st.one_of(
+    st.floats(-500, 500, allow_nan=False, allow_infinity=False, width=32),
+    st.integers(-2, 2).map(float),
+)
+
+
+@st.composite
+def window_args(draw, nd, max_kernel=4):
+    """(kernel_size, stride, padding, ceil_mode) for nd axes, as ints or tuples (sometimes a
+    plain int and the default stride, as users pass them)."""
+    kernel = tuple(draw(st.integers(1, max_kernel)) for _ in range(nd))
+    stride = tuple(draw(st.integers(1, max_kernel + 1)) for _ in range(nd))
+    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
+    ceil_mode = draw(st.booleans())
+    if len(set(kernel)) == 1 and draw(st.booleans()):
+        kernel = kernel[0]
+    if draw(st.booleans()):
+        stride = None
+    if len(set(padding)) == 1 and draw(st.booleans()):
+        padding = padding[0]
+    return kernel, stride, padding, ceil_mode
+
+
+def as_tuple(v, nd):
+    return tuple(v) if isinstance(v, tuple) else (v,) * nd
+
+
+@st.composite
+def local_pool_inputs(draw, nd=None, dtype=np.float64, elements=values, max_kernel=4,
+                      batched=None, min_batch=1):
+    """A local-pool input and its window: (x, nd, (kernel_size, stride, padding, ceil_mode)),
+    every axis at least as long as its padded kernel (sometimes exactly)."""
+    nd = draw(st.integers(1, 3)) if nd is None else nd
+    args = draw(window_args(nd, max_kernel))
+    kernel, _, padding, _ = args
+    kernel, padding = as_tuple(kernel, nd), as_tuple(padding, nd)
+    spatial = tuple(draw(st.integers(max(1, k - 2 * p), k + (5 if nd < 3 else 3)))
+                    for k, p in zip(kernel, padding))
+    channels = draw(st.integers(1, 3))
+    batched = draw(st.booleans()) if batched is None else batched
+    shape = ((draw(st.integers(min_batch, 2)),) if batched else ()) + (channels,) + spatial
+    x = draw(hnp.arrays(dtype, shape, elements=elements))
+    return x, nd, args
+
+
+def channels_last(x, batched=True):
+    """The same values as x in channels-last memory: (N, *spatial, C) seen as (N, C, *spatial)
+    (or (*spatial, C) seen as (C, *spatial) when unbatched)."""
+    c = 1 if batched else 0
+    order = [a for a in range(x.ndim) if a != c] + [c]
+    memory = np.ascontiguousarray(np.transpose(x, order))
+    return np.transpose(memory, np.argsort(order))
+
+
 def _in_layout(draw, a, layouts, channel_axis):
     """``a``'s values in one of ``layouts``: C order, channels-last memory (the channel axis
     last in memory, seen in the logical order) or a strided view into a larger buffer."""
     layout = draw(st.sampled_from(layouts))
     if layout == "channels_last" and channel_axis is not None and a.ndim >= 2:
-        order = [i for i in range(a.ndim) if i != channel_axis] + [channel_axis]
-        return np.transpose(np.ascontiguousarray(np.transpose(a, order)), np.argsort(order))
+        return channels_last(a, batched=channel_axis == 1)
     if layout == "strided" and a.ndim:
         step = draw(st.sampled_from([2, -1]))
         buffer = np.zeros(a.shape[:-1] + (a.shape[-1] * abs(step),), a.dtype)
