@@ -177,5 +177,11 @@ WRONG = {
 def test_check_op_catches_a_known_wrong_kernel(name):
     op, forward, backward = WRONG[name]
     with pytest.raises(AssertionError) as caught:
-        testing.check_op(op, forward, backward)  # the default 100 examples
+        testing.check_op(op, forward, backward, shrink=False)  # the default 100 examples
     assert f"Problem({op!r})" in str(caught.value)
+
+
+def test_a_failure_is_shrunk_to_a_small_problem():
+    with pytest.raises(AssertionError) as caught:
+        testing.check_op("soft_pool2d", *WRONG["SoftPool CUDA backward without w (x - y)"][1:])
+    assert "x: float" in str(caught.value) and "C-contiguous" in str(caught.value)

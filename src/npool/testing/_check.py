@@ -231,9 +231,36 @@ def _directional_difference(problem, forward, backward, to_array, from_array, gr
                              f"{numeric:.9g}, the backward {analytic:.9g}\n{problem!r}")
 
 
-def check_problem(problem, forward, backward=None, *, to_array=np.asarray, from_array=None):
-    """Every check of ``check_op`` on one problem (what ``check_op`` runs per example)."""
+SET_POOLS = ("netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool")
+
+
+def derived_problems(problem):
+    """Problems made from ``problem`` that every example also checks: for a selection, its
+    input reduced to two levels (ties at every rank, so the tie rule is always exercised); for
+    a set pool drawn without a mask, a mask leaving out the last sample of every set."""
+    op = problem.op
+    if op in SELECTIONS and problem.inputs["x"].size:
+        x = problem.inputs["x"]
+        tied = np.where(f64(x) > np.median(f64(x)), 1.0, 0.0).astype(x.dtype)
+        yield Problem(op, {"x": tied}, problem.options, problem.grad_out)
+    if op in SET_POOLS and problem.options.get("mask") is None:
+        a = problem.inputs["assign"]
+        if a.shape[1] >= 2:
+            mask = np.ones(a.shape[:2], bool)
+            mask[:, -1] = False
+            yield Problem(op, problem.inputs, {**problem.options, "mask": mask},
+                          problem.grad_out)
+
+
+def check_problem(problem, forward, backward=None, *, to_array=np.asarray, from_array=None,
+                  derived=True):
+    """Every check of ``check_op`` on one problem (what ``check_op`` runs per example), and
+    with ``derived`` on its ``derived_problems`` too."""
     to_array = np.asarray if to_array is None else to_array
+    if derived:
+        for other in derived_problems(problem):
+            check_problem(other, forward, backward, to_array=to_array, from_array=from_array,
+                          derived=False)
     before = {name: np.array(a, copy=True) for name, a in problem.inputs.items()}
     args, options = _converted(problem, from_array)
     y = _call(forward, "forward", problem, args, options, to_array)
@@ -243,7 +270,7 @@ def check_problem(problem, forward, backward=None, *, to_array=np.asarray, from_
                                  f"{problem!r}")
     assert_close(y, problem, "forward")
     _check_invariants(problem, f64(y[0]))
-    if problem.op in ("netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool"):
+    if problem.op in SET_POOLS:
         _check_mask(problem, forward, to_array, from_array, y)
     if any(isinstance(a, np.ndarray) and not a.flags.c_contiguous for a in problem.args):
         contiguous = _contiguous(problem)
@@ -267,29 +294,34 @@ def check_problem(problem, forward, backward=None, *, to_array=np.asarray, from_
 
 
 def check_op(op, forward, backward=None, *, max_examples=100, to_array=None, from_array=None,
-             dtypes=None, layouts=None, extreme=True):
+             dtypes=None, layouts=None, extreme=True, shrink=True):
     """Runs npool's property suite on a user's ``forward`` (and ``backward``) for ``op``:
     hypothesis draws ``problems(op, ...)`` and each is checked for agreement with the float64
     reference (``assert_close``, forward and backward), the inputs left unmodified, the same
     results from C-contiguous copies of strided or channels-last inputs, invariants (a local
     pool's output within its window's [min, max]; LSE between mean and max; selections within
-    max |x|), masked samples changing nothing (set pools), and, for float64 problems of smooth
+    max |x|), masked samples changing nothing (set pools), the tie rule (every selection
+    problem is also checked with its input reduced to two levels) and, for float64 problems of
+    smooth
     ops, central differences of the user's forward against the user's backward. A failure is
     shrunk by hypothesis and raised as an AssertionError that shows the problem.
 
     ``forward``/``backward`` take npool's signatures and receive NumPy arrays, or what
     ``from_array`` makes of them (``torch.from_numpy``); ``to_array`` turns their results
     into NumPy arrays (default ``numpy.asarray``; e.g. ``lambda t: t.detach().numpy()``).
-    ``dtypes``, ``layouts`` and ``extreme`` are passed to ``problems``.
+    ``dtypes``, ``layouts`` and ``extreme`` are passed to ``problems``; ``shrink=False``
+    reports the first failing problem as drawn instead of a minimal one (faster).
     """
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, Phase, given, settings
 
     from .strategies import DTYPES, LAYOUTS, problems
     check_op_name(op)
     strategy = problems(op, dtypes=DTYPES if dtypes is None else dtypes,
                         layouts=LAYOUTS if layouts is None else layouts, extreme=extreme)
 
-    @settings(max_examples=max_examples, deadline=None, database=None,
+    phases = [p for p in Phase if shrink or p not in (Phase.shrink, Phase.explain)]
+
+    @settings(max_examples=max_examples, deadline=None, database=None, phases=phases,
               report_multiple_bugs=False, suppress_health_check=list(HealthCheck))
     @given(strategy)
     def run(problem):

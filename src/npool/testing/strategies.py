@@ -30,9 +30,12 @@ def _elements(extreme):
 
 
 @st.composite
-def _values(draw, shape, dtype, extreme):
+def _values(draw, shape, dtype, extreme, ties=4):
     offset = draw(st.sampled_from(OFFSETS)) if extreme else 0.0
-    values = draw(hnp.arrays(np.float64, shape, elements=_elements(extreme)))
+    # one array in ``ties`` of small integers only: ties everywhere, also at the k-th largest
+    elements = st.integers(-2, 2).map(float) if draw(st.integers(1, ties)) == 1 else \
+        _elements(extreme)
+    values = draw(hnp.arrays(np.float64, shape, elements=elements))
     return (values + offset).astype(dtype)
 
 
@@ -169,7 +172,9 @@ def _k(draw, n, allow_zero=False):
 def _global(draw, op, dtype, layouts, extreme):
     spatial = tuple(draw(st.integers(1, 5)) for _ in range(draw(st.integers(1, 3))))
     shape = (_batch(draw), draw(st.integers(1, 3))) + spatial
-    x = _in_layout(draw, draw(_values(shape, dtype, extreme)), layouts, 1)
+    selects = op in ("global_max_pool", "global_kmax_pool", "weldon_pool")
+    x = _in_layout(draw, draw(_values(shape, dtype, extreme, ties=2 if selects else 4)),
+                   layouts, 1)
     n = int(np.prod(spatial))
     options = {}
     if op == "global_kmax_pool":
