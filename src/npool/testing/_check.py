@@ -213,16 +213,20 @@ def _directional_difference(problem, forward, backward, to_array, from_array, gr
                         else a + sign * h[name] * float(directions[name]))
         moved = Problem(problem.op, inputs, problem.options, problem.grad_out)
         args, options = _converted(moved, from_array)
-        return float(np.sum(f64(_call(forward, "forward", moved, args, options,
-                                      to_array)[0]) * g))
+        terms = f64(_call(forward, "forward", moved, args, options, to_array)[0]) * g
+        return float(np.sum(terms)), float(np.sum(np.abs(terms)))
 
     numeric, noise = 0.0, 0.0
     for name in problem.inputs:  # each input moved alone, with its own step
-        up, down = value(name, 1), value(name, -1)
+        (up, up_size), (down, down_size) = value(name, 1), value(name, -1)
         numeric += (up - down) / (2 * h[name])
-        noise += 8 * np.finfo(np.float64).eps * (abs(up) + abs(down)) / (2 * h[name])
+        noise += 8 * np.finfo(np.float64).eps * (up_size + down_size) / (2 * h[name])
     analytic = sum(float(np.sum(f64(gr) * directions[name]))
                    for name, gr in zip(problem.inputs, grads))
+    # the backward's own rounding, by its error scales (its value may be all rounding)
+    noise += FACTOR * np.finfo(np.float64).eps * sum(
+        float(np.sum(np.abs(f64(scale) * directions[name])))
+        for name, scale in zip(problem.inputs, problem.error_scales("backward")))
     size = sum(float(np.sum(np.abs(f64(gr) * directions[name])))
                for name, gr in zip(problem.inputs, grads)) + 1e-12
     if not abs(numeric - analytic) <= 1e-4 * size + noise:
