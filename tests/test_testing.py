@@ -29,8 +29,17 @@ def test_check_op_passes_npool_on_the_cpu(op):
 @pytest.mark.parametrize("op", OPS)
 def test_check_op_passes_npool_on_the_emulated_gpu(op, gpu):
     forward, backward = npool_op(op)
+    # global pools on the GPU need the spatial axes as one strided run (a documented limit)
+    layouts = ("contiguous", "channels_last") if op.startswith(("global", "weldon")) else \
+        ("contiguous", "channels_last", "strided")
     testing.check_op(op, forward, backward, max_examples=15, from_array=gpu.to_device,
-                     to_array=gpu.read, layouts=("contiguous", "channels_last"))
+                     to_array=gpu.read, dtypes=("float16", "float32", "float64"),
+                     layouts=layouts)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_check_op_passes_npool_in_float16(op):
+    testing.check_op(op, *npool_op(op), max_examples=30, dtypes=("float16",))
 
 
 @pytest.mark.parametrize("op", OPS)

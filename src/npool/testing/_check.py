@@ -31,7 +31,8 @@ def assert_close(actual, problem, which="forward", *, dtype=None):
     float dtype, so float16 results get float16's) and ``scale`` the element's error scale
     from ``npool.testing.tolerances``, which follows the problem's conditioning (window
     magnitudes and spreads, temperatures, norms). NaN must meet NaN and infinities must be
-    equal. Integer results (indices) must be equal. The AssertionError names the result, the
+    equal; a reference value beyond the dtype's range must come out as it rounds to there
+    (+-inf). Integer results (indices) must be equal. The AssertionError names the result, the
     element, both values, the difference, the bound and the problem."""
     if which not in ("forward", "backward"):
         raise ValueError(f"which must be 'forward' or 'backward', got {which!r}")
@@ -57,9 +58,11 @@ def assert_close(actual, problem, which="forward", *, dtype=None):
             got64, want64 = f64(got), f64(want)
             bound = FACTOR * (info.eps * np.broadcast_to(f64(scale), want.shape)
                               + float(info.smallest_subnormal))
-            with np.errstate(invalid="ignore"):
+            with np.errstate(invalid="ignore", over="ignore"):
                 error = np.abs(got64 - want64)
-                ok = (error <= bound) | (got64 == want64) | (np.isnan(got64) & np.isnan(want64))
+                rounded = f64(want64.astype(dtype))  # beyond the dtype's range: +-inf
+                ok = ((error <= bound) | (got64 == want64) | (got64 == rounded)
+                      | (np.isnan(got64) & np.isnan(want64)))
             bad = ~ok
         if bad.any():
             worst = np.flatnonzero(bad)[0]
