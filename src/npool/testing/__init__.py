@@ -18,7 +18,7 @@ global_avg_pool, global_kmax_pool, global_lse_pool, weldon_pool, netvlad_pool, n
 netfv_pool, soft_dbow_pool, context_gating. hypothesis is needed for ``problems`` and
 ``check_op`` only.
 """
-from ._check import assert_close, check_op, check_problem
+from ._check import assert_close, check_op, check_problem, require_hypothesis
 from ._problems import OPS, Problem, check_op_name
 from .references import REFERENCES
 
@@ -38,9 +38,6 @@ def problems(op, *, dtypes=("float32", "float64"), layouts=("contiguous",
     ceil_mode windows hanging over the edge, values around 0, +-500 and +-1e4 (``extreme``),
     ties, temperatures of every broadcast shape, k as counts and fractions, masks with empty
     sets, in ``dtypes`` and ``layouts`` (C order, channels-last memory, strided views)."""
-    try:
-        from .strategies import problems as strategy
-    except ImportError as error:
-        raise ImportError("npool.testing.problems and check_op need hypothesis: pip install "
-                          "hypothesis") from error
+    require_hypothesis()
+    from .strategies import problems as strategy
     return strategy(op, dtypes=dtypes, layouts=layouts, extreme=extreme)

@@ -10,6 +10,14 @@ FACTOR = 64  # bound: FACTOR * (eps(dtype) * error scale + the dtype's smallest 
 SELECTIONS = ("global_max_pool", "global_kmax_pool", "weldon_pool")
 
 
+def require_hypothesis():
+    try:
+        import hypothesis  # noqa: F401
+    except ImportError:
+        raise ImportError("npool.testing.problems and check_op need hypothesis: pip install "
+                          "hypothesis (or npool[testing])") from None
+
+
 def _float_dtype(actual, problem, dtype):
     if dtype is not None:
         return np.dtype(dtype)
@@ -319,6 +327,7 @@ def check_op(op, forward, backward=None, *, max_examples=100, to_array=None, fro
     ``dtypes``, ``layouts`` and ``extreme`` are passed to ``problems``; ``shrink=False``
     reports the first failing problem as drawn instead of a minimal one (faster).
     """
+    require_hypothesis()
     from hypothesis import HealthCheck, Phase, given, settings
 
     from .strategies import DTYPES, LAYOUTS, problems
