@@ -27,7 +27,7 @@ def test_wrong_rank_1d_3d(nd, shape):
 @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8, bool, np.complex64,
                                    np.complex128, object, np.longdouble])
 def test_unsupported_dtypes(dtype):
-    with pytest.raises(TypeError, match="x must have dtype float16, float32 or float64"):
+    with pytest.raises(TypeError, match="x must have dtype float16, bfloat16, float32 or float64"):
         fwd(np.zeros((1, 1, 4, 4), dtype))
 
 

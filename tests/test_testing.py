@@ -38,8 +38,9 @@ def test_check_op_passes_npool_on_the_emulated_gpu(op, gpu):
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_check_op_passes_npool_in_float16(op):
-    testing.check_op(op, *npool_op(op), max_examples=30, dtypes=("float16",))
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_check_op_passes_npool_in_half_precision(op, dtype):
+    testing.check_op(op, *npool_op(op), max_examples=30, dtypes=(dtype,))
 
 
 @pytest.mark.parametrize("op", OPS)

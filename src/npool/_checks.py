@@ -9,7 +9,14 @@ import operator
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+try:  # bfloat16 as NumPy knows it from ml_dtypes (the dtype JAX and TensorFlow use)
+    from ml_dtypes import bfloat16 as _bfloat16
+    BFLOAT16 = np.dtype(_bfloat16)
+except ImportError:  # pragma: no cover (ml_dtypes is a dependency)
+    BFLOAT16 = None
+HALF_DTYPES = tuple(d for d in (np.dtype(np.float16), BFLOAT16) if d is not None)
+FLOAT_DTYPES = HALF_DTYPES + (np.dtype(np.float32), np.dtype(np.float64))
+DTYPE_NAMES = "float16, bfloat16, float32 or float64"
 
 
 def _describe(value):
@@ -32,13 +39,13 @@ def float_array(a, name):
     if not _is_array(a):
         raise TypeError(f"{name} must be a numpy.ndarray (or a GPU array), got {type(a).__name__}")
     if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float16, float32 or float64, got {a.dtype}")
+        raise TypeError(f"{name} must have dtype {DTYPE_NAMES}, got {a.dtype}")
     return a
 
 
 def compute_dtype(dtype):
-    """The dtype the CPU kernels compute in: float16 is computed in float32."""
-    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+    """The dtype the CPU kernels compute in: float16 and bfloat16 are computed in float32."""
+    return np.dtype(np.float32) if np.dtype(dtype) in HALF_DTYPES else np.dtype(dtype)
 
 
 # The largest kernel_size, stride or padding: far beyond any array, small enough that the

@@ -85,7 +85,8 @@ def _temperature(problem, lam):
     float16 input): the same rule as the framework modules."""
     if isinstance(lam, (bool, np.bool_)) or not (
             isinstance(lam, (int, float, np.integer, np.floating)) or
-            (isinstance(lam, np.ndarray) and lam.dtype.kind in "iuf")):
+            (isinstance(lam, np.ndarray) and (lam.dtype.kind in "iuf"
+                                              or lam.dtype in _checks.HALF_DTYPES))):
         raise TypeError(f"lam must be a real number or a real numpy array, got "
                         f"{type(lam).__name__}" + (f" of dtype {lam.dtype}"
                                                    if isinstance(lam, np.ndarray) else ""))

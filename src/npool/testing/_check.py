@@ -20,9 +20,9 @@ def require_hypothesis():
 
 def _float_dtype(actual, problem, dtype):
     if dtype is not None:
-        return np.dtype(dtype)
+        return tolerances.as_dtype(dtype)
     for a in actual:
-        if np.asarray(a).dtype.kind == "f":
+        if np.asarray(a).dtype.kind not in "biu":
             return np.asarray(a).dtype
     return problem.dtype
 
@@ -52,7 +52,7 @@ def assert_close(actual, problem, which="forward", *, dtype=None):
         raise AssertionError(f"{problem.op} {which}: expected {len(expected)} result(s), got "
                              f"{len(actual)}\n{problem!r}")
     dtype = _float_dtype(actual, problem, dtype)
-    info = np.finfo(dtype)
+    info = tolerances.float_info(dtype)
     names = ("output",) if which == "forward" else tuple(f"grad_{n}" for n in problem.inputs)
     for name, got, want, scale in zip(names, actual, expected, problem.error_scales(which)):
         want = np.asarray(want)
@@ -110,7 +110,8 @@ def _check_invariants(problem, y):
     """Relations any correct result satisfies, checked on the user's output ``y``."""
     op, o = problem.op, problem.options
     x = f64(problem.inputs.get("x", 0.0))
-    tolerance = FACTOR * np.finfo(problem.dtype).eps * problem.error_scales("forward")[0]
+    tolerance = FACTOR * tolerances.float_info(problem.dtype).eps * problem.error_scales(
+        "forward")[0]
     with np.errstate(invalid="ignore"):
         if op in LOCAL:
             nd = LOCAL[op]

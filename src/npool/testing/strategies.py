@@ -7,6 +7,7 @@ from hypothesis.extra import numpy as hnp
 
 from ._problems import GLOBAL, LOCAL, Problem, check_op_name
 from .references import window_geometry
+from .tolerances import as_dtype
 
 DTYPES = (np.float32, np.float64)
 LAYOUTS = ("contiguous", "channels_last", "strided")
@@ -238,11 +239,12 @@ def _set(draw, op, dtype, layouts, extreme):
 def problems(op, *, dtypes=DTYPES, layouts=LAYOUTS, extreme=True):
     """A hypothesis strategy of ``npool.testing.Problem``s for ``op`` (see the package doc)."""
     check_op_name(op)
-    dtypes = tuple(np.dtype(d).type for d in ((dtypes,) if isinstance(dtypes, (str, type))
-                                               else dtypes))
+    dtypes = tuple(as_dtype(d) for d in ((dtypes,) if isinstance(dtypes, (str, type))
+                                          else dtypes))
+    allowed = ("float16", "bfloat16", "float32", "float64")
     for d in dtypes:
-        if d not in (np.float16, np.float32, np.float64):
-            raise ValueError(f"dtypes must be float16, float32 or float64, got {np.dtype(d)}")
+        if d.name not in allowed:
+            raise ValueError(f"dtypes must be among {allowed}, got {d}")
     layouts = (layouts,) if isinstance(layouts, str) else tuple(layouts)
     for layout in layouts:
         if layout not in LAYOUTS:

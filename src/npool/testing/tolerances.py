@@ -27,12 +27,29 @@ from .references import (f64, maps, softmax_weights, sum_to_shape, window_cells,
 VLAD_FLOOR = 1e-6  # the norm floor of l2n (squared-norm floor 1e-12)
 
 
+def float_info(dtype):
+    """``numpy.finfo`` of a float dtype, bfloat16 (ml_dtypes) included."""
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        import ml_dtypes
+        return ml_dtypes.finfo(dtype)
+    return np.finfo(dtype)
+
+
+def as_dtype(name):
+    """A dtype from a name or type, "bfloat16" included (ml_dtypes')."""
+    if isinstance(name, str) and name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
 def assert_within(got, expected, scale, dtype, factor=64.0):
     """|got - expected| <= factor * eps(dtype) * scale, elementwise, NaN where both are; plus
     the dtype's smallest subnormal, the absolute resolution of a result near 0."""
     got = np.asarray(got, np.float64)
     expected = np.asarray(expected, np.float64)
-    info = np.finfo(dtype)
+    info = float_info(dtype)
     bound = (factor * info.eps * np.broadcast_to(scale, expected.shape)
              + float(info.smallest_subnormal))
     error = np.abs(got - expected)

@@ -73,6 +73,7 @@ def _soft_pool_autograd(ctx, grad_out):
 
 _soft_pool.register_autograd(_soft_pool_autograd, setup_context=_soft_pool_setup_context)
 torch.library.register_autocast("npool::soft_pool", "cuda", torch.float16)
+torch.library.register_autocast("npool::soft_pool", "cpu", torch.bfloat16)
 
 
 def _window_lists(nd, kernel_size, stride, padding):
@@ -229,6 +230,7 @@ for _op, _backward in ((_global_max_pool, _max_autograd), (_global_avg_pool, _av
                        (_global_lse_pool, _lse_autograd), (_weldon_pool, _weldon_autograd)):
     _op.register_autograd(_backward, setup_context=_save_x)
     torch.library.register_autocast(_op._qualname, "cuda", torch.float16)
+    torch.library.register_autocast(_op._qualname, "cpu", torch.bfloat16)
 
 
 def _spatial_cells(x):
@@ -345,6 +347,7 @@ def _maxent_autograd(ctx, grad_out):
 
 _maxent_pool.register_autograd(_maxent_autograd, setup_context=_maxent_setup_context)
 torch.library.register_autocast("npool::maxent_pool", "cuda", torch.float16)
+torch.library.register_autocast("npool::maxent_pool", "cpu", torch.bfloat16)
 
 
 def _make_maxent_pool(nd):

@@ -146,7 +146,8 @@ class _LoupePool(torch.nn.Module):
         x = x.reshape(b, m, d)
         if mask is not None and tuple(mask.shape) != (b, m):
             raise ValueError(f"mask must have shape (B, M) = {(b, m)}, got {tuple(mask.shape)}")
-        pooled = self._pool(x, self.assignment(x, mask), mask)
+        # under autocast the assignment's matmul may come out in another dtype than x
+        pooled = self._pool(x, self.assignment(x, mask).to(x.dtype), mask)
         out = pooled @ self.hidden1_weights.to(x.dtype)
         return self.context_gating(out) if self.gating else out
 

@@ -1,5 +1,8 @@
 """Tensors to npool's core arrays and back, without copies."""
+import numpy as np
 import torch
+
+from .._checks import BFLOAT16
 
 
 class _OnCurrentStream:
@@ -14,11 +17,18 @@ class _OnCurrentStream:
 
 
 def to_core(t):
-    """A NumPy view (CPU) or a stream-aware GPU array (CUDA) of tensor t's memory."""
+    """A NumPy view (CPU) or a stream-aware GPU array (CUDA) of tensor t's memory; a bfloat16
+    CPU tensor becomes an ml_dtypes bfloat16 array over the same bytes."""
     t = t.detach()
     if t.device.type == "cpu":
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy().view(BFLOAT16)
         return t.numpy()
     if t.device.type == "cuda":
+        if t.dtype == torch.bfloat16:
+            raise TypeError("bfloat16 CUDA tensors are not supported yet: npool's CUDA kernels "
+                            "have no bfloat16 version (use float16 or float32 on the GPU; "
+                            "bfloat16 works on the CPU)")
         return _OnCurrentStream(t)
     raise TypeError(f"npool.torch supports CPU and CUDA tensors, got a tensor on {t.device}")
 
@@ -26,6 +36,8 @@ def to_core(t):
 def from_core(a, like):
     """A tensor on ``like``'s device over the memory of core result ``a`` (no copy)."""
     if like.device.type == "cpu":
+        if a.dtype == BFLOAT16:
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(a)
     return torch.as_tensor(a, device=like.device)
 
@@ -33,4 +45,5 @@ def from_core(a, like):
 def torch_matmul(a, b):
     """numpy.matmul on torch's BLAS, through views (the set pools' ``matmul=``): keeps numpy's
     OpenBLAS threads, which spin after each call, from competing with torch's."""
-    return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    with torch.autocast("cpu", enabled=False):  # the core chose the dtype: keep it
+        return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
