@@ -39,33 +39,65 @@ def _set_mode(module, is_training):
         module.train(_checks.flag(is_training, "is_training"))
 
 
+def _synced(bn):
+    """Whether ``bn`` is a SyncBatchNorm training inside a process group of several ranks."""
+    import torch.distributed as dist
+    return (isinstance(bn, torch.nn.SyncBatchNorm) and bn.training and dist.is_available()
+            and dist.is_initialized() and dist.get_world_size(bn.process_group) > 1)
+
+
+def masked_batch_norm(bn, z, mask=None):
+    """Batch normalisation of ``z`` (..., C) over its last axis by the BatchNorm module ``bn``
+    (a ``MaskedBatchNorm1d``, or the ``SyncBatchNorm`` that
+    ``nn.SyncBatchNorm.convert_sync_batchnorm`` put in its place), with training statistics
+    from the rows ``mask`` marks True only: their mean and biased variance normalise every row,
+    and the running statistics are updated with the unbiased variance, as ``BatchNorm1d``
+    does. Under a ``SyncBatchNorm`` in a process group the sums are all-reduced (differentiably)
+    over the group's ranks first. In eval mode, or without a mask and without sync, it is
+    ``bn``'s own forward."""
+    flat = z.reshape(-1, bn.num_features)
+    synced = _synced(bn)
+    if (mask is None and not synced) or not (bn.training or bn.running_mean is None):
+        # every row real and nothing to sync, or running statistics: BatchNorm1d's forward
+        # (SyncBatchNorm's own needs CUDA tensors to sync; the sums below work on any device)
+        return torch.nn.BatchNorm1d.forward(bn, flat).reshape(z.shape)
+    real = mask.reshape(-1, 1) if mask is not None else torch.ones_like(flat[:, :1], dtype=bool)
+    count = real.sum().to(flat.dtype).reshape(1)
+    total = torch.where(real, flat, 0).sum(0)
+    if synced:
+        from torch.distributed.nn.functional import all_reduce
+        count_total = all_reduce(torch.cat([count, total]), group=bn.process_group)
+        count, total = count_total[:1], count_total[1:]
+    mean = total / count
+    centered = torch.where(real, flat - mean, 0)
+    squares = (centered * centered).sum(0)
+    if synced:
+        squares = all_reduce(squares, group=bn.process_group)
+    var = squares / count
+    if bn.training and bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked += 1
+            momentum = (1.0 / float(bn.num_batches_tracked) if bn.momentum is None
+                        else bn.momentum)
+            unbiased = var * count / (count - 1).clamp(min=1)
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
+    out = (flat - mean) * torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        out = out * bn.weight + bn.bias
+    return out.reshape(z.shape)
+
+
 class MaskedBatchNorm1d(torch.nn.BatchNorm1d):
     """``BatchNorm1d`` over the last axis of ``(..., C)`` whose training statistics come from
     the rows ``mask`` marks True (all rows without a mask); the running statistics are updated
     from those rows too (unbiased variance, as ``BatchNorm1d``). Masked rows are normalised
-    with the same statistics and get no gradient through them."""
+    with the same statistics and get no gradient through them. ``convert_sync_batchnorm``
+    turns it into a ``SyncBatchNorm``, which the LOUPE layers still give the mask (see
+    ``masked_batch_norm``)."""
 
     def forward(self, z, mask=None):
-        flat = z.reshape(-1, self.num_features)
-        if mask is None or not (self.training or self.running_mean is None):
-            return super().forward(flat).reshape(z.shape)
-        real = mask.reshape(-1, 1)
-        count = real.sum()
-        mean = torch.where(real, flat, 0).sum(0) / count
-        centered = torch.where(real, flat - mean, 0)
-        var = (centered * centered).sum(0) / count
-        if self.training and self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                momentum = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                            else self.momentum)
-                unbiased = var * count / (count - 1).clamp(min=1)
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
-        out = (flat - mean) * torch.rsqrt(var + self.eps)
-        if self.affine:
-            out = out * self.weight + self.bias
-        return out.reshape(z.shape)
+        return masked_batch_norm(self, z, mask)
 
 
 class ContextGating(torch.nn.Module):
@@ -91,7 +123,8 @@ class ContextGating(torch.nn.Module):
         if not self.add_batch_norm:
             return context_gating(x, self.gating_weights.to(x.dtype),
                                   self.gating_biases.to(x.dtype))
-        gates = self.gating_bn(x.reshape(-1, self.input_size) @ self.gating_weights)
+        gates = masked_batch_norm(self.gating_bn,
+                                  x.reshape(-1, self.input_size) @ self.gating_weights)
         return x * torch.sigmoid(gates).reshape(x.shape)
 
     def extra_repr(self):
@@ -133,8 +166,8 @@ class _LoupePool(torch.nn.Module):
     def assignment(self, x, mask=None):
         """The soft assignment ``softmax(BN(x W))`` (``softmax(x W + b)``): (B, M, K)."""
         logits = x @ self.cluster_weights.to(x.dtype)
-        if self.add_batch_norm:
-            logits = self.cluster_bn(logits, mask)
+        if self.add_batch_norm:  # also after convert_sync_batchnorm made it a SyncBatchNorm
+            logits = masked_batch_norm(self.cluster_bn, logits, mask)
         else:
             logits = logits + self.cluster_biases.to(x.dtype)
         return torch.softmax(logits, dim=-1)
