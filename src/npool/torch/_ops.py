@@ -5,6 +5,7 @@ import torch
 import npool
 
 from .. import _checks
+from . import _decompositions
 from ._tensors import from_core, to_core, torch_matmul
 
 # ------------------------------------------------------------------ SoftPool
@@ -559,3 +560,84 @@ def soft_dbow_pool(assign, mask=None):
 def context_gating(x, weights, biases):
     """Differentiable ``npool.context_gating_forward``: ``x * sigmoid(x W + b)``."""
     return _context_gating(x, weights, biases)
+
+
+# ------------------------------------------------------------------ second derivatives
+# The backward custom ops are differentiated through each op's decomposition into standard
+# PyTorch ops (_decompositions.py): d/d(grad_out, inputs) of <gg, vjp(op)(inputs, grad_out)>.
+def _vjp_of_vjp(decomposition, grad_out, inputs, grad_grads):
+    """For the backward op computing vjp(decomposition)(inputs, grad_out): the gradients of
+    <grad_grads, that vjp> with respect to grad_out and to each input (None: no gradient)."""
+    grad_grads = [gg for gg in grad_grads]
+    with torch.enable_grad():
+        dtype = next(t for t in inputs if t is not None).dtype
+        g = grad_out.detach().to(dtype).requires_grad_()
+        live = [None if t is None else t.detach().requires_grad_() for t in inputs]
+        differentiable = [t for t in live if t is not None]
+        first = torch.autograd.grad(decomposition(*live), differentiable, g, create_graph=True,
+                                    allow_unused=True)
+        pairs = [(f, gg) for f, gg in zip(first, grad_grads)
+                 if f is not None and gg is not None and f.requires_grad]
+        if not pairs:
+            return [None] * (1 + len(inputs))
+        second = torch.autograd.grad([f for f, _ in pairs], [g] + differentiable,
+                                     [gg.to(f.dtype) for f, gg in pairs], allow_unused=True,
+                                     create_graph=torch.is_grad_enabled())
+    result, rest = [None if second[0] is None else second[0].to(grad_out.dtype)], iter(second[1:])
+    result += [None if t is None else next(rest) for t in inputs]
+    return result
+
+
+def _flat(grads):
+    return list(grads[0]) if len(grads) == 1 and isinstance(grads[0], (list, tuple)) else \
+        list(grads)
+
+
+def _save_tensors(ctx, inputs, output):
+    ctx.tensors = [i for i, t in enumerate(inputs) if isinstance(t, torch.Tensor)]
+    ctx.save_for_backward(*(inputs[i] for i in ctx.tensors))
+    ctx.others = inputs
+
+
+def _restored(ctx):
+    """The backward op's inputs, its tensors from the saved ones."""
+    inputs = list(ctx.others)
+    for i, t in zip(ctx.tensors, ctx.saved_tensors):
+        inputs[i] = t
+    return inputs
+
+
+def _second_order(op, decomposition_of, differentiable):
+    """Registers autograd on backward op ``op``: ``decomposition_of(inputs)`` gives the
+    forward's decomposition as a function of the inputs at positions ``differentiable``."""
+    def backward(ctx, *grad_grads):
+        inputs = _restored(ctx)
+        grads = _vjp_of_vjp(decomposition_of(inputs), inputs[0],
+                            [inputs[i] for i in differentiable], _flat(grad_grads))
+        out = [None] * len(inputs)
+        out[0] = grads[0]
+        for i, gr in zip(differentiable, grads[1:]):
+            out[i] = gr
+        return tuple(out)
+    op.register_autograd(backward, setup_context=_save_tensors)
+
+
+_second_order(_soft_pool_backward, lambda a: lambda x: _decompositions.windowed_softmax_pool(
+    x, 1.0, *a[2:]), [1])
+_second_order(_maxent_pool_backward, lambda a: lambda x, lam:
+              _decompositions.windowed_softmax_pool(x, lam, *a[3:]), [1, 2])
+_second_order(_global_max_pool_backward, lambda a: lambda x: _decompositions.selection_pool(
+    x, a[2], 1, 0, 0.0, a[3]), [1])
+_second_order(_global_avg_pool_backward,
+              lambda a: lambda x: _decompositions.avg_pool(x, a[2]), [1])
+_second_order(_global_lse_pool_backward,
+              lambda a: lambda x: _decompositions.lse_pool(x, a[2], a[3]), [1])
+_second_order(_weldon_pool_backward, lambda a: lambda x: _decompositions.selection_pool(
+    x, a[2], *a[3:]), [1])
+_second_order(_netvlad_pool_backward, lambda a: lambda x, assign, centers:
+              _decompositions.vlad_pool(x, assign, centers, a[4]), [1, 2, 3])
+_second_order(_netfv_pool_backward, lambda a: lambda x, assign, mu, covar:
+              _decompositions.fv_pool(x, assign, mu, covar, a[5]), [1, 2, 3, 4])
+_second_order(_soft_dbow_pool_backward,
+              lambda a: lambda assign: _decompositions.dbow_pool(assign, a[2]), [1])
+_second_order(_context_gating_backward, lambda a: _decompositions.gating, [1, 2, 3])
