@@ -115,3 +115,19 @@ def dbow_pool(assign, mask):
 
 def gating(x, weights, biases):
     return x * torch.sigmoid(x @ weights + biases)
+
+
+def select_pool(x, kmax, kmin, alpha, keepdims):
+    """WELDON (k-max: kmin = 0; max: kmax = 1, kmin = 0) selecting with ``topk``: the values
+    and the flat indices (top set, then bottom set, each ascending) without npool's kernels.
+    Among equal values ``topk`` may pick other cells than npool's rule (lower index first):
+    the values are the same, the indices may differ."""
+    m = _maps(x)
+    values, top = m.topk(kmax, dim=-1)
+    y = values.mean(-1)
+    indices = [top.sort(-1).values]
+    if kmin:
+        low_values, low = m.topk(kmin, dim=-1, largest=False)
+        y = y + alpha * low_values.mean(-1)
+        indices.append(low.sort(-1).values)
+    return _pooled(y, x, keepdims), torch.cat(indices, -1)

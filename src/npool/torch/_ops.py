@@ -84,11 +84,20 @@ def _window_lists(nd, kernel_size, stride, padding):
     return kernel, stride, list(_checks.int_tuple(padding, "padding", nd, 0))
 
 
+def _onnx_export():
+    """Whether torch.onnx.export is tracing: the ops then record their decomposition into
+    standard PyTorch ops (_decompositions.py), which ONNX has, instead of npool's custom ops."""
+    return torch.onnx.is_in_onnx_export()
+
+
 def _make_soft_pool(nd):
     def soft_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False):
         kernel, stride, padding = _window_lists(nd, kernel_size, stride, padding)
         if not isinstance(ceil_mode, bool):
             raise TypeError(f"ceil_mode must be a bool, got {type(ceil_mode).__name__}")
+        if _onnx_export():
+            return _decompositions.windowed_softmax_pool(x, 1.0, kernel, stride, padding,
+                                                         ceil_mode)
         return _soft_pool(x, kernel, stride, padding, ceil_mode)
 
     soft_pool.__name__ = soft_pool.__qualname__ = f"soft_pool{nd}d"
@@ -260,19 +269,27 @@ def global_max_pool(x, keepdims=False, return_indices=False, spatial_dims=None):
     makes the rank explicit and also takes an unbatched (C, *spatial) x, as
     ``nn.AdaptiveMaxPool{1,2,3}d`` do (the same for every global pool below)."""
     def pool(x):
-        y, indices = _global_max_pool(x, keepdims)
+        if _onnx_export():
+            y, indices = _decompositions.select_pool(x, 1, 0, 0.0, keepdims)
+            indices = indices.reshape(y.shape)
+        else:
+            y, indices = _global_max_pool(x, keepdims)
         return (y, indices) if return_indices else y
     return _global(x, spatial_dims, pool)
 
 
 def global_avg_pool(x, keepdims=False, spatial_dims=None):
     """Differentiable ``npool.global_avg_pool_forward``."""
+    if _onnx_export():
+        return _global(x, spatial_dims, lambda x: _decompositions.avg_pool(x, keepdims))
     return _global(x, spatial_dims, lambda x: _global_avg_pool(x, keepdims))
 
 
 def global_lse_pool(x, beta=1.0, keepdims=False, spatial_dims=None):
     """Differentiable ``npool.global_lse_pool_forward``."""
     beta = _checks.finite_real(beta, "beta")
+    if _onnx_export():
+        return _global(x, spatial_dims, lambda x: _decompositions.lse_pool(x, beta, keepdims))
     return _global(x, spatial_dims, lambda x: _global_lse_pool(x, beta, keepdims))
 
 
@@ -281,7 +298,8 @@ def global_kmax_pool(x, k=1, keepdims=False, return_indices=False, rounding="flo
     """Differentiable ``npool.global_kmax_pool_forward`` (k: a count or a fraction)."""
     def pool(x):
         count = _checks.k_count(k, _spatial_cells(x), "k", rounding=rounding)
-        y, indices = _weldon_pool(x, count, 0, 0.0, keepdims)
+        select = _decompositions.select_pool if _onnx_export() else _weldon_pool
+        y, indices = select(x, count, 0, 0.0, keepdims)
         return (y, indices) if return_indices else y
     return _global(x, spatial_dims, pool)
 
@@ -294,7 +312,8 @@ def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_indices=
 
     def pool(x):
         top, bottom = _checks.weldon_counts(kmax, kmin, _spatial_cells(x), rounding)
-        y, indices = _weldon_pool(x, top, bottom, alpha, keepdims)
+        select = _decompositions.select_pool if _onnx_export() else _weldon_pool
+        y, indices = select(x, top, bottom, alpha, keepdims)
         return (y, indices) if return_indices else y
     return _global(x, spatial_dims, pool)
 
@@ -358,6 +377,9 @@ def _make_maxent_pool(nd):
             raise TypeError(f"ceil_mode must be a bool, got {type(ceil_mode).__name__}")
         if not isinstance(lam, torch.Tensor):
             lam = torch.tensor(_checks.finite_real(lam, "lam"), dtype=x.dtype, device=x.device)
+        if _onnx_export():
+            return _decompositions.windowed_softmax_pool(x, lam.to(x.dtype), kernel, stride,
+                                                         padding, ceil_mode)
         return _maxent_pool(x, lam, kernel, stride, padding, ceil_mode)
 
     maxent_pool.__name__ = maxent_pool.__qualname__ = f"maxent_pool{nd}d"
@@ -539,26 +561,36 @@ def _set_mask(mask, x):
 def netvlad_pool(x, assign, centers, mask=None):
     """Differentiable ``npool.netvlad_pool_forward``: ``(B, M, D), (B, M, K), (D, K) ->
     (B, D * K)``; the backward reuses the forward's output and norms."""
+    if _onnx_export():
+        return _decompositions.vlad_pool(x, assign, centers, _set_mask(mask, x))
     return _netvlad_pool(x, assign, centers, _set_mask(mask, x))[0]
 
 
 def netrvlad_pool(x, assign, mask=None):
     """Differentiable ``npool.netrvlad_pool_forward``: ``(B, M, D), (B, M, K) -> (B, D * K)``."""
+    if _onnx_export():
+        return _decompositions.vlad_pool(x, assign, None, _set_mask(mask, x))
     return _netvlad_pool(x, assign, None, _set_mask(mask, x))[0]
 
 
 def netfv_pool(x, assign, mu, covar_weights, mask=None):
     """Differentiable ``npool.netfv_pool_forward``: ``-> (B, 2 * D * K)``."""
+    if _onnx_export():
+        return _decompositions.fv_pool(x, assign, mu, covar_weights, _set_mask(mask, x))
     return _netfv_pool(x, assign, mu, covar_weights, _set_mask(mask, x))
 
 
 def soft_dbow_pool(assign, mask=None):
     """Differentiable ``npool.soft_dbow_pool_forward``: ``(B, M, K) -> (B, K)``."""
+    if _onnx_export():
+        return _decompositions.dbow_pool(assign, _set_mask(mask, assign))
     return _soft_dbow_pool(assign, _set_mask(mask, assign))
 
 
 def context_gating(x, weights, biases):
     """Differentiable ``npool.context_gating_forward``: ``x * sigmoid(x W + b)``."""
+    if _onnx_export():
+        return _decompositions.gating(x, weights, biases)
     return _context_gating(x, weights, biases)
 
 
