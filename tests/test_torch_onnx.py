@@ -2,8 +2,6 @@
 module runs in onnxruntime and agrees with npool in float32. While exporting, the ops record
 their decomposition into standard PyTorch ops (max-subtracted, so the deployed model does not
 overflow where npool does not)."""
-import os
-
 import numpy as np
 import pytest
 
@@ -12,8 +10,6 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 import npool.torch as nt  # noqa: E402
-
-os.environ.setdefault("TORCH_LOGS", "")
 
 
 def run_onnx(model, args, **export):
