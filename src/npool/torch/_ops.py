@@ -673,3 +673,81 @@ _second_order(_netfv_pool_backward, lambda a: lambda x, assign, mu, covar:
 _second_order(_soft_dbow_pool_backward,
               lambda a: lambda assign: _decompositions.dbow_pool(assign, a[2]), [1])
 _second_order(_context_gating_backward, lambda a: _decompositions.gating, [1, 2, 3])
+
+
+# ------------------------------------------------------------------ vmap
+# Batching rules: a vmapped axis folds into the op's batch axis (N, or B) when only the pooled
+# tensor carries it; otherwise the rule loops over the mapped axis itself (what PyTorch's
+# fallback does, without its warning).
+def _loop(op, info, in_dims, args):
+    """op over the mapped axis, one slice at a time, stacked on axis 0."""
+    size = info.batch_size
+    outs = []
+    for i in range(size):
+        sliced = [a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)]
+        outs.append(op(*sliced))
+    if isinstance(outs[0], (tuple, list)):
+        stacked = tuple(torch.stack(parts) for parts in zip(*outs))
+        return stacked, (0,) * len(stacked)
+    return torch.stack(outs), 0
+
+
+def _folded(op, x, x_dim, batched_rank, rest):
+    """op on x with its mapped axis x_dim merged into the leading batch axis; x's other
+    arguments (rest) are not mapped. ``batched_rank``: x's rank per sample when batched (an
+    unbatched sample, one axis less, takes the mapped axis as its batch)."""
+    x = x.movedim(x_dim, 0)
+    if x.dim() == batched_rank:  # each sample unbatched: the mapped axis is the batch
+        out = op(x, *rest)
+        return out, (0,) * len(out) if isinstance(out, tuple) else 0
+    v, n = x.shape[:2]
+    out = op(x.reshape((v * n,) + tuple(x.shape[2:])), *rest)
+    unfold = lambda t: t.reshape((v, n) + tuple(t.shape[1:]))  # noqa: E731
+    if isinstance(out, tuple):
+        return tuple(unfold(t) for t in out), (0,) * len(out)
+    return unfold(out), 0
+
+
+@torch.library.register_vmap("npool::soft_pool")
+def _(info, in_dims, x, kernel_size, stride, padding, ceil_mode):
+    return _folded(_soft_pool, x, in_dims[0], len(kernel_size) + 2,
+                   (kernel_size, stride, padding, ceil_mode))
+
+
+def _global_vmap(op):
+    def rule(info, in_dims, x, *rest):
+        x = x.movedim(in_dims[0], 0)
+        return _folded(op, x, 0, -1, rest)  # (V, N, C, *spatial): always a batch to fold
+    return rule
+
+
+for _op in (_global_max_pool, _global_avg_pool, _global_lse_pool, _weldon_pool):
+    torch.library.register_vmap(_op._qualname, _global_vmap(_op))
+
+
+@torch.library.register_vmap("npool::maxent_pool")
+def _(info, in_dims, x, lam, kernel_size, stride, padding, ceil_mode):
+    return _loop(lambda x, lam: _maxent_pool(x, lam, kernel_size, stride, padding, ceil_mode),
+                 info, in_dims[:2], (x, lam))
+
+
+@torch.library.register_vmap("npool::context_gating")
+def _(info, in_dims, x, weights, biases):
+    if in_dims[1] is None and in_dims[2] is None:  # x (..., n) takes any leading axes
+        return _context_gating(x.movedim(in_dims[0], 0), weights, biases), 0
+    return _loop(_context_gating, info, in_dims, (x, weights, biases))
+
+
+@torch.library.register_vmap("npool::netvlad_pool")
+def _(info, in_dims, x, assign, centers, mask):
+    return _loop(lambda *a: _netvlad_pool(*a), info, in_dims, (x, assign, centers, mask))
+
+
+@torch.library.register_vmap("npool::netfv_pool")
+def _(info, in_dims, x, assign, mu, covar_weights, mask):
+    return _loop(_netfv_pool, info, in_dims, (x, assign, mu, covar_weights, mask))
+
+
+@torch.library.register_vmap("npool::soft_dbow_pool")
+def _(info, in_dims, assign, mask):
+    return _loop(_soft_dbow_pool, info, in_dims, (assign, mask))
