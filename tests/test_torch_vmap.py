@@ -39,3 +39,11 @@ def test_vmap_equals_mapping_by_hand_without_the_fallback(name, capfd):
     by_hand = torch.stack([function(*(a[i] for a in args)) for i in range(args[0].shape[0])])
     torch.testing.assert_close(mapped, by_hand, rtol=0, atol=0)
     assert "batching rule" not in capfd.readouterr().err
+
+
+def test_torch_func_grad_is_refused_by_pytorch():
+    """Documented as unsupported: PyTorch refuses functorch transforms of the autograd.Function
+    that register_autograd generates (use torch.autograd.grad)."""
+    x = torch.randn(1, 1, 4, 4)
+    with pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.grad(lambda t: nt.soft_pool2d(t, 2).sum())(x)
