@@ -6,6 +6,8 @@ import npool
 
 from .. import _checks
 
+_FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)  # bfloat16: ml_dtypes'
+
 _SOFT_POOL = {1: (npool.soft_pool1d_forward, npool.soft_pool1d_backward),
               2: (npool.soft_pool2d_forward, npool.soft_pool2d_backward),
               3: (npool.soft_pool3d_forward, npool.soft_pool3d_backward)}
@@ -75,8 +77,9 @@ def _first_order_only(name, inputs, *grads):
 def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
     _refuse_saved_model_export()
     x = tf.convert_to_tensor(x)
-    if x.dtype not in (tf.float16, tf.float32, tf.float64):
-        raise TypeError(f"x must have dtype float16, float32 or float64, got {x.dtype.name}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
+                        f"{x.dtype.name}")
     layout = _Layout(data_format, nd, x.shape.rank)
     window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
     args = (window.kernel, window.stride, window.padding, window.ceil_mode)
@@ -143,8 +146,9 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_d
     many spatial axes, as Keras' ``Global…Pooling2D`` layers do (batched input only)."""
     _refuse_saved_model_export()
     x = tf.convert_to_tensor(x)
-    if x.dtype not in (tf.float16, tf.float32, tf.float64):
-        raise TypeError(f"x must have dtype float16, float32 or float64, got {x.dtype.name}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
+                        f"{x.dtype.name}")
     if data_format not in DATA_FORMATS:
         raise ValueError(f"data_format must be 'channels_last' or 'channels_first', "
                          f"got {data_format!r}")
@@ -258,9 +262,12 @@ _MAXENT = {1: (npool.maxent_pool1d_forward, npool.maxent_pool1d_backward),
 def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format):
     _refuse_saved_model_export()
     x = tf.convert_to_tensor(x)
-    if x.dtype not in (tf.float16, tf.float32, tf.float64):
-        raise TypeError(f"x must have dtype float16, float32 or float64, got {x.dtype.name}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
+                        f"{x.dtype.name}")
     lam = tf.cast(tf.convert_to_tensor(lam), x.dtype)
+    if lam.shape.rank == 0:  # as (1,): tf.numpy_function cannot hand over a 0-d bfloat16
+        lam = tf.reshape(lam, [1])
     layout = _Layout(data_format, nd, x.shape.rank)
     if lam.shape.rank is None or lam.shape.rank > x.shape.rank:
         raise ValueError(f"lam of shape {lam.shape} does not broadcast to the output of x "
@@ -330,8 +337,9 @@ def _set_op(name, forward, backward, tensors, mask, out_shape, state=0):
     _refuse_saved_model_export()
     tensors = [tf.convert_to_tensor(t) for t in tensors]
     dtype = tensors[0].dtype
-    if dtype not in (tf.float16, tf.float32, tf.float64):
-        raise TypeError(f"x must have dtype float16, float32 or float64, got {dtype.name}")
+    if dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
+                        f"{dtype.name}")
     extra = [] if mask is None or mask is False else [tf.cast(mask, tf.bool)]
     n = len(tensors)
 
