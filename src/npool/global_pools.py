@@ -425,10 +425,11 @@ def weldon_pool_forward(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_
     """WELDON: ``y = mean(kmax largest) + alpha * mean(kmin smallest)`` per map.
 
     ``kmin=None`` means ``kmin = kmax``; ``kmin = 0`` drops the second term. Counts follow the
-    k rule of ``global_kmax_pool_forward`` (``rounding`` included). When the two sets overlap (``kmax + kmin > n``) a
-    cell counts in both. WILDCAT's pooling is ``0.5 * weldon_pool_forward(x, kmax, kmin,
-    alpha)``. With ``return_indices``, also the selected flat indices: those of the kmax largest,
-    then those of the kmin smallest, each in ascending order, int64 ``(N, C, kmax + kmin)``.
+    k rule of ``global_kmax_pool_forward`` (``rounding`` included). When the two sets overlap
+    (``kmax + kmin > n``) a cell counts in both. WILDCAT's pooling is
+    ``0.5 * weldon_pool_forward(x, kmax, kmin, alpha)``. With ``return_indices``, also the
+    selected flat indices: those of the kmax largest, then those of the kmin smallest, each in
+    ascending order, int64 ``(N, C, kmax + kmin)``.
     """
     keepdims, return_indices = _flags(keepdims, return_indices)
     top, bottom, alpha = _weldon_counts(x, kmax, kmin, alpha, rounding)

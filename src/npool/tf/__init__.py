@@ -27,10 +27,16 @@ from ._ops import (context_gating, global_avg_pool, global_kmax_pool, global_lse
 from ._set_layers import (ContextGating, LoupeBatchNormalization, NetFV, NetRVLAD, NetVLAD,
                           SoftDBoW, load_loupe_checkpoint)
 
-__all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool", "global_avg_pool",
-           "global_lse_pool", "global_kmax_pool", "weldon_pool", "SoftPooling1D",
-           "SoftPooling2D", "SoftPooling3D", "GlobalMaxPool", "GlobalAvgPool", "GlobalLSEPool",
-           "GlobalKMaxPool", "WeldonPool", "maxent_pool1d", "maxent_pool2d", "maxent_pool3d",
-           "MaxEntPooling2D", "netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool",
-           "context_gating", "NetVLAD", "NetRVLAD", "NetFV", "SoftDBoW", "ContextGating",
-           "LoupeBatchNormalization", "load_loupe_checkpoint", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalLSEPooling1D", "GlobalLSEPooling2D", "GlobalLSEPooling3D", "GlobalKMaxPooling1D", "GlobalKMaxPooling2D", "GlobalKMaxPooling3D", "WeldonPooling1D", "WeldonPooling2D", "WeldonPooling3D"]
+__all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool",
+           "global_avg_pool", "global_lse_pool", "global_kmax_pool", "weldon_pool",
+           "SoftPooling1D", "SoftPooling2D", "SoftPooling3D", "GlobalMaxPool",
+           "GlobalAvgPool", "GlobalLSEPool", "GlobalKMaxPool", "WeldonPool",
+           "maxent_pool1d", "maxent_pool2d", "maxent_pool3d", "MaxEntPooling2D",
+           "netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool",
+           "context_gating", "NetVLAD", "NetRVLAD", "NetFV", "SoftDBoW",
+           "ContextGating", "LoupeBatchNormalization", "load_loupe_checkpoint",
+           "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+           "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+           "GlobalLSEPooling1D", "GlobalLSEPooling2D", "GlobalLSEPooling3D",
+           "GlobalKMaxPooling1D", "GlobalKMaxPooling2D", "GlobalKMaxPooling3D",
+           "WeldonPooling1D", "WeldonPooling2D", "WeldonPooling3D"]

@@ -27,10 +27,15 @@ from ._ops import (context_gating, global_avg_pool, global_kmax_pool, global_lse
 from ._set_layers import (ContextGating, MaskedBatchNorm1d, NetFV, NetRVLAD, NetVLAD,
                           SoftDBoW, load_loupe_checkpoint)
 
-__all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool", "global_avg_pool",
-           "global_lse_pool", "global_kmax_pool", "weldon_pool", "SoftPool1d", "SoftPool2d",
-           "SoftPool3d", "GlobalMaxPool", "GlobalAvgPool", "GlobalLSEPool", "GlobalKMaxPool",
-           "WeldonPool", "maxent_pool1d", "maxent_pool2d", "maxent_pool3d", "MaxEntPool2d",
-           "netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool", "context_gating",
-           "NetVLAD", "NetRVLAD", "NetFV", "SoftDBoW", "ContextGating", "MaskedBatchNorm1d",
-           "load_loupe_checkpoint", "GlobalMaxPool1d", "GlobalMaxPool2d", "GlobalMaxPool3d", "GlobalAvgPool1d", "GlobalAvgPool2d", "GlobalAvgPool3d", "GlobalLSEPool1d", "GlobalLSEPool2d", "GlobalLSEPool3d", "GlobalKMaxPool1d", "GlobalKMaxPool2d", "GlobalKMaxPool3d", "WeldonPool1d", "WeldonPool2d", "WeldonPool3d"]
+__all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool",
+           "global_avg_pool", "global_lse_pool", "global_kmax_pool", "weldon_pool",
+           "SoftPool1d", "SoftPool2d", "SoftPool3d", "GlobalMaxPool", "GlobalAvgPool",
+           "GlobalLSEPool", "GlobalKMaxPool", "WeldonPool", "maxent_pool1d",
+           "maxent_pool2d", "maxent_pool3d", "MaxEntPool2d", "netvlad_pool",
+           "netrvlad_pool", "netfv_pool", "soft_dbow_pool", "context_gating", "NetVLAD",
+           "NetRVLAD", "NetFV", "SoftDBoW", "ContextGating", "MaskedBatchNorm1d",
+           "load_loupe_checkpoint", "GlobalMaxPool1d", "GlobalMaxPool2d",
+           "GlobalMaxPool3d", "GlobalAvgPool1d", "GlobalAvgPool2d", "GlobalAvgPool3d",
+           "GlobalLSEPool1d", "GlobalLSEPool2d", "GlobalLSEPool3d", "GlobalKMaxPool1d",
+           "GlobalKMaxPool2d", "GlobalKMaxPool3d", "WeldonPool1d", "WeldonPool2d",
+           "WeldonPool3d"]

@@ -40,19 +40,100 @@ class _SoftPoolNd(torch.nn.Module):
 
 
 class SoftPool1d(_SoftPoolNd):
-    """SoftPool over 1 spatial axis: ``y_o = sum_i softmax(x over window o)_i x_i``."""
+    r"""SoftPool over 1 spatial axis (Stergiou et al., ICCV 2021): each output is the
+    softmax-weighted mean of its window's real cells,
+    ``y_o = sum_i w_i x_i`` with ``w = softmax(x over window o)``. The constructor is
+    ``nn.MaxPool1d``'s.
+
+    Args:
+        kernel_size: the window size, an int or a tuple of 1 ints.
+        stride: the window step (default ``kernel_size``).
+        padding: implicit padding on both sides, at most half the kernel; padded cells are
+            left out of the windows (not zeros). Default 0.
+        dilation: must be 1 (accepted for drop-in compatibility).
+        return_indices: must be False (SoftPool selects no single cell).
+        ceil_mode: PyTorch's ceil rule for the output size. Default False.
+
+    Shape:
+        - Input: ``(N, C, L)`` or ``(C, L)``, float16/bfloat16/float32/float64, CPU or CUDA
+          (bfloat16 on the CPU), contiguous or channels-last.
+        - Output: ``(N, C, *out)`` or ``(C, *out)`` in x's memory layout, each ``out`` as
+          ``nn.MaxPool1d``'s: ``floor((L + 2 padding - kernel [+ stride - 1]) / stride) + 1``.
+
+    Examples::
+
+        >>> pool = nt.SoftPool1d(2)
+        >>> pool(torch.randn(1, 3, 8)).shape
+        torch.Size([1, 3, 4])
+        >>> pool
+        SoftPool1d(kernel_size=2, stride=2, padding=0, ceil_mode=False)
+    """
     _nd = 1
     _function = staticmethod(soft_pool1d)
 
 
 class SoftPool2d(_SoftPoolNd):
-    """SoftPool over 2 spatial axes: ``y_o = sum_i softmax(x over window o)_i x_i``."""
+    r"""SoftPool over 2 spatial axes (Stergiou et al., ICCV 2021): each output is the
+    softmax-weighted mean of its window's real cells,
+    ``y_o = sum_i w_i x_i`` with ``w = softmax(x over window o)``. The constructor is
+    ``nn.MaxPool2d``'s.
+
+    Args:
+        kernel_size: the window size, an int or a tuple of 2 ints.
+        stride: the window step (default ``kernel_size``).
+        padding: implicit padding on both sides, at most half the kernel; padded cells are
+            left out of the windows (not zeros). Default 0.
+        dilation: must be 1 (accepted for drop-in compatibility).
+        return_indices: must be False (SoftPool selects no single cell).
+        ceil_mode: PyTorch's ceil rule for the output size. Default False.
+
+    Shape:
+        - Input: ``(N, C, H, W)`` or ``(C, H, W)``, float16/bfloat16/float32/float64, CPU or CUDA
+          (bfloat16 on the CPU), contiguous or channels-last.
+        - Output: ``(N, C, *out)`` or ``(C, *out)`` in x's memory layout, each ``out`` as
+          ``nn.MaxPool2d``'s: ``floor((L + 2 padding - kernel [+ stride - 1]) / stride) + 1``.
+
+    Examples::
+
+        >>> pool = nt.SoftPool2d(2)
+        >>> pool(torch.randn(1, 3, 8, 8)).shape
+        torch.Size([1, 3, 4, 4])
+        >>> pool
+        SoftPool2d(kernel_size=2, stride=2, padding=0, ceil_mode=False)
+    """
     _nd = 2
     _function = staticmethod(soft_pool2d)
 
 
 class SoftPool3d(_SoftPoolNd):
-    """SoftPool over 3 spatial axes: ``y_o = sum_i softmax(x over window o)_i x_i``."""
+    r"""SoftPool over 3 spatial axes (Stergiou et al., ICCV 2021): each output is the
+    softmax-weighted mean of its window's real cells,
+    ``y_o = sum_i w_i x_i`` with ``w = softmax(x over window o)``. The constructor is
+    ``nn.MaxPool3d``'s.
+
+    Args:
+        kernel_size: the window size, an int or a tuple of 3 ints.
+        stride: the window step (default ``kernel_size``).
+        padding: implicit padding on both sides, at most half the kernel; padded cells are
+            left out of the windows (not zeros). Default 0.
+        dilation: must be 1 (accepted for drop-in compatibility).
+        return_indices: must be False (SoftPool selects no single cell).
+        ceil_mode: PyTorch's ceil rule for the output size. Default False.
+
+    Shape:
+        - Input: ``(N, C, D, H, W)`` or ``(C, D, H, W)``, float16/bfloat16/float32/float64,
+          CPU or CUDA (bfloat16 on the CPU), contiguous or channels-last.
+        - Output: ``(N, C, *out)`` or ``(C, *out)`` in x's memory layout, each ``out`` as
+          ``nn.MaxPool3d``'s: ``floor((L + 2 padding - kernel [+ stride - 1]) / stride) + 1``.
+
+    Examples::
+
+        >>> pool = nt.SoftPool3d(2)
+        >>> pool(torch.randn(1, 3, 4, 8, 8)).shape
+        torch.Size([1, 3, 2, 4, 4])
+        >>> pool
+        SoftPool3d(kernel_size=2, stride=2, padding=0, ceil_mode=False)
+    """
     _nd = 3
     _function = staticmethod(soft_pool3d)
 
@@ -64,6 +145,69 @@ def _fixed_rank(cls, spatial_dims):
         raise ValueError(f"{cls.__name__} pools over {cls.spatial_dims} spatial axes, "
                          f"spatial_dims={spatial_dims} contradicts it")
     return cls.spatial_dims if cls.spatial_dims is not None else spatial_dims
+
+
+_GLOBAL_ARGS = {
+    "GlobalMaxPool": ("``y = max x`` over the spatial cells of each (sample, channel) map; ties "
+                      "go to the lowest flat index.", "", "GlobalMaxPool()", ""),
+    "GlobalAvgPool": ("``y = mean x`` over the spatial cells of each map.", "",
+                      "GlobalAvgPool()", ""),
+    "GlobalLSEPool": ("``y = (1/beta) log(mean exp(beta x))`` over the spatial cells of each "
+                      "map: the mean at ``beta = 0``, the max as ``beta -> inf``.",
+                      "        beta: any finite number. Default 1.\n", "GlobalLSEPool(2.0)",
+                      "beta=2.0, "),
+    "GlobalKMaxPool": ("The mean of the k largest cells of each map.",
+                       "        k: an int count (clipped to the map) or a float fraction in "
+                       "(0, 1] of the cells. Default 1.\n"
+                       "        rounding: ``\"floor\"`` (default) or ``\"round\"`` (WILDCAT's) "
+                       "for fractions.\n", "GlobalKMaxPool(3)", "k=3, "),
+    "WeldonPool": ("WELDON: ``mean(kmax largest) + alpha mean(kmin smallest)`` of each map "
+                   "(WILDCAT's pooling is half of it).",
+                   "        kmax: a count or a fraction, as GlobalKMaxPool's k. Default 1.\n"
+                   "        kmin: the same, 0 drops the second term; None (default) is kmax.\n"
+                   "        alpha: the weight of the smallest cells. Default 1.\n"
+                   "        rounding: as GlobalKMaxPool's.\n", "WeldonPool(3, 2)",
+                   "kmax=3, kmin=2, alpha=1.0, "),
+}
+
+
+def _global_doc(name, nd=None):
+    """The PyTorch-style docstring of a global pool module (``nd``: its fixed rank)."""
+    summary, args, example, shown = _GLOBAL_ARGS[name]
+    cls = name if nd is None else f"{name}{nd}d"
+    spatial = "*spatial" if nd is None else ", ".join(["L"] if nd == 1 else
+                                                      ["H", "W"] if nd == 2 else ["D", "H", "W"])
+    batched, unbatched = f"(N, C, {spatial})", f"(C, {spatial})"
+    x = "(2, 3, 5, 4)" if nd in (None, 2) else "(2, 3, 5)" if nd == 1 else "(2, 3, 2, 5, 4)"
+    rank = ("the input is read as ``(N, C, *spatial)`` with any number of spatial axes; "
+            "``spatial_dims`` fixes it (then an unbatched ``(C, *spatial)`` is taken too)"
+            if nd is None else f"batched ``{batched}`` or unbatched ``{unbatched}``, as "
+            f"``nn.AdaptiveMaxPool{nd}d(1)`` takes; other ranks are a ValueError")
+    rank_arg = "" if nd is not None else (
+        "        spatial_dims: None (default) or the number of spatial axes.\n")
+    extra = "" if nd is not None else ", spatial_dims=2"
+    return f"""{summary}
+
+    Args:
+{args}        keepdims: keep the pooled axes as size 1 (``(N, C, 1, ...)``). Default False.
+{rank_arg}
+    Shape:
+        - Input: {rank}; float16/bfloat16/float32/float64, CPU or CUDA.
+        - Output: ``(N, C)``, or ``(N, C, 1, ...)`` with ``keepdims`` (unbatched: ``(C,)``).
+
+    Examples::
+
+        >>> pool = nt.{cls}({example.split("(", 1)[1]}
+        >>> pool(torch.randn{x}).shape
+        torch.Size([2, 3])
+        >>> pool
+        {cls}({shown}keepdims=False)
+    """
+
+
+def _ranked_doc(base, nd):
+    return _global_doc(base.__name__, nd)
+
 
 
 class _GlobalPool(torch.nn.Module):
@@ -97,17 +241,17 @@ class _GlobalPool(torch.nn.Module):
 
 
 class GlobalMaxPool(_GlobalPool):
-    """``y = max x`` over all spatial cells of each (sample, channel) map."""
+    __doc__ = _global_doc('GlobalMaxPool')
     _function = staticmethod(global_max_pool)
 
 
 class GlobalAvgPool(_GlobalPool):
-    """``y = mean x`` over all spatial cells of each map."""
+    __doc__ = _global_doc('GlobalAvgPool')
     _function = staticmethod(global_avg_pool)
 
 
 class GlobalLSEPool(_GlobalPool):
-    """``y = (1/beta) log(mean exp(beta x))`` over all spatial cells of each map."""
+    __doc__ = _global_doc('GlobalLSEPool')
     _function = staticmethod(global_lse_pool)
     _options = ("beta",)
 
@@ -117,8 +261,7 @@ class GlobalLSEPool(_GlobalPool):
 
 
 class GlobalKMaxPool(_GlobalPool):
-    """The mean of the k largest cells of each map (k: a count or a fraction in (0, 1] of the
-    cells, floored, or rounded half to even with ``rounding="round"`` as WILDCAT)."""
+    __doc__ = _global_doc('GlobalKMaxPool')
     _function = staticmethod(global_kmax_pool)
     _options = ("k", "rounding")
 
@@ -129,9 +272,7 @@ class GlobalKMaxPool(_GlobalPool):
 
 
 class WeldonPool(_GlobalPool):
-    """WELDON: mean of the kmax largest + alpha * mean of the kmin smallest cells of each map
-    (``kmin=None``: kmin = kmax, as both originals' code). WILDCAT's pooling is half of it
-    (``npool.torch.compat.WildcatPool2d`` has WILDCAT's exact conventions)."""
+    __doc__ = _global_doc('WeldonPool')
     _function = staticmethod(weldon_pool)
     _options = ("kmax", "kmin", "alpha", "rounding")
 
@@ -144,95 +285,112 @@ class WeldonPool(_GlobalPool):
 
 
 class GlobalMaxPool1d(GlobalMaxPool):
-    """``GlobalMaxPool`` over 1 spatial axis: (N, C, L) or (C, L)."""
+    __doc__ = _ranked_doc(GlobalMaxPool, 1)
     spatial_dims = 1
 
 
 class GlobalMaxPool2d(GlobalMaxPool):
-    """``GlobalMaxPool`` over 2 spatial axises: (N, C, H, W) or (C, H, W)."""
+    __doc__ = _ranked_doc(GlobalMaxPool, 2)
     spatial_dims = 2
 
 
 class GlobalMaxPool3d(GlobalMaxPool):
-    """``GlobalMaxPool`` over 3 spatial axises: (N, C, D, H, W) or (C, D, H, W)."""
+    __doc__ = _ranked_doc(GlobalMaxPool, 3)
     spatial_dims = 3
 
 
 class GlobalAvgPool1d(GlobalAvgPool):
-    """``GlobalAvgPool`` over 1 spatial axis: (N, C, L) or (C, L)."""
+    __doc__ = _ranked_doc(GlobalAvgPool, 1)
     spatial_dims = 1
 
 
 class GlobalAvgPool2d(GlobalAvgPool):
-    """``GlobalAvgPool`` over 2 spatial axises: (N, C, H, W) or (C, H, W)."""
+    __doc__ = _ranked_doc(GlobalAvgPool, 2)
     spatial_dims = 2
 
 
 class GlobalAvgPool3d(GlobalAvgPool):
-    """``GlobalAvgPool`` over 3 spatial axises: (N, C, D, H, W) or (C, D, H, W)."""
+    __doc__ = _ranked_doc(GlobalAvgPool, 3)
     spatial_dims = 3
 
 
 class GlobalLSEPool1d(GlobalLSEPool):
-    """``GlobalLSEPool`` over 1 spatial axis: (N, C, L) or (C, L)."""
+    __doc__ = _ranked_doc(GlobalLSEPool, 1)
     spatial_dims = 1
 
 
 class GlobalLSEPool2d(GlobalLSEPool):
-    """``GlobalLSEPool`` over 2 spatial axises: (N, C, H, W) or (C, H, W)."""
+    __doc__ = _ranked_doc(GlobalLSEPool, 2)
     spatial_dims = 2
 
 
 class GlobalLSEPool3d(GlobalLSEPool):
-    """``GlobalLSEPool`` over 3 spatial axises: (N, C, D, H, W) or (C, D, H, W)."""
+    __doc__ = _ranked_doc(GlobalLSEPool, 3)
     spatial_dims = 3
 
 
 class GlobalKMaxPool1d(GlobalKMaxPool):
-    """``GlobalKMaxPool`` over 1 spatial axis: (N, C, L) or (C, L)."""
+    __doc__ = _ranked_doc(GlobalKMaxPool, 1)
     spatial_dims = 1
 
 
 class GlobalKMaxPool2d(GlobalKMaxPool):
-    """``GlobalKMaxPool`` over 2 spatial axises: (N, C, H, W) or (C, H, W)."""
+    __doc__ = _ranked_doc(GlobalKMaxPool, 2)
     spatial_dims = 2
 
 
 class GlobalKMaxPool3d(GlobalKMaxPool):
-    """``GlobalKMaxPool`` over 3 spatial axises: (N, C, D, H, W) or (C, D, H, W)."""
+    __doc__ = _ranked_doc(GlobalKMaxPool, 3)
     spatial_dims = 3
 
 
 class WeldonPool1d(WeldonPool):
-    """``WeldonPool`` over 1 spatial axis: (N, C, L) or (C, L)."""
+    __doc__ = _ranked_doc(WeldonPool, 1)
     spatial_dims = 1
 
 
 class WeldonPool2d(WeldonPool):
-    """``WeldonPool`` over 2 spatial axises: (N, C, H, W) or (C, H, W)."""
+    __doc__ = _ranked_doc(WeldonPool, 2)
     spatial_dims = 2
 
 
 class WeldonPool3d(WeldonPool):
-    """``WeldonPool`` over 3 spatial axises: (N, C, D, H, W) or (C, D, H, W)."""
+    __doc__ = _ranked_doc(WeldonPool, 3)
     spatial_dims = 3
 
 
 class MaxEntPool2d(torch.nn.Module):
-    """Max-Entropy pooling (Kobayashi, ICCV 2019) with its temperature ``lam``:
+    r"""Max-Entropy pooling (Kobayashi, ICCV 2019): SoftPool with a temperature,
+    ``y_o = sum_i softmax(lam_o x over window o)_i x_i``; ``lam = 0`` is the average of the
+    real cells, ``lam -> inf`` the max, ``lam < 0`` a soft minimum.
 
-    - ``"gfgp"`` (default): the Global-Feature-Guided parameter branch, GAP -> 1x1 conv
-      (num_features -> hidden, bias) -> BatchNorm -> ReLU -> 1x1 conv (hidden -> num_features,
-      bias) -> BatchNorm -> sigmoid (or softplus), giving lam per sample and channel;
-      ``hidden`` defaults to ``num_features // 2``;
-    - ``"channel"``: a learnable temperature per channel, starting at 1 (SoftPool);
-    - a number: a fixed temperature.
+    Args:
+        num_features: the channels C.
+        kernel_size, stride, padding, ceil_mode: the window, as ``nn.MaxPool2d``'s (padded
+            cells are left out of the windows).
+        lam: ``"gfgp"`` (default): the Global-Feature-Guided branch, GAP -> 1x1 conv (C ->
+            hidden, bias) -> BatchNorm -> ReLU -> 1x1 conv (-> C, bias) -> BatchNorm ->
+            sigmoid/softplus, lam per sample and channel; ``"channel"``: a learnable
+            temperature per channel starting at 1; a number: a fixed temperature.
+        activation: ``"sigmoid"`` (default) or ``"softplus"``, the branch's last step.
+        hidden: the branch's width, default ``num_features // 2``.
 
-    The window arguments are those of ``nn.MaxPool2d``. The gradient reaches x through the pool
-    and through the branch. The branch's parameters are ``branch.{1,2,4,5}.*``; a state_dict
-    of GFGP's original ``MaxEntPoolingCuda2d`` (``ToParam.*``, the same modules in the same
-    order) loads as it is (``npool.torch.compat.MaxEntPoolingCuda2d`` keeps the original's
-    names and arguments).
+    Shape:
+        - Input: ``(N, C, H, W)`` (``(C, H, W)`` with a fixed or per-channel lam).
+        - Output: ``(N, C, H_out, W_out)`` as ``nn.MaxPool2d``'s, in x's memory layout.
+
+    The gradient reaches x through the pool and through the branch. GFGP's original
+    state_dicts (``ToParam.*``) load; ``npool.torch.compat.MaxEntPoolingCuda2d`` has GFGP's
+    own constructor.
+
+    Examples::
+
+        >>> pool = nt.MaxEntPool2d(16, kernel_size=3, stride=2, padding=1)
+        >>> pool(torch.randn(4, 16, 32, 32)).shape
+        torch.Size([4, 16, 16, 16])
+        >>> nt.MaxEntPool2d(16, 2, lam=0.5)
+        MaxEntPool2d(num_features=16, kernel_size=2, stride=None, padding=0,
+                     ceil_mode=False, lam=0.5)
     """
 
     _branch_name = "branch"  # the name of the GFGP branch in state_dicts
@@ -248,6 +406,7 @@ class MaxEntPool2d(torch.nn.Module):
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode = ceil_mode
         self.mode = lam if isinstance(lam, str) else "fixed"
+        self.activation, self.hidden = activation, hidden
         if lam == "gfgp":
             hidden = hidden or max(1, num_features // 2)
             setattr(self, self._branch_name, torch.nn.Sequential(
@@ -273,9 +432,12 @@ class MaxEntPool2d(torch.nn.Module):
                              self.padding, self.ceil_mode)
 
     def extra_repr(self):
-        return (f"num_features={self.num_features}, kernel_size={self.kernel_size}, "
+        text = (f"num_features={self.num_features}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}, "
-                f"lam={self.mode!r}")
+                f"lam={self.mode if self.mode != 'fixed' else float(self.lam)!r}")
+        if self.mode == "gfgp":
+            text += f", activation={self.activation!r}, hidden={self.hidden}"
+        return text
 
 
 def _rename_branch(module, state_dict, prefix, *_):

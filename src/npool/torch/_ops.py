@@ -101,11 +101,24 @@ def _make_soft_pool(nd):
         return _soft_pool(x, kernel, stride, padding, ceil_mode)
 
     soft_pool.__name__ = soft_pool.__qualname__ = f"soft_pool{nd}d"
-    soft_pool.__doc__ = f"""SoftPool over {nd} spatial axes, differentiable (npool.soft_pool{nd}d_forward).
+    example = {1: ("(1, 3, 8)", "[1, 3, 4]"), 2: ("(1, 3, 8, 8)", "[1, 3, 4, 4]"),
+               3: ("(1, 3, 4, 8, 8)", "[1, 3, 2, 4, 4]")}[nd]
+    soft_pool.__doc__ = f"""SoftPool over {nd} spatial axes, differentiable (twice):
+    ``y_o = sum_i softmax(x over window o)_i x_i`` (npool.soft_pool{nd}d_forward).
 
-    ``x``: a CPU or CUDA tensor ``(N, C, *{nd} spatial)`` or ``(C, *spatial)``, float16/32/64;
-    the arguments and output size are those of ``torch.nn.functional.max_pool{nd}d`` (padded
-    cells are left out of the windows). The output keeps x's memory layout.
+    Args:
+        x: a CPU or CUDA tensor, float16/bfloat16/float32/float64 (bfloat16 on the CPU).
+        kernel_size, stride, padding, ceil_mode: as ``torch.nn.functional.max_pool{nd}d``'s;
+            padded cells are left out of the windows.
+
+    Shape:
+        - Input: ``(N, C, *{nd} spatial)`` or ``(C, *spatial)``, contiguous or channels-last.
+        - Output: ``(N, C, *out)`` (``max_pool{nd}d``'s sizes) in x's memory layout.
+
+    Examples::
+
+        >>> nt.soft_pool{nd}d(torch.randn{example[0]}, kernel_size=2).shape
+        torch.Size({example[1]})
     """
     return soft_pool
 
@@ -263,11 +276,28 @@ def _global(x, spatial_dims, pool):
 
 
 def global_max_pool(x, keepdims=False, return_indices=False, spatial_dims=None):
-    """Differentiable ``npool.global_max_pool_forward`` on a CPU or CUDA tensor.
+    """``y = max x`` over the spatial cells of each map (npool.global_max_pool_forward);
+    ties go to the lowest flat index.
 
-    ``spatial_dims=None`` reads x as (N, C, *spatial) with any number of spatial axes; an int
-    makes the rank explicit and also takes an unbatched (C, *spatial) x, as
-    ``nn.AdaptiveMaxPool{1,2,3}d`` do (the same for every global pool below)."""
+    Args:
+        x: a CPU or CUDA tensor, float16/bfloat16/float32/float64.
+        keepdims: keep the pooled axes as size 1. Default False.
+        return_indices: also return the flat index of each maximum (int64, y's shape).
+        spatial_dims: None (any number of spatial axes) or the number of spatial axes, which
+            also allows an unbatched input (the same for every global pool here).
+
+    Shape:
+        - Input: ``(N, C, *spatial)``; with ``spatial_dims`` exactly that many spatial axes,
+          batched or unbatched ``(C, *spatial)`` (as ``nn.AdaptiveMaxPool2d`` takes).
+        - Output: ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims`` (unbatched: ``(C,)``).
+
+    Examples::
+
+        >>> nt.global_max_pool(torch.randn(2, 3, 5, 4)).shape
+        torch.Size([2, 3])
+        >>> nt.global_max_pool(torch.randn(3, 5, 4), spatial_dims=2).shape
+        torch.Size([3])
+    """
     def pool(x):
         if _onnx_export():
             y, indices = _decompositions.select_pool(x, 1, 0, 0.0, keepdims)
@@ -279,14 +309,44 @@ def global_max_pool(x, keepdims=False, return_indices=False, spatial_dims=None):
 
 
 def global_avg_pool(x, keepdims=False, spatial_dims=None):
-    """Differentiable ``npool.global_avg_pool_forward``."""
+    """``y = mean x`` over the spatial cells of each map (npool.global_avg_pool_forward).
+
+    Args:
+        x, keepdims, spatial_dims: as ``global_max_pool``'s.
+
+    Shape:
+        - Input: ``(N, C, *spatial)``; with ``spatial_dims`` exactly that many spatial axes,
+          batched or unbatched ``(C, *spatial)`` (as ``nn.AdaptiveMaxPool2d`` takes).
+        - Output: ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims`` (unbatched: ``(C,)``).
+
+    Examples::
+
+        >>> nt.global_avg_pool(torch.randn(2, 3, 5, 4), keepdims=True).shape
+        torch.Size([2, 3, 1, 1])
+    """
     if _onnx_export():
         return _global(x, spatial_dims, lambda x: _decompositions.avg_pool(x, keepdims))
     return _global(x, spatial_dims, lambda x: _global_avg_pool(x, keepdims))
 
 
 def global_lse_pool(x, beta=1.0, keepdims=False, spatial_dims=None):
-    """Differentiable ``npool.global_lse_pool_forward``."""
+    """``y = (1/beta) log(mean exp(beta x))`` over each map (npool.global_lse_pool_forward):
+    the mean at beta = 0, the max as beta -> inf.
+
+    Args:
+        x, keepdims, spatial_dims: as ``global_max_pool``'s.
+        beta: any finite number. Default 1.
+
+    Shape:
+        - Input: ``(N, C, *spatial)``; with ``spatial_dims`` exactly that many spatial axes,
+          batched or unbatched ``(C, *spatial)`` (as ``nn.AdaptiveMaxPool2d`` takes).
+        - Output: ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims`` (unbatched: ``(C,)``).
+
+    Examples::
+
+        >>> nt.global_lse_pool(torch.randn(2, 3, 5, 4), beta=2.0).shape
+        torch.Size([2, 3])
+    """
     beta = _checks.finite_real(beta, "beta")
     if _onnx_export():
         return _global(x, spatial_dims, lambda x: _decompositions.lse_pool(x, beta, keepdims))
@@ -295,7 +355,25 @@ def global_lse_pool(x, beta=1.0, keepdims=False, spatial_dims=None):
 
 def global_kmax_pool(x, k=1, keepdims=False, return_indices=False, rounding="floor",
                      spatial_dims=None):
-    """Differentiable ``npool.global_kmax_pool_forward`` (k: a count or a fraction)."""
+    """The mean of the k largest cells of each map (npool.global_kmax_pool_forward).
+
+    Args:
+        x, keepdims, spatial_dims: as ``global_max_pool``'s.
+        k: an int count (clipped to the map) or a float fraction in (0, 1] of the cells.
+        return_indices: also return the selected flat indices (int64, (N, C, k), ascending).
+        rounding: ``"floor"`` (default, ``max(1, floor(k n + 1e-6))``) or ``"round"``
+            (WILDCAT's ``round(k n)``, half to even, at least 1) for fractions.
+
+    Shape:
+        - Input: ``(N, C, *spatial)``; with ``spatial_dims`` exactly that many spatial axes,
+          batched or unbatched ``(C, *spatial)`` (as ``nn.AdaptiveMaxPool2d`` takes).
+        - Output: ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims`` (unbatched: ``(C,)``).
+
+    Examples::
+
+        >>> nt.global_kmax_pool(torch.randn(2, 3, 7, 7), k=0.1).shape
+        torch.Size([2, 3])
+    """
     def pool(x):
         count = _checks.k_count(k, _spatial_cells(x), "k", rounding=rounding)
         select = _decompositions.select_pool if _onnx_export() else _weldon_pool
@@ -306,8 +384,28 @@ def global_kmax_pool(x, k=1, keepdims=False, return_indices=False, rounding="flo
 
 def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_indices=False,
                 rounding="floor", spatial_dims=None):
-    """Differentiable ``npool.weldon_pool_forward``; WILDCAT is ``0.5 * weldon_pool(...)`` (see
-    ``npool.torch.compat.WildcatPool2d`` for WILDCAT's exact conventions)."""
+    """WELDON (npool.weldon_pool_forward): ``mean(kmax largest) + alpha mean(kmin
+    smallest)`` per map; WILDCAT is ``0.5 * weldon_pool(...)`` (see
+    ``npool.torch.compat.WildcatPool2d`` for WILDCAT's exact conventions).
+
+    Args:
+        x, keepdims, spatial_dims: as ``global_max_pool``'s.
+        kmax, kmin: counts or fractions as ``global_kmax_pool``'s k; kmin=None is kmax,
+            kmin=0 drops the second term.
+        alpha: the weight of the smallest cells. Default 1.
+        return_indices: also return the selected flat indices (top set, then bottom set).
+        rounding: as ``global_kmax_pool``'s.
+
+    Shape:
+        - Input: ``(N, C, *spatial)``; with ``spatial_dims`` exactly that many spatial axes,
+          batched or unbatched ``(C, *spatial)`` (as ``nn.AdaptiveMaxPool2d`` takes).
+        - Output: ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims`` (unbatched: ``(C,)``).
+
+    Examples::
+
+        >>> nt.weldon_pool(torch.randn(2, 3, 7, 7), kmax=3, kmin=3, alpha=0.7).shape
+        torch.Size([2, 3])
+    """
     alpha = _checks.finite_real(alpha, "alpha")
 
     def pool(x):
@@ -383,11 +481,26 @@ def _make_maxent_pool(nd):
         return _maxent_pool(x, lam, kernel, stride, padding, ceil_mode)
 
     maxent_pool.__name__ = maxent_pool.__qualname__ = f"maxent_pool{nd}d"
-    maxent_pool.__doc__ = f"""Max-Entropy pooling over {nd} spatial axes, differentiable in x and
-    lam (npool.maxent_pool{nd}d_forward): ``y_o = sum_i softmax(lam_o x over window o)_i x_i``.
+    example = {1: ("(1, 3, 8)", "[1, 3, 4]"), 2: ("(1, 3, 8, 8)", "[1, 3, 4, 4]"),
+               3: ("(1, 3, 4, 8, 8)", "[1, 3, 2, 4, 4]")}[nd]
+    maxent_pool.__doc__ = f"""Max-Entropy pooling over {nd} spatial axes, differentiable (twice) in
+    x and lam: ``y_o = sum_i softmax(lam_o x over window o)_i x_i``
+    (npool.maxent_pool{nd}d_forward).
 
-    ``lam``: a number or a tensor broadcastable to the output (N, C, *out), e.g. (N, C, 1, ...)
-    from a GFGP branch; its gradient is summed to its own shape.
+    Args:
+        x: as ``soft_pool{nd}d``'s.
+        lam: a number or a tensor broadcastable to the output, e.g. (N, C, 1, ...) from a GFGP
+            branch; its gradient is summed to its own shape.
+        kernel_size, stride, padding, ceil_mode: as ``torch.nn.functional.max_pool{nd}d``'s.
+
+    Shape:
+        - Input: ``(N, C, *{nd} spatial)`` or ``(C, *spatial)``; lam broadcastable to the output.
+        - Output: ``(N, C, *out)`` in x's memory layout.
+
+    Examples::
+
+        >>> nt.maxent_pool{nd}d(torch.randn{example[0]}, 0.5, kernel_size=2).shape
+        torch.Size({example[1]})
     """
     return maxent_pool
 
@@ -559,36 +672,105 @@ def _set_mask(mask, x):
 
 
 def netvlad_pool(x, assign, centers, mask=None):
-    """Differentiable ``npool.netvlad_pool_forward``: ``(B, M, D), (B, M, K), (D, K) ->
-    (B, D * K)``; the backward reuses the forward's output and norms."""
+    """NetVLAD (npool.netvlad_pool_forward), differentiable (twice) in x, assign and
+    centers: ``V[d, k] = sum_m a[m, k] (x[m, d] - c[d, k])``, l2n over d, flattened D-major,
+    l2n.
+
+    Args:
+        x: (B, M, D) features; assign: (B, M, K) soft assignments; centers: (D, K).
+        mask: (B, M) bools (True: a real sample) or None.
+
+    Shape:
+        - Output: ``(B, D * K)``.
+
+    Examples::
+
+        >>> x, a = torch.randn(2, 5, 4), torch.softmax(torch.randn(2, 5, 3), -1)
+        >>> nt.netvlad_pool(x, a, torch.randn(4, 3)).shape
+        torch.Size([2, 12])
+    """
     if _onnx_export():
         return _decompositions.vlad_pool(x, assign, centers, _set_mask(mask, x))
     return _netvlad_pool(x, assign, centers, _set_mask(mask, x))[0]
 
 
 def netrvlad_pool(x, assign, mask=None):
-    """Differentiable ``npool.netrvlad_pool_forward``: ``(B, M, D), (B, M, K) -> (B, D * K)``."""
+    """NetRVLAD (npool.netrvlad_pool_forward): NetVLAD without centroids.
+
+    Args:
+        x, assign, mask: as ``netvlad_pool``'s.
+
+    Shape:
+        - Output: ``(B, D * K)``.
+
+    Examples::
+
+        >>> x, a = torch.randn(2, 5, 4), torch.softmax(torch.randn(2, 5, 3), -1)
+        >>> nt.netrvlad_pool(x, a).shape
+        torch.Size([2, 12])
+    """
     if _onnx_export():
         return _decompositions.vlad_pool(x, assign, None, _set_mask(mask, x))
     return _netvlad_pool(x, assign, None, _set_mask(mask, x))[0]
 
 
 def netfv_pool(x, assign, mu, covar_weights, mask=None):
-    """Differentiable ``npool.netfv_pool_forward``: ``-> (B, 2 * D * K)``."""
+    """NetFV (npool.netfv_pool_forward): first- and second-order statistics, each l2n'd,
+    concatenated; sigma = covar_weights^2 + 1e-6.
+
+    Args:
+        x, assign, mask: as ``netvlad_pool``'s; mu, covar_weights: (D, K).
+
+    Shape:
+        - Output: ``(B, 2 * D * K)``.
+
+    Examples::
+
+        >>> x, a = torch.randn(2, 5, 4), torch.softmax(torch.randn(2, 5, 3), -1)
+        >>> nt.netfv_pool(x, a, torch.randn(4, 3), torch.ones(4, 3)).shape
+        torch.Size([2, 24])
+    """
     if _onnx_export():
         return _decompositions.fv_pool(x, assign, mu, covar_weights, _set_mask(mask, x))
     return _netfv_pool(x, assign, mu, covar_weights, _set_mask(mask, x))
 
 
 def soft_dbow_pool(assign, mask=None):
-    """Differentiable ``npool.soft_dbow_pool_forward``: ``(B, M, K) -> (B, K)``."""
+    """Soft-DBoW (npool.soft_dbow_pool_forward): ``l2n(sum_m assign)``.
+
+    Args:
+        assign: (B, M, K); mask: (B, M) bools or None.
+
+    Shape:
+        - Output: ``(B, K)``.
+
+    Examples::
+
+        >>> x, a = torch.randn(2, 5, 4), torch.softmax(torch.randn(2, 5, 3), -1)
+        >>> nt.soft_dbow_pool(a).shape
+        torch.Size([2, 3])
+    """
     if _onnx_export():
         return _decompositions.dbow_pool(assign, _set_mask(mask, assign))
     return _soft_dbow_pool(assign, _set_mask(mask, assign))
 
 
 def context_gating(x, weights, biases):
-    """Differentiable ``npool.context_gating_forward``: ``x * sigmoid(x W + b)``."""
+    """Context Gating (npool.context_gating_forward): ``x * sigmoid(x W + b)`` over the
+    last axis.
+
+    Args:
+        x: (..., n); weights: (n, n); biases: (n,).
+
+    Shape:
+        - Output: x's shape.
+
+    Examples::
+
+        >>> x, a = torch.randn(2, 5, 4), torch.softmax(torch.randn(2, 5, 3), -1)
+        >>> nt.context_gating(x, torch.eye(4), torch.zeros(4)).shape
+        torch.Size([2, 5, 4])
+    """
     if _onnx_export():
         return _decompositions.gating(x, weights, biases)
     return _context_gating(x, weights, biases)

@@ -89,21 +89,52 @@ def masked_batch_norm(bn, z, mask=None):
 
 
 class MaskedBatchNorm1d(torch.nn.BatchNorm1d):
-    """``BatchNorm1d`` over the last axis of ``(..., C)`` whose training statistics come from
+    r"""``BatchNorm1d`` over the last axis of ``(..., C)`` whose training statistics come from
     the rows ``mask`` marks True (all rows without a mask); the running statistics are updated
     from those rows too (unbiased variance, as ``BatchNorm1d``). Masked rows are normalised
     with the same statistics and get no gradient through them. ``convert_sync_batchnorm``
     turns it into a ``SyncBatchNorm``, which the LOUPE layers still give the mask (see
-    ``masked_batch_norm``)."""
+    ``masked_batch_norm``).
+
+    Args:
+        num_features, eps, momentum, affine, track_running_stats: as ``nn.BatchNorm1d``'s.
+
+    Shape:
+        - Input: ``z`` ``(..., C)``; ``mask`` of ``z``'s leading shape (bools) or None.
+        - Output: ``z``'s shape.
+
+    Examples::
+
+        >>> bn = nt.MaskedBatchNorm1d(4)
+        >>> z, mask = torch.randn(2, 5, 4), torch.tensor([[True] * 5, [True, False] * 2 + [False]])
+        >>> bn(z, mask).shape
+        torch.Size([2, 5, 4])
+    """
 
     def forward(self, z, mask=None):
         return masked_batch_norm(self, z, mask)
 
 
 class ContextGating(torch.nn.Module):
-    """``y = x * sigmoid(x W + b)``, or ``x * sigmoid(BN(x W))`` with ``add_batch_norm``;
-    ``W, b ~ N(0, 1/sqrt(input_size))`` (LOUPE). ``bn_epsilon``/``bn_momentum`` are the
-    BatchNorm's ``eps``/``momentum`` (PyTorch's meaning), LOUPE's by default."""
+    r"""Context Gating (Miech et al. 2017): ``y = x * sigmoid(x W + b)``, or
+    ``x * sigmoid(BN(x W))`` with ``add_batch_norm``; ``W, b ~ N(0, 1/sqrt(input_size))``.
+
+    Args:
+        input_size: the features n of the last axis.
+        add_batch_norm: BatchNorm instead of the bias. Default True.
+        bn_epsilon, bn_momentum: the BatchNorm's eps and momentum (PyTorch's meaning), LOUPE's
+            by default (1e-3, 0.001).
+        is_training: None (default) keeps PyTorch's mode, a bool sets ``train(is_training)``.
+
+    Shape:
+        - Input: ``(..., input_size)``.
+        - Output: the input's shape.
+
+    Examples::
+
+        >>> nt.ContextGating(8, add_batch_norm=False)(torch.randn(4, 8)).shape
+        torch.Size([4, 8])
+    """
 
     def __init__(self, input_size, add_batch_norm=True, bn_epsilon=LOUPE_BN_EPSILON,
                  bn_momentum=LOUPE_BN_MOMENTUM, is_training=None):
@@ -146,6 +177,7 @@ class _LoupePool(torch.nn.Module):
         self.gating = _checks.flag(gating, "gating")
         self.add_batch_norm = _checks.flag(add_batch_norm, "add_batch_norm")
         eps, momentum = _batch_norm_options(bn_epsilon, bn_momentum)
+        self.bn_epsilon, self.bn_momentum = eps, momentum
         d, k = self.feature_size, self.cluster_size
         self.cluster_weights = _normal(d, k, std=1 / math.sqrt(d))
         if self.add_batch_norm:
@@ -185,14 +217,50 @@ class _LoupePool(torch.nn.Module):
         return self.context_gating(out) if self.gating else out
 
     def extra_repr(self):
-        return (f"feature_size={self.feature_size}, max_samples={self.max_samples}, "
+        return ((f"feature_size={self.feature_size}, max_samples={self.max_samples}, "
                 f"cluster_size={self.cluster_size}, output_dim={self.output_dim}, "
                 f"gating={self.gating}, add_batch_norm={self.add_batch_norm}")
+                + (f", bn_epsilon={self.bn_epsilon}, bn_momentum={self.bn_momentum}"
+                   if self.add_batch_norm else ""))
 
 
 class NetVLAD(_LoupePool):
-    """NetVLAD (``npool.netvlad_pool_forward``): centroids ``cluster_weights2`` (D, K) ~
-    N(0, 1/sqrt(D)); pooled size D * K, flattened D-major as LOUPE."""
+    r"""NetVLAD (``npool.netvlad_pool_forward``): ``V[d, k] = sum_m a[m, k] (x[m, d] - c[d, k])``,
+    intra-normalised over d, flattened D-major, l2-normalised; centroids
+    ``cluster_weights2`` (D, K) ~ N(0, 1/sqrt(D)).
+
+    The LOUPE layer (Miech et al. 2017): the soft assignment ``softmax(BN(x W))`` (or
+    ``softmax(x W + b)`` without BatchNorm) over ``cluster_size`` clusters, the pool (pooled
+    size D * K), the projection ``@ hidden1_weights`` to ``output_dim`` and optional
+    Context Gating; LOUPE's parameter names and initialisers, so LOUPE's weights load
+    (``load_loupe_checkpoint``).
+
+    Args:
+        feature_size: D, the features of each sample.
+        max_samples: M, the samples of each set (read when the input is LOUPE's (B * M, D)).
+        cluster_size: K.
+        output_dim: the output features.
+        gating: add Context Gating. Default True.
+        add_batch_norm: BatchNorm on the assignment logits (and in the gating) instead of
+            biases. Default True.
+        is_training: LOUPE's flag: None (default) keeps PyTorch's mode, a bool sets
+            ``train(is_training)``.
+        bn_epsilon, bn_momentum: the BatchNorms' eps and momentum (PyTorch's meaning),
+            LOUPE's by default: 1e-3 and 0.001 (slim's decay 0.999).
+
+    Shape:
+        - Input: ``x`` ``(B, M, D)`` or LOUPE's ``(B * M, D)``; ``mask`` ``(B, M)`` bools (True:
+          a real sample; the others change nothing) or None.
+        - Output: ``(B, output_dim)``.
+
+    Examples::
+
+        >>> layer = nt.NetVLAD(feature_size=16, max_samples=10, cluster_size=4, output_dim=8)
+        >>> x = torch.randn(3, 10, 16)
+        >>> mask = torch.arange(10) < torch.tensor([[10], [4], [1]])
+        >>> layer(x, mask).shape
+        torch.Size([3, 8])
+    """
 
     def _init_pool_parameters(self, d, k):
         self.cluster_weights2 = _normal(d, k, std=1 / math.sqrt(d))
@@ -205,7 +273,40 @@ class NetVLAD(_LoupePool):
 
 
 class NetRVLAD(_LoupePool):
-    """NetRVLAD (``npool.netrvlad_pool_forward``): NetVLAD without centroids."""
+    r"""NetRVLAD (``npool.netrvlad_pool_forward``): NetVLAD without centroids.
+
+    The LOUPE layer (Miech et al. 2017): the soft assignment ``softmax(BN(x W))`` (or
+    ``softmax(x W + b)`` without BatchNorm) over ``cluster_size`` clusters, the pool (pooled
+    size D * K), the projection ``@ hidden1_weights`` to ``output_dim`` and optional
+    Context Gating; LOUPE's parameter names and initialisers, so LOUPE's weights load
+    (``load_loupe_checkpoint``).
+
+    Args:
+        feature_size: D, the features of each sample.
+        max_samples: M, the samples of each set (read when the input is LOUPE's (B * M, D)).
+        cluster_size: K.
+        output_dim: the output features.
+        gating: add Context Gating. Default True.
+        add_batch_norm: BatchNorm on the assignment logits (and in the gating) instead of
+            biases. Default True.
+        is_training: LOUPE's flag: None (default) keeps PyTorch's mode, a bool sets
+            ``train(is_training)``.
+        bn_epsilon, bn_momentum: the BatchNorms' eps and momentum (PyTorch's meaning),
+            LOUPE's by default: 1e-3 and 0.001 (slim's decay 0.999).
+
+    Shape:
+        - Input: ``x`` ``(B, M, D)`` or LOUPE's ``(B * M, D)``; ``mask`` ``(B, M)`` bools (True:
+          a real sample; the others change nothing) or None.
+        - Output: ``(B, output_dim)``.
+
+    Examples::
+
+        >>> layer = nt.NetRVLAD(feature_size=16, max_samples=10, cluster_size=4, output_dim=8)
+        >>> x = torch.randn(3, 10, 16)
+        >>> mask = torch.arange(10) < torch.tensor([[10], [4], [1]])
+        >>> layer(x, mask).shape
+        torch.Size([3, 8])
+    """
 
     def _pooled_size(self, d, k):
         return d * k
@@ -215,8 +316,42 @@ class NetRVLAD(_LoupePool):
 
 
 class NetFV(_LoupePool):
-    """NetFV (``npool.netfv_pool_forward``): means ``cluster_weights2`` ~ N(0, 1/sqrt(D)) and
-    ``covar_weights`` ~ N(1, 1/sqrt(D)) (sigma = covar_weights^2 + 1e-6); pooled size 2 D K."""
+    r"""NetFV (``npool.netfv_pool_forward``): first- and second-order Fisher-vector statistics with
+    means ``cluster_weights2`` ~ N(0, 1/sqrt(D)) and ``covar_weights`` ~ N(1, 1/sqrt(D))
+    (sigma = covar_weights^2 + 1e-6).
+
+    The LOUPE layer (Miech et al. 2017): the soft assignment ``softmax(BN(x W))`` (or
+    ``softmax(x W + b)`` without BatchNorm) over ``cluster_size`` clusters, the pool (pooled
+    size 2 * D * K), the projection ``@ hidden1_weights`` to ``output_dim`` and optional
+    Context Gating; LOUPE's parameter names and initialisers, so LOUPE's weights load
+    (``load_loupe_checkpoint``).
+
+    Args:
+        feature_size: D, the features of each sample.
+        max_samples: M, the samples of each set (read when the input is LOUPE's (B * M, D)).
+        cluster_size: K.
+        output_dim: the output features.
+        gating: add Context Gating. Default True.
+        add_batch_norm: BatchNorm on the assignment logits (and in the gating) instead of
+            biases. Default True.
+        is_training: LOUPE's flag: None (default) keeps PyTorch's mode, a bool sets
+            ``train(is_training)``.
+        bn_epsilon, bn_momentum: the BatchNorms' eps and momentum (PyTorch's meaning),
+            LOUPE's by default: 1e-3 and 0.001 (slim's decay 0.999).
+
+    Shape:
+        - Input: ``x`` ``(B, M, D)`` or LOUPE's ``(B * M, D)``; ``mask`` ``(B, M)`` bools (True:
+          a real sample; the others change nothing) or None.
+        - Output: ``(B, output_dim)``.
+
+    Examples::
+
+        >>> layer = nt.NetFV(feature_size=16, max_samples=10, cluster_size=4, output_dim=8)
+        >>> x = torch.randn(3, 10, 16)
+        >>> mask = torch.arange(10) < torch.tensor([[10], [4], [1]])
+        >>> layer(x, mask).shape
+        torch.Size([3, 8])
+    """
 
     def _init_pool_parameters(self, d, k):
         self.cluster_weights2 = _normal(d, k, std=1 / math.sqrt(d))
@@ -231,8 +366,40 @@ class NetFV(_LoupePool):
 
 
 class SoftDBoW(_LoupePool):
-    """Soft-DBoW (``npool.soft_dbow_pool_forward``): the l2-normalised sum of the assignments;
-    pooled size K."""
+    r"""Soft-DBoW (``npool.soft_dbow_pool_forward``): the l2-normalised sum of the soft assignments.
+
+    The LOUPE layer (Miech et al. 2017): the soft assignment ``softmax(BN(x W))`` (or
+    ``softmax(x W + b)`` without BatchNorm) over ``cluster_size`` clusters, the pool (pooled
+    size K), the projection ``@ hidden1_weights`` to ``output_dim`` and optional
+    Context Gating; LOUPE's parameter names and initialisers, so LOUPE's weights load
+    (``load_loupe_checkpoint``).
+
+    Args:
+        feature_size: D, the features of each sample.
+        max_samples: M, the samples of each set (read when the input is LOUPE's (B * M, D)).
+        cluster_size: K.
+        output_dim: the output features.
+        gating: add Context Gating. Default True.
+        add_batch_norm: BatchNorm on the assignment logits (and in the gating) instead of
+            biases. Default True.
+        is_training: LOUPE's flag: None (default) keeps PyTorch's mode, a bool sets
+            ``train(is_training)``.
+        bn_epsilon, bn_momentum: the BatchNorms' eps and momentum (PyTorch's meaning),
+            LOUPE's by default: 1e-3 and 0.001 (slim's decay 0.999).
+
+    Shape:
+        - Input: ``x`` ``(B, M, D)`` or LOUPE's ``(B * M, D)``; ``mask`` ``(B, M)`` bools (True:
+          a real sample; the others change nothing) or None.
+        - Output: ``(B, output_dim)``.
+
+    Examples::
+
+        >>> layer = nt.SoftDBoW(feature_size=16, max_samples=10, cluster_size=4, output_dim=8)
+        >>> x = torch.randn(3, 10, 16)
+        >>> mask = torch.arange(10) < torch.tensor([[10], [4], [1]])
+        >>> layer(x, mask).shape
+        torch.Size([3, 8])
+    """
 
     def _pooled_size(self, d, k):
         return k
@@ -261,6 +428,22 @@ def load_loupe_checkpoint(checkpoint, layer=None, *, scope=None, max_samples=Non
     ``scope``: the variable scope the block was built under (``"video_VLAD"``); None finds the
     only block in the checkpoint. BatchNorm ``gamma/beta/moving_mean/moving_variance`` become
     ``weight/bias/running_mean/running_var``; ``cluster_weights2`` (1, D, K) becomes (D, K).
+
+    Args:
+        checkpoint: the checkpoint's path prefix (``model.ckpt-1000``) or its directory.
+        layer: an npool.torch LOUPE layer or ContextGating to fill, or None for a new one.
+        scope: the block's variable scope, or None for the only one.
+        max_samples: M for a new layer.
+
+    Returns:
+        The layer, filled.
+
+    Examples::
+
+        >>> vlad = nt.load_loupe_checkpoint("model.ckpt", scope="video_VLAD",
+        ...                                 max_samples=300)  # doctest: +SKIP
+        >>> vlad.eval()(torch.randn(8 * 300, 1024)).shape  # doctest: +SKIP
+        torch.Size([8, 1024])
     """
     with torch.no_grad():
         return load_loupe_weights(checkpoint, layer, scope, max_samples, _LAYERS, _TORCH_BN,
