@@ -39,14 +39,18 @@ class _SoftPoolNd(torch.nn.Module):
                 f"ceil_mode={self.ceil_mode}")
 
 
-class SoftPool1d(_SoftPoolNd):
-    r"""SoftPool over 1 spatial axis (Stergiou et al., ICCV 2021): each output is the
+def _soft_pool_doc(nd):
+    """The PyTorch-style docstring of SoftPool{nd}d."""
+    axes, example, out = {1: ("L", "(1, 3, 8)", "[1, 3, 4]"),
+                          2: ("H, W", "(1, 3, 8, 8)", "[1, 3, 4, 4]"),
+                          3: ("D, H, W", "(1, 3, 4, 8, 8)", "[1, 3, 2, 4, 4]")}[nd]
+    return """SoftPool over {nd} spatial {axes} (Stergiou et al., ICCV 2021): each output is the
     softmax-weighted mean of its window's real cells,
     ``y_o = sum_i w_i x_i`` with ``w = softmax(x over window o)``. The constructor is
-    ``nn.MaxPool1d``'s.
+    ``nn.MaxPool{nd}d``'s.
 
     Args:
-        kernel_size: the window size, an int or a tuple of 1 ints.
+        kernel_size: the window size, an int or a tuple of {nd} ints.
         stride: the window step (default ``kernel_size``).
         padding: implicit padding on both sides, at most half the kernel; padded cells are
             left out of the windows (not zeros). Default 0.
@@ -55,85 +59,37 @@ class SoftPool1d(_SoftPoolNd):
         ceil_mode: PyTorch's ceil rule for the output size. Default False.
 
     Shape:
-        - Input: ``(N, C, L)`` or ``(C, L)``, float16/bfloat16/float32/float64, CPU or CUDA
-          (bfloat16 on the CPU), contiguous or channels-last.
+        - Input: ``{batched}`` or ``{unbatched}``, float16/bfloat16/float32/float64,
+          CPU or CUDA (bfloat16 on the CPU), contiguous or channels-last.
         - Output: ``(N, C, *out)`` or ``(C, *out)`` in x's memory layout, each ``out`` as
-          ``nn.MaxPool1d``'s: ``floor((L + 2 padding - kernel [+ stride - 1]) / stride) + 1``.
+          ``nn.MaxPool{nd}d``'s: ``floor((L + 2 padding - kernel [+ stride - 1]) / stride) + 1``.
 
     Examples::
 
-        >>> pool = nt.SoftPool1d(2)
-        >>> pool(torch.randn(1, 3, 8)).shape
-        torch.Size([1, 3, 4])
+        >>> pool = nt.SoftPool{nd}d(2)
+        >>> pool(torch.randn{example}).shape
+        {out}
         >>> pool
-        SoftPool1d(kernel_size=2, stride=2, padding=0, ceil_mode=False)
-    """
+        SoftPool{nd}d(kernel_size=2, stride=2, padding=0, ceil_mode=False)
+    """.format(
+        nd=nd, axes="axis" if nd == 1 else "axes", batched=f"(N, C, {axes})",
+        unbatched=f"(C, {axes})", example=example, out=f"torch.Size({out})")
+
+
+class SoftPool1d(_SoftPoolNd):
+    __doc__ = _soft_pool_doc(1)
     _nd = 1
     _function = staticmethod(soft_pool1d)
 
 
 class SoftPool2d(_SoftPoolNd):
-    r"""SoftPool over 2 spatial axes (Stergiou et al., ICCV 2021): each output is the
-    softmax-weighted mean of its window's real cells,
-    ``y_o = sum_i w_i x_i`` with ``w = softmax(x over window o)``. The constructor is
-    ``nn.MaxPool2d``'s.
-
-    Args:
-        kernel_size: the window size, an int or a tuple of 2 ints.
-        stride: the window step (default ``kernel_size``).
-        padding: implicit padding on both sides, at most half the kernel; padded cells are
-            left out of the windows (not zeros). Default 0.
-        dilation: must be 1 (accepted for drop-in compatibility).
-        return_indices: must be False (SoftPool selects no single cell).
-        ceil_mode: PyTorch's ceil rule for the output size. Default False.
-
-    Shape:
-        - Input: ``(N, C, H, W)`` or ``(C, H, W)``, float16/bfloat16/float32/float64, CPU or CUDA
-          (bfloat16 on the CPU), contiguous or channels-last.
-        - Output: ``(N, C, *out)`` or ``(C, *out)`` in x's memory layout, each ``out`` as
-          ``nn.MaxPool2d``'s: ``floor((L + 2 padding - kernel [+ stride - 1]) / stride) + 1``.
-
-    Examples::
-
-        >>> pool = nt.SoftPool2d(2)
-        >>> pool(torch.randn(1, 3, 8, 8)).shape
-        torch.Size([1, 3, 4, 4])
-        >>> pool
-        SoftPool2d(kernel_size=2, stride=2, padding=0, ceil_mode=False)
-    """
+    __doc__ = _soft_pool_doc(2)
     _nd = 2
     _function = staticmethod(soft_pool2d)
 
 
 class SoftPool3d(_SoftPoolNd):
-    r"""SoftPool over 3 spatial axes (Stergiou et al., ICCV 2021): each output is the
-    softmax-weighted mean of its window's real cells,
-    ``y_o = sum_i w_i x_i`` with ``w = softmax(x over window o)``. The constructor is
-    ``nn.MaxPool3d``'s.
-
-    Args:
-        kernel_size: the window size, an int or a tuple of 3 ints.
-        stride: the window step (default ``kernel_size``).
-        padding: implicit padding on both sides, at most half the kernel; padded cells are
-            left out of the windows (not zeros). Default 0.
-        dilation: must be 1 (accepted for drop-in compatibility).
-        return_indices: must be False (SoftPool selects no single cell).
-        ceil_mode: PyTorch's ceil rule for the output size. Default False.
-
-    Shape:
-        - Input: ``(N, C, D, H, W)`` or ``(C, D, H, W)``, float16/bfloat16/float32/float64,
-          CPU or CUDA (bfloat16 on the CPU), contiguous or channels-last.
-        - Output: ``(N, C, *out)`` or ``(C, *out)`` in x's memory layout, each ``out`` as
-          ``nn.MaxPool3d``'s: ``floor((L + 2 padding - kernel [+ stride - 1]) / stride) + 1``.
-
-    Examples::
-
-        >>> pool = nt.SoftPool3d(2)
-        >>> pool(torch.randn(1, 3, 4, 8, 8)).shape
-        torch.Size([1, 3, 2, 4, 4])
-        >>> pool
-        SoftPool3d(kernel_size=2, stride=2, padding=0, ceil_mode=False)
-    """
+    __doc__ = _soft_pool_doc(3)
     _nd = 3
     _function = staticmethod(soft_pool3d)
 

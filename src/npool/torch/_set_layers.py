@@ -162,6 +162,44 @@ class ContextGating(torch.nn.Module):
         return f"input_size={self.input_size}, add_batch_norm={self.add_batch_norm}"
 
 
+def _loupe_doc(name, summary, pooled):
+    """The PyTorch-style docstring of LOUPE pooling layer ``name``."""
+    return summary + """
+
+    The LOUPE layer (Miech et al. 2017): the soft assignment ``softmax(BN(x W))`` (or
+    ``softmax(x W + b)`` without BatchNorm) over ``cluster_size`` clusters, the pool (pooled
+    size {pooled}), the projection ``@ hidden1_weights`` to ``output_dim`` and optional
+    Context Gating; LOUPE's parameter names and initialisers, so LOUPE's weights load
+    (``load_loupe_checkpoint``).
+
+    Args:
+        feature_size: D, the features of each sample.
+        max_samples: M, the samples of each set (read when the input is LOUPE's (B * M, D)).
+        cluster_size: K.
+        output_dim: the output features.
+        gating: add Context Gating. Default True.
+        add_batch_norm: BatchNorm on the assignment logits (and in the gating) instead of
+            biases. Default True.
+        is_training: LOUPE's flag: None (default) keeps PyTorch's mode, a bool sets
+            ``train(is_training)``.
+        bn_epsilon, bn_momentum: the BatchNorms' eps and momentum (PyTorch's meaning),
+            LOUPE's by default: 1e-3 and 0.001 (slim's decay 0.999).
+
+    Shape:
+        - Input: ``x`` ``(B, M, D)`` or LOUPE's ``(B * M, D)``; ``mask`` ``(B, M)`` bools (True:
+          a real sample; the others change nothing) or None.
+        - Output: ``(B, output_dim)``.
+
+    Examples::
+
+        >>> layer = nt.{name}(feature_size=16, max_samples=10, cluster_size=4, output_dim=8)
+        >>> x = torch.randn(3, 10, 16)
+        >>> mask = torch.arange(10) < torch.tensor([[10], [4], [1]])
+        >>> layer(x, mask).shape
+        torch.Size([3, 8])
+    """.format(name=name, pooled=pooled)
+
+
 class _LoupePool(torch.nn.Module):
     """The assignment, projection and gating shared by LOUPE's pooling layers; subclasses give
     the pooled size and the pool."""
@@ -225,42 +263,10 @@ class _LoupePool(torch.nn.Module):
 
 
 class NetVLAD(_LoupePool):
-    r"""NetVLAD (``npool.netvlad_pool_forward``): ``V[d, k] = sum_m a[m, k] (x[m, d] - c[d, k])``,
-    intra-normalised over d, flattened D-major, l2-normalised; centroids
-    ``cluster_weights2`` (D, K) ~ N(0, 1/sqrt(D)).
-
-    The LOUPE layer (Miech et al. 2017): the soft assignment ``softmax(BN(x W))`` (or
-    ``softmax(x W + b)`` without BatchNorm) over ``cluster_size`` clusters, the pool (pooled
-    size D * K), the projection ``@ hidden1_weights`` to ``output_dim`` and optional
-    Context Gating; LOUPE's parameter names and initialisers, so LOUPE's weights load
-    (``load_loupe_checkpoint``).
-
-    Args:
-        feature_size: D, the features of each sample.
-        max_samples: M, the samples of each set (read when the input is LOUPE's (B * M, D)).
-        cluster_size: K.
-        output_dim: the output features.
-        gating: add Context Gating. Default True.
-        add_batch_norm: BatchNorm on the assignment logits (and in the gating) instead of
-            biases. Default True.
-        is_training: LOUPE's flag: None (default) keeps PyTorch's mode, a bool sets
-            ``train(is_training)``.
-        bn_epsilon, bn_momentum: the BatchNorms' eps and momentum (PyTorch's meaning),
-            LOUPE's by default: 1e-3 and 0.001 (slim's decay 0.999).
-
-    Shape:
-        - Input: ``x`` ``(B, M, D)`` or LOUPE's ``(B * M, D)``; ``mask`` ``(B, M)`` bools (True:
-          a real sample; the others change nothing) or None.
-        - Output: ``(B, output_dim)``.
-
-    Examples::
-
-        >>> layer = nt.NetVLAD(feature_size=16, max_samples=10, cluster_size=4, output_dim=8)
-        >>> x = torch.randn(3, 10, 16)
-        >>> mask = torch.arange(10) < torch.tensor([[10], [4], [1]])
-        >>> layer(x, mask).shape
-        torch.Size([3, 8])
-    """
+    __doc__ = _loupe_doc(
+        "NetVLAD", "NetVLAD (``npool.netvlad_pool_forward``): ``V[d, k] = sum_m a[m, k] (x[m, d] "
+        "- c[d, k])``,\n    intra-normalised over d, flattened D-major, l2-normalised; "
+        "centroids\n    ``cluster_weights2`` (D, K) ~ N(0, 1/sqrt(D)).", "D * K")
 
     def _init_pool_parameters(self, d, k):
         self.cluster_weights2 = _normal(d, k, std=1 / math.sqrt(d))
@@ -273,40 +279,8 @@ class NetVLAD(_LoupePool):
 
 
 class NetRVLAD(_LoupePool):
-    r"""NetRVLAD (``npool.netrvlad_pool_forward``): NetVLAD without centroids.
-
-    The LOUPE layer (Miech et al. 2017): the soft assignment ``softmax(BN(x W))`` (or
-    ``softmax(x W + b)`` without BatchNorm) over ``cluster_size`` clusters, the pool (pooled
-    size D * K), the projection ``@ hidden1_weights`` to ``output_dim`` and optional
-    Context Gating; LOUPE's parameter names and initialisers, so LOUPE's weights load
-    (``load_loupe_checkpoint``).
-
-    Args:
-        feature_size: D, the features of each sample.
-        max_samples: M, the samples of each set (read when the input is LOUPE's (B * M, D)).
-        cluster_size: K.
-        output_dim: the output features.
-        gating: add Context Gating. Default True.
-        add_batch_norm: BatchNorm on the assignment logits (and in the gating) instead of
-            biases. Default True.
-        is_training: LOUPE's flag: None (default) keeps PyTorch's mode, a bool sets
-            ``train(is_training)``.
-        bn_epsilon, bn_momentum: the BatchNorms' eps and momentum (PyTorch's meaning),
-            LOUPE's by default: 1e-3 and 0.001 (slim's decay 0.999).
-
-    Shape:
-        - Input: ``x`` ``(B, M, D)`` or LOUPE's ``(B * M, D)``; ``mask`` ``(B, M)`` bools (True:
-          a real sample; the others change nothing) or None.
-        - Output: ``(B, output_dim)``.
-
-    Examples::
-
-        >>> layer = nt.NetRVLAD(feature_size=16, max_samples=10, cluster_size=4, output_dim=8)
-        >>> x = torch.randn(3, 10, 16)
-        >>> mask = torch.arange(10) < torch.tensor([[10], [4], [1]])
-        >>> layer(x, mask).shape
-        torch.Size([3, 8])
-    """
+    __doc__ = _loupe_doc("NetRVLAD", "NetRVLAD (``npool.netrvlad_pool_forward``): NetVLAD "
+                         "without centroids.", "D * K")
 
     def _pooled_size(self, d, k):
         return d * k
@@ -316,42 +290,10 @@ class NetRVLAD(_LoupePool):
 
 
 class NetFV(_LoupePool):
-    r"""NetFV (``npool.netfv_pool_forward``): first- and second-order Fisher-vector statistics with
-    means ``cluster_weights2`` ~ N(0, 1/sqrt(D)) and ``covar_weights`` ~ N(1, 1/sqrt(D))
-    (sigma = covar_weights^2 + 1e-6).
-
-    The LOUPE layer (Miech et al. 2017): the soft assignment ``softmax(BN(x W))`` (or
-    ``softmax(x W + b)`` without BatchNorm) over ``cluster_size`` clusters, the pool (pooled
-    size 2 * D * K), the projection ``@ hidden1_weights`` to ``output_dim`` and optional
-    Context Gating; LOUPE's parameter names and initialisers, so LOUPE's weights load
-    (``load_loupe_checkpoint``).
-
-    Args:
-        feature_size: D, the features of each sample.
-        max_samples: M, the samples of each set (read when the input is LOUPE's (B * M, D)).
-        cluster_size: K.
-        output_dim: the output features.
-        gating: add Context Gating. Default True.
-        add_batch_norm: BatchNorm on the assignment logits (and in the gating) instead of
-            biases. Default True.
-        is_training: LOUPE's flag: None (default) keeps PyTorch's mode, a bool sets
-            ``train(is_training)``.
-        bn_epsilon, bn_momentum: the BatchNorms' eps and momentum (PyTorch's meaning),
-            LOUPE's by default: 1e-3 and 0.001 (slim's decay 0.999).
-
-    Shape:
-        - Input: ``x`` ``(B, M, D)`` or LOUPE's ``(B * M, D)``; ``mask`` ``(B, M)`` bools (True:
-          a real sample; the others change nothing) or None.
-        - Output: ``(B, output_dim)``.
-
-    Examples::
-
-        >>> layer = nt.NetFV(feature_size=16, max_samples=10, cluster_size=4, output_dim=8)
-        >>> x = torch.randn(3, 10, 16)
-        >>> mask = torch.arange(10) < torch.tensor([[10], [4], [1]])
-        >>> layer(x, mask).shape
-        torch.Size([3, 8])
-    """
+    __doc__ = _loupe_doc(
+        "NetFV", "NetFV (``npool.netfv_pool_forward``): first- and second-order Fisher-vector "
+        "statistics with\n    means ``cluster_weights2`` ~ N(0, 1/sqrt(D)) and "
+        "``covar_weights`` ~ N(1, 1/sqrt(D))\n    (sigma = covar_weights^2 + 1e-6).", "2 * D * K")
 
     def _init_pool_parameters(self, d, k):
         self.cluster_weights2 = _normal(d, k, std=1 / math.sqrt(d))
@@ -366,40 +308,8 @@ class NetFV(_LoupePool):
 
 
 class SoftDBoW(_LoupePool):
-    r"""Soft-DBoW (``npool.soft_dbow_pool_forward``): the l2-normalised sum of the soft assignments.
-
-    The LOUPE layer (Miech et al. 2017): the soft assignment ``softmax(BN(x W))`` (or
-    ``softmax(x W + b)`` without BatchNorm) over ``cluster_size`` clusters, the pool (pooled
-    size K), the projection ``@ hidden1_weights`` to ``output_dim`` and optional
-    Context Gating; LOUPE's parameter names and initialisers, so LOUPE's weights load
-    (``load_loupe_checkpoint``).
-
-    Args:
-        feature_size: D, the features of each sample.
-        max_samples: M, the samples of each set (read when the input is LOUPE's (B * M, D)).
-        cluster_size: K.
-        output_dim: the output features.
-        gating: add Context Gating. Default True.
-        add_batch_norm: BatchNorm on the assignment logits (and in the gating) instead of
-            biases. Default True.
-        is_training: LOUPE's flag: None (default) keeps PyTorch's mode, a bool sets
-            ``train(is_training)``.
-        bn_epsilon, bn_momentum: the BatchNorms' eps and momentum (PyTorch's meaning),
-            LOUPE's by default: 1e-3 and 0.001 (slim's decay 0.999).
-
-    Shape:
-        - Input: ``x`` ``(B, M, D)`` or LOUPE's ``(B * M, D)``; ``mask`` ``(B, M)`` bools (True:
-          a real sample; the others change nothing) or None.
-        - Output: ``(B, output_dim)``.
-
-    Examples::
-
-        >>> layer = nt.SoftDBoW(feature_size=16, max_samples=10, cluster_size=4, output_dim=8)
-        >>> x = torch.randn(3, 10, 16)
-        >>> mask = torch.arange(10) < torch.tensor([[10], [4], [1]])
-        >>> layer(x, mask).shape
-        torch.Size([3, 8])
-    """
+    __doc__ = _loupe_doc("SoftDBoW", "Soft-DBoW (``npool.soft_dbow_pool_forward``): the "
+                         "l2-normalised sum of the soft assignments.", "K")
 
     def _pooled_size(self, d, k):
         return k
