@@ -515,6 +515,7 @@ def test_interface_is_read_with_strides_and_stream():
 
 @pytest.mark.parametrize("change,error,message", [
     (dict(typestr="<i4"), TypeError, "x must have dtype float16, float32 or float64"),
+    (dict(typestr="<V2"), TypeError, "float16, float32 or float64"),  # bfloat16: not on GPUs
     (dict(typestr=">f4"), TypeError, "x must have dtype"),
     (dict(typestr="<c8"), TypeError, "x must have dtype"),
     (dict(strides=(12, 6, 1)), ValueError, "not whole multiples"),

@@ -1,7 +1,5 @@
 """npool.testing: its references agree with npool, check_op passes npool's own kernels (CPU
 and the emulated GPU) and catches known-wrong kernels within its default example count."""
-import time
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -21,9 +19,7 @@ def npool_op(op):
 # ------------------------------------------------------------------ npool passes
 @pytest.mark.parametrize("op", OPS)
 def test_check_op_passes_npool_on_the_cpu(op):
-    start = time.perf_counter()
     testing.check_op(op, *npool_op(op))
-    assert time.perf_counter() - start >= 0  # the time per op is reported in the closing note
 
 
 @pytest.mark.parametrize("op", OPS)

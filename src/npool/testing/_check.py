@@ -143,7 +143,7 @@ def _check_invariants(problem, y):
                 raise AssertionError(f"{op}: output beyond (1 + |alpha|) max |x|\n{problem!r}")
 
 
-def _check_mask(problem, forward, to_array, from_array, y):
+def _check_mask(problem, forward, to_array, from_array):
     """Changing the samples a mask leaves out must change nothing."""
     mask = problem.options.get("mask")
     if mask is None or np.all(mask):
@@ -163,7 +163,6 @@ def _check_mask(problem, forward, to_array, from_array, y):
     except AssertionError as error:
         raise AssertionError(f"{problem.op}: samples the mask leaves out changed the output "
                              f"(they were set to other values)\n{error}") from None
-    del y
 
 
 def _smooth(problem):
@@ -287,7 +286,7 @@ def check_problem(problem, forward, backward=None, *, to_array=np.asarray, from_
     assert_close(y, problem, "forward")
     _check_invariants(problem, f64(y[0]))
     if problem.op in SET_POOLS:
-        _check_mask(problem, forward, to_array, from_array, y)
+        _check_mask(problem, forward, to_array, from_array)
     if any(isinstance(a, np.ndarray) and not a.flags.c_contiguous for a in problem.args):
         contiguous = _contiguous(problem)
         c_args, c_options = _converted(contiguous, from_array)

@@ -782,7 +782,6 @@ def context_gating(x, weights, biases):
 def _vjp_of_vjp(decomposition, grad_out, inputs, grad_grads):
     """For the backward op computing vjp(decomposition)(inputs, grad_out): the gradients of
     <grad_grads, that vjp> with respect to grad_out and to each input (None: no gradient)."""
-    grad_grads = [gg for gg in grad_grads]
     with torch.enable_grad():
         dtype = next(t for t in inputs if t is not None).dtype
         g = grad_out.detach().to(dtype).requires_grad_()
@@ -808,9 +807,10 @@ def _flat(grads):
 
 
 def _save_tensors(ctx, inputs, output):
+    """Tensors through save_for_backward, the other arguments as they are."""
     ctx.tensors = [i for i, t in enumerate(inputs) if isinstance(t, torch.Tensor)]
     ctx.save_for_backward(*(inputs[i] for i in ctx.tensors))
-    ctx.others = inputs
+    ctx.others = [None if isinstance(t, torch.Tensor) else t for t in inputs]
 
 
 def _restored(ctx):
@@ -898,8 +898,7 @@ def _(info, in_dims, x, kernel_size, stride, padding, ceil_mode):
 
 def _global_vmap(op):
     def rule(info, in_dims, x, *rest):
-        x = x.movedim(in_dims[0], 0)
-        return _folded(op, x, 0, -1, rest)  # (V, N, C, *spatial): always a batch to fold
+        return _folded(op, x, in_dims[0], -1, rest)  # (V, N, C, *spatial): always a batch
     return rule
 
 
