@@ -17,9 +17,11 @@ from hypothesis import strategies as st
 
 import cuda_emulation
 import npool
+from npool._checks import BFLOAT16, HALF_DTYPES
 from npool._cuda import _device, windowed_softmax
 from npool._cuda._arrays import describe
 from npool.testing.strategies import channels_last, local_pool_inputs
+from npool.testing.tolerances import float_info
 from test_global_pools import global_problems
 from test_maxent import lam_of
 from test_soft_pool import call_backward, call_forward, ref_backward, ref_forward, scale_of
@@ -183,20 +185,49 @@ def test_backward_matches_reference_and_cpu(gpu, dtype, tolerance, data):
                                atol=tolerance * scale_of(x))
 
 
+@pytest.mark.parametrize("half", HALF_DTYPES, ids=str)
 @given(local_pool_inputs(dtype=np.float16, elements=st.floats(-60, 60, width=16)), st.data())
-def test_float16_is_computed_in_float32(gpu, problem, data):
+def test_half_precision_is_computed_in_float32(gpu, half, problem, data):
+    """float16 and bfloat16 (the __half and __nv_bfloat16 kernels): the float32 result rounded
+    once, so within one rounding of the CPU's float32 result on the same inputs."""
     x, nd, args = problem
+    x = x.astype(half)  # float16 draws are exact in float16; bfloat16 rounds them (in +-60)
+    eps = float(float_info(half).eps)
     y = gpu_forward(gpu, x, nd, args)
-    assert y.dtype == np.float16
-    # The float32 result rounded once to float16: within one float16 rounding of the CPU's.
+    assert y.dtype == half
     expected = call_forward(x.astype(np.float32), nd, args)
-    np.testing.assert_allclose(y.astype(np.float32), expected, rtol=2**-10, atol=1e-6)
-    g = np.random.default_rng(5).standard_normal(y.shape).astype(np.float16)
+    np.testing.assert_allclose(y.astype(np.float32), expected, rtol=eps, atol=1e-6)
+    g = np.random.default_rng(5).standard_normal(y.shape).astype(half)
     grad = gpu_backward(gpu, g, x, nd, args)
-    assert grad.dtype == np.float16
+    assert grad.dtype == half
     expected = call_backward(g.astype(np.float32), x.astype(np.float32), nd, args)
-    np.testing.assert_allclose(grad.astype(np.float32), expected, rtol=2**-10,
-                               atol=1e-4 * scale_of(g.astype(np.float32)))
+    np.testing.assert_allclose(grad.astype(np.float32), expected, rtol=eps,
+                               atol=eps / 10 * scale_of(g.astype(np.float32)))
+
+
+@pytest.mark.parametrize("half", HALF_DTYPES, ids=str)
+def test_half_precision_maxent_with_a_lam_array(gpu, half):
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((2, 3, 7, 6)) * 4).astype(half)
+    x_cl = channels_last(x, True)
+    lam = rng.uniform(0.1, 3, (2, 3, 1, 1)).astype(half)
+    eps = float(float_info(half).eps)
+    for xi in (x, x_cl):
+        y = npool.maxent_pool2d_forward(gpu.to_device(xi), gpu.to_device(lam), 3, 2, 1, True)
+        expected = npool.maxent_pool2d_forward(xi, lam, 3, 2, 1, True)
+        got = gpu.to_host(y)
+        assert got.dtype == half
+        np.testing.assert_allclose(got.astype(np.float32), expected.astype(np.float32),
+                                   rtol=eps, atol=eps / 10)
+        g = rng.standard_normal(expected.shape).astype(half)
+        grads = npool.maxent_pool2d_backward(gpu.to_device(g), gpu.to_device(xi),
+                                             gpu.to_device(lam), 3, 2, 1, True)
+        for got, ex in zip(grads, npool.maxent_pool2d_backward(g, xi, lam, 3, 2, 1, True)):
+            got = gpu.to_host(got)
+            assert got.dtype == half
+            scale = max(1.0, float(np.abs(ex.astype(np.float32)).max()))
+            np.testing.assert_allclose(got.astype(np.float32), ex.astype(np.float32),
+                                       rtol=2 * eps, atol=2 * eps * scale)
 
 
 @settings(max_examples=10)
@@ -511,11 +542,13 @@ def test_interface_is_read_with_strides_and_stream():
     assert a.strides == (1, 8, -2) and a.stream == 5
     assert describe(Interface(**base, version=3, stream=None), "x").stream is None
     assert describe(Interface(**dict(base, typestr="<f2")), "x").dtype == np.float16
+    # bfloat16: the interface has no code for it; torch and ml_dtypes both write "<V2".
+    assert describe(Interface(**dict(base, typestr="<V2")), "x").dtype == BFLOAT16
 
 
 @pytest.mark.parametrize("change,error,message", [
-    (dict(typestr="<i4"), TypeError, "x must have dtype float16, float32 or float64"),
-    (dict(typestr="<V2"), TypeError, "float16, float32 or float64"),  # bfloat16: not on GPUs
+    (dict(typestr="<i4"), TypeError, "x must have dtype float16, bfloat16, float32 or float64"),
+    (dict(typestr="<V4"), TypeError, "x must have dtype"),
     (dict(typestr=">f4"), TypeError, "x must have dtype"),
     (dict(typestr="<c8"), TypeError, "x must have dtype"),
     (dict(strides=(12, 6, 1)), ValueError, "not whole multiples"),
@@ -610,10 +643,35 @@ def test_global_pools_nan_and_float16(gpu):
     np.testing.assert_array_equal(gpu.read(index), [[1, 3]])
     _, index = npool.weldon_pool_forward(gpu.to_device(x), kmax=2, kmin=2, return_indices=True)
     np.testing.assert_array_equal(gpu.read(index), [[[1, 3, 0, 2], [0, 3, 0, 2]]])
-    h = np.random.default_rng(4).standard_normal((2, 3, 5, 5)).astype(np.float16)
-    for forward in (npool.global_lse_pool_forward, npool.global_avg_pool_forward):
-        np.testing.assert_allclose(gpu.to_host(forward(gpu.to_device(h))).astype(np.float32),
-                                   forward(h).astype(np.float32), rtol=2e-3, atol=2e-3)
+    for half in HALF_DTYPES:  # the __half and __nv_bfloat16 kernels: one rounding of float32
+        eps = float(float_info(half).eps)
+        h = np.random.default_rng(4).standard_normal((2, 3, 5, 5)).astype(half)
+        g = np.random.default_rng(5).standard_normal((2, 3)).astype(half)
+        for forward, backward in ((npool.global_lse_pool_forward, npool.global_lse_pool_backward),
+                                  (npool.global_avg_pool_forward, npool.global_avg_pool_backward),
+                                  (npool.global_max_pool_forward, npool.global_max_pool_backward)):
+            y = gpu.to_host(forward(gpu.to_device(h)))
+            assert y.dtype == half
+            np.testing.assert_allclose(y.astype(np.float32), forward(h).astype(np.float32),
+                                       rtol=2 * eps, atol=2 * eps)
+            grad = gpu.to_host(backward(gpu.to_device(g), gpu.to_device(h)))
+            assert grad.dtype == half
+            np.testing.assert_allclose(grad.astype(np.float32),
+                                       backward(g, h).astype(np.float32), rtol=2 * eps,
+                                       atol=2 * eps)
+        for forward, backward, k in ((npool.global_kmax_pool_forward,
+                                      npool.global_kmax_pool_backward, dict(k=3)),
+                                     (npool.weldon_pool_forward, npool.weldon_pool_backward,
+                                      dict(kmax=3, kmin=2))):
+            y, index = forward(gpu.to_device(h), return_indices=True, **k)
+            y_cpu, index_cpu = forward(h, return_indices=True, **k)
+            np.testing.assert_array_equal(gpu.read(index), index_cpu)
+            np.testing.assert_allclose(gpu.to_host(y).astype(np.float32),
+                                       y_cpu.astype(np.float32), rtol=2 * eps, atol=2 * eps)
+            grad = gpu.to_host(backward(gpu.to_device(g), gpu.to_device(h), indices=index, **k))
+            np.testing.assert_allclose(grad.astype(np.float32),
+                                       backward(g, h, indices=index_cpu, **k).astype(np.float32),
+                                       rtol=2 * eps, atol=2 * eps)
 
 
 # ------------------------------------------------------------------ Max-Entropy pooling

@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import npool
+from npool._checks import HALF_DTYPES
 from npool._cuda import set_pools as gpu_set_pools
 from test_cuda import emulation_library, gpu  # noqa: F401 (the two backends, as fixtures)
-from npool.testing.tolerances import assert_within, fv_scales, vlad_norm_scales, vlad_scales
+from npool.testing.tolerances import (assert_within, float_info, fv_scales, vlad_norm_scales,
+                                      vlad_scales)
 from test_set_pools import ref_fv, ref_vlad
 
 
@@ -168,32 +170,36 @@ def test_soft_dbow_and_gating_match_the_cpu(gpu, dtype, data):
                  (features, weights, biases), features.shape, dtype, factor=4)
 
 
-def test_float16_is_computed_in_float32(gpu):
+@pytest.mark.parametrize("half", HALF_DTYPES, ids=str)
+def test_half_precision_is_computed_in_float32(gpu, half):
+    """float16 and bfloat16 inputs are converted to float32 on the device and the results
+    rounded once, as on the CPU."""
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 5, 6)).astype(np.float16)
-    a = softmax(rng.standard_normal((2, 5, 4))).astype(np.float16)
-    c = rng.standard_normal((6, 4)).astype(np.float16)
-    cw = rng.uniform(0.5, 2, (6, 4)).astype(np.float16)
+    x = rng.standard_normal((2, 5, 6)).astype(half)
+    a = softmax(rng.standard_normal((2, 5, 4))).astype(half)
+    c = rng.standard_normal((6, 4)).astype(half)
+    cw = rng.uniform(0.5, 2, (6, 4)).astype(half)
     mask = np.array([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1]], bool)
-    w, bias = rng.standard_normal((6, 6)).astype(np.float16), np.zeros(6, np.float16)
-    cases = [(npool.netvlad_pool_forward, npool.netvlad_pool_backward, (x, a, c, mask), 24),
-             (npool.netrvlad_pool_forward, npool.netrvlad_pool_backward, (x, a, mask), 24),
-             (npool.netfv_pool_forward, npool.netfv_pool_backward, (x, a, c, cw, mask), 48),
-             (npool.soft_dbow_pool_forward, npool.soft_dbow_pool_backward, (a, mask), 4),
-             (npool.context_gating_forward, npool.context_gating_backward, (x, w, bias), None)]
-    for forward, backward, inputs, width in cases:
+    w, bias = rng.standard_normal((6, 6)).astype(half), np.zeros(6, half)
+    eps = float(float_info(half).eps)
+    cases = [(npool.netvlad_pool_forward, npool.netvlad_pool_backward, (x, a, c, mask)),
+             (npool.netrvlad_pool_forward, npool.netrvlad_pool_backward, (x, a, mask)),
+             (npool.netfv_pool_forward, npool.netfv_pool_backward, (x, a, c, cw, mask)),
+             (npool.soft_dbow_pool_forward, npool.soft_dbow_pool_backward, (a, mask)),
+             (npool.context_gating_forward, npool.context_gating_backward, (x, w, bias))]
+    for forward, backward, inputs in cases:
         y = gpu.to_host(forward(*on_gpu(gpu, *inputs)))
-        assert y.dtype == np.float16
-        # One float16 rounding of the float32 result, as on the CPU.
+        assert y.dtype == half
+        # One rounding of the float32 result, as on the CPU.
         np.testing.assert_allclose(y.astype(np.float32), forward(*inputs).astype(np.float32),
-                                   rtol=2**-10, atol=2e-3)
-        g = rng.uniform(-1, 1, y.shape).astype(np.float16)
+                                   rtol=eps, atol=2 * eps)
+        g = rng.uniform(-1, 1, y.shape).astype(half)
         grads = to_host(gpu, backward(*on_gpu(gpu, g, *inputs)))
         for got, ex in zip(grads, backward(g, *inputs)):
-            assert got.dtype == np.float16
+            assert got.dtype == half
             scale = max(1.0, float(np.abs(ex.astype(np.float32)).max()))
             np.testing.assert_allclose(got.astype(np.float32), ex.astype(np.float32),
-                                       rtol=4e-3, atol=4e-3 * scale)
+                                       rtol=4 * eps, atol=4 * eps * scale)
 
 
 def test_masked_samples_change_nothing_and_all_zero_residual_is_safe(gpu):

@@ -175,12 +175,35 @@ def test_torch_compile_fullgraph():
 
 # ------------------------------------------------------------------ CUDA
 @pytest.mark.skipif("cuda" not in DEVICES, reason="no GPU")
-def test_cuda_autocast_runs_in_float16():
-    x = torch.randn(2, 3, 8, 8, device="cuda")
-    with torch.autocast("cuda", dtype=torch.float16):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_autocast_runs_in_the_regions_dtype(dtype):
+    x = torch.randn(2, 3, 8, 8, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=dtype):
         y = nt.soft_pool2d(x, 2)
-    assert y.dtype == torch.float16 and y.device.type == "cuda"
-    torch.testing.assert_close(y.float(), nt.soft_pool2d(x.half(), 2).float())
+        z = nt.global_lse_pool(x)
+    assert y.dtype == z.dtype == dtype and y.device.type == "cuda"
+    torch.testing.assert_close(y.float(), nt.soft_pool2d(x.detach().to(dtype), 2).float())
+    (y.float().sum() + z.float().sum()).backward()
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="no GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_half_precision_tensors(dtype):
+    """16-bit CUDA tensors run the __half/__nv_bfloat16 kernels without copies and agree with
+    the CPU (both compute in float32 and round once), channels-last kept."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 8, dtype=dtype)
+    x_gpu = x.cuda().to(memory_format=torch.channels_last).requires_grad_()
+    pool = nt.NetVLAD(8, 9, 4, 5, add_batch_norm=False).to(dtype)
+    for function in (lambda t: nt.soft_pool2d(t, 3, 2, 1, True),
+                     lambda t: nt.maxent_pool2d(t, 0.7, 2), nt.global_lse_pool,
+                     lambda t: nt.weldon_pool(t, 3), lambda t: pool.to(t.device)(t[:, 0])):
+        y = function(x_gpu)
+        assert y.dtype == dtype and y.device.type == "cuda"
+        torch.testing.assert_close(y.cpu().float(), function(x).float(), rtol=2e-2, atol=2e-2)
+        grad, = torch.autograd.grad(y.float().sum(), x_gpu)
+        assert grad.dtype == dtype and torch.isfinite(grad.float()).all()
 
 
 @pytest.mark.skipif("cuda" not in DEVICES, reason="no GPU")

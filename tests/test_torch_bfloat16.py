@@ -54,14 +54,20 @@ def test_bfloat16_tensors_reach_the_core_without_a_copy():
     assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_autocast_cpu_runs_the_pools_in_bfloat16():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_autocast_runs_the_pools_in_the_regions_dtype(dtype):
+    """CPU autocast runs the ops in the region's dtype (bfloat16 by default, float16 when asked),
+    eagerly and compiled; float64 tensors are left alone, as autocast does."""
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         for y in (nt.soft_pool2d(x, 2), nt.maxent_pool2d(x, 0.5, 2), nt.global_lse_pool(x),
                   nt.weldon_pool(x, 3), nt.global_avg_pool(x)):
-            assert y.dtype == torch.bfloat16
+            assert y.dtype == dtype
         v = nt.NetVLAD(8, 8, 4, 5)(x[:, 0])
         (y.float().sum() + v.float().sum()).backward()
+        assert nt.soft_pool2d(x.detach().double(), 2).dtype == torch.float64
+        compiled = torch.compile(lambda t: nt.soft_pool2d(t, 2) + 1, fullgraph=True)
+        assert compiled(x.detach()).dtype == dtype
     assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
 
 

@@ -499,6 +499,7 @@ template <typename T> NPOOL_FN void scatter_body(const Args& a) {
                npool::global_pools::avg_backward_item<T>)
 
 NPOOL_GLOBAL_POOL_KERNELS(__half, f16)
+NPOOL_GLOBAL_POOL_KERNELS(__nv_bfloat16, bf16)
 NPOOL_GLOBAL_POOL_KERNELS(float, f32)
 NPOOL_GLOBAL_POOL_KERNELS(double, f64)
 

@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #ifdef NPOOL_HOST_EMULATION
@@ -28,16 +29,21 @@
 namespace npool {
 
 // ------------------------------------------------------------------ numbers
-// Storage type T -> accumulation type: float for half and float, double for double.
+// Storage type T -> accumulation type: float for the 16-bit types (__half, __nv_bfloat16) and
+// float, double for double.
 template <typename T> struct Accumulator { using type = float; };
 template <> struct Accumulator<double> { using type = double; };
 
 NPOOL_FN float to_acc(__half v) { return __half2float(v); }
+NPOOL_FN float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
 NPOOL_FN float to_acc(float v) { return v; }
 NPOOL_FN double to_acc(double v) { return v; }
 
 template <typename T> NPOOL_FN T from_acc(typename Accumulator<T>::type v);
 template <> NPOOL_FN __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> NPOOL_FN __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
 template <> NPOOL_FN float from_acc<float>(float v) { return v; }
 template <> NPOOL_FN double from_acc<double>(double v) { return v; }
 

@@ -55,6 +55,8 @@ template <typename T> NPOOL_FN void sum_to_shape_body(const Args& a) {
 
 NPOOL_BLOCK_KERNEL(npool_sum_to_shape_f16, npool::reductions::Args,
                    npool::reductions::sum_to_shape_body<__half>)
+NPOOL_BLOCK_KERNEL(npool_sum_to_shape_bf16, npool::reductions::Args,
+                   npool::reductions::sum_to_shape_body<__nv_bfloat16>)
 NPOOL_BLOCK_KERNEL(npool_sum_to_shape_f32, npool::reductions::Args,
                    npool::reductions::sum_to_shape_body<float>)
 NPOOL_BLOCK_KERNEL(npool_sum_to_shape_f64, npool::reductions::Args,

@@ -411,6 +411,10 @@ NPOOL_KERNEL(npool_set_rows_f16_f32, npool::set_pools::RowsArgs,
              (npool::set_pools::rows_item<__half, float, float>))
 NPOOL_KERNEL(npool_set_rows_f32_f16, npool::set_pools::RowsArgs,
              (npool::set_pools::rows_item<float, __half, float>))
+NPOOL_KERNEL(npool_set_rows_bf16_f32, npool::set_pools::RowsArgs,
+             (npool::set_pools::rows_item<__nv_bfloat16, float, float>))
+NPOOL_KERNEL(npool_set_rows_f32_bf16, npool::set_pools::RowsArgs,
+             (npool::set_pools::rows_item<float, __nv_bfloat16, float>))
 
 #ifdef NPOOL_HOST_EMULATION
 // The argument structs' sizes, for the test that npool._cuda.set_pools packs them alike.

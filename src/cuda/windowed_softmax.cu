@@ -12,8 +12,8 @@
 // Arrays are seen as 5-D (N, C, D, H, W) with arbitrary element strides (1-D and 2-D pools add
 // size-1 axes). Work items are taken in memory order of a C-contiguous array, or, when
 // args.channels_last is set, with the channel fastest, so neighbouring threads touch
-// neighbouring addresses in both layouts. Kernels, each for f16/f32/f64 storage (f16 computed in
-// float) and i32/i64 index arithmetic:
+// neighbouring addresses in both layouts. Kernels, each for f16/bf16/f32/f64 storage (the 16-bit
+// types computed in float) and i32/i64 index arithmetic:
 //   forward             one thread per output: y.
 //   backward_disjoint   windows that do not overlap: one thread per output, which writes the
 //                       gradient of every input cell it owns (its window, and the cells between
@@ -403,7 +403,7 @@ template <typename T, typename I> NPOOL_FN void backward_gather_item(const Args&
 }  // namespace windowed_softmax
 }  // namespace npool
 
-// npool_windowed_softmax_<pass>_<f16|f32|f64>_<i32|i64>
+// npool_windowed_softmax_<pass>_<f16|bf16|f32|f64>_<i32|i64>
 #define NPOOL_WINDOWED_SOFTMAX_KERNELS(T, tname, I, iname)                                   \
   NPOOL_KERNEL(npool_windowed_softmax_forward_##tname##_##iname,                             \
                npool::windowed_softmax::Args, (npool::windowed_softmax::forward_item<T, I>)) \
@@ -419,6 +419,8 @@ template <typename T, typename I> NPOOL_FN void backward_gather_item(const Args&
 
 NPOOL_WINDOWED_SOFTMAX_KERNELS(__half, f16, int32_t, i32)
 NPOOL_WINDOWED_SOFTMAX_KERNELS(__half, f16, int64_t, i64)
+NPOOL_WINDOWED_SOFTMAX_KERNELS(__nv_bfloat16, bf16, int32_t, i32)
+NPOOL_WINDOWED_SOFTMAX_KERNELS(__nv_bfloat16, bf16, int64_t, i64)
 NPOOL_WINDOWED_SOFTMAX_KERNELS(float, f32, int32_t, i32)
 NPOOL_WINDOWED_SOFTMAX_KERNELS(float, f32, int64_t, i64)
 NPOOL_WINDOWED_SOFTMAX_KERNELS(double, f64, int32_t, i32)

@@ -202,10 +202,11 @@ def _make_pool(nd):
     Parameters
     ----------
     x : numpy.ndarray or GPU array, shape (N, C, {axes}) or (C, {axes})
-        float32, float64 or float16 (computed in float32). C-contiguous or channels-last
-        memory is used as it is; the output has the same memory layout. A GPU array (PyCUDA
-        GPUArray, or any object with ``__cuda_array_interface__``: a CUDA torch tensor, a CuPy
-        array) runs on its GPU without a copy and gives a PyCUDA GPUArray, which
+        float32, float64, float16 or bfloat16 (the 16-bit ones computed in float32).
+        C-contiguous or channels-last memory is used as it is; the output has the same memory
+        layout. A GPU array (PyCUDA GPUArray, or any object with ``__cuda_array_interface__``:
+        a CUDA torch tensor, a CuPy array; bfloat16 as typestr ``"<V2"``, as torch writes it)
+        runs on its GPU without a copy and gives a PyCUDA GPUArray, which
         ``torch.as_tensor(y, device="cuda")`` or ``cupy.asarray(y)`` wrap without a copy.
     kernel_size : int or tuple of {nd} ints
     stride : int or tuple of {nd} ints, optional

@@ -2,14 +2,21 @@
 
 A PyCUDA ``GPUArray``, a CUDA torch tensor and a CuPy array all export it, so one reader serves
 them all; the data is used where it lies, never copied.
+
+bfloat16: the interface has no type code for it. ``typestr`` ``"<V2"`` (a 2-byte opaque item)
+is read as bfloat16, the convention PyTorch's ``__cuda_array_interface__`` and ml_dtypes'
+``bfloat16`` dtype (``numpy.dtype(ml_dtypes.bfloat16).str == "<V2"``) share.
 """
 import numpy as np
 
-from .._checks import FLOAT_DTYPES
+from .._checks import BFLOAT16, DTYPE_NAMES, FLOAT_DTYPES
 
 # The suffix of the kernels for each storage dtype: npool_<kernel>_<suffix>.
 TYPE_SUFFIX = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32",
                np.dtype(np.float64): "f64"}
+if BFLOAT16 is not None:
+    TYPE_SUFFIX[BFLOAT16] = "bf16"
+_BFLOAT16_TYPESTR = "<V2"
 
 
 class DeviceArray:
@@ -56,7 +63,7 @@ def _interface(obj, name):
 
 
 def describe(obj, name, dtypes=FLOAT_DTYPES):
-    """The DeviceArray of ``obj``, checked: a dtype in ``dtypes`` (float16/32/64 by default),
+    """The DeviceArray of ``obj``, checked: a dtype in ``dtypes`` (the float dtypes by default),
     no mask, strides in whole elements."""
     cai = _interface(obj, name)
     try:
@@ -73,12 +80,13 @@ def describe(obj, name, dtypes=FLOAT_DTYPES):
     if cai.get("mask") is not None:
         raise TypeError(f"{name}: masked GPU arrays are not supported")
     try:
-        dtype = np.dtype(typestr)
+        dtype = BFLOAT16 if typestr == _BFLOAT16_TYPESTR and BFLOAT16 is not None else \
+            np.dtype(typestr)
     except TypeError:
         raise TypeError(f"{name} has an unknown typestr {typestr!r}") from None
     if dtype not in dtypes or not dtype.isnative:
         expected = " or ".join(str(d) for d in dtypes) if dtypes != FLOAT_DTYPES else \
-            "float16, float32 or float64"
+            DTYPE_NAMES
         raise TypeError(f"{name} must have dtype {expected}, got {typestr}")
     byte_strides = cai.get("strides")
     if byte_strides is None:  # C-contiguous

@@ -125,7 +125,8 @@ def _make_soft_pool(nd):
     soft_pool.__doc__ = f"""SoftPool over {nd} spatial axes, differentiable (npool.soft_pool{nd}d_forward).
 
     ``x``: ``(N, *spatial, C)`` (``data_format="channels_last"``, the default) or
-    ``(N, C, *spatial)`` (``"channels_first"``), or either without N; float16/32/64.
+    ``(N, C, *spatial)`` (``"channels_first"``), or either without N; float16, bfloat16,
+    float32 or float64.
     ``kernel_size``, ``stride`` (default: the kernel), ``padding`` (explicit, at most half the
     kernel; padded cells are left out of the windows) and ``ceil_mode`` follow PyTorch's pooling
     rules. Works eagerly and in ``tf.function``, not under XLA.

@@ -60,7 +60,7 @@ def _soft_pool_doc(nd):
 
     Shape:
         - Input: ``{batched}`` or ``{unbatched}``, float16/bfloat16/float32/float64,
-          CPU or CUDA (bfloat16 on the CPU), contiguous or channels-last.
+          CPU or CUDA, contiguous or channels-last.
         - Output: ``(N, C, *out)`` or ``(C, *out)`` in x's memory layout, each ``out`` as
           ``nn.MaxPool{nd}d``'s: ``floor((L + 2 padding - kernel [+ stride - 1]) / stride) + 1``.
 

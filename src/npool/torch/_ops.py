@@ -8,6 +8,33 @@ from .. import _checks
 from . import _decompositions
 from ._tensors import from_core, to_core, torch_matmul
 
+def _cast_for_autocast(value, device_type, dtype):
+    """``value`` with its float32 (and other non-float64 floating) tensors on ``device_type``
+    cast to ``dtype``: autocast's rule for ops that run in lower precision."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() and value.device.type == device_type \
+                and value.dtype != torch.float64:
+            return value.to(dtype)
+        return value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast_for_autocast(v, device_type, dtype) for v in value)
+    return value
+
+
+def _register_autocast(qualname):
+    """Run op ``qualname`` under ``torch.autocast`` in the region's lower-precision dtype (on
+    CUDA float16 or bfloat16, on the CPU bfloat16 or float16, as ``autocast(dtype=...)``
+    chose): its floating tensors are cast to it, float64 ones are left alone, and the op runs
+    with autocast off. (``torch.library.register_autocast`` fixes one dtype per device.)"""
+    op = getattr(torch.ops.npool, qualname.split("::")[1]).default
+    for device_type in ("cpu", "cuda"):
+        def autocast_kernel(*args, _device_type=device_type):
+            dtype = torch.get_autocast_dtype(_device_type)
+            with torch.autocast(_device_type, enabled=False):
+                return op(*_cast_for_autocast(args, _device_type, dtype))
+        torch.library.impl(qualname, "Autocast" + device_type.upper(), autocast_kernel)
+
+
 # ------------------------------------------------------------------ SoftPool
 _SOFT_POOL = {1: (npool.soft_pool1d_forward, npool.soft_pool1d_backward),
               2: (npool.soft_pool2d_forward, npool.soft_pool2d_backward),
@@ -73,8 +100,7 @@ def _soft_pool_autograd(ctx, grad_out):
 
 
 _soft_pool.register_autograd(_soft_pool_autograd, setup_context=_soft_pool_setup_context)
-torch.library.register_autocast("npool::soft_pool", "cuda", torch.float16)
-torch.library.register_autocast("npool::soft_pool", "cpu", torch.bfloat16)
+_register_autocast("npool::soft_pool")
 
 
 def _window_lists(nd, kernel_size, stride, padding):
@@ -107,7 +133,7 @@ def _make_soft_pool(nd):
     ``y_o = sum_i softmax(x over window o)_i x_i`` (npool.soft_pool{nd}d_forward).
 
     Args:
-        x: a CPU or CUDA tensor, float16/bfloat16/float32/float64 (bfloat16 on the CPU).
+        x: a CPU or CUDA tensor, float16/bfloat16/float32/float64.
         kernel_size, stride, padding, ceil_mode: as ``torch.nn.functional.max_pool{nd}d``'s;
             padded cells are left out of the windows.
 
@@ -252,8 +278,7 @@ def _weldon_autograd(ctx, grad_out, _grad_indices):
 for _op, _backward in ((_global_max_pool, _max_autograd), (_global_avg_pool, _avg_autograd),
                        (_global_lse_pool, _lse_autograd), (_weldon_pool, _weldon_autograd)):
     _op.register_autograd(_backward, setup_context=_save_x)
-    torch.library.register_autocast(_op._qualname, "cuda", torch.float16)
-    torch.library.register_autocast(_op._qualname, "cpu", torch.bfloat16)
+    _register_autocast(_op._qualname)
 
 
 def _spatial_cells(x):
@@ -464,8 +489,7 @@ def _maxent_autograd(ctx, grad_out):
 
 
 _maxent_pool.register_autograd(_maxent_autograd, setup_context=_maxent_setup_context)
-torch.library.register_autocast("npool::maxent_pool", "cuda", torch.float16)
-torch.library.register_autocast("npool::maxent_pool", "cpu", torch.bfloat16)
+_register_autocast("npool::maxent_pool")
 
 
 def _make_maxent_pool(nd):

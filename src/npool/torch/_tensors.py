@@ -18,28 +18,35 @@ class _OnCurrentStream:
 
 def to_core(t):
     """A NumPy view (CPU) or a stream-aware GPU array (CUDA) of tensor t's memory; a bfloat16
-    CPU tensor becomes an ml_dtypes bfloat16 array over the same bytes."""
+    CPU tensor becomes an ml_dtypes bfloat16 array over the same bytes (a bfloat16 CUDA tensor's
+    interface says ``typestr="<V2"``, which the GPU core reads as bfloat16)."""
     t = t.detach()
     if t.device.type == "cpu":
         if t.dtype == torch.bfloat16:
             return t.view(torch.int16).numpy().view(BFLOAT16)
         return t.numpy()
     if t.device.type == "cuda":
-        if t.dtype == torch.bfloat16:
-            raise TypeError("bfloat16 CUDA tensors are not supported yet: npool's CUDA kernels "
-                            "have no bfloat16 version (use float16 or float32 on the GPU; "
-                            "bfloat16 works on the CPU)")
         return _OnCurrentStream(t)
     raise TypeError(f"npool.torch supports CPU and CUDA tensors, got a tensor on {t.device}")
 
 
+class _Int16View:
+    """GPU array ``a`` (bfloat16) seen through its ``__cuda_array_interface__`` as int16."""
+
+    def __init__(self, a):
+        self.array = a  # keeps the memory alive
+        self.__cuda_array_interface__ = dict(a.__cuda_array_interface__, typestr="<i2")
+
+
 def from_core(a, like):
-    """A tensor on ``like``'s device over the memory of core result ``a`` (no copy)."""
-    if like.device.type == "cpu":
-        if a.dtype == BFLOAT16:
-            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(a)
-    return torch.as_tensor(a, device=like.device)
+    """A tensor on ``like``'s device over the memory of core result ``a`` (no copy). A bfloat16
+    result passes as int16 (torch.from_numpy knows no ml_dtypes bfloat16) and is viewed back."""
+    cpu = like.device.type == "cpu"
+    if a.dtype == BFLOAT16:
+        bits = a.view(np.int16) if cpu else _Int16View(a)
+        return (torch.from_numpy(bits) if cpu else
+                torch.as_tensor(bits, device=like.device)).view(torch.bfloat16)
+    return torch.from_numpy(a) if cpu else torch.as_tensor(a, device=like.device)
 
 
 def torch_matmul(a, b):
