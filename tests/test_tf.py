@@ -107,26 +107,6 @@ def test_errors():
         ntf.soft_pool2d(tf.zeros((1, 4, 4, 1), tf.int32), 2)
 
 
-def test_xla_is_refused_by_tensorflow_naming_the_op():
-    f = tf.function(lambda v: ntf.soft_pool2d(v, 2), jit_compile=True)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="npool_soft_pool"):
-        f(tf.zeros((1, 4, 4, 1)))
-
-
-def test_saved_model_export_is_refused_clearly(tmp_path):
-    model = keras.Sequential([keras.Input((4, 4, 1)), ntf.SoftPooling2D(2)])
-    with pytest.raises(RuntimeError, match="cannot be exported to a SavedModel"):
-        model.export(str(tmp_path / "exported"), verbose=False)
-
-    class Module(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec((1, 4, 4, 1), tf.float32)])
-        def pool(self, x):
-            return ntf.soft_pool2d(x, 2)
-
-    with pytest.raises(RuntimeError, match="cannot be exported to a SavedModel"):
-        tf.saved_model.save(Module(), str(tmp_path / "saved"))
-
-
 # ------------------------------------------------------------------ Keras layers
 def test_layers_serialise_and_check_arguments():
     layer = ntf.SoftPooling2D(pool_size=3, strides=2, padding=1, ceil_mode=True, name="sp")
@@ -145,7 +125,7 @@ def test_layers_serialise_and_check_arguments():
         ntf.SoftPooling2D(2, padding="same")
     with pytest.raises(ValueError, match="padding must be at most half"):
         ntf.SoftPooling3D(2, padding=2)
-    assert not layer.supports_jit
+    assert layer.supports_jit  # through the decomposition (test_tf_portable.py)
 
 
 def _blob_task(n=64):
@@ -178,7 +158,7 @@ def test_keras_model_trains_and_saves(tmp_path):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = model.fit(x, labels, batch_size=64, epochs=30, verbose=0).history["loss"]
     assert history[-1] < 0.5 * history[0], history
-    assert model.jit_compile is False  # "auto" saw supports_jit = False
+    assert model.jit_compile is False  # Keras' "auto" on a CPU-only machine: npool's kernels
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)

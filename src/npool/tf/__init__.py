@@ -20,6 +20,7 @@ from ._layers import (GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalAver
                       GlobalMaxPooling3D, MaxEntPooling2D, SoftPooling1D, SoftPooling2D,
                       SoftPooling3D, WeldonPool, WeldonPooling1D, WeldonPooling2D,
                       WeldonPooling3D)
+from ._portable import portable
 from ._ops import (context_gating, global_avg_pool, global_kmax_pool, global_lse_pool,
                    global_max_pool, maxent_pool1d, maxent_pool2d, maxent_pool3d, netfv_pool,
                    netrvlad_pool, netvlad_pool, soft_dbow_pool, soft_pool1d, soft_pool2d,
@@ -33,7 +34,7 @@ __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool",
            "GlobalAvgPool", "GlobalLSEPool", "GlobalKMaxPool", "WeldonPool",
            "maxent_pool1d", "maxent_pool2d", "maxent_pool3d", "MaxEntPooling2D",
            "netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool",
-           "context_gating", "NetVLAD", "NetRVLAD", "NetFV", "SoftDBoW",
+           "context_gating", "portable", "NetVLAD", "NetRVLAD", "NetFV", "SoftDBoW",
            "ContextGating", "LoupeBatchNormalization", "load_loupe_checkpoint",
            "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
            "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",

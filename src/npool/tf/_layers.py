@@ -40,7 +40,6 @@ class _SoftPoolingND(keras.layers.Layer):
         self.ceil_mode = ceil_mode
         self.data_format = data_format or keras.config.image_data_format()
         _checks.WindowArgs(self._nd, pool_size, strides, padding, ceil_mode)  # fail early
-        self.supports_jit = False  # a NumPy callback: XLA cannot compile it
 
     def call(self, inputs):
         return type(self)._function(inputs, self.pool_size, self.strides, self.padding,
@@ -105,7 +104,6 @@ class _GlobalPooling(keras.layers.Layer):
             raise ValueError(f"{cls.__name__} pools over {cls.spatial_dims} spatial axes, "
                              f"spatial_dims={spatial_dims} contradicts it")
         self.spatial_dims = cls.spatial_dims or spatial_dims
-        self.supports_jit = False  # a NumPy callback: XLA cannot compile it
 
     def _arguments(self):
         return {name: getattr(self, name) for name in self._options}
@@ -296,7 +294,6 @@ class MaxEntPooling2D(keras.layers.Layer):
         self.pool_size, self.strides, self.padding = pool_size, strides, padding
         self.ceil_mode, self.lam, self.activation, self.hidden = ceil_mode, lam, activation, hidden
         self.data_format = data_format or keras.config.image_data_format()
-        self.supports_jit = False
 
     def build(self, input_shape):
         last = self.data_format == "channels_last"

@@ -1,10 +1,14 @@
-"""npool's ops as ``tf.custom_gradient`` functions over the NumPy core."""
+"""npool's ops as ``tf.custom_gradient`` functions over the NumPy core, and as npool's portable
+decomposition where a graph must stand alone (_portable.py)."""
 import numpy as np
 import tensorflow as tf
 
 import npool
 
 from .. import _checks
+from .. import _portable as portable_forms
+from ._portable import (TFOps, compute_in_float32, from_channels_first, graph_must_stand_alone,
+                        to_channels_first, with_second_order)
 
 _FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)  # bfloat16: ml_dtypes'
 
@@ -39,43 +43,7 @@ class _Layout:
         return range(start, start + self.nd)
 
 
-def _refuse_saved_model_export():
-    """A SavedModel would hold a Python callback that no other process can run: say so while
-    it is being written (tf.saved_model.save, Keras' model.export), not when it fails to load."""
-    try:
-        from tensorflow.python.saved_model.save_context import in_save_context
-    except ImportError:  # a TensorFlow without it: the limitation stays documented only
-        return
-    if in_save_context():
-        raise RuntimeError(
-            "npool.tf ops cannot be exported to a SavedModel: they run npool's NumPy core "
-            "through tf.numpy_function, a Python callback that the SavedModel cannot carry. "
-            "Save Keras models in the .keras format (model.save('m.keras')) instead")
-
-
-def _first_order_only(name, inputs, *grads):
-    """The gradients an npool op returns, passed through an identity whose own gradient
-    raises: the backward runs in npool's core (tf.numpy_function), which TensorFlow cannot
-    differentiate, so a nested GradientTape would otherwise get None or, worse, a finite but
-    wrong second derivative that silently drops the path through this gradient. The op's
-    ``inputs`` are inputs of the identity too, so that an outer tape watching them records it.
-    Returns the list of marked gradients."""
-    count = len(grads)
-
-    @tf.custom_gradient
-    def first_order(*ts):
-        def second_order(*_):
-            raise NotImplementedError(
-                f"npool.tf.{name}: second-order gradients (differentiating this op's gradient, "
-                f"e.g. a gradient penalty or a Hessian-vector product with nested "
-                f"GradientTapes) are not implemented; npool's backward is not differentiable")
-        return [tf.identity(t) for t in ts[:count]], second_order
-
-    return list(first_order(*grads, *inputs))
-
-
 def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
-    _refuse_saved_model_export()
     x = tf.convert_to_tensor(x)
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
@@ -84,6 +52,17 @@ def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
     window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
     args = (window.kernel, window.stride, window.padding, window.ceil_mode)
     forward, backward = _SOFT_POOL[nd]
+    batched = x.shape.rank == nd + 2
+
+    def portable_forward(x):
+        def run(x):
+            y = portable_forms.windowed_softmax_pool(
+                TFOps, to_channels_first(x, layout.last, batched), 1.0, window)
+            return from_channels_first(y, layout.last, batched)
+        return compute_in_float32(run, x)
+
+    if graph_must_stand_alone():
+        return portable_forward(x)
     out_shape = list(x.shape)
     spatial = [out_shape[a] for a in layout.spatial_axes(x.shape.rank)]
     if all(n is not None for n in spatial):
@@ -106,10 +85,11 @@ def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
         y.set_shape(out_shape)
 
         def grad(dy):
-            gx = tf.numpy_function(backward_numpy, [tf.cast(dy, x.dtype), x], x.dtype,
-                                   stateful=False, name="npool_soft_pool_backward")
+            dy = tf.cast(dy, x.dtype)
+            gx = tf.numpy_function(backward_numpy, [dy, x], x.dtype, stateful=False,
+                                   name="npool_soft_pool_backward")
             gx.set_shape(x.shape)
-            return _first_order_only(f"soft_pool{nd}d", [x], gx)[0]
+            return with_second_order(portable_forward, [x], dy, [gx])[0]
 
         return y, grad
 
@@ -129,7 +109,8 @@ def _make_soft_pool(nd):
     float32 or float64.
     ``kernel_size``, ``stride`` (default: the kernel), ``padding`` (explicit, at most half the
     kernel; padded cells are left out of the windows) and ``ceil_mode`` follow PyTorch's pooling
-    rules. Works eagerly and in ``tf.function``, not under XLA.
+    rules. Runs npool's kernels eagerly and in ``tf.function``; builds npool's decomposition
+    into standard ops where the graph must stand alone (SavedModel, XLA, ``npool.tf.portable()``).
     """
     return soft_pool
 
@@ -145,7 +126,6 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_d
     """A global pool of npool's core as a tf.custom_gradient function; selecting pools hand
     their indices from the forward to the backward. ``spatial_dims`` (an int) requires that
     many spatial axes, as Keras' ``Global…Pooling2D`` layers do (batched input only)."""
-    _refuse_saved_model_export()
     x = tf.convert_to_tensor(x)
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
@@ -178,6 +158,19 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_d
     else:
         out_shape = shape[:2] + [1] * (rank - 2)
 
+    def portable_forward(x):
+        def run(x):
+            y = _PORTABLE_GLOBAL[forward.__name__](to_channels_first(x, last), rank - 2,
+                                                   **kwargs)
+            if not keepdims:
+                return y
+            tail = (1,) * (rank - 2) + (-1,) if last else (-1,) + (1,) * (rank - 2)
+            return TFOps.reshape_tail(y, 1, tail)
+        return compute_in_float32(run, x)
+
+    if graph_must_stand_alone():
+        return portable_forward(x)
+
     @tf.custom_gradient
     def pool(x):
         if selects:
@@ -201,15 +194,28 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_d
                 return from_npool(backward(to_npool(ga), to_npool(xa), keepdims=keepdims,
                                            **kwargs, **extra))
 
-            inputs = [tf.cast(dy, x.dtype), x] + ([index] if index is not None else [])
+            dy = tf.cast(dy, x.dtype)
+            inputs = [dy, x] + ([index] if index is not None else [])
             gx = tf.numpy_function(backward_numpy, inputs, x.dtype, stateful=False,
                                    name="npool_global_pool_backward")
             gx.set_shape(x.shape)
-            return _first_order_only(forward.__name__[:-len("_forward")], [x], gx)[0]
+            return with_second_order(portable_forward, [x], dy, [gx])[0]
 
         return y, grad
 
     return pool(x)
+
+
+_PORTABLE_GLOBAL = {
+    "global_max_pool_forward": lambda x, nd: portable_forms.global_max_pool(TFOps, x, nd),
+    "global_avg_pool_forward": lambda x, nd: portable_forms.global_avg_pool(TFOps, x, nd),
+    "global_lse_pool_forward": lambda x, nd, beta: portable_forms.global_lse_pool(TFOps, x, nd,
+                                                                                  beta),
+    "global_kmax_pool_forward": lambda x, nd, k, rounding: portable_forms.weldon_pool(
+        TFOps, x, nd, k, 0, rounding=rounding),
+    "weldon_pool_forward": lambda x, nd, kmax, kmin, alpha, rounding: portable_forms.weldon_pool(
+        TFOps, x, nd, kmax, kmin, alpha, rounding),
+}
 
 
 def global_max_pool(x, keepdims=False, data_format="channels_last", spatial_dims=None):
@@ -261,14 +267,11 @@ _MAXENT = {1: (npool.maxent_pool1d_forward, npool.maxent_pool1d_backward),
 
 
 def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format):
-    _refuse_saved_model_export()
     x = tf.convert_to_tensor(x)
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
                         f"{x.dtype.name}")
     lam = tf.cast(tf.convert_to_tensor(lam), x.dtype)
-    if lam.shape.rank == 0:  # as (1,): tf.numpy_function cannot hand over a 0-d bfloat16
-        lam = tf.reshape(lam, [1])
     layout = _Layout(data_format, nd, x.shape.rank)
     if lam.shape.rank is None or lam.shape.rank > x.shape.rank:
         raise ValueError(f"lam of shape {lam.shape} does not broadcast to the output of x "
@@ -277,6 +280,22 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
     args = (window.kernel, window.stride, window.padding, window.ceil_mode)
     forward, backward = _MAXENT[nd]
     rank = x.shape.rank
+    batched = rank == nd + 2
+
+    def portable_forward(x, lam):
+        def run(x, lam):
+            while lam.shape.rank < rank:
+                lam = tf.expand_dims(lam, 0)
+            y = portable_forms.windowed_softmax_pool(
+                TFOps, to_channels_first(x, layout.last, batched),
+                to_channels_first(lam, layout.last, batched), window)
+            return from_channels_first(y, layout.last, batched)
+        return compute_in_float32(run, x, lam)
+
+    if graph_must_stand_alone():
+        return portable_forward(x, lam)
+    if lam.shape.rank == 0:  # as (1,): tf.numpy_function cannot hand over a 0-d bfloat16
+        lam = tf.reshape(lam, [1])
     out_shape = list(x.shape)
     axes = list(layout.spatial_axes(rank))
     spatial = [out_shape[a] for a in axes]
@@ -300,12 +319,12 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
         y.set_shape(out_shape)
 
         def grad(dy):
-            gx, gl = tf.numpy_function(backward_numpy, [tf.cast(dy, x.dtype), x, lam],
-                                       [x.dtype, x.dtype], stateful=False,
-                                       name="npool_maxent_pool_backward")
+            dy = tf.cast(dy, x.dtype)
+            gx, gl = tf.numpy_function(backward_numpy, [dy, x, lam], [x.dtype, x.dtype],
+                                       stateful=False, name="npool_maxent_pool_backward")
             gx.set_shape(x.shape)
             gl.set_shape(lam.shape)
-            return _first_order_only(f"maxent_pool{nd}d", [x, lam], gx, gl)
+            return with_second_order(portable_forward, [x, lam], dy, [gx, gl])
 
         return y, grad
 
@@ -331,11 +350,11 @@ maxent_pool3d = _make_maxent_pool(3)
 
 
 # ------------------------------------------------------------------ set pools (LOUPE)
-def _set_op(name, forward, backward, tensors, mask, out_shape, state=0):
+def _set_op(name, forward, backward, tensors, mask, out_shape, portable, state=0):
     """A set op of npool's core as a tf.custom_gradient function of ``tensors`` (one gradient
     each). ``mask`` None or (B, M) bools, not differentiated; ``mask=False`` for ops without
-    one. The forward's ``state`` extra outputs (NetVLAD's norms) go to the backward."""
-    _refuse_saved_model_export()
+    one. The forward's ``state`` extra outputs (NetVLAD's norms) go to the backward.
+    ``portable(ops, *tensors, mask)`` is the op's decomposition (npool/_portable.py)."""
     tensors = [tf.convert_to_tensor(t) for t in tensors]
     dtype = tensors[0].dtype
     if dtype not in _FLOAT_DTYPES:
@@ -343,6 +362,13 @@ def _set_op(name, forward, backward, tensors, mask, out_shape, state=0):
                         f"{dtype.name}")
     extra = [] if mask is None or mask is False else [tf.cast(mask, tf.bool)]
     n = len(tensors)
+
+    def portable_forward(*ts):
+        masks = [] if mask is False else [extra[0] if extra else None]
+        return compute_in_float32(lambda *us: portable(TFOps, *us, *masks), *ts)
+
+    if graph_must_stand_alone():
+        return portable_forward(*tensors)
 
     def core_kwargs(arrays):
         if mask is False:
@@ -368,12 +394,13 @@ def _set_op(name, forward, backward, tensors, mask, out_shape, state=0):
         outs[0].set_shape(out_shape)
 
         def grad(dy):
-            grads = tf.numpy_function(backward_numpy, [tf.cast(dy, dtype), *ts, *extra, *outs],
+            dy = tf.cast(dy, dtype)
+            grads = tf.numpy_function(backward_numpy, [dy, *ts, *extra, *outs],
                                       [dtype] * n, stateful=False, name=f"npool_{name}_backward")
             grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
             for g, t in zip(grads, ts):
                 g.set_shape(t.shape)
-            return _first_order_only(name, ts, *grads)
+            return with_second_order(portable_forward, ts, dy, grads)
 
         return outs[0], grad
 
@@ -393,14 +420,16 @@ def netvlad_pool(x, assign, centers, mask=None):
     ``(B, M, D), (B, M, K), (D, K) -> (B, D * K)``; mask (B, M) bools or None."""
     b, d, k = _set_shapes(x, assign)
     return _set_op("netvlad_pool", npool.netvlad_pool_forward, npool.netvlad_pool_backward,
-                   [x, assign, centers], mask, [b, None if None in (d, k) else d * k], state=1)
+                   [x, assign, centers], mask, [b, None if None in (d, k) else d * k],
+                   portable_forms.vlad_pool, state=1)
 
 
 def netrvlad_pool(x, assign, mask=None):
     """NetRVLAD (npool.netrvlad_pool_forward): ``(B, M, D), (B, M, K) -> (B, D * K)``."""
     b, d, k = _set_shapes(x, assign)
     return _set_op("netrvlad_pool", npool.netrvlad_pool_forward, npool.netrvlad_pool_backward,
-                   [x, assign], mask, [b, None if None in (d, k) else d * k], state=1)
+                   [x, assign], mask, [b, None if None in (d, k) else d * k],
+                   lambda ops, x, a, m: portable_forms.vlad_pool(ops, x, a, None, m), state=1)
 
 
 def netfv_pool(x, assign, mu, covar_weights, mask=None):
@@ -408,18 +437,20 @@ def netfv_pool(x, assign, mu, covar_weights, mask=None):
     b, d, k = _set_shapes(x, assign)
     return _set_op("netfv_pool", npool.netfv_pool_forward, npool.netfv_pool_backward,
                    [x, assign, mu, covar_weights], mask,
-                   [b, None if None in (d, k) else 2 * d * k])
+                   [b, None if None in (d, k) else 2 * d * k], portable_forms.fv_pool)
 
 
 def soft_dbow_pool(assign, mask=None):
     """Soft-DBoW (npool.soft_dbow_pool_forward): ``(B, M, K) -> (B, K)``."""
     b, _, k = _set_shapes(None, assign)
     return _set_op("soft_dbow_pool", npool.soft_dbow_pool_forward,
-                   npool.soft_dbow_pool_backward, [assign], mask, [b, k])
+                   npool.soft_dbow_pool_backward, [assign], mask, [b, k],
+                   portable_forms.dbow_pool)
 
 
 def context_gating(x, weights, biases):
     """Context Gating (npool.context_gating_forward): ``x * sigmoid(x W + b)``."""
     x = tf.convert_to_tensor(x)
     return _set_op("context_gating", npool.context_gating_forward,
-                   npool.context_gating_backward, [x, weights, biases], False, x.shape)
+                   npool.context_gating_backward, [x, weights, biases], False, x.shape,
+                   portable_forms.context_gating)

@@ -96,7 +96,6 @@ class ContextGating(keras.layers.Layer):
         self.add_batch_norm = _checks.flag(add_batch_norm, "add_batch_norm")
         self.bn_epsilon, self.bn_momentum = _batch_norm_options(bn_epsilon, bn_momentum)
         self.is_training = _mode(is_training)
-        self.supports_jit = False
         std = 1 / math.sqrt(self.input_size)
         self.gating_weights = self.add_weight(shape=(self.input_size, self.input_size),
                                               initializer=_normal(std), name="gating_weights")
@@ -146,7 +145,6 @@ class _LoupePool(keras.layers.Layer):
         self.bn_epsilon, self.bn_momentum = _batch_norm_options(bn_epsilon, bn_momentum)
         self.is_training = _mode(is_training)
         self.supports_masking = True
-        self.supports_jit = False
         d, k = self.feature_size, self.cluster_size
         self.cluster_weights = self.add_weight(shape=(d, k), initializer=_normal(1 / math.sqrt(d)),
                                                name="cluster_weights")
