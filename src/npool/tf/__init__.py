@@ -6,12 +6,13 @@ static output shapes set. ``data_format="channels_last"`` (TensorFlow's conventi
 default and reaches the kernels as a channels-last view of the same memory, with no transpose
 copy; ``"channels_first"`` is available.
 
-What cannot work, because the graph holds a Python callback: XLA (``jit_compile=True``; the
-Keras layers declare ``supports_jit = False``, so Keras leaves XLA off by itself), exporting a
-SavedModel (``tf.saved_model.save``, ``model.export``: refused with a clear error while the
-export traces the op), and TF Serving/TFLite. Saving Keras models in the ``.keras`` format works: it stores the layers'
-configs, not the graph. This module holds no math: see ``npool.local_pools``, ``npool.global_pools`` and ``npool.set_pools`` for
-the formulas.
+Where a graph must stand alone - a SavedModel being written (``tf.saved_model.save``,
+``model.export``, TFLite's converter), an XLA compilation (``jit_compile=True``) or inside
+``npool.tf.portable()`` - the ops are built from npool's portable decomposition into standard
+TensorFlow ops instead (``npool/_portable.py``), which also gives their second derivatives.
+Saving Keras models in the ``.keras`` format works after ``import npool.tf`` (the layers
+register themselves). This module holds no math: see ``npool.local_pools``,
+``npool.global_pools``, ``npool.set_pools`` and ``npool._portable`` for the formulas.
 """
 from ._layers import (GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalAveragePooling3D,
                       GlobalAvgPool, GlobalKMaxPool, GlobalKMaxPooling1D, GlobalKMaxPooling2D,
