@@ -55,11 +55,19 @@ class HostArray:
         return cai
 
 
+def _aligned_bytes(nbytes, alignment=256):
+    """``nbytes`` of 0xFF bytes starting at a multiple of ``alignment``, as cudaMalloc gives
+    (frameworks that wrap the results, TensorFlow's CPU kernels among them, may rely on it)."""
+    raw = np.full(nbytes + alignment, 0xFF, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start:start + nbytes]
+
+
 def poisoned(shape, dtype, strides):
     """An array of ``shape`` with element ``strides``, filled with NaN bit patterns."""
     dtype = np.dtype(dtype)
     extent = 1 + sum((n - 1) * s for n, s in zip(shape, strides)) if all(shape) else 0
-    memory = np.full(max(extent, 1) * dtype.itemsize, 0xFF, np.uint8).view(dtype)
+    memory = _aligned_bytes(max(extent, 1) * dtype.itemsize).view(dtype)
     return np.lib.stride_tricks.as_strided(memory, shape,
                                            tuple(s * dtype.itemsize for s in strides))
 
@@ -77,7 +85,7 @@ class EmulatedSession:
                                 None, out)
 
     def workspace(self, nbytes):
-        memory = np.full(max(nbytes, 1), 0xFF, np.uint8)
+        memory = _aligned_bytes(max(nbytes, 1))
         self.keep.append(memory)
         return memory.ctypes.data
 

@@ -2,14 +2,25 @@
 import numpy as np
 
 
+_DLPACK_GPU_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
+
+
 def is_gpu_array(a):
-    """True for PyCUDA GPUArrays and anything exporting ``__cuda_array_interface__``."""
+    """True for PyCUDA GPUArrays, anything exporting ``__cuda_array_interface__``, and tensors
+    exporting DLPack from GPU memory (a TensorFlow or JAX GPU tensor)."""
     if type(a).__module__.startswith("pycuda"):
         return True
     try:
-        return hasattr(a, "__cuda_array_interface__")
+        if hasattr(a, "__cuda_array_interface__"):
+            return True
     except Exception:  # torch raises RuntimeError for a CUDA tensor that requires grad
         return True
+    if isinstance(a, np.ndarray) or not hasattr(a, "__dlpack_device__"):
+        return False
+    try:
+        return int(a.__dlpack_device__()[0]) in _DLPACK_GPU_DEVICES
+    except Exception:
+        return False
 
 
 def backend_of(**arrays):

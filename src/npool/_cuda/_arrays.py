@@ -64,7 +64,30 @@ def _interface(obj, name):
 
 def describe(obj, name, dtypes=FLOAT_DTYPES):
     """The DeviceArray of ``obj``, checked: a dtype in ``dtypes`` (the float dtypes by default),
-    no mask, strides in whole elements."""
+    no mask, strides in whole elements. An object without ``__cuda_array_interface__`` that
+    exports DLPack from the GPU (TensorFlow, JAX) is read through DLPack (``_dlpack``)."""
+    if isinstance(obj, DeviceArray):
+        array = obj
+    elif not _has_interface(obj) and hasattr(obj, "__dlpack__"):
+        from . import _dlpack
+        array = _dlpack.read(obj, name)
+    else:
+        return _describe_interface(obj, name, dtypes)
+    if array.dtype not in dtypes:
+        expected = " or ".join(str(d) for d in dtypes) if dtypes != FLOAT_DTYPES else \
+            DTYPE_NAMES
+        raise TypeError(f"{name} must have dtype {expected}, got {array.dtype}")
+    return array
+
+
+def _has_interface(obj):
+    try:
+        return hasattr(obj, "__cuda_array_interface__")
+    except Exception:  # torch: a CUDA tensor that requires grad (the reader says so)
+        return True
+
+
+def _describe_interface(obj, name, dtypes):
     cai = _interface(obj, name)
     try:
         shape = tuple(int(n) for n in cai["shape"])
@@ -128,3 +151,45 @@ def run_stride(shape, strides):
         step = s if step is None else step
         expected = s * n
     return 1 if step is None else step
+
+
+ANY_DTYPE = tuple(FLOAT_DTYPES) + (np.dtype(np.int64), np.dtype(np.bool_))
+
+
+class View:
+    """A DeviceArray with its axes in ``order`` and ``ones`` size-1 axes in front, seen through
+    ``__cuda_array_interface__`` (version 2: no stream, so npool orders it after all work on
+    the device); it keeps the memory's owner alive. GPU arrays' ``np.moveaxis``."""
+
+    def __init__(self, array, order=None, ones=0):
+        order = tuple(range(array.ndim)) if order is None else tuple(order)
+        self.array = array
+        itemsize = array.dtype.itemsize
+        self.__cuda_array_interface__ = {
+            "shape": (1,) * ones + tuple(array.shape[a] for a in order),
+            "typestr": "<V2" if array.dtype == BFLOAT16 else array.dtype.str,
+            "data": (array.ptr if array.size else 0, False),
+            "strides": (0,) * ones + tuple(array.strides[a] * itemsize for a in order),
+            "version": 2}
+
+    @property
+    def shape(self):
+        return self.__cuda_array_interface__["shape"]
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+
+def moveaxis(obj, source, destination):
+    """GPU array ``obj`` with axis ``source`` moved to ``destination`` (a view)."""
+    array = describe(obj, "array", ANY_DTYPE)
+    order = list(range(array.ndim))
+    order.insert(destination % array.ndim, order.pop(source % array.ndim))
+    return View(array, order)
+
+
+def with_leading_ones(obj, ndim):
+    """GPU array ``obj`` with size-1 axes in front up to ``ndim`` axes (a view)."""
+    array = describe(obj, "array", ANY_DTYPE)
+    return View(array, ones=ndim - array.ndim)

@@ -7,6 +7,8 @@ import npool
 
 from .. import _checks
 from .. import _portable as portable_forms
+from ._devices import (PORTABLE, call_core, moveaxis, placement, with_leading_ones,
+                       without_leading_ones)
 from ._portable import (TFOps, compute_in_float32, from_channels_first, graph_must_stand_alone,
                         to_channels_first, with_second_order)
 
@@ -33,10 +35,10 @@ class _Layout:
         self.nd = nd
 
     def to_npool(self, a):
-        return np.moveaxis(a, -1, self.channel_axis) if self.last else a
+        return moveaxis(a, -1, self.channel_axis) if self.last else a
 
     def from_npool(self, a):
-        return np.moveaxis(a, self.channel_axis, -1) if self.last else a
+        return moveaxis(a, self.channel_axis, -1) if self.last else a
 
     def spatial_axes(self, ndim):
         start = self.channel_axis + (0 if self.last else 1)
@@ -61,7 +63,8 @@ def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
             return from_channels_first(y, layout.last, batched)
         return compute_in_float32(run, x)
 
-    if graph_must_stand_alone():
+    where = PORTABLE if graph_must_stand_alone() else placement([x])
+    if where == PORTABLE:
         return portable_forward(x)
     out_shape = list(x.shape)
     spatial = [out_shape[a] for a in layout.spatial_axes(x.shape.rank)]
@@ -80,14 +83,12 @@ def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
 
     @tf.custom_gradient
     def soft_pool(x):
-        y = tf.numpy_function(forward_numpy, [x], x.dtype, stateful=False,
-                              name="npool_soft_pool")
+        y = call_core(forward_numpy, [x], x.dtype, "npool_soft_pool", where)
         y.set_shape(out_shape)
 
         def grad(dy):
             dy = tf.cast(dy, x.dtype)
-            gx = tf.numpy_function(backward_numpy, [dy, x], x.dtype, stateful=False,
-                                   name="npool_soft_pool_backward")
+            gx = call_core(backward_numpy, [dy, x], x.dtype, "npool_soft_pool_backward", where)
             gx.set_shape(x.shape)
             return with_second_order(portable_forward, [x], dy, [gx])[0]
 
@@ -145,10 +146,10 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_d
     last = data_format == "channels_last"
 
     def to_npool(a):
-        return np.moveaxis(a, -1, 1) if last else a
+        return moveaxis(a, -1, 1) if last else a
 
-    def from_npool(a):
-        return np.moveaxis(a, 1, -1) if last and a.ndim > 2 else a
+    def from_npool(a, spatial=True):  # spatial: a has the spatial axes (kept or all)
+        return moveaxis(a, 1, -1) if last and spatial else a
 
     shape = x.shape.as_list()
     if not keepdims:
@@ -168,7 +169,8 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_d
             return TFOps.reshape_tail(y, 1, tail)
         return compute_in_float32(run, x)
 
-    if graph_must_stand_alone():
+    where = PORTABLE if graph_must_stand_alone() else placement([x])
+    if where == PORTABLE:
         return portable_forward(x)
 
     @tf.custom_gradient
@@ -177,14 +179,16 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_d
             def forward_numpy(xa):
                 y, index = forward(to_npool(xa), keepdims=keepdims, return_indices=True,
                                    **kwargs)
-                return from_npool(y), index.astype(np.int64)
+                if isinstance(index, np.ndarray):
+                    index = index.astype(np.int64, copy=False)
+                return from_npool(y, keepdims), index
 
-            y, index = tf.numpy_function(forward_numpy, [x], [x.dtype, tf.int64],
-                                         stateful=False, name="npool_global_pool")
+            y, index = call_core(forward_numpy, [x], [x.dtype, tf.int64], "npool_global_pool",
+                                 where)
         else:
-            y = tf.numpy_function(lambda xa: from_npool(forward(to_npool(xa), keepdims=keepdims,
-                                                                **kwargs)),
-                                  [x], x.dtype, stateful=False, name="npool_global_pool")
+            y = call_core(lambda xa: from_npool(forward(to_npool(xa), keepdims=keepdims,
+                                                        **kwargs), keepdims),
+                          [x], x.dtype, "npool_global_pool", where)
             index = None
         y.set_shape(out_shape)
 
@@ -196,8 +200,7 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_d
 
             dy = tf.cast(dy, x.dtype)
             inputs = [dy, x] + ([index] if index is not None else [])
-            gx = tf.numpy_function(backward_numpy, inputs, x.dtype, stateful=False,
-                                   name="npool_global_pool_backward")
+            gx = call_core(backward_numpy, inputs, x.dtype, "npool_global_pool_backward", where)
             gx.set_shape(x.shape)
             return with_second_order(portable_forward, [x], dy, [gx])[0]
 
@@ -292,7 +295,8 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
             return from_channels_first(y, layout.last, batched)
         return compute_in_float32(run, x, lam)
 
-    if graph_must_stand_alone():
+    where = PORTABLE if graph_must_stand_alone() else placement([x])
+    if where == PORTABLE:
         return portable_forward(x, lam)
     if lam.shape.rank == 0:  # as (1,): tf.numpy_function cannot hand over a 0-d bfloat16
         lam = tf.reshape(lam, [1])
@@ -303,25 +307,24 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
         out_shape[a] = n
 
     def lam_to_npool(la):
-        return layout.to_npool(np.reshape(la, (1,) * (rank - la.ndim) + la.shape))
+        return layout.to_npool(with_leading_ones(la, rank))
 
     def forward_numpy(xa, la):
         return layout.from_npool(forward(layout.to_npool(xa), lam_to_npool(la), *args))
 
     def backward_numpy(ga, xa, la):
         gx, gl = backward(layout.to_npool(ga), layout.to_npool(xa), lam_to_npool(la), *args)
-        return layout.from_npool(gx), np.reshape(layout.from_npool(gl), la.shape)
+        return layout.from_npool(gx), without_leading_ones(layout.from_npool(gl), la.ndim)
 
     @tf.custom_gradient
     def maxent(x, lam):
-        y = tf.numpy_function(forward_numpy, [x, lam], x.dtype, stateful=False,
-                              name="npool_maxent_pool")
+        y = call_core(forward_numpy, [x, lam], x.dtype, "npool_maxent_pool", where)
         y.set_shape(out_shape)
 
         def grad(dy):
             dy = tf.cast(dy, x.dtype)
-            gx, gl = tf.numpy_function(backward_numpy, [dy, x, lam], [x.dtype, x.dtype],
-                                       stateful=False, name="npool_maxent_pool_backward")
+            gx, gl = call_core(backward_numpy, [dy, x, lam], [x.dtype, x.dtype],
+                               "npool_maxent_pool_backward", where)
             gx.set_shape(x.shape)
             gl.set_shape(lam.shape)
             return with_second_order(portable_forward, [x, lam], dy, [gx, gl])
@@ -367,7 +370,8 @@ def _set_op(name, forward, backward, tensors, mask, out_shape, portable, state=0
         masks = [] if mask is False else [extra[0] if extra else None]
         return compute_in_float32(lambda *us: portable(TFOps, *us, *masks), *ts)
 
-    if graph_must_stand_alone():
+    where = PORTABLE if graph_must_stand_alone() else placement(tensors)
+    if where == PORTABLE:
         return portable_forward(*tensors)
 
     def core_kwargs(arrays):
@@ -387,16 +391,15 @@ def _set_op(name, forward, backward, tensors, mask, out_shape, portable, state=0
 
     @tf.custom_gradient
     def op(*ts):
-        outs = tf.numpy_function(forward_numpy, list(ts) + extra,
-                                 [dtype] * (1 + state) if state else dtype, stateful=False,
-                                 name=f"npool_{name}")
+        outs = call_core(forward_numpy, list(ts) + extra,
+                         [dtype] * (1 + state) if state else dtype, f"npool_{name}", where)
         outs = list(outs) if state else [outs]
         outs[0].set_shape(out_shape)
 
         def grad(dy):
             dy = tf.cast(dy, dtype)
-            grads = tf.numpy_function(backward_numpy, [dy, *ts, *extra, *outs],
-                                      [dtype] * n, stateful=False, name=f"npool_{name}_backward")
+            grads = call_core(backward_numpy, [dy, *ts, *extra, *outs], [dtype] * n,
+                              f"npool_{name}_backward", where)
             grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
             for g, t in zip(grads, ts):
                 g.set_shape(t.shape)
