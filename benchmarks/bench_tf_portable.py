@@ -4,8 +4,9 @@ The decomposition (npool/_portable.py with TensorFlow ops) is what SavedModels, 
 get; eager code and ordinary ``tf.function``s run npool's kernels. For each op: the median time
 of forward and of forward + backward for the kernels (inside ``tf.function``), the
 decomposition (``tf.function`` under ``npool.tf.portable()``) and the decomposition compiled
-by XLA (``jit_compile=True``), and the size of the decomposition's largest intermediate (the
-gathered windows) relative to the input.
+by XLA (``jit_compile=True``), the size of the decomposition's largest intermediate (the
+gathered windows) relative to the input, and how far the decomposition's output (fwd) or input
+gradients (fwd+bwd, for an upstream gradient of ones) are from the kernels' (max abs diff).
 
     python benchmarks/bench_tf_portable.py [--repeats 7] [--markdown]
 """
@@ -77,7 +78,7 @@ def main(argv=None):
     parser.add_argument("--markdown", action="store_true")
     options = parser.parse_args(argv)
     header = ("op", "pass", "kernels ms", "decomposition ms", "ratio", "XLA ms", "ratio",
-              "gathered / input")
+              "gathered / input", "max abs diff")
     if options.markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
@@ -86,14 +87,19 @@ def main(argv=None):
         for backward in (False, True):
             step = _step(function, backward)
             kernels = _median_time(tf.function(step), tensors, options.repeats)
+            expected = tf.nest.flatten(step(*tensors))
             with ntf.portable():
                 plain = tf.function(step)
                 xla = tf.function(step, jit_compile=True)
                 decomposed = _median_time(plain, tensors, options.repeats)
                 compiled = _median_time(xla, tensors, options.repeats)
+                got = tf.nest.flatten(step(*tensors))
+            difference = max(float(np.abs(g.numpy() - e.numpy()).max())
+                             for g, e in zip(got, expected))
             row = (name, "fwd+bwd" if backward else "fwd", f"{kernels * 1e3:.1f}",
                    f"{decomposed * 1e3:.1f}", f"{decomposed / kernels:.2f}x",
-                   f"{compiled * 1e3:.1f}", f"{compiled / kernels:.2f}x", f"{growth:.2f}x")
+                   f"{compiled * 1e3:.1f}", f"{compiled / kernels:.2f}x", f"{growth:.2f}x",
+                   f"{difference:.1e}")
             print(("| " + " | ".join(row) + " |") if options.markdown else "  ".join(row))
             sys.stdout.flush()
 

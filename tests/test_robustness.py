@@ -418,7 +418,11 @@ def test_grad_lam_has_the_same_bits_in_either_layout(lam_shape):
 
 
 # ------------------------------------------------------------------ 12. TF second order
-def test_tf_second_order_gradients_raise():
+def test_tf_second_order_gradients_are_the_decompositions():
+    """Issue 13 made second-order gradients of npool.tf ops raise instead of returning None or
+    a number that drops the path through the gradient; issue 17 gives them: the kernels' first
+    derivative, differentiated through the op's decomposition (float64 differences in
+    test_tf_portable.py). Here: equal to differentiating the decomposition twice."""
     tf = pytest.importorskip("tensorflow")
     import npool.tf as nt
     x = tf.constant(np.random.default_rng(0).random((1, 6, 6, 2)))
@@ -427,7 +431,8 @@ def test_tf_second_order_gradients_raise():
              lambda v: nt.global_kmax_pool(v, 2),
              lambda v: nt.netrvlad_pool(tf.reshape(v, (1, 36, 2)),
                                         tf.fill((1, 36, 3), tf.constant(1 / 3, v.dtype)))]
-    for op in cases:
+
+    def second(op):
         with tf.GradientTape() as outer:
             outer.watch(x)
             with tf.GradientTape() as inner:
@@ -435,8 +440,14 @@ def test_tf_second_order_gradients_raise():
                 y = tf.reduce_sum(op(x) ** 2)
             g = inner.gradient(y, x)
             z = tf.reduce_sum(g * tf.sin(x))
-        with pytest.raises(NotImplementedError, match="second-order"):
-            outer.gradient(z, x)
+        return outer.gradient(z, x).numpy()
+
+    for op in cases:
+        got = second(op)
+        with nt.portable():
+            expected = second(op)
+        assert np.isfinite(got).all() and np.abs(got).max() > 0
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
 
 
 # ------------------------------------------------------------------ 13. selection scratch

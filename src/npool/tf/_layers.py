@@ -1,4 +1,6 @@
 """Keras 3 layers of npool's ops, named as Keras names its own pooling layers."""
+import textwrap
+
 import keras
 
 from .. import _checks
@@ -63,25 +65,129 @@ class _SoftPoolingND(keras.layers.Layer):
                 "data_format": self.data_format}
 
 
+def _soft_pool_doc(nd):
+    """The Keras-style docstring of SoftPooling{nd}D."""
+    axes = {1: "steps", 2: "rows, cols", 3: "dim1, dim2, dim3"}[nd]
+    shape, out = {1: ("(2, 8, 3)", "(2, 4, 3)"), 2: ("(2, 8, 8, 3)", "(2, 4, 4, 3)"),
+                  3: ("(2, 4, 8, 8, 3)", "(2, 2, 4, 4, 3)")}[nd]
+    return f"""SoftPool over {nd} spatial {"axis" if nd == 1 else "axes"} (Stergiou et al., ICCV
+    2021), with the arguments of ``keras.layers.MaxPooling{nd}D``: each output is the
+    softmax-weighted mean of its window's real cells,
+    ``y_o = sum_i w_i x_i`` with ``w = softmax(x over window o)``.
+
+    Args:
+        pool_size: the window size, an int or a tuple of {nd} ints. Default 2.
+        strides: the window step, an int, a tuple or None (``pool_size``).
+        padding: ``"valid"`` (none) or explicit padding on both sides, an int or a tuple, at
+            most half the pool size; padded cells are left out of the windows (not zeros).
+            ``"same"`` is refused: its asymmetric padding has no SoftPool equivalent here.
+        ceil_mode: PyTorch's ceil rule for the output size. Default False.
+        data_format: ``"channels_last"`` or ``"channels_first"``; default
+            ``keras.config.image_data_format()``.
+
+    Input shape:
+        ``(batch, {axes}, channels)`` (channels_last) or ``(batch, channels, {axes})``;
+        float16, bfloat16, float32 or float64.
+
+    Output shape:
+        The same with each spatial size ``floor((L + 2 padding - pool_size [+ strides - 1]) /
+        strides) + 1`` (PyTorch's rule; ``ceil_mode`` adds the bracket).
+
+    Runs npool's kernels eagerly and in ``tf.function``; SavedModel, XLA and TFLite get npool's
+    decomposition into standard ops (see ``npool.tf.portable``).
+
+    Example:
+
+    >>> layer = npool.tf.SoftPooling{nd}D(pool_size=2)
+    >>> tuple(layer(np.ones({shape}, "float32")).shape)
+    {out}
+    """
+
+
 @keras.saving.register_keras_serializable(package="npool")
 class SoftPooling1D(_SoftPoolingND):
-    """SoftPool over 1 spatial axis: ``y_o = sum_i softmax(x over window o)_i x_i``."""
+    __doc__ = _soft_pool_doc(1)
     _nd = 1
     _function = staticmethod(soft_pool1d)
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class SoftPooling2D(_SoftPoolingND):
-    """SoftPool over 2 spatial axes: ``y_o = sum_i softmax(x over window o)_i x_i``."""
+    __doc__ = _soft_pool_doc(2)
     _nd = 2
     _function = staticmethod(soft_pool2d)
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class SoftPooling3D(_SoftPoolingND):
-    """SoftPool over 3 spatial axes: ``y_o = sum_i softmax(x over window o)_i x_i``."""
+    __doc__ = _soft_pool_doc(3)
     _nd = 3
     _function = staticmethod(soft_pool3d)
+
+
+_GLOBAL = {
+    "GlobalMaxPool": ("``y = max x`` over the spatial cells of each map", (), ""),
+    "GlobalAvgPool": ("``y = mean x`` over the spatial cells of each map", (), ""),
+    "GlobalLSEPool": (
+        "LogSumExp pooling, ``y = (1/beta) log(mean exp(beta x))`` over the spatial cells of "
+        "each map: the max as beta grows, the mean as it shrinks to 0",
+        (("beta", "the sharpness, a finite real; 0 gives the mean. Default 1.0."),), "beta=2.0"),
+    "GlobalKMaxPool": (
+        "the mean of the k largest cells of each map (k-max pooling)",
+        (("k", "a count (an int >= 1, clipped to the number of cells n) or a fraction in "
+               "(0, 1] of the cells: ``max(1, floor(k n))``. Default 1."),
+         ("rounding", '``"floor"`` or ``"round"`` (half to even, WILDCAT\'s rule) for a '
+                      'fractional k. Default ``"floor"``.')), "k=3"),
+    "WeldonPool": (
+        "WELDON, ``y = mean(kmax largest) + alpha mean(kmin smallest)`` over the spatial cells "
+        "of each map (WILDCAT's pooling is half of it)",
+        (("kmax", "the top count or fraction, as ``GlobalKMaxPool``'s k. Default 1."),
+         ("kmin", "the bottom count or fraction; None: kmin = kmax; 0: no bottom term."),
+         ("alpha", "the weight of the bottom term, a finite real. Default 1.0."),
+         ("rounding", '``"floor"`` or ``"round"`` for fractional counts.')),
+        "kmax=3, kmin=2, alpha=0.7"),
+}
+_KERAS_NAMES = {"GlobalMaxPool": "GlobalMaxPooling", "GlobalAvgPool": "GlobalAveragePooling",
+                "GlobalLSEPool": "GlobalLSEPooling", "GlobalKMaxPool": "GlobalKMaxPooling",
+                "WeldonPool": "WeldonPooling"}
+
+
+def _global_doc(base, nd=None):
+    """The Keras-style docstring of global pool ``base`` (fixed to ``nd`` spatial axes)."""
+    formula, options, example = _GLOBAL[base]
+    name = base if nd is None else f"{_KERAS_NAMES[base]}{nd}D"
+    rank = "any number of spatial axes" if nd is None else \
+        f"{nd} spatial {'axis' if nd == 1 else 'axes'} (rank-{nd + 2} inputs, as " \
+        f"``keras.layers.GlobalMaxPooling{nd}D``)"
+    args = "".join(f"        {option}: {text}\n" for option, text in options)
+    if nd is None:
+        args += ("        spatial_dims: None (any number of spatial axes) or the number the "
+                 "input must have.\n")
+    shape = (2, 5, 6, 3) if nd is None else {1: (2, 6, 3), 2: (2, 5, 6, 3),
+                                              3: (2, 4, 5, 6, 3)}[nd]
+    summary = textwrap.fill(f"{formula[0].upper() + formula[1:]}; over {rank}.", 96,
+                            subsequent_indent="    ")
+    return f"""{summary}
+
+    Args:
+{args}        keepdims: keep the spatial axes as size 1, as Keras' global pooling layers.
+            Default False.
+        data_format: ``"channels_last"`` or ``"channels_first"``; default
+            ``keras.config.image_data_format()``.
+
+    Input shape:
+        ``(batch, *spatial, channels)`` (channels_last) or ``(batch, channels, *spatial)``;
+        float16, bfloat16, float32 or float64.
+
+    Output shape:
+        ``(batch, channels)``; with ``keepdims`` the spatial axes kept as size 1.
+
+    Example:
+
+    >>> layer = npool.tf.{name}({example})
+    >>> tuple(layer(np.ones({shape}, "float32")).shape)
+    (2, 3)
+    """
 
 
 class _GlobalPooling(keras.layers.Layer):
@@ -131,19 +237,19 @@ class _GlobalPooling(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalMaxPool(_GlobalPooling):
-    """``y = max x`` over all spatial cells of each map."""
+    __doc__ = _global_doc("GlobalMaxPool")
     _function = staticmethod(global_max_pool)
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalAvgPool(_GlobalPooling):
-    """``y = mean x`` over all spatial cells of each map."""
+    __doc__ = _global_doc("GlobalAvgPool")
     _function = staticmethod(global_avg_pool)
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalLSEPool(_GlobalPooling):
-    """``y = (1/beta) log(mean exp(beta x))`` over all spatial cells of each map."""
+    __doc__ = _global_doc("GlobalLSEPool")
     _function = staticmethod(global_lse_pool)
     _options = ("beta",)
 
@@ -154,8 +260,7 @@ class GlobalLSEPool(_GlobalPooling):
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalKMaxPool(_GlobalPooling):
-    """The mean of the k largest cells of each map (k: a count or a fraction in (0, 1],
-    floored, or rounded half to even with ``rounding="round"`` as WILDCAT)."""
+    __doc__ = _global_doc("GlobalKMaxPool")
     _function = staticmethod(global_kmax_pool)
     _options = ("k", "rounding")
 
@@ -167,8 +272,7 @@ class GlobalKMaxPool(_GlobalPooling):
 
 @keras.saving.register_keras_serializable(package="npool")
 class WeldonPool(_GlobalPooling):
-    """WELDON: mean of the kmax largest + alpha * mean of the kmin smallest cells of each map
-    (``kmin=None``: kmin = kmax); WILDCAT's pooling is half of it."""
+    __doc__ = _global_doc("WeldonPool")
     _function = staticmethod(weldon_pool)
     _options = ("kmax", "kmin", "alpha", "rounding")
 
@@ -181,100 +285,121 @@ class WeldonPool(_GlobalPooling):
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalMaxPooling1D(GlobalMaxPool):
-    """``GlobalMaxPool`` over 1 spatial axis (inputs of rank 3)."""
+    __doc__ = _global_doc("GlobalMaxPool", 1)
     spatial_dims = 1
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalMaxPooling2D(GlobalMaxPool):
-    """``GlobalMaxPool`` over 2 spatial axises (inputs of rank 4)."""
+    __doc__ = _global_doc("GlobalMaxPool", 2)
     spatial_dims = 2
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalMaxPooling3D(GlobalMaxPool):
-    """``GlobalMaxPool`` over 3 spatial axises (inputs of rank 5)."""
+    __doc__ = _global_doc("GlobalMaxPool", 3)
     spatial_dims = 3
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalAveragePooling1D(GlobalAvgPool):
-    """``GlobalAvgPool`` over 1 spatial axis (inputs of rank 3)."""
+    __doc__ = _global_doc("GlobalAvgPool", 1)
     spatial_dims = 1
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalAveragePooling2D(GlobalAvgPool):
-    """``GlobalAvgPool`` over 2 spatial axises (inputs of rank 4)."""
+    __doc__ = _global_doc("GlobalAvgPool", 2)
     spatial_dims = 2
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalAveragePooling3D(GlobalAvgPool):
-    """``GlobalAvgPool`` over 3 spatial axises (inputs of rank 5)."""
+    __doc__ = _global_doc("GlobalAvgPool", 3)
     spatial_dims = 3
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalLSEPooling1D(GlobalLSEPool):
-    """``GlobalLSEPool`` over 1 spatial axis (inputs of rank 3)."""
+    __doc__ = _global_doc("GlobalLSEPool", 1)
     spatial_dims = 1
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalLSEPooling2D(GlobalLSEPool):
-    """``GlobalLSEPool`` over 2 spatial axises (inputs of rank 4)."""
+    __doc__ = _global_doc("GlobalLSEPool", 2)
     spatial_dims = 2
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalLSEPooling3D(GlobalLSEPool):
-    """``GlobalLSEPool`` over 3 spatial axises (inputs of rank 5)."""
+    __doc__ = _global_doc("GlobalLSEPool", 3)
     spatial_dims = 3
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalKMaxPooling1D(GlobalKMaxPool):
-    """``GlobalKMaxPool`` over 1 spatial axis (inputs of rank 3)."""
+    __doc__ = _global_doc("GlobalKMaxPool", 1)
     spatial_dims = 1
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalKMaxPooling2D(GlobalKMaxPool):
-    """``GlobalKMaxPool`` over 2 spatial axises (inputs of rank 4)."""
+    __doc__ = _global_doc("GlobalKMaxPool", 2)
     spatial_dims = 2
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalKMaxPooling3D(GlobalKMaxPool):
-    """``GlobalKMaxPool`` over 3 spatial axises (inputs of rank 5)."""
+    __doc__ = _global_doc("GlobalKMaxPool", 3)
     spatial_dims = 3
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class WeldonPooling1D(WeldonPool):
-    """``WeldonPool`` over 1 spatial axis (inputs of rank 3)."""
+    __doc__ = _global_doc("WeldonPool", 1)
     spatial_dims = 1
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class WeldonPooling2D(WeldonPool):
-    """``WeldonPool`` over 2 spatial axises (inputs of rank 4)."""
+    __doc__ = _global_doc("WeldonPool", 2)
     spatial_dims = 2
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class WeldonPooling3D(WeldonPool):
-    """``WeldonPool`` over 3 spatial axises (inputs of rank 5)."""
+    __doc__ = _global_doc("WeldonPool", 3)
     spatial_dims = 3
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class MaxEntPooling2D(keras.layers.Layer):
-    """Max-Entropy pooling with its temperature ``lam``: ``"gfgp"`` (the Global-Feature-Guided
-    branch: GAP -> 1x1 conv -> BatchNorm -> ReLU -> 1x1 conv -> BatchNorm -> sigmoid/softplus,
-    hidden width ``channels // 2`` by default), ``"channel"`` (a learnable temperature per
-    channel, starting at 1) or a fixed number. Window arguments as ``SoftPooling2D``."""
+    """Max-Entropy pooling over 2 spatial axes with a temperature ``lam``: each output is
+    ``y_o = sum_i softmax(lam_o x over window o)_i x_i``, the window's mean at ``lam = 0``,
+    SoftPool at 1, its max as ``lam`` grows (its min as it falls).
+
+    Args:
+        pool_size, strides, padding, ceil_mode, data_format: as ``SoftPooling2D``.
+        lam: ``"gfgp"`` (default: the Global-Feature-Guided branch computes a temperature per
+            sample and channel from the input: global average pooling -> 1x1 conv -> BatchNorm
+            -> ReLU -> 1x1 conv -> BatchNorm -> ``activation``), ``"channel"`` (a learnable
+            temperature per channel, starting at 1) or a fixed number.
+        activation: ``"sigmoid"`` (default) or ``"softplus"``, the GFGP branch's last step.
+        hidden: the GFGP branch's hidden width; default ``channels // 2``.
+
+    Input shape:
+        ``(batch, rows, cols, channels)`` (channels_last) or ``(batch, channels, rows, cols)``.
+
+    Output shape:
+        As ``SoftPooling2D``'s.
+
+    Example:
+
+    >>> layer = npool.tf.MaxEntPooling2D(pool_size=2, lam="channel")
+    >>> tuple(layer(np.ones((2, 8, 8, 3), "float32")).shape)
+    (2, 4, 4, 3)
+    """
 
     def __init__(self, pool_size=2, strides=None, padding="valid", ceil_mode=False, lam="gfgp",
                  activation="sigmoid", hidden=None, data_format=None, **kwargs):

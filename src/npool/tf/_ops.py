@@ -103,15 +103,32 @@ def _make_soft_pool(nd):
         return _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format)
 
     soft_pool.__name__ = soft_pool.__qualname__ = f"soft_pool{nd}d"
-    soft_pool.__doc__ = f"""SoftPool over {nd} spatial axes, differentiable (npool.soft_pool{nd}d_forward).
+    shape, out = {1: ("(2, 8, 3)", "(2, 4, 3)"), 2: ("(2, 8, 8, 3)", "(2, 4, 4, 3)"),
+                  3: ("(2, 4, 8, 8, 3)", "(2, 2, 4, 4, 3)")}[nd]
+    soft_pool.__doc__ = f"""SoftPool over {nd} spatial {"axis" if nd == 1 else "axes"}:
+    ``y_o = sum_i softmax(x over window o)_i x_i`` over each window's real cells.
 
-    ``x``: ``(N, *spatial, C)`` (``data_format="channels_last"``, the default) or
-    ``(N, C, *spatial)`` (``"channels_first"``), or either without N; float16, bfloat16,
-    float32 or float64.
-    ``kernel_size``, ``stride`` (default: the kernel), ``padding`` (explicit, at most half the
-    kernel; padded cells are left out of the windows) and ``ceil_mode`` follow PyTorch's pooling
-    rules. Runs npool's kernels eagerly and in ``tf.function``; builds npool's decomposition
-    into standard ops where the graph must stand alone (SavedModel, XLA, ``npool.tf.portable()``).
+    Args:
+        x: ``(N, *spatial, C)`` (``data_format="channels_last"``, the default) or
+            ``(N, C, *spatial)`` (``"channels_first"``), or either without N; float16,
+            bfloat16, float32 or float64.
+        kernel_size: the window, an int or a tuple of {nd} ints.
+        stride: the step, an int or a tuple; default ``kernel_size``.
+        padding: explicit padding on both sides, at most half the kernel; padded cells are
+            left out of the windows. Default 0.
+        ceil_mode: PyTorch's ceil rule for the output size. Default False.
+        data_format: ``"channels_last"`` or ``"channels_first"``.
+
+    Returns:
+        The pooled tensor, each spatial size ``floor((L + 2 padding - kernel [+ stride - 1]) /
+        stride) + 1``; differentiable (second order too). npool's kernels run eagerly and in
+        ``tf.function``; graphs that must stand alone (SavedModel, XLA, TFLite,
+        ``npool.tf.portable()``) get npool's decomposition into standard ops.
+
+    Example:
+
+    >>> tuple(npool.tf.soft_pool{nd}d(tf.ones({shape}), kernel_size=2).shape)
+    {out}
     """
     return soft_pool
 
@@ -222,23 +239,79 @@ _PORTABLE_GLOBAL = {
 
 
 def global_max_pool(x, keepdims=False, data_format="channels_last", spatial_dims=None):
-    """``y = max x`` over the spatial cells of each map (npool.global_max_pool_forward).
+    """``y = max x`` over the spatial cells of each map.
 
-    ``spatial_dims=None`` takes any number of spatial axes; an int requires exactly that many
-    (the same for every global pool below)."""
+    Args:
+        x: ``(N, *spatial, C)`` or ``(N, C, *spatial)``, float16/bfloat16/float32/float64.
+        keepdims: keep the spatial axes as size 1. Default False.
+        data_format: ``"channels_last"`` (default, ``(N, *spatial, C)``) or
+            ``"channels_first"`` (``(N, C, *spatial)``).
+        spatial_dims: None (any number of spatial axes) or the number x must have.
+
+    Returns:
+        ``(N, C)``, or with ``keepdims`` x's shape with the spatial sizes 1; differentiable
+        (second order too). npool's kernels run eagerly and in ``tf.function``; graphs that
+        must stand alone get the decomposition (``npool.tf.portable``).
+
+    Example:
+
+    >>> x = tf.reshape(tf.range(2 * 4 * 4 * 3, dtype=tf.float32), (2, 4, 4, 3))
+    >>> npool.tf.global_max_pool(x)[:1].numpy().astype("float64").round(3).tolist()
+    [[45.0, 46.0, 47.0]]
+    """
     return _global_pool(x, npool.global_max_pool_forward, npool.global_max_pool_backward,
                         keepdims, data_format, True, spatial_dims)
 
 
 def global_avg_pool(x, keepdims=False, data_format="channels_last", spatial_dims=None):
-    """``y = mean x`` over the spatial cells of each map."""
+    """``y = mean x`` over the spatial cells of each map.
+
+    Args:
+        x: ``(N, *spatial, C)`` or ``(N, C, *spatial)``, float16/bfloat16/float32/float64.
+        keepdims: keep the spatial axes as size 1. Default False.
+        data_format: ``"channels_last"`` (default, ``(N, *spatial, C)``) or
+            ``"channels_first"`` (``(N, C, *spatial)``).
+        spatial_dims: None (any number of spatial axes) or the number x must have.
+
+    Returns:
+        ``(N, C)``, or with ``keepdims`` x's shape with the spatial sizes 1; differentiable
+        (second order too). npool's kernels run eagerly and in ``tf.function``; graphs that
+        must stand alone get the decomposition (``npool.tf.portable``).
+
+    Example:
+
+    >>> x = tf.reshape(tf.range(2 * 4 * 4 * 3, dtype=tf.float32), (2, 4, 4, 3))
+    >>> npool.tf.global_avg_pool(x)[:1].numpy().astype("float64").round(3).tolist()
+    [[22.5, 23.5, 24.5]]
+    """
     return _global_pool(x, npool.global_avg_pool_forward, npool.global_avg_pool_backward,
                         keepdims, data_format, False, spatial_dims)
 
 
 def global_lse_pool(x, beta=1.0, keepdims=False, data_format="channels_last",
                     spatial_dims=None):
-    """``y = (1/beta) log(mean exp(beta x))`` over the spatial cells of each map."""
+    """LogSumExp pooling, ``y = (1/beta) log(mean exp(beta x))`` over the spatial cells of
+    each map: the max as beta grows, the mean as it shrinks to 0.
+
+    Args:
+        x: ``(N, *spatial, C)`` or ``(N, C, *spatial)``, float16/bfloat16/float32/float64.
+        beta: the sharpness, a finite real; 0 gives the mean. Default 1.0.
+        keepdims: keep the spatial axes as size 1. Default False.
+        data_format: ``"channels_last"`` (default, ``(N, *spatial, C)``) or
+            ``"channels_first"`` (``(N, C, *spatial)``).
+        spatial_dims: None (any number of spatial axes) or the number x must have.
+
+    Returns:
+        ``(N, C)``, or with ``keepdims`` x's shape with the spatial sizes 1; differentiable
+        (second order too). npool's kernels run eagerly and in ``tf.function``; graphs that
+        must stand alone get the decomposition (``npool.tf.portable``).
+
+    Example:
+
+    >>> x = tf.reshape(tf.range(2 * 4 * 4 * 3, dtype=tf.float32), (2, 4, 4, 3))
+    >>> npool.tf.global_lse_pool(x, beta=0.5)[:1].numpy().astype("float64").round(3).tolist()
+    [[39.96, 40.96, 41.96]]
+    """
     return _global_pool(x, npool.global_lse_pool_forward, npool.global_lse_pool_backward,
                         keepdims, data_format, False, spatial_dims,
                         beta=_checks.finite_real(beta, "beta"))
@@ -246,8 +319,29 @@ def global_lse_pool(x, beta=1.0, keepdims=False, data_format="channels_last",
 
 def global_kmax_pool(x, k=1, keepdims=False, data_format="channels_last", rounding="floor",
                      spatial_dims=None):
-    """The mean of the k largest cells of each map (k: a count or a fraction in (0, 1], floored
-    or, with ``rounding="round"``, rounded half to even as WILDCAT)."""
+    """The mean of the k largest cells of each map (k-max pooling).
+
+    Args:
+        x: ``(N, *spatial, C)`` or ``(N, C, *spatial)``, float16/bfloat16/float32/float64.
+        k: a count (an int >= 1, clipped to the number of cells n) or a fraction in (0, 1]:
+            ``max(1, floor(k n))`` cells. Default 1.
+        rounding: ``"floor"`` or ``"round"`` (half to even, WILDCAT's rule) for a fraction.
+        keepdims: keep the spatial axes as size 1. Default False.
+        data_format: ``"channels_last"`` (default, ``(N, *spatial, C)``) or
+            ``"channels_first"`` (``(N, C, *spatial)``).
+        spatial_dims: None (any number of spatial axes) or the number x must have.
+
+    Returns:
+        ``(N, C)``, or with ``keepdims`` x's shape with the spatial sizes 1; differentiable
+        (second order too). npool's kernels run eagerly and in ``tf.function``; graphs that
+        must stand alone get the decomposition (``npool.tf.portable``).
+
+    Example:
+
+    >>> x = tf.reshape(tf.range(2 * 4 * 4 * 3, dtype=tf.float32), (2, 4, 4, 3))
+    >>> npool.tf.global_kmax_pool(x, k=3)[:1].numpy().astype("float64").round(3).tolist()
+    [[42.0, 43.0, 44.0]]
+    """
     _checks.k_count(k, 1, "k", rounding=rounding)
     return _global_pool(x, npool.global_kmax_pool_forward, npool.global_kmax_pool_backward,
                         keepdims, data_format, True, spatial_dims, k=k, rounding=rounding)
@@ -255,8 +349,31 @@ def global_kmax_pool(x, k=1, keepdims=False, data_format="channels_last", roundi
 
 def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, data_format="channels_last",
                 rounding="floor", spatial_dims=None):
-    """WELDON: mean of the kmax largest + alpha * mean of the kmin smallest cells of each map
-    (``kmin=None``: kmin = kmax; WILDCAT's pooling is half of it)."""
+    """WELDON: ``y = mean(kmax largest) + alpha mean(kmin smallest)`` over the spatial cells
+    of each map (WILDCAT's pooling is half of it).
+
+    Args:
+        x: ``(N, *spatial, C)`` or ``(N, C, *spatial)``, float16/bfloat16/float32/float64.
+        kmax: the top count or fraction, as ``global_kmax_pool``'s k. Default 1.
+        kmin: the bottom count or fraction; None: kmin = kmax; 0: no bottom term.
+        alpha: the weight of the bottom term, a finite real. Default 1.0.
+        rounding: ``"floor"`` or ``"round"`` for fractional counts.
+        keepdims: keep the spatial axes as size 1. Default False.
+        data_format: ``"channels_last"`` (default, ``(N, *spatial, C)``) or
+            ``"channels_first"`` (``(N, C, *spatial)``).
+        spatial_dims: None (any number of spatial axes) or the number x must have.
+
+    Returns:
+        ``(N, C)``, or with ``keepdims`` x's shape with the spatial sizes 1; differentiable
+        (second order too). npool's kernels run eagerly and in ``tf.function``; graphs that
+        must stand alone get the decomposition (``npool.tf.portable``).
+
+    Example:
+
+    >>> x = tf.reshape(tf.range(2 * 4 * 4 * 3, dtype=tf.float32), (2, 4, 4, 3))
+    >>> npool.tf.weldon_pool(x, kmax=3, kmin=2, alpha=0.5)[:1].numpy().astype("float64").round(3).tolist()
+    [[42.75, 44.25, 45.75]]
+    """
     _checks.weldon_counts(kmax, kmin, 1, rounding)
     return _global_pool(x, npool.weldon_pool_forward, npool.weldon_pool_backward, keepdims,
                         data_format, True, spatial_dims, kmax=kmax, kmin=kmin,
@@ -340,9 +457,28 @@ def _make_maxent_pool(nd):
         return _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format)
 
     maxent_pool.__name__ = maxent_pool.__qualname__ = f"maxent_pool{nd}d"
-    maxent_pool.__doc__ = f"""Max-Entropy pooling over {nd} spatial axes, differentiable in x and
-    lam (npool.maxent_pool{nd}d_forward). ``lam`` broadcasts to the output in x's data format,
-    e.g. (N, 1, 1, C) per sample and channel for channels_last.
+    shape, out, lam = {1: ("(2, 8, 3)", "(2, 4, 3)", "(1, 1, 3)"),
+                       2: ("(2, 8, 8, 3)", "(2, 4, 4, 3)", "(1, 1, 1, 3)"),
+                       3: ("(2, 4, 8, 8, 3)", "(2, 2, 4, 4, 3)", "(1, 1, 1, 1, 3)")}[nd]
+    maxent_pool.__doc__ = f"""Max-Entropy pooling over {nd} spatial {"axis" if nd == 1 else "axes"}:
+    ``y_o = sum_i softmax(lam_o x over window o)_i x_i``, the window's mean at ``lam = 0``,
+    SoftPool at 1, its max as ``lam`` grows.
+
+    Args:
+        x: as ``soft_pool{nd}d``'s.
+        lam: the temperature, a number or a tensor that broadcasts to the output in x's data
+            format (e.g. ``{lam}`` per channel, ``(N, 1, ..., 1, C)`` per sample and channel);
+            differentiable.
+        kernel_size, stride, padding, ceil_mode, data_format: as ``soft_pool{nd}d``'s.
+
+    Returns:
+        The pooled tensor, as ``soft_pool{nd}d``'s; differentiable in x and lam (second order
+        too).
+
+    Example:
+
+    >>> tuple(npool.tf.maxent_pool{nd}d(tf.ones({shape}), tf.ones({lam}), 2).shape)
+    {out}
     """
     return maxent_pool
 
@@ -419,8 +555,24 @@ def _set_shapes(x, assign):
 
 
 def netvlad_pool(x, assign, centers, mask=None):
-    """NetVLAD (npool.netvlad_pool_forward), differentiable in x, assign and centers:
-    ``(B, M, D), (B, M, K), (D, K) -> (B, D * K)``; mask (B, M) bools or None."""
+    """NetVLAD pooling (Arandjelovic et al.; LOUPE): ``V_dk = sum_m a_mk (x_md - c_dk)``,
+    each column l2-normalised over d, flattened D-major and l2-normalised.
+
+    Args:
+        x: ``(B, M, D)`` features; float16/bfloat16/float32/float64.
+        assign: ``(B, M, K)`` soft assignments (e.g. a softmax over K).
+        centers: ``(D, K)`` cluster centres.
+        mask: ``(B, M)`` bools, the real samples of each set (None: all); not differentiated.
+
+    Returns:
+        ``(B, D * K)``; differentiable in x, assign and centers (second order too).
+
+    Example:
+
+    >>> x, a = tf.ones((2, 5, 4)), tf.fill((2, 5, 3), 1 / 3)
+    >>> tuple(npool.tf.netvlad_pool(x, a, tf.zeros((4, 3))).shape)
+    (2, 12)
+    """
     b, d, k = _set_shapes(x, assign)
     return _set_op("netvlad_pool", npool.netvlad_pool_forward, npool.netvlad_pool_backward,
                    [x, assign, centers], mask, [b, None if None in (d, k) else d * k],
@@ -428,7 +580,21 @@ def netvlad_pool(x, assign, centers, mask=None):
 
 
 def netrvlad_pool(x, assign, mask=None):
-    """NetRVLAD (npool.netrvlad_pool_forward): ``(B, M, D), (B, M, K) -> (B, D * K)``."""
+    """NetRVLAD pooling (LOUPE): NetVLAD without centres, ``V_dk = sum_m a_mk x_md``.
+
+    Args:
+        x: ``(B, M, D)`` features.
+        assign: ``(B, M, K)`` soft assignments.
+        mask: ``(B, M)`` bools, the real samples of each set (None: all); not differentiated.
+
+    Returns:
+        ``(B, D * K)``; differentiable in x and assign.
+
+    Example:
+
+    >>> tuple(npool.tf.netrvlad_pool(tf.ones((2, 5, 4)), tf.fill((2, 5, 3), 1 / 3)).shape)
+    (2, 12)
+    """
     b, d, k = _set_shapes(x, assign)
     return _set_op("netrvlad_pool", npool.netrvlad_pool_forward, npool.netrvlad_pool_backward,
                    [x, assign], mask, [b, None if None in (d, k) else d * k],
@@ -436,7 +602,26 @@ def netrvlad_pool(x, assign, mask=None):
 
 
 def netfv_pool(x, assign, mu, covar_weights, mask=None):
-    """NetFV (npool.netfv_pool_forward): ``-> (B, 2 * D * K)``."""
+    """NetFV pooling (LOUPE's Fisher vector): with ``sigma = covar_weights^2 + 1e-6`` and
+    ``A_k = sum_m a_mk``, ``F1 = (sum_m a x - A mu) / sigma``, ``F2 = sum_m a (x - mu)^2 /
+    sigma^2 - A``; ``concat(l2n(flatten(l2n_d(F1))), l2n(flatten(F2)))``.
+
+    Args:
+        x: ``(B, M, D)`` features.
+        assign: ``(B, M, K)`` soft assignments.
+        mu: ``(D, K)`` means.
+        covar_weights: ``(D, K)`` square roots of the variances.
+        mask: ``(B, M)`` bools, the real samples of each set (None: all); not differentiated.
+
+    Returns:
+        ``(B, 2 * D * K)``; differentiable in x, assign, mu and covar_weights.
+
+    Example:
+
+    >>> x, a = tf.ones((2, 5, 4)), tf.fill((2, 5, 3), 1 / 3)
+    >>> tuple(npool.tf.netfv_pool(x, a, tf.zeros((4, 3)), tf.ones((4, 3))).shape)
+    (2, 24)
+    """
     b, d, k = _set_shapes(x, assign)
     return _set_op("netfv_pool", npool.netfv_pool_forward, npool.netfv_pool_backward,
                    [x, assign, mu, covar_weights], mask,
@@ -444,7 +629,21 @@ def netfv_pool(x, assign, mu, covar_weights, mask=None):
 
 
 def soft_dbow_pool(assign, mask=None):
-    """Soft-DBoW (npool.soft_dbow_pool_forward): ``(B, M, K) -> (B, K)``."""
+    """Soft-DBoW pooling (LOUPE): the l2-normalised sum of each set's assignments,
+    ``y = l2n(sum_m a_m)``.
+
+    Args:
+        assign: ``(B, M, K)`` soft assignments.
+        mask: ``(B, M)`` bools, the real samples of each set (None: all); not differentiated.
+
+    Returns:
+        ``(B, K)``; differentiable in assign.
+
+    Example:
+
+    >>> npool.tf.soft_dbow_pool(tf.fill((1, 5, 4), 0.25)).numpy().astype("float64").round(3).tolist()
+    [[0.5, 0.5, 0.5, 0.5]]
+    """
     b, _, k = _set_shapes(None, assign)
     return _set_op("soft_dbow_pool", npool.soft_dbow_pool_forward,
                    npool.soft_dbow_pool_backward, [assign], mask, [b, k],
@@ -452,7 +651,21 @@ def soft_dbow_pool(assign, mask=None):
 
 
 def context_gating(x, weights, biases):
-    """Context Gating (npool.context_gating_forward): ``x * sigmoid(x W + b)``."""
+    """Context Gating (Miech et al.; LOUPE): ``y = x * sigmoid(x W + b)`` over x's last axis.
+
+    Args:
+        x: ``(..., n)`` features.
+        weights: ``(n, n)``.
+        biases: ``(n,)``.
+
+    Returns:
+        x's shape; differentiable in x, weights and biases.
+
+    Example:
+
+    >>> npool.tf.context_gating(tf.ones((1, 2)), tf.zeros((2, 2)), tf.zeros(2)).numpy().tolist()
+    [[0.5, 0.5]]
+    """
     x = tf.convert_to_tensor(x)
     return _set_op("context_gating", npool.context_gating_forward,
                    npool.context_gating_backward, [x, weights, biases], False, x.shape,

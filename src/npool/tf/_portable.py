@@ -19,9 +19,23 @@ _state = threading.local()
 @contextlib.contextmanager
 def portable():
     """Within this block, npool.tf ops are built from standard TensorFlow ops (npool's
-    decomposition) instead of npool's kernels, also eagerly: for graphs that must stand alone
-    when TensorFlow cannot tell (a concrete function handed to ``tf.lite.TFLiteConverter``), or
-    to compare the two forms. Slower than the kernels, and it holds every window's cells."""
+    decomposition, ``npool/_portable.py``) instead of npool's kernels, also eagerly: for graphs
+    that must stand alone when TensorFlow cannot tell (a concrete function traced for
+    ``tf.lite.TFLiteConverter.from_concrete_functions``), or to compare the two forms. Slower
+    than the kernels, and it holds every window's cells. SavedModel writing and XLA switch to
+    the decomposition by themselves.
+
+    Returns:
+        A context manager (nestable, per thread).
+
+    Example:
+
+    >>> x = tf.random.normal((1, 4, 4, 2), seed=0)
+    >>> with npool.tf.portable():
+    ...     y = npool.tf.soft_pool2d(x, 2)
+    >>> bool(np.allclose(y, npool.tf.soft_pool2d(x, 2), atol=1e-6))
+    True
+    """
     depth = getattr(_state, "depth", 0)
     _state.depth = depth + 1
     try:

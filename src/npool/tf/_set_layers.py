@@ -44,7 +44,24 @@ class LoupeBatchNormalization(keras.layers.BatchNormalization):
     """Keras' ``BatchNormalization`` over the last axis whose training step updates the moving
     variance with the unbiased batch variance ``var * n / (n - 1)``, as ``slim.batch_norm``
     (LOUPE's, fused) and PyTorch do; the batch itself is normalised with the biased one. With a
-    mask, the statistics come from the rows it marks True. Inference is Keras' own."""
+    mask, the statistics come from the rows it marks True. Inference is Keras' own.
+
+    Args:
+        **kwargs: ``keras.layers.BatchNormalization``'s (``axis`` must stay -1).
+
+    Call arguments:
+        inputs: ``(..., channels)``.
+        training: Keras' flag.
+        mask: bools of ``inputs.shape[:-1]`` or None: the rows that give the statistics.
+
+    Example:
+
+    >>> bn = npool.tf.LoupeBatchNormalization(epsilon=1e-3, momentum=0.999)
+    >>> x = np.arange(12, dtype="float32").reshape(6, 2)
+    >>> y = bn(x, training=True, mask=np.array([1, 1, 1, 0, 0, 0], bool))
+    >>> bn.moving_mean.numpy().astype("float64").round(4).tolist()  # rows 0-2: mean (2, 3)
+    [0.002, 0.003]
+    """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -83,10 +100,28 @@ class LoupeBatchNormalization(keras.layers.BatchNormalization):
 
 @keras.saving.register_keras_serializable(package="npool")
 class ContextGating(keras.layers.Layer):
-    """``y = x * sigmoid(x W + b)``, or ``x * sigmoid(BN(x W))`` with ``add_batch_norm``;
-    ``W, b ~ N(0, 1/sqrt(input_size))`` (LOUPE). ``bn_epsilon``/``bn_momentum`` are the
-    BatchNorm's ``epsilon``/``momentum`` (Keras' meaning), LOUPE's by default; ``is_training``
-    is the mode of calls that do not say."""
+    """Context Gating (Miech et al.; LOUPE): ``y = x * sigmoid(x W + b)``, or
+    ``x * sigmoid(BN(x W))`` with ``add_batch_norm``; ``W, b ~ N(0, 1/sqrt(input_size))``.
+
+    Args:
+        input_size: n, the features.
+        add_batch_norm: BatchNorm instead of the bias. Default True.
+        bn_epsilon, bn_momentum: the BatchNorm's epsilon and momentum (Keras' meaning),
+            LOUPE's by default (1e-3, 0.999).
+        is_training: the mode of calls that pass no ``training`` (None: Keras').
+
+    Input shape:
+        ``(..., input_size)``.
+
+    Output shape:
+        The input's.
+
+    Example:
+
+    >>> layer = npool.tf.ContextGating(6, add_batch_norm=False)
+    >>> tuple(layer(np.ones((4, 6), "float32")).shape)
+    (4, 6)
+    """
 
     def __init__(self, input_size, add_batch_norm=True, bn_epsilon=LOUPE_BN_EPSILON,
                  bn_momentum=LOUPE_BN_DECAY, is_training=None, **kwargs):
@@ -125,6 +160,48 @@ class ContextGating(keras.layers.Layer):
         return {**super().get_config(), "input_size": self.input_size,
                 "add_batch_norm": self.add_batch_norm, "bn_epsilon": self.bn_epsilon,
                 "bn_momentum": self.bn_momentum, "is_training": self.is_training}
+
+
+def _loupe_doc(name, pool, pooled, weights=""):
+    """The Keras-style docstring of LOUPE layer ``name``."""
+    return f"""{pool}
+
+    The LOUPE layer (Miech et al. 2017): the soft assignment ``softmax(BN(x W))`` (or
+    ``softmax(x W + b)`` without BatchNorm) over ``cluster_size`` clusters, the pool (pooled
+    size {pooled}), the projection ``@ hidden1_weights`` to ``output_dim`` and optional Context
+    Gating; LOUPE's weight names and initialisers{weights}, so LOUPE's trained weights load
+    (``npool.tf.load_loupe_checkpoint``).
+
+    Args:
+        feature_size: D, the features of each sample.
+        max_samples: M, the samples of each set (read when the input is LOUPE's (B * M, D)).
+        cluster_size: K.
+        output_dim: the output features.
+        gating: add Context Gating. Default True.
+        add_batch_norm: BatchNorm on the assignment logits (and in the gating) instead of
+            biases. Default True.
+        is_training: LOUPE's flag: the mode of calls that pass no ``training`` (None: Keras').
+        bn_epsilon, bn_momentum: the BatchNorms' epsilon and momentum (Keras' meaning),
+            LOUPE's by default: 1e-3 and 0.999. Their moving variance is updated with the
+            unbiased batch variance, as slim's (``LoupeBatchNormalization``).
+
+    Call arguments:
+        inputs: ``(B, M, D)`` or LOUPE's ``(B * M, D)``.
+        mask: ``(B, M)`` bools (True: a real sample; the others change nothing) or None; a
+            Keras mask (``keras.layers.Masking``) is used when none is passed.
+        training: Keras' flag.
+
+    Output shape:
+        ``(B, output_dim)``.
+
+    Example:
+
+    >>> layer = npool.tf.{name}(feature_size=16, max_samples=10, cluster_size=4, output_dim=8)
+    >>> x = np.random.default_rng(0).standard_normal((3, 10, 16)).astype("float32")
+    >>> mask = np.arange(10) < np.array([[10], [4], [1]])
+    >>> tuple(layer(x, mask).shape)
+    (3, 8)
+    """
 
 
 class _LoupePool(keras.layers.Layer):
@@ -219,8 +296,10 @@ class _LoupePool(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="npool")
 class NetVLAD(_LoupePool):
-    """NetVLAD (``npool.netvlad_pool_forward``): centroids ``cluster_weights2`` (D, K) ~
-    N(0, 1/sqrt(D)); pooled size D * K, flattened D-major as LOUPE."""
+    __doc__ = _loupe_doc(
+        "NetVLAD", "NetVLAD: ``V_dk = sum_m a_mk (x_md - c_dk)``, intra-normalised over d, "
+        "flattened D-major and\n    l2-normalised (``npool.tf.netvlad_pool``).", "D * K",
+        ", centroids ``cluster_weights2`` (D, K) ~ N(0, 1/sqrt(D))")
 
     def _add_pool_weights(self, d, k):
         self.cluster_weights2 = self.add_weight(shape=(d, k), name="cluster_weights2",
@@ -235,7 +314,9 @@ class NetVLAD(_LoupePool):
 
 @keras.saving.register_keras_serializable(package="npool")
 class NetRVLAD(_LoupePool):
-    """NetRVLAD (``npool.netrvlad_pool_forward``): NetVLAD without centroids."""
+    __doc__ = _loupe_doc(
+        "NetRVLAD", "NetRVLAD: NetVLAD without centroids, ``V_dk = sum_m a_mk x_md``\n    "
+        "(``npool.tf.netrvlad_pool``).", "D * K")
 
     def _pooled_size(self, d, k):
         return d * k
@@ -246,8 +327,11 @@ class NetRVLAD(_LoupePool):
 
 @keras.saving.register_keras_serializable(package="npool")
 class NetFV(_LoupePool):
-    """NetFV (``npool.netfv_pool_forward``): means ``cluster_weights2`` ~ N(0, 1/sqrt(D)) and
-    ``covar_weights`` ~ N(1, 1/sqrt(D)) (sigma = covar_weights^2 + 1e-6); pooled size 2 D K."""
+    __doc__ = _loupe_doc(
+        "NetFV", "NetFV, LOUPE's Fisher vector: first- and second-order statistics of the "
+        "features around\n    the means (``npool.tf.netfv_pool``).", "2 D K",
+        ", means ``cluster_weights2`` ~ N(0, 1/sqrt(D)) and ``covar_weights`` ~\n    "
+        "N(1, 1/sqrt(D)) (sigma = covar_weights^2 + 1e-6)")
 
     def _add_pool_weights(self, d, k):
         self.cluster_weights2 = self.add_weight(shape=(d, k), name="cluster_weights2",
@@ -265,8 +349,9 @@ class NetFV(_LoupePool):
 
 @keras.saving.register_keras_serializable(package="npool")
 class SoftDBoW(_LoupePool):
-    """Soft-DBoW (``npool.soft_dbow_pool_forward``): the l2-normalised sum of the assignments;
-    pooled size K."""
+    __doc__ = _loupe_doc(
+        "SoftDBoW", "Soft-DBoW: the l2-normalised sum of each set's assignments "
+        "(``npool.tf.soft_dbow_pool``).", "K")
 
     def _pooled_size(self, d, k):
         return k
@@ -295,8 +380,22 @@ def load_loupe_checkpoint(checkpoint, layer=None, *, scope=None, max_samples=Non
     - ``load_loupe_checkpoint(path, layer)`` fills an existing layer (also a ``ContextGating``,
       from ``gating_*``) and returns it; its sizes must match the checkpoint's.
 
-    ``scope``: the variable scope the block was built under (``"video_VLAD"``); None finds the
-    only block in the checkpoint. ``cluster_weights2`` (1, D, K) becomes (D, K).
+    Args:
+        checkpoint: the checkpoint's path prefix (``model.ckpt-1000``) or its directory.
+        layer: an npool.tf LOUPE layer or ContextGating to fill, or None for a new one.
+        scope: the variable scope the block was built under (``"video_VLAD"``); None finds the
+            only block in the checkpoint.
+        max_samples: M for a new layer.
+
+    Returns:
+        The layer, filled. ``cluster_weights2`` (1, D, K) becomes (D, K).
+
+    Example:
+
+    >>> vlad = npool.tf.load_loupe_checkpoint("model.ckpt", scope="video_VLAD",
+    ...                                       max_samples=300)  # doctest: +SKIP
+    >>> tuple(vlad(np.zeros((8 * 300, 1024), "float32"), training=False).shape)  # doctest: +SKIP
+    (8, 1024)
     """
     return load_loupe_weights(checkpoint, layer, scope, max_samples, _LAYERS, _KERAS_BN,
                               lambda variable, array: variable.assign(array.astype(
