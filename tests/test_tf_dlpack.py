@@ -5,6 +5,9 @@ test_cuda.py). On a GPU machine the same code reads CUDA tensors in place."""
 import ctypes
 import gc
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -49,16 +52,35 @@ def test_dlpack_refuses_what_it_cannot_read():
 def test_capsules_hand_memory_to_tensorflow_without_a_copy_and_are_freed():
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     source = _dlpack.read(tf.constant(x), "x", devices=(_dlpack.CPU,))
-    before = len(_dlpack._exported)
+    references = sys.getrefcount(source)
     t = tf.experimental.dlpack.from_dlpack(_dlpack.capsule(source, (_dlpack.CPU, 0)))
     np.testing.assert_array_equal(t.numpy(), x)
     assert _dlpack.read(t, "t", devices=(_dlpack.CPU,)).ptr == source.ptr  # the same memory
+    assert sys.getrefcount(source) == references + 1  # held for TensorFlow's tensor
     del t
     gc.collect()
-    assert len(_dlpack._exported) == before  # TensorFlow called the deleter
-    _dlpack.capsule(source, (_dlpack.CPU, 0))  # never consumed: freed with the capsule
+    assert sys.getrefcount(source) == references  # TensorFlow called the deleter
+    _dlpack.capsule(source, (_dlpack.CPU, 0))  # never consumed: released with the capsule
     gc.collect()
-    assert len(_dlpack._exported) == before
+    assert sys.getrefcount(source) == references
+
+
+def test_tensors_over_npool_memory_may_outlive_the_interpreter(tmp_path):
+    """A TensorFlow tensor over a capsule of npool's lives until TensorFlow shuts down, after
+    Python's finalisation: the deleter must not call into a finished interpreter."""
+    script = tmp_path / "late.py"
+    script.write_text(textwrap.dedent("""
+        import numpy as np
+        import tensorflow as tf
+        from npool._cuda import _dlpack
+        source = _dlpack.read(tf.constant(np.ones((2, 3), np.float32)), "x", devices=(1,))
+        KEPT = tf.experimental.dlpack.from_dlpack(_dlpack.capsule(source, (1, 0)))
+        print(float(tf.reduce_sum(KEPT)))
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0 and "6.0" in result.stdout, (result.returncode,
+                                                              result.stderr[-2000:])
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""npool.tf in a TensorFlow user's training set-ups: Keras' mixed_float16 policy and
-MirroredStrategy over two (logical CPU) replicas."""
+"""npool.tf in a TensorFlow user's training set-ups: Keras' mixed_float16 and mixed_bfloat16
+policies and MirroredStrategy over two (logical CPU) replicas."""
 import os
 import subprocess
 import sys
@@ -15,9 +15,10 @@ keras = pytest.importorskip("keras")
 import npool.tf as ntf  # noqa: E402
 
 
-def test_a_mixed_float16_model_trains():
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_a_mixed_precision_model_trains(policy):
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy(policy)
     try:
         keras.utils.set_random_seed(0)
         model = keras.Sequential([
@@ -26,7 +27,7 @@ def test_a_mixed_float16_model_trains():
             ntf.GlobalKMaxPooling2D(2), keras.layers.Dense(2)])
         x = np.random.default_rng(0).standard_normal((32, 8, 8, 1)).astype("float32")
         y = (x.mean(axis=(1, 2, 3)) > 0).astype("int32")
-        assert model(x[:2]).dtype == "float16"
+        assert model(x[:2]).dtype == policy.split("_")[1]
         model.compile(keras.optimizers.Adam(3e-2),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         history = model.fit(x, y, epochs=30, batch_size=32, verbose=0).history["loss"]

@@ -7,10 +7,11 @@ memory alive until it is garbage collected; bfloat16 included (DLPack has a type
 ``capsule(array)`` wraps an array that exports ``__cuda_array_interface__`` (a PyCUDA
 ``GPUArray``, npool's results) or a ``DeviceArray`` into a ``"dltensor"`` capsule for
 ``tf.experimental.dlpack.from_dlpack``/``jax.dlpack.from_dlpack``; the capsule holds a
-reference to the array until its consumer calls the deleter.
+reference to the array until its consumer calls the deleter (a C function:
+src/cpu/_dlpack_export.pyx).
 
-The structures are DLPack's ``DLManagedTensor`` (v0.8, unversioned), read and written with
-ctypes: https://dmlc.github.io/dlpack/latest/c_api.html
+The structures are DLPack's ``DLManagedTensor`` (v0.8, unversioned), read with ctypes:
+https://dmlc.github.io/dlpack/latest/c_api.html
 """
 import ctypes
 
@@ -52,8 +53,6 @@ _api.PyCapsule_IsValid.restype = ctypes.c_int
 _api.PyCapsule_IsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
 _api.PyCapsule_SetName.restype = ctypes.c_int
 _api.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
-_api.PyCapsule_New.restype = ctypes.py_object
-_api.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
 
 _CODES = {(2, 16): np.dtype(np.float16), (2, 32): np.dtype(np.float32),
           (2, 64): np.dtype(np.float64), (0, 64): np.dtype(np.int64), (1, 8): np.dtype(np.bool_)}
@@ -128,41 +127,15 @@ def read(obj, name, devices=_GPU_DEVICES):
     return DeviceArray(pointer, shape, strides, dtype, None, owner)
 
 
-_exported = {}  # address of a managed tensor -> (its structures, the array): alive until deleted
-
-
-@_Deleter
-def _delete(managed):
-    _exported.pop(ctypes.addressof(managed.contents), None)
-
-
-# The capsule's destructor: a capsule nobody consumed (still named "dltensor") frees its tensor.
-# It runs while the capsule is being deallocated, so it sees the capsule as a bare address.
-_capsule_is_valid = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p)(
-    ("PyCapsule_IsValid", _api))
-_capsule_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p)(
-    ("PyCapsule_GetPointer", _api))
-
-
-@ctypes.PYFUNCTYPE(None, ctypes.c_void_p)
-def _destroy_capsule(address):
-    if _capsule_is_valid(address, b"dltensor"):
-        _exported.pop(_capsule_pointer(address, b"dltensor"), None)
-
-
 def capsule(array, device=(CUDA, 0), order=None):
     """A ``"dltensor"`` capsule over ``array`` (a DeviceArray, or anything exporting
-    ``__cuda_array_interface__``), its axes in ``order``, on DLPack ``device``; no copy."""
+    ``__cuda_array_interface__``), its axes in ``order``, on DLPack ``device``; no copy. The
+    capsule and its deleter are C (``npool._cpu._dlpack_export``), so a consumer may free it
+    at any time, also while the interpreter shuts down."""
+    from .._cpu import _dlpack_export
     if not isinstance(array, DeviceArray):
         array = describe(array, "array", tuple(_DTYPE_CODES))
     order = tuple(range(array.ndim)) if order is None else tuple(order)
-    shape = (ctypes.c_int64 * max(array.ndim, 1))(*(array.shape[a] for a in order))
-    strides = (ctypes.c_int64 * max(array.ndim, 1))(*(array.strides[a] for a in order))
     code, bits = _DTYPE_CODES[array.dtype]
-    managed = _ManagedTensor()
-    managed.dl_tensor = _Tensor(array.ptr or None, _Device(*device), array.ndim,
-                                _DataType(code, bits, 1), shape, strides, 0)
-    managed.deleter = _delete
-    _exported[ctypes.addressof(managed)] = (managed, shape, strides, array)
-    return _api.PyCapsule_New(ctypes.addressof(managed), b"dltensor",
-                              ctypes.cast(_destroy_capsule, ctypes.c_void_p))
+    return _dlpack_export.capsule(array, array.ptr, tuple(array.shape[a] for a in order),
+                                  tuple(array.strides[a] for a in order), code, bits, *device)

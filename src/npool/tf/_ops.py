@@ -238,12 +238,14 @@ _PORTABLE_GLOBAL = {
 }
 
 
-def global_max_pool(x, keepdims=False, data_format="channels_last", spatial_dims=None):
-    """``y = max x`` over the spatial cells of each map.
+def _global_doc(summary, options, call, result):
+    """The docstring of a global-pool function: ``summary`` (its formula), its own
+    ``options`` (Args lines), and an example ``call`` with its ``result``."""
+    return f"""{summary}
 
     Args:
         x: ``(N, *spatial, C)`` or ``(N, C, *spatial)``, float16/bfloat16/float32/float64.
-        keepdims: keep the spatial axes as size 1. Default False.
+{options}        keepdims: keep the spatial axes as size 1. Default False.
         data_format: ``"channels_last"`` (default, ``(N, *spatial, C)``) or
             ``"channels_first"`` (``(N, C, *spatial)``).
         spatial_dims: None (any number of spatial axes) or the number x must have.
@@ -256,128 +258,81 @@ def global_max_pool(x, keepdims=False, data_format="channels_last", spatial_dims
     Example:
 
     >>> x = tf.reshape(tf.range(2 * 4 * 4 * 3, dtype=tf.float32), (2, 4, 4, 3))
-    >>> npool.tf.global_max_pool(x)[:1].numpy().astype("float64").round(3).tolist()
-    [[45.0, 46.0, 47.0]]
+    >>> npool.tf.{call}[:1].numpy().astype("float64").round(3).tolist()
+    {result}
     """
+
+
+def global_max_pool(x, keepdims=False, data_format="channels_last", spatial_dims=None):
     return _global_pool(x, npool.global_max_pool_forward, npool.global_max_pool_backward,
                         keepdims, data_format, True, spatial_dims)
 
 
+global_max_pool.__doc__ = _global_doc(
+    """``y = max x`` over the spatial cells of each map.""",
+    "",
+    "global_max_pool(x)", "[[45.0, 46.0, 47.0]]")
+
+
 def global_avg_pool(x, keepdims=False, data_format="channels_last", spatial_dims=None):
-    """``y = mean x`` over the spatial cells of each map.
-
-    Args:
-        x: ``(N, *spatial, C)`` or ``(N, C, *spatial)``, float16/bfloat16/float32/float64.
-        keepdims: keep the spatial axes as size 1. Default False.
-        data_format: ``"channels_last"`` (default, ``(N, *spatial, C)``) or
-            ``"channels_first"`` (``(N, C, *spatial)``).
-        spatial_dims: None (any number of spatial axes) or the number x must have.
-
-    Returns:
-        ``(N, C)``, or with ``keepdims`` x's shape with the spatial sizes 1; differentiable
-        (second order too). npool's kernels run eagerly and in ``tf.function``; graphs that
-        must stand alone get the decomposition (``npool.tf.portable``).
-
-    Example:
-
-    >>> x = tf.reshape(tf.range(2 * 4 * 4 * 3, dtype=tf.float32), (2, 4, 4, 3))
-    >>> npool.tf.global_avg_pool(x)[:1].numpy().astype("float64").round(3).tolist()
-    [[22.5, 23.5, 24.5]]
-    """
     return _global_pool(x, npool.global_avg_pool_forward, npool.global_avg_pool_backward,
                         keepdims, data_format, False, spatial_dims)
 
 
+global_avg_pool.__doc__ = _global_doc(
+    """``y = mean x`` over the spatial cells of each map.""",
+    "",
+    "global_avg_pool(x)", "[[22.5, 23.5, 24.5]]")
+
+
 def global_lse_pool(x, beta=1.0, keepdims=False, data_format="channels_last",
                     spatial_dims=None):
-    """LogSumExp pooling, ``y = (1/beta) log(mean exp(beta x))`` over the spatial cells of
-    each map: the max as beta grows, the mean as it shrinks to 0.
-
-    Args:
-        x: ``(N, *spatial, C)`` or ``(N, C, *spatial)``, float16/bfloat16/float32/float64.
-        beta: the sharpness, a finite real; 0 gives the mean. Default 1.0.
-        keepdims: keep the spatial axes as size 1. Default False.
-        data_format: ``"channels_last"`` (default, ``(N, *spatial, C)``) or
-            ``"channels_first"`` (``(N, C, *spatial)``).
-        spatial_dims: None (any number of spatial axes) or the number x must have.
-
-    Returns:
-        ``(N, C)``, or with ``keepdims`` x's shape with the spatial sizes 1; differentiable
-        (second order too). npool's kernels run eagerly and in ``tf.function``; graphs that
-        must stand alone get the decomposition (``npool.tf.portable``).
-
-    Example:
-
-    >>> x = tf.reshape(tf.range(2 * 4 * 4 * 3, dtype=tf.float32), (2, 4, 4, 3))
-    >>> npool.tf.global_lse_pool(x, beta=0.5)[:1].numpy().astype("float64").round(3).tolist()
-    [[39.96, 40.96, 41.96]]
-    """
     return _global_pool(x, npool.global_lse_pool_forward, npool.global_lse_pool_backward,
                         keepdims, data_format, False, spatial_dims,
                         beta=_checks.finite_real(beta, "beta"))
 
 
+global_lse_pool.__doc__ = _global_doc(
+    """LogSumExp pooling, ``y = (1/beta) log(mean exp(beta x))`` over the spatial cells of
+    each map: the max as beta grows, the mean as it shrinks to 0.""",
+    """        beta: the sharpness, a finite real; 0 gives the mean. Default 1.0.
+""",
+    "global_lse_pool(x, beta=0.5)", "[[39.96, 40.96, 41.96]]")
+
+
 def global_kmax_pool(x, k=1, keepdims=False, data_format="channels_last", rounding="floor",
                      spatial_dims=None):
-    """The mean of the k largest cells of each map (k-max pooling).
-
-    Args:
-        x: ``(N, *spatial, C)`` or ``(N, C, *spatial)``, float16/bfloat16/float32/float64.
-        k: a count (an int >= 1, clipped to the number of cells n) or a fraction in (0, 1]:
-            ``max(1, floor(k n))`` cells. Default 1.
-        rounding: ``"floor"`` or ``"round"`` (half to even, WILDCAT's rule) for a fraction.
-        keepdims: keep the spatial axes as size 1. Default False.
-        data_format: ``"channels_last"`` (default, ``(N, *spatial, C)``) or
-            ``"channels_first"`` (``(N, C, *spatial)``).
-        spatial_dims: None (any number of spatial axes) or the number x must have.
-
-    Returns:
-        ``(N, C)``, or with ``keepdims`` x's shape with the spatial sizes 1; differentiable
-        (second order too). npool's kernels run eagerly and in ``tf.function``; graphs that
-        must stand alone get the decomposition (``npool.tf.portable``).
-
-    Example:
-
-    >>> x = tf.reshape(tf.range(2 * 4 * 4 * 3, dtype=tf.float32), (2, 4, 4, 3))
-    >>> npool.tf.global_kmax_pool(x, k=3)[:1].numpy().astype("float64").round(3).tolist()
-    [[42.0, 43.0, 44.0]]
-    """
     _checks.k_count(k, 1, "k", rounding=rounding)
     return _global_pool(x, npool.global_kmax_pool_forward, npool.global_kmax_pool_backward,
                         keepdims, data_format, True, spatial_dims, k=k, rounding=rounding)
 
 
+global_kmax_pool.__doc__ = _global_doc(
+    """The mean of the k largest cells of each map (k-max pooling).""",
+    """        k: a count (an int >= 1, clipped to the number of cells n) or a fraction in (0, 1]:
+            ``max(1, floor(k n))`` cells. Default 1.
+        rounding: ``"floor"`` or ``"round"`` (half to even, WILDCAT's rule) for a fraction.
+""",
+    "global_kmax_pool(x, k=3)", "[[42.0, 43.0, 44.0]]")
+
+
 def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, data_format="channels_last",
                 rounding="floor", spatial_dims=None):
-    """WELDON: ``y = mean(kmax largest) + alpha mean(kmin smallest)`` over the spatial cells
-    of each map (WILDCAT's pooling is half of it).
-
-    Args:
-        x: ``(N, *spatial, C)`` or ``(N, C, *spatial)``, float16/bfloat16/float32/float64.
-        kmax: the top count or fraction, as ``global_kmax_pool``'s k. Default 1.
-        kmin: the bottom count or fraction; None: kmin = kmax; 0: no bottom term.
-        alpha: the weight of the bottom term, a finite real. Default 1.0.
-        rounding: ``"floor"`` or ``"round"`` for fractional counts.
-        keepdims: keep the spatial axes as size 1. Default False.
-        data_format: ``"channels_last"`` (default, ``(N, *spatial, C)``) or
-            ``"channels_first"`` (``(N, C, *spatial)``).
-        spatial_dims: None (any number of spatial axes) or the number x must have.
-
-    Returns:
-        ``(N, C)``, or with ``keepdims`` x's shape with the spatial sizes 1; differentiable
-        (second order too). npool's kernels run eagerly and in ``tf.function``; graphs that
-        must stand alone get the decomposition (``npool.tf.portable``).
-
-    Example:
-
-    >>> x = tf.reshape(tf.range(2 * 4 * 4 * 3, dtype=tf.float32), (2, 4, 4, 3))
-    >>> npool.tf.weldon_pool(x, kmax=3, kmin=2, alpha=0.5)[:1].numpy().astype("float64").round(3).tolist()
-    [[42.75, 44.25, 45.75]]
-    """
     _checks.weldon_counts(kmax, kmin, 1, rounding)
     return _global_pool(x, npool.weldon_pool_forward, npool.weldon_pool_backward, keepdims,
                         data_format, True, spatial_dims, kmax=kmax, kmin=kmin,
                         alpha=_checks.finite_real(alpha, "alpha"), rounding=rounding)
+
+
+weldon_pool.__doc__ = _global_doc(
+    """WELDON: ``y = mean(kmax largest) + alpha mean(kmin smallest)`` over the spatial cells
+    of each map (WILDCAT's pooling is half of it).""",
+    """        kmax: the top count or fraction, as ``global_kmax_pool``'s k. Default 1.
+        kmin: the bottom count or fraction; None: kmin = kmax; 0: no bottom term.
+        alpha: the weight of the bottom term, a finite real. Default 1.0.
+        rounding: ``"floor"`` or ``"round"`` for fractional counts.
+""",
+    "weldon_pool(x, kmax=3, kmin=2, alpha=0.5)", "[[42.75, 44.25, 45.75]]")
 
 
 # ------------------------------------------------------------------ Max-Entropy pooling
