@@ -36,6 +36,8 @@ from _kernel_checks cimport dims, require, same_strides
 
 cdef enum:
     CHUNK = 2048   # cells per chunk of a contiguous map
+    MAX_LANES = 32  # independent lanes of a vectorised maximum (four AVX2 vectors of float)
+    SEARCH_BLOCK = 64  # cells compared at a time when looking for the maximum's first index
     CL_CHUNK = 128  # positions per chunk of a channels-last sample
     CBLOCK = 64    # channels per block of a channels-last chunk
 CHUNK_CELLS = CHUNK
@@ -59,31 +61,33 @@ cdef inline double _weight(double z, double m) noexcept nogil:
 # ------------------------------------------------------------------ one run of cells
 cdef inline floating _scaled_max(const floating* x, Py_ssize_t n, floating beta,
                                  floating* bad_out) noexcept nogil:
-    """max of beta * x over n contiguous cells, in eight independent lanes (so it vectorises
-    without -ffast-math), and in bad_out the sum of z - z: NaN exactly when a NaN or an
-    infinity is present (the maximum is then not to be trusted)."""
-    cdef floating m[8]
-    cdef floating bad[8]
-    cdef floating z, best
+    """max of beta * x over n contiguous cells, in MAX_LANES independent lanes (so it
+    vectorises without -ffast-math, several vectors deep so that the lanes' dependency chains
+    overlap), and in bad_out the sum of z - z: NaN exactly when a NaN or an infinity is present
+    (the maximum is then not to be trusted)."""
+    cdef floating m[MAX_LANES]
+    cdef floating bad[MAX_LANES]
+    cdef floating z, best, total_bad = 0
     cdef Py_ssize_t i, j
-    for j in range(8):
+    for j in range(MAX_LANES):
         m[j] = -INFINITY
         bad[j] = 0
     i = 0
-    while i + 8 <= n:
-        for j in range(8):
+    while i + MAX_LANES <= n:
+        for j in range(MAX_LANES):
             z = beta * x[i + j]
             bad[j] = bad[j] + (z - z)
             m[j] = z if z > m[j] else m[j]
-        i = i + 8
+        i = i + MAX_LANES
     for j in range(n - i):
         z = beta * x[i + j]
         bad[j] = bad[j] + (z - z)
         m[j] = z if z > m[j] else m[j]
     best = m[0]
-    for j in range(8):
+    for j in range(MAX_LANES):
         best = m[j] if m[j] > best else best
-    bad_out[0] = ((bad[0] + bad[1]) + (bad[2] + bad[3])) + ((bad[4] + bad[5]) + (bad[6] + bad[7]))
+        total_bad = total_bad + bad[j]
+    bad_out[0] = total_bad
     return best
 
 
@@ -95,7 +99,7 @@ cdef inline void _max_run(const floating* x, Py_ssize_t step, Py_ssize_t n, doub
     infinity is present; only then are the cells checked one by one for a NaN."""
     cdef Py_ssize_t i, j
     cdef floating m = x[0], v, bad = 0
-    cdef bint hit
+    cdef int hit
     if step == 1:
         m = _scaled_max(x, n, 1, &bad)
     else:
@@ -111,17 +115,21 @@ cdef inline void _max_run(const floating* x, Py_ssize_t step, Py_ssize_t n, doub
                 index[0] = i
                 return
     i = 0
-    while True:  # the first cell equal to m, sixteen cells at a time
-        hit = False
-        for j in range(min(<Py_ssize_t>16, n - i)):
-            hit = hit | (x[(i + j) * step] == m)
+    while True:  # the first cell equal to m, a block of cells at a time
+        hit = 0
+        if step == 1 and i + SEARCH_BLOCK <= n:  # a fixed trip count: vectorised
+            for j in range(SEARCH_BLOCK):
+                hit = hit | (x[i + j] == m)
+        else:
+            for j in range(min(<Py_ssize_t>SEARCH_BLOCK, n - i)):
+                hit = hit | (x[(i + j) * step] == m)
         if hit:
-            for j in range(16):
+            for j in range(SEARCH_BLOCK):
                 if x[(i + j) * step] == m:
-                    value[0] = m
+                    value[0] = x[(i + j) * step]  # the cell's own zero sign, whatever the lanes
                     index[0] = i + j
                     return
-        i = i + 16
+        i = i + SEARCH_BLOCK
 
 
 cdef inline double _sum_run(const floating* x, Py_ssize_t n) noexcept nogil:
