@@ -38,6 +38,7 @@ cdef enum:
     CHUNK = 2048   # cells per chunk of a contiguous map
     MAX_LANES = 32  # independent lanes of a vectorised maximum (four AVX2 vectors of float)
     SEARCH_BLOCK = 64  # cells compared at a time when looking for the maximum's first index
+    SUM_BLOCK = 1024  # cells per float64 partial of a sum (32 per lane)
     CL_CHUNK = 128  # positions per chunk of a channels-last sample
     CBLOCK = 64    # channels per block of a channels-last chunk
 CHUNK_CELLS = CHUNK
@@ -133,24 +134,32 @@ cdef inline void _max_run(const floating* x, Py_ssize_t step, Py_ssize_t n, doub
 
 
 cdef inline double _sum_run(const floating* x, Py_ssize_t n) noexcept nogil:
-    """Sum of n contiguous cells: eight lanes of x's precision over blocks of 256 cells, the
-    blocks added in float64."""
-    cdef floating lane[8]
+    """Sum of n contiguous cells: MAX_LANES lanes of x's precision (several vectors, so that
+    the additions' dependency chains overlap) over blocks of SUM_BLOCK cells (32 cells per
+    lane), the lanes of a block added pairwise in float64 and the blocks in float64."""
+    cdef floating lane[MAX_LANES]
+    cdef double part[MAX_LANES]
     cdef double total = 0
-    cdef Py_ssize_t i, j, b = 0, stop
+    cdef Py_ssize_t i, j, b = 0, stop, width
     while b < n:
-        stop = min(b + 256, n)
-        for j in range(8):
+        stop = min(b + SUM_BLOCK, n)
+        for j in range(MAX_LANES):
             lane[j] = 0
         i = b
-        while i + 8 <= stop:
-            for j in range(8):
+        while i + MAX_LANES <= stop:
+            for j in range(MAX_LANES):
                 lane[j] = lane[j] + x[i + j]
-            i = i + 8
+            i = i + MAX_LANES
         for j in range(stop - i):
             lane[j] = lane[j] + x[i + j]
-        total = total + (((<double>lane[0] + lane[1]) + (<double>lane[2] + lane[3])) +
-                         ((<double>lane[4] + lane[5]) + (<double>lane[6] + lane[7])))
+        for j in range(MAX_LANES):
+            part[j] = lane[j]
+        width = MAX_LANES // 2
+        while width > 0:
+            for j in range(width):
+                part[j] = part[j] + part[j + width]
+            width = width // 2
+        total = total + part[0]
         b = stop
     return total
 
