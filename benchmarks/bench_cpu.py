@@ -10,6 +10,9 @@ Rows, for C-contiguous and channels-last memory:
   torch composite fwd  avg_pool2d(x * exp(x)) / avg_pool2d(exp(x))
   torch composite f+b  the same through autograd (forward + backward)
   torch max_pool2d     torch.nn.functional.max_pool2d (fwd, and fwd+bwd through autograd)
+  torch.compile ...    the composite compiled by torch.compile (Inductor fuses it), and its
+                       max-subtracted form (exp(x - max of the window), which does not
+                       overflow), with --compiled
 Every case runs once per round, rounds interleave the cases, and the table reports medians and
 ratios (the machines are shared and noisy: compare ratios, not absolute times).
 """
@@ -42,8 +45,24 @@ def cpu_name():
     return platform.processor() or "unknown CPU"
 
 
-def make_cases(x, torch, F):
-    """name -> zero-argument callable, for one memory layout of x."""
+def composites(torch, F):
+    """The SoftPool 2x2/2 composites a PyTorch user can write: plain (overflows to NaN once
+    exp(x) does, from x ~ 89 in float32) and max-subtracted."""
+    def plain(v):
+        e = torch.exp(v)
+        return F.avg_pool2d(v * e, 2) / F.avg_pool2d(e, 2)
+
+    def max_subtracted(v):
+        top = F.interpolate(F.max_pool2d(v, 2), size=v.shape[-2:], mode="nearest")
+        e = torch.exp(v - top)
+        return F.avg_pool2d(v * e, 2) / F.avg_pool2d(e, 2)
+
+    return plain, max_subtracted
+
+
+def make_cases(x, torch, F, compiled=False):
+    """name -> zero-argument callable, for one memory layout of x; ``compiled`` adds the
+    torch.compile'd composites (compiled on the first call)."""
     g_np = np.random.default_rng(1).standard_normal(
         npool.soft_pool2d_forward(x, 2).shape).astype(np.float32)
     if not x.flags.c_contiguous:
@@ -56,17 +75,19 @@ def make_cases(x, torch, F):
         npool.soft_pool2d_forward(x, 2)
         npool.soft_pool2d_backward(g_np, x, 2)
 
-    def composite(v):
-        e = torch.exp(v)
-        return F.avg_pool2d(v * e, 2) / F.avg_pool2d(e, 2)
+    composite, max_subtracted = composites(torch, F)
 
-    def composite_fwd():
-        with torch.no_grad():
-            composite(xt)
+    def forward(fn):
+        def run():
+            with torch.no_grad():
+                fn(xt)
+        return run
 
-    def composite_fb():
-        v = xt.detach().requires_grad_(True)
-        composite(v).backward(gt)
+    def forward_backward(fn):
+        def run():
+            v = xt.detach().requires_grad_(True)
+            fn(v).backward(gt)
+        return run
 
     def maxpool_fwd():
         with torch.no_grad():
@@ -80,15 +101,21 @@ def make_cases(x, torch, F):
     with torch.no_grad():
         np.testing.assert_allclose(npool.soft_pool2d_forward(x, 2), composite(xt).numpy(),
                                    rtol=1e-4, atol=1e-5)
-    return {
+    cases = {
         "numpy.copyto": lambda: np.copyto(dst, x),
         "npool fwd": lambda: npool.soft_pool2d_forward(x, 2),
         "npool fwd+bwd": npool_fb,
-        "torch composite fwd": composite_fwd,
-        "torch composite fwd+bwd": composite_fb,
+        "torch composite fwd": forward(composite),
+        "torch composite fwd+bwd": forward_backward(composite),
         "torch max_pool2d fwd": maxpool_fwd,
         "torch max_pool2d fwd+bwd": maxpool_fb,
     }
+    if compiled:
+        for name, fn in (("composite", composite), ("max-subtracted composite", max_subtracted)):
+            compiled_fn = torch.compile(fn)
+            cases[f"torch.compile {name} fwd"] = forward(compiled_fn)
+            cases[f"torch.compile {name} fwd+bwd"] = forward_backward(compiled_fn)
+    return cases
 
 
 def time_cases(cases, repeats):
@@ -103,6 +130,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--shape", type=int, nargs=4, default=[32, 64, 112, 112])
     parser.add_argument("--out", help="also write the report to this file")
+    parser.add_argument("--compiled", action="store_true",
+                        help="add the torch.compile'd composites (compiling takes a while)")
     args = parser.parse_args()
 
     import torch
@@ -124,7 +153,7 @@ def main():
     ]
     summary = []
     for layout, xl in (("contiguous", x), ("channels_last", channels_last(x))):
-        med = time_cases(make_cases(xl, torch, F), args.repeats)
+        med = time_cases(make_cases(xl, torch, F, args.compiled), args.repeats)
         copy = med["numpy.copyto"]
         lines.append(f"## {layout}")
         lines.append(f"{'case':<26}{'median ms':>11}{'x copyto':>10}{'npool speedup':>15}")

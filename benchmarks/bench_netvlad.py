@@ -43,11 +43,13 @@ def plain_netvlad_pool(x, a, c):
     return F.normalize(v.flatten(1), dim=1, eps=1e-6)
 
 
-def setup(device="cpu"):
-    """The layer, an input and its assignments, on ``device`` (bench_gpu.py uses "cuda")."""
+def setup(device="cpu", sizes=(B, M, D, K, OUT)):
+    """The layer, an input and its assignments, on ``device`` (bench_gpu.py uses "cuda"), at
+    ``sizes`` (B, M, D, K, output; LOUPE's by default)."""
+    b, m, d, k, out = sizes
     torch.manual_seed(0)
-    layer = nt.NetVLAD(D, M, K, OUT).to(device)
-    x = torch.randn(B, M, D, device=device)
+    layer = nt.NetVLAD(d, m, k, out).to(device)
+    x = torch.randn(b, m, d, device=device)
     a = layer.assignment(x).detach()
     return layer, x, a
 

@@ -1,0 +1,25 @@
+"""benchmarks/run_all.py, the one command that runs every CPU benchmark, runs to the end and
+writes its summary table (quick mode: small inputs; the ratios are not checked, only that every
+family reports every case)."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_run_all_writes_the_summary(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick",
+                             "--repeats", "1", "--no-plot", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ready" in result.stdout and "timing" in result.stdout  # progress lines
+    table = (tmp_path / "summary.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    families = {row.split(" | ")[0].lstrip("| ") for row in rows[1:]}
+    assert families == {"SoftPool 2x2/2", "Max-Ent 2x2/2, lam (N, C)", "global pools",
+                        "NetVLAD"}, families
+    assert len(rows) - 1 == 8 + 4 + 20 + 4  # without --compiled
