@@ -1,47 +1,81 @@
 """Each npool op written with standard PyTorch ops: differentiable any number of times, and
-what npool.torch differentiates to give second derivatives (the backward custom ops' autograd).
+what npool.torch differentiates to give second derivatives (the backward custom ops' autograd)
+and records while exporting to ONNX.
 
-These compute the same math as npool's kernels (docs/semantics.md), as
-``npool.testing.references`` does in NumPy; they are the portable form of an op, not its fast
-one: the local pools unfold every window, the selections reuse the indices the npool forward
-chose. Every exponential is taken relative to its window's or map's maximum.
+The math is npool's portable decomposition (npool/_portable.py, written once for every
+framework and checked against ``npool.testing``'s references), run here with PyTorch's
+operations (``TorchOps``): gathered windows with a max-subtracted softmax, ``log1p``/``expm1``
+LSE, einsum set pools. The selections reuse the indices the npool forward chose
+(``selection_pool``), or ``topk`` where there are none (``select_pool``).
 """
-import math
-
 import torch
-import torch.nn.functional as F
 
 from .. import _checks
+from .. import _portable
+
+
+class TorchOps:
+    """npool/_portable.py's ``ops`` namespace in PyTorch."""
+
+    @staticmethod
+    def take(x, index):
+        return x.index_select(-1, torch.as_tensor(index, device=x.device))
+
+    @staticmethod
+    def reshape_tail(x, count, tail):
+        return x.reshape(tuple(x.shape[:x.dim() - count]) + tuple(tail))
+
+    @staticmethod
+    def where(condition, a, b):
+        return torch.where(torch.as_tensor(condition, device=a.device), a, b)
+
+    @staticmethod
+    def max(x, axis, keepdims):
+        return x.amax(axis, keepdim=keepdims)
+
+    @staticmethod
+    def sum(x, axis, keepdims):
+        return x.sum(axis, keepdim=keepdims)
+
+    exp = staticmethod(torch.exp)
+    expm1 = staticmethod(torch.expm1)
+    log1p = staticmethod(torch.log1p)
+    sqrt = staticmethod(torch.sqrt)
+    sigmoid = staticmethod(torch.sigmoid)
+    einsum = staticmethod(torch.einsum)
+    matmul = staticmethod(torch.matmul)
+
+    @staticmethod
+    def maximum(x, number):
+        return torch.clamp_min(x, number)
+
+    @staticmethod
+    def stop_gradient(x):
+        return x.detach()
+
+    @staticmethod
+    def concat(xs, axis):
+        return torch.cat(xs, axis)
+
+    @staticmethod
+    def cast_like(a, x):
+        return a.to(x.dtype)
+
+    @staticmethod
+    def top_k(x, k):
+        return x.topk(k, dim=-1).values
 
 
 # ------------------------------------------------------------------ local pools
-def _windows(t, kernel_size, stride, padding, ceil_mode, fill):
-    """t (..., *spatial) as (..., *out, window): every window's cells on a last axis, padded
-    with ``fill`` on both sides as the output sizes need."""
-    nd = len(kernel_size)
-    spatial = tuple(t.shape[-nd:])
-    out = _checks.WindowArgs(nd, tuple(kernel_size), tuple(stride), tuple(padding),
-                             ceil_mode).output_size(spatial)
-    pads = []
-    for n, k, s, p, o in reversed(list(zip(spatial, kernel_size, stride, padding, out))):
-        pads += [p, max(0, (o - 1) * s + k - n - p)]
-    cells = F.pad(t, pads, value=fill) if any(pads) else t
-    first = t.dim() - nd
-    for axis, (k, s) in enumerate(zip(kernel_size, stride)):
-        cells = cells.unfold(first + axis, k, s)
-    cells = cells[(Ellipsis,) + tuple(slice(0, o) for o in out) + (slice(None),) * nd]
-    return cells.flatten(-nd)
-
-
 def windowed_softmax_pool(x, lam, kernel_size, stride, padding, ceil_mode):
-    """Max-Ent pooling (SoftPool: lam = 1): ``y_o = sum_{i in R(o)} softmax(lam_o x)_i x_i``
-    over the real cells R(o) of each window (padding is left out)."""
-    cells = _windows(x, kernel_size, stride, padding, ceil_mode, 0.0)
-    real = _windows(torch.ones_like(x, dtype=torch.bool), kernel_size, stride, padding,
-                    ceil_mode, False)
-    lam = torch.as_tensor(lam, dtype=x.dtype, device=x.device)
-    z = torch.where(real, lam.unsqueeze(-1) * cells, -math.inf)
-    return (torch.softmax(z, dim=-1) * cells).sum(-1)
+    """Max-Ent pooling (SoftPool: lam = 1) of x ``(N, C, *spatial)`` or ``(C, *spatial)``;
+    ``lam`` a number or a tensor that broadcasts to the output."""
+    nd = len(kernel_size)
+    window = _checks.WindowArgs(nd, tuple(kernel_size), tuple(stride), tuple(padding),
+                                ceil_mode)
+    if isinstance(lam, torch.Tensor) and lam.dim() < x.dim():
+        lam = lam.reshape((1,) * (x.dim() - lam.dim()) + tuple(lam.shape))
+    return _portable.windowed_softmax_pool(TorchOps, x, lam, window)
 
 
 # ------------------------------------------------------------------ global pools
@@ -64,57 +98,30 @@ def selection_pool(x, indices, kmax, kmin, alpha, keepdims):
 
 
 def avg_pool(x, keepdims):
-    return _pooled(_maps(x).mean(-1), x, keepdims)
+    return _pooled(_portable.global_avg_pool(TorchOps, x, x.dim() - 2), x, keepdims)
 
 
 def lse_pool(x, beta, keepdims):
     """``(1/beta) log(mean exp(beta x))``; the mean at beta = 0."""
-    m = _maps(x)
-    if beta == 0:
-        return _pooled(m.mean(-1), x, keepdims)
-    y = (torch.logsumexp(beta * m, dim=-1) - math.log(m.shape[-1])) / beta
-    return _pooled(y, x, keepdims)
+    return _pooled(_portable.global_lse_pool(TorchOps, x, x.dim() - 2, beta), x, keepdims)
 
 
 # ------------------------------------------------------------------ set pools
-def l2n(v, dim):
-    """``v / sqrt(max(sum v^2, 1e-12))`` along dim."""
-    return v / torch.sqrt(torch.clamp_min((v * v).sum(dim, keepdim=True), 1e-12))
-
-
-def _masked(assign, mask):
-    return assign if mask is None else assign * mask.unsqueeze(-1).to(assign.dtype)
-
-
 def vlad_pool(x, assign, centers, mask):
-    """NetVLAD (NetRVLAD without centres): V = sum_m a (x - c), l2n over d, D-major, l2n."""
-    a = _masked(assign, mask)
-    v = torch.einsum("bmk,bmd->bdk", a, x)
-    if centers is not None:
-        v = v - a.sum(1).unsqueeze(1) * centers
-    b, d, k = v.shape
-    return l2n(l2n(v, 1).reshape(b, d * k), 1)
+    """NetVLAD (NetRVLAD: ``centers=None``)."""
+    return _portable.vlad_pool(TorchOps, x, assign, centers, mask)
 
 
 def fv_pool(x, assign, mu, covar_weights, mask):
-    """NetFV: concat(l2n(flatten(l2n_d(F1))), l2n(flatten(F2)))."""
-    a = _masked(assign, mask)
-    sigma = covar_weights * covar_weights + 1e-6
-    a_sum = a.sum(1).unsqueeze(1)
-    s1 = torch.einsum("bmk,bmd->bdk", a, x)
-    s2 = torch.einsum("bmk,bmd->bdk", a, x * x)
-    f1 = (s1 - a_sum * mu) / sigma
-    f2 = (s2 - 2 * mu * s1 + mu * mu * a_sum) / (sigma * sigma) - a_sum
-    b, d, k = f1.shape
-    return torch.cat([l2n(l2n(f1, 1).reshape(b, d * k), 1), l2n(f2.reshape(b, d * k), 1)], 1)
+    return _portable.fv_pool(TorchOps, x, assign, mu, covar_weights, mask)
 
 
 def dbow_pool(assign, mask):
-    return l2n(_masked(assign, mask).sum(1), 1)
+    return _portable.dbow_pool(TorchOps, assign, mask)
 
 
 def gating(x, weights, biases):
-    return x * torch.sigmoid(x @ weights + biases)
+    return _portable.context_gating(TorchOps, x, weights, biases)
 
 
 def select_pool(x, kmax, kmin, alpha, keepdims):
