@@ -774,3 +774,69 @@ def test_global_sums_near_the_maximum_on_the_gpu(gpu, dtype, top):
     np.testing.assert_allclose(gpu.to_host(npool.weldon_pool_forward(gpu.to_device(x), 20, 20,
                                                                       0.5)),
                                npool.weldon_pool_forward(x, 20, 20, 0.5), rtol=1e-6)
+
+
+# ------------------------------------------------------------------ out=
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [np.float32, BFLOAT16], ids=str)
+def test_out_receives_local_pools_in_place(gpu, layout, dtype):
+    """out= on GPU arrays: the kernels write into the caller's memory (any strides) and the
+    out object comes back; the bits equal a fresh result's."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 3, 7, 9)).astype(dtype)
+    if layout == "channels_last":
+        x = channels_last(x)
+    g = rng.standard_normal((2, 3, 3, 4)).astype(dtype)
+    xd, gd = gpu.to_device(x), gpu.to_device(g)
+    for args in [(2, 2, 0, True), (3, 1, 1, False)]:
+        y = gpu.read(npool.soft_pool2d_forward(xd, *args))
+        out = gpu.to_device(np.full(y.shape, 7, dtype))
+        assert npool.soft_pool2d_forward(xd, *args, out=out) is out
+        np.testing.assert_array_equal(gpu.read(out), y)
+        g_args = gpu.to_device(rng.standard_normal(y.shape).astype(dtype))
+        grad = gpu.read(npool.soft_pool2d_backward(g_args, xd, *args))
+        for memory in (np.full(x.shape, 7, dtype), np.asfortranarray(np.full(x.shape, 7, dtype))):
+            out = gpu.to_device(memory)
+            assert npool.soft_pool2d_backward(g_args, xd, *args, out=out) is out
+            np.testing.assert_array_equal(gpu.read(out), grad)
+    lam = 0.6
+    grad_x, grad_lam = npool.maxent_pool2d_backward(gd, xd, lam, 2)
+    out = gpu.to_device(np.zeros(x.shape, dtype))
+    result = npool.maxent_pool2d_backward(gd, xd, lam, 2, out=(out, None))
+    assert result[0] is out
+    np.testing.assert_array_equal(gpu.read(out), gpu.read(grad_x))
+    with pytest.raises(ValueError, match="not supported on GPU arrays for grad_lam"):
+        npool.maxent_pool2d_backward(gd, xd, lam, 2, out=(None, gpu.to_device(np.zeros((),
+                                                                                        dtype))))
+    with pytest.raises(ValueError, match="out must not share memory with x"):
+        npool.soft_pool2d_backward(gd, xd, 2, out=xd)
+    with pytest.raises(TypeError, match="out must have dtype"):
+        npool.soft_pool2d_forward(xd, 2, out=gpu.to_device(np.zeros((2, 3, 3, 4), np.float64)))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_out_receives_global_pools_in_place(gpu, layout):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    if layout == "channels_last":
+        x = channels_last(x)
+    xd = gpu.to_device(x)
+    for name, forward, backward, kwargs, _ in GLOBAL_CASES:
+        y = gpu.read(forward(xd, **kwargs))
+        out = gpu.to_device(np.full(y.shape, 7, np.float32))
+        assert forward(xd, out=out, **kwargs) is out
+        np.testing.assert_array_equal(gpu.read(out), y)
+        g = gpu.to_device(rng.standard_normal(y.shape).astype(np.float32))
+        grad = gpu.read(backward(g, xd, **kwargs))
+        out = gpu.to_device(np.full_like(x, 7))  # x's layout
+        assert backward(g, xd, out=out, **kwargs) is out
+        np.testing.assert_array_equal(gpu.read(out), grad)
+        other = np.asfortranarray(np.full(x.shape, 7, np.float32))
+        with pytest.raises(ValueError, match="out must have strides"):
+            backward(g, xd, out=gpu.to_device(other), **kwargs)
+
+
+def test_out_is_refused_for_gpu_set_pools(gpu):
+    a = gpu.to_device(np.full((2, 3, 4), 0.25, np.float32))
+    with pytest.raises(ValueError, match="out= is not supported for the set pools on GPU"):
+        npool.soft_dbow_pool_forward(a, out=np.empty((2, 4), np.float32))

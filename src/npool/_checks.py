@@ -322,3 +322,67 @@ def set_layer_input(shape, feature_size, max_samples):
         return (None if shape[0] is None else shape[0] // max_samples, max_samples, feature_size)
     raise ValueError(f"x must be (B, M, feature_size) or (B * max_samples, feature_size) with "
                      f"feature_size={feature_size}, got shape {tuple(shape)}")
+
+
+# ------------------------------------------------------------------ out=
+def out_entries(out, count, name="out"):
+    """``out=`` of a function with ``count`` results as a list of ``count`` entries (each None
+    or an array): None, a tuple or list of ``count`` entries (NumPy's ufunc rule), or, for a
+    single result, the array itself."""
+    if out is None:
+        return [None] * count
+    if isinstance(out, (tuple, list)):
+        if len(out) != count:
+            raise ValueError(f"{name} must have one entry per result ({count}), got {len(out)}")
+        return list(out)
+    if count != 1:
+        raise TypeError(f"{name} must be a tuple of {count} arrays (or None entries), one per "
+                        f"result, got {type(out).__name__}")
+    return [out]
+
+
+def out_array(out, shape, dtype, inputs, name="out"):
+    """``out`` checked as the destination of a result of ``shape`` and ``dtype``: None, or a
+    writeable numpy array of exactly that shape and dtype (no casting: a float32 result is not
+    silently rounded into a float16 buffer) that shares no memory with any of ``inputs`` (name
+    -> array; the kernels read them while writing ``out``)."""
+    if out is None:
+        return None
+    if isinstance(out, np.ma.MaskedArray) or not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != np.dtype(dtype):
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)} (the result's), got "
+                        f"{out.dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have the result's shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    for input_name, a in inputs.items():
+        if isinstance(a, np.ndarray) and np.may_share_memory(out, a):
+            raise ValueError(f"{name} must not share memory with {input_name}")
+    return out
+
+
+def deliver(result, out):
+    """``result`` written into ``out`` (the ``out=`` array, already checked) and ``out``
+    returned; ``result`` itself when there is no ``out``. Results the kernels wrote into
+    ``out`` directly are not copied."""
+    if out is None:
+        return result
+    if not _same_memory(result, out):
+        # out has the result's dtype; float64 intermediates round into it as astype would
+        np.copyto(out, result, casting="unsafe")
+    return out
+
+
+def _same_memory(a, b):
+    """Whether numpy arrays a and b are the same cells (one a view of the other's memory)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and
+            a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
+
+
+def refuse_gpu_out(out, what):
+    """``out=`` on GPU arrays where npool cannot write into the caller's memory yet."""
+    if any(entry is not None for entry in out):
+        raise ValueError(f"out= is not supported on GPU arrays for {what} (the CPU path takes "
+                         f"it)")

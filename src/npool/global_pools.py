@@ -30,6 +30,24 @@ def _flags(keepdims, return_indices=False):
     return _checks.flag(keepdims, "keepdims"), _checks.flag(return_indices, "return_indices")
 
 
+def _forward_outs(out, return_indices):
+    """``out=`` of a forward as [y's destination, the indices' destination]: an array (or a
+    1-tuple) for y alone, a pair (y, indices) with ``return_indices``; entries may be None."""
+    if return_indices:
+        return _checks.out_entries(out, 2)
+    return _checks.out_entries(out, 1) + [None]
+
+
+def _gpu_forward_outs(out, return_indices):
+    out_y, out_index = _forward_outs(out, return_indices)
+    _checks.refuse_gpu_out([out_index], "the indices (pass None for them)")
+    return out_y
+
+
+def _backward_out(out):
+    return _checks.out_entries(out, 1)[0]
+
+
 def _kernels():
     return kernel_module("_global_pools")
 
@@ -80,6 +98,23 @@ class _Maps:
         self.maps = x.shape[0] * x.shape[1]
         self.x3 = self.view3(self.x)
         self.threads = threads_for(self.maps)  # the threads of the per-map kernels
+        self.out = None  # the backward's out= (see expect_out)
+
+    def output_shape(self, keepdims):
+        return self.shape[:2] + ((1,) * (len(self.shape) - 2) if keepdims else ())
+
+    def expect_out(self, out, inputs):
+        """Check a backward's ``out=`` (x's shape and dtype); the gradient goes there."""
+        self.out = _checks.out_array(out, self.shape, self.dtype, inputs)
+
+    def new_gradient(self):
+        """An uninitialised gradient in x's layout and the work dtype: the ``out=`` array itself
+        when it has them (the kernels write every cell), else a new one."""
+        out = self.out
+        if out is not None and out.dtype == self.work_dtype and \
+                _checks.memory_layout(out) == self.layout:
+            return out
+        return _checks.empty_like_layout(self.shape, self.work_dtype, self.layout)
 
     def view3(self, a):
         """An (N, C, *spatial) array in x's layout as an (N, C, S) view."""
@@ -146,17 +181,24 @@ class _Maps:
     def selection_gradient(self, k_top, top_share, k_bottom, bottom_share):
         """top_share on the k_top largest cells of each map plus bottom_share on the k_bottom
         smallest, 0 elsewhere, in x's layout."""
-        grad = _checks.empty_like_layout(self.shape, self.work_dtype, self.layout)
+        grad = self.new_gradient()
         if not self.empty():
             _kernels().selection_gradient(self.x3, self.view3(grad), k_top, top_share,
                                           k_bottom, bottom_share, self.buffers(),
                                           self.threads)
         return self.gradient(grad)
 
-    def result(self, values, keepdims):
-        """(maps,) float64 values as the caller's (N, C[, 1, ...]) array of x's dtype."""
+    def result(self, values, keepdims, out=None):
+        """(maps,) float64 values as the caller's (N, C[, 1, ...]) array of x's dtype (written
+        into ``out`` when given)."""
+        if out is not None:
+            return _checks.deliver(values.reshape(out.shape), out)
         y = values.reshape(self.shape[:2]).astype(self.dtype)
-        return y.reshape(self.shape[:2] + (1,) * (len(self.shape) - 2)) if keepdims else y
+        return y.reshape(self.output_shape(keepdims)) if keepdims else y
+
+    def check_out(self, out, keepdims, inputs):
+        """A forward's ``out=`` for y, checked."""
+        return _checks.out_array(out, self.output_shape(keepdims), self.dtype, inputs)
 
     def grad_out(self, grad_out, keepdims):
         """grad_out checked against the forward's output shape, as (maps,) float64."""
@@ -165,13 +207,9 @@ class _Maps:
         _checks.grad_out_array(grad_out, expected, self.original)
         return grad_out.reshape(self.maps).astype(np.float64)
 
-    def zeros(self):
-        """A zero gradient in x's layout and work dtype, and its (N, C, S) view."""
-        g = _checks.empty_like_layout(self.shape, self.work_dtype, self.layout, zero=True)
-        return g, self.view3(g)
-
     def gradient(self, g):
-        return g.astype(self.dtype, copy=False)
+        """The finished gradient in x's dtype, delivered into ``out=`` when one was given."""
+        return _checks.deliver(g.astype(self.dtype, copy=False), self.out)
 
     def check_indices(self, indices, count, expected=None, name="indices"):
         """Indices a forward returned (shape ``expected``, by default (N, C, count)): ints in
@@ -190,7 +228,7 @@ class _Maps:
 def _scatter(maps, parts):
     """A gradient that is zero but for ``parts``: (indices (maps, k), values (maps,)) pairs,
     added in order (a cell in two parts gets both)."""
-    grad = _checks.empty_like_layout(maps.shape, maps.work_dtype, maps.layout)
+    grad = maps.new_gradient()
     grad3 = maps.view3(grad)
     for number, (index, values) in enumerate(parts):
         if not maps.empty():
@@ -206,30 +244,46 @@ def _max(maps):
     return a[rows, chunk], index[rows, chunk]
 
 
-def global_max_pool_forward(x, keepdims=False, return_indices=False):
+def _with_indices(maps, y, index, shape, out_index):
+    """(y, the int64 indices reshaped to ``shape``, delivered into ``out_index`` if given)."""
+    if out_index is not None:
+        out_index = _checks.out_array(out_index, shape, np.int64, {"x": maps.original},
+                                      name="out[1]")
+    return y, _checks.deliver(index.reshape(shape), out_index)
+
+
+def global_max_pool_forward(x, keepdims=False, return_indices=False, *, out=None):
     """``y = max x`` over the spatial cells of each map; ties go to the lowest flat index and a
-    NaN wins. With ``return_indices``, also the flat index of each maximum (int64, y's shape)."""
+    NaN wins. With ``return_indices``, also the flat index of each maximum (int64, y's shape).
+    ``out=`` (keyword only): where to write y (y's shape, x's dtype), or with
+    ``return_indices`` a pair (y's, the indices') of destinations or None; returned."""
     keepdims, return_indices = _flags(keepdims, return_indices)
     gpu = _gpu(x=x)
     if gpu:
-        return gpu.forward("max", x, keepdims, return_indices)
+        return gpu.forward("max", x, keepdims, return_indices,
+                           out=_gpu_forward_outs(out, return_indices))
+    out_y, out_index = _forward_outs(out, return_indices)
     maps = _Maps(x)
+    out_y = maps.check_out(out_y, keepdims, {"x": x})
     values, index = _max(maps) if not maps.empty() else (np.zeros(0), np.zeros(0, np.int64))
-    y = maps.result(values, keepdims)
-    return (y, index.reshape(y.shape)) if return_indices else y
+    y = maps.result(values, keepdims, out_y)
+    return _with_indices(maps, y, index, y.shape, out_index) if return_indices else y
 
 
-def global_max_pool_backward(grad_out, x, keepdims=False, return_indices=False, indices=None):
-    """Gradient of ``global_max_pool_forward``: ``grad_out`` at each maximum, 0 elsewhere."""
+def global_max_pool_backward(grad_out, x, keepdims=False, return_indices=False, indices=None,
+                             *, out=None):
+    """Gradient of ``global_max_pool_forward``: ``grad_out`` at each maximum, 0 elsewhere.
+    ``out=``: where to write it (x's shape and dtype), returned."""
     keepdims, return_indices = _flags(keepdims, return_indices)
     gpu = _gpu(grad_out=grad_out, x=x)
     if gpu:
-        return gpu.backward("max", grad_out, x, keepdims, indices)
+        return gpu.backward("max", grad_out, x, keepdims, indices, out=_backward_out(out))
     maps = _Maps(x)
     g = maps.grad_out(grad_out, keepdims)
+    maps.expect_out(_backward_out(out), {"x": x, "grad_out": grad_out, "indices": indices})
     index = None if indices is None else maps.check_indices(indices, 1, np.shape(grad_out))
     if maps.empty():
-        return maps.gradient(maps.zeros()[0])
+        return maps.gradient(maps.new_gradient())
     if index is None:
         index = _max(maps)[1][:, None]
     return _scatter(maps, [(index, g)])
@@ -241,33 +295,38 @@ def _sum(maps):
     return a[:, 0] if a.shape[1] == 1 else a.sum(axis=1)
 
 
-def global_avg_pool_forward(x, keepdims=False):
+def global_avg_pool_forward(x, keepdims=False, *, out=None):
     """``y = mean x`` over the spatial cells of each map. The CPU kernels add each cell into
     one of 32 lanes in x's precision (32 cells per lane at most), the lanes and runs in float64;
     a map whose sum overflows although its
     cells are finite (near the float maximum) is summed again in float64 with its cells scaled
-    by a power of two, so the mean is finite whenever the cells are."""
+    by a power of two, so the mean is finite whenever the cells are. ``out=`` (keyword only):
+    where to write y (y's shape, x's dtype), returned."""
     keepdims, _ = _flags(keepdims)
+    out, = _checks.out_entries(out, 1)
     gpu = _gpu(x=x)
     if gpu:
-        return gpu.forward("avg", x, keepdims, False)
+        return gpu.forward("avg", x, keepdims, False, out=out)
     maps = _Maps(x)
+    out = maps.check_out(out, keepdims, {"x": x})
     if maps.empty():
-        return maps.result(np.zeros(0), keepdims)
+        return maps.result(np.zeros(0), keepdims, out)
     values = maps.rescue_overflow(_sum(maps) / maps.n, lambda cells: cells.mean(axis=1))
-    return maps.result(values, keepdims)
+    return maps.result(values, keepdims, out)
 
 
-def global_avg_pool_backward(grad_out, x, keepdims=False):
-    """Gradient of ``global_avg_pool_forward``: ``grad_out / n`` on every cell."""
+def global_avg_pool_backward(grad_out, x, keepdims=False, *, out=None):
+    """Gradient of ``global_avg_pool_forward``: ``grad_out / n`` on every cell. ``out=``: where
+    to write it (x's shape and dtype), returned."""
     keepdims, _ = _flags(keepdims)
     gpu = _gpu(grad_out=grad_out, x=x)
     if gpu:
-        return gpu.backward("avg", grad_out, x, keepdims)
+        return gpu.backward("avg", grad_out, x, keepdims, out=_backward_out(out))
     maps = _Maps(x)
     g = maps.grad_out(grad_out, keepdims)
-    grad, grad3 = maps.zeros()
-    grad3[...] = (g / maps.n).reshape(maps.shape[:2] + (1,)).astype(maps.work_dtype)
+    maps.expect_out(_backward_out(out), {"x": x, "grad_out": grad_out})
+    grad = maps.new_gradient()
+    maps.view3(grad)[...] = (g / maps.n).reshape(maps.shape[:2] + (1,)).astype(maps.work_dtype)
     return maps.gradient(grad)
 
 
@@ -330,47 +389,53 @@ def _lse_redo(maps, m, s, beta):
     return maps.finite_rows(suspect)
 
 
-def global_lse_pool_forward(x, beta=1.0, keepdims=False):
+def global_lse_pool_forward(x, beta=1.0, keepdims=False, *, out=None):
     """``y = (1/beta) log((1/n) sum_i exp(beta x_i))``: the mean at ``beta = 0``, the max as
     ``beta -> +inf``, the min as ``beta -> -inf``. Accurate for any finite input and any finite
     beta: exponentials relative to the map's extreme; maps where that is not enough (beta x
     overflowing, or |beta| so small that the sum of exponentials is all cancellation, where
-    the result tends to the mean) are computed again with ``log1p``/``expm1`` in float64."""
+    the result tends to the mean) are computed again with ``log1p``/``expm1`` in float64.
+    ``out=`` (keyword only): where to write y (y's shape, x's dtype), returned."""
     keepdims, _ = _flags(keepdims)
     beta = _checks.finite_real(beta, "beta")
     if beta == 0:
-        return global_avg_pool_forward(x, keepdims)
+        return global_avg_pool_forward(x, keepdims, out=out)
+    out, = _checks.out_entries(out, 1)
     gpu = _gpu(x=x)
     if gpu:
-        return gpu.forward("lse", x, keepdims, False, beta=beta)
+        return gpu.forward("lse", x, keepdims, False, beta=beta, out=out)
     maps = _lse_maps(x, beta)
+    out = maps.check_out(out, keepdims, {"x": x})
     if maps.empty():
-        return maps.result(np.zeros(0), keepdims)
+        return maps.result(np.zeros(0), keepdims, out)
     m, s = _lse_stats(maps, beta)
     with np.errstate(invalid="ignore", divide="ignore"):
         values = np.where(np.isfinite(m), m + np.log(s / maps.n), m) / beta
     rows, cells = _lse_redo(maps, m, s, beta)
     if rows.size:
         values[rows] = _lse_exact(cells, beta)
-    return maps.result(values, keepdims)
+    return maps.result(values, keepdims, out)
 
 
-def global_lse_pool_backward(grad_out, x, beta=1.0, keepdims=False):
+def global_lse_pool_backward(grad_out, x, beta=1.0, keepdims=False, *, out=None):
     """Gradient of ``global_lse_pool_forward``: ``grad_out * softmax(beta x)_i`` (``1/n`` at
-    ``beta = 0``), with no thresholding."""
+    ``beta = 0``), with no thresholding. ``out=``: where to write it (x's shape and dtype),
+    returned."""
     keepdims, _ = _flags(keepdims)
     beta = _checks.finite_real(beta, "beta")
     if beta == 0:
-        return global_avg_pool_backward(grad_out, x, keepdims)
+        return global_avg_pool_backward(grad_out, x, keepdims, out=out)
     gpu = _gpu(grad_out=grad_out, x=x)
     if gpu:
-        return gpu.backward("lse", grad_out, x, keepdims, beta=beta)
+        return gpu.backward("lse", grad_out, x, keepdims, beta=beta, out=_backward_out(out))
     maps = _lse_maps(x, beta)
     if maps.empty():
-        return global_avg_pool_backward(grad_out, x, keepdims)
+        return global_avg_pool_backward(grad_out, x, keepdims, out=out)
     g = maps.grad_out(grad_out, keepdims)
+    maps.expect_out(_backward_out(out), {"x": x, "grad_out": grad_out})
     m, s = _lse_stats(maps, beta)
-    grad, grad3 = maps.zeros()
+    grad = maps.new_gradient()
+    grad3 = maps.view3(grad)
     _kernels().lse_gradient(maps.x3, grad3, m, g / s, beta, maps.threads)
     rows, cells = maps.finite_rows(~np.isfinite(m))  # beta x overflowed: weights in float64
     if rows.size:
@@ -381,35 +446,44 @@ def global_lse_pool_backward(grad_out, x, beta=1.0, keepdims=False):
 
 
 # ------------------------------------------------------------------ k-max
-def global_kmax_pool_forward(x, k=1, keepdims=False, return_indices=False, *, rounding="floor"):
+def global_kmax_pool_forward(x, k=1, keepdims=False, return_indices=False, *, rounding="floor",
+                             out=None):
     """``y = mean of the k largest cells`` of each map. ``k``: an int count (clipped to n) or a
     float fraction in (0, 1] (``max(1, floor(k n + 1e-6))`` cells; ``rounding="round"``:
     ``max(1, round(k n))``, WILDCAT's rule). Ties: lower flat indices first. With
     ``return_indices``, also the selected flat indices in ascending order (int64,
-    ``(N, C, k)``)."""
+    ``(N, C, k)``). ``out=``: as ``global_max_pool_forward``'s."""
     keepdims, return_indices = _flags(keepdims, return_indices)
     count = _checks.k_count(k, _cells(x), "k", rounding=rounding)
     gpu = _gpu(x=x)
     if gpu:
-        return gpu.forward("select", x, keepdims, return_indices, k=count, alpha=0.0)
+        return gpu.forward("select", x, keepdims, return_indices, k=count, alpha=0.0,
+                           out=_gpu_forward_outs(out, return_indices))
+    out_y, out_index = _forward_outs(out, return_indices)
     maps = _Maps(x)
+    out_y = maps.check_out(out_y, keepdims, {"x": x})
     total, index = maps.select(count, False, return_indices)
     values = maps.rescue_overflow(
         total / count, lambda cells: np.sort(cells, axis=1)[:, cells.shape[1] - count:].mean(1))
-    y = maps.result(values, keepdims)
-    return (y, index.reshape(maps.shape[:2] + (count,))) if return_indices else y
+    y = maps.result(values, keepdims, out_y)
+    if not return_indices:
+        return y
+    return _with_indices(maps, y, index, maps.shape[:2] + (count,), out_index)
 
 
 def global_kmax_pool_backward(grad_out, x, k=1, keepdims=False, return_indices=False,
-                              indices=None, *, rounding="floor"):
-    """Gradient of ``global_kmax_pool_forward``: ``grad_out / k`` on each selected cell."""
+                              indices=None, *, rounding="floor", out=None):
+    """Gradient of ``global_kmax_pool_forward``: ``grad_out / k`` on each selected cell.
+    ``out=``: where to write it (x's shape and dtype), returned."""
     keepdims, return_indices = _flags(keepdims, return_indices)
     count = _checks.k_count(k, _cells(x), "k", rounding=rounding)
     gpu = _gpu(grad_out=grad_out, x=x)
     if gpu:
-        return gpu.backward("select", grad_out, x, keepdims, indices, k=count, alpha=0.0)
+        return gpu.backward("select", grad_out, x, keepdims, indices, k=count, alpha=0.0,
+                            out=_backward_out(out))
     maps = _Maps(x)
     g = maps.grad_out(grad_out, keepdims)
+    maps.expect_out(_backward_out(out), {"x": x, "grad_out": grad_out, "indices": indices})
     if indices is None:
         return maps.selection_gradient(count, g / count, 0, g)
     return _scatter(maps, [(maps.check_indices(indices, count), g / count)])
@@ -422,7 +496,7 @@ def _weldon_counts(x, kmax, kmin, alpha, rounding):
 
 
 def weldon_pool_forward(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_indices=False,
-                        *, rounding="floor"):
+                        *, rounding="floor", out=None):
     """WELDON: ``y = mean(kmax largest) + alpha * mean(kmin smallest)`` per map.
 
     ``kmin=None`` means ``kmin = kmax``; ``kmin = 0`` drops the second term. Counts follow the
@@ -430,15 +504,17 @@ def weldon_pool_forward(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_
     (``kmax + kmin > n``) a cell counts in both. WILDCAT's pooling is
     ``0.5 * weldon_pool_forward(x, kmax, kmin, alpha)``. With ``return_indices``, also the
     selected flat indices: those of the kmax largest, then those of the kmin smallest, each in
-    ascending order, int64 ``(N, C, kmax + kmin)``.
+    ascending order, int64 ``(N, C, kmax + kmin)``. ``out=``: as ``global_max_pool_forward``'s.
     """
     keepdims, return_indices = _flags(keepdims, return_indices)
     top, bottom, alpha = _weldon_counts(x, kmax, kmin, alpha, rounding)
     gpu = _gpu(x=x)
     if gpu:
         return gpu.forward("select", x, keepdims, return_indices, k=top, k_bottom=bottom,
-                           alpha=alpha)
+                           alpha=alpha, out=_gpu_forward_outs(out, return_indices))
+    out_y, out_index = _forward_outs(out, return_indices)
     maps = _Maps(x)
+    out_y = maps.check_out(out_y, keepdims, {"x": x})
     total_top, index_top = maps.select(top, False, return_indices)
     total_bottom, index_bottom = maps.select(bottom, True, return_indices)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -449,25 +525,27 @@ def weldon_pool_forward(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_
         means = ordered[:, cells.shape[1] - top:].mean(axis=1)
         return means + (alpha * ordered[:, :bottom].mean(axis=1) if bottom else 0.0)
 
-    y = maps.result(maps.rescue_overflow(values, weldon), keepdims)
+    y = maps.result(maps.rescue_overflow(values, weldon), keepdims, out_y)
     if not return_indices:
         return y
-    return y, np.concatenate([index_top, index_bottom], axis=1).reshape(
-        maps.shape[:2] + (top + bottom,))
+    return _with_indices(maps, y, np.concatenate([index_top, index_bottom], axis=1),
+                         maps.shape[:2] + (top + bottom,), out_index)
 
 
 def weldon_pool_backward(grad_out, x, kmax=1, kmin=None, alpha=1.0, keepdims=False,
-                         return_indices=False, indices=None, *, rounding="floor"):
+                         return_indices=False, indices=None, *, rounding="floor", out=None):
     """Gradient of ``weldon_pool_forward``: ``grad_out / kmax`` on the top cells plus
-    ``alpha * grad_out / kmin`` on the bottom cells (both for a cell in both sets)."""
+    ``alpha * grad_out / kmin`` on the bottom cells (both for a cell in both sets). ``out=``:
+    where to write it (x's shape and dtype), returned."""
     keepdims, return_indices = _flags(keepdims, return_indices)
     top, bottom, alpha = _weldon_counts(x, kmax, kmin, alpha, rounding)
     gpu = _gpu(grad_out=grad_out, x=x)
     if gpu:
         return gpu.backward("select", grad_out, x, keepdims, indices, k=top, k_bottom=bottom,
-                            alpha=alpha)
+                            alpha=alpha, out=_backward_out(out))
     maps = _Maps(x)
     g = maps.grad_out(grad_out, keepdims)
+    maps.expect_out(_backward_out(out), {"x": x, "grad_out": grad_out, "indices": indices})
     if indices is None:
         return maps.selection_gradient(top, g / top, bottom, alpha * g / max(bottom, 1))
     index = maps.check_indices(indices, top + bottom)

@@ -77,6 +77,35 @@ class _Problem:
         a = a.astype(self.dtype, copy=False)
         return a if self.batched else a[0]
 
+    def destination(self, out, shape, inputs):
+        """The checked ``out=`` array for a result of the caller's ``shape`` and x's dtype, and
+        the batched array the kernel may write into directly (None when it must write into a
+        buffer of the work dtype first: float16 and bfloat16)."""
+        out = _checks.out_array(out, shape, self.dtype, inputs)
+        if out is None or self.dtype != self.work_dtype:
+            return out, None
+        return out, out if self.batched else out[np.newaxis]
+
+    def zero_unwritten(self, grad5, gather):
+        """Zero the cells of the 5-D gradient that the backward kernel does not write: all of
+        them when it adds window terms into it (overlapping windows, not gathered) or when
+        windows leave gaps between them (stride > kernel); otherwise (disjoint windows that
+        tile the input, or the gather pass, which writes every cell) only the cells past the
+        last window of each axis."""
+        kernel, stride, padding = self.args.as_3d()
+        if gather:
+            return
+        if not self.args.disjoint or any(s > k for s, k in zip(stride, kernel)):
+            grad5[...] = 0
+            return
+        out_size = (1,) * (3 - self.nd) + self.out_spatial
+        for axis in range(3):
+            end = (out_size[axis] - 1) * stride[axis] - padding[axis] + kernel[axis]
+            if end < grad5.shape[2 + axis]:
+                cells = [slice(None)] * 5
+                cells[2 + axis] = slice(end, None)
+                grad5[tuple(cells)] = 0
+
 
 def _temperature(problem, lam):
     """lam as a 5-D view broadcast to the batched output's shape (no copy of the broadcast),
@@ -123,38 +152,55 @@ def _sum_to_shape(full, shape):
     return np.asarray(total).reshape(shape)
 
 
-def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode):
+def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, out=None):
+    out, = _checks.out_entries(out, 1)
     if backend_of(x=x) == "cuda":
         from ._cuda import windowed_softmax
-        return windowed_softmax.forward(x, nd, lam, kernel_size, stride, padding, ceil_mode)
+        return windowed_softmax.forward(x, nd, lam, kernel_size, stride, padding, ceil_mode,
+                                        out=out)
     problem = _Problem(x, nd, kernel_size, stride, padding, ceil_mode)
     temperature = _temperature(problem, lam)  # checked before any work, empty batch or not
+    out, y = problem.destination(out, problem.out_shape, {"x": x, "lam": lam})
     xb = problem.x
-    y = problem.empty(xb.shape[:2] + problem.out_spatial)
+    if y is None:
+        y = problem.empty(xb.shape[:2] + problem.out_spatial)
     if xb.shape[0] > 0:
         kernel, stride3, padding3, offsets, buffers, n_threads = problem.kernel_call_args()
         kernel_module("_windowed_softmax").forward(
             problem.to_5d(xb), problem.to_5d(y), kernel, stride3, padding3,
             temperature, problem.layout == "channels_last", offsets,
             buffers, n_threads)
-    return problem.result(y)
+    return _checks.deliver(problem.result(y), out)
 
 
 def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode,
-                           with_lam=False):
-    """grad_x, and with ``with_lam`` also dL/dlam summed to lam's shape."""
+                           with_lam=False, out=None):
+    """grad_x, and with ``with_lam`` also dL/dlam summed to lam's shape; ``out``: the
+    destination of grad_x, or with ``with_lam`` of (grad_x, grad_lam), entries None or
+    arrays."""
+    out_x, out_lam = _checks.out_entries(out, 2) if with_lam else \
+        _checks.out_entries(out, 1) + [None]
     if backend_of(grad_out=grad_out, x=x) == "cuda":
         from ._cuda import windowed_softmax
+        _checks.refuse_gpu_out([out_lam], "grad_lam (Max-Ent's second result)")
         return windowed_softmax.backward(grad_out, x, nd, lam, kernel_size, stride, padding,
-                                         ceil_mode, with_lam=with_lam)
+                                         ceil_mode, with_lam=with_lam, out=out_x)
     problem = _Problem(x, nd, kernel_size, stride, padding, ceil_mode)
     temperature = _temperature(problem, lam)
     _checks.grad_out_array(grad_out, problem.out_shape, x)
+    inputs = {"x": x, "grad_out": grad_out, "lam": lam}
+    out_x, grad_x = problem.destination(out_x, x.shape, inputs)
+    if with_lam:
+        out_lam = _checks.out_array(out_lam, np.shape(lam), problem.dtype, inputs,
+                                    name="out[1]")
     g = grad_out.astype(problem.work_dtype, copy=False)
     if not problem.batched:
         g = g[np.newaxis]
     xb = problem.x
-    grad_x = problem.empty(xb.shape, zero=True)
+    if grad_x is not None and grad_x.strides != xb.strides:
+        grad_x = None  # the kernel writes grad_x with x's strides: via a buffer
+    if grad_x is None:
+        grad_x = problem.empty(xb.shape)
     # dL/dlam per output, every one written; in C order whatever x's layout, so that its sum
     # down to lam's shape adds in the same order (the same bits) for both layouts.
     grad_lam = np.empty(g.shape, problem.work_dtype) if with_lam else None
@@ -169,27 +215,31 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
             add_rounds = -(-planes // n_threads)  # planes per thread on the add path
             if _GATHER_COST * planes < n_threads * add_rounds:
                 stats = problem.statistics_buffer(g.shape)
+        problem.zero_unwritten(problem.to_5d(grad_x), stats is not None)
         kernel_module("_windowed_softmax").backward(
             problem.to_5d(g), problem.to_5d(xb), problem.to_5d(grad_x), stats,
             kernel, stride3, padding3, temperature,
             problem.to_5d(grad_lam) if with_lam else None,
             problem.layout == "channels_last", offsets, buffers, n_threads)
+    grad_x = _checks.deliver(problem.result(grad_x), out_x)
     if not with_lam:
-        return problem.result(grad_x)
+        return grad_x
     full = grad_lam if problem.batched else grad_lam[0]
-    return problem.result(grad_x), _sum_to_shape(full, np.shape(lam)).astype(problem.dtype)
+    return grad_x, _checks.deliver(
+        _sum_to_shape(full, np.shape(lam)).astype(problem.dtype), out_lam)
 
 
 def _make_pool(nd):
     """The public forward and backward of SoftPool in ``nd`` spatial dimensions."""
     axes = ", ".join("DHW"[3 - nd:])
 
-    def forward(x, kernel_size, stride=None, padding=0, ceil_mode=False):
-        return _softmax_pool_forward(x, nd, 1.0, kernel_size, stride, padding, ceil_mode)
+    def forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, *, out=None):
+        return _softmax_pool_forward(x, nd, 1.0, kernel_size, stride, padding, ceil_mode, out)
 
-    def backward(grad_out, x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    def backward(grad_out, x, kernel_size, stride=None, padding=0, ceil_mode=False, *,
+                 out=None):
         return _softmax_pool_backward(grad_out, x, nd, 1.0, kernel_size, stride, padding,
-                                      ceil_mode)
+                                      ceil_mode, out=out)
 
     forward.__name__ = forward.__qualname__ = f"soft_pool{nd}d_forward"
     backward.__name__ = backward.__qualname__ = f"soft_pool{nd}d_backward"
@@ -215,6 +265,10 @@ def _make_pool(nd):
         At most half the kernel. Padded cells are left out of the window (they are not zeros).
     ceil_mode : bool
         PyTorch's output-size rule with ceil instead of floor.
+    out : array, optional
+        Where to write y (keyword only): an array of y's shape and x's dtype, any memory
+        layout, sharing no memory with x (a GPU array for GPU input); it is returned. A
+        training loop that passes the same buffer every step allocates nothing for y.
 
     Returns
     -------
@@ -225,7 +279,9 @@ def _make_pool(nd):
 
     ``dL/dx_i = sum_(o: i in R(o)) grad_out_o * w_(o,i) * (1 + x_i - y_o)``, with w the window
     softmax. ``grad_out`` has the forward output's shape and x's dtype; the result has x's shape,
-    dtype and memory layout. Deterministic: the same bits for any thread count.
+    dtype and memory layout. Deterministic: the same bits for any thread count. ``out=``
+    (keyword only): an array of x's shape and dtype to write grad_x into (written in place
+    when it has x's memory layout, else through a buffer), returned.
     """
     return forward, backward
 
@@ -239,12 +295,13 @@ def _make_maxent_pool(nd):
     """The public forward and backward of Max-Entropy pooling in ``nd`` spatial dimensions."""
     axes = ", ".join("DHW"[3 - nd:])
 
-    def forward(x, lam, kernel_size, stride=None, padding=0, ceil_mode=False):
-        return _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode)
+    def forward(x, lam, kernel_size, stride=None, padding=0, ceil_mode=False, *, out=None):
+        return _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, out)
 
-    def backward(grad_out, x, lam, kernel_size, stride=None, padding=0, ceil_mode=False):
+    def backward(grad_out, x, lam, kernel_size, stride=None, padding=0, ceil_mode=False, *,
+                 out=None):
         return _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding,
-                                      ceil_mode, with_lam=True)
+                                      ceil_mode, with_lam=True, out=out)
 
     forward.__name__ = forward.__qualname__ = f"maxent_pool{nd}d_forward"
     backward.__name__ = backward.__qualname__ = f"maxent_pool{nd}d_backward"
@@ -263,14 +320,16 @@ def _make_maxent_pool(nd):
     lam : float or array broadcastable to the output (N, C, *out)
         A constant, per channel ``(C, 1, ...)``, per sample and channel ``(N, C, 1, ...)`` (as
         GFGP gives), per output position, per sample, or any other broadcast.
-    kernel_size, stride, padding, ceil_mode
+    kernel_size, stride, padding, ceil_mode, out
         As ``soft_pool{nd}d_forward``.
     """
     backward.__doc__ = f"""Gradients of ``maxent_pool{nd}d_forward``: ``(grad_x, grad_lam)``.
 
     ``dL/dx_i = sum_o g_o w_(o,i) (1 + lam_o (x_i - y_o))`` and
     ``dL/dlam_o = g_o sum_i w_(o,i) (x_i - y_o)^2``, summed down to lam's own shape (a 0-d array
-    for a scalar lam).
+    for a scalar lam). ``out=`` (keyword only): None or a pair ``(grad_x, grad_lam)`` of
+    destinations, each None or an array of that result's shape and x's dtype (on GPU arrays,
+    grad_lam's must be None).
     """
     return forward, backward
 

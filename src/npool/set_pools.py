@@ -112,6 +112,28 @@ def _gpu_backend(arrays, matmul):
     return set_pools
 
 
+def _into(result, out, inputs):
+    """``result`` (an array, or a tuple of arrays and Nones) delivered into ``out=``: None, an
+    array for a single result, or a tuple with one entry (None or an array of that result's
+    shape and dtype) per result; the kernels' own buffers are copied there (the BLAS products
+    of the set pools allocate their results)."""
+    if out is None:  # (GPU results always: _Set refuses out= there)
+        return result
+    results = result if isinstance(result, tuple) else (result,)
+    entries = _checks.out_entries(out, len(results))
+    delivered = tuple(
+        r if r is None else _checks.deliver(r, _checks.out_array(
+            entry, r.shape, r.dtype, inputs, name="out" if len(results) == 1 else f"out[{i}]"))
+        for i, (r, entry) in enumerate(zip(results, entries)))
+    return delivered if isinstance(result, tuple) else delivered[0]
+
+
+def _refuse_gpu_out(gpu, out):
+    if gpu is not None and out is not None:
+        raise ValueError("out= is not supported for the set pools on GPU arrays (the CPU path "
+                         "takes it)")
+
+
 class _Set:
     """Validated set inputs: x (B, M, D), assign (B, M, K) and the mask (B, M).
 
@@ -121,12 +143,14 @@ class _Set:
     array) are the call's other arrays, checked to be on the same device.
     """
 
-    def __init__(self, x=None, assign=None, mask=None, matmul=None, uses_x=True, **others):
+    def __init__(self, x=None, assign=None, mask=None, matmul=None, uses_x=True, out=None,
+                 **others):
         arrays = {"x": x, "assign": assign} if uses_x else {"assign": assign}
         for name, a in arrays.items():  # a missing array is named before anything else
             if a is None:
                 _checks.float_array(a, name)
         self.gpu = _gpu_backend(dict(arrays, mask=mask, **others), matmul)
+        _refuse_gpu_out(self.gpu, out)
         if self.gpu is not None:
             arrays = {name: _describe(a, name) for name, a in arrays.items()}
         first = next(iter(arrays.values()))
@@ -263,57 +287,69 @@ def _vlad_forward(s, centers, return_norms):
     return (output, s.out(norms)) if return_norms else output
 
 
-def netvlad_pool_forward(x, assign, centers, mask=None, return_norms=False, matmul=None):
+def netvlad_pool_forward(x, assign, centers, mask=None, return_norms=False, matmul=None, *,
+                         out=None):
     """NetVLAD: ``V[b,d,k] = sum_m a[b,m,k] (x[b,m,d] - c[d,k])``, intra-normalised over d,
     flattened D-major, l2n: ``(B, D * K)``. With ``return_norms``, also the norms ``(B, K + 1)``
-    (K column norms, then the global one), which the backward takes to skip recomputing."""
+    (K column norms, then the global one), which the backward takes to skip recomputing.
+    ``out=`` (keyword only, CPU): where to write the output (or, with ``return_norms``, a pair
+    of destinations or None), returned."""
     return_norms = _checks.flag(return_norms, "return_norms")
-    s = _Set(x, assign, mask, matmul, centers=centers)
+    s = _Set(x, assign, mask, matmul, out=out, centers=centers)
     c = s.parameter(centers, "centers", (s.x.shape[2], s.clusters))
-    return _vlad_forward(s, c, return_norms)
+    return _into(_vlad_forward(s, c, return_norms), out,
+                 dict(x=x, assign=assign, centers=centers))
 
 
 def netvlad_pool_backward(grad_out, x, assign, centers, mask=None, output=None, norms=None,
-                          matmul=None):
+                          matmul=None, *, out=None):
     """Gradients of ``netvlad_pool_forward``: ``(grad_x, grad_assign, grad_centers)``.
     ``output, norms`` from ``netvlad_pool_forward(..., return_norms=True)`` skip its
-    recomputation."""
-    s = _Set(x, assign, mask, matmul, centers=centers, grad_out=grad_out, output=output,
-             norms=norms)
+    recomputation. ``out=`` (keyword only, CPU): a tuple of three destinations (each None or
+    an array of that gradient's shape and dtype), returned."""
+    s = _Set(x, assign, mask, matmul, out=out, centers=centers, grad_out=grad_out,
+             output=output, norms=norms)
     k = s.clusters
     c = s.parameter(centers, "centers", (s.x.shape[2], k))
     state = _vlad_state(s, c, output, norms)
     g = s.grad_out(grad_out, (s.x.shape[0], s.x.shape[2] * k))
-    return _vlad_backward(s, c, g, state)
+    return _into(_vlad_backward(s, c, g, state), out,
+                 dict(grad_out=grad_out, x=x, assign=assign, centers=centers))
 
 
-def netrvlad_pool_forward(x, assign, mask=None, return_norms=False, matmul=None):
-    """NetRVLAD: NetVLAD without the centroids: ``(B, D * K)`` (and the norms, as NetVLAD)."""
+def netrvlad_pool_forward(x, assign, mask=None, return_norms=False, matmul=None, *, out=None):
+    """NetRVLAD: NetVLAD without the centroids: ``(B, D * K)`` (and the norms, as NetVLAD).
+    ``out=``: as ``netvlad_pool_forward``'s."""
     return_norms = _checks.flag(return_norms, "return_norms")
-    return _vlad_forward(_Set(x, assign, mask, matmul), None, return_norms)
+    return _into(_vlad_forward(_Set(x, assign, mask, matmul, out=out), None, return_norms),
+                 out, dict(x=x, assign=assign))
 
 
 def netrvlad_pool_backward(grad_out, x, assign, mask=None, output=None, norms=None,
-                           matmul=None):
-    """Gradients of ``netrvlad_pool_forward``: ``(grad_x, grad_assign)``."""
-    s = _Set(x, assign, mask, matmul, grad_out=grad_out, output=output, norms=norms)
+                           matmul=None, *, out=None):
+    """Gradients of ``netrvlad_pool_forward``: ``(grad_x, grad_assign)``. ``out=``: a pair of
+    destinations (each None or an array), returned."""
+    s = _Set(x, assign, mask, matmul, out=out, grad_out=grad_out, output=output, norms=norms)
     state = _vlad_state(s, None, output, norms)
     g = s.grad_out(grad_out, (s.x.shape[0], s.x.shape[2] * s.clusters))
-    return _vlad_backward(s, None, g, state)[:2]
+    return _into(_vlad_backward(s, None, g, state)[:2], out,
+                 dict(grad_out=grad_out, x=x, assign=assign))
 
 
 # ------------------------------------------------------------------ Soft-DBoW
-def soft_dbow_pool_forward(assign, mask=None):
-    """Soft-DBoW: ``l2n(sum_m a[b,m,:])``: ``(B, K)``."""
-    s = _Set(assign=assign, mask=mask, uses_x=False)
+def soft_dbow_pool_forward(assign, mask=None, *, out=None):
+    """Soft-DBoW: ``l2n(sum_m a[b,m,:])``: ``(B, K)``. ``out=`` (keyword only, CPU): where to
+    write it, returned."""
+    s = _Set(assign=assign, mask=mask, uses_x=False, out=out)
     if s.gpu is not None:
         return s.gpu.soft_dbow_forward(s)
-    return s.out(_l2n(s.a.sum(axis=1), axis=1)[0])
+    return _into(s.out(_l2n(s.a.sum(axis=1), axis=1)[0]), out, dict(assign=assign))
 
 
-def soft_dbow_pool_backward(grad_out, assign, mask=None):
-    """Gradient of ``soft_dbow_pool_forward`` with respect to assign."""
-    s = _Set(assign=assign, mask=mask, uses_x=False, grad_out=grad_out)
+def soft_dbow_pool_backward(grad_out, assign, mask=None, *, out=None):
+    """Gradient of ``soft_dbow_pool_forward`` with respect to assign. ``out=`` (keyword only,
+    CPU): where to write it (assign's shape and dtype), returned."""
+    s = _Set(assign=assign, mask=mask, uses_x=False, out=out, grad_out=grad_out)
     g = s.grad_out(grad_out, (s.sizes[0], s.clusters))
     if s.gpu is not None:
         return s.gpu.soft_dbow_backward(s, g)
@@ -321,7 +357,7 @@ def soft_dbow_pool_backward(grad_out, assign, mask=None):
     g = _l2n_backward(g, saved, axis=1)
     grad = np.empty(s.a.shape, s.work)
     grad[...] = g[:, None, :]
-    return s.out(s.masked(grad))
+    return _into(s.out(s.masked(grad)), out, dict(grad_out=grad_out, assign=assign))
 
 
 # ------------------------------------------------------------------ NetFV
@@ -350,25 +386,29 @@ def _fv(s, mu, covar, for_backward=False):
     return (f1, y2, saved + (norms1, norms2)) if for_backward else (f1, y2, None)
 
 
-def netfv_pool_forward(x, assign, mu, covar_weights, mask=None, matmul=None):
+def netfv_pool_forward(x, assign, mu, covar_weights, mask=None, matmul=None, *, out=None):
     """NetFV: first-order ``F1 = (sum_m a x - a_sum mu) / sigma`` (intra-normalised over d) and
     second-order ``F2 = sum_m a (x - mu)^2 / sigma^2 - a_sum`` (no intra-normalisation, as
     LOUPE), each flattened D-major and l2n, concatenated: ``(B, 2 * D * K)``; ``sigma =
-    covar_weights^2 + 1e-6``."""
-    s = _Set(x, assign, mask, matmul, mu=mu, covar_weights=covar_weights)
+    covar_weights^2 + 1e-6``. ``out=`` (keyword only, CPU): where to write it, returned."""
+    s = _Set(x, assign, mask, matmul, out=out, mu=mu, covar_weights=covar_weights)
     shape = (s.x.shape[2], s.clusters)
     mu = s.parameter(mu, "mu", shape)
     covar = s.parameter(covar_weights, "covar_weights", shape)
     if s.gpu is not None:
         return s.gpu.fv_forward(s, mu, covar)
     y1, y2, _ = _fv(s, mu, covar)
-    return s.out(np.concatenate([y1.reshape(y2.shape), y2], axis=1))
+    return _into(s.out(np.concatenate([y1.reshape(y2.shape), y2], axis=1)), out,
+                 dict(x=x, assign=assign, mu=mu, covar_weights=covar_weights))
 
 
-def netfv_pool_backward(grad_out, x, assign, mu, covar_weights, mask=None, matmul=None):
+def netfv_pool_backward(grad_out, x, assign, mu, covar_weights, mask=None, matmul=None, *,
+                        out=None):
     """Gradients of ``netfv_pool_forward``: ``(grad_x, grad_assign, grad_mu,
-    grad_covar_weights)``."""
-    s = _Set(x, assign, mask, matmul, mu=mu, covar_weights=covar_weights, grad_out=grad_out)
+    grad_covar_weights)``. ``out=`` (keyword only, CPU): a tuple of four destinations (each
+    None or an array), returned."""
+    s = _Set(x, assign, mask, matmul, out=out, mu=mu, covar_weights=covar_weights,
+             grad_out=grad_out)
     shape = (s.x.shape[2], s.clusters)
     mu = s.parameter(mu, "mu", shape)
     covar = s.parameter(covar_weights, "covar_weights", shape)
@@ -394,11 +434,13 @@ def netfv_pool_backward(grad_out, x, assign, mu, covar_weights, mask=None, matmu
     grad_a = s.matmul(s.x, g_s1) + s.matmul(s.x * s.x, g_s2) + g_a_sum
     grad_mu = np.sum(-p * a_sum - 2 * q * s1 + 2 * q * mu * a_sum, axis=0)
     g_sigma = np.sum(-g_f1 * f1 / sigma - 2 * g_f2 * (f2 + a_sum) / sigma, axis=0)
-    return s.out(grad_x, s.masked(grad_a), grad_mu, g_sigma * 2 * covar)
+    return _into(s.out(grad_x, s.masked(grad_a), grad_mu, g_sigma * 2 * covar), out,
+                 dict(grad_out=grad_out, x=x, assign=assign, mu=mu,
+                      covar_weights=covar_weights))
 
 
 # ------------------------------------------------------------------ Context Gating
-def _gating_checked(x, weights, biases, matmul, grad_out=None, backward=False):
+def _gating_checked(x, weights, biases, matmul, grad_out=None, backward=False, out=None):
     """(GPU module or None, x, weights, biases, grad_out), checked (described on the GPU)."""
     arrays = dict(x=x, weights=weights, biases=biases)
     for name, a in arrays.items():
@@ -409,6 +451,7 @@ def _gating_checked(x, weights, biases, matmul, grad_out=None, backward=False):
             _checks.grad_out_array(grad_out, (), x)
         arrays["grad_out"] = grad_out
     gpu = _gpu_backend(arrays, matmul)
+    _refuse_gpu_out(gpu, out)
     if gpu is not None:
         arrays = {name: _describe(a, name) for name, a in arrays.items()}
     x, weights, biases = arrays["x"], arrays["weights"], arrays["biases"]
@@ -436,24 +479,29 @@ def _gate(x, weights, biases, matmul):
     return flat, gate, work, matmul
 
 
-def context_gating_forward(x, weights, biases, matmul=None):
-    """``y = x * sigmoid(x W + b)`` over the last axis of x."""
-    gpu, x, weights, biases, _ = _gating_checked(x, weights, biases, matmul)
+def context_gating_forward(x, weights, biases, matmul=None, *, out=None):
+    """``y = x * sigmoid(x W + b)`` over the last axis of x. ``out=`` (keyword only, CPU): where
+    to write y (x's shape and dtype), returned."""
+    gpu, x, weights, biases, _ = _gating_checked(x, weights, biases, matmul, out=out)
     if gpu is not None:
         return gpu.gating_forward(x, weights, biases)
     flat, gate, _, _ = _gate(x, weights, biases, matmul)
-    return (flat * gate).reshape(x.shape).astype(x.dtype, copy=False)
+    return _into((flat * gate).reshape(x.shape).astype(x.dtype, copy=False), out,
+                 dict(x=x, weights=weights, biases=biases))
 
 
-def context_gating_backward(grad_out, x, weights, biases, matmul=None):
-    """Gradients of ``context_gating_forward``: ``(grad_x, grad_weights, grad_biases)``."""
+def context_gating_backward(grad_out, x, weights, biases, matmul=None, *, out=None):
+    """Gradients of ``context_gating_forward``: ``(grad_x, grad_weights, grad_biases)``.
+    ``out=`` (keyword only, CPU): a tuple of three destinations (each None or an array),
+    returned."""
     gpu, x, weights, biases, grad_out = _gating_checked(x, weights, biases, matmul, grad_out,
-                                                         backward=True)
+                                                         backward=True, out=out)
     if gpu is not None:
         return gpu.gating_backward(grad_out, x, weights, biases)
     flat, gate, work, matmul = _gate(x, weights, biases, matmul)
     g = grad_out.reshape(flat.shape).astype(work, copy=False)
     g_z = g * flat * gate * (1 - gate)
     grad_x = g * gate + matmul(g_z, weights.astype(work).T)
-    return tuple(a.astype(x.dtype, copy=False) for a in (
-        grad_x.reshape(x.shape), matmul(flat.T, g_z), g_z.sum(axis=0)))
+    return _into(tuple(a.astype(x.dtype, copy=False) for a in (
+        grad_x.reshape(x.shape), matmul(flat.T, g_z), g_z.sum(axis=0))), out,
+        dict(grad_out=grad_out, x=x, weights=weights, biases=biases))

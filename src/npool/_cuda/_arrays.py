@@ -46,6 +46,9 @@ class DeviceArray:
     def size(self):
         return int(np.prod(self.shape, dtype=np.int64))
 
+    def itemsize_bytes(self):
+        return self.dtype.itemsize
+
     def __repr__(self):
         return (f"DeviceArray(ptr={self.ptr:#x}, shape={self.shape}, strides={self.strides}, "
                 f"dtype={self.dtype}, stream={self.stream})")
@@ -193,3 +196,35 @@ def with_leading_ones(obj, ndim):
     """GPU array ``obj`` with size-1 axes in front up to ``ndim`` axes (a view)."""
     array = describe(obj, "array", ANY_DTYPE)
     return View(array, ones=ndim - array.ndim)
+
+
+def _span(a):
+    """[first, last) byte addresses of DeviceArray ``a``'s cells (empty: (ptr, ptr))."""
+    if a.size == 0:
+        return a.ptr, a.ptr
+    low = sum((n - 1) * s for n, s in zip(a.shape, a.strides) if s < 0)
+    high = sum((n - 1) * s for n, s in zip(a.shape, a.strides) if s > 0)
+    return a.ptr + low * a.itemsize_bytes(), a.ptr + (high + 1) * a.itemsize_bytes()
+
+
+def out_array(out, shape, dtype, inputs, strides=None):
+    """``out=`` on the GPU: the DeviceArray of ``out``, checked to have ``shape`` and ``dtype``,
+    to share no memory with ``inputs`` (name -> DeviceArray) and, with ``strides``, to have
+    those element strides (kernels that write one dense layout)."""
+    a = describe(out, "out")
+    if a.dtype != np.dtype(dtype):
+        raise TypeError(f"out must have dtype {np.dtype(dtype)} (the result's), got {a.dtype}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"out must have the result's shape {tuple(shape)}, got {a.shape}")
+    if strides is not None and a.size and any(
+            n != 1 and s != t for n, s, t in zip(a.shape, a.strides, strides)):
+        raise ValueError(f"out must have strides {tuple(strides)} (in elements) here, got "
+                         f"{a.strides}")
+    lo, hi = _span(a)
+    for name, other in inputs.items():
+        if other is None or other.size == 0 or a.size == 0:
+            continue
+        other_lo, other_hi = _span(other)
+        if lo < other_hi and other_lo < hi:
+            raise ValueError(f"out must not share memory with {name}")
+    return a

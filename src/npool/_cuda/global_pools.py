@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import _checks
 from . import _device
-from ._arrays import TYPE_SUFFIX, describe, run_stride
+from ._arrays import TYPE_SUFFIX, describe, out_array, run_stride
 
 ARGS = np.dtype([
     ("x", "u8"), ("grad_out", "u8"), ("out", "u8"), ("index", "u8"),
@@ -54,9 +54,20 @@ class Maps:
             args[name] = value
         return args
 
+    def output_shape(self, keepdims):
+        return self.shape[:2] + ((1,) * (len(self.shape) - 2) if keepdims else ())
+
+    def destination(self, out, shape, layout, inputs):
+        """``out=`` checked for a result of ``shape`` in the dense ``layout`` the kernels
+        write, as (object, DeviceArray); (None, None) without one."""
+        if out is None:
+            return None, None
+        return out, out_array(out, shape, self.x.dtype, inputs,
+                              strides=_checks.dense_strides(shape, layout))
+
     def output(self, call, keepdims):
         """y: (N, C) or (N, C, 1, ...), C order."""
-        shape = self.shape[:2] + ((1,) * (len(self.shape) - 2) if keepdims else ())
+        shape = self.output_shape(keepdims)
         return call.empty(shape, self.x.dtype, _checks.dense_strides(shape, "contiguous"))
 
     def indices(self, call, shape):
@@ -81,12 +92,17 @@ class Maps:
         return f"npool_global_{name}_{self.suffix}"
 
 
-def forward(kind, x, keepdims, return_indices, beta=1.0, k=0, k_bottom=0, alpha=0.0):
-    """y (and indices) of global pool ``kind`` ("max", "avg", "lse", "select") on the GPU."""
+def forward(kind, x, keepdims, return_indices, beta=1.0, k=0, k_bottom=0, alpha=0.0,
+            out=None):
+    """y (and indices) of global pool ``kind`` ("max", "avg", "lse", "select") on the GPU; y
+    written into ``out`` (C-contiguous, y's shape and x's dtype) when given."""
     maps = Maps(x)
-    device = maps.device()
-    with device.session([maps.x.stream]) as call:
-        y, y_array = maps.output(call, keepdims)
+    y, y_array = maps.destination(out, maps.output_shape(keepdims), "contiguous",
+                                  {"x": maps.x})
+    device = maps.device(**({"out": y_array} if y_array is not None else {}))
+    with device.session([maps.x.stream] + ([y_array.stream] if y is not None else [])) as call:
+        if y is None:
+            y, y_array = maps.output(call, keepdims)
         index, index_ptr = None, 0
         if return_indices:
             shape = y_array.shape if kind == "max" else maps.shape[:2] + (k + k_bottom,)
@@ -99,8 +115,10 @@ def forward(kind, x, keepdims, return_indices, beta=1.0, k=0, k_bottom=0, alpha=
     return (y, index) if return_indices else y
 
 
-def backward(kind, grad_out, x, keepdims, indices=None, beta=1.0, k=0, k_bottom=0, alpha=0.0):
-    """grad_x of global pool ``kind`` on the GPU; selections use ``indices`` when given."""
+def backward(kind, grad_out, x, keepdims, indices=None, beta=1.0, k=0, k_bottom=0, alpha=0.0,
+             out=None):
+    """grad_x of global pool ``kind`` on the GPU; selections use ``indices`` when given; grad_x
+    is written into ``out`` (x's shape, dtype and dense layout) when given."""
     maps = Maps(x)
     g = maps.grad_out(grad_out, keepdims)
     index = None
@@ -112,10 +130,17 @@ def backward(kind, grad_out, x, keepdims, indices=None, beta=1.0, k=0, k_bottom=
             raise ValueError(f"indices must be the C-contiguous int64 array of shape "
                              f"{tuple(expected)} that the forward returned, got shape "
                              f"{index.shape}")
-    device = maps.device(grad_out=g, **({"indices": index} if index is not None else {}))
-    streams = [g.stream, maps.x.stream] + ([index.stream] if index is not None else [])
+    grad, grad_array = maps.destination(out, maps.shape, maps.layout,
+                                        {"x": maps.x, "grad_out": g, "indices": index})
+    others = {name: a for name, a in (("indices", index), ("out", grad_array)) if a is not None}
+    device = maps.device(grad_out=g, **others)
+    streams = [g.stream, maps.x.stream] + [a.stream for a in others.values()]
     with device.session(streams) as call:
-        grad, grad_array, out_strides = maps.gradient(call)
+        if grad is None:
+            grad, grad_array, out_strides = maps.gradient(call)
+        else:
+            out_strides = (grad_array.strides[0], grad_array.strides[1],
+                           run_stride(maps.shape[2:], grad_array.strides[2:]))
         if not maps.maps:
             return grad
         fields = dict(out=grad_array.ptr, grad_out=g.ptr,

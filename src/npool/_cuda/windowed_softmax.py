@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _checks
 from . import _device, reductions
-from ._arrays import TYPE_SUFFIX, describe
+from ._arrays import TYPE_SUFFIX, describe, out_array
 
 _DIVISOR = [("value", "i8"), ("magic", "i8"), ("shift", "i8")]
 ARGS = np.dtype([
@@ -69,6 +69,12 @@ class _Pool:
         strides = _checks.dense_strides(batched_shape, self.layout)
         obj, a = call.empty(shape, self.x.dtype, strides if self.batched else strides[1:])
         return obj, a.ptr, self.to_5d(a)[1]
+
+    def destination(self, out, shape, inputs):
+        """``out=`` (any strides) as (object, DeviceArray), or (None, None)."""
+        if out is None:
+            return None, None
+        return out, out_array(out, shape, self.x.dtype, inputs)
 
     def temperature(self, lam):
         """lam as (scalar, pointer, 5-D strides over the output, 5-D shape, own shape): a real
@@ -148,12 +154,18 @@ class _Pool:
         return int(np.prod(self.size))
 
 
-def forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None):
-    """y of the windowed-softmax pool of GPU array x (see npool.local_pools)."""
+def forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None, out=None):
+    """y of the windowed-softmax pool of GPU array x (see npool.local_pools), written into
+    ``out`` (a GPU array of y's shape and x's dtype, any strides) when given."""
     pool = _Pool(x, nd, kernel_size, stride, padding, ceil_mode)
-    device = device or _device.device_for({"x": pool.x})
-    with device.session([pool.x.stream]) as call:
-        y, y_ptr, y_strides = pool.empty(call, pool.out_shape)
+    y, y_array = pool.destination(out, pool.out_shape, {"x": pool.x})
+    arrays = {"x": pool.x, **({"out": y_array} if y_array is not None else {})}
+    device = device or _device.device_for(arrays)
+    with device.session([a.stream for a in arrays.values()]) as call:
+        if y is None:
+            y, y_ptr, y_strides = pool.empty(call, pool.out_shape)
+        else:
+            y_ptr, y_strides = y_array.ptr, pool.to_5d(y_array)[1]
         count = pool.outputs()
         if count:
             wide = pool.wide_index([count], pool.x_strides, y_strides)
@@ -164,17 +176,23 @@ def forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None):
 
 
 def backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None,
-             with_lam=False):
-    """grad_x of the windowed-softmax pool of GPU array x (see npool.local_pools), and with
-    ``with_lam`` also dL/dlam summed to lam's shape (a GPUArray; 0-d for a number)."""
+             with_lam=False, out=None):
+    """grad_x of the windowed-softmax pool of GPU array x (see npool.local_pools), written into
+    ``out`` (x's shape and dtype, any strides) when given, and with ``with_lam`` also dL/dlam
+    summed to lam's shape (a GPUArray; 0-d for a number)."""
     pool = _Pool(x, nd, kernel_size, stride, padding, ceil_mode)
     lam_parts = pool.temperature(lam)
     g = describe(grad_out, "grad_out")
     _checks.grad_out_array(g, pool.out_shape, pool.x)
     g_strides = pool.to_5d(g)[1]
-    device = device or _device.device_for({"grad_out": g, "x": pool.x})
-    with device.session([g.stream, pool.x.stream]) as call:
-        grad_x, gx_ptr, gx_strides = pool.empty(call, pool.x.shape)
+    grad_x, gx_array = pool.destination(out, pool.x.shape, {"x": pool.x, "grad_out": g})
+    arrays = {"grad_out": g, "x": pool.x, **({"out": gx_array} if gx_array is not None else {})}
+    device = device or _device.device_for(arrays)
+    with device.session([a.stream for a in arrays.values()]) as call:
+        if grad_x is None:
+            grad_x, gx_ptr, gx_strides = pool.empty(call, pool.x.shape)
+        else:
+            gx_ptr, gx_strides = gx_array.ptr, pool.to_5d(gx_array)[1]
         outputs, inputs = pool.outputs(), pool.inputs()
         accumulator = 8 if pool.x.dtype == np.float64 else 4
         grad_lam = None

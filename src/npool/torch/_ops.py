@@ -61,7 +61,9 @@ def _empty_in_layout(x, shape, nd):
 def _soft_pool(x: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                ceil_mode: bool) -> torch.Tensor:
     forward, _ = _SOFT_POOL[len(kernel_size)]
-    return from_core(forward(to_core(x), kernel_size, stride, padding, ceil_mode), x)
+    y = _soft_pool_fake(x, kernel_size, stride, padding, ceil_mode)  # torch's allocator
+    forward(to_core(x), kernel_size, stride, padding, ceil_mode, out=to_core(y))
+    return y
 
 
 @_soft_pool.register_fake
@@ -79,8 +81,10 @@ def _soft_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: li
                         stride: list[int], padding: list[int], ceil_mode: bool) -> torch.Tensor:
     _, backward = _SOFT_POOL[len(kernel_size)]
     grad_out = grad_out.to(x.dtype)
-    return from_core(backward(to_core(grad_out), to_core(x), kernel_size, stride, padding,
-                              ceil_mode), x)
+    grad_x = _empty_in_layout(x, tuple(x.shape), len(kernel_size))
+    backward(to_core(grad_out), to_core(x), kernel_size, stride, padding, ceil_mode,
+             out=to_core(grad_x))
+    return grad_x
 
 
 @_soft_pool_backward.register_fake
@@ -167,8 +171,10 @@ def _grad_like(x):
 
 @torch.library.custom_op("npool::global_max_pool", mutates_args=())
 def _global_max_pool(x: torch.Tensor, keepdims: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    y, index = npool.global_max_pool_forward(to_core(x), keepdims, return_indices=True)
-    return from_core(y, x), from_core(index, x)
+    y = x.new_empty(_pooled_shape(x, keepdims))
+    _, index = npool.global_max_pool_forward(to_core(x), keepdims, return_indices=True,
+                                             out=(to_core(y), None))
+    return y, from_core(index, x)
 
 
 @_global_max_pool.register_fake
@@ -180,13 +186,17 @@ def _(x, keepdims):
 @torch.library.custom_op("npool::global_max_pool_backward", mutates_args=())
 def _global_max_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, indices: torch.Tensor,
                               keepdims: bool) -> torch.Tensor:
-    return from_core(npool.global_max_pool_backward(
-        to_core(grad_out.to(x.dtype)), to_core(x), keepdims, indices=to_core(indices)), x)
+    grad_x = _grad_like(x)
+    npool.global_max_pool_backward(to_core(grad_out.to(x.dtype)), to_core(x), keepdims,
+                                   indices=to_core(indices), out=to_core(grad_x))
+    return grad_x
 
 
 @torch.library.custom_op("npool::global_avg_pool", mutates_args=())
 def _global_avg_pool(x: torch.Tensor, keepdims: bool) -> torch.Tensor:
-    return from_core(npool.global_avg_pool_forward(to_core(x), keepdims), x)
+    y = x.new_empty(_pooled_shape(x, keepdims))
+    npool.global_avg_pool_forward(to_core(x), keepdims, out=to_core(y))
+    return y
 
 
 @_global_avg_pool.register_fake
@@ -197,13 +207,17 @@ def _(x, keepdims):
 @torch.library.custom_op("npool::global_avg_pool_backward", mutates_args=())
 def _global_avg_pool_backward(grad_out: torch.Tensor, x: torch.Tensor,
                               keepdims: bool) -> torch.Tensor:
-    return from_core(npool.global_avg_pool_backward(to_core(grad_out.to(x.dtype)), to_core(x),
-                                                    keepdims), x)
+    grad_x = _grad_like(x)
+    npool.global_avg_pool_backward(to_core(grad_out.to(x.dtype)), to_core(x), keepdims,
+                                   out=to_core(grad_x))
+    return grad_x
 
 
 @torch.library.custom_op("npool::global_lse_pool", mutates_args=())
 def _global_lse_pool(x: torch.Tensor, beta: float, keepdims: bool) -> torch.Tensor:
-    return from_core(npool.global_lse_pool_forward(to_core(x), beta, keepdims), x)
+    y = x.new_empty(_pooled_shape(x, keepdims))
+    npool.global_lse_pool_forward(to_core(x), beta, keepdims, out=to_core(y))
+    return y
 
 
 @_global_lse_pool.register_fake
@@ -214,17 +228,20 @@ def _(x, beta, keepdims):
 @torch.library.custom_op("npool::global_lse_pool_backward", mutates_args=())
 def _global_lse_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, beta: float,
                               keepdims: bool) -> torch.Tensor:
-    return from_core(npool.global_lse_pool_backward(to_core(grad_out.to(x.dtype)), to_core(x),
-                                                    beta, keepdims), x)
+    grad_x = _grad_like(x)
+    npool.global_lse_pool_backward(to_core(grad_out.to(x.dtype)), to_core(x), beta, keepdims,
+                                   out=to_core(grad_x))
+    return grad_x
 
 
 @torch.library.custom_op("npool::weldon_pool", mutates_args=())
 def _weldon_pool(x: torch.Tensor, kmax: int, kmin: int, alpha: float,
                  keepdims: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """WELDON with counts; k-max is kmin = 0."""
-    y, index = npool.weldon_pool_forward(to_core(x), kmax, kmin, alpha, keepdims,
-                                         return_indices=True)
-    return from_core(y, x), from_core(index, x)
+    y = x.new_empty(_pooled_shape(x, keepdims))
+    _, index = npool.weldon_pool_forward(to_core(x), kmax, kmin, alpha, keepdims,
+                                         return_indices=True, out=(to_core(y), None))
+    return y, from_core(index, x)
 
 
 @_weldon_pool.register_fake
@@ -236,9 +253,10 @@ def _(x, kmax, kmin, alpha, keepdims):
 @torch.library.custom_op("npool::weldon_pool_backward", mutates_args=())
 def _weldon_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, indices: torch.Tensor,
                           kmax: int, kmin: int, alpha: float, keepdims: bool) -> torch.Tensor:
-    return from_core(npool.weldon_pool_backward(
-        to_core(grad_out.to(x.dtype)), to_core(x), kmax, kmin, alpha, keepdims,
-        indices=to_core(indices)), x)
+    grad_x = _grad_like(x)
+    npool.weldon_pool_backward(to_core(grad_out.to(x.dtype)), to_core(x), kmax, kmin, alpha,
+                               keepdims, indices=to_core(indices), out=to_core(grad_x))
+    return grad_x
 
 
 for _op in (_global_max_pool_backward, _global_avg_pool_backward, _global_lse_pool_backward,
@@ -451,8 +469,10 @@ _MAXENT = {1: (npool.maxent_pool1d_forward, npool.maxent_pool1d_backward),
 def _maxent_pool(x: torch.Tensor, lam: torch.Tensor, kernel_size: list[int], stride: list[int],
                  padding: list[int], ceil_mode: bool) -> torch.Tensor:
     forward, _ = _MAXENT[len(kernel_size)]
-    return from_core(forward(to_core(x), to_core(lam.to(x.dtype)), kernel_size, stride,
-                             padding, ceil_mode), x)
+    y = _soft_pool_fake(x, kernel_size, stride, padding, ceil_mode)  # torch's allocator
+    forward(to_core(x), to_core(lam.to(x.dtype)), kernel_size, stride, padding, ceil_mode,
+            out=to_core(y))
+    return y
 
 
 @_maxent_pool.register_fake
@@ -465,10 +485,11 @@ def _maxent_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, lam: torch.Te
                           kernel_size: list[int], stride: list[int], padding: list[int],
                           ceil_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
     _, backward = _MAXENT[len(kernel_size)]
-    grad_x, grad_lam = backward(to_core(grad_out.to(x.dtype)), to_core(x),
-                                to_core(lam.to(x.dtype)), kernel_size, stride, padding,
-                                ceil_mode)
-    return from_core(grad_x, x), from_core(grad_lam, x).to(lam.dtype).reshape(lam.shape)
+    grad_x = _empty_in_layout(x, tuple(x.shape), len(kernel_size))
+    _, grad_lam = backward(to_core(grad_out.to(x.dtype)), to_core(x), to_core(lam.to(x.dtype)),
+                           kernel_size, stride, padding, ceil_mode,
+                           out=(to_core(grad_x), None))
+    return grad_x, from_core(grad_lam, x).to(lam.dtype).reshape(lam.shape)
 
 
 @_maxent_pool_backward.register_fake
