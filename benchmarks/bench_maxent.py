@@ -51,11 +51,22 @@ def cases(x, lam, compiled=False):
 
     def forward_backward(fn):
         def run():
-            v, l = xt.clone().requires_grad_(True), lt.clone().requires_grad_(True)
+            v, l = xt.detach().requires_grad_(True), lt.detach().requires_grad_(True)
             fn(v, l).backward(gt)
         return run
 
+    y_buffer, grad_buffer = np.empty_like(g), np.empty_like(x)  # reused: a training loop
+
+    def maxent_out():
+        npool.maxent_pool2d_forward(x, lam, 2, out=y_buffer)
+
+    def maxent_fb_out():
+        npool.maxent_pool2d_forward(x, lam, 2, out=y_buffer)
+        npool.maxent_pool2d_backward(g, x, lam, 2, out=(grad_buffer, None))
+
     table = {
+        "npool Max-Ent fwd (out=)": maxent_out,
+        "npool Max-Ent fwd+bwd (out=)": maxent_fb_out,
         "npool SoftPool fwd": lambda: npool.soft_pool2d_forward(x, 2),
         "npool SoftPool fwd+bwd": lambda: (npool.soft_pool2d_forward(x, 2),
                                            npool.soft_pool2d_backward(g, x, 2)),

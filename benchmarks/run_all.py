@@ -113,6 +113,9 @@ def soft_pool(summary, opts, torch, F):
                            "torch.compile composite", "torch.compile max-subtracted composite"):
                 pairs.append((kind, f"npool {kind}", anchor.replace("torch ", ""),
                               f"{anchor} {kind}"))
+            for anchor in ("torch max_pool2d", "torch.compile composite"):
+                pairs.append((f"{kind} (out=)", f"npool {kind} (out=)",
+                              anchor.replace("torch ", ""), f"{anchor} {kind}"))
         summary.add("SoftPool 2x2/2", f"{shape} {layout}", ms, pairs, ms["numpy.copyto"])
 
 
@@ -130,6 +133,8 @@ def maxent(summary, opts, torch, F):
                            "torch.compile max-subtracted composite"):
                 pairs.append((kind, f"npool Max-Ent {kind}", anchor.replace("torch ", ""),
                               f"{anchor} {theirs}"))
+            pairs.append((f"{kind} (out=)", f"npool Max-Ent {kind} (out=)",
+                          "torch.compile composite", f"torch.compile composite {theirs}"))
         summary.add("Max-Ent 2x2/2, lam (N, C)", f"{shape} {layout}", ms, pairs)
 
 
