@@ -39,6 +39,7 @@ cdef enum:
     MAX_LANES = 32  # independent lanes of a vectorised maximum (four AVX2 vectors of float)
     SEARCH_BLOCK = 64  # cells compared at a time when looking for the maximum's first index
     SUM_BLOCK = 1024  # cells per float64 partial of a sum (32 per lane)
+    SHORT_SUM = 256  # maps of fewer cells are summed in one vector of 8 lanes (< 32 per lane)
     CL_CHUNK = 128  # positions per chunk of a channels-last sample
     CBLOCK = 64    # channels per block of a channels-last chunk
 CHUNK_CELLS = CHUNK
@@ -84,8 +85,17 @@ cdef inline floating _scaled_max(const floating* x, Py_ssize_t n, floating beta,
         z = beta * x[i + j]
         bad[j] = bad[j] + (z - z)
         m[j] = z if z > m[j] else m[j]
+    # The lanes' maxima as a tree (fixed widths: vectorised, five steps deep instead of a
+    # chain of 32 dependent comparisons). Which of +0 and -0 wins does not matter: callers
+    # take the maximum's own cell, or use it as a shift.
+    for j in range(16):
+        m[j] = m[j + 16] if m[j + 16] > m[j] else m[j]
+        bad[j] = bad[j] + bad[j + 16]
+    for j in range(8):
+        m[j] = m[j + 8] if m[j + 8] > m[j] else m[j]
+        bad[j] = bad[j] + bad[j + 8]
     best = m[0]
-    for j in range(MAX_LANES):
+    for j in range(8):
         best = m[j] if m[j] > best else best
         total_bad = total_bad + bad[j]
     bad_out[0] = total_bad
@@ -133,14 +143,35 @@ cdef inline void _max_run(const floating* x, Py_ssize_t step, Py_ssize_t n, doub
         i = i + SEARCH_BLOCK
 
 
+cdef inline double _short_sum(const floating* x, Py_ssize_t n) noexcept nogil:
+    """Sum of n < SHORT_SUM contiguous cells (a small map): eight lanes of x's precision (one
+    AVX2 vector of float; at most 31 cells per lane), added pairwise in float64. One vector
+    to set up and reduce instead of four: a small map costs a third as much."""
+    cdef floating lane[8]
+    cdef Py_ssize_t i = 0, j
+    for j in range(8):
+        lane[j] = 0
+    while i + 8 <= n:
+        for j in range(8):
+            lane[j] = lane[j] + x[i + j]
+        i = i + 8
+    for j in range(n - i):
+        lane[j] = lane[j] + x[i + j]
+    return (((<double>lane[0] + lane[4]) + (<double>lane[2] + lane[6])) +
+            ((<double>lane[1] + lane[5]) + (<double>lane[3] + lane[7])))
+
+
 cdef inline double _sum_run(const floating* x, Py_ssize_t n) noexcept nogil:
     """Sum of n contiguous cells: MAX_LANES lanes of x's precision (several vectors, so that
     the additions' dependency chains overlap) over blocks of SUM_BLOCK cells (32 cells per
-    lane), the lanes of a block added pairwise in float64 and the blocks in float64."""
+    lane), the lanes of a block added pairwise in float64 and the blocks in float64. Maps of
+    fewer than SHORT_SUM cells take ``_short_sum``."""
     cdef floating lane[MAX_LANES]
     cdef double part[MAX_LANES]
     cdef double total = 0
     cdef Py_ssize_t i, j, b = 0, stop, width
+    if n < SHORT_SUM:
+        return _short_sum(x, n)
     while b < n:
         stop = min(b + SUM_BLOCK, n)
         for j in range(MAX_LANES):
@@ -154,12 +185,17 @@ cdef inline double _sum_run(const floating* x, Py_ssize_t n) noexcept nogil:
             lane[j] = lane[j] + x[i + j]
         for j in range(MAX_LANES):
             part[j] = lane[j]
-        width = MAX_LANES // 2
-        while width > 0:
-            for j in range(width):
-                part[j] = part[j] + part[j + width]
-            width = width // 2
-        total = total + part[0]
+        # Pairwise in float64, with fixed widths (vectorised; the loop over a variable width
+        # cost more than the sum of a small map itself).
+        for j in range(16):
+            part[j] = part[j] + part[j + 16]
+        for j in range(8):
+            part[j] = part[j] + part[j + 8]
+        for j in range(4):
+            part[j] = part[j] + part[j + 4]
+        for j in range(2):
+            part[j] = part[j] + part[j + 2]
+        total = total + (part[0] + part[1])
         b = stop
     return total
 
@@ -285,7 +321,14 @@ def reduce(int mode, const floating[:, :, :] x, double beta, double[:, :] a, dou
         require(arr_rows == N * C and arr_cols == K, "a, b and index must be (N * C, chunks)")
     require(n_threads >= 1, "n_threads must be >= 1")
     base = &x[0, 0, 0]
-    if sS == 1 or S == 1:
+    if (sS == 1 or S == 1) and K == 1 and sN == C * sC:
+        # One chunk per map and the maps evenly spaced (C-contiguous input): map t starts at
+        # t * sC, without the divisions of the general loop (they cost as much as summing a
+        # small map).
+        for t in prange(N * C, schedule='static', nogil=True, num_threads=n_threads):
+            _contiguous_partial(red, base + t * sC, S, fbeta, &a[t, 0], &b[t, 0], &index[t, 0],
+                                0)
+    elif sS == 1 or S == 1:
         for t in prange(N * C * K, schedule='static', nogil=True, num_threads=n_threads):
             map_ = t // K
             chunk = t % K

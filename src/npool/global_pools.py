@@ -297,7 +297,8 @@ def _sum(maps):
 
 def global_avg_pool_forward(x, keepdims=False, *, out=None):
     """``y = mean x`` over the spatial cells of each map. The CPU kernels add each cell into
-    one of 32 lanes in x's precision (32 cells per lane at most), the lanes and runs in float64;
+    one of 32 lanes (8 for maps of fewer than 256 cells) in x's precision (32 cells per lane at
+    most), the lanes and runs in float64;
     a map whose sum overflows although its
     cells are finite (near the float maximum) is summed again in float64 with its cells scaled
     by a power of two, so the mean is finite whenever the cells are. ``out=`` (keyword only):
