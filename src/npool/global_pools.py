@@ -222,17 +222,20 @@ class _Maps:
             raise ValueError(f"{name} must have shape {expected}, got {indices.shape}")
         if indices.size and (indices.min() < 0 or indices.max() >= self.n):
             raise ValueError(f"{name} must lie in [0, {self.n}), the flat spatial indices")
-        return indices.reshape(self.maps, count).astype(np.int64)
+        return indices.reshape(self.maps, count).astype(np.int64, copy=False)
 
 
 def _scatter(maps, parts):
     """A gradient that is zero but for ``parts``: (indices (maps, k), values (maps,)) pairs,
     added in order (a cell in two parts gets both)."""
     grad = maps.new_gradient()
+    # Zeroed as one dense block of memory (a memset in either layout; the kernel's per-map
+    # zeroing ran scalar stores, across the channels of channels-last memory), then scattered.
+    grad.fill(0)
     grad3 = maps.view3(grad)
-    for number, (index, values) in enumerate(parts):
+    for index, values in parts:
         if not maps.empty():
-            _kernels().scatter_gradient(grad3, index, values, number > 0, maps.threads)
+            _kernels().scatter_gradient(grad3, index, values, True, maps.threads)
     return maps.gradient(grad)
 
 
