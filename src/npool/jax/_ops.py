@@ -1,0 +1,608 @@
+"""npool's ops as JAX functions: ``jax.custom_vjp`` over npool's kernels (through
+``jax.pure_callback``) on the CPU, npool's portable decomposition (``npool/_portable.py``)
+elsewhere. This module holds no math of its own."""
+import contextlib
+import functools
+import math
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import npool
+
+from .. import _checks
+from .. import _portable as portable_forms
+
+DATA_FORMATS = ("channels_last", "channels_first")
+_FLOATS = tuple(np.dtype(d) for d in _checks.FLOAT_DTYPES)
+_state = threading.local()
+
+
+# ------------------------------------------------------------------ where the ops run
+@contextlib.contextmanager
+def portable():
+    """Build npool's ops from standard JAX operations (npool's portable decomposition) inside
+    this context, instead of calling npool's kernels: for graphs that must stand alone
+    (``jax.export``, serialisation) and for checking one form against the other.
+
+    >>> import jax.numpy as jnp
+    >>> with npool.jax.portable():
+    ...     y = npool.jax.soft_pool2d(jnp.ones((1, 4, 4, 2)), 2)
+    >>> y.shape
+    (1, 2, 2, 2)
+    """
+    _state.portable = getattr(_state, "portable", 0) + 1
+    try:
+        yield
+    finally:
+        _state.portable -= 1
+
+
+def uses_kernels():
+    """Whether npool's ops called now run npool's CPU kernels: JAX's default backend is the
+    CPU and no ``portable()`` context is active. Otherwise (a GPU or TPU backend, or
+    ``portable()``) they are built from standard JAX operations, so nothing is copied to the
+    host behind the caller's back."""
+    return not getattr(_state, "portable", 0) and jax.default_backend() == "cpu"
+
+
+class JaxOps:
+    """npool/_portable.py's ``ops`` namespace in JAX (jit-, vmap- and export-friendly)."""
+
+    @staticmethod
+    def take(x, index):
+        return jnp.take(x, jnp.asarray(index), axis=-1)
+
+    @staticmethod
+    def reshape_tail(x, count, tail):
+        return jnp.reshape(x, tuple(x.shape[:x.ndim - count]) + tuple(tail))
+
+    @staticmethod
+    def where(condition, a, b):
+        return jnp.where(condition, a, b)
+
+    @staticmethod
+    def max(x, axis, keepdims):
+        return jnp.max(x, axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def sum(x, axis, keepdims):
+        return jnp.sum(x, axis=axis, keepdims=keepdims)
+
+    exp = staticmethod(jnp.exp)
+    expm1 = staticmethod(jnp.expm1)
+    log1p = staticmethod(jnp.log1p)
+    sqrt = staticmethod(jnp.sqrt)
+    sigmoid = staticmethod(jax.nn.sigmoid)
+    stop_gradient = staticmethod(jax.lax.stop_gradient)
+    matmul = staticmethod(jnp.matmul)
+    einsum = staticmethod(jnp.einsum)
+
+    @staticmethod
+    def maximum(x, number):
+        return jnp.maximum(x, jnp.asarray(number, x.dtype))
+
+    @staticmethod
+    def concat(xs, axis):
+        return jnp.concatenate(xs, axis=axis)
+
+    @staticmethod
+    def cast_like(a, x):
+        return jnp.asarray(a, dtype=x.dtype)
+
+    @staticmethod
+    def top_k(x, k):
+        return jax.lax.top_k(x, k)[0]
+
+
+def _in_float32(function, *arrays):
+    """``function(*arrays)`` with float16/bfloat16 arrays computed in float32 (as npool's
+    kernels do), the result cast back to the first array's dtype."""
+    dtype = arrays[0].dtype
+    if dtype in (jnp.float16, jnp.bfloat16):
+        arrays = [a.astype(jnp.float32) if a is not None and a.dtype == dtype else a
+                  for a in arrays]
+        return function(*arrays).astype(dtype)
+    return function(*arrays)
+
+
+def _float_array(a, name):
+    a = jnp.asarray(a)
+    if a.dtype not in _FLOATS:
+        raise TypeError(f"{name} must have dtype {_checks.DTYPE_NAMES}, got {a.dtype}")
+    return a
+
+
+# ------------------------------------------------------------------ calling the kernels
+def _fold(function, ranks):
+    """``function`` (NumPy arrays, each with a leading batch axis, -> a tuple of arrays, each
+    with that batch axis) as a ``pure_callback`` target for ``vmap_method="expand_dims"``:
+    the axes vmap adds in front (size B, or 1 for unbatched arguments) are folded into the
+    batch axis, one kernel call for the whole vmapped batch, and unfolded from the results."""
+    def call(*arrays):
+        extra = arrays[0].ndim - ranks[0]
+        if extra == 0:
+            return tuple(np.ascontiguousarray(r) for r in function(*arrays))
+        lead = np.broadcast_shapes(*(a.shape[:extra] for a in arrays))
+        folded = [np.broadcast_to(a, lead + a.shape[extra:]).reshape((-1,) + a.shape[extra + 1:])
+                  for a in arrays]
+        results = function(*folded)
+        return tuple(np.ascontiguousarray(r).reshape(lead + (-1,) + r.shape[1:])
+                     for r in results)
+    return call
+
+
+def _host(function):
+    """A ``pure_callback`` target: its arguments (CPU ``jax.Array``s) as NumPy arrays over the
+    same memory, its results as a tuple."""
+    return lambda *arrays: tuple(function(*(np.asarray(a) for a in arrays)))
+
+
+def _kernel_op(forward, backward, differentiable, fold, residuals=0):
+    """A ``jax.custom_vjp`` function of arrays over NumPy ``forward(*arrays) -> (y, *saved)``
+    and ``backward(g, *arrays, *saved) -> gradients of the differentiable arrays``;
+    ``differentiable``: one bool per array (the others get no cotangent). ``fold``: every array
+    and result has a leading batch axis, so vmap folds into it (one call); otherwise vmap runs
+    the kernels once per vmapped element. ``residuals``: how many of the forward's results
+    after y the backward takes (indices, norms)."""
+    method = "expand_dims" if fold else "sequential"
+
+    def forward_results(arrays):
+        y_struct, *saved_structs = forward.shapes(*arrays)
+        target = forward
+        if fold:
+            target = _fold(forward, [a.ndim for a in arrays])
+        return jax.pure_callback(_host(target), (y_struct, *saved_structs), *arrays,
+                                 vmap_method=method)
+
+    @jax.custom_vjp
+    def op(*arrays):
+        return forward_results(arrays)[0]
+
+    def op_forward(*arrays):
+        y, *saved = forward_results(arrays)
+        return y, (arrays, tuple(saved[:residuals]))
+
+    def op_backward(res, g):
+        arrays, saved = res
+        structs = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype)
+                        for a, d in zip(arrays, differentiable) if d)
+        args = (g.astype(arrays[0].dtype),) + tuple(arrays) + tuple(saved)
+        target = backward
+        if fold:
+            target = _fold(backward, [a.ndim for a in args])
+        grads = iter(jax.pure_callback(_host(target), structs, *args, vmap_method=method))
+        return tuple(next(grads) if d else None for d in differentiable)
+
+    op.defvjp(op_forward, op_backward)
+    return op
+
+
+class _Numpy:
+    """A NumPy function with the shapes of its results: ``shapes(*jax arrays)`` gives their
+    ``jax.ShapeDtypeStruct``s."""
+
+    def __init__(self, function, shapes):
+        self.function = function
+        self.shapes = shapes
+
+    def __call__(self, *arrays):
+        return self.function(*arrays)
+
+
+def _struct(shape, dtype):
+    return jax.ShapeDtypeStruct(tuple(shape), dtype)
+
+
+# ------------------------------------------------------------------ local pools
+def _check_format(data_format):
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got "
+                         f"{data_format!r}")
+    return data_format == "channels_last"
+
+
+def _to_npool(a, last):
+    """A NumPy array in JAX's order as npool's (N, C, *spatial) view (no copy)."""
+    return np.moveaxis(a, -1, 1) if last else a
+
+
+def _from_npool(a, last):
+    return np.moveaxis(a, 1, -1) if last else a
+
+
+def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format):
+    """SoftPool (``lam`` None) or Max-Ent pooling of x, batched or not."""
+    last = _check_format(data_format)
+    x = _float_array(x, "x")
+    if x.ndim not in (nd + 1, nd + 2):
+        raise ValueError(f"x must be {nd + 1}-D or {nd + 2}-D for a {nd}-d pool, got "
+                         f"{x.ndim}-D shape {x.shape}")
+    if x.ndim == nd + 1:  # unbatched: the kernels and vmap work on a batch of one (an array
+        # lam broadcasts against the batched output as against the unbatched one)
+        return _local_pool(x[None], lam, nd, kernel_size, stride, padding, ceil_mode,
+                           data_format)[0]
+    window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
+    spatial = x.shape[1:-1] if last else x.shape[2:]
+    out_spatial = window.output_size(tuple(spatial))
+    out_shape = ((x.shape[0],) + out_spatial + (x.shape[-1],) if last
+                 else x.shape[:2] + out_spatial)
+    args = (window.kernel, window.stride, window.padding, window.ceil_mode)
+    scalar = lam is None or isinstance(lam, float)
+    lam_value = 1.0 if lam is None else lam
+    if not scalar:  # lam broadcast against y in JAX's order -> against npool's (N, C, *out)
+        lam_value = _float_array(lam_value, "lam").astype(x.dtype)
+        if lam_value.ndim > nd + 2:
+            raise ValueError(f"lam of shape {lam_value.shape} does not broadcast to the "
+                             f"output's shape {out_shape}")
+        lam_value = jnp.reshape(lam_value, (1,) * (nd + 2 - lam_value.ndim) + lam_value.shape)
+        if last:
+            lam_value = jnp.moveaxis(lam_value, -1, 1)
+
+    if not uses_kernels():
+        def run(x, lam_v):
+            xc = jnp.moveaxis(x, -1, 1) if last else x
+            y = portable_forms.windowed_softmax_pool(JaxOps, xc, lam_v, window)
+            return jnp.moveaxis(y, 1, -1) if last else y
+        if scalar:
+            return _in_float32(lambda x: run(x, float(lam_value)), x)
+        return _in_float32(run, x, lam_value)
+
+    forward_core, backward_core = _MAXENT[nd]
+    if scalar:
+        if lam is None:  # SoftPool's own entry points (no dL/dlam to compute)
+            soft_forward, soft_backward = _SOFT_POOL[nd]
+
+            def pool_forward(xa):
+                return soft_forward(_to_npool(xa, last), *args)
+
+            def pool_backward(g, xa):
+                return soft_backward(_to_npool(g, last), _to_npool(xa, last), *args)
+        else:
+            def pool_forward(xa):
+                return forward_core(_to_npool(xa, last), lam_value, *args)
+
+            def pool_backward(g, xa):
+                return backward_core(_to_npool(g, last), _to_npool(xa, last), lam_value,
+                                     *args)[0]
+
+        forward = _Numpy(lambda xa: (_from_npool(pool_forward(xa), last),),
+                         lambda x: (_struct(out_shape, x.dtype),))
+        backward = _Numpy(lambda g, xa: (_from_npool(pool_backward(g, xa), last),), None)
+        return _kernel_op(forward, backward, (True,), fold=True)(x)
+
+    def maxent_forward(xa, la):
+        return (_from_npool(forward_core(_to_npool(xa, last), la, *args), last),)
+
+    def maxent_backward(g, xa, la):
+        grad_x, grad_lam = backward_core(_to_npool(g, last), _to_npool(xa, last), la, *args)
+        return _from_npool(grad_x, last), np.asarray(grad_lam).reshape(la.shape)
+
+    forward = _Numpy(maxent_forward, lambda x, la: (_struct(out_shape, x.dtype),))
+    backward = _Numpy(maxent_backward, None)
+    return _kernel_op(forward, backward, (True, True), fold=False)(x, lam_value)
+
+
+_SOFT_POOL = {1: (npool.soft_pool1d_forward, npool.soft_pool1d_backward),
+              2: (npool.soft_pool2d_forward, npool.soft_pool2d_backward),
+              3: (npool.soft_pool3d_forward, npool.soft_pool3d_backward)}
+_MAXENT = {1: (npool.maxent_pool1d_forward, npool.maxent_pool1d_backward),
+           2: (npool.maxent_pool2d_forward, npool.maxent_pool2d_backward),
+           3: (npool.maxent_pool3d_forward, npool.maxent_pool3d_backward)}
+
+
+def _make_soft_pool(nd):
+    shape, out = {1: ("(2, 8, 3)", "(2, 4, 3)"), 2: ("(2, 8, 8, 3)", "(2, 4, 4, 3)"),
+                  3: ("(2, 4, 8, 8, 3)", "(2, 2, 4, 4, 3)")}[nd]
+
+    def soft_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                  data_format="channels_last"):
+        return _local_pool(x, None, nd, kernel_size, stride, padding, ceil_mode, data_format)
+
+    soft_pool.__name__ = soft_pool.__qualname__ = f"soft_pool{nd}d"
+    soft_pool.__doc__ = f"""SoftPool over {nd} spatial {"axis" if nd == 1 else "axes"}:
+    ``y_o = sum_i softmax(x over window o)_i x_i`` over each window's real cells.
+
+    Parameters
+    ----------
+    x : jax.Array
+        ``(N, *spatial, C)`` (``data_format="channels_last"``, JAX's and Flax's convention,
+        the default) or ``(N, C, *spatial)`` (``"channels_first"``), or either without N;
+        float16, bfloat16, float32 or float64 (with ``jax_enable_x64``).
+    kernel_size : int or tuple of {nd} ints
+    stride : int or tuple of {nd} ints, optional
+        Defaults to ``kernel_size``.
+    padding : int or tuple of {nd} ints
+        At most half the kernel; padded cells are left out of the windows. Default 0.
+    ceil_mode : bool
+        PyTorch's ceil rule for the output size. Default False.
+    data_format : {{"channels_last", "channels_first"}}
+
+    Returns
+    -------
+    jax.Array
+        Each spatial size ``floor((L + 2 padding - kernel [+ stride - 1]) / stride) + 1``.
+        Differentiable (``jax.grad``, ``jax.vjp``; ``jax.custom_vjp`` over npool's backward
+        kernel), and usable under ``jax.jit`` and ``jax.vmap`` (vmapped axes are folded into
+        the batch: one kernel call).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> npool.jax.soft_pool{nd}d(jnp.ones({shape}), kernel_size=2).shape
+    {out}
+    """
+    return soft_pool
+
+
+def _make_maxent_pool(nd):
+    def maxent_pool(x, lam, kernel_size, stride=None, padding=0, ceil_mode=False,
+                    data_format="channels_last"):
+        if isinstance(lam, (bool, np.bool_)):
+            raise TypeError("lam must be a real number or an array, got bool")
+        if isinstance(lam, (int, float, np.integer, np.floating)):
+            lam = float(_checks.finite_real(lam, "lam"))
+        return _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format)
+
+    maxent_pool.__name__ = maxent_pool.__qualname__ = f"maxent_pool{nd}d"
+    maxent_pool.__doc__ = f"""Max-Entropy pooling over {nd} spatial axes (Kobayashi, ICCV
+    2019): ``y_o = sum_i softmax(lam_o x over window o)_i x_i``; ``lam = 0`` is average
+    pooling, ``lam -> inf`` max pooling, ``lam = 1`` SoftPool.
+
+    Parameters
+    ----------
+    x : jax.Array
+        As ``soft_pool{nd}d``.
+    lam : float or jax.Array
+        A number (not differentiated), or an array that broadcasts to the output in x's
+        axis order (``(C,)`` per channel, ``(N, 1, ..., C)`` per sample and channel for
+        channels-last); differentiated.
+    kernel_size, stride, padding, ceil_mode, data_format
+        As ``soft_pool{nd}d``.
+
+    Returns
+    -------
+    jax.Array
+        The pooled array. An array ``lam`` makes ``jax.vmap`` run the kernels once per
+        vmapped element.
+    """
+    return maxent_pool
+
+
+soft_pool1d = _make_soft_pool(1)
+soft_pool2d = _make_soft_pool(2)
+soft_pool3d = _make_soft_pool(3)
+maxent_pool1d = _make_maxent_pool(1)
+maxent_pool2d = _make_maxent_pool(2)
+maxent_pool3d = _make_maxent_pool(3)
+
+
+# ------------------------------------------------------------------ global pools
+def _global_pool(name, x, keepdims, data_format, selects, options, portable):
+    last = _check_format(data_format)
+    keepdims = _checks.flag(keepdims, "keepdims")
+    x = _float_array(x, "x")
+    if x.ndim < 3:
+        raise ValueError(f"x must be (N, *spatial, C) or (N, C, *spatial) with at least one "
+                         f"spatial axis, got shape {x.shape}")
+    nd = x.ndim - 2
+    channels = x.shape[-1] if last else x.shape[1]
+    if not keepdims:
+        out_shape = (x.shape[0], channels)
+    elif last:
+        out_shape = (x.shape[0],) + (1,) * nd + (channels,)
+    else:
+        out_shape = x.shape[:2] + (1,) * nd
+    if not uses_kernels():
+        def run(x):
+            y = portable(jnp.moveaxis(x, -1, 1) if last else x, nd)
+            return jnp.reshape(y, out_shape)
+        return _in_float32(run, x)
+    forward_core = getattr(npool, f"{name}_forward")
+    backward_core = getattr(npool, f"{name}_backward")
+    n = math.prod(x.shape[1:-1] if last else x.shape[2:])
+    count = 1  # the selected cells per map (their indices go from forward to backward)
+    if name == "global_kmax_pool":
+        count = _checks.k_count(options["k"], n, "k", rounding=options["rounding"])
+    elif name == "weldon_pool":
+        count = sum(_checks.weldon_counts(options["kmax"], options["kmin"], n,
+                                          options["rounding"]))
+
+    def shape_back(a):  # npool's (N, C[, 1...]) result in JAX's order
+        return np.moveaxis(a, 1, -1) if last and keepdims else a
+
+    def pool_forward(xa):
+        result = forward_core(_to_npool(xa, last), keepdims=keepdims,
+                              **({"return_indices": True} if selects else {}), **options)
+        if not selects:
+            return (shape_back(result),)
+        y, index = result
+        if name == "global_max_pool":  # the indices have y's shape
+            index = shape_back(index)
+        return shape_back(y), index.astype(np.int64, copy=False)
+
+    def pool_backward(g, xa, *index):
+        if index and name == "global_max_pool" and last and keepdims:
+            index = (np.moveaxis(index[0], -1, 1),)
+        extra = {"indices": index[0]} if index else {}
+        g_npool = np.moveaxis(g, -1, 1) if last and keepdims else g
+        return (_from_npool(backward_core(g_npool, _to_npool(xa, last), keepdims=keepdims,
+                                          **options, **extra), last),)
+
+    def shapes(x):
+        structs = (_struct(out_shape, x.dtype),)
+        if selects:
+            index_shape = out_shape if name == "global_max_pool" else \
+                (x.shape[0], channels, count)
+            structs += (_struct(index_shape, jnp.int64 if jax.config.jax_enable_x64
+                                else jnp.int32),)
+        return structs
+
+    def pool_forward_typed(xa):
+        results = pool_forward(xa)
+        if selects and not jax.config.jax_enable_x64:
+            results = (results[0], results[1].astype(np.int32))
+        return results
+
+    def pool_backward_typed(g, xa, *index):
+        return pool_backward(g, xa, *(i.astype(np.int64) for i in index))
+
+    op = _kernel_op(_Numpy(pool_forward_typed, shapes), _Numpy(pool_backward_typed, None),
+                    (True,), fold=True, residuals=1 if selects else 0)
+    return op(x)
+
+
+def global_max_pool(x, keepdims=False, data_format="channels_last"):
+    """Global max pooling: ``y = max x`` over the spatial axes of each (sample, channel) map.
+
+    Parameters
+    ----------
+    x : jax.Array
+        ``(N, *spatial, C)`` (channels-last, the default) or ``(N, C, *spatial)``.
+    keepdims : bool
+        Keep the spatial axes with size 1.
+    data_format : {"channels_last", "channels_first"}
+
+    Returns
+    -------
+    jax.Array
+        ``(N, C)`` (or with the spatial axes kept). The gradient goes to the first maximum
+        (lowest flat index), which the forward's kernel records.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> npool.jax.global_max_pool(jnp.arange(8.0).reshape(1, 2, 2, 2)).tolist()
+    [[6.0, 7.0]]
+    """
+    return _global_pool("global_max_pool", x, keepdims, data_format, True, {},
+                        lambda x, nd: portable_forms.global_max_pool(JaxOps, x, nd))
+
+
+def global_avg_pool(x, keepdims=False, data_format="channels_last"):
+    """Global average pooling: ``y = mean x`` over the spatial axes of each map (arguments as
+    ``global_max_pool``)."""
+    return _global_pool("global_avg_pool", x, keepdims, data_format, False, {},
+                        lambda x, nd: portable_forms.global_avg_pool(JaxOps, x, nd))
+
+
+def global_lse_pool(x, beta=1.0, keepdims=False, data_format="channels_last"):
+    """LogSumExp pooling: ``y = (1/beta) log((1/n) sum_i exp(beta x_i))`` per map (the mean at
+    ``beta = 0``); arguments as ``global_max_pool``, ``beta`` a finite number."""
+    beta = _checks.finite_real(beta, "beta")
+    return _global_pool("global_lse_pool", x, keepdims, data_format, False, {"beta": beta},
+                        lambda x, nd: portable_forms.global_lse_pool(JaxOps, x, nd, beta))
+
+
+def global_kmax_pool(x, k=1, keepdims=False, data_format="channels_last", rounding="floor"):
+    """k-max pooling: the mean of the k largest cells of each map. ``k``: a count, or a
+    fraction in (0, 1] of the cells (``rounding`` "floor", or "round" as WILDCAT). Ties go to
+    the lower flat index; the gradient reaches the selected cells (recorded by the forward)."""
+    _checks.k_count(k, 1, "k", rounding=rounding)
+    return _global_pool("global_kmax_pool", x, keepdims, data_format, True,
+                        {"k": k, "rounding": rounding},
+                        lambda x, nd: portable_forms.weldon_pool(JaxOps, x, nd, k, 0,
+                                                                 rounding=rounding))
+
+
+def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, data_format="channels_last",
+                rounding="floor"):
+    """WELDON pooling: ``mean(kmax largest) + alpha * mean(kmin smallest)`` of each map
+    (``kmin=None``: kmin = kmax; counts or fractions as ``global_kmax_pool``)."""
+    _checks.weldon_counts(kmax, kmin, 1, rounding)
+    alpha = _checks.finite_real(alpha, "alpha")
+    return _global_pool("weldon_pool", x, keepdims, data_format, True,
+                        {"kmax": kmax, "kmin": kmin, "alpha": alpha, "rounding": rounding},
+                        lambda x, nd: portable_forms.weldon_pool(JaxOps, x, nd, kmax, kmin,
+                                                                 alpha, rounding))
+
+
+# ------------------------------------------------------------------ set pools
+def _set_op(name, arrays, mask, out_shape, portable, fold=False):
+    """A LOUPE op over npool's set kernels: ``arrays`` differentiated, ``mask`` (B, M) bools
+    or None (not differentiated), ``mask=False`` for ops without one."""
+    arrays = [_float_array(a, n) for a, n in zip(arrays, _ARRAY_NAMES[name])]
+    dtype = arrays[0].dtype
+    arrays = [arrays[0]] + [a.astype(dtype) for a in arrays[1:]]
+    has_mask = mask is not None and mask is not False
+    masks = [jnp.asarray(mask, jnp.bool_)] if has_mask else []
+    if not uses_kernels():
+        mask_args = [] if mask is False else [masks[0] if masks else None]
+        return _in_float32(lambda *us: portable(JaxOps, *us, *mask_args), *arrays)
+    forward_core = getattr(npool, f"{name}_forward")
+    backward_core = getattr(npool, f"{name}_backward")
+    n = len(arrays)
+
+    def keywords(values):
+        if mask is False:
+            return {}
+        return {"mask": values[n] if has_mask else None}
+
+    def set_forward(*values):
+        return (forward_core(*values[:n], **keywords(values)),)
+
+    def set_backward(g, *values):
+        grads = backward_core(g, *values[:n], **keywords(values))
+        return grads if isinstance(grads, tuple) else (grads,)
+
+    op = _kernel_op(_Numpy(set_forward, lambda *a: (_struct(out_shape(a[0]), dtype),)),
+                    _Numpy(set_backward, None), (True,) * n + (False,) * len(masks), fold)
+    return op(*arrays, *masks)
+
+
+_ARRAY_NAMES = {"netvlad_pool": ("x", "assign", "centers"), "netrvlad_pool": ("x", "assign"),
+                "netfv_pool": ("x", "assign", "mu", "covar_weights"),
+                "soft_dbow_pool": ("assign",), "context_gating": ("x", "weights", "biases")}
+
+
+def netvlad_pool(x, assign, centers, mask=None):
+    """NetVLAD pooling (LOUPE): ``V_dk = sum_m a_mk (x_md - c_dk)``, each column l2-normalised
+    over d, flattened D-major and l2-normalised: ``(B, D * K)``.
+
+    Parameters
+    ----------
+    x : jax.Array, ``(B, M, D)``
+    assign : jax.Array, ``(B, M, K)``
+        Soft assignments (a softmax over K).
+    centers : jax.Array, ``(D, K)``
+    mask : jax.Array of bool, ``(B, M)``, optional
+        The real samples of each set (not differentiated).
+
+    Returns
+    -------
+    jax.Array, ``(B, D * K)``; differentiable in x, assign and centers.
+    """
+    return _set_op("netvlad_pool", [x, assign, centers], mask,
+                   lambda x: (x.shape[0], x.shape[2] * jnp.shape(assign)[2]),
+                   portable_forms.vlad_pool)
+
+
+def netrvlad_pool(x, assign, mask=None):
+    """NetRVLAD (NetVLAD without centres): ``(B, D * K)``; arguments as ``netvlad_pool``."""
+    return _set_op("netrvlad_pool", [x, assign], mask,
+                   lambda x: (x.shape[0], x.shape[2] * jnp.shape(assign)[2]),
+                   lambda ops, x, a, m: portable_forms.vlad_pool(ops, x, a, None, m))
+
+
+def netfv_pool(x, assign, mu, covar_weights, mask=None):
+    """NetFV (LOUPE's Fisher vector): first- and second-order parts, each l2-normalised,
+    concatenated: ``(B, 2 * D * K)``; ``mu`` and ``covar_weights`` are ``(D, K)``."""
+    return _set_op("netfv_pool", [x, assign, mu, covar_weights], mask,
+                   lambda x: (x.shape[0], 2 * x.shape[2] * jnp.shape(assign)[2]),
+                   portable_forms.fv_pool)
+
+
+def soft_dbow_pool(assign, mask=None):
+    """Soft-DBoW: ``l2n(sum_m a_m)``: ``(B, K)``. vmap folds into the batch."""
+    return _set_op("soft_dbow_pool", [assign], mask,
+                   lambda a: (a.shape[0], a.shape[2]), portable_forms.dbow_pool, fold=True)
+
+
+def context_gating(x, weights, biases):
+    """Context Gating: ``y = x * sigmoid(x W + b)`` over x's last axis (``weights`` ``(n, n)``,
+    ``biases`` ``(n,)``)."""
+    x = _float_array(x, "x")
+    return _set_op("context_gating", [x, weights, biases], False, lambda a: a.shape,
+                   portable_forms.context_gating)
