@@ -146,13 +146,14 @@ def global_pools(summary, opts):
                "max": "adaptive_max_pool2d", "avg": "mean"}
     for shape in shapes:
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        table = bench_global.cases(x)
-        flat = {f"{name} {side}": fn for name, pair in table.items()
-                for side, fn in zip(("npool", "torch"), pair)}
-        ms = _time(flat, opts.repeats, f"global pools {shape}")
-        pairs = [(f"{name}", f"{name} npool", anchors[name.split()[0]], f"{name} torch")
-                 for name in table]
-        summary.add("global pools", f"{shape}", ms, pairs)
+        for layout, a in (("contiguous", x), ("channels_last", _channels_last(x))):
+            table = bench_global.cases(a)
+            flat = {f"{name} {side}": fn for name, pair in table.items()
+                    for side, fn in zip(("npool", "torch"), pair)}
+            ms = _time(flat, opts.repeats, f"global pools {shape} {layout}")
+            pairs = [(f"{name}", f"{name} npool", anchors[name.split()[0]], f"{name} torch")
+                     for name in table]
+            summary.add("global pools", f"{shape} {layout}", ms, pairs)
 
 
 def netvlad(summary, opts):

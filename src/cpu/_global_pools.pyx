@@ -248,27 +248,70 @@ cdef inline void _reduce_channels(Reduction mode, const floating* x, Py_ssize_t 
                                   double* a, double* b, int64_t* index,
                                   Py_ssize_t out_step) noexcept nogil:
     """The partials of nch (<= CBLOCK) unit-stride channels over npos positions pos_step apart;
-    channel c's partials go to a[c * out_step], b[...], index[...]."""
+    channel c's partials go to a[c * out_step], b[...], index[...]. Every loop runs over the
+    channels of a position (contiguous memory), so it vectorises."""
     cdef floating m[CBLOCK]
+    cdef floating lane[CBLOCK]
+    cdef floating bad[CBLOCK]
+    cdef floating at[CBLOCK]  # positions (< CL_CHUNK: exact), in x's type so that the
+    # selects of the maximum's loop are one vector type
     cdef double s[CBLOCK]
     cdef bint nan[CBLOCK]
     cdef bint any_bad = False
     cdef const floating* row
-    cdef floating z
-    cdef Py_ssize_t p, c
-    if mode == MAX:  # per channel, scalar
+    cdef floating z, v, best, where, here
+    cdef bint take
+    cdef Py_ssize_t p, c, p0, stop
+    if mode == MAX:
+        # The maximum of each channel and the first position holding it (a strict > keeps the
+        # first of equal cells, whose own value, zero sign included, is reported); v - v sums
+        # to NaN where a NaN or an infinity is present: only those channels are searched again
+        # one cell at a time (the first NaN wins).
         for c in range(nch):
-            _max_run(x + c, pos_step, npos, &a[c * out_step], &index[c * out_step])
+            m[c] = -INFINITY
+            at[c] = 0
+            bad[c] = 0
+        for p in range(npos):
+            row = x + p * pos_step
+            here = <floating>p
+            for c in range(nch):
+                # Selects into locals, then plain stores: a conditional store would become a
+                # masked vector store, which is slow on some x86 cores.
+                v = row[c]
+                best = m[c]
+                where = at[c]
+                take = v > best
+                where = here if take else where
+                best = v if take else best
+                bad[c] = bad[c] + (v - v)
+                at[c] = where
+                m[c] = best
+        for c in range(nch):
+            if bad[c] != 0 or m[c] == -INFINITY:
+                _max_run(x + c, pos_step, npos, &a[c * out_step], &index[c * out_step])
+            else:
+                a[c * out_step] = m[c]
+                index[c * out_step] = <int64_t>at[c]
         return
     for c in range(nch):
         m[c] = -INFINITY
         s[c] = 0
         nan[c] = False
     if mode == SUM:
-        for p in range(npos):
-            row = x + p * pos_step
+        # 32 positions at a time in x's precision per channel (the rounding depth of the
+        # contiguous sums), each block added in float64.
+        p0 = 0
+        while p0 < npos:
+            stop = min(p0 + 32, npos)
             for c in range(nch):
-                s[c] = s[c] + row[c]
+                lane[c] = 0
+            for p in range(p0, stop):
+                row = x + p * pos_step
+                for c in range(nch):
+                    lane[c] = lane[c] + row[c]
+            for c in range(nch):
+                s[c] = s[c] + lane[c]
+            p0 = stop
         for c in range(nch):
             a[c * out_step] = s[c]
         return
@@ -381,9 +424,18 @@ def lse_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, const doub
     cdef Py_ssize_t t, i, n, c, p
     cdef floating fbeta = <floating>beta
     cdef floating mm, cc
+    cdef const floating* xbase
+    cdef floating* gbase
+    cdef Py_ssize_t sxN = x.strides[0] // x.itemsize, sxC = x.strides[1] // x.itemsize
+    cdef Py_ssize_t sxS = x.strides[2] // x.itemsize
+    cdef Py_ssize_t sgN = grad_x.strides[0] // grad_x.itemsize
+    cdef Py_ssize_t sgC = grad_x.strides[1] // grad_x.itemsize
+    cdef Py_ssize_t sgS = grad_x.strides[2] // grad_x.itemsize
     require(dims(grad_x.shape, 3) == dims(x.shape, 3), "grad_x must have x's shape")
     require(m.shape[0] == N * C and coef.shape[0] == N * C, "m and coef must have N * C values")
     require(n_threads >= 1, "n_threads must be >= 1")
+    if N * C * S == 0:
+        return
     if x.strides[2] == x.itemsize or S == 1:
         for t in prange(N * C, schedule='static', nogil=True, num_threads=n_threads):
             n = t // C
@@ -397,16 +449,34 @@ def lse_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, const doub
                 for i in range(S):
                     grad_x[n, c, i] = <floating>(coef[t] * _weight(fbeta * x[n, c, i], m[t]))
     else:
+        xbase = &x[0, 0, 0]
+        gbase = &grad_x[0, 0, 0]
         for t in prange(N * S, schedule='static', nogil=True, num_threads=n_threads):
             n = t // S
             p = t % S
-            for c in range(C):
-                if _finite(m[n * C + c]):
-                    grad_x[n, c, p] = <floating>coef[n * C + c] * exp_nonpositive(
-                        fbeta * x[n, c, p] - <floating>m[n * C + c])
-                else:
-                    grad_x[n, c, p] = <floating>(coef[n * C + c] * _weight(
-                        fbeta * x[n, c, p], m[n * C + c]))
+            _lse_gradient_position(xbase + n * sxN + p * sxS, gbase + n * sgN + p * sgS, sxC,
+                                   sgC, C, &m[n * C], &coef[n * C], fbeta)
+
+
+cdef inline void _lse_gradient_position(const floating* x, floating* gx, Py_ssize_t step,
+                                        Py_ssize_t gstep, Py_ssize_t C, const double* m,
+                                        const double* coef, floating beta) noexcept nogil:
+    """The C channels of one position of a channels-last map: gx_c = coef_c exp(beta x_c -
+    M_c); a branch-free, vectorised loop when the channels are contiguous and every M finite."""
+    cdef Py_ssize_t c
+    cdef bint finite = True
+    for c in range(C):
+        finite = finite & _finite(m[c])
+    if finite and step == 1 and gstep == 1:
+        for c in range(C):
+            gx[c] = <floating>coef[c] * exp_nonpositive(beta * x[c] - <floating>m[c])
+        return
+    for c in range(C):
+        if _finite(m[c]):
+            gx[c * gstep] = <floating>coef[c] * exp_nonpositive(beta * x[c * step] -
+                                                                <floating>m[c])
+        else:
+            gx[c * gstep] = <floating>(coef[c] * _weight(beta * x[c * step], m[c]))
 
 
 # ------------------------------------------------------------------ selection

@@ -241,10 +241,16 @@ def _scatter(maps, parts):
 
 # ------------------------------------------------------------------ max
 def _max(maps):
+    """The maximum of every map and its first flat index: the first largest chunk (a NaN counts
+    as largest, the first NaN wins), chunk by chunk (np.argmax over a short axis costs more)."""
     a, _, index = maps.partials(_MAX)
-    chunk = np.argmax(a, axis=1)  # the first largest chunk; a NaN counts as largest
-    rows = np.arange(maps.maps)
-    return a[rows, chunk], index[rows, chunk]
+    best, where = a[:, 0], index[:, 0]
+    for chunk in range(1, a.shape[1]):
+        column = a[:, chunk]
+        take = (column > best) | (np.isnan(column) & ~np.isnan(best))
+        best = np.where(take, column, best)
+        where = np.where(take, index[:, chunk], where)
+    return best, where
 
 
 def _with_indices(maps, y, index, shape, out_index):
@@ -293,9 +299,17 @@ def global_max_pool_backward(grad_out, x, keepdims=False, return_indices=False, 
 
 
 # ------------------------------------------------------------------ avg
+def _column_sum(a):
+    """The sum of each row of a short (rows, chunks) array, column after column, in chunk
+    order (numpy's reduction over a short last axis costs more than the kernels' work)."""
+    total = a[:, 0]
+    for chunk in range(1, a.shape[1]):
+        total = total + a[:, chunk]
+    return total
+
+
 def _sum(maps):
-    a = maps.partials(_SUM)[0]
-    return a[:, 0] if a.shape[1] == 1 else a.sum(axis=1)
+    return _column_sum(maps.partials(_SUM)[0])
 
 
 def global_avg_pool_forward(x, keepdims=False, *, out=None):
@@ -349,10 +363,14 @@ def _lse_maps(x, beta):
 def _lse_stats(maps, beta):
     """Per map: M = max beta x and S = sum exp(beta x - M) (float64)."""
     a, b, _ = maps.partials(_LSE, beta)
-    m = a.max(axis=1)  # NaN propagates
+    if a.shape[1] == 1:
+        return a[:, 0], b[:, 0]
+    m = a[:, 0]
+    for chunk in range(1, a.shape[1]):
+        m = np.maximum(m, a[:, chunk])  # NaN propagates
     with np.errstate(invalid="ignore", over="ignore"):
         weights = np.where(a == m[:, None], 1.0, np.exp(a - m[:, None]))
-    return m, (b * weights).sum(axis=1)
+    return m, _column_sum(b * weights)
 
 
 def _lse_shifted(cells, beta):
