@@ -22,4 +22,7 @@ def test_run_all_writes_the_summary(tmp_path):
     families = {row.split(" | ")[0].lstrip("| ") for row in rows[1:]}
     assert families == {"SoftPool 2x2/2", "Max-Ent 2x2/2, lam (N, C)", "global pools",
                         "NetVLAD"}, families
-    assert len(rows) - 1 == 8 + 4 + 20 + 4  # without --compiled
+    # without --compiled: SoftPool 2 layouts x (2 cases x 2 anchors + 2 out= cases x
+    # max_pool2d), Max-Ent 2 layouts x 2 cases, global pools 2 shapes x 2 layouts x 10 cases,
+    # NetVLAD 4
+    assert len(rows) - 1 == 12 + 4 + 40 + 4
