@@ -11,16 +11,19 @@ Where a graph must stand alone - a SavedModel being written (``tf.saved_model.sa
 ``npool.tf.portable()`` - the ops are built from npool's portable decomposition into standard
 TensorFlow ops instead (``npool/_portable.py``), which also gives their second derivatives.
 Saving Keras models in the ``.keras`` format works after ``import npool.tf`` (the layers
-register themselves). This module holds no math: see ``npool.local_pools``,
-``npool.global_pools``, ``npool.set_pools`` and ``npool._portable`` for the formulas.
+register themselves). The pooling layers are ``npool.keras``'s, which run on every Keras
+backend; the LOUPE set layers here need Keras' TensorFlow backend. This module holds no math:
+see ``npool.local_pools``, ``npool.global_pools``, ``npool.set_pools`` and ``npool._portable``
+for the formulas.
 """
-from ._layers import (GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalAveragePooling3D,
-                      GlobalAvgPool, GlobalKMaxPool, GlobalKMaxPooling1D, GlobalKMaxPooling2D,
-                      GlobalKMaxPooling3D, GlobalLSEPool, GlobalLSEPooling1D, GlobalLSEPooling2D,
-                      GlobalLSEPooling3D, GlobalMaxPool, GlobalMaxPooling1D, GlobalMaxPooling2D,
-                      GlobalMaxPooling3D, MaxEntPooling2D, SoftPooling1D, SoftPooling2D,
-                      SoftPooling3D, WeldonPool, WeldonPooling1D, WeldonPooling2D,
-                      WeldonPooling3D)
+from ..keras._layers import (GlobalAveragePooling1D, GlobalAveragePooling2D,
+                             GlobalAveragePooling3D, GlobalAvgPool, GlobalKMaxPool,
+                             GlobalKMaxPooling1D, GlobalKMaxPooling2D, GlobalKMaxPooling3D,
+                             GlobalLSEPool, GlobalLSEPooling1D, GlobalLSEPooling2D,
+                             GlobalLSEPooling3D, GlobalMaxPool, GlobalMaxPooling1D,
+                             GlobalMaxPooling2D, GlobalMaxPooling3D, MaxEntPooling2D,
+                             SoftPooling1D, SoftPooling2D, SoftPooling3D, WeldonPool,
+                             WeldonPooling1D, WeldonPooling2D, WeldonPooling3D)
 from ._portable import portable
 from ._ops import (context_gating, global_avg_pool, global_kmax_pool, global_lse_pool,
                    global_max_pool, maxent_pool1d, maxent_pool2d, maxent_pool3d, netfv_pool,

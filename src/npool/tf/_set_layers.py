@@ -22,8 +22,15 @@ import tensorflow as tf
 
 from .. import _checks
 from .._loupe import LOUPE_BN_DECAY, LOUPE_BN_EPSILON, load_loupe_weights
-from ._layers import require_tensorflow_backend
 from ._ops import context_gating, netfv_pool, netrvlad_pool, netvlad_pool, soft_dbow_pool
+
+
+def require_tensorflow_backend():
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"npool.tf's LOUPE layers need Keras' TensorFlow backend, but Keras "
+                           f"runs on {keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow "
+                           "(npool.torch has the PyTorch modules; npool.keras the pooling "
+                           "layers on every backend)")
 
 
 def _normal(std, mean=0.0):

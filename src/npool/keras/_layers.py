@@ -1,18 +1,12 @@
-"""Keras 3 layers of npool's ops, named as Keras names its own pooling layers."""
+"""Keras 3 layers of npool's pooling ops, written once for every Keras backend and named as
+Keras names its own pooling layers. Each layer calls the op of the adapter of Keras' backend
+(``_backends.op``): npool.tf on TensorFlow, npool.jax on JAX, npool.torch on PyTorch."""
 import textwrap
 
 import keras
 
 from .. import _checks
-from ._ops import (global_avg_pool, global_kmax_pool, global_lse_pool, global_max_pool,
-                   maxent_pool2d, soft_pool1d, soft_pool2d, soft_pool3d, weldon_pool)
-
-
-def require_tensorflow_backend():
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(f"npool.tf layers need Keras' TensorFlow backend, but Keras runs on "
-                           f"{keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow "
-                           "(npool.torch has the PyTorch modules)")
+from ._backends import op, require_supported_backend
 
 
 class _SoftPoolingND(keras.layers.Layer):
@@ -25,11 +19,10 @@ class _SoftPoolingND(keras.layers.Layer):
     """
 
     _nd = None
-    _function = None
 
     def __init__(self, pool_size=2, strides=None, padding="valid", ceil_mode=False,
                  data_format=None, **kwargs):
-        require_tensorflow_backend()
+        require_supported_backend()
         super().__init__(**kwargs)
         if isinstance(padding, str):
             if padding.lower() != "valid":
@@ -44,8 +37,8 @@ class _SoftPoolingND(keras.layers.Layer):
         _checks.WindowArgs(self._nd, pool_size, strides, padding, ceil_mode)  # fail early
 
     def call(self, inputs):
-        return type(self)._function(inputs, self.pool_size, self.strides, self.padding,
-                                    self.ceil_mode, self.data_format)
+        return op(f"soft_pool{self._nd}d")(inputs, self.pool_size, self.strides, self.padding,
+                                           self.ceil_mode, self.data_format)
 
     def compute_output_shape(self, input_shape):
         window = _checks.WindowArgs(self._nd, self.pool_size, self.strides, self.padding,
@@ -93,12 +86,13 @@ def _soft_pool_doc(nd):
         The same with each spatial size ``floor((L + 2 padding - pool_size [+ strides - 1]) /
         strides) + 1`` (PyTorch's rule; ``ceil_mode`` adds the bracket).
 
-    Runs npool's kernels eagerly and in ``tf.function``; SavedModel, XLA and TFLite get npool's
-    decomposition into standard ops (see ``npool.tf.portable``).
+    Runs on Keras' TensorFlow, JAX and PyTorch backends through npool.tf, npool.jax and
+    npool.torch (npool's kernels on the CPU; see each adapter for graphs that must stand
+    alone, such as SavedModel, XLA or ``jax.export``).
 
     Example:
 
-    >>> layer = npool.tf.SoftPooling{nd}D(pool_size=2)
+    >>> layer = npool.keras.SoftPooling{nd}D(pool_size=2)
     >>> tuple(layer(np.ones({shape}, "float32")).shape)
     {out}
     """
@@ -108,21 +102,18 @@ def _soft_pool_doc(nd):
 class SoftPooling1D(_SoftPoolingND):
     __doc__ = _soft_pool_doc(1)
     _nd = 1
-    _function = staticmethod(soft_pool1d)
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class SoftPooling2D(_SoftPoolingND):
     __doc__ = _soft_pool_doc(2)
     _nd = 2
-    _function = staticmethod(soft_pool2d)
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class SoftPooling3D(_SoftPoolingND):
     __doc__ = _soft_pool_doc(3)
     _nd = 3
-    _function = staticmethod(soft_pool3d)
 
 
 _GLOBAL = {
@@ -184,7 +175,7 @@ def _global_doc(base, nd=None):
 
     Example:
 
-    >>> layer = npool.tf.{name}({example})
+    >>> layer = npool.keras.{name}({example})
     >>> tuple(layer(np.ones({shape}, "float32")).shape)
     (2, 3)
     """
@@ -198,9 +189,10 @@ class _GlobalPooling(keras.layers.Layer):
 
     spatial_dims = None
     _options = ()
+    _op = None
 
     def __init__(self, keepdims=False, data_format=None, spatial_dims=None, **kwargs):
-        require_tensorflow_backend()
+        require_supported_backend()
         super().__init__(**kwargs)
         self.keepdims = _checks.flag(keepdims, "keepdims")
         self.data_format = data_format or keras.config.image_data_format()
@@ -215,9 +207,13 @@ class _GlobalPooling(keras.layers.Layer):
         return {name: getattr(self, name) for name in self._options}
 
     def call(self, inputs):
-        return type(self)._function(inputs, keepdims=self.keepdims,
-                                    data_format=self.data_format,
-                                    spatial_dims=self.spatial_dims, **self._arguments())
+        rank = len(inputs.shape)
+        if rank < 3 or (self.spatial_dims is not None and rank != self.spatial_dims + 2):
+            wanted = "at least one" if self.spatial_dims is None else str(self.spatial_dims)
+            raise ValueError(f"{type(self).__name__} needs (batch, *spatial, channels) inputs "
+                             f"with {wanted} spatial axes, got shape {tuple(inputs.shape)}")
+        return op(type(self)._op)(inputs, keepdims=self.keepdims, data_format=self.data_format,
+                                  **self._arguments())
 
     def compute_output_shape(self, input_shape):
         shape = list(input_shape)
@@ -238,19 +234,19 @@ class _GlobalPooling(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalMaxPool(_GlobalPooling):
     __doc__ = _global_doc("GlobalMaxPool")
-    _function = staticmethod(global_max_pool)
+    _op = "global_max_pool"
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalAvgPool(_GlobalPooling):
     __doc__ = _global_doc("GlobalAvgPool")
-    _function = staticmethod(global_avg_pool)
+    _op = "global_avg_pool"
 
 
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalLSEPool(_GlobalPooling):
     __doc__ = _global_doc("GlobalLSEPool")
-    _function = staticmethod(global_lse_pool)
+    _op = "global_lse_pool"
     _options = ("beta",)
 
     def __init__(self, beta=1.0, **kwargs):
@@ -261,7 +257,7 @@ class GlobalLSEPool(_GlobalPooling):
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalKMaxPool(_GlobalPooling):
     __doc__ = _global_doc("GlobalKMaxPool")
-    _function = staticmethod(global_kmax_pool)
+    _op = "global_kmax_pool"
     _options = ("k", "rounding")
 
     def __init__(self, k=1, rounding="floor", **kwargs):
@@ -273,7 +269,7 @@ class GlobalKMaxPool(_GlobalPooling):
 @keras.saving.register_keras_serializable(package="npool")
 class WeldonPool(_GlobalPooling):
     __doc__ = _global_doc("WeldonPool")
-    _function = staticmethod(weldon_pool)
+    _op = "weldon_pool"
     _options = ("kmax", "kmin", "alpha", "rounding")
 
     def __init__(self, kmax=1, kmin=None, alpha=1.0, rounding="floor", **kwargs):
@@ -396,14 +392,14 @@ class MaxEntPooling2D(keras.layers.Layer):
 
     Example:
 
-    >>> layer = npool.tf.MaxEntPooling2D(pool_size=2, lam="channel")
+    >>> layer = npool.keras.MaxEntPooling2D(pool_size=2, lam="channel")
     >>> tuple(layer(np.ones((2, 8, 8, 3), "float32")).shape)
     (2, 4, 4, 3)
     """
 
     def __init__(self, pool_size=2, strides=None, padding="valid", ceil_mode=False, lam="gfgp",
                  activation="sigmoid", hidden=None, data_format=None, **kwargs):
-        require_tensorflow_backend()
+        require_supported_backend()
         super().__init__(**kwargs)
         if isinstance(padding, str):
             if padding.lower() != "valid":
@@ -449,11 +445,11 @@ class MaxEntPooling2D(keras.layers.Layer):
                 lam = layer(lam, training=training) if isinstance(
                     layer, keras.layers.BatchNormalization) else layer(lam)
         elif self.lam == "channel":
-            lam = self.temperature
+            lam = keras.ops.convert_to_tensor(self.temperature)  # the backend's own tensor
         else:
             lam = self.lam
-        return maxent_pool2d(inputs, lam, self.pool_size, self.strides, self.padding,
-                             self.ceil_mode, self.data_format)
+        return op("maxent_pool2d")(inputs, lam, self.pool_size, self.strides, self.padding,
+                                   self.ceil_mode, self.data_format)
 
     def compute_output_shape(self, input_shape):
         return SoftPooling2D(self.pool_size, self.strides, self.padding, self.ceil_mode,

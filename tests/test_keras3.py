@@ -1,0 +1,73 @@
+"""npool.keras on Keras' three backends, each in its own process (Keras picks its backend at
+import): a small model with every pooling layer trains (its loss falls), is saved as
+``.keras``, and loads on the other backends with the same outputs."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("keras")
+HERE = pathlib.Path(__file__).resolve().parent
+BACKENDS = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}
+
+
+def _available(module):
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _run(backend, workdir, *load_from):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+               CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, str(HERE / "keras_backend_script.py"),
+                             str(workdir), *load_from], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_layers_train_and_move_between_backends(tmp_path):
+    """torch trains and saves; jax loads torch's file, trains and saves; tensorflow loads
+    both and trains: every backend saves a file another loads, and loads one it did not
+    save."""
+    order = [b for b in ("torch", "jax", "tensorflow") if _available(BACKENDS[b])]
+    if len(order) < 2:
+        pytest.skip("fewer than two Keras backends installed")
+    saved = []
+    for backend in order:
+        report = _run(backend, tmp_path, *saved)
+        assert report["backend"] == backend
+        loss = report["loss"]
+        assert loss[-1] < 0.5 * loss[0], (backend, loss)
+        for other, difference in report["loaded"].items():
+            assert difference < 1e-4, (backend, other, difference)
+        assert set(report["loaded"]) == set(saved)
+        saved.append(backend)
+
+
+def test_an_unsupported_backend_is_named():
+    env = dict(os.environ, KERAS_BACKEND="numpy")
+    code = ("import npool.keras as nk\n"
+            "try:\n    nk.SoftPooling2D(2)\nexcept RuntimeError as e:\n    print(e)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tensorflow, jax and torch backends" in result.stdout
+
+
+def test_the_readme_example_runs_on_the_torch_backend():
+    if not _available("torch"):
+        pytest.skip("no torch")
+    readme = (HERE.parent / "README.md").read_text()
+    block = readme[readme.index("## Keras 3"):].split("```python")[1].split("```")[0]
+    env = dict(os.environ, KERAS_BACKEND="torch", TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", block + "\nprint(model.output_shape)"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(None, 10)" in result.stdout
