@@ -1,7 +1,8 @@
 """Run by tests/test_keras3.py in a process of its own (Keras picks its backend at import):
 ``python keras_backend_script.py WORKDIR [LOAD_FROM ...]`` with KERAS_BACKEND set. Loads the
-``.keras`` files the other backends saved and checks their predictions; trains a small model
-with npool.keras' layers on this backend; saves it and its predictions for the next ones."""
+``.keras`` files the other backends saved and checks their predictions; trains two small
+models on this backend, one with every pooling layer of npool.keras and one with its LOUPE
+layers (masked sets); saves them and their predictions for the next ones."""
 import json
 import pathlib
 import sys
@@ -17,12 +18,17 @@ report = {"backend": backend, "loaded": {}}
 rng = np.random.default_rng(0)
 x = rng.standard_normal((32, 8, 8, 3)).astype("float32")
 
+# sets for the LOUPE layers: (B, M, D), the padded samples all zero (Keras' Masking)
+sets = rng.standard_normal((32, 6, 5)).astype("float32")
+sets[np.arange(6)[None, :] >= rng.integers(2, 7, 32)[:, None]] = 0.0
+
 # the files the other backends saved: same outputs here
 for other in sys.argv[2:]:
-    model = keras.saving.load_model(workdir / f"{other}.keras")
-    expected = np.load(workdir / f"{other}.npy")
-    got = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))
-    report["loaded"][other] = float(np.max(np.abs(got - expected)))
+    for kind, data in (("pools", x), ("sets", sets)):
+        model = keras.saving.load_model(workdir / f"{other}-{kind}.keras")
+        expected = np.load(workdir / f"{other}-{kind}.npy")
+        got = np.asarray(keras.ops.convert_to_numpy(model(data, training=False)))
+        report["loaded"][f"{other}-{kind}"] = float(np.max(np.abs(got - expected)))
 
 inputs = keras.Input((8, 8, 3))
 h = keras.layers.Conv2D(6, 3, padding="same")(inputs)
@@ -38,8 +44,25 @@ teacher = rng.standard_normal((3,)).astype("float32")
 targets = (x.mean((1, 2)) @ teacher)[:, None].astype("float32")
 model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
 history = model.fit(x, targets, epochs=30, batch_size=16, verbose=0, shuffle=False)
-report["loss"] = [float(v) for v in history.history["loss"]]
-model.save(workdir / f"{backend}.keras")
-np.save(workdir / f"{backend}.npy",
-        np.asarray(keras.ops.convert_to_numpy(model(x, training=False))))
+report["loss"] = {"pools": [float(v) for v in history.history["loss"]]}
+models = {"pools": (model, x)}
+
+# LOUPE's set layers (BatchNorm with masked statistics, gating) on the same backend
+set_inputs = keras.Input((6, 5))
+masked = keras.layers.Masking(0.0)(set_inputs)
+options = dict(feature_size=5, max_samples=6, cluster_size=3, output_dim=4)
+pooled = keras.layers.Concatenate()([
+    nk.NetVLAD(**options)(masked), nk.NetRVLAD(**options, gating=False)(masked),
+    nk.NetFV(**options, add_batch_norm=False)(masked), nk.SoftDBoW(**options)(masked)])
+set_model = keras.Model(set_inputs, keras.layers.Dense(1)(pooled))
+set_targets = sets.sum((1, 2))[:, None] / 6
+set_model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
+history = set_model.fit(sets, set_targets, epochs=30, batch_size=16, verbose=0, shuffle=False)
+report["loss"]["sets"] = [float(v) for v in history.history["loss"]]
+models["sets"] = (set_model, sets)
+
+for kind, (trained, data) in models.items():
+    trained.save(workdir / f"{backend}-{kind}.keras")
+    np.save(workdir / f"{backend}-{kind}.npy",
+            np.asarray(keras.ops.convert_to_numpy(trained(data, training=False))))
 print(json.dumps(report))

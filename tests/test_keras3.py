@@ -1,6 +1,7 @@
 """npool.keras on Keras' three backends, each in its own process (Keras picks its backend at
-import): a small model with every pooling layer trains (its loss falls), is saved as
-``.keras``, and loads on the other backends with the same outputs."""
+import): a small model with every pooling layer and one with every LOUPE layer train (their
+losses fall), are saved as ``.keras``, and load on the other backends with the same
+outputs."""
 import json
 import os
 import pathlib
@@ -43,11 +44,12 @@ def test_the_layers_train_and_move_between_backends(tmp_path):
     for backend in order:
         report = _run(backend, tmp_path, *saved)
         assert report["backend"] == backend
-        loss = report["loss"]
-        assert loss[-1] < 0.5 * loss[0], (backend, loss)
+        for kind, loss in report["loss"].items():
+            assert loss[-1] < 0.5 * loss[0], (backend, kind, loss)
         for other, difference in report["loaded"].items():
             assert difference < 1e-4, (backend, other, difference)
-        assert set(report["loaded"]) == set(saved)
+        assert set(report["loaded"]) == {f"{b}-{kind}" for b in saved
+                                         for kind in ("pools", "sets")}
         saved.append(backend)
 
 
@@ -71,3 +73,18 @@ def test_the_readme_example_runs_on_the_torch_backend():
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(None, 10)" in result.stdout
+
+
+def test_npool_tf_refuses_other_frameworks_tensors():
+    """npool.tf's functions used inside a torch- or jax-backend model raise instead of quietly
+    returning a TensorFlow tensor."""
+    tf = pytest.importorskip("tensorflow")  # noqa: F841
+    import npool.tf
+    for module in ("torch", "jax.numpy"):
+        if not _available(module.split(".")[0]):
+            continue
+        lib = __import__(module, fromlist=["ones"])
+        with pytest.raises(TypeError, match="npool.tf takes TensorFlow tensors"):
+            npool.tf.soft_pool2d(lib.ones((1, 4, 4, 2)), 2)
+        with pytest.raises(TypeError, match="use npool"):
+            npool.tf.netrvlad_pool(lib.ones((1, 3, 2)), lib.ones((1, 3, 2)))

@@ -8,8 +8,10 @@ TensorFlow, npool.jax on JAX, npool.torch on PyTorch. They register themselves f
 files (package ``npool``), so a model saved on one backend loads on another after
 ``import npool.keras``. ``npool.tf``'s layer names are these same classes.
 
-LOUPE's set layers (NetVLAD, NetRVLAD, NetFV, SoftDBoW, ContextGating) are still
-TensorFlow-backend layers in ``npool.tf`` (and PyTorch modules in ``npool.torch``).
+So are LOUPE's set layers - ``NetVLAD``, ``NetRVLAD``, ``NetFV``, ``SoftDBoW``, ``ContextGating``
+and their ``LoupeBatchNormalization`` - written with ``keras.ops`` around the backend's set
+pools; ``load_loupe_checkpoint`` fills them from LOUPE's TensorFlow 1 checkpoints (TensorFlow
+is needed only to read the checkpoint).
 """
 from ._layers import (GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalAveragePooling3D,
                       GlobalAvgPool, GlobalKMaxPool, GlobalKMaxPooling1D, GlobalKMaxPooling2D,
@@ -18,6 +20,8 @@ from ._layers import (GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalAver
                       GlobalMaxPooling3D, MaxEntPooling2D, SoftPooling1D, SoftPooling2D,
                       SoftPooling3D, WeldonPool, WeldonPooling1D, WeldonPooling2D,
                       WeldonPooling3D)
+from ._set_layers import (ContextGating, LoupeBatchNormalization, NetFV, NetRVLAD, NetVLAD,
+                          SoftDBoW, load_loupe_checkpoint)
 
 __all__ = ["SoftPooling1D", "SoftPooling2D", "SoftPooling3D", "MaxEntPooling2D",
            "GlobalMaxPool", "GlobalAvgPool", "GlobalLSEPool", "GlobalKMaxPool", "WeldonPool",
@@ -25,4 +29,6 @@ __all__ = ["SoftPooling1D", "SoftPooling2D", "SoftPooling3D", "MaxEntPooling2D",
            "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
            "GlobalLSEPooling1D", "GlobalLSEPooling2D", "GlobalLSEPooling3D",
            "GlobalKMaxPooling1D", "GlobalKMaxPooling2D", "GlobalKMaxPooling3D",
-           "WeldonPooling1D", "WeldonPooling2D", "WeldonPooling3D"]
+           "WeldonPooling1D", "WeldonPooling2D", "WeldonPooling3D", "NetVLAD", "NetRVLAD",
+           "NetFV", "SoftDBoW", "ContextGating", "LoupeBatchNormalization",
+           "load_loupe_checkpoint"]

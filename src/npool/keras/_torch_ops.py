@@ -66,5 +66,12 @@ global_avg_pool = _make_global("global_avg_pool")
 global_lse_pool = _make_global("global_lse_pool")
 global_kmax_pool = _make_global("global_kmax_pool")
 weldon_pool = _make_global("weldon_pool")
-__all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "maxent_pool2d", "global_max_pool",
+# The set ops take LOUPE's (B, M, D) in every framework: npool.torch's own.
+netvlad_pool = nt.netvlad_pool
+netrvlad_pool = nt.netrvlad_pool
+netfv_pool = nt.netfv_pool
+soft_dbow_pool = nt.soft_dbow_pool
+context_gating = nt.context_gating
+__all__ = ["netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool", "context_gating",
+           "soft_pool1d", "soft_pool2d", "soft_pool3d", "maxent_pool2d", "global_max_pool",
            "global_avg_pool", "global_lse_pool", "global_kmax_pool", "weldon_pool"]

@@ -11,8 +11,8 @@ Where a graph must stand alone - a SavedModel being written (``tf.saved_model.sa
 ``npool.tf.portable()`` - the ops are built from npool's portable decomposition into standard
 TensorFlow ops instead (``npool/_portable.py``), which also gives their second derivatives.
 Saving Keras models in the ``.keras`` format works after ``import npool.tf`` (the layers
-register themselves). The pooling layers are ``npool.keras``'s, which run on every Keras
-backend; the LOUPE set layers here need Keras' TensorFlow backend. This module holds no math:
+register themselves). The layers are ``npool.keras``'s (the same classes), which run on
+every Keras backend. This module holds no math:
 see ``npool.local_pools``, ``npool.global_pools``, ``npool.set_pools`` and ``npool._portable``
 for the formulas.
 """
@@ -29,8 +29,8 @@ from ._ops import (context_gating, global_avg_pool, global_kmax_pool, global_lse
                    global_max_pool, maxent_pool1d, maxent_pool2d, maxent_pool3d, netfv_pool,
                    netrvlad_pool, netvlad_pool, soft_dbow_pool, soft_pool1d, soft_pool2d,
                    soft_pool3d, weldon_pool)
-from ._set_layers import (ContextGating, LoupeBatchNormalization, NetFV, NetRVLAD, NetVLAD,
-                          SoftDBoW, load_loupe_checkpoint)
+from ..keras._set_layers import (ContextGating, LoupeBatchNormalization, NetFV, NetRVLAD,
+                                 NetVLAD, SoftDBoW, load_loupe_checkpoint)
 
 __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool",
            "global_avg_pool", "global_lse_pool", "global_kmax_pool", "weldon_pool",

@@ -18,6 +18,20 @@ _SOFT_POOL = {1: (npool.soft_pool1d_forward, npool.soft_pool1d_backward),
               2: (npool.soft_pool2d_forward, npool.soft_pool2d_backward),
               3: (npool.soft_pool3d_forward, npool.soft_pool3d_backward)}
 DATA_FORMATS = ("channels_last", "channels_first")
+_OTHER_FRAMEWORKS = {"torch": "npool.torch", "jax": "npool.jax", "jaxlib": "npool.jax"}
+
+
+def _tensor(value, name="x"):
+    """``value`` as a TensorFlow tensor; another framework's tensor (torch, JAX) is refused
+    rather than copied through the host into a TensorFlow result: its own adapter (or
+    npool.keras' layers, which follow Keras' backend) is the one to call."""
+    framework = type(value).__module__.split(".")[0]
+    if framework in _OTHER_FRAMEWORKS:
+        raise TypeError(f"{name} is a {type(value).__module__}.{type(value).__name__}: npool.tf "
+                        f"takes TensorFlow tensors and NumPy arrays; use "
+                        f"{_OTHER_FRAMEWORKS[framework]} (or npool.keras' layers, which follow "
+                        f"Keras' backend)")
+    return tf.convert_to_tensor(value)
 
 
 class _Layout:
@@ -46,7 +60,7 @@ class _Layout:
 
 
 def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
-    x = tf.convert_to_tensor(x)
+    x = _tensor(x)
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
                         f"{x.dtype.name}")
@@ -144,7 +158,7 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_d
     """A global pool of npool's core as a tf.custom_gradient function; selecting pools hand
     their indices from the forward to the backward. ``spatial_dims`` (an int) requires that
     many spatial axes, as Keras' ``Global…Pooling2D`` layers do (batched input only)."""
-    x = tf.convert_to_tensor(x)
+    x = _tensor(x)
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
                         f"{x.dtype.name}")
@@ -342,11 +356,11 @@ _MAXENT = {1: (npool.maxent_pool1d_forward, npool.maxent_pool1d_backward),
 
 
 def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format):
-    x = tf.convert_to_tensor(x)
+    x = _tensor(x)
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
                         f"{x.dtype.name}")
-    lam = tf.cast(tf.convert_to_tensor(lam), x.dtype)
+    lam = tf.cast(_tensor(lam, "lam"), x.dtype)
     layout = _Layout(data_format, nd, x.shape.rank)
     if lam.shape.rank is None or lam.shape.rank > x.shape.rank:
         raise ValueError(f"lam of shape {lam.shape} does not broadcast to the output of x "
@@ -449,7 +463,7 @@ def _set_op(name, forward, backward, tensors, mask, out_shape, portable, state=0
     each). ``mask`` None or (B, M) bools, not differentiated; ``mask=False`` for ops without
     one. The forward's ``state`` extra outputs (NetVLAD's norms) go to the backward.
     ``portable(ops, *tensors, mask)`` is the op's decomposition (npool/_portable.py)."""
-    tensors = [tf.convert_to_tensor(t) for t in tensors]
+    tensors = [_tensor(t, "input") for t in tensors]
     dtype = tensors[0].dtype
     if dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
@@ -621,7 +635,7 @@ def context_gating(x, weights, biases):
     >>> npool.tf.context_gating(tf.ones((1, 2)), tf.zeros((2, 2)), tf.zeros(2)).numpy().tolist()
     [[0.5, 0.5]]
     """
-    x = tf.convert_to_tensor(x)
+    x = _tensor(x)
     return _set_op("context_gating", npool.context_gating_forward,
                    npool.context_gating_backward, [x, weights, biases], False, x.shape,
                    portable_forms.context_gating)

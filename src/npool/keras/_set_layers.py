@@ -1,6 +1,7 @@
-"""LOUPE's learnable set-pooling layers (Miech et al. 2017) as Keras 3 layers: NetVLAD,
-NetRVLAD, NetFV, SoftDBoW and ContextGating, with LOUPE's constructor, weight names and
-initialisers, and masks for lists of different lengths.
+"""LOUPE's learnable set-pooling layers (Miech et al. 2017) as Keras 3 layers on every Keras
+backend: NetVLAD, NetRVLAD, NetFV, SoftDBoW and ContextGating, with LOUPE's constructor, weight
+names and initialisers, and masks for lists of different lengths. Written with ``keras.ops``;
+the pools are the ops of the adapter of Keras' backend (``_backends.op``).
 
 Each pooling layer computes ``softmax(BN(x W))`` (or ``softmax(x W + b)`` without BatchNorm)
 as the soft assignment, pools with npool's op, projects with ``hidden1_weights`` to
@@ -18,19 +19,11 @@ runs as it did.
 import math
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from .. import _checks
 from .._loupe import LOUPE_BN_DECAY, LOUPE_BN_EPSILON, load_loupe_weights
-from ._ops import context_gating, netfv_pool, netrvlad_pool, netvlad_pool, soft_dbow_pool
-
-
-def require_tensorflow_backend():
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(f"npool.tf's LOUPE layers need Keras' TensorFlow backend, but Keras "
-                           f"runs on {keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow "
-                           "(npool.torch has the PyTorch modules; npool.keras the pooling "
-                           "layers on every backend)")
+from ._backends import op, require_supported_backend
 
 
 def _normal(std, mean=0.0):
@@ -63,10 +56,10 @@ class LoupeBatchNormalization(keras.layers.BatchNormalization):
 
     Example:
 
-    >>> bn = npool.tf.LoupeBatchNormalization(epsilon=1e-3, momentum=0.999)
+    >>> bn = npool.keras.LoupeBatchNormalization(epsilon=1e-3, momentum=0.999)
     >>> x = np.arange(12, dtype="float32").reshape(6, 2)
     >>> y = bn(x, training=True, mask=np.array([1, 1, 1, 0, 0, 0], bool))
-    >>> bn.moving_mean.numpy().astype("float64").round(4).tolist()  # rows 0-2: mean (2, 3)
+    >>> np.asarray(bn.moving_mean).astype("float64").round(4).tolist()  # rows 0-2: (2, 3)
     [0.002, 0.003]
     """
 
@@ -80,29 +73,29 @@ class LoupeBatchNormalization(keras.layers.BatchNormalization):
         if not (training and self.trainable):
             return super().call(inputs, training=training, mask=mask)
         dtype = keras.backend.result_type(inputs.dtype, "float32")
-        x = tf.cast(inputs, dtype)
+        x = ops.cast(inputs, dtype)
         channels = x.shape[-1]
-        rows = tf.reshape(x, [-1, channels])
+        rows = ops.reshape(x, (-1, channels))
         if mask is None:
-            weights = tf.ones_like(rows[:, :1])
+            weights = ops.ones_like(rows[:, :1])
         else:
-            weights = tf.reshape(tf.cast(mask, dtype), [-1, 1])
-        count = tf.reduce_sum(weights)
-        mean = tf.reduce_sum(weights * rows, axis=0) / count
+            weights = ops.reshape(ops.cast(mask, dtype), (-1, 1))
+        count = ops.sum(weights)
+        mean = ops.sum(weights * rows, axis=0) / count
         centered = weights * (rows - mean)
-        variance = tf.reduce_sum(centered * centered, axis=0) / count
-        unbiased = variance * count / tf.maximum(count - 1, 1)
+        variance = ops.sum(centered * centered, axis=0) / count
+        unbiased = variance * count / ops.maximum(count - 1, 1)
         momentum = self.momentum
-        self.moving_mean.assign(tf.cast(self.moving_mean, dtype) * momentum
+        self.moving_mean.assign(ops.cast(self.moving_mean, dtype) * momentum
                                 + mean * (1 - momentum))
-        self.moving_variance.assign(tf.cast(self.moving_variance, dtype) * momentum
+        self.moving_variance.assign(ops.cast(self.moving_variance, dtype) * momentum
                                     + unbiased * (1 - momentum))
-        out = (x - mean) * tf.math.rsqrt(variance + self.epsilon)
+        out = (x - mean) * ops.rsqrt(variance + self.epsilon)
         if self.scale:
-            out = out * tf.cast(self.gamma, dtype)
+            out = out * ops.cast(self.gamma, dtype)
         if self.center:
-            out = out + tf.cast(self.beta, dtype)
-        return tf.cast(out, self.compute_dtype)
+            out = out + ops.cast(self.beta, dtype)
+        return ops.cast(out, self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="npool")
@@ -125,14 +118,14 @@ class ContextGating(keras.layers.Layer):
 
     Example:
 
-    >>> layer = npool.tf.ContextGating(6, add_batch_norm=False)
+    >>> layer = npool.keras.ContextGating(6, add_batch_norm=False)
     >>> tuple(layer(np.ones((4, 6), "float32")).shape)
     (4, 6)
     """
 
     def __init__(self, input_size, add_batch_norm=True, bn_epsilon=LOUPE_BN_EPSILON,
                  bn_momentum=LOUPE_BN_DECAY, is_training=None, **kwargs):
-        require_tensorflow_backend()
+        require_supported_backend()
         super().__init__(**kwargs)
         self.input_size = _checks.positive_int(input_size, "input_size")
         self.add_batch_norm = _checks.flag(add_batch_norm, "add_batch_norm")
@@ -154,11 +147,11 @@ class ContextGating(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         training = self.is_training if training is None else training
-        w = tf.cast(self.gating_weights, inputs.dtype)
+        w = ops.cast(self.gating_weights, inputs.dtype)
         if not self.add_batch_norm:
-            return context_gating(inputs, w, tf.cast(self.gating_biases, inputs.dtype))
-        gates = self.gating_bn(tf.matmul(inputs, w), training=training)
-        return inputs * tf.sigmoid(tf.cast(gates, inputs.dtype))
+            return op("context_gating")(inputs, w, ops.cast(self.gating_biases, inputs.dtype))
+        gates = self.gating_bn(ops.matmul(inputs, w), training=training)
+        return inputs * ops.sigmoid(ops.cast(gates, inputs.dtype))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -177,7 +170,7 @@ def _loupe_doc(name, pool, pooled, weights=""):
     ``softmax(x W + b)`` without BatchNorm) over ``cluster_size`` clusters, the pool (pooled
     size {pooled}), the projection ``@ hidden1_weights`` to ``output_dim`` and optional Context
     Gating; LOUPE's weight names and initialisers{weights}, so LOUPE's trained weights load
-    (``npool.tf.load_loupe_checkpoint``).
+    (``npool.keras.load_loupe_checkpoint``, which needs TensorFlow to read them).
 
     Args:
         feature_size: D, the features of each sample.
@@ -203,7 +196,8 @@ def _loupe_doc(name, pool, pooled, weights=""):
 
     Example:
 
-    >>> layer = npool.tf.{name}(feature_size=16, max_samples=10, cluster_size=4, output_dim=8)
+    >>> layer = npool.keras.{name}(feature_size=16, max_samples=10, cluster_size=4,
+    ...                            output_dim=8)
     >>> x = np.random.default_rng(0).standard_normal((3, 10, 16)).astype("float32")
     >>> mask = np.arange(10) < np.array([[10], [4], [1]])
     >>> tuple(layer(x, mask).shape)
@@ -218,7 +212,7 @@ class _LoupePool(keras.layers.Layer):
     def __init__(self, feature_size, max_samples, cluster_size, output_dim, gating=True,
                  add_batch_norm=True, is_training=None, bn_epsilon=LOUPE_BN_EPSILON,
                  bn_momentum=LOUPE_BN_DECAY, **kwargs):
-        require_tensorflow_backend()
+        require_supported_backend()
         super().__init__(**kwargs)
         self.feature_size = _checks.positive_int(feature_size, "feature_size")
         self.max_samples = _checks.positive_int(max_samples, "max_samples")
@@ -256,34 +250,38 @@ class _LoupePool(keras.layers.Layer):
             self.context_gating.build((None, self.output_dim))
 
     def _weight(self, variable, dtype):
-        return tf.cast(variable, dtype)
+        return ops.cast(variable, dtype)
 
     def assignment(self, x, mask=None, training=None):
         """The soft assignment ``softmax(BN(x W))`` (``softmax(x W + b)``): (B, M, K)."""
-        logits = tf.matmul(x, self._weight(self.cluster_weights, x.dtype))
+        logits = ops.matmul(x, self._weight(self.cluster_weights, x.dtype))
         if self.add_batch_norm:
-            logits = tf.cast(self.cluster_bn(logits, training=training, mask=mask), x.dtype)
+            logits = ops.cast(self.cluster_bn(logits, training=training, mask=mask), x.dtype)
         else:
             logits = logits + self._weight(self.cluster_biases, x.dtype)
-        return tf.nn.softmax(logits, axis=-1)
+        return ops.softmax(logits, axis=-1)
 
     def call(self, inputs, mask=None, training=None):
         """``inputs`` (B, M, feature_size), or LOUPE's (B * max_samples, feature_size); ``mask``
         (B, M) bools, True for real samples, or None. Returns (B, output_dim)."""
         training = self.is_training if training is None else training
         _checks.set_layer_input(tuple(inputs.shape), self.feature_size, self.max_samples)
-        x = tf.reshape(inputs, [-1, inputs.shape[-2] if inputs.shape.rank == 3
-                                else self.max_samples, self.feature_size])
+        samples = inputs.shape[-2] if len(inputs.shape) == 3 else self.max_samples
+        x = ops.reshape(inputs, (-1, samples, self.feature_size))
         if mask is not None:
-            mask = tf.reshape(tf.cast(mask, tf.bool), tf.shape(x)[:2])
+            mask = ops.reshape(ops.cast(mask, "bool"), (-1, samples))
         pooled = self._pool(x, self.assignment(x, mask, training), mask)
-        out = tf.matmul(pooled, self._weight(self.hidden1_weights, x.dtype))
+        out = ops.matmul(pooled, self._weight(self.hidden1_weights, x.dtype))
         return self.context_gating(out, training=training) if self.gating else out
 
-    def forward(self, reshaped_input):
+    def forward(self, *args, **kwargs):
         """LOUPE's call: ``layer.forward(reshaped_input)``, the layer in the mode of
-        ``is_training`` (Keras' inference mode if it is None)."""
-        return self(reshaped_input)
+        ``is_training`` (Keras' inference mode if it is None). On Keras' PyTorch backend a
+        layer is a ``torch.nn.Module`` and this is its ``forward``, which Keras routes to
+        ``call``: kept as Keras' there."""
+        if keras.backend.backend() == "torch":
+            return super().forward(*args, **kwargs)
+        return self(*args, **kwargs)
 
     def compute_mask(self, inputs, mask=None):
         return None  # the samples axis is pooled away
@@ -305,7 +303,8 @@ class _LoupePool(keras.layers.Layer):
 class NetVLAD(_LoupePool):
     __doc__ = _loupe_doc(
         "NetVLAD", "NetVLAD: ``V_dk = sum_m a_mk (x_md - c_dk)``, intra-normalised over d, "
-        "flattened D-major and\n    l2-normalised (``npool.tf.netvlad_pool``).", "D * K",
+        "flattened D-major and\n    l2-normalised (``npool.tf.netvlad_pool``, "
+        "``npool.jax.netvlad_pool``, ``npool.torch.netvlad_pool``).", "D * K",
         ", centroids ``cluster_weights2`` (D, K) ~ N(0, 1/sqrt(D))")
 
     def _add_pool_weights(self, d, k):
@@ -316,7 +315,7 @@ class NetVLAD(_LoupePool):
         return d * k
 
     def _pool(self, x, a, mask):
-        return netvlad_pool(x, a, self._weight(self.cluster_weights2, x.dtype), mask)
+        return op("netvlad_pool")(x, a, self._weight(self.cluster_weights2, x.dtype), mask)
 
 
 @keras.saving.register_keras_serializable(package="npool")
@@ -329,7 +328,7 @@ class NetRVLAD(_LoupePool):
         return d * k
 
     def _pool(self, x, a, mask):
-        return netrvlad_pool(x, a, mask)
+        return op("netrvlad_pool")(x, a, mask)
 
 
 @keras.saving.register_keras_serializable(package="npool")
@@ -350,8 +349,8 @@ class NetFV(_LoupePool):
         return 2 * d * k
 
     def _pool(self, x, a, mask):
-        return netfv_pool(x, a, self._weight(self.cluster_weights2, x.dtype),
-                          self._weight(self.covar_weights, x.dtype), mask)
+        return op("netfv_pool")(x, a, self._weight(self.cluster_weights2, x.dtype),
+                                self._weight(self.covar_weights, x.dtype), mask)
 
 
 @keras.saving.register_keras_serializable(package="npool")
@@ -364,11 +363,11 @@ class SoftDBoW(_LoupePool):
         return k
 
     def _pool(self, x, a, mask):
-        return soft_dbow_pool(a, mask)
+        return op("soft_dbow_pool")(a, mask)
 
 
-_LAYERS = {"NetVLAD": NetVLAD, "NetRVLAD": NetRVLAD, "NetFV": NetFV, "SoftDBoW": SoftDBoW,
-           "ContextGating": ContextGating}
+LAYERS = {"NetVLAD": NetVLAD, "NetRVLAD": NetRVLAD, "NetFV": NetFV, "SoftDBoW": SoftDBoW,
+          "ContextGating": ContextGating}  # by LOUPE's class names (npool.tf's checkpoint loader)
 _KERAS_BN = {name: name for name in ("gamma", "beta", "moving_mean", "moving_variance")}
 
 
@@ -387,9 +386,12 @@ def load_loupe_checkpoint(checkpoint, layer=None, *, scope=None, max_samples=Non
     - ``load_loupe_checkpoint(path, layer)`` fills an existing layer (also a ``ContextGating``,
       from ``gating_*``) and returns it; its sizes must match the checkpoint's.
 
+    The layers run on every Keras backend; TensorFlow is needed only to read the checkpoint.
+    Also ``npool.tf.load_loupe_checkpoint``.
+
     Args:
         checkpoint: the checkpoint's path prefix (``model.ckpt-1000``) or its directory.
-        layer: an npool.tf LOUPE layer or ContextGating to fill, or None for a new one.
+        layer: a LOUPE layer or ContextGating to fill, or None for a new one.
         scope: the variable scope the block was built under (``"video_VLAD"``); None finds the
             only block in the checkpoint.
         max_samples: M for a new layer.
@@ -399,11 +401,11 @@ def load_loupe_checkpoint(checkpoint, layer=None, *, scope=None, max_samples=Non
 
     Example:
 
-    >>> vlad = npool.tf.load_loupe_checkpoint("model.ckpt", scope="video_VLAD",
-    ...                                       max_samples=300)  # doctest: +SKIP
+    >>> vlad = npool.keras.load_loupe_checkpoint("model.ckpt", scope="video_VLAD",
+    ...                                          max_samples=300)  # doctest: +SKIP
     >>> tuple(vlad(np.zeros((8 * 300, 1024), "float32"), training=False).shape)  # doctest: +SKIP
     (8, 1024)
     """
-    return load_loupe_weights(checkpoint, layer, scope, max_samples, _LAYERS, _KERAS_BN,
+    return load_loupe_weights(checkpoint, layer, scope, max_samples, LAYERS, _KERAS_BN,
                               lambda variable, array: variable.assign(array.astype(
                                   variable.dtype)), build=_build)
