@@ -60,8 +60,14 @@ def test_fatbin_is_built_when_nvcc_is_present():
 def test_demo_runs():
     out = subprocess.run([sys.executable, "-m", "npool"], capture_output=True, text=True,
                          check=True, timeout=300)
-    assert "soft_pool2d_forward(x, kernel_size=2)" in out.stdout
+    for section in ("Ops (NumPy core", "1. What pooling keeps", "2. Exact where",
+                    "3. Speed", "More:"):
+        assert section in out.stdout, section
     assert "faster" in out.stdout
+    psnr = {line.split()[0]: float(line.split()[-2]) for line in out.stdout.splitlines()
+            if line.strip().endswith(" dB")}
+    assert psnr["SoftPool"] > psnr["max"]  # SoftPool keeps more of the image than max pooling
+    assert "nan" in out.stdout and "499.731049   (exact" in out.stdout  # npool: correctly rounded
 
 
 def test_public_api():
@@ -103,3 +109,17 @@ def test_cuda_auto_without_nvcc_builds_without_the_fatbin(tmp_path):
 def test_bad_npool_cuda_value_is_refused(tmp_path):
     result = _configure(tmp_path, "-DNPOOL_CUDA=MAYBE")
     assert result.returncode != 0 and "NPOOL_CUDA must be AUTO, ON or OFF" in result.stderr
+
+
+def test_one_version_everywhere():
+    """npool.__version__ is the version: the installed metadata, the CHANGELOG's newest entry
+    and CITATION.cff agree with it."""
+    import importlib.metadata
+    import pathlib
+    import re
+    root = pathlib.Path(__file__).resolve().parents[1]
+    assert importlib.metadata.version("npool") == npool.__version__
+    changelog = (root / "CHANGELOG.md").read_text()
+    assert re.search(r"^## (\S+)", changelog, re.M).group(1) == npool.__version__
+    citation = (root / "CITATION.cff").read_text()
+    assert re.search(r"^version: (\S+)", citation, re.M).group(1) == npool.__version__

@@ -51,7 +51,7 @@ from .set_pools import (
     soft_dbow_pool_forward,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place of the version: pyproject.toml reads it (CHANGELOG.md)
 
 __all__ = [
     "context_gating_backward",
