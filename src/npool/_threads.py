@@ -34,7 +34,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def set_num_threads(n):
+def set_num_threads(n: int) -> None:
     """Use ``n`` threads (1 <= n <= 4096) in npool's CPU kernels; ``None`` goes back to
     OpenMP's default. A call never runs more threads than it has independent pieces of work.
     In a child forked after npool used threads, the kernels stay serial (see the module
@@ -61,7 +61,7 @@ def set_num_threads(n):
     _num_threads = n
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """The number of threads the next CPU kernel call may use."""
     if _forked_after_threads:
         return 1

@@ -12,9 +12,12 @@ Inputs are ``(N, C, *spatial)`` with at least one spatial axis, C-contiguous or 
 (used in place); outputs ``(N, C)``, or ``(N, C, 1, ...)`` with ``keepdims=True``. Flat indices
 count the spatial cells in C order, whatever the memory layout.
 """
+from typing import Optional
+
 import numpy as np
 
 from . import _checks
+from ._types import Array, ArrayLike, ArrayOrPair, Count, Out
 from ._cpu import kernel_module
 from ._dispatch import backend_of, is_gpu_array
 from ._threads import threads_for
@@ -261,7 +264,8 @@ def _with_indices(maps, y, index, shape, out_index):
     return y, _checks.deliver(index.reshape(shape), out_index)
 
 
-def global_max_pool_forward(x, keepdims=False, return_indices=False, *, out=None):
+def global_max_pool_forward(x: ArrayLike, keepdims: bool = False, return_indices: bool = False, *,
+                            out: Out = None) -> ArrayOrPair:
     """``y = max x`` over the spatial cells of each map; ties go to the lowest flat index and a
     NaN wins. With ``return_indices``, also the flat index of each maximum (int64, y's shape).
     ``out=`` (keyword only): where to write y (y's shape, x's dtype), or with
@@ -279,8 +283,9 @@ def global_max_pool_forward(x, keepdims=False, return_indices=False, *, out=None
     return _with_indices(maps, y, index, y.shape, out_index) if return_indices else y
 
 
-def global_max_pool_backward(grad_out, x, keepdims=False, return_indices=False, indices=None,
-                             *, out=None):
+def global_max_pool_backward(grad_out: ArrayLike, x: ArrayLike, keepdims: bool = False,
+                             return_indices: bool = False, indices: Optional[ArrayLike] = None, *,
+                             out: Out = None) -> Array:
     """Gradient of ``global_max_pool_forward``: ``grad_out`` at each maximum, 0 elsewhere.
     ``out=``: where to write it (x's shape and dtype), returned."""
     keepdims, return_indices = _flags(keepdims, return_indices)
@@ -290,7 +295,8 @@ def global_max_pool_backward(grad_out, x, keepdims=False, return_indices=False, 
     maps = _Maps(x)
     g = maps.grad_out(grad_out, keepdims)
     maps.expect_out(_backward_out(out), {"x": x, "grad_out": grad_out, "indices": indices})
-    index = None if indices is None else maps.check_indices(indices, 1, np.shape(grad_out))
+    index = None if indices is None else maps.check_indices(indices, 1,
+                                                             maps.output_shape(keepdims))
     if maps.empty():
         return maps.gradient(maps.new_gradient())
     if index is None:
@@ -312,7 +318,7 @@ def _sum(maps):
     return _column_sum(maps.partials(_SUM)[0])
 
 
-def global_avg_pool_forward(x, keepdims=False, *, out=None):
+def global_avg_pool_forward(x: ArrayLike, keepdims: bool = False, *, out: Out = None) -> Array:
     """``y = mean x`` over the spatial cells of each map. The CPU kernels add each cell into
     one of 32 lanes (8 for maps of fewer than 256 cells) in x's precision (32 cells per lane at
     most), the lanes and runs in float64;
@@ -333,7 +339,8 @@ def global_avg_pool_forward(x, keepdims=False, *, out=None):
     return maps.result(values, keepdims, out)
 
 
-def global_avg_pool_backward(grad_out, x, keepdims=False, *, out=None):
+def global_avg_pool_backward(grad_out: ArrayLike, x: ArrayLike, keepdims: bool = False, *,
+                             out: Out = None) -> Array:
     """Gradient of ``global_avg_pool_forward``: ``grad_out / n`` on every cell. ``out=``: where
     to write it (x's shape and dtype), returned."""
     keepdims, _ = _flags(keepdims)
@@ -411,7 +418,8 @@ def _lse_redo(maps, m, s, beta):
     return maps.finite_rows(suspect)
 
 
-def global_lse_pool_forward(x, beta=1.0, keepdims=False, *, out=None):
+def global_lse_pool_forward(x: ArrayLike, beta: float = 1.0, keepdims: bool = False, *,
+                            out: Out = None) -> Array:
     """``y = (1/beta) log((1/n) sum_i exp(beta x_i))``: the mean at ``beta = 0``, the max as
     ``beta -> +inf``, the min as ``beta -> -inf``. Accurate for any finite input and any finite
     beta: exponentials relative to the map's extreme; maps where that is not enough (beta x
@@ -439,7 +447,8 @@ def global_lse_pool_forward(x, beta=1.0, keepdims=False, *, out=None):
     return maps.result(values, keepdims, out)
 
 
-def global_lse_pool_backward(grad_out, x, beta=1.0, keepdims=False, *, out=None):
+def global_lse_pool_backward(grad_out: ArrayLike, x: ArrayLike, beta: float = 1.0,
+                             keepdims: bool = False, *, out: Out = None) -> Array:
     """Gradient of ``global_lse_pool_forward``: ``grad_out * softmax(beta x)_i`` (``1/n`` at
     ``beta = 0``), with no thresholding. ``out=``: where to write it (x's shape and dtype),
     returned."""
@@ -468,8 +477,9 @@ def global_lse_pool_backward(grad_out, x, beta=1.0, keepdims=False, *, out=None)
 
 
 # ------------------------------------------------------------------ k-max
-def global_kmax_pool_forward(x, k=1, keepdims=False, return_indices=False, *, rounding="floor",
-                             out=None):
+def global_kmax_pool_forward(x: ArrayLike, k: Count = 1, keepdims: bool = False,
+                             return_indices: bool = False, *, rounding: str = "floor",
+                             out: Out = None) -> ArrayOrPair:
     """``y = mean of the k largest cells`` of each map. ``k``: an int count (clipped to n) or a
     float fraction in (0, 1] (``max(1, floor(k n + 1e-6))`` cells; ``rounding="round"``:
     ``max(1, round(k n))``, WILDCAT's rule). Ties: lower flat indices first. With
@@ -493,8 +503,10 @@ def global_kmax_pool_forward(x, k=1, keepdims=False, return_indices=False, *, ro
     return _with_indices(maps, y, index, maps.shape[:2] + (count,), out_index)
 
 
-def global_kmax_pool_backward(grad_out, x, k=1, keepdims=False, return_indices=False,
-                              indices=None, *, rounding="floor", out=None):
+def global_kmax_pool_backward(grad_out: ArrayLike, x: ArrayLike, k: Count = 1,
+                              keepdims: bool = False, return_indices: bool = False,
+                              indices: Optional[ArrayLike] = None, *, rounding: str = "floor",
+                              out: Out = None) -> Array:
     """Gradient of ``global_kmax_pool_forward``: ``grad_out / k`` on each selected cell.
     ``out=``: where to write it (x's shape and dtype), returned."""
     keepdims, return_indices = _flags(keepdims, return_indices)
@@ -517,8 +529,9 @@ def _weldon_counts(x, kmax, kmin, alpha, rounding):
     return top, bottom, _checks.finite_real(alpha, "alpha")
 
 
-def weldon_pool_forward(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_indices=False,
-                        *, rounding="floor", out=None):
+def weldon_pool_forward(x: ArrayLike, kmax: Count = 1, kmin: Optional[Count] = None,
+                        alpha: float = 1.0, keepdims: bool = False, return_indices: bool = False,
+                        *, rounding: str = "floor", out: Out = None) -> ArrayOrPair:
     """WELDON: ``y = mean(kmax largest) + alpha * mean(kmin smallest)`` per map.
 
     ``kmin=None`` means ``kmin = kmax``; ``kmin = 0`` drops the second term. Counts follow the
@@ -554,8 +567,10 @@ def weldon_pool_forward(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_
                          maps.shape[:2] + (top + bottom,), out_index)
 
 
-def weldon_pool_backward(grad_out, x, kmax=1, kmin=None, alpha=1.0, keepdims=False,
-                         return_indices=False, indices=None, *, rounding="floor", out=None):
+def weldon_pool_backward(grad_out: ArrayLike, x: ArrayLike, kmax: Count = 1,
+                         kmin: Optional[Count] = None, alpha: float = 1.0, keepdims: bool = False,
+                         return_indices: bool = False, indices: Optional[ArrayLike] = None, *,
+                         rounding: str = "floor", out: Out = None) -> Array:
     """Gradient of ``weldon_pool_forward``: ``grad_out / kmax`` on the top cells plus
     ``alpha * grad_out / kmin`` on the bottom cells (both for a cell in both sets). ``out=``:
     where to write it (x's shape and dtype), returned."""

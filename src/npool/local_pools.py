@@ -10,9 +10,12 @@ real (unpadded) cells ``R(o)`` of its window::
 
 Exponentials are taken after subtracting the window maximum, so any finite input is safe.
 """
+from typing import Optional, Tuple, Union
+
 import numpy as np
 
 from . import _checks
+from ._types import Array, ArrayLike, Out, Size
 from ._cpu import kernel_module
 from ._dispatch import backend_of
 from ._threads import threads_for
@@ -233,11 +236,13 @@ def _make_pool(nd):
     """The public forward and backward of SoftPool in ``nd`` spatial dimensions."""
     axes = ", ".join("DHW"[3 - nd:])
 
-    def forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, *, out=None):
+    def forward(x: ArrayLike, kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0,
+                ceil_mode: bool = False, *, out: Out = None) -> Array:
         return _softmax_pool_forward(x, nd, 1.0, kernel_size, stride, padding, ceil_mode, out)
 
-    def backward(grad_out, x, kernel_size, stride=None, padding=0, ceil_mode=False, *,
-                 out=None):
+    def backward(grad_out: ArrayLike, x: ArrayLike, kernel_size: Size,
+                 stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False, *,
+                 out: Out = None) -> Array:
         return _softmax_pool_backward(grad_out, x, nd, 1.0, kernel_size, stride, padding,
                                       ceil_mode, out=out)
 
@@ -295,11 +300,14 @@ def _make_maxent_pool(nd):
     """The public forward and backward of Max-Entropy pooling in ``nd`` spatial dimensions."""
     axes = ", ".join("DHW"[3 - nd:])
 
-    def forward(x, lam, kernel_size, stride=None, padding=0, ceil_mode=False, *, out=None):
+    def forward(x: ArrayLike, lam: Union[float, ArrayLike], kernel_size: Size,
+                stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False, *,
+                out: Out = None) -> Array:
         return _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, out)
 
-    def backward(grad_out, x, lam, kernel_size, stride=None, padding=0, ceil_mode=False, *,
-                 out=None):
+    def backward(grad_out: ArrayLike, x: ArrayLike, lam: Union[float, ArrayLike],
+                 kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0,
+                 ceil_mode: bool = False, *, out: Out = None) -> Tuple[Array, Array]:
         return _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding,
                                       ceil_mode, with_lam=True, out=out)
 

@@ -18,9 +18,12 @@ kernels, products included; ``matmul=`` applies to numpy arrays only.
 The trainable layers around these ops (assignment, BatchNorm, projection) live in the framework
 adapters: ``npool.torch.NetVLAD`` etc. and ``npool.tf.NetVLAD`` etc.
 """
+from typing import Any, Callable, Optional, Tuple
+
 import numpy as np
 
 from . import _checks
+from ._types import Array, ArrayLike, ArrayOrPair, Out
 from ._cpu import kernel_module
 from ._dispatch import backend_of
 from ._threads import threads_for
@@ -201,7 +204,7 @@ class _Set:
     def masked(self, g):
         return g * self.mask if self.mask is not None else g
 
-    def parameter(self, p, name, shape):
+    def parameter(self, p: Any, name: str, shape: Tuple[int, ...]) -> Any:
         """A (D, K) parameter, checked: C-contiguous in the working dtype (CPU; any layout is
         accepted) or described (GPU)."""
         p = self.array(p, name)
@@ -287,8 +290,10 @@ def _vlad_forward(s, centers, return_norms):
     return (output, s.out(norms)) if return_norms else output
 
 
-def netvlad_pool_forward(x, assign, centers, mask=None, return_norms=False, matmul=None, *,
-                         out=None):
+def netvlad_pool_forward(x: ArrayLike, assign: ArrayLike, centers: ArrayLike,
+                         mask: Optional[ArrayLike] = None, return_norms: bool = False,
+                         matmul: Optional[Callable[..., Any]] = None, *,
+                         out: Out = None) -> ArrayOrPair:
     """NetVLAD: ``V[b,d,k] = sum_m a[b,m,k] (x[b,m,d] - c[d,k])``, intra-normalised over d,
     flattened D-major, l2n: ``(B, D * K)``. With ``return_norms``, also the norms ``(B, K + 1)``
     (K column norms, then the global one), which the backward takes to skip recomputing.
@@ -301,8 +306,11 @@ def netvlad_pool_forward(x, assign, centers, mask=None, return_norms=False, matm
                  dict(x=x, assign=assign, centers=centers))
 
 
-def netvlad_pool_backward(grad_out, x, assign, centers, mask=None, output=None, norms=None,
-                          matmul=None, *, out=None):
+def netvlad_pool_backward(grad_out: ArrayLike, x: ArrayLike, assign: ArrayLike, centers: ArrayLike,
+                          mask: Optional[ArrayLike] = None, output: Optional[ArrayLike] = None,
+                          norms: Optional[ArrayLike] = None,
+                          matmul: Optional[Callable[..., Any]] = None, *,
+                          out: Out = None) -> Tuple[Array, Array, Array]:
     """Gradients of ``netvlad_pool_forward``: ``(grad_x, grad_assign, grad_centers)``.
     ``output, norms`` from ``netvlad_pool_forward(..., return_norms=True)`` skip its
     recomputation. ``out=`` (keyword only, CPU): a tuple of three destinations (each None or
@@ -317,7 +325,9 @@ def netvlad_pool_backward(grad_out, x, assign, centers, mask=None, output=None, 
                  dict(grad_out=grad_out, x=x, assign=assign, centers=centers))
 
 
-def netrvlad_pool_forward(x, assign, mask=None, return_norms=False, matmul=None, *, out=None):
+def netrvlad_pool_forward(x: ArrayLike, assign: ArrayLike, mask: Optional[ArrayLike] = None,
+                          return_norms: bool = False, matmul: Optional[Callable[..., Any]] = None,
+                          *, out: Out = None) -> ArrayOrPair:
     """NetRVLAD: NetVLAD without the centroids: ``(B, D * K)`` (and the norms, as NetVLAD).
     ``out=``: as ``netvlad_pool_forward``'s."""
     return_norms = _checks.flag(return_norms, "return_norms")
@@ -325,8 +335,11 @@ def netrvlad_pool_forward(x, assign, mask=None, return_norms=False, matmul=None,
                  out, dict(x=x, assign=assign))
 
 
-def netrvlad_pool_backward(grad_out, x, assign, mask=None, output=None, norms=None,
-                           matmul=None, *, out=None):
+def netrvlad_pool_backward(grad_out: ArrayLike, x: ArrayLike, assign: ArrayLike,
+                           mask: Optional[ArrayLike] = None, output: Optional[ArrayLike] = None,
+                           norms: Optional[ArrayLike] = None,
+                           matmul: Optional[Callable[..., Any]] = None, *,
+                           out: Out = None) -> Tuple[Array, Array]:
     """Gradients of ``netrvlad_pool_forward``: ``(grad_x, grad_assign)``. ``out=``: a pair of
     destinations (each None or an array), returned."""
     s = _Set(x, assign, mask, matmul, out=out, grad_out=grad_out, output=output, norms=norms)
@@ -337,7 +350,8 @@ def netrvlad_pool_backward(grad_out, x, assign, mask=None, output=None, norms=No
 
 
 # ------------------------------------------------------------------ Soft-DBoW
-def soft_dbow_pool_forward(assign, mask=None, *, out=None):
+def soft_dbow_pool_forward(assign: ArrayLike, mask: Optional[ArrayLike] = None, *,
+                           out: Out = None) -> Array:
     """Soft-DBoW: ``l2n(sum_m a[b,m,:])``: ``(B, K)``. ``out=`` (keyword only, CPU): where to
     write it, returned."""
     s = _Set(assign=assign, mask=mask, uses_x=False, out=out)
@@ -346,7 +360,8 @@ def soft_dbow_pool_forward(assign, mask=None, *, out=None):
     return _into(s.out(_l2n(s.a.sum(axis=1), axis=1)[0]), out, dict(assign=assign))
 
 
-def soft_dbow_pool_backward(grad_out, assign, mask=None, *, out=None):
+def soft_dbow_pool_backward(grad_out: ArrayLike, assign: ArrayLike,
+                            mask: Optional[ArrayLike] = None, *, out: Out = None) -> Array:
     """Gradient of ``soft_dbow_pool_forward`` with respect to assign. ``out=`` (keyword only,
     CPU): where to write it (assign's shape and dtype), returned."""
     s = _Set(assign=assign, mask=mask, uses_x=False, out=out, grad_out=grad_out)
@@ -386,7 +401,9 @@ def _fv(s, mu, covar, for_backward=False):
     return (f1, y2, saved + (norms1, norms2)) if for_backward else (f1, y2, None)
 
 
-def netfv_pool_forward(x, assign, mu, covar_weights, mask=None, matmul=None, *, out=None):
+def netfv_pool_forward(x: ArrayLike, assign: ArrayLike, mu: ArrayLike, covar_weights: ArrayLike,
+                       mask: Optional[ArrayLike] = None,
+                       matmul: Optional[Callable[..., Any]] = None, *, out: Out = None) -> Array:
     """NetFV: first-order ``F1 = (sum_m a x - a_sum mu) / sigma`` (intra-normalised over d) and
     second-order ``F2 = sum_m a (x - mu)^2 / sigma^2 - a_sum`` (no intra-normalisation, as
     LOUPE), each flattened D-major and l2n, concatenated: ``(B, 2 * D * K)``; ``sigma =
@@ -402,20 +419,22 @@ def netfv_pool_forward(x, assign, mu, covar_weights, mask=None, matmul=None, *, 
                  dict(x=x, assign=assign, mu=mu, covar_weights=covar_weights))
 
 
-def netfv_pool_backward(grad_out, x, assign, mu, covar_weights, mask=None, matmul=None, *,
-                        out=None):
+def netfv_pool_backward(grad_out: ArrayLike, x: ArrayLike, assign: ArrayLike, mu: ArrayLike,
+                        covar_weights: ArrayLike, mask: Optional[ArrayLike] = None,
+                        matmul: Optional[Callable[..., Any]] = None, *,
+                        out: Out = None) -> Tuple[Array, Array, Array, Array]:
     """Gradients of ``netfv_pool_forward``: ``(grad_x, grad_assign, grad_mu,
     grad_covar_weights)``. ``out=`` (keyword only, CPU): a tuple of four destinations (each
     None or an array), returned."""
     s = _Set(x, assign, mask, matmul, out=out, mu=mu, covar_weights=covar_weights,
              grad_out=grad_out)
     shape = (s.x.shape[2], s.clusters)
-    mu = s.parameter(mu, "mu", shape)
+    means = s.parameter(mu, "mu", shape)
     covar = s.parameter(covar_weights, "covar_weights", shape)
     g = s.grad_out(grad_out, (s.sizes[0], 2 * shape[0] * shape[1]))
     if s.gpu is not None:
-        return s.gpu.fv_backward(s, mu, covar, g)
-    y1, y2, (sigma, s1, a_sum, f1, f2, norms1, norms2) = _fv(s, mu, covar, for_backward=True)
+        return s.gpu.fv_backward(s, means, covar, g)
+    y1, y2, (sigma, s1, a_sum, f1, f2, norms1, norms2) = _fv(s, means, covar, for_backward=True)
     b, d, k = y1.shape
     g_f1 = np.array(g[:, :d * k].reshape(y1.shape), dtype=s.work, order="C")
     if b:  # through NetRVLAD's normalisations (fused, in place)
@@ -426,13 +445,13 @@ def netfv_pool_backward(grad_out, x, assign, mu, covar_weights, mask=None, matmu
     g_f2 = ((g2 - y2 * dot) / norms2).reshape(y1.shape)
     p = g_f1 / sigma
     q = g_f2 / (sigma * sigma)
-    g_s1 = p - 2 * mu * q  # dL/d(sum_m a x)
+    g_s1 = p - 2 * means * q  # dL/d(sum_m a x)
     g_s2 = q  # dL/d(sum_m a x^2)
-    g_a_sum = (np.sum(-p * mu + q * mu * mu - g_f2, axis=1))[:, None, :]  # (B, 1, K)
+    g_a_sum = (np.sum(-p * means + q * means * means - g_f2, axis=1))[:, None, :]  # (B, 1, K)
     grad_x = s.matmul(s.a, g_s1.transpose(0, 2, 1)) + \
         2 * s.x * s.matmul(s.a, g_s2.transpose(0, 2, 1))
     grad_a = s.matmul(s.x, g_s1) + s.matmul(s.x * s.x, g_s2) + g_a_sum
-    grad_mu = np.sum(-p * a_sum - 2 * q * s1 + 2 * q * mu * a_sum, axis=0)
+    grad_mu = np.sum(-p * a_sum - 2 * q * s1 + 2 * q * means * a_sum, axis=0)
     g_sigma = np.sum(-g_f1 * f1 / sigma - 2 * g_f2 * (f2 + a_sum) / sigma, axis=0)
     return _into(s.out(grad_x, s.masked(grad_a), grad_mu, g_sigma * 2 * covar), out,
                  dict(grad_out=grad_out, x=x, assign=assign, mu=mu,
@@ -440,7 +459,8 @@ def netfv_pool_backward(grad_out, x, assign, mu, covar_weights, mask=None, matmu
 
 
 # ------------------------------------------------------------------ Context Gating
-def _gating_checked(x, weights, biases, matmul, grad_out=None, backward=False, out=None):
+def _gating_checked(x: Any, weights: Any, biases: Any, matmul: Any, grad_out: Any = None,
+                    backward: bool = False, out: Out = None) -> Tuple[Any, Any, Any, Any, Any]:
     """(GPU module or None, x, weights, biases, grad_out), checked (described on the GPU)."""
     arrays = dict(x=x, weights=weights, biases=biases)
     for name, a in arrays.items():
@@ -479,29 +499,33 @@ def _gate(x, weights, biases, matmul):
     return flat, gate, work, matmul
 
 
-def context_gating_forward(x, weights, biases, matmul=None, *, out=None):
+def context_gating_forward(x: ArrayLike, weights: ArrayLike, biases: ArrayLike,
+                           matmul: Optional[Callable[..., Any]] = None, *,
+                           out: Out = None) -> Array:
     """``y = x * sigmoid(x W + b)`` over the last axis of x. ``out=`` (keyword only, CPU): where
     to write y (x's shape and dtype), returned."""
-    gpu, x, weights, biases, _ = _gating_checked(x, weights, biases, matmul, out=out)
+    gpu, xs, ws, bs, _ = _gating_checked(x, weights, biases, matmul, out=out)
     if gpu is not None:
-        return gpu.gating_forward(x, weights, biases)
-    flat, gate, _, _ = _gate(x, weights, biases, matmul)
-    return _into((flat * gate).reshape(x.shape).astype(x.dtype, copy=False), out,
-                 dict(x=x, weights=weights, biases=biases))
+        return gpu.gating_forward(xs, ws, bs)
+    flat, gate, _, _ = _gate(xs, ws, bs, matmul)
+    return _into((flat * gate).reshape(xs.shape).astype(xs.dtype, copy=False), out,
+                 dict(x=xs, weights=ws, biases=bs))
 
 
-def context_gating_backward(grad_out, x, weights, biases, matmul=None, *, out=None):
+def context_gating_backward(grad_out: ArrayLike, x: ArrayLike, weights: ArrayLike,
+                            biases: ArrayLike, matmul: Optional[Callable[..., Any]] = None, *,
+                            out: Out = None) -> Tuple[Array, Array, Array]:
     """Gradients of ``context_gating_forward``: ``(grad_x, grad_weights, grad_biases)``.
     ``out=`` (keyword only, CPU): a tuple of three destinations (each None or an array),
     returned."""
-    gpu, x, weights, biases, grad_out = _gating_checked(x, weights, biases, matmul, grad_out,
-                                                         backward=True, out=out)
+    gpu, xs, ws, bs, gs = _gating_checked(x, weights, biases, matmul, grad_out, backward=True,
+                                          out=out)
     if gpu is not None:
-        return gpu.gating_backward(grad_out, x, weights, biases)
-    flat, gate, work, matmul = _gate(x, weights, biases, matmul)
-    g = grad_out.reshape(flat.shape).astype(work, copy=False)
+        return gpu.gating_backward(gs, xs, ws, bs)
+    flat, gate, work, product = _gate(xs, ws, bs, matmul)
+    g = gs.reshape(flat.shape).astype(work, copy=False)
     g_z = g * flat * gate * (1 - gate)
-    grad_x = g * gate + matmul(g_z, weights.astype(work).T)
-    return _into(tuple(a.astype(x.dtype, copy=False) for a in (
-        grad_x.reshape(x.shape), matmul(flat.T, g_z), g_z.sum(axis=0))), out,
-        dict(grad_out=grad_out, x=x, weights=weights, biases=biases))
+    grad_x = g * gate + product(g_z, ws.astype(work).T)
+    return _into(tuple(a.astype(xs.dtype, copy=False) for a in (
+        grad_x.reshape(xs.shape), product(flat.T, g_z), g_z.sum(axis=0))), out,
+        dict(grad_out=gs, x=xs, weights=ws, biases=bs))

@@ -24,7 +24,7 @@ def kernel_source_dir():
     return resources.files(__name__) / "kernels"
 
 
-def cuda_available():
+def cuda_available() -> bool:
     """True when GPU arrays can be used: PyCUDA is installed and sees a GPU. Never raises."""
     from ._device import available
     return available()

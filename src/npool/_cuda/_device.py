@@ -28,7 +28,7 @@ _BLOCK = 256           # threads per block (the kernels' __launch_bounds__)
 _BLOCKS_PER_SM = 32    # grid-stride loops: at most this many blocks per multiprocessor
 
 _lock = threading.Lock()
-_devices = {}
+_devices: "dict[int, Device]" = {}
 _compile_warned = False
 
 

@@ -2,9 +2,9 @@
 ``jax.pure_callback``) on the CPU, npool's portable decomposition (``npool/_portable.py``)
 elsewhere. This module holds no math of its own."""
 import contextlib
-import functools
 import math
 import threading
+from typing import Iterator, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,9 @@ import npool
 
 from .. import _checks
 from .. import _portable as portable_forms
+from .._types import Count, Size
+
+JaxArrayLike = Union[jax.Array, np.ndarray, float]  # what jnp.asarray takes here
 
 DATA_FORMATS = ("channels_last", "channels_first")
 _FLOATS = tuple(np.dtype(d) for d in _checks.FLOAT_DTYPES)
@@ -22,7 +25,7 @@ _state = threading.local()
 
 # ------------------------------------------------------------------ where the ops run
 @contextlib.contextmanager
-def portable():
+def portable() -> Iterator[None]:
     """Build npool's ops from standard JAX operations (npool's portable decomposition) inside
     this context, instead of calling npool's kernels: for graphs that must stand alone
     (``jax.export``, serialisation) and for checking one form against the other.
@@ -40,7 +43,7 @@ def portable():
         _state.portable -= 1
 
 
-def uses_kernels():
+def uses_kernels() -> bool:
     """Whether npool's ops called now run npool's CPU kernels: JAX's default backend is the
     CPU and no ``portable()`` context is active. Otherwise (a GPU or TPU backend, or
     ``portable()``) they are built from standard JAX operations, so nothing is copied to the
@@ -297,8 +300,9 @@ def _make_soft_pool(nd):
     shape, out = {1: ("(2, 8, 3)", "(2, 4, 3)"), 2: ("(2, 8, 8, 3)", "(2, 4, 4, 3)"),
                   3: ("(2, 4, 8, 8, 3)", "(2, 2, 4, 4, 3)")}[nd]
 
-    def soft_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-                  data_format="channels_last"):
+    def soft_pool(x: JaxArrayLike, kernel_size: Size, stride: Optional[Size] = None,
+                  padding: Size = 0, ceil_mode: bool = False,
+                  data_format: str = "channels_last") -> jax.Array:
         return _local_pool(x, None, nd, kernel_size, stride, padding, ceil_mode, data_format)
 
     soft_pool.__name__ = soft_pool.__qualname__ = f"soft_pool{nd}d"
@@ -338,8 +342,9 @@ def _make_soft_pool(nd):
 
 
 def _make_maxent_pool(nd):
-    def maxent_pool(x, lam, kernel_size, stride=None, padding=0, ceil_mode=False,
-                    data_format="channels_last"):
+    def maxent_pool(x: JaxArrayLike, lam: Union[float, JaxArrayLike], kernel_size: Size,
+                    stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False,
+                    data_format: str = "channels_last") -> jax.Array:
         if isinstance(lam, (bool, np.bool_)):
             raise TypeError("lam must be a real number or an array, got bool")
         if isinstance(lam, (int, float, np.integer, np.floating)):
@@ -454,7 +459,8 @@ def _global_pool(name, x, keepdims, data_format, selects, options, portable):
     return op(x)
 
 
-def global_max_pool(x, keepdims=False, data_format="channels_last"):
+def global_max_pool(x: JaxArrayLike, keepdims: bool = False,
+                    data_format: str = "channels_last") -> jax.Array:
     """Global max pooling: ``y = max x`` over the spatial axes of each (sample, channel) map.
 
     Parameters
@@ -481,14 +487,16 @@ def global_max_pool(x, keepdims=False, data_format="channels_last"):
                         lambda x, nd: portable_forms.global_max_pool(JaxOps, x, nd))
 
 
-def global_avg_pool(x, keepdims=False, data_format="channels_last"):
+def global_avg_pool(x: JaxArrayLike, keepdims: bool = False,
+                    data_format: str = "channels_last") -> jax.Array:
     """Global average pooling: ``y = mean x`` over the spatial axes of each map (arguments as
     ``global_max_pool``)."""
     return _global_pool("global_avg_pool", x, keepdims, data_format, False, {},
                         lambda x, nd: portable_forms.global_avg_pool(JaxOps, x, nd))
 
 
-def global_lse_pool(x, beta=1.0, keepdims=False, data_format="channels_last"):
+def global_lse_pool(x: JaxArrayLike, beta: float = 1.0, keepdims: bool = False,
+                    data_format: str = "channels_last") -> jax.Array:
     """LogSumExp pooling: ``y = (1/beta) log((1/n) sum_i exp(beta x_i))`` per map (the mean at
     ``beta = 0``); arguments as ``global_max_pool``, ``beta`` a finite number."""
     beta = _checks.finite_real(beta, "beta")
@@ -496,7 +504,8 @@ def global_lse_pool(x, beta=1.0, keepdims=False, data_format="channels_last"):
                         lambda x, nd: portable_forms.global_lse_pool(JaxOps, x, nd, beta))
 
 
-def global_kmax_pool(x, k=1, keepdims=False, data_format="channels_last", rounding="floor"):
+def global_kmax_pool(x: JaxArrayLike, k: Count = 1, keepdims: bool = False,
+                     data_format: str = "channels_last", rounding: str = "floor") -> jax.Array:
     """k-max pooling: the mean of the k largest cells of each map. ``k``: a count, or a
     fraction in (0, 1] of the cells (``rounding`` "floor", or "round" as WILDCAT). Ties go to
     the lower flat index; the gradient reaches the selected cells (recorded by the forward)."""
@@ -507,8 +516,9 @@ def global_kmax_pool(x, k=1, keepdims=False, data_format="channels_last", roundi
                                                                  rounding=rounding))
 
 
-def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, data_format="channels_last",
-                rounding="floor"):
+def weldon_pool(x: JaxArrayLike, kmax: Count = 1, kmin: Optional[Count] = None, alpha: float = 1.0,
+                keepdims: bool = False, data_format: str = "channels_last",
+                rounding: str = "floor") -> jax.Array:
     """WELDON pooling: ``mean(kmax largest) + alpha * mean(kmin smallest)`` of each map
     (``kmin=None``: kmin = kmax; counts or fractions as ``global_kmax_pool``)."""
     _checks.weldon_counts(kmax, kmin, 1, rounding)
@@ -557,7 +567,8 @@ _ARRAY_NAMES = {"netvlad_pool": ("x", "assign", "centers"), "netrvlad_pool": ("x
                 "soft_dbow_pool": ("assign",), "context_gating": ("x", "weights", "biases")}
 
 
-def netvlad_pool(x, assign, centers, mask=None):
+def netvlad_pool(x: JaxArrayLike, assign: JaxArrayLike, centers: JaxArrayLike,
+                 mask: Optional[JaxArrayLike] = None) -> jax.Array:
     """NetVLAD pooling (LOUPE): ``V_dk = sum_m a_mk (x_md - c_dk)``, each column l2-normalised
     over d, flattened D-major and l2-normalised: ``(B, D * K)``.
 
@@ -579,14 +590,16 @@ def netvlad_pool(x, assign, centers, mask=None):
                    portable_forms.vlad_pool)
 
 
-def netrvlad_pool(x, assign, mask=None):
+def netrvlad_pool(x: JaxArrayLike, assign: JaxArrayLike,
+                  mask: Optional[JaxArrayLike] = None) -> jax.Array:
     """NetRVLAD (NetVLAD without centres): ``(B, D * K)``; arguments as ``netvlad_pool``."""
     return _set_op("netrvlad_pool", [x, assign], mask,
                    lambda x: (x.shape[0], x.shape[2] * jnp.shape(assign)[2]),
                    lambda ops, x, a, m: portable_forms.vlad_pool(ops, x, a, None, m))
 
 
-def netfv_pool(x, assign, mu, covar_weights, mask=None):
+def netfv_pool(x: JaxArrayLike, assign: JaxArrayLike, mu: JaxArrayLike,
+               covar_weights: JaxArrayLike, mask: Optional[JaxArrayLike] = None) -> jax.Array:
     """NetFV (LOUPE's Fisher vector): first- and second-order parts, each l2-normalised,
     concatenated: ``(B, 2 * D * K)``; ``mu`` and ``covar_weights`` are ``(D, K)``."""
     return _set_op("netfv_pool", [x, assign, mu, covar_weights], mask,
@@ -594,13 +607,13 @@ def netfv_pool(x, assign, mu, covar_weights, mask=None):
                    portable_forms.fv_pool)
 
 
-def soft_dbow_pool(assign, mask=None):
+def soft_dbow_pool(assign: JaxArrayLike, mask: Optional[JaxArrayLike] = None) -> jax.Array:
     """Soft-DBoW: ``l2n(sum_m a_m)``: ``(B, K)``. vmap folds into the batch."""
     return _set_op("soft_dbow_pool", [assign], mask,
                    lambda a: (a.shape[0], a.shape[2]), portable_forms.dbow_pool, fold=True)
 
 
-def context_gating(x, weights, biases):
+def context_gating(x: JaxArrayLike, weights: JaxArrayLike, biases: JaxArrayLike) -> jax.Array:
     """Context Gating: ``y = x * sigmoid(x W + b)`` over x's last axis (``weights`` ``(n, n)``,
     ``biases`` ``(n,)``)."""
     x = _float_array(x, "x")

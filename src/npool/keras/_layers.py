@@ -2,6 +2,7 @@
 Keras names its own pooling layers. Each layer calls the op of the adapter of Keras' backend
 (``_backends.op``): npool.tf on TensorFlow, npool.jax on JAX, npool.torch on PyTorch."""
 import textwrap
+from typing import Optional, Tuple
 
 import keras
 
@@ -18,7 +19,7 @@ class _SoftPoolingND(keras.layers.Layer):
     output-size rule. ``data_format`` defaults to ``keras.config.image_data_format()``.
     """
 
-    _nd = None
+    _nd: int = 0  # the spatial axes, set by each subclass
 
     def __init__(self, pool_size=2, strides=None, padding="valid", ceil_mode=False,
                  data_format=None, **kwargs):
@@ -187,9 +188,9 @@ class _GlobalPooling(keras.layers.Layer):
     takes any number of spatial axes; the ``…1D/2D/3D`` classes require theirs, as Keras'
     ``GlobalMaxPooling2D`` does."""
 
-    spatial_dims = None
-    _options = ()
-    _op = None
+    spatial_dims: Optional[int] = None
+    _options: Tuple[str, ...] = ()
+    _op: str = ""  # the adapters' function name, set by each subclass
 
     def __init__(self, keepdims=False, data_format=None, spatial_dims=None, **kwargs):
         require_supported_backend()

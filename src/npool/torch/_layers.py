@@ -1,4 +1,6 @@
 """``nn.Module`` forms of npool's ops."""
+from typing import Any, Optional, Tuple
+
 import torch
 
 from .. import _checks
@@ -13,7 +15,7 @@ class _SoftPoolNd(torch.nn.Module):
     their defaults: SoftPool has no dilated windows and no single selected index.
     """
 
-    _function = None
+    _function: Any = None  # the npool.torch function, set by each subclass
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
                  ceil_mode=False):
@@ -175,8 +177,8 @@ class _GlobalPool(torch.nn.Module):
     with ``keepdims`` (unbatched: (C,) or (C, 1, …)).
     """
 
-    spatial_dims = None
-    _options = ()
+    spatial_dims: Optional[int] = None
+    _options: Tuple[str, ...] = ()
 
     def __init__(self, keepdims=False, spatial_dims=None):
         super().__init__()

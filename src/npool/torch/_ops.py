@@ -569,10 +569,12 @@ def _matmul_for(t):
 @torch.library.custom_op("npool::netvlad_pool", mutates_args=())
 def _netvlad_pool(x: torch.Tensor, assign: torch.Tensor, centers: torch.Tensor | None,
                   mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    args = (to_core(x), to_core(assign)) + ((to_core(centers),) if centers is not None else ())
-    forward = npool.netvlad_pool_forward if centers is not None else npool.netrvlad_pool_forward
-    out, norms = forward(*args, mask=_core_or_none(mask), return_norms=True,
-                         matmul=_matmul_for(x))
+    options = dict(mask=_core_or_none(mask), return_norms=True, matmul=_matmul_for(x))
+    if centers is not None:
+        out, norms = npool.netvlad_pool_forward(to_core(x), to_core(assign), to_core(centers),
+                                                **options)
+    else:
+        out, norms = npool.netrvlad_pool_forward(to_core(x), to_core(assign), **options)
     return from_core(out, x), from_core(norms, x)
 
 
@@ -590,9 +592,9 @@ def _netvlad_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, assign: torc
                  matmul=_matmul_for(x))
     g, xs, a = to_core(grad_out.to(x.dtype)), to_core(x), to_core(assign)
     if centers is None:
-        grads = npool.netrvlad_pool_backward(g, xs, a, **state)
+        grads = list(npool.netrvlad_pool_backward(g, xs, a, **state))
     else:
-        grads = npool.netvlad_pool_backward(g, xs, a, to_core(centers), **state)
+        grads = list(npool.netvlad_pool_backward(g, xs, a, to_core(centers), **state))
     return [from_core(gr, x) for gr in grads]
 
 

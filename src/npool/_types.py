@@ -1,0 +1,40 @@
+"""The types of npool's public signatures (for annotations; nothing here runs math).
+
+``Array`` is what the core functions take and return: a NumPy array on the CPU, or a GPU array
+- any object with ``__cuda_array_interface__`` (PyCUDA ``GPUArray``, CUDA torch tensor, CuPy)
+or one that exports DLPack from GPU memory (TensorFlow, JAX). GPU inputs give PyCUDA
+``GPUArray`` results.
+"""
+from typing import Any, Optional, Protocol, Sequence, Tuple, Union
+
+import numpy as np
+
+
+class CudaArrayLike(Protocol):
+    """An object exposing the CUDA array interface."""
+
+    @property
+    def __cuda_array_interface__(self) -> "dict[str, Any]": ...
+
+
+class DLPackLike(Protocol):
+    """An object exporting DLPack (read when it lives in GPU memory)."""
+
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def __dlpack_device__(self) -> Tuple[int, int]: ...
+
+
+# What the functions take: a NumPy array, or a GPU array by either interface.
+ArrayLike = Union[np.ndarray, CudaArrayLike, DLPackLike]
+# What they return: a numpy.ndarray for NumPy input, a PyCUDA GPUArray for GPU input (typed
+# loosely, as NumPy-or-GPU libraries type their results, so that callers need no narrowing).
+Array = Any
+# A function with a flag for a second result (return_indices, return_norms): one array or two.
+ArrayOrPair = Any
+Size = Union[int, Sequence[int]]  # one value for every spatial axis, or one per axis
+Count = Union[int, float]  # a count of cells, or a fraction in (0, 1] of them
+# out=: one destination, or a tuple with one per result (each None or an array)
+Out = Optional[Union[ArrayLike, Sequence[Optional[ArrayLike]]]]
+__all__ = ["Array", "ArrayLike", "ArrayOrPair", "Count", "CudaArrayLike", "DLPackLike", "Out",
+           "Size"]
