@@ -333,11 +333,13 @@ def test_a_small_model_trains():
     assert not np.allclose(np.asarray(params["s"]), 1.0)  # the pools passed gradients back
 
 
-def test_the_readme_example_runs():
+def test_the_docs_example_runs():
+    """docs/frameworks/jax.md's example (the README shows the same block)."""
     import pathlib
-    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-    block = readme[readme.index("## JAX"):].split("```python")[1].split("```")[0]
+    page = (pathlib.Path(__file__).parents[1] / "docs" / "frameworks" / "jax.md").read_text()
+    block = page.split("```python")[1].split("```")[0]
+    assert block in (pathlib.Path(__file__).parents[1] / "README.md").read_text()
     namespace = {}
-    exec(compile(block, "README.md (JAX)", "exec"), namespace)
+    exec(compile(block, "docs/frameworks/jax.md", "exec"), namespace)
     assert namespace["pooled"].shape == (4, 8, 16, 16, 16)
     assert namespace["grad"].shape == (8, 32, 32, 16)

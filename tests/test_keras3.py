@@ -63,11 +63,13 @@ def test_an_unsupported_backend_is_named():
     assert "tensorflow, jax and torch backends" in result.stdout
 
 
-def test_the_readme_example_runs_on_the_torch_backend():
+def test_the_docs_example_runs_on_the_torch_backend():
+    """docs/frameworks/keras.md's example (the README shows the same block), on torch."""
     if not _available("torch"):
         pytest.skip("no torch")
-    readme = (HERE.parent / "README.md").read_text()
-    block = readme[readme.index("## Keras 3"):].split("```python")[1].split("```")[0]
+    page = (HERE.parent / "docs" / "frameworks" / "keras.md").read_text()
+    block = page.split("```python")[1].split("```")[0]
+    assert block in (HERE.parent / "README.md").read_text()
     env = dict(os.environ, KERAS_BACKEND="torch", TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, "-c", block + "\nprint(model.output_shape)"],
                             capture_output=True, text=True, env=env, timeout=300)

@@ -194,15 +194,14 @@ def test_a_failure_is_shrunk_to_a_small_problem():
 
 
 def test_the_readme_example_runs(capsys):
-    """README's "Test your own kernel" block: a torch composite SoftPool passes check_op and a
-    variant without max subtraction is caught."""
+    """The docs' "Test your own kernel" block (docs/testing.md): a torch composite SoftPool
+    passes check_op and a variant without max subtraction is caught."""
     pytest.importorskip("torch")
     import pathlib
     import re
-    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("## Test your own kernel", 1)[1].split("\n## ", 1)[0]
-    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    exec(compile(block, "README.md[Test your own kernel]", "exec"), {"__name__": "readme"})
+    page = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "testing.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    exec(compile(block, "docs/testing.md", "exec"), {"__name__": "readme"})
     assert "soft_pool2d forward: output" in capsys.readouterr().out
 
 

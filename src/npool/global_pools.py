@@ -393,7 +393,7 @@ def _lse_shifted(cells, beta):
 def _lse_exact(cells, beta):
     """``(1/beta) log(mean exp(beta x))`` of rows of finite float64 cells, accurate for every
     finite beta: ``x* + log1p(mean(expm1(u))) / beta`` (see ``_lse_shifted``), so that terms
-    near 1 lose nothing to cancellation; rows where |beta| times the range is below 1e-8 take
+    near 1 lose nothing to cancellation; rows where abs(beta) times the range is below 1e-8 take
     the limit's series ``mean + beta var / 2`` (the next term is below float64 rounding)."""
     star, u = _lse_shifted(cells, beta)
     with np.errstate(over="ignore"):
@@ -423,7 +423,7 @@ def global_lse_pool_forward(x: ArrayLike, beta: float = 1.0, keepdims: bool = Fa
     """``y = (1/beta) log((1/n) sum_i exp(beta x_i))``: the mean at ``beta = 0``, the max as
     ``beta -> +inf``, the min as ``beta -> -inf``. Accurate for any finite input and any finite
     beta: exponentials relative to the map's extreme; maps where that is not enough (beta x
-    overflowing, or |beta| so small that the sum of exponentials is all cancellation, where
+    overflowing, or ``abs(beta)`` so small that the sum of exponentials is all cancellation, where
     the result tends to the mean) are computed again with ``log1p``/``expm1`` in float64.
     ``out=`` (keyword only): where to write y (y's shape, x's dtype), returned."""
     keepdims, _ = _flags(keepdims)

@@ -325,7 +325,7 @@ def _make_maxent_pool(nd):
     Parameters
     ----------
     x : numpy.ndarray, shape (N, C, {axes}) or (C, {axes})
-    lam : float or array broadcastable to the output (N, C, *out)
+    lam : float or array broadcastable to the output ``(N, C, *out)``
         A constant, per channel ``(C, 1, ...)``, per sample and channel ``(N, C, 1, ...)`` (as
         GFGP gives), per output position, per sample, or any other broadcast.
     kernel_size, stride, padding, ceil_mode, out

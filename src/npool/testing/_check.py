@@ -315,7 +315,7 @@ def check_op(op, forward, backward=None, *, max_examples=100, to_array=None, fro
     reference (``assert_close``, forward and backward), the inputs left unmodified, the same
     results from C-contiguous copies of strided or channels-last inputs, invariants (a local
     pool's output within its window's [min, max]; LSE between mean and max; selections within
-    max |x|), masked samples changing nothing (set pools), the tie rule (every selection
+    max abs(x)), masked samples changing nothing (set pools), the tie rule (every selection
     problem is also checked with its input reduced to two levels) and, for float64 problems of
     smooth
     ops, central differences of the user's forward against the user's backward. A failure is

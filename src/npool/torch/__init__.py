@@ -1,4 +1,4 @@
-"""PyTorch adapter: npool's ops as ``torch.library`` custom ops, functions and ``nn.Module``s.
+"""PyTorch adapter: npool's ops as ``torch.library`` custom ops, functions and ``nn.Module`` classes.
 
 Imported only on request (``import npool.torch``); PyTorch is an optional dependency. Each op is
 a pair of custom ops (forward and backward) with fake kernels, so they work under
