@@ -13,6 +13,7 @@ Children made by "spawn" or "forkserver" are fresh processes and use threads as 
 import operator
 import os
 import warnings
+from typing import Optional
 
 from ._cpu import _openmp_helpers
 
@@ -34,11 +35,35 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def set_num_threads(n: int) -> None:
-    """Use ``n`` threads (1 <= n <= 4096) in npool's CPU kernels; ``None`` goes back to
-    OpenMP's default. A call never runs more threads than it has independent pieces of work.
-    In a child forked after npool used threads, the kernels stay serial (see the module
-    docstring) and a request for more than one thread warns."""
+def set_num_threads(n: Optional[int]) -> None:
+    """Set the number of threads of npool's CPU kernels.
+
+    A call never runs more threads than it has independent pieces of work, and the results do
+    not depend on the thread count. In a child forked after npool used threads, the kernels
+    stay serial (GNU OpenMP cannot start threads again after fork) and a request for more than
+    one thread warns.
+
+    Parameters
+    ----------
+    n : int or None
+        1 <= n <= 4096 threads; None goes back to OpenMP's default (``OMP_NUM_THREADS`` or the
+        cores).
+
+    Raises
+    ------
+    TypeError
+        n is not an int (or is a bool).
+    ValueError
+        n is out of range.
+
+    Examples
+    --------
+    >>> before = npool.get_num_threads()
+    >>> npool.set_num_threads(1)
+    >>> npool.get_num_threads()
+    1
+    >>> npool.set_num_threads(before)
+    """
     global _num_threads
     if n is None:
         _num_threads = None
@@ -62,7 +87,19 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """The number of threads the next CPU kernel call may use."""
+    """The number of threads the next CPU kernel call may use.
+
+    Returns
+    -------
+    int
+        ``set_num_threads``'s value, else OpenMP's default; 1 in a process forked after npool
+        used threads.
+
+    Examples
+    --------
+    >>> npool.get_num_threads() >= 1
+    True
+    """
     if _forked_after_threads:
         return 1
     if _num_threads is not None:

@@ -266,10 +266,45 @@ def _with_indices(maps, y, index, shape, out_index):
 
 def global_max_pool_forward(x: ArrayLike, keepdims: bool = False, return_indices: bool = False, *,
                             out: Out = None) -> ArrayOrPair:
-    """``y = max x`` over the spatial cells of each map; ties go to the lowest flat index and a
-    NaN wins. With ``return_indices``, also the flat index of each maximum (int64, y's shape).
-    ``out=`` (keyword only): where to write y (y's shape, x's dtype), or with
-    ``return_indices`` a pair (y's, the indices') of destinations or None; returned."""
+    """Global max pooling: the largest cell of each (sample, channel) map.
+
+    ``y = max x`` over the spatial cells; ties go to the lowest flat index and a NaN wins.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or GPU array
+        ``(N, C, *spatial)`` with at least one spatial axis; float16, bfloat16, float32 or
+        float64; C-contiguous or channels-last memory used in place (GPU arrays as in
+        ``soft_pool2d_forward``).
+    keepdims : bool, default False
+        Keep the spatial axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    return_indices : bool, default False
+        Also return the flat (C-order) spatial indices the forward selected.
+    out : array or tuple, optional
+        Keyword only: where to write y (y's shape, x's dtype); with ``return_indices`` a pair
+        ``(y's, the indices')`` of destinations, each None or an array.
+
+    Returns
+    -------
+    y : numpy.ndarray or GPUArray
+        ``(N, C)`` (or ``(N, C, 1, ...)``), x's dtype; ``out`` when given.
+    indices : numpy.ndarray of int64
+        With ``return_indices``: each maximum's flat spatial index, y's shape.
+
+    Raises
+    ------
+    TypeError
+        A non-float x, or grad_out / ``out`` of another dtype.
+    ValueError
+        Fewer than three axes, an empty channel or spatial axis, a bad count or option, or an
+        ``out`` of another shape, read-only or overlapping an input.
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 2, 2, 4)
+    >>> npool.global_max_pool_forward(x).tolist()
+    [[7.0, 15.0]]
+    """
     keepdims, return_indices = _flags(keepdims, return_indices)
     gpu = _gpu(x=x)
     if gpu:
@@ -286,8 +321,47 @@ def global_max_pool_forward(x: ArrayLike, keepdims: bool = False, return_indices
 def global_max_pool_backward(grad_out: ArrayLike, x: ArrayLike, keepdims: bool = False,
                              return_indices: bool = False, indices: Optional[ArrayLike] = None, *,
                              out: Out = None) -> Array:
-    """Gradient of ``global_max_pool_forward``: ``grad_out`` at each maximum, 0 elsewhere.
-    ``out=``: where to write it (x's shape and dtype), returned."""
+    """Gradient of ``global_max_pool_forward``.
+
+    ``grad_out`` at each map's maximum (the forward's cell), 0 elsewhere.
+
+    Parameters
+    ----------
+    grad_out : numpy.ndarray or GPU array
+        dL/dy: the forward output's shape (``keepdims`` included), x's dtype.
+    x : numpy.ndarray or GPU array
+        ``(N, C, *spatial)`` with at least one spatial axis; float16, bfloat16, float32 or
+        float64; C-contiguous or channels-last memory used in place (GPU arrays as in
+        ``soft_pool2d_forward``).
+    keepdims : bool, default False
+        Keep the spatial axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    return_indices : bool, default False
+        Accepted for symmetry with the forward; ignored.
+    indices : array of int, optional
+        The forward's indices (``return_indices=True``): the backward scatters into them
+        instead of selecting again.
+    out : array, optional
+        Keyword only: where to write grad_x (x's shape and dtype).
+
+    Returns
+    -------
+    grad_x : numpy.ndarray or GPUArray
+        x's shape, dtype and memory layout; ``out`` when given.
+
+    Raises
+    ------
+    TypeError
+        A non-float x, or grad_out / ``out`` of another dtype.
+    ValueError
+        Fewer than three axes, an empty channel or spatial axis, a bad count or option, or an
+        ``out`` of another shape, read-only or overlapping an input.
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 2, 2, 4)
+    >>> npool.global_max_pool_backward(np.ones((1, 2), np.float32), x)[0, 0].tolist()
+    [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+    """
     keepdims, return_indices = _flags(keepdims, return_indices)
     gpu = _gpu(grad_out=grad_out, x=x)
     if gpu:
@@ -319,13 +393,44 @@ def _sum(maps):
 
 
 def global_avg_pool_forward(x: ArrayLike, keepdims: bool = False, *, out: Out = None) -> Array:
-    """``y = mean x`` over the spatial cells of each map. The CPU kernels add each cell into
-    one of 32 lanes (8 for maps of fewer than 256 cells) in x's precision (32 cells per lane at
-    most), the lanes and runs in float64;
-    a map whose sum overflows although its
-    cells are finite (near the float maximum) is summed again in float64 with its cells scaled
-    by a power of two, so the mean is finite whenever the cells are. ``out=`` (keyword only):
-    where to write y (y's shape, x's dtype), returned."""
+    """Global average pooling: the mean of each (sample, channel) map.
+
+    ``y = mean x`` over the spatial cells. The CPU kernels add each cell into one of 32 lanes
+    (8 for maps of fewer than 256 cells) in x's precision (32 cells per lane at most), the lanes
+    and runs in float64; a map whose sum overflows although its cells are finite (near the
+    float maximum) is summed again in float64 with its cells scaled by a power of two, so the
+    mean is finite whenever the cells are.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or GPU array
+        ``(N, C, *spatial)`` with at least one spatial axis; float16, bfloat16, float32 or
+        float64; C-contiguous or channels-last memory used in place (GPU arrays as in
+        ``soft_pool2d_forward``).
+    keepdims : bool, default False
+        Keep the spatial axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    out : array, optional
+        Keyword only: where to write y (y's shape, x's dtype).
+
+    Returns
+    -------
+    y : numpy.ndarray or GPUArray
+        ``(N, C)`` (or ``(N, C, 1, ...)``), x's dtype; ``out`` when given.
+
+    Raises
+    ------
+    TypeError
+        A non-float x, or grad_out / ``out`` of another dtype.
+    ValueError
+        Fewer than three axes, an empty channel or spatial axis, a bad count or option, or an
+        ``out`` of another shape, read-only or overlapping an input.
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 2, 2, 4)
+    >>> npool.global_avg_pool_forward(x).tolist()
+    [[3.5, 11.5]]
+    """
     keepdims, _ = _flags(keepdims)
     out, = _checks.out_entries(out, 1)
     gpu = _gpu(x=x)
@@ -341,8 +446,42 @@ def global_avg_pool_forward(x: ArrayLike, keepdims: bool = False, *, out: Out = 
 
 def global_avg_pool_backward(grad_out: ArrayLike, x: ArrayLike, keepdims: bool = False, *,
                              out: Out = None) -> Array:
-    """Gradient of ``global_avg_pool_forward``: ``grad_out / n`` on every cell. ``out=``: where
-    to write it (x's shape and dtype), returned."""
+    """Gradient of ``global_avg_pool_forward``.
+
+    ``grad_out / n`` on every cell (n the cells of a map).
+
+    Parameters
+    ----------
+    grad_out : numpy.ndarray or GPU array
+        dL/dy: the forward output's shape (``keepdims`` included), x's dtype.
+    x : numpy.ndarray or GPU array
+        ``(N, C, *spatial)`` with at least one spatial axis; float16, bfloat16, float32 or
+        float64; C-contiguous or channels-last memory used in place (GPU arrays as in
+        ``soft_pool2d_forward``).
+    keepdims : bool, default False
+        Keep the spatial axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    out : array, optional
+        Keyword only: where to write grad_x (x's shape and dtype).
+
+    Returns
+    -------
+    grad_x : numpy.ndarray or GPUArray
+        x's shape, dtype and memory layout; ``out`` when given.
+
+    Raises
+    ------
+    TypeError
+        A non-float x, or grad_out / ``out`` of another dtype.
+    ValueError
+        Fewer than three axes, an empty channel or spatial axis, a bad count or option, or an
+        ``out`` of another shape, read-only or overlapping an input.
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 2, 2, 4)
+    >>> float(npool.global_avg_pool_backward(np.ones((1, 2), np.float32), x)[0, 0, 0, 0])
+    0.125
+    """
     keepdims, _ = _flags(keepdims)
     gpu = _gpu(grad_out=grad_out, x=x)
     if gpu:
@@ -420,12 +559,47 @@ def _lse_redo(maps, m, s, beta):
 
 def global_lse_pool_forward(x: ArrayLike, beta: float = 1.0, keepdims: bool = False, *,
                             out: Out = None) -> Array:
-    """``y = (1/beta) log((1/n) sum_i exp(beta x_i))``: the mean at ``beta = 0``, the max as
+    """LogSumExp pooling: a soft maximum of each map.
+
+    ``y = (1/beta) log((1/n) sum_i exp(beta x_i))``: the mean at ``beta = 0``, the max as
     ``beta -> +inf``, the min as ``beta -> -inf``. Accurate for any finite input and any finite
     beta: exponentials relative to the map's extreme; maps where that is not enough (beta x
-    overflowing, or ``abs(beta)`` so small that the sum of exponentials is all cancellation, where
-    the result tends to the mean) are computed again with ``log1p``/``expm1`` in float64.
-    ``out=`` (keyword only): where to write y (y's shape, x's dtype), returned."""
+    overflowing, or ``abs(beta)`` so small that the sum of exponentials is all cancellation)
+    are computed again with ``log1p``/``expm1`` in float64.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or GPU array
+        ``(N, C, *spatial)`` with at least one spatial axis; float16, bfloat16, float32 or
+        float64; C-contiguous or channels-last memory used in place (GPU arrays as in
+        ``soft_pool2d_forward``).
+    beta : float, default 1.0
+        The sharpness, finite: 0 gives the mean, large positive values the max, large negative
+        values the min.
+    keepdims : bool, default False
+        Keep the spatial axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    out : array, optional
+        Keyword only: where to write y (y's shape, x's dtype).
+
+    Returns
+    -------
+    y : numpy.ndarray or GPUArray
+        ``(N, C)`` (or ``(N, C, 1, ...)``), x's dtype; ``out`` when given.
+
+    Raises
+    ------
+    TypeError
+        A non-float x, or grad_out / ``out`` of another dtype.
+    ValueError
+        Fewer than three axes, an empty channel or spatial axis, a bad count or option, or an
+        ``out`` of another shape, read-only or overlapping an input.
+
+    Examples
+    --------
+    >>> x = np.array([[[0.0, 0.0, 0.0, 1000.0]]], np.float32)
+    >>> round(float(npool.global_lse_pool_forward(x, beta=1.0)[0, 0]), 2)  # no overflow
+    998.61
+    """
     keepdims, _ = _flags(keepdims)
     beta = _checks.finite_real(beta, "beta")
     if beta == 0:
@@ -449,9 +623,47 @@ def global_lse_pool_forward(x: ArrayLike, beta: float = 1.0, keepdims: bool = Fa
 
 def global_lse_pool_backward(grad_out: ArrayLike, x: ArrayLike, beta: float = 1.0,
                              keepdims: bool = False, *, out: Out = None) -> Array:
-    """Gradient of ``global_lse_pool_forward``: ``grad_out * softmax(beta x)_i`` (``1/n`` at
-    ``beta = 0``), with no thresholding. ``out=``: where to write it (x's shape and dtype),
-    returned."""
+    """Gradient of ``global_lse_pool_forward``.
+
+    ``dL/dx_i = grad_out * softmax(beta x)_i`` (``1/n`` at ``beta = 0``), with no
+    thresholding.
+
+    Parameters
+    ----------
+    grad_out : numpy.ndarray or GPU array
+        dL/dy: the forward output's shape (``keepdims`` included), x's dtype.
+    x : numpy.ndarray or GPU array
+        ``(N, C, *spatial)`` with at least one spatial axis; float16, bfloat16, float32 or
+        float64; C-contiguous or channels-last memory used in place (GPU arrays as in
+        ``soft_pool2d_forward``).
+    beta : float, default 1.0
+        The sharpness, finite: 0 gives the mean, large positive values the max, large negative
+        values the min.
+    keepdims : bool, default False
+        Keep the spatial axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    out : array, optional
+        Keyword only: where to write grad_x (x's shape and dtype).
+
+    Returns
+    -------
+    grad_x : numpy.ndarray or GPUArray
+        x's shape, dtype and memory layout; ``out`` when given.
+
+    Raises
+    ------
+    TypeError
+        A non-float x, or grad_out / ``out`` of another dtype.
+    ValueError
+        Fewer than three axes, an empty channel or spatial axis, a bad count or option, or an
+        ``out`` of another shape, read-only or overlapping an input.
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 2, 2, 4)
+    >>> g = npool.global_lse_pool_backward(np.ones((1, 2), np.float32), x, beta=2.0)
+    >>> g.sum(axis=(2, 3)).round(6).tolist()  # a softmax per map
+    [[1.0, 1.0]]
+    """
     keepdims, _ = _flags(keepdims)
     beta = _checks.finite_real(beta, "beta")
     if beta == 0:
@@ -480,11 +692,50 @@ def global_lse_pool_backward(grad_out: ArrayLike, x: ArrayLike, beta: float = 1.
 def global_kmax_pool_forward(x: ArrayLike, k: Count = 1, keepdims: bool = False,
                              return_indices: bool = False, *, rounding: str = "floor",
                              out: Out = None) -> ArrayOrPair:
-    """``y = mean of the k largest cells`` of each map. ``k``: an int count (clipped to n) or a
-    float fraction in (0, 1] (``max(1, floor(k n + 1e-6))`` cells; ``rounding="round"``:
-    ``max(1, round(k n))``, WILDCAT's rule). Ties: lower flat indices first. With
-    ``return_indices``, also the selected flat indices in ascending order (int64,
-    ``(N, C, k)``). ``out=``: as ``global_max_pool_forward``'s."""
+    """k-max pooling: the mean of the k largest cells of each map.
+
+    ``y = mean of the k largest cells``; ties go to the lower flat indices.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or GPU array
+        ``(N, C, *spatial)`` with at least one spatial axis; float16, bfloat16, float32 or
+        float64; C-contiguous or channels-last memory used in place (GPU arrays as in
+        ``soft_pool2d_forward``).
+    k : int or float, default 1
+        A count (an int >= 1, clipped to the cells n) or a fraction in (0, 1] of the cells:
+        ``max(1, floor(k n + 1e-6))`` (``rounding="round"``: ``max(1, round(k n))``, WILDCAT's).
+    rounding : {"floor", "round"}, default "floor"
+        Keyword only: the rule for fractional counts.
+    keepdims : bool, default False
+        Keep the spatial axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    return_indices : bool, default False
+        Also return the flat (C-order) spatial indices the forward selected.
+    out : array or tuple, optional
+        Keyword only: where to write y (y's shape, x's dtype); with ``return_indices`` a pair
+        ``(y's, the indices')`` of destinations, each None or an array.
+
+    Returns
+    -------
+    y : numpy.ndarray or GPUArray
+        ``(N, C)`` (or ``(N, C, 1, ...)``), x's dtype; ``out`` when given.
+    indices : numpy.ndarray of int64
+        With ``return_indices``: the selected flat indices, ascending, ``(N, C, k)``.
+
+    Raises
+    ------
+    TypeError
+        A non-float x, or grad_out / ``out`` of another dtype.
+    ValueError
+        Fewer than three axes, an empty channel or spatial axis, a bad count or option, or an
+        ``out`` of another shape, read-only or overlapping an input.
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 2, 2, 4)
+    >>> npool.global_kmax_pool_forward(x, k=2).tolist()
+    [[6.5, 14.5]]
+    """
     keepdims, return_indices = _flags(keepdims, return_indices)
     count = _checks.k_count(k, _cells(x), "k", rounding=rounding)
     gpu = _gpu(x=x)
@@ -507,8 +758,52 @@ def global_kmax_pool_backward(grad_out: ArrayLike, x: ArrayLike, k: Count = 1,
                               keepdims: bool = False, return_indices: bool = False,
                               indices: Optional[ArrayLike] = None, *, rounding: str = "floor",
                               out: Out = None) -> Array:
-    """Gradient of ``global_kmax_pool_forward``: ``grad_out / k`` on each selected cell.
-    ``out=``: where to write it (x's shape and dtype), returned."""
+    """Gradient of ``global_kmax_pool_forward``.
+
+    ``grad_out / k`` on each selected cell, 0 elsewhere.
+
+    Parameters
+    ----------
+    grad_out : numpy.ndarray or GPU array
+        dL/dy: the forward output's shape (``keepdims`` included), x's dtype.
+    x : numpy.ndarray or GPU array
+        ``(N, C, *spatial)`` with at least one spatial axis; float16, bfloat16, float32 or
+        float64; C-contiguous or channels-last memory used in place (GPU arrays as in
+        ``soft_pool2d_forward``).
+    k : int or float, default 1
+        A count (an int >= 1, clipped to the cells n) or a fraction in (0, 1] of the cells:
+        ``max(1, floor(k n + 1e-6))`` (``rounding="round"``: ``max(1, round(k n))``, WILDCAT's).
+    rounding : {"floor", "round"}, default "floor"
+        Keyword only: the rule for fractional counts.
+    keepdims : bool, default False
+        Keep the spatial axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    return_indices : bool, default False
+        Accepted for symmetry with the forward; ignored.
+    indices : array of int, optional
+        The forward's indices (``return_indices=True``): the backward scatters into them
+        instead of selecting again.
+    out : array, optional
+        Keyword only: where to write grad_x (x's shape and dtype).
+
+    Returns
+    -------
+    grad_x : numpy.ndarray or GPUArray
+        x's shape, dtype and memory layout; ``out`` when given.
+
+    Raises
+    ------
+    TypeError
+        A non-float x, or grad_out / ``out`` of another dtype.
+    ValueError
+        Fewer than three axes, an empty channel or spatial axis, a bad count or option, or an
+        ``out`` of another shape, read-only or overlapping an input.
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 2, 2, 4)
+    >>> npool.global_kmax_pool_backward(np.ones((1, 2), np.float32), x, k=2)[0, 0].tolist()
+    [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]]
+    """
     keepdims, return_indices = _flags(keepdims, return_indices)
     count = _checks.k_count(k, _cells(x), "k", rounding=rounding)
     gpu = _gpu(grad_out=grad_out, x=x)
@@ -532,14 +827,55 @@ def _weldon_counts(x, kmax, kmin, alpha, rounding):
 def weldon_pool_forward(x: ArrayLike, kmax: Count = 1, kmin: Optional[Count] = None,
                         alpha: float = 1.0, keepdims: bool = False, return_indices: bool = False,
                         *, rounding: str = "floor", out: Out = None) -> ArrayOrPair:
-    """WELDON: ``y = mean(kmax largest) + alpha * mean(kmin smallest)`` per map.
+    """WELDON pooling (Durand et al., CVPR 2016): top and bottom cells of each map.
 
-    ``kmin=None`` means ``kmin = kmax``; ``kmin = 0`` drops the second term. Counts follow the
-    k rule of ``global_kmax_pool_forward`` (``rounding`` included). When the two sets overlap
+    ``y = mean(kmax largest) + alpha * mean(kmin smallest)``. When the two sets overlap
     (``kmax + kmin > n``) a cell counts in both. WILDCAT's pooling is
-    ``0.5 * weldon_pool_forward(x, kmax, kmin, alpha)``. With ``return_indices``, also the
-    selected flat indices: those of the kmax largest, then those of the kmin smallest, each in
-    ascending order, int64 ``(N, C, kmax + kmin)``. ``out=``: as ``global_max_pool_forward``'s.
+    ``0.5 * weldon_pool_forward(x, kmax, kmin, alpha)``.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or GPU array
+        ``(N, C, *spatial)`` with at least one spatial axis; float16, bfloat16, float32 or
+        float64; C-contiguous or channels-last memory used in place (GPU arrays as in
+        ``soft_pool2d_forward``).
+    kmax : int or float, default 1
+        The top count or fraction (as ``global_kmax_pool_forward``'s k).
+    kmin : int or float, optional
+        The bottom count or fraction; None: kmin = kmax; 0: no bottom term.
+    alpha : float, default 1.0
+        The weight of the bottom term, finite.
+    rounding : {"floor", "round"}, default "floor"
+        Keyword only: the rule for fractional counts.
+    keepdims : bool, default False
+        Keep the spatial axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    return_indices : bool, default False
+        Also return the flat (C-order) spatial indices the forward selected.
+    out : array or tuple, optional
+        Keyword only: where to write y (y's shape, x's dtype); with ``return_indices`` a pair
+        ``(y's, the indices')`` of destinations, each None or an array.
+
+    Returns
+    -------
+    y : numpy.ndarray or GPUArray
+        ``(N, C)`` (or ``(N, C, 1, ...)``), x's dtype; ``out`` when given.
+    indices : numpy.ndarray of int64
+        With ``return_indices``: those of the kmax largest, then those of the kmin smallest,
+        each ascending, ``(N, C, kmax + kmin)``.
+
+    Raises
+    ------
+    TypeError
+        A non-float x, or grad_out / ``out`` of another dtype.
+    ValueError
+        Fewer than three axes, an empty channel or spatial axis, a bad count or option, or an
+        ``out`` of another shape, read-only or overlapping an input.
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 2, 2, 4)
+    >>> npool.weldon_pool_forward(x, kmax=1, kmin=1, alpha=0.5).tolist()
+    [[7.0, 19.0]]
     """
     keepdims, return_indices = _flags(keepdims, return_indices)
     top, bottom, alpha = _weldon_counts(x, kmax, kmin, alpha, rounding)
@@ -571,9 +907,57 @@ def weldon_pool_backward(grad_out: ArrayLike, x: ArrayLike, kmax: Count = 1,
                          kmin: Optional[Count] = None, alpha: float = 1.0, keepdims: bool = False,
                          return_indices: bool = False, indices: Optional[ArrayLike] = None, *,
                          rounding: str = "floor", out: Out = None) -> Array:
-    """Gradient of ``weldon_pool_forward``: ``grad_out / kmax`` on the top cells plus
-    ``alpha * grad_out / kmin`` on the bottom cells (both for a cell in both sets). ``out=``:
-    where to write it (x's shape and dtype), returned."""
+    """Gradient of ``weldon_pool_forward``.
+
+    ``grad_out / kmax`` on the top cells plus ``alpha * grad_out / kmin`` on the bottom cells
+    (both for a cell in both sets).
+
+    Parameters
+    ----------
+    grad_out : numpy.ndarray or GPU array
+        dL/dy: the forward output's shape (``keepdims`` included), x's dtype.
+    x : numpy.ndarray or GPU array
+        ``(N, C, *spatial)`` with at least one spatial axis; float16, bfloat16, float32 or
+        float64; C-contiguous or channels-last memory used in place (GPU arrays as in
+        ``soft_pool2d_forward``).
+    kmax : int or float, default 1
+        The top count or fraction (as ``global_kmax_pool_forward``'s k).
+    kmin : int or float, optional
+        The bottom count or fraction; None: kmin = kmax; 0: no bottom term.
+    alpha : float, default 1.0
+        The weight of the bottom term, finite.
+    rounding : {"floor", "round"}, default "floor"
+        Keyword only: the rule for fractional counts.
+    keepdims : bool, default False
+        Keep the spatial axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    return_indices : bool, default False
+        Accepted for symmetry with the forward; ignored.
+    indices : array of int, optional
+        The forward's indices (``return_indices=True``): the backward scatters into them
+        instead of selecting again.
+    out : array, optional
+        Keyword only: where to write grad_x (x's shape and dtype).
+
+    Returns
+    -------
+    grad_x : numpy.ndarray or GPUArray
+        x's shape, dtype and memory layout; ``out`` when given.
+
+    Raises
+    ------
+    TypeError
+        A non-float x, or grad_out / ``out`` of another dtype.
+    ValueError
+        Fewer than three axes, an empty channel or spatial axis, a bad count or option, or an
+        ``out`` of another shape, read-only or overlapping an input.
+
+    Examples
+    --------
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 2, 2, 4)
+    >>> g = npool.weldon_pool_backward(np.ones((1, 2), np.float32), x, kmax=1, kmin=1)
+    >>> g[0, 0].tolist()
+    [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+    """
     keepdims, return_indices = _flags(keepdims, return_indices)
     top, bottom, alpha = _weldon_counts(x, kmax, kmin, alpha, rounding)
     gpu = _gpu(grad_out=grad_out, x=x)

@@ -232,6 +232,31 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
         _sum_to_shape(full, np.shape(lam)).astype(problem.dtype), out_lam)
 
 
+def _axes_word(nd):
+    return "axis" if nd == 1 else "axes"
+
+
+_X_DOC = """    x : numpy.ndarray or GPU array
+        Shape ``(N, C, {axes})`` or ``(C, {axes})``; float32, float64, float16 or bfloat16 (the
+        16-bit ones computed in float32). C-contiguous or channels-last memory is used as it is.
+        A GPU array (PyCUDA GPUArray, or anything with ``__cuda_array_interface__`` - a CUDA
+        torch tensor, a CuPy array - or DLPack from GPU memory) runs on its GPU without a copy
+        and gives a PyCUDA GPUArray (``torch.as_tensor(y, device="cuda")`` wraps it)."""
+_WINDOW_DOC = """    kernel_size : int or tuple of {nd} ints
+        The window.
+    stride : int or tuple of {nd} ints, optional
+        The step between windows; default ``kernel_size``.
+    padding : int or tuple of {nd} ints, default 0
+        Implicit padding on both sides, at most half the kernel; padded cells are left out of
+        the windows (they are not zeros).
+    ceil_mode : bool, default False
+        PyTorch's output-size rule with ceil instead of floor."""
+_EXAMPLE_SHAPE = {1: "(2, 3, 8)", 2: "(2, 3, 8, 8)", 3: "(2, 3, 4, 8, 8)"}
+_EXAMPLE_OUT = {1: "(2, 3, 4)", 2: "(2, 3, 4, 4)", 3: "(2, 3, 2, 4, 4)"}
+_PAIR_SHAPE = {1: "1, 1, 2", 2: "1, 1, 1, 2", 3: "1, 1, 1, 1, 2"}
+_PAIR_KERNEL = {1: "2", 2: "(1, 2)", 3: "(1, 1, 2)"}
+
+
 def _make_pool(nd):
     """The public forward and backward of SoftPool in ``nd`` spatial dimensions."""
     axes = ", ".join("DHW"[3 - nd:])
@@ -248,45 +273,80 @@ def _make_pool(nd):
 
     forward.__name__ = forward.__qualname__ = f"soft_pool{nd}d_forward"
     backward.__name__ = backward.__qualname__ = f"soft_pool{nd}d_backward"
-    forward.__doc__ = f"""SoftPool over {nd} spatial axes (Stergiou et al., ICCV 2021).
+    forward.__doc__ = f"""SoftPool over {nd} spatial {_axes_word(nd)} (Stergiou et al., ICCV 2021).
 
     For each sample, channel and window of real (unpadded) cells R(o)::
 
-        y_o = sum_i softmax_R(o)(x)_i * x_i
+        y_o = sum_(i in R(o)) softmax_R(o)(x)_i * x_i
+
+    computed relative to the window's largest cell, so any finite input is exact (no overflow).
 
     Parameters
     ----------
-    x : numpy.ndarray or GPU array, shape (N, C, {axes}) or (C, {axes})
-        float32, float64, float16 or bfloat16 (the 16-bit ones computed in float32).
-        C-contiguous or channels-last memory is used as it is; the output has the same memory
-        layout. A GPU array (PyCUDA GPUArray, or any object with ``__cuda_array_interface__``:
-        a CUDA torch tensor, a CuPy array; bfloat16 as typestr ``"<V2"``, as torch writes it)
-        runs on its GPU without a copy and gives a PyCUDA GPUArray, which
-        ``torch.as_tensor(y, device="cuda")`` or ``cupy.asarray(y)`` wrap without a copy.
-    kernel_size : int or tuple of {nd} ints
-    stride : int or tuple of {nd} ints, optional
-        Defaults to ``kernel_size``.
-    padding : int or tuple of {nd} ints
-        At most half the kernel. Padded cells are left out of the window (they are not zeros).
-    ceil_mode : bool
-        PyTorch's output-size rule with ceil instead of floor.
+{_X_DOC.format(axes=axes)}
+{_WINDOW_DOC.format(nd=nd)}
     out : array, optional
-        Where to write y (keyword only): an array of y's shape and x's dtype, any memory
-        layout, sharing no memory with x (a GPU array for GPU input); it is returned. A
-        training loop that passes the same buffer every step allocates nothing for y.
+        Keyword only: where to write y - an array of y's shape and x's dtype, any memory
+        layout, sharing no memory with x (a GPU array for GPU input). Default: a new array.
 
     Returns
     -------
-    numpy.ndarray (GPUArray for GPU input), shape (N, C, *out) or (C, *out), with
-    ``out = floor((L + 2p - k [+ s - 1]) / s) + 1`` per axis.
+    y : numpy.ndarray or GPUArray
+        Shape ``(N, C, *out)`` (or ``(C, *out)``), each ``out = floor((L + 2 padding - kernel
+        [+ stride - 1]) / stride) + 1``; x's dtype and memory layout; ``out`` when given.
+
+    Raises
+    ------
+    TypeError
+        x is not a float array, or ``out`` has another dtype.
+    ValueError
+        Bad window arguments (kernel < 1, padding over half the kernel, a window starting
+        past the input), a wrong shape, or an ``out`` that is read-only or overlaps x.
+
+    Examples
+    --------
+    >>> npool.soft_pool{nd}d_forward(np.ones({_EXAMPLE_SHAPE[nd]}, np.float32), 2).shape
+    {_EXAMPLE_OUT[nd]}
     """
     backward.__doc__ = f"""Gradient of ``soft_pool{nd}d_forward`` with respect to x.
 
-    ``dL/dx_i = sum_(o: i in R(o)) grad_out_o * w_(o,i) * (1 + x_i - y_o)``, with w the window
-    softmax. ``grad_out`` has the forward output's shape and x's dtype; the result has x's shape,
-    dtype and memory layout. Deterministic: the same bits for any thread count. ``out=``
-    (keyword only): an array of x's shape and dtype to write grad_x into (written in place
-    when it has x's memory layout, else through a buffer), returned.
+    With w the window softmax and y the forward's output::
+
+        dL/dx_i = sum_(o : i in R(o)) grad_out_o * w_(o,i) * (1 + x_i - y_o)
+
+    Deterministic: the same bits for any thread count and either memory layout.
+
+    Parameters
+    ----------
+    grad_out : numpy.ndarray or GPU array
+        dL/dy: the forward output's shape, x's dtype.
+    x : numpy.ndarray or GPU array
+        The forward's input.
+    kernel_size, stride, padding, ceil_mode
+        The forward's window arguments.
+    out : array, optional
+        Keyword only: where to write grad_x (x's shape and dtype); written in place when it
+        has x's memory layout, else through a buffer.
+
+    Returns
+    -------
+    grad_x : numpy.ndarray or GPUArray
+        x's shape, dtype and memory layout; ``out`` when given.
+
+    Raises
+    ------
+    TypeError
+        A non-float array, or grad_out or ``out`` of another dtype than x.
+    ValueError
+        grad_out not of the forward output's shape, bad window arguments, or an ``out`` that
+        is read-only or overlaps an input.
+
+    Examples
+    --------
+    >>> x = np.ones({_EXAMPLE_SHAPE[nd]}, np.float32)
+    >>> y = npool.soft_pool{nd}d_forward(x, 2)
+    >>> float(npool.soft_pool{nd}d_backward(np.ones_like(y), x, 2).sum()) == y.size
+    True
     """
     return forward, backward
 
@@ -313,7 +373,7 @@ def _make_maxent_pool(nd):
 
     forward.__name__ = forward.__qualname__ = f"maxent_pool{nd}d_forward"
     backward.__name__ = backward.__qualname__ = f"maxent_pool{nd}d_backward"
-    forward.__doc__ = f"""Max-Entropy pooling over {nd} spatial axes (Kobayashi, ICCV 2019).
+    forward.__doc__ = f"""Max-Entropy pooling over {nd} spatial {_axes_word(nd)} (Kobayashi, ICCV 2019).
 
     SoftPool with a temperature: for each window of real cells R(o)::
 
@@ -324,20 +384,76 @@ def _make_maxent_pool(nd):
 
     Parameters
     ----------
-    x : numpy.ndarray, shape (N, C, {axes}) or (C, {axes})
-    lam : float or array broadcastable to the output ``(N, C, *out)``
-        A constant, per channel ``(C, 1, ...)``, per sample and channel ``(N, C, 1, ...)`` (as
-        GFGP gives), per output position, per sample, or any other broadcast.
-    kernel_size, stride, padding, ceil_mode, out
-        As ``soft_pool{nd}d_forward``.
+{_X_DOC.format(axes=axes)}
+    lam : float or array
+        The temperature, broadcastable to the output ``(N, C, *out)``: a constant, per channel
+        ``(C, 1, ...)``, per sample and channel ``(N, C, 1, ...)`` (as GFGP gives), per output
+        position, or any other broadcast; finite.
+{_WINDOW_DOC.format(nd=nd)}
+    out : array, optional
+        Keyword only: where to write y (y's shape, x's dtype).
+
+    Returns
+    -------
+    y : numpy.ndarray or GPUArray
+        As ``soft_pool{nd}d_forward``'s.
+
+    Raises
+    ------
+    TypeError
+        A non-float x, a non-real lam, or an ``out`` of another dtype.
+    ValueError
+        A lam that is not finite or does not broadcast, bad window arguments, or a bad
+        ``out``.
+
+    Examples
+    --------
+    >>> x = np.array([[[[1.0, 3.0]]]], np.float32)  # one window of two cells
+    >>> pair = x.reshape({_PAIR_SHAPE[nd]})
+    >>> [round(float(npool.maxent_pool{nd}d_forward(pair, lam, {_PAIR_KERNEL[nd]}).ravel()[0]), 3)
+    ...  for lam in (0.0, 1.0, 50.0)]
+    [2.0, 2.762, 3.0]
     """
     backward.__doc__ = f"""Gradients of ``maxent_pool{nd}d_forward``: ``(grad_x, grad_lam)``.
 
-    ``dL/dx_i = sum_o g_o w_(o,i) (1 + lam_o (x_i - y_o))`` and
-    ``dL/dlam_o = g_o sum_i w_(o,i) (x_i - y_o)^2``, summed down to lam's own shape (a 0-d array
-    for a scalar lam). ``out=`` (keyword only): None or a pair ``(grad_x, grad_lam)`` of
-    destinations, each None or an array of that result's shape and x's dtype (on GPU arrays,
-    grad_lam's must be None).
+    ::
+
+        dL/dx_i   = sum_o g_o w_(o,i) (1 + lam_o (x_i - y_o))
+        dL/dlam_o = g_o sum_i w_(o,i) (x_i - y_o)^2       (summed down to lam's shape)
+
+    Parameters
+    ----------
+    grad_out : numpy.ndarray or GPU array
+        dL/dy: the forward output's shape, x's dtype.
+    x : numpy.ndarray or GPU array
+        The forward's input.
+    lam : float or array
+        The forward's temperature.
+    kernel_size, stride, padding, ceil_mode
+        The forward's window arguments.
+    out : tuple, optional
+        Keyword only: ``(grad_x, grad_lam)`` destinations, each None or an array of that
+        result's shape and x's dtype (on GPU arrays, grad_lam's must be None).
+
+    Returns
+    -------
+    grad_x : numpy.ndarray or GPUArray
+        x's shape, dtype and layout.
+    grad_lam : numpy.ndarray or GPUArray
+        lam's shape (0-d for a number), x's dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As ``maxent_pool{nd}d_forward`` and ``soft_pool{nd}d_backward``.
+
+    Examples
+    --------
+    >>> x = np.ones({_EXAMPLE_SHAPE[nd]}, np.float32)
+    >>> y = npool.maxent_pool{nd}d_forward(x, 0.5, 2)
+    >>> grad_x, grad_lam = npool.maxent_pool{nd}d_backward(np.ones_like(y), x, 0.5, 2)
+    >>> grad_x.shape == x.shape, float(grad_lam)  # a constant map: lam changes nothing
+    (True, 0.0)
     """
     return forward, backward
 

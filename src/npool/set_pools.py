@@ -294,11 +294,62 @@ def netvlad_pool_forward(x: ArrayLike, assign: ArrayLike, centers: ArrayLike,
                          mask: Optional[ArrayLike] = None, return_norms: bool = False,
                          matmul: Optional[Callable[..., Any]] = None, *,
                          out: Out = None) -> ArrayOrPair:
-    """NetVLAD: ``V[b,d,k] = sum_m a[b,m,k] (x[b,m,d] - c[d,k])``, intra-normalised over d,
-    flattened D-major, l2n: ``(B, D * K)``. With ``return_norms``, also the norms ``(B, K + 1)``
-    (K column norms, then the global one), which the backward takes to skip recomputing.
-    ``out=`` (keyword only, CPU): where to write the output (or, with ``return_norms``, a pair
-    of destinations or None), returned."""
+    """NetVLAD pooling (Arandjelovic et al., CVPR 2016; LOUPE).
+
+    ::
+
+        V[b, d, k] = sum_m a[b, m, k] (x[b, m, d] - c[d, k])
+        y = l2n(flatten_D_major(V / ||V[b, :, k]||))     (l2n: v / sqrt(max(sum v^2, 1e-12)))
+
+    The contraction is one BLAS product (no ``(B, M, K, D)`` array is formed).
+
+    Parameters
+    ----------
+    x : numpy.ndarray or GPU array
+        ``(B, M, D)``: B sets of M samples of D features; float16, bfloat16, float32 or
+        float64.
+    assign : numpy.ndarray or GPU array
+        ``(B, M, K)``: the soft assignment of each sample to K clusters (a softmax over K,
+        computed by the caller); x's dtype.
+    centers : numpy.ndarray or GPU array
+        ``(D, K)``: the cluster centres.
+    mask : array of bool, optional
+        ``(B, M)``: True for the real samples of each set; the others change no output and get
+        zero gradients. None: every sample is real.
+    return_norms : bool, default False
+        Also return the norms ``(B, K + 1)`` (K column norms, then the global one), which the
+        backward takes to skip recomputing the forward.
+    matmul : callable, optional
+        ``matmul(a, b)`` for the two large products (default ``numpy.matmul``; the torch
+        adapter passes torch's BLAS). NumPy arrays only.
+    out : array or tuple, optional
+        Keyword only (CPU): where to write the output (with ``return_norms`` a pair of
+        destinations, each None or an array).
+
+    Returns
+    -------
+    y : numpy.ndarray or GPUArray
+        ``(B, D * K)``, flattened D-major (``d * K + k``, LOUPE's order).
+    norms : numpy.ndarray or GPUArray
+        With ``return_norms``: ``(B, K + 1)``.
+
+    Raises
+    ------
+    TypeError
+        Non-float arrays, arrays of different dtypes, a non-bool mask.
+    ValueError
+        Shapes that do not agree, or a bad ``out``; ``out`` on GPU arrays.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    >>> a = np.full((2, 5, 3), 1 / 3, np.float32)
+    >>> c = np.zeros((4, 3), np.float32)
+    >>> y = npool.netvlad_pool_forward(x, a, c)
+    >>> y.shape, bool(np.allclose((y * y).sum(axis=1), 1))
+    ((2, 12), True)
+    """
     return_norms = _checks.flag(return_norms, "return_norms")
     s = _Set(x, assign, mask, matmul, out=out, centers=centers)
     c = s.parameter(centers, "centers", (s.x.shape[2], s.clusters))
@@ -311,10 +362,62 @@ def netvlad_pool_backward(grad_out: ArrayLike, x: ArrayLike, assign: ArrayLike, 
                           norms: Optional[ArrayLike] = None,
                           matmul: Optional[Callable[..., Any]] = None, *,
                           out: Out = None) -> Tuple[Array, Array, Array]:
-    """Gradients of ``netvlad_pool_forward``: ``(grad_x, grad_assign, grad_centers)``.
-    ``output, norms`` from ``netvlad_pool_forward(..., return_norms=True)`` skip its
-    recomputation. ``out=`` (keyword only, CPU): a tuple of three destinations (each None or
-    an array of that gradient's shape and dtype), returned."""
+    """Gradients of ``netvlad_pool_forward``.
+
+    dL/dV through both normalisations (fused), then the BLAS products
+    ``grad_x = a dV^T``, ``grad_assign = x dV - (dV * c)`` summed over d,
+    ``grad_centers = -dV a_sum``.
+
+    Parameters
+    ----------
+    grad_out : numpy.ndarray or GPU array
+        ``(B, D * K)``: dL/dy.
+    x : numpy.ndarray or GPU array
+        ``(B, M, D)``: B sets of M samples of D features; float16, bfloat16, float32 or
+        float64.
+    assign : numpy.ndarray or GPU array
+        ``(B, M, K)``: the soft assignment of each sample to K clusters (a softmax over K,
+        computed by the caller); x's dtype.
+    centers : numpy.ndarray or GPU array
+        ``(D, K)``: the cluster centres.
+    mask : array of bool, optional
+        ``(B, M)``: True for the real samples of each set; the others change no output and get
+        zero gradients. None: every sample is real.
+    output, norms : array, optional
+        The forward's output and norms (``return_norms=True``), given together: the backward
+        then skips recomputing them.
+    matmul : callable, optional
+        ``matmul(a, b)`` for the two large products (default ``numpy.matmul``; the torch
+        adapter passes torch's BLAS). NumPy arrays only.
+    out : tuple, optional
+        Keyword only (CPU): three destinations, one per gradient, each None or an array.
+
+    Returns
+    -------
+    grad_x : numpy.ndarray or GPUArray
+        ``(B, M, D)``.
+    grad_assign : numpy.ndarray or GPUArray
+        ``(B, M, K)`` (0 on masked samples).
+    grad_centers : numpy.ndarray or GPUArray
+        ``(D, K)``.
+
+    Raises
+    ------
+    TypeError
+        Non-float arrays, arrays of different dtypes, a non-bool mask.
+    ValueError
+        Shapes that do not agree, or a bad ``out``; ``out`` on GPU arrays.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    >>> a = np.full((2, 5, 3), 1 / 3, np.float32)
+    >>> c = np.zeros((4, 3), np.float32)
+    >>> g = np.ones((2, 12), np.float32)
+    >>> [t.shape for t in npool.netvlad_pool_backward(g, x, a, c)]
+    [(2, 5, 4), (2, 5, 3), (4, 3)]
+    """
     s = _Set(x, assign, mask, matmul, out=out, centers=centers, grad_out=grad_out,
              output=output, norms=norms)
     k = s.clusters
@@ -328,8 +431,52 @@ def netvlad_pool_backward(grad_out: ArrayLike, x: ArrayLike, assign: ArrayLike, 
 def netrvlad_pool_forward(x: ArrayLike, assign: ArrayLike, mask: Optional[ArrayLike] = None,
                           return_norms: bool = False, matmul: Optional[Callable[..., Any]] = None,
                           *, out: Out = None) -> ArrayOrPair:
-    """NetRVLAD: NetVLAD without the centroids: ``(B, D * K)`` (and the norms, as NetVLAD).
-    ``out=``: as ``netvlad_pool_forward``'s."""
+    """NetRVLAD pooling (LOUPE): NetVLAD without the centres.
+
+    ``V[b, d, k] = sum_m a[b, m, k] x[b, m, d]``, then NetVLAD's normalisations.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or GPU array
+        ``(B, M, D)``: B sets of M samples of D features; float16, bfloat16, float32 or
+        float64.
+    assign : numpy.ndarray or GPU array
+        ``(B, M, K)``: the soft assignment of each sample to K clusters (a softmax over K,
+        computed by the caller); x's dtype.
+    mask : array of bool, optional
+        ``(B, M)``: True for the real samples of each set; the others change no output and get
+        zero gradients. None: every sample is real.
+    return_norms : bool, default False
+        Also return the norms ``(B, K + 1)`` (K column norms, then the global one), which the
+        backward takes to skip recomputing the forward.
+    matmul : callable, optional
+        ``matmul(a, b)`` for the two large products (default ``numpy.matmul``; the torch
+        adapter passes torch's BLAS). NumPy arrays only.
+    out : array or tuple, optional
+        Keyword only (CPU): as ``netvlad_pool_forward``'s.
+
+    Returns
+    -------
+    y : numpy.ndarray or GPUArray
+        ``(B, D * K)``.
+    norms : numpy.ndarray or GPUArray
+        With ``return_norms``: ``(B, K + 1)``.
+
+    Raises
+    ------
+    TypeError
+        Non-float arrays, arrays of different dtypes, a non-bool mask.
+    ValueError
+        Shapes that do not agree, or a bad ``out``; ``out`` on GPU arrays.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    >>> a = np.full((2, 5, 3), 1 / 3, np.float32)
+    >>> npool.netrvlad_pool_forward(x, a).shape
+    (2, 12)
+    """
     return_norms = _checks.flag(return_norms, "return_norms")
     return _into(_vlad_forward(_Set(x, assign, mask, matmul, out=out), None, return_norms),
                  out, dict(x=x, assign=assign))
@@ -340,8 +487,54 @@ def netrvlad_pool_backward(grad_out: ArrayLike, x: ArrayLike, assign: ArrayLike,
                            norms: Optional[ArrayLike] = None,
                            matmul: Optional[Callable[..., Any]] = None, *,
                            out: Out = None) -> Tuple[Array, Array]:
-    """Gradients of ``netrvlad_pool_forward``: ``(grad_x, grad_assign)``. ``out=``: a pair of
-    destinations (each None or an array), returned."""
+    """Gradients of ``netrvlad_pool_forward``.
+
+    As NetVLAD's without the centre terms.
+
+    Parameters
+    ----------
+    grad_out : numpy.ndarray or GPU array
+        ``(B, D * K)``: dL/dy.
+    x : numpy.ndarray or GPU array
+        ``(B, M, D)``: B sets of M samples of D features; float16, bfloat16, float32 or
+        float64.
+    assign : numpy.ndarray or GPU array
+        ``(B, M, K)``: the soft assignment of each sample to K clusters (a softmax over K,
+        computed by the caller); x's dtype.
+    mask : array of bool, optional
+        ``(B, M)``: True for the real samples of each set; the others change no output and get
+        zero gradients. None: every sample is real.
+    output, norms : array, optional
+        The forward's output and norms (``return_norms=True``), given together: the backward
+        then skips recomputing them.
+    matmul : callable, optional
+        ``matmul(a, b)`` for the two large products (default ``numpy.matmul``; the torch
+        adapter passes torch's BLAS). NumPy arrays only.
+    out : tuple, optional
+        Keyword only (CPU): two destinations, one per gradient, each None or an array.
+
+    Returns
+    -------
+    grad_x : numpy.ndarray or GPUArray
+        ``(B, M, D)``.
+    grad_assign : numpy.ndarray or GPUArray
+        ``(B, M, K)``.
+
+    Raises
+    ------
+    TypeError
+        Non-float arrays, arrays of different dtypes, a non-bool mask.
+    ValueError
+        Shapes that do not agree, or a bad ``out``; ``out`` on GPU arrays.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    >>> a = np.full((2, 5, 3), 1 / 3, np.float32)
+    >>> [t.shape for t in npool.netrvlad_pool_backward(np.ones((2, 12), np.float32), x, a)]
+    [(2, 5, 4), (2, 5, 3)]
+    """
     s = _Set(x, assign, mask, matmul, out=out, grad_out=grad_out, output=output, norms=norms)
     state = _vlad_state(s, None, output, norms)
     g = s.grad_out(grad_out, (s.x.shape[0], s.x.shape[2] * s.clusters))
@@ -352,8 +545,39 @@ def netrvlad_pool_backward(grad_out: ArrayLike, x: ArrayLike, assign: ArrayLike,
 # ------------------------------------------------------------------ Soft-DBoW
 def soft_dbow_pool_forward(assign: ArrayLike, mask: Optional[ArrayLike] = None, *,
                            out: Out = None) -> Array:
-    """Soft-DBoW: ``l2n(sum_m a[b,m,:])``: ``(B, K)``. ``out=`` (keyword only, CPU): where to
-    write it, returned."""
+    """Soft-DBoW pooling (LOUPE): the normalised sum of each set's assignments.
+
+    ``y[b] = l2n(sum_m a[b, m, :])``.
+
+    Parameters
+    ----------
+    assign : numpy.ndarray or GPU array
+        ``(B, M, K)``: the soft assignment of each sample to K clusters (a softmax over K,
+        computed by the caller); x's dtype.
+    mask : array of bool, optional
+        ``(B, M)``: True for the real samples of each set; the others change no output and get
+        zero gradients. None: every sample is real.
+    out : array, optional
+        Keyword only (CPU): where to write the output (its shape and dtype).
+
+    Returns
+    -------
+    y : numpy.ndarray or GPUArray
+        ``(B, K)``.
+
+    Raises
+    ------
+    TypeError
+        Non-float arrays, arrays of different dtypes, a non-bool mask.
+    ValueError
+        Shapes that do not agree, or a bad ``out``; ``out`` on GPU arrays.
+
+    Examples
+    --------
+    >>> a = np.full((2, 5, 4), 0.25, np.float32)
+    >>> npool.soft_dbow_pool_forward(a).tolist()
+    [[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5, 0.5]]
+    """
     s = _Set(assign=assign, mask=mask, uses_x=False, out=out)
     if s.gpu is not None:
         return s.gpu.soft_dbow_forward(s)
@@ -362,8 +586,41 @@ def soft_dbow_pool_forward(assign: ArrayLike, mask: Optional[ArrayLike] = None, 
 
 def soft_dbow_pool_backward(grad_out: ArrayLike, assign: ArrayLike,
                             mask: Optional[ArrayLike] = None, *, out: Out = None) -> Array:
-    """Gradient of ``soft_dbow_pool_forward`` with respect to assign. ``out=`` (keyword only,
-    CPU): where to write it (assign's shape and dtype), returned."""
+    """Gradient of ``soft_dbow_pool_forward`` with respect to assign.
+
+    dL/da through the l2 normalisation, the same for every (real) sample of a set.
+
+    Parameters
+    ----------
+    grad_out : numpy.ndarray or GPU array
+        ``(B, K)``: dL/dy.
+    assign : numpy.ndarray or GPU array
+        ``(B, M, K)``: the soft assignment of each sample to K clusters (a softmax over K,
+        computed by the caller); x's dtype.
+    mask : array of bool, optional
+        ``(B, M)``: True for the real samples of each set; the others change no output and get
+        zero gradients. None: every sample is real.
+    out : array, optional
+        Keyword only (CPU): where to write the gradient (assign's shape and dtype).
+
+    Returns
+    -------
+    grad_assign : numpy.ndarray or GPUArray
+        ``(B, M, K)`` (0 on masked samples).
+
+    Raises
+    ------
+    TypeError
+        Non-float arrays, arrays of different dtypes, a non-bool mask.
+    ValueError
+        Shapes that do not agree, or a bad ``out``; ``out`` on GPU arrays.
+
+    Examples
+    --------
+    >>> a = np.full((2, 5, 4), 0.25, np.float32)
+    >>> npool.soft_dbow_pool_backward(np.ones((2, 4), np.float32), a).shape
+    (2, 5, 4)
+    """
     s = _Set(assign=assign, mask=mask, uses_x=False, out=out, grad_out=grad_out)
     g = s.grad_out(grad_out, (s.sizes[0], s.clusters))
     if s.gpu is not None:
@@ -404,10 +661,58 @@ def _fv(s, mu, covar, for_backward=False):
 def netfv_pool_forward(x: ArrayLike, assign: ArrayLike, mu: ArrayLike, covar_weights: ArrayLike,
                        mask: Optional[ArrayLike] = None,
                        matmul: Optional[Callable[..., Any]] = None, *, out: Out = None) -> Array:
-    """NetFV: first-order ``F1 = (sum_m a x - a_sum mu) / sigma`` (intra-normalised over d) and
-    second-order ``F2 = sum_m a (x - mu)^2 / sigma^2 - a_sum`` (no intra-normalisation, as
-    LOUPE), each flattened D-major and l2n, concatenated: ``(B, 2 * D * K)``; ``sigma =
-    covar_weights^2 + 1e-6``. ``out=`` (keyword only, CPU): where to write it, returned."""
+    """NetFV pooling (LOUPE's Fisher vector).
+
+    ::
+
+        F1[d, k] = (sum_m a_mk x_md - a_sum_k mu_dk) / sigma_dk     (intra-normalised over d)
+        F2[d, k] = sum_m a_mk (x_md - mu_dk)^2 / sigma_dk^2 - a_sum_k
+        y = concat(l2n(flatten(F1)), l2n(flatten(F2)))
+
+    with ``sigma = covar_weights^2 + 1e-6`` and no intra-normalisation of F2, as LOUPE.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or GPU array
+        ``(B, M, D)``: B sets of M samples of D features; float16, bfloat16, float32 or
+        float64.
+    assign : numpy.ndarray or GPU array
+        ``(B, M, K)``: the soft assignment of each sample to K clusters (a softmax over K,
+        computed by the caller); x's dtype.
+    mu : numpy.ndarray or GPU array
+        ``(D, K)``: the cluster means.
+    covar_weights : numpy.ndarray or GPU array
+        ``(D, K)``: ``sigma = covar_weights^2 + 1e-6``.
+    mask : array of bool, optional
+        ``(B, M)``: True for the real samples of each set; the others change no output and get
+        zero gradients. None: every sample is real.
+    matmul : callable, optional
+        ``matmul(a, b)`` for the two large products (default ``numpy.matmul``; the torch
+        adapter passes torch's BLAS). NumPy arrays only.
+    out : array, optional
+        Keyword only (CPU): where to write the output (its shape and dtype).
+
+    Returns
+    -------
+    y : numpy.ndarray or GPUArray
+        ``(B, 2 * D * K)``.
+
+    Raises
+    ------
+    TypeError
+        Non-float arrays, arrays of different dtypes, a non-bool mask.
+    ValueError
+        Shapes that do not agree, or a bad ``out``; ``out`` on GPU arrays.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    >>> a = np.full((2, 5, 3), 1 / 3, np.float32)
+    >>> mu, cw = np.zeros((4, 3), np.float32), np.ones((4, 3), np.float32)
+    >>> npool.netfv_pool_forward(x, a, mu, cw).shape
+    (2, 24)
+    """
     s = _Set(x, assign, mask, matmul, out=out, mu=mu, covar_weights=covar_weights)
     shape = (s.x.shape[2], s.clusters)
     mu = s.parameter(mu, "mu", shape)
@@ -423,9 +728,61 @@ def netfv_pool_backward(grad_out: ArrayLike, x: ArrayLike, assign: ArrayLike, mu
                         covar_weights: ArrayLike, mask: Optional[ArrayLike] = None,
                         matmul: Optional[Callable[..., Any]] = None, *,
                         out: Out = None) -> Tuple[Array, Array, Array, Array]:
-    """Gradients of ``netfv_pool_forward``: ``(grad_x, grad_assign, grad_mu,
-    grad_covar_weights)``. ``out=`` (keyword only, CPU): a tuple of four destinations (each
-    None or an array), returned."""
+    """Gradients of ``netfv_pool_forward``.
+
+    Through both normalisations, then the products with a and x (BLAS).
+
+    Parameters
+    ----------
+    grad_out : numpy.ndarray or GPU array
+        ``(B, 2 * D * K)``: dL/dy.
+    x : numpy.ndarray or GPU array
+        ``(B, M, D)``: B sets of M samples of D features; float16, bfloat16, float32 or
+        float64.
+    assign : numpy.ndarray or GPU array
+        ``(B, M, K)``: the soft assignment of each sample to K clusters (a softmax over K,
+        computed by the caller); x's dtype.
+    mu : numpy.ndarray or GPU array
+        ``(D, K)``: the cluster means.
+    covar_weights : numpy.ndarray or GPU array
+        ``(D, K)``: ``sigma = covar_weights^2 + 1e-6``.
+    mask : array of bool, optional
+        ``(B, M)``: True for the real samples of each set; the others change no output and get
+        zero gradients. None: every sample is real.
+    matmul : callable, optional
+        ``matmul(a, b)`` for the two large products (default ``numpy.matmul``; the torch
+        adapter passes torch's BLAS). NumPy arrays only.
+    out : tuple, optional
+        Keyword only (CPU): four destinations, one per gradient, each None or an array.
+
+    Returns
+    -------
+    grad_x : numpy.ndarray or GPUArray
+        ``(B, M, D)``.
+    grad_assign : numpy.ndarray or GPUArray
+        ``(B, M, K)``.
+    grad_mu : numpy.ndarray or GPUArray
+        ``(D, K)``.
+    grad_covar_weights : numpy.ndarray or GPUArray
+        ``(D, K)``.
+
+    Raises
+    ------
+    TypeError
+        Non-float arrays, arrays of different dtypes, a non-bool mask.
+    ValueError
+        Shapes that do not agree, or a bad ``out``; ``out`` on GPU arrays.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    >>> a = np.full((2, 5, 3), 1 / 3, np.float32)
+    >>> mu, cw = np.zeros((4, 3), np.float32), np.ones((4, 3), np.float32)
+    >>> g = np.ones((2, 24), np.float32)
+    >>> [t.shape for t in npool.netfv_pool_backward(g, x, a, mu, cw)]
+    [(2, 5, 4), (2, 5, 3), (4, 3), (4, 3)]
+    """
     s = _Set(x, assign, mask, matmul, out=out, mu=mu, covar_weights=covar_weights,
              grad_out=grad_out)
     shape = (s.x.shape[2], s.clusters)
@@ -502,8 +859,43 @@ def _gate(x, weights, biases, matmul):
 def context_gating_forward(x: ArrayLike, weights: ArrayLike, biases: ArrayLike,
                            matmul: Optional[Callable[..., Any]] = None, *,
                            out: Out = None) -> Array:
-    """``y = x * sigmoid(x W + b)`` over the last axis of x. ``out=`` (keyword only, CPU): where
-    to write y (x's shape and dtype), returned."""
+    """Context Gating (Miech et al., 2017; LOUPE).
+
+    ``y = x * sigmoid(x W + b)`` over the last axis of x.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or GPU array
+        ``(..., n)``: features on the last axis.
+    weights : numpy.ndarray or GPU array
+        ``(n, n)``, x's dtype.
+    biases : numpy.ndarray or GPU array
+        ``(n,)``, x's dtype.
+    matmul : callable, optional
+        ``matmul(a, b)`` for the two large products (default ``numpy.matmul``; the torch
+        adapter passes torch's BLAS). NumPy arrays only.
+    out : array, optional
+        Keyword only (CPU): where to write y (x's shape and dtype).
+
+    Returns
+    -------
+    y : numpy.ndarray or GPUArray
+        x's shape and dtype.
+
+    Raises
+    ------
+    TypeError
+        Non-float arrays, arrays of different dtypes, a non-bool mask.
+    ValueError
+        Shapes that do not agree, or a bad ``out``; ``out`` on GPU arrays.
+
+    Examples
+    --------
+    >>> x = np.ones((2, 3), np.float32)
+    >>> npool.context_gating_forward(x, np.zeros((3, 3), np.float32),
+    ...                              np.zeros(3, np.float32)).tolist()
+    [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]
+    """
     gpu, xs, ws, bs, _ = _gating_checked(x, weights, biases, matmul, out=out)
     if gpu is not None:
         return gpu.gating_forward(xs, ws, bs)
@@ -515,9 +907,50 @@ def context_gating_forward(x: ArrayLike, weights: ArrayLike, biases: ArrayLike,
 def context_gating_backward(grad_out: ArrayLike, x: ArrayLike, weights: ArrayLike,
                             biases: ArrayLike, matmul: Optional[Callable[..., Any]] = None, *,
                             out: Out = None) -> Tuple[Array, Array, Array]:
-    """Gradients of ``context_gating_forward``: ``(grad_x, grad_weights, grad_biases)``.
-    ``out=`` (keyword only, CPU): a tuple of three destinations (each None or an array),
-    returned."""
+    """Gradients of ``context_gating_forward``.
+
+    With ``s = sigmoid(x W + b)`` and ``g_z = g * x * s * (1 - s)``: ``grad_x = g * s + g_z W^T``,
+    ``grad_weights = x^T g_z``, ``grad_biases = sum g_z``.
+
+    Parameters
+    ----------
+    grad_out : numpy.ndarray or GPU array
+        dL/dy, x's shape and dtype.
+    x : numpy.ndarray or GPU array
+        ``(..., n)``: features on the last axis.
+    weights : numpy.ndarray or GPU array
+        ``(n, n)``, x's dtype.
+    biases : numpy.ndarray or GPU array
+        ``(n,)``, x's dtype.
+    matmul : callable, optional
+        ``matmul(a, b)`` for the two large products (default ``numpy.matmul``; the torch
+        adapter passes torch's BLAS). NumPy arrays only.
+    out : tuple, optional
+        Keyword only (CPU): three destinations, one per gradient, each None or an array.
+
+    Returns
+    -------
+    grad_x : numpy.ndarray or GPUArray
+        x's shape.
+    grad_weights : numpy.ndarray or GPUArray
+        ``(n, n)``.
+    grad_biases : numpy.ndarray or GPUArray
+        ``(n,)``.
+
+    Raises
+    ------
+    TypeError
+        Non-float arrays, arrays of different dtypes, a non-bool mask.
+    ValueError
+        Shapes that do not agree, or a bad ``out``; ``out`` on GPU arrays.
+
+    Examples
+    --------
+    >>> x = np.ones((2, 3), np.float32)
+    >>> w, b = np.zeros((3, 3), np.float32), np.zeros(3, np.float32)
+    >>> [t.shape for t in npool.context_gating_backward(np.ones_like(x), x, w, b)]
+    [(2, 3), (3, 3), (3,)]
+    """
     gpu, xs, ws, bs, gs = _gating_checked(x, weights, biases, matmul, grad_out, backward=True,
                                           out=out)
     if gpu is not None:

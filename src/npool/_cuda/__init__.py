@@ -25,6 +25,18 @@ def kernel_source_dir():
 
 
 def cuda_available() -> bool:
-    """True when GPU arrays can be used: PyCUDA is installed and sees a GPU. Never raises."""
+    """Whether GPU arrays can be used here: PyCUDA is installed and sees a GPU.
+
+    Never raises (a missing driver or library reads as False).
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> isinstance(npool.cuda_available(), bool)
+    True
+    """
     from ._device import available
     return available()
