@@ -28,3 +28,18 @@ def test_examples_run(name):
     for test in tests:
         runner.run(test)
     assert runner.failures == 0
+
+
+def test_the_jax_functions_too():
+    jax_adapter = pytest.importorskip("npool.jax")
+    functions = [name for name in jax_adapter.__all__
+                 if callable(getattr(jax_adapter, name)) and name != "JaxOps"]
+    for name in functions:
+        errors = [code for code, _ in validate.validate(f"npool.jax.{name}")["errors"]
+                  if code in REQUIRED and not (name == "portable" and code == "RT01")]
+        assert errors == [], (name, errors)
+        runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+        for test in doctest.DocTestFinder(recurse=False).find(
+                getattr(jax_adapter, name), name, globs={"npool": npool}):
+            runner.run(test)
+        assert runner.failures == 0, name

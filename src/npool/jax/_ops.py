@@ -28,8 +28,11 @@ _state = threading.local()
 def portable() -> Iterator[None]:
     """Build npool's ops from standard JAX operations (npool's portable decomposition) inside
     this context, instead of calling npool's kernels: for graphs that must stand alone
-    (``jax.export``, serialisation) and for checking one form against the other.
+    (``jax.export``, serialisation) and for checking one form against the other. ``jax.jit``
+    keeps a function's trace: trace what you export inside the context.
 
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> with npool.jax.portable():
     ...     y = npool.jax.soft_pool2d(jnp.ones((1, 4, 4, 2)), 2)
@@ -44,10 +47,22 @@ def portable() -> Iterator[None]:
 
 
 def uses_kernels() -> bool:
-    """Whether npool's ops called now run npool's CPU kernels: JAX's default backend is the
-    CPU and no ``portable()`` context is active. Otherwise (a GPU or TPU backend, or
-    ``portable()``) they are built from standard JAX operations, so nothing is copied to the
-    host behind the caller's back."""
+    """Whether npool's ops called now run npool's CPU kernels.
+
+    True when JAX's default backend is the CPU and no ``portable()`` context is active.
+    Otherwise (a GPU or TPU backend, or ``portable()``) they are built from standard JAX
+    operations, so nothing is copied to the host behind the caller's back.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> with npool.jax.portable():
+    ...     npool.jax.uses_kernels()
+    False
+    """
     return not getattr(_state, "portable", 0) and jax.default_backend() == "cpu"
 
 
@@ -342,6 +357,9 @@ def _make_soft_pool(nd):
 
 
 def _make_maxent_pool(nd):
+    shape, out = {1: ("(2, 8, 3)", "(2, 4, 3)"), 2: ("(2, 8, 8, 3)", "(2, 4, 4, 3)"),
+                  3: ("(2, 4, 8, 8, 3)", "(2, 2, 4, 4, 3)")}[nd]
+
     def maxent_pool(x: JaxArrayLike, lam: Union[float, JaxArrayLike], kernel_size: Size,
                     stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False,
                     data_format: str = "channels_last") -> jax.Array:
@@ -372,6 +390,13 @@ def _make_maxent_pool(nd):
     jax.Array
         The pooled array. An array ``lam`` makes ``jax.vmap`` run the kernels once per
         vmapped element.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = jnp.ones({shape})
+    >>> npool.jax.maxent_pool{nd}d(x, jnp.full((3,), 0.5), kernel_size=2).shape
+    {out}
     """
     return maxent_pool
 
@@ -489,16 +514,64 @@ def global_max_pool(x: JaxArrayLike, keepdims: bool = False,
 
 def global_avg_pool(x: JaxArrayLike, keepdims: bool = False,
                     data_format: str = "channels_last") -> jax.Array:
-    """Global average pooling: ``y = mean x`` over the spatial axes of each map (arguments as
-    ``global_max_pool``)."""
+    """Global average pooling of each (sample, channel) map.
+
+    ``y = mean x`` over the spatial axes (npool.global_avg_pool_forward).
+
+    Parameters
+    ----------
+    x : jax.Array
+        ``(N, *spatial, C)`` (``data_format="channels_last"``, the default) or
+        ``(N, C, *spatial)``; float16, bfloat16, float32 or float64 (x64).
+    keepdims : bool, default False
+        Keep the spatial axes with size 1.
+    data_format : {"channels_last", "channels_first"}, default "channels_last"
+
+    Returns
+    -------
+    jax.Array
+        ``(N, C)`` (or with the spatial axes kept as 1), x's dtype.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = jnp.arange(16.0).reshape(1, 2, 4, 2)     # (N, H, W, C)
+    >>> npool.jax.global_avg_pool(x).tolist()
+    [[7.0, 8.0]]
+    """
     return _global_pool("global_avg_pool", x, keepdims, data_format, False, {},
                         lambda x, nd: portable_forms.global_avg_pool(JaxOps, x, nd))
 
 
 def global_lse_pool(x: JaxArrayLike, beta: float = 1.0, keepdims: bool = False,
                     data_format: str = "channels_last") -> jax.Array:
-    """LogSumExp pooling: ``y = (1/beta) log((1/n) sum_i exp(beta x_i))`` per map (the mean at
-    ``beta = 0``); arguments as ``global_max_pool``, ``beta`` a finite number."""
+    """LogSumExp pooling of each map.
+
+    ``y = (1/beta) log((1/n) sum_i exp(beta x_i))``, the mean at ``beta = 0`` (npool.global_lse_pool_forward).
+
+    Parameters
+    ----------
+    x : jax.Array
+        ``(N, *spatial, C)`` (``data_format="channels_last"``, the default) or
+        ``(N, C, *spatial)``; float16, bfloat16, float32 or float64 (x64).
+    beta : float, default 1.0
+        The sharpness, finite.
+    keepdims : bool, default False
+        Keep the spatial axes with size 1.
+    data_format : {"channels_last", "channels_first"}, default "channels_last"
+
+    Returns
+    -------
+    jax.Array
+        ``(N, C)`` (or with the spatial axes kept as 1), x's dtype.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = jnp.arange(16.0).reshape(1, 2, 4, 2)     # (N, H, W, C)
+    >>> npool.jax.global_lse_pool(x, beta=0.0).tolist()
+    [[7.0, 8.0]]
+    """
     beta = _checks.finite_real(beta, "beta")
     return _global_pool("global_lse_pool", x, keepdims, data_format, False, {"beta": beta},
                         lambda x, nd: portable_forms.global_lse_pool(JaxOps, x, nd, beta))
@@ -506,9 +579,35 @@ def global_lse_pool(x: JaxArrayLike, beta: float = 1.0, keepdims: bool = False,
 
 def global_kmax_pool(x: JaxArrayLike, k: Count = 1, keepdims: bool = False,
                      data_format: str = "channels_last", rounding: str = "floor") -> jax.Array:
-    """k-max pooling: the mean of the k largest cells of each map. ``k``: a count, or a
-    fraction in (0, 1] of the cells (``rounding`` "floor", or "round" as WILDCAT). Ties go to
-    the lower flat index; the gradient reaches the selected cells (recorded by the forward)."""
+    """k-max pooling: the mean of the k largest cells of each map.
+
+    Ties go to the lower flat index; the gradient reaches the cells the forward selected.
+
+    Parameters
+    ----------
+    x : jax.Array
+        ``(N, *spatial, C)`` (``data_format="channels_last"``, the default) or
+        ``(N, C, *spatial)``; float16, bfloat16, float32 or float64 (x64).
+    k : int or float, default 1
+        A count, or a fraction in (0, 1] of the cells.
+    rounding : {"floor", "round"}, default "floor"
+        The rule for fractional counts ("round": WILDCAT's).
+    keepdims : bool, default False
+        Keep the spatial axes with size 1.
+    data_format : {"channels_last", "channels_first"}, default "channels_last"
+
+    Returns
+    -------
+    jax.Array
+        ``(N, C)`` (or with the spatial axes kept as 1), x's dtype.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = jnp.arange(16.0).reshape(1, 2, 4, 2)     # (N, H, W, C)
+    >>> npool.jax.global_kmax_pool(x, k=2).tolist()
+    [[13.0, 14.0]]
+    """
     _checks.k_count(k, 1, "k", rounding=rounding)
     return _global_pool("global_kmax_pool", x, keepdims, data_format, True,
                         {"k": k, "rounding": rounding},
@@ -519,8 +618,35 @@ def global_kmax_pool(x: JaxArrayLike, k: Count = 1, keepdims: bool = False,
 def weldon_pool(x: JaxArrayLike, kmax: Count = 1, kmin: Optional[Count] = None, alpha: float = 1.0,
                 keepdims: bool = False, data_format: str = "channels_last",
                 rounding: str = "floor") -> jax.Array:
-    """WELDON pooling: ``mean(kmax largest) + alpha * mean(kmin smallest)`` of each map
-    (``kmin=None``: kmin = kmax; counts or fractions as ``global_kmax_pool``)."""
+    """WELDON pooling: ``mean(kmax largest) + alpha * mean(kmin smallest)`` of each map.
+
+    ``kmin=None`` means kmin = kmax; counts or fractions as ``global_kmax_pool``.
+
+    Parameters
+    ----------
+    x : jax.Array
+        ``(N, *spatial, C)`` (``data_format="channels_last"``, the default) or
+        ``(N, C, *spatial)``; float16, bfloat16, float32 or float64 (x64).
+    kmax : int or float, default 1
+    kmin : int or float, optional
+    alpha : float, default 1.0
+    rounding : {"floor", "round"}, default "floor"
+    keepdims : bool, default False
+        Keep the spatial axes with size 1.
+    data_format : {"channels_last", "channels_first"}, default "channels_last"
+
+    Returns
+    -------
+    jax.Array
+        ``(N, C)`` (or with the spatial axes kept as 1), x's dtype.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = jnp.arange(16.0).reshape(1, 2, 4, 2)     # (N, H, W, C)
+    >>> npool.jax.weldon_pool(x, kmax=1, kmin=1, alpha=1.0).tolist()
+    [[14.0, 16.0]]
+    """
     _checks.weldon_counts(kmax, kmin, 1, rounding)
     alpha = _checks.finite_real(alpha, "alpha")
     return _global_pool("weldon_pool", x, keepdims, data_format, True,
@@ -583,7 +709,15 @@ def netvlad_pool(x: JaxArrayLike, assign: JaxArrayLike, centers: JaxArrayLike,
 
     Returns
     -------
-    jax.Array, ``(B, D * K)``; differentiable in x, assign and centers.
+    jax.Array
+        ``(B, D * K)``; differentiable in x, assign and centers.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x, a = jnp.ones((2, 5, 4)), jnp.full((2, 5, 3), 1 / 3)
+    >>> npool.jax.netvlad_pool(x, a, jnp.zeros((4, 3))).shape
+    (2, 12)
     """
     return _set_op("netvlad_pool", [x, assign, centers], mask,
                    lambda x: (x.shape[0], x.shape[2] * jnp.shape(assign)[2]),
@@ -592,7 +726,31 @@ def netvlad_pool(x: JaxArrayLike, assign: JaxArrayLike, centers: JaxArrayLike,
 
 def netrvlad_pool(x: JaxArrayLike, assign: JaxArrayLike,
                   mask: Optional[JaxArrayLike] = None) -> jax.Array:
-    """NetRVLAD (NetVLAD without centres): ``(B, D * K)``; arguments as ``netvlad_pool``."""
+    """NetRVLAD pooling (NetVLAD without centres).
+
+    ``V_dk = sum_m a_mk x_md``, normalised as NetVLAD.
+
+    Parameters
+    ----------
+    x : jax.Array
+        ``(B, M, D)``.
+    assign : jax.Array
+        ``(B, M, K)``, a softmax over K.
+    mask : jax.Array of bool, optional
+        ``(B, M)``: the real samples (not differentiated).
+
+    Returns
+    -------
+    jax.Array
+        ``(B, D * K)``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x, a = jnp.ones((2, 5, 4)), jnp.full((2, 5, 3), 1 / 3)
+    >>> npool.jax.netrvlad_pool(x, a).shape
+    (2, 12)
+    """
     return _set_op("netrvlad_pool", [x, assign], mask,
                    lambda x: (x.shape[0], x.shape[2] * jnp.shape(assign)[2]),
                    lambda ops, x, a, m: portable_forms.vlad_pool(ops, x, a, None, m))
@@ -600,22 +758,94 @@ def netrvlad_pool(x: JaxArrayLike, assign: JaxArrayLike,
 
 def netfv_pool(x: JaxArrayLike, assign: JaxArrayLike, mu: JaxArrayLike,
                covar_weights: JaxArrayLike, mask: Optional[JaxArrayLike] = None) -> jax.Array:
-    """NetFV (LOUPE's Fisher vector): first- and second-order parts, each l2-normalised,
-    concatenated: ``(B, 2 * D * K)``; ``mu`` and ``covar_weights`` are ``(D, K)``."""
+    """NetFV pooling (LOUPE's Fisher vector).
+
+    First- and second-order parts, each l2-normalised, concatenated (npool.netfv_pool_forward).
+
+    Parameters
+    ----------
+    x : jax.Array
+        ``(B, M, D)``.
+    assign : jax.Array
+        ``(B, M, K)``, a softmax over K.
+    mu : jax.Array
+        ``(D, K)`` means.
+    covar_weights : jax.Array
+        ``(D, K)``: ``sigma = covar_weights^2 + 1e-6``.
+    mask : jax.Array of bool, optional
+        ``(B, M)``: the real samples (not differentiated).
+
+    Returns
+    -------
+    jax.Array
+        ``(B, 2 * D * K)``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x, a = jnp.ones((2, 5, 4)), jnp.full((2, 5, 3), 1 / 3)
+    >>> npool.jax.netfv_pool(x, a, jnp.zeros((4, 3)), jnp.ones((4, 3))).shape
+    (2, 24)
+    """
     return _set_op("netfv_pool", [x, assign, mu, covar_weights], mask,
                    lambda x: (x.shape[0], 2 * x.shape[2] * jnp.shape(assign)[2]),
                    portable_forms.fv_pool)
 
 
 def soft_dbow_pool(assign: JaxArrayLike, mask: Optional[JaxArrayLike] = None) -> jax.Array:
-    """Soft-DBoW: ``l2n(sum_m a_m)``: ``(B, K)``. vmap folds into the batch."""
+    """Soft-DBoW: the l2-normalised sum of each set's assignments.
+
+    ``y_b = l2n(sum_m a_bm)``; vmap folds into the batch.
+
+    Parameters
+    ----------
+    assign : jax.Array
+        ``(B, M, K)``.
+    mask : jax.Array of bool, optional
+        ``(B, M)``: the real samples (not differentiated).
+
+    Returns
+    -------
+    jax.Array
+        ``(B, K)``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x, a = jnp.ones((2, 5, 4)), jnp.full((2, 5, 3), 1 / 3)
+    >>> npool.jax.soft_dbow_pool(a).shape
+    (2, 3)
+    """
     return _set_op("soft_dbow_pool", [assign], mask,
                    lambda a: (a.shape[0], a.shape[2]), portable_forms.dbow_pool, fold=True)
 
 
 def context_gating(x: JaxArrayLike, weights: JaxArrayLike, biases: JaxArrayLike) -> jax.Array:
-    """Context Gating: ``y = x * sigmoid(x W + b)`` over x's last axis (``weights`` ``(n, n)``,
-    ``biases`` ``(n,)``)."""
+    """Context Gating: ``y = x * sigmoid(x W + b)`` over x's last axis.
+
+    Differentiable in x, weights and biases.
+
+    Parameters
+    ----------
+    x : jax.Array
+        ``(..., n)``.
+    weights : jax.Array
+        ``(n, n)``.
+    biases : jax.Array
+        ``(n,)``.
+
+    Returns
+    -------
+    jax.Array
+        x's shape.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x, a = jnp.ones((2, 5, 4)), jnp.full((2, 5, 3), 1 / 3)
+    >>> npool.jax.context_gating(x, jnp.zeros((4, 4)), jnp.zeros(4)).shape
+    (2, 5, 4)
+    """
     x = _float_array(x, "x")
     return _set_op("context_gating", [x, weights, biases], False, lambda a: a.shape,
                    portable_forms.context_gating)
