@@ -43,3 +43,25 @@ def test_the_jax_functions_too():
                 getattr(jax_adapter, name), name, globs={"npool": npool}):
             runner.run(test)
         assert runner.failures == 0, name
+
+
+@pytest.mark.parametrize("name", ["Problem", "assert_close", "check_op", "check_problem",
+                                  "problems", "reference"])
+def test_npool_testing_too(name):
+    """npool.testing is a product: its public API is documented and typed like the core's."""
+    import inspect
+    import npool.testing
+    errors = [code for code, _ in validate.validate(f"npool.testing.{name}")["errors"]
+              if code in REQUIRED]
+    assert errors == [], errors
+    obj = getattr(npool.testing, name)
+    function = obj.__init__ if inspect.isclass(obj) else obj
+    signature = inspect.signature(function)
+    assert all(p.annotation is not inspect._empty for n, p in signature.parameters.items()
+               if n != "self")
+    assert signature.return_annotation is not inspect._empty
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
+    for test in doctest.DocTestFinder(recurse=False).find(obj, name,
+                                                          globs={"np": np, "npool": npool}):
+        runner.run(test)
+    assert runner.failures == 0

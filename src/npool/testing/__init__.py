@@ -18,6 +18,8 @@ global_avg_pool, global_kmax_pool, global_lse_pool, weldon_pool, netvlad_pool, n
 netfv_pool, soft_dbow_pool, context_gating. hypothesis is needed for ``problems`` and
 ``check_op`` only.
 """
+from typing import Any, Callable, Sequence, Tuple
+
 from ._check import assert_close, check_op, check_problem, require_hypothesis
 from ._problems import OPS, Problem, check_op_name
 from .references import REFERENCES
@@ -26,18 +28,78 @@ __all__ = ["OPS", "Problem", "assert_close", "check_op", "check_problem", "probl
            "reference"]
 
 
-def reference(op):
-    """``(forward, backward)``: the float64 references of ``op``, with npool's signatures."""
+def reference(op: str) -> Tuple[Callable[..., Any], Callable[..., Any]]:
+    """The float64 references of ``op``, with npool's signatures.
+
+    Plain float64 NumPy, written to be read (docs/semantics.md has the formulas).
+
+    Parameters
+    ----------
+    op : str
+        One of ``OPS`` (``"soft_pool2d"``, ``"global_lse_pool"``, ``"netvlad_pool"``, ...).
+
+    Returns
+    -------
+    forward : callable
+        ``forward(*inputs, **options)`` like ``npool.<op>_forward``.
+    backward : callable
+        ``backward(grad_out, *inputs, **options)`` like ``npool.<op>_backward``.
+
+    Raises
+    ------
+    ValueError
+        An unknown op.
+
+    Examples
+    --------
+    >>> forward, backward = npool.testing.reference("soft_pool1d")
+    >>> forward(np.array([[[0.0, 0.0, 1.0, 1.0]]]), 2).tolist()
+    [[[0.0, 1.0]]]
+    """
     return REFERENCES[check_op_name(op)]
 
 
-def problems(op, *, dtypes=("float32", "float64"), layouts=("contiguous",
-             "channels_last", "strided"), extreme=True):
-    """A hypothesis strategy of ``Problem``s for ``op``: shapes with size-1 axes and N = 0,
-    windows equal to the input, strides other than the kernel, padding up to half the kernel,
-    ceil_mode windows hanging over the edge, values around 0, +-500 and +-1e4 (``extreme``),
-    ties, temperatures of every broadcast shape, k as counts and fractions, masks with empty
-    sets, in ``dtypes`` and ``layouts`` (C order, channels-last memory, strided views)."""
+def problems(op: str, *, dtypes: Sequence[str] = ("float32", "float64"),
+             layouts: Sequence[str] = ("contiguous", "channels_last", "strided"),
+             extreme: bool = True) -> Any:
+    """A hypothesis strategy of ``Problem`` objects for ``op``.
+
+    It draws what breaks kernels: shapes with size-1 axes and N = 0, windows equal to the
+    input, strides other than the kernel, padding up to half the kernel, ceil_mode windows
+    hanging over the edge, values around 0, +-500 and +-1e4 (``extreme``), ties, temperatures
+    of every broadcast shape, k as counts and fractions, masks with empty sets.
+
+    Parameters
+    ----------
+    op : str
+        One of ``OPS``.
+    dtypes : sequence of str, default ("float32", "float64")
+        Also "float16" and "bfloat16".
+    layouts : sequence of str, default ("contiguous", "channels_last", "strided")
+        C order, channels-last memory, strided views.
+    extreme : bool, default True
+        Include the large-magnitude values.
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy
+        Of ``Problem``.
+
+    Raises
+    ------
+    ImportError
+        hypothesis is not installed (``pip install "npool[testing]"``).
+
+    Examples
+    --------
+    >>> from hypothesis import given, settings
+    >>> @settings(max_examples=5, deadline=None)
+    ... @given(npool.testing.problems("global_avg_pool", dtypes=("float64",)))
+    ... def test(problem):
+    ...     npool.testing.assert_close(npool.global_avg_pool_forward(*problem.args,
+    ...                                **problem.options), problem)
+    >>> test()
+    """
     require_hypothesis()
     from .strategies import problems as strategy
     return strategy(op, dtypes=dtypes, layouts=layouts, extreme=extreme)

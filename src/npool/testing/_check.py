@@ -1,4 +1,6 @@
 """``assert_close`` and ``check_op``: judging a user's results against the references."""
+from typing import Any, Callable, Optional, Sequence
+
 import numpy as np
 
 from . import tolerances
@@ -31,17 +33,44 @@ def _index(flat, shape):
     return tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
 
 
-def assert_close(actual, problem, which="forward", *, dtype=None):
-    """Asserts that ``actual`` (a forward's output, or a backward's gradients in the op's order;
-    NumPy arrays or anything ``np.asarray`` takes) matches the float64 reference for
-    ``problem``. Each element may differ by ``64 * (eps(dtype) * scale + the dtype's smallest
-    subnormal)``, where eps is the unit roundoff of ``dtype`` (default: the results'
-    float dtype, so float16 results get float16's) and ``scale`` the element's error scale
-    from ``npool.testing.tolerances``, which follows the problem's conditioning (window
+def assert_close(actual: Any, problem: Problem, which: str = "forward", *,
+                 dtype: Any = None) -> None:
+    """Assert that ``actual`` matches the float64 reference for ``problem``.
+
+    Each element may differ by ``64 * (eps(dtype) * scale + the dtype's smallest
+    subnormal)``, where eps is the unit roundoff of ``dtype`` and ``scale`` the element's error
+    scale from ``npool.testing.tolerances``, which follows the problem's conditioning (window
     magnitudes and spreads, temperatures, norms). NaN must meet NaN and infinities must be
     equal; a reference value beyond the dtype's range must come out as it rounds to there
-    (+-inf). Integer results (indices) must be equal. The AssertionError names the result, the
-    element, both values, the difference, the bound and the problem."""
+    (+-inf). Integer results (indices) must be equal.
+
+    Parameters
+    ----------
+    actual : array or tuple of arrays
+        A forward's output, or a backward's gradients in the op's order; NumPy arrays or
+        anything ``numpy.asarray`` takes.
+    problem : Problem
+        The inputs and options ``actual`` was computed from.
+    which : {"forward", "backward"}, default "forward"
+    dtype : numpy dtype, optional
+        The precision to judge by; default the results' float dtype.
+
+    Raises
+    ------
+    AssertionError
+        Naming the result, the element, both values, the difference, the bound and the
+        problem.
+
+    Examples
+    --------
+    >>> x = np.array([[[1.0, 2.0, 3.0, 4.0]]], np.float32)
+    >>> problem = npool.testing.Problem("global_avg_pool", {"x": x}, {})
+    >>> npool.testing.assert_close(np.array([[2.5]], np.float32), problem)
+    >>> npool.testing.assert_close(np.array([[2.6]], np.float32), problem)
+    Traceback (most recent call last):
+    ...
+    AssertionError: global_avg_pool forward: output[0, 0] is ...
+    """
     if which not in ("forward", "backward"):
         raise ValueError(f"which must be 'forward' or 'backward', got {which!r}")
     actual = tuple(np.asarray(a) for a in as_results(actual))
@@ -267,10 +296,41 @@ def derived_problems(problem):
                           problem.grad_out)
 
 
-def check_problem(problem, forward, backward=None, *, to_array=np.asarray, from_array=None,
-                  derived=True):
-    """Every check of ``check_op`` on one problem (what ``check_op`` runs per example), and
-    with ``derived`` on its ``derived_problems`` too."""
+def check_problem(problem: Problem, forward: Callable[..., Any],
+                  backward: Optional[Callable[..., Any]] = None, *,
+                  to_array: Optional[Callable[[Any], Any]] = np.asarray,
+                  from_array: Optional[Callable[[Any], Any]] = None,
+                  derived: bool = True) -> None:
+    """Every check of ``check_op`` on one problem (what ``check_op`` runs per example).
+
+    Parameters
+    ----------
+    problem : Problem
+    forward : callable
+        With npool's signature for ``problem.op``.
+    backward : callable, optional
+        With npool's backward signature; not checked when None.
+    to_array : callable, optional
+        Turns results into NumPy arrays; default ``numpy.asarray``.
+    from_array : callable, optional
+        Turns NumPy inputs into what ``forward`` takes (``torch.from_numpy``, ...).
+    derived : bool, default True
+        Also check the problem's derived problems (C-contiguous copies, the two-level tie
+        version of selections).
+
+    Raises
+    ------
+    AssertionError
+        The first failed check, with the problem.
+
+    Examples
+    --------
+    >>> x = np.arange(8, dtype=np.float64).reshape(1, 2, 4)
+    >>> problem = npool.testing.Problem("global_max_pool", {"x": x}, {},
+    ...                                 grad_out=np.ones((1, 2)))
+    >>> npool.testing.check_problem(problem, npool.global_max_pool_forward,
+    ...                             npool.global_max_pool_backward)
+    """
     to_array = np.asarray if to_array is None else to_array
     if derived:
         for other in derived_problems(problem):
@@ -308,24 +368,55 @@ def check_problem(problem, forward, backward=None, *, to_array=np.asarray, from_
     _directional_difference(problem, forward, backward, to_array, from_array, grads)
 
 
-def check_op(op, forward, backward=None, *, max_examples=100, to_array=None, from_array=None,
-             dtypes=None, layouts=None, extreme=True, shrink=True):
-    """Runs npool's property suite on a user's ``forward`` (and ``backward``) for ``op``:
+def check_op(op: str, forward: Callable[..., Any], backward: Optional[Callable[..., Any]] = None,
+             *, max_examples: int = 100, to_array: Optional[Callable[[Any], Any]] = None,
+             from_array: Optional[Callable[[Any], Any]] = None,
+             dtypes: Optional[Sequence[str]] = None, layouts: Optional[Sequence[str]] = None,
+             extreme: bool = True, shrink: bool = True) -> None:
+    """Run npool's property suite on a user's ``forward`` (and ``backward``) for ``op``.
+
     hypothesis draws ``problems(op, ...)`` and each is checked for agreement with the float64
     reference (``assert_close``, forward and backward), the inputs left unmodified, the same
     results from C-contiguous copies of strided or channels-last inputs, invariants (a local
     pool's output within its window's [min, max]; LSE between mean and max; selections within
     max abs(x)), masked samples changing nothing (set pools), the tie rule (every selection
     problem is also checked with its input reduced to two levels) and, for float64 problems of
-    smooth
-    ops, central differences of the user's forward against the user's backward. A failure is
-    shrunk by hypothesis and raised as an AssertionError that shows the problem.
+    smooth ops, central differences of the user's forward against the user's backward.
 
-    ``forward``/``backward`` take npool's signatures and receive NumPy arrays, or what
-    ``from_array`` makes of them (``torch.from_numpy``); ``to_array`` turns their results
-    into NumPy arrays (default ``numpy.asarray``; e.g. ``lambda t: t.detach().numpy()``).
-    ``dtypes``, ``layouts`` and ``extreme`` are passed to ``problems``; ``shrink=False``
-    reports the first failing problem as drawn instead of a minimal one (faster).
+    Parameters
+    ----------
+    op : str
+        One of ``OPS``.
+    forward : callable
+        With npool's signature for ``op``.
+    backward : callable, optional
+        With npool's backward signature; only the forward is checked when None.
+    max_examples : int, default 100
+        hypothesis examples to draw.
+    to_array : callable, optional
+        Turns results into NumPy arrays (default ``numpy.asarray``; for torch,
+        ``lambda t: t.detach().numpy()``).
+    from_array : callable, optional
+        Turns the drawn NumPy inputs into what the functions take (``torch.from_numpy``).
+    dtypes, layouts : sequence of str, optional
+        Passed to ``problems`` (its defaults when None).
+    extreme : bool, default True
+        Include large-magnitude values.
+    shrink : bool, default True
+        Let hypothesis shrink a failure to a minimal problem (False: report the first failing
+        problem as drawn, faster).
+
+    Raises
+    ------
+    AssertionError
+        The (shrunk) failing problem and what failed.
+    ImportError
+        hypothesis is not installed.
+
+    Examples
+    --------
+    >>> npool.testing.check_op("global_avg_pool", npool.global_avg_pool_forward,
+    ...                        npool.global_avg_pool_backward, max_examples=10)
     """
     require_hypothesis()
     from hypothesis import HealthCheck, Phase, given, settings

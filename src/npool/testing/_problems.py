@@ -1,5 +1,7 @@
 """A problem for one op: its differentiable inputs, its options and a ``grad_out``, with what
 the references and the tolerances need to judge a result for it."""
+from typing import Any, Dict
+
 import numpy as np
 
 from . import tolerances
@@ -53,16 +55,33 @@ def _describe(name, a):
 
 
 class Problem:
-    """One problem for ``op``: ``inputs`` (name -> array, the op's differentiable inputs in
-    signature order), ``options`` (the other keyword arguments: window arguments, k, beta,
-    alpha, mask, ...) and ``grad_out`` (an upstream gradient of the output's shape).
+    """One problem for ``op``: its inputs, options and upstream gradient.
 
     ``problem.args`` are the positional arguments, so ``forward(*problem.args,
     **problem.options)`` and ``backward(problem.grad_out, *problem.args, **problem.options)``
     call an op with npool's signature.
+
+    Parameters
+    ----------
+    op : str
+        One of ``OPS``.
+    inputs : dict
+        Name -> array: the op's differentiable inputs in signature order.
+    options : dict
+        The other keyword arguments: window arguments, k, beta, alpha, mask, ...
+    grad_out : array, optional
+        An upstream gradient of the output's shape (for backward checks).
+
+    Examples
+    --------
+    >>> x = np.ones((1, 2, 4))
+    >>> problem = npool.testing.Problem("global_lse_pool", {"x": x}, {"beta": 2.0})
+    >>> float(npool.global_lse_pool_forward(*problem.args, **problem.options)[0, 0])
+    1.0
     """
 
-    def __init__(self, op, inputs, options, grad_out=None):
+    def __init__(self, op: str, inputs: Dict[str, Any], options: Dict[str, Any],
+                 grad_out: Any = None) -> None:
         self.op = check_op_name(op)
         self.inputs = dict(inputs)
         self.options = dict(options)
