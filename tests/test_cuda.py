@@ -838,5 +838,5 @@ def test_out_receives_global_pools_in_place(gpu, layout):
 
 def test_out_is_refused_for_gpu_set_pools(gpu):
     a = gpu.to_device(np.full((2, 3, 4), 0.25, np.float32))
-    with pytest.raises(ValueError, match="out= is not supported for the set pools on GPU"):
+    with pytest.raises(ValueError, match="out= is not supported on GPU arrays for the set pools"):
         npool.soft_dbow_pool_forward(a, out=np.empty((2, 4), np.float32))

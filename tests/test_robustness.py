@@ -180,7 +180,7 @@ def test_kernels_check_the_shapes_they_are_given():
     x3 = np.zeros((1, 2, 5), F32)
     with pytest.raises(ValueError, match="index"):
         pools.scatter_gradient(x3.copy(), np.array([[0, 7], [1, 2]], np.int64),
-                               np.ones(2), False, 1)
+                               np.ones(2), 1)
     with pytest.raises(ValueError, match="buffers"):
         pools.select(x3, 2, False, np.zeros(2), np.zeros((2, 2), np.int64),
                      np.zeros((1, 0), np.uint64), 2)

@@ -779,9 +779,10 @@ def selection_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, Py_s
 
 
 def scatter_gradient(floating[:, :, :] grad_x, const int64_t[:, :] index, const double[:] share,
-                     bint accumulate, int n_threads):
-    """grad_x[map, index[map, j]] = share[map] for every j (added when ``accumulate``, else
-    the map is zeroed first): the gradient of selections whose indices the forward returned."""
+                     int n_threads):
+    """grad_x[map, index[map, j]] += share[map] for every j: the gradient of selections whose
+    indices the forward returned, added into ``grad_x`` (the caller zeroes it, as one block of
+    memory, and may scatter several index sets into it)."""
     cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1], S = grad_x.shape[2]
     cdef Py_ssize_t K = index.shape[1], t, i, n, c
     cdef floating value
@@ -798,8 +799,5 @@ def scatter_gradient(floating[:, :, :] grad_x, const int64_t[:, :] index, const 
         n = t // C
         c = t % C
         value = <floating>share[t]
-        if not accumulate:
-            for i in range(S):
-                grad_x[n, c, i] = 0
         for i in range(K):
             grad_x[n, c, index[t, i]] = grad_x[n, c, index[t, i]] + value

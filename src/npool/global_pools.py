@@ -232,13 +232,11 @@ def _scatter(maps, parts):
     """A gradient that is zero but for ``parts``: (indices (maps, k), values (maps,)) pairs,
     added in order (a cell in two parts gets both)."""
     grad = maps.new_gradient()
-    # Zeroed as one dense block of memory (a memset in either layout; the kernel's per-map
-    # zeroing ran scalar stores, across the channels of channels-last memory), then scattered.
-    grad.fill(0)
+    grad.fill(0)  # one dense block of memory (a memset, in either layout); the kernel adds
     grad3 = maps.view3(grad)
     for index, values in parts:
         if not maps.empty():
-            _kernels().scatter_gradient(grad3, index, values, True, maps.threads)
+            _kernels().scatter_gradient(grad3, index, values, maps.threads)
     return maps.gradient(grad)
 
 

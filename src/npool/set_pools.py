@@ -132,9 +132,8 @@ def _into(result, out, inputs):
 
 
 def _refuse_gpu_out(gpu, out):
-    if gpu is not None and out is not None:
-        raise ValueError("out= is not supported for the set pools on GPU arrays (the CPU path "
-                         "takes it)")
+    if gpu is not None:
+        _checks.refuse_gpu_out([out], "the set pools")
 
 
 class _Set:

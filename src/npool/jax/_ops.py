@@ -440,6 +440,8 @@ def _global_pool(name, x, keepdims, data_format, selects, options, portable):
         count = sum(_checks.weldon_counts(options["kmax"], options["kmin"], n,
                                           options["rounding"]))
 
+    index_dtype = np.int64 if jax.config.jax_enable_x64 else np.int32  # JAX's int width
+
     def shape_back(a):  # npool's (N, C[, 1...]) result in JAX's order
         return np.moveaxis(a, 1, -1) if last and keepdims else a
 
@@ -451,12 +453,12 @@ def _global_pool(name, x, keepdims, data_format, selects, options, portable):
         y, index = result
         if name == "global_max_pool":  # the indices have y's shape
             index = shape_back(index)
-        return shape_back(y), index.astype(np.int64, copy=False)
+        return shape_back(y), index.astype(index_dtype, copy=False)
 
     def pool_backward(g, xa, *index):
         if index and name == "global_max_pool" and last and keepdims:
             index = (np.moveaxis(index[0], -1, 1),)
-        extra = {"indices": index[0]} if index else {}
+        extra = {"indices": index[0].astype(np.int64, copy=False)} if index else {}
         g_npool = np.moveaxis(g, -1, 1) if last and keepdims else g
         return (_from_npool(backward_core(g_npool, _to_npool(xa, last), keepdims=keepdims,
                                           **options, **extra), last),)
@@ -466,21 +468,11 @@ def _global_pool(name, x, keepdims, data_format, selects, options, portable):
         if selects:
             index_shape = out_shape if name == "global_max_pool" else \
                 (x.shape[0], channels, count)
-            structs += (_struct(index_shape, jnp.int64 if jax.config.jax_enable_x64
-                                else jnp.int32),)
+            structs += (_struct(index_shape, index_dtype),)
         return structs
 
-    def pool_forward_typed(xa):
-        results = pool_forward(xa)
-        if selects and not jax.config.jax_enable_x64:
-            results = (results[0], results[1].astype(np.int32))
-        return results
-
-    def pool_backward_typed(g, xa, *index):
-        return pool_backward(g, xa, *(i.astype(np.int64) for i in index))
-
-    op = _kernel_op(_Numpy(pool_forward_typed, shapes), _Numpy(pool_backward_typed, None),
-                    (True,), fold=True, residuals=1 if selects else 0)
+    op = _kernel_op(_Numpy(pool_forward, shapes), _Numpy(pool_backward, None), (True,),
+                    fold=True, residuals=1 if selects else 0)
     return op(x)
 
 
