@@ -9,7 +9,7 @@ stream; both without copies, and channels-last tensors stay channels-last. Under
 the ops run in float16.
 
 This module holds no math: see ``npool.local_pools``, ``npool.global_pools`` and
-``npool.set_pools`` for the formulas. The set pools run on CPU tensors only for now.
+``npool.set_pools`` for the formulas.
 
 ``npool.torch.compat`` (imported on its own) runs the original research code's PyTorch calls
 (SoftPool, GFGP, WILDCAT, spatial-pooling.torch) on npool; see docs/migration.md.

@@ -1,11 +1,13 @@
 """``nn.Module`` forms of npool's ops."""
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 import torch
 
 from .. import _checks
-from ._ops import (global_avg_pool, global_kmax_pool, global_lse_pool, global_max_pool,
-                   maxent_pool2d, soft_pool1d, soft_pool2d, soft_pool3d, weldon_pool)
+from .._types import Count, Size
+from ._ops import (global_avg_pool, global_kmax_pool, global_lse_pool,
+                   global_max_pool, maxent_pool2d, soft_pool1d, soft_pool2d, soft_pool3d,
+                   weldon_pool)
 
 
 class _SoftPoolNd(torch.nn.Module):
@@ -16,9 +18,11 @@ class _SoftPoolNd(torch.nn.Module):
     """
 
     _function: Any = None  # the npool.torch function, set by each subclass
+    _nd: int  # the number of spatial axes, set by each subclass
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
-                 ceil_mode=False):
+    def __init__(self, kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0,
+                 dilation: Size = 1, return_indices: bool = False,
+                 ceil_mode: bool = False) -> None:
         super().__init__()
         if dilation not in (1, (1,) * self._nd, [1] * self._nd):
             raise ValueError(f"dilation must be 1: SoftPool has no dilated windows, "
@@ -32,50 +36,77 @@ class _SoftPoolNd(torch.nn.Module):
         self.ceil_mode = ceil_mode
         _checks.WindowArgs(self._nd, kernel_size, stride, padding, ceil_mode)  # fail early
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool x.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(N, C, *spatial)`` or unbatched ``(C, *spatial)`` with the class's number of
+            spatial axes; float16, bfloat16, float32 or float64; CPU or CUDA; contiguous or
+            channels-last.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N, C, *out)`` (or ``(C, *out)``) in x's memory layout.
+        """
         return type(self)._function(x, self.kernel_size, self.stride, self.padding,
                                     self.ceil_mode)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
                 f"ceil_mode={self.ceil_mode}")
 
 
 def _soft_pool_doc(nd):
-    """The PyTorch-style docstring of SoftPool{nd}d."""
+    """The numpydoc docstring of SoftPool{nd}d."""
     axes, example, out = {1: ("L", "(1, 3, 8)", "[1, 3, 4]"),
                           2: ("H, W", "(1, 3, 8, 8)", "[1, 3, 4, 4]"),
                           3: ("D, H, W", "(1, 3, 4, 8, 8)", "[1, 3, 2, 4, 4]")}[nd]
-    return """SoftPool over {nd} spatial {axes} (Stergiou et al., ICCV 2021): each output is the
-    softmax-weighted mean of its window's real cells,
-    ``y_o = sum_i w_i x_i`` with ``w = softmax(x over window o)``. The constructor is
-    ``nn.MaxPool{nd}d``'s.
+    return """SoftPool over {nd} spatial {axis_word}, with ``nn.MaxPool{nd}d``'s constructor.
 
-    Args:
-        kernel_size: the window size, an int or a tuple of {nd} ints.
-        stride: the window step (default ``kernel_size``).
-        padding: implicit padding on both sides, at most half the kernel; padded cells are
-            left out of the windows (not zeros). Default 0.
-        dilation: must be 1 (accepted for drop-in compatibility).
-        return_indices: must be False (SoftPool selects no single cell).
-        ceil_mode: PyTorch's ceil rule for the output size. Default False.
+    Each output is the softmax-weighted mean of its window's real cells (Stergiou et al.,
+    ICCV 2021)::
 
-    Shape:
-        - Input: ``{batched}`` or ``{unbatched}``, float16/bfloat16/float32/float64,
-          CPU or CUDA, contiguous or channels-last.
-        - Output: ``(N, C, *out)`` or ``(C, *out)`` in x's memory layout, each ``out`` as
-          ``nn.MaxPool{nd}d``'s: ``floor((L + 2 padding - kernel [+ stride - 1]) / stride) + 1``.
+        y_o = sum_(i in window o) softmax(x over window o)_i * x_i
 
-    Examples::
+    Input ``(N, C, {axes})`` or ``(C, {axes})`` (float16, bfloat16, float32 or float64, CPU
+    or CUDA, contiguous or channels-last); output ``(N, C, *out)`` or ``(C, *out)`` in the
+    input's memory layout, each ``out = floor((L + 2 padding - kernel [+ stride - 1]) /
+    stride) + 1`` as ``nn.MaxPool{nd}d``'s. The function is ``npool.torch.soft_pool{nd}d``.
 
-        >>> pool = nt.SoftPool{nd}d(2)
-        >>> pool(torch.randn{example}).shape
-        {out}
-        >>> pool
-        SoftPool{nd}d(kernel_size=2, stride=2, padding=0, ceil_mode=False)
+    Parameters
+    ----------
+    kernel_size : int or tuple of {nd} ints
+        The window.
+    stride : int or tuple of {nd} ints, optional
+        The step between windows; default ``kernel_size``.
+    padding : int or tuple of {nd} ints, default 0
+        Implicit padding on both sides, at most half the kernel; padded cells are left out of
+        the windows (they are not zeros).
+    dilation : int, default 1
+        Must be 1: accepted for drop-in compatibility (SoftPool has no dilated windows).
+    return_indices : bool, default False
+        Must be False: SoftPool weighs every cell of a window, it selects no single one.
+    ceil_mode : bool, default False
+        ``nn.MaxPool{nd}d``'s output-size rule with ceil instead of floor.
+
+    Raises
+    ------
+    ValueError
+        Bad window arguments, a dilation other than 1 or ``return_indices=True``.
+
+    Examples
+    --------
+    >>> pool = nt.SoftPool{nd}d(2)
+    >>> pool(torch.randn{example}).shape
+    {out}
+    >>> pool
+    SoftPool{nd}d(kernel_size=2, stride=2, padding=0, ceil_mode=False)
     """.format(
-        nd=nd, axes="axis" if nd == 1 else "axes", batched=f"(N, C, {axes})",
-        unbatched=f"(C, {axes})", example=example, out=f"torch.Size({out})")
+        nd=nd, axis_word="axis" if nd == 1 else "axes", axes=axes, example=example,
+        out=f"torch.Size({out})")
 
 
 class SoftPool1d(_SoftPoolNd):
@@ -105,67 +136,90 @@ def _fixed_rank(cls, spatial_dims):
     return cls.spatial_dims if cls.spatial_dims is not None else spatial_dims
 
 
+_KEEPDIMS = """    keepdims : bool, default False
+        Keep the pooled axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+"""
+_ROUNDING = """    rounding : {"floor", "round"}, default "floor"
+        The count of a fraction: ``max(1, floor(k n + 1e-6))``, or WILDCAT's
+        ``max(1, round(k n))`` (half to even).
+"""
+# name: (summary, formula, its parameters before keepdims, after keepdims, example, repr)
 _GLOBAL_ARGS = {
-    "GlobalMaxPool": ("``y = max x`` over the spatial cells of each (sample, channel) map; ties "
-                      "go to the lowest flat index.", "", "GlobalMaxPool()", ""),
-    "GlobalAvgPool": ("``y = mean x`` over the spatial cells of each map.", "",
-                      "GlobalAvgPool()", ""),
-    "GlobalLSEPool": ("``y = (1/beta) log(mean exp(beta x))`` over the spatial cells of each "
-                      "map: the mean at ``beta = 0``, the max as ``beta -> inf``.",
-                      "        beta: any finite number. Default 1.\n", "GlobalLSEPool(2.0)",
-                      "beta=2.0, "),
-    "GlobalKMaxPool": ("The mean of the k largest cells of each map.",
-                       "        k: an int count (clipped to the map) or a float fraction in "
-                       "(0, 1] of the cells. Default 1.\n"
-                       "        rounding: ``\"floor\"`` (default) or ``\"round\"`` (WILDCAT's) "
-                       "for fractions.\n", "GlobalKMaxPool(3)", "k=3, "),
-    "WeldonPool": ("WELDON: ``mean(kmax largest) + alpha mean(kmin smallest)`` of each map "
-                   "(WILDCAT's pooling is half of it).",
-                   "        kmax: a count or a fraction, as GlobalKMaxPool's k. Default 1.\n"
-                   "        kmin: the same, 0 drops the second term; None (default) is kmax.\n"
-                   "        alpha: the weight of the smallest cells. Default 1.\n"
-                   "        rounding: as GlobalKMaxPool's.\n", "WeldonPool(3, 2)",
+    "GlobalMaxPool": ("Global max pooling", "``y = max x`` over the spatial cells of each "
+                      "(sample, channel) map;\n    ties go to the lowest flat index.", "", "",
+                      "GlobalMaxPool()", ""),
+    "GlobalAvgPool": ("Global average pooling", "``y = mean x`` over the spatial cells of each "
+                      "(sample, channel) map.", "", "", "GlobalAvgPool()", ""),
+    "GlobalLSEPool": ("Global LogSumExp pooling", "``y = (1/beta) log(mean exp(beta x))`` over "
+                      "the spatial cells of each map:\n    the mean at ``beta = 0``, the max as "
+                      "``beta -> inf``.",
+                      "    beta : float, default 1.0\n        The sharpness, any finite "
+                      "number.\n", "", "GlobalLSEPool(2.0)", "beta=2.0, "),
+    "GlobalKMaxPool": ("Global k-max pooling", "The mean of the k largest cells of each map; "
+                       "ties go to the lower flat indices.",
+                       "    k : int or float, default 1\n        A count (an int >= 1, clipped "
+                       "to the map's n cells) or a fraction in (0, 1]\n        of the cells.\n",
+                       _ROUNDING, "GlobalKMaxPool(3)", "k=3, "),
+    "WeldonPool": ("WELDON pooling", "``y = mean(kmax largest) + alpha * mean(kmin smallest)`` "
+                   "of each map\n    (WILDCAT's pooling is half of it).",
+                   "    kmax : int or float, default 1\n        The count of largest cells: an "
+                   "int >= 1 (clipped to the map) or a fraction\n        in (0, 1].\n"
+                   "    kmin : int or float, optional\n        The count of smallest cells, as "
+                   "kmax; None is kmax, 0 drops the second term.\n"
+                   "    alpha : float, default 1.0\n        The weight of the smallest cells' "
+                   "mean, any finite number.\n", _ROUNDING, "WeldonPool(3, 2)",
                    "kmax=3, kmin=2, alpha=1.0, "),
 }
 
 
 def _global_doc(name, nd=None):
-    """The PyTorch-style docstring of a global pool module (``nd``: its fixed rank)."""
-    summary, args, example, shown = _GLOBAL_ARGS[name]
+    """The numpydoc docstring of a global pool module (``nd``: its fixed rank)."""
+    summary, formula, before, after, example, shown = _GLOBAL_ARGS[name]
     cls = name if nd is None else f"{name}{nd}d"
     spatial = "*spatial" if nd is None else ", ".join(["L"] if nd == 1 else
                                                       ["H", "W"] if nd == 2 else ["D", "H", "W"])
-    batched, unbatched = f"(N, C, {spatial})", f"(C, {spatial})"
     x = "(2, 3, 5, 4)" if nd in (None, 2) else "(2, 3, 5)" if nd == 1 else "(2, 3, 2, 5, 4)"
-    rank = ("the input is read as ``(N, C, *spatial)`` with any number of spatial axes; "
-            "``spatial_dims`` fixes it (then an unbatched ``(C, *spatial)`` is taken too)"
-            if nd is None else f"batched ``{batched}`` or unbatched ``{unbatched}``, as "
-            f"``nn.AdaptiveMaxPool{nd}d(1)`` takes; other ranks are a ValueError")
-    rank_arg = "" if nd is not None else (
-        "        spatial_dims: None (default) or the number of spatial axes.\n")
-    extra = "" if nd is not None else ", spatial_dims=2"
-    return f"""{summary}
+    rank = ("Input ``(N, C, *spatial)`` with any number of spatial axes (``spatial_dims`` fixes "
+            "it, and then\n    an unbatched ``(C, *spatial)`` is taken too)" if nd is None else
+            f"Input ``(N, C, {spatial})`` or unbatched ``(C, {spatial})``, as\n"
+            f"    ``nn.AdaptiveMaxPool{nd}d(1)`` takes (other ranks are a ValueError)")
+    rank_arg = ("None (default) reads any number of them (a batched input)" if nd is None else
+                f"None (default) or {nd}, the class's")
+    return f"""{summary}{"" if nd is None else f" over {nd} spatial axes"}: an ``nn.Module`` form of ``npool.torch.{_FUNCTIONS[name]}``.
 
-    Args:
-{args}        keepdims: keep the pooled axes as size 1 (``(N, C, 1, ...)``). Default False.
-{rank_arg}
-    Shape:
-        - Input: {rank}; float16/bfloat16/float32/float64, CPU or CUDA.
-        - Output: ``(N, C)``, or ``(N, C, 1, ...)`` with ``keepdims`` (unbatched: ``(C,)``).
+    {formula}
 
-    Examples::
+    {rank};
+    float16, bfloat16, float32 or float64, CPU or CUDA, contiguous or channels-last.
+    Output ``(N, C)``, or ``(N, C, 1, ...)`` with ``keepdims`` (unbatched: ``(C,)``).
 
-        >>> pool = nt.{cls}({example.split("(", 1)[1]}
-        >>> pool(torch.randn{x}).shape
-        torch.Size([2, 3])
-        >>> pool
-        {cls}({shown}keepdims=False)
+    Parameters
+    ----------
+{before}{_KEEPDIMS}{after}    spatial_dims : int, optional
+        The number of spatial axes: {rank_arg}.
+
+    Raises
+    ------
+    ValueError
+        A bad option, or a spatial_dims the class contradicts.
+
+    Examples
+    --------
+    >>> pool = nt.{cls}({example.split("(", 1)[1]}
+    >>> pool(torch.randn{x}).shape
+    torch.Size([2, 3])
+    >>> pool
+    {cls}({shown}keepdims=False)
     """
+
+
+_FUNCTIONS = {"GlobalMaxPool": "global_max_pool", "GlobalAvgPool": "global_avg_pool",
+              "GlobalLSEPool": "global_lse_pool", "GlobalKMaxPool": "global_kmax_pool",
+              "WeldonPool": "weldon_pool"}
 
 
 def _ranked_doc(base, nd):
     return _global_doc(base.__name__, nd)
-
 
 
 class _GlobalPool(torch.nn.Module):
@@ -179,17 +233,31 @@ class _GlobalPool(torch.nn.Module):
 
     spatial_dims: Optional[int] = None
     _options: Tuple[str, ...] = ()
+    _function: Any = None  # the npool.torch function, set by each subclass
 
-    def __init__(self, keepdims=False, spatial_dims=None):
+    def __init__(self, keepdims: bool = False, spatial_dims: Optional[int] = None) -> None:
         super().__init__()
         self.keepdims = _checks.flag(keepdims, "keepdims")
         self.spatial_dims = _fixed_rank(type(self), spatial_dims)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool every map of x.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(N, C, *spatial)``, or unbatched ``(C, *spatial)`` when the number of spatial
+            axes is fixed; float16, bfloat16, float32 or float64; CPU or CUDA.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims``, ``(C,)`` unbatched.
+        """
         return type(self)._function(x, keepdims=self.keepdims, spatial_dims=self.spatial_dims,
                                     **{name: getattr(self, name) for name in self._options})
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         shown = [f"{name}={getattr(self, name)!r}" for name in self._options
                  if name != "rounding" or self.rounding != "floor"]  # new options: when set
         shown.append(f"keepdims={self.keepdims}")
@@ -213,7 +281,8 @@ class GlobalLSEPool(_GlobalPool):
     _function = staticmethod(global_lse_pool)
     _options = ("beta",)
 
-    def __init__(self, beta=1.0, keepdims=False, spatial_dims=None):
+    def __init__(self, beta: float = 1.0, keepdims: bool = False,
+                 spatial_dims: Optional[int] = None) -> None:
         super().__init__(keepdims, spatial_dims)
         self.beta = _checks.finite_real(beta, "beta")
 
@@ -223,7 +292,8 @@ class GlobalKMaxPool(_GlobalPool):
     _function = staticmethod(global_kmax_pool)
     _options = ("k", "rounding")
 
-    def __init__(self, k=1, keepdims=False, rounding="floor", spatial_dims=None):
+    def __init__(self, k: Count = 1, keepdims: bool = False, rounding: str = "floor",
+                 spatial_dims: Optional[int] = None) -> None:
         super().__init__(keepdims, spatial_dims)
         _checks.k_count(k, 1, "k", rounding=rounding)  # fail early on a bad k
         self.k, self.rounding = k, rounding
@@ -234,8 +304,9 @@ class WeldonPool(_GlobalPool):
     _function = staticmethod(weldon_pool)
     _options = ("kmax", "kmin", "alpha", "rounding")
 
-    def __init__(self, kmax=1, kmin=None, alpha=1.0, keepdims=False, rounding="floor",
-                 spatial_dims=None):
+    def __init__(self, kmax: Count = 1, kmin: Optional[Count] = None, alpha: float = 1.0,
+                 keepdims: bool = False, rounding: str = "floor",
+                 spatial_dims: Optional[int] = None) -> None:
         super().__init__(keepdims, spatial_dims)
         _checks.weldon_counts(kmax, kmin, 1, rounding)  # fail early on bad counts
         self.kmax, self.kmin, self.rounding = kmax, kmin, rounding
@@ -318,44 +389,69 @@ class WeldonPool3d(WeldonPool):
 
 
 class MaxEntPool2d(torch.nn.Module):
-    r"""Max-Entropy pooling (Kobayashi, ICCV 2019): SoftPool with a temperature,
-    ``y_o = sum_i softmax(lam_o x over window o)_i x_i``; ``lam = 0`` is the average of the
-    real cells, ``lam -> inf`` the max, ``lam < 0`` a soft minimum.
+    r"""Max-Entropy pooling (Kobayashi, ICCV 2019) with a learnable or fixed temperature.
 
-    Args:
-        num_features: the channels C.
-        kernel_size, stride, padding, ceil_mode: the window, as ``nn.MaxPool2d``'s (padded
-            cells are left out of the windows).
-        lam: ``"gfgp"`` (default): the Global-Feature-Guided branch, GAP -> 1x1 conv (C ->
-            hidden, bias) -> BatchNorm -> ReLU -> 1x1 conv (-> C, bias) -> BatchNorm ->
-            sigmoid/softplus, lam per sample and channel; ``"channel"``: a learnable
-            temperature per channel starting at 1; a number: a fixed temperature.
-        activation: ``"sigmoid"`` (default) or ``"softplus"``, the branch's last step.
-        hidden: the branch's width, default ``num_features // 2``.
+    SoftPool with a temperature lam, per sample and channel from the Global-Feature-Guided
+    branch (GFGP) by default::
 
-    Shape:
-        - Input: ``(N, C, H, W)`` (``(C, H, W)`` with a fixed or per-channel lam).
-        - Output: ``(N, C, H_out, W_out)`` as ``nn.MaxPool2d``'s, in x's memory layout.
+        y_o = sum_(i in window o) softmax(lam_o * x over window o)_i * x_i
 
-    The gradient reaches x through the pool and through the branch. GFGP's original
-    state_dicts (``ToParam.*``) load; ``npool.torch.compat.MaxEntPoolingCuda2d`` has GFGP's
-    own constructor.
+    ``lam = 0`` is the average of the window's real cells, ``lam -> inf`` the max, ``lam < 0``
+    a soft minimum. Input ``(N, C, H, W)`` (or ``(C, H, W)`` with a fixed or per-channel lam),
+    float16, bfloat16, float32 or float64, CPU or CUDA; output ``(N, C, H_out, W_out)`` as
+    ``nn.MaxPool2d``'s, in the input's memory layout. The gradient reaches x through the pool
+    and through the branch. GFGP's original state_dicts (``ToParam.*``) load;
+    ``npool.torch.compat.MaxEntPoolingCuda2d`` has GFGP's own constructor.
 
-    Examples::
+    Parameters
+    ----------
+    num_features : int
+        The channels C.
+    kernel_size : int or tuple of 2 ints
+        The window.
+    stride : int or tuple of 2 ints, optional
+        The step between windows; default ``kernel_size``.
+    padding : int or tuple of 2 ints, default 0
+        Implicit padding on both sides, at most half the kernel; padded cells are left out of
+        the windows.
+    ceil_mode : bool, default False
+        ``nn.MaxPool2d``'s output-size rule with ceil instead of floor.
+    lam : {"gfgp", "channel"} or float, default "gfgp"
+        ``"gfgp"``: the branch GAP -> 1x1 conv (C -> hidden, bias) -> BatchNorm -> ReLU ->
+        1x1 conv (-> C, bias) -> BatchNorm -> sigmoid or softplus, lam per sample and
+        channel; ``"channel"``: a learnable temperature per channel starting at 1; a number: a
+        fixed temperature.
+    activation : {"sigmoid", "softplus"}, default "sigmoid"
+        The GFGP branch's last step.
+    hidden : int, optional
+        The GFGP branch's width; default ``num_features // 2`` (at least 1).
 
-        >>> pool = nt.MaxEntPool2d(16, kernel_size=3, stride=2, padding=1)
-        >>> pool(torch.randn(4, 16, 32, 32)).shape
-        torch.Size([4, 16, 16, 16])
-        >>> nt.MaxEntPool2d(16, 2, lam=0.5)
-        MaxEntPool2d(num_features=16, kernel_size=2, stride=None, padding=0,
-                     ceil_mode=False, lam=0.5)
+    Raises
+    ------
+    ValueError
+        Bad window arguments, an unknown lam mode or activation, or a lam number that is not
+        finite.
+
+    See Also
+    --------
+    maxent_pool2d : The function, with any lam tensor.
+
+    Examples
+    --------
+    >>> pool = nt.MaxEntPool2d(16, kernel_size=3, stride=2, padding=1)
+    >>> pool(torch.randn(4, 16, 32, 32)).shape
+    torch.Size([4, 16, 16, 16])
+    >>> nt.MaxEntPool2d(16, 2, lam=0.5)
+    MaxEntPool2d(num_features=16, kernel_size=2, stride=None, padding=0,
+                 ceil_mode=False, lam=0.5)
     """
 
     _branch_name = "branch"  # the name of the GFGP branch in state_dicts
     _other_branch_names = ("ToParam",)
 
-    def __init__(self, num_features, kernel_size, stride=None, padding=0, ceil_mode=False,
-                 lam="gfgp", activation="sigmoid", hidden=None):
+    def __init__(self, num_features: int, kernel_size: Size, stride: Optional[Size] = None,
+                 padding: Size = 0, ceil_mode: bool = False, lam: Union[str, float] = "gfgp",
+                 activation: str = "sigmoid", hidden: Optional[int] = None) -> None:
         super().__init__()
         _checks.WindowArgs(2, kernel_size, stride, padding, ceil_mode)  # fail early
         if activation not in ("sigmoid", "softplus"):
@@ -381,15 +477,38 @@ class MaxEntPool2d(torch.nn.Module):
         else:
             self.register_buffer("lam", torch.tensor(_checks.finite_real(lam, "lam")))
 
-    def temperature(self, x):
-        """lam for input x: (N, C, 1, 1) for GFGP, (C, 1, 1) per channel, or a 0-d tensor."""
+    def temperature(self, x: torch.Tensor) -> torch.Tensor:
+        """The temperature lam for input x.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The input, ``(N, C, H, W)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N, C, 1, 1)`` from the GFGP branch, ``(C, 1, 1)`` per channel, or a 0-d tensor.
+        """
         return getattr(self, self._branch_name)(x) if self.mode == "gfgp" else self.lam
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool x with the temperature ``self.temperature(x)``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(N, C, H, W)``, or ``(C, H, W)`` with a fixed or per-channel lam.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N, C, H_out, W_out)`` (or ``(C, H_out, W_out)``) in x's memory layout.
+        """
         return maxent_pool2d(x, self.temperature(x), self.kernel_size, self.stride,
                              self.padding, self.ceil_mode)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         text = (f"num_features={self.num_features}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}, "
                 f"lam={self.mode if self.mode != 'fixed' else float(self.lam)!r}")

@@ -1,12 +1,18 @@
 """npool's ops registered with ``torch.library``: one forward and one backward custom op per op
 family, their fake kernels, autograd and autocast, and the functional forms."""
+from typing import Optional, Tuple, Union
+
 import torch
 
 import npool
 
 from .. import _checks
 from . import _decompositions
+from .._types import Count, Size
 from ._tensors import from_core, to_core, torch_matmul
+
+# what a global pool with return_indices returns: y, or (y, indices)
+TensorOrPair = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 def _cast_for_autocast(value, device_type, dtype):
     """``value`` with its float32 (and other non-float64 floating) tensors on ``device_type``
@@ -121,7 +127,8 @@ def _onnx_export():
 
 
 def _make_soft_pool(nd):
-    def soft_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    def soft_pool(x: torch.Tensor, kernel_size: Size, stride: Optional[Size] = None,
+                  padding: Size = 0, ceil_mode: bool = False) -> torch.Tensor:
         kernel, stride, padding = _window_lists(nd, kernel_size, stride, padding)
         if not isinstance(ceil_mode, bool):
             raise TypeError(f"ceil_mode must be a bool, got {type(ceil_mode).__name__}")
@@ -133,22 +140,55 @@ def _make_soft_pool(nd):
     soft_pool.__name__ = soft_pool.__qualname__ = f"soft_pool{nd}d"
     example = {1: ("(1, 3, 8)", "[1, 3, 4]"), 2: ("(1, 3, 8, 8)", "[1, 3, 4, 4]"),
                3: ("(1, 3, 4, 8, 8)", "[1, 3, 2, 4, 4]")}[nd]
-    soft_pool.__doc__ = f"""SoftPool over {nd} spatial axes, differentiable (twice):
-    ``y_o = sum_i softmax(x over window o)_i x_i`` (npool.soft_pool{nd}d_forward).
+    axes = {1: "L", 2: "H, W", 3: "D, H, W"}[nd]
+    soft_pool.__doc__ = f"""SoftPool over {nd} spatial {"axis" if nd == 1 else "axes"}, differentiable (twice).
 
-    Args:
-        x: a CPU or CUDA tensor, float16/bfloat16/float32/float64.
-        kernel_size, stride, padding, ceil_mode: as ``torch.nn.functional.max_pool{nd}d``'s;
-            padded cells are left out of the windows.
+    Each output is the softmax-weighted mean of its window's real cells (Stergiou et al.,
+    ICCV 2021), computed relative to the window's largest cell (exact for any finite x)::
 
-    Shape:
-        - Input: ``(N, C, *{nd} spatial)`` or ``(C, *spatial)``, contiguous or channels-last.
-        - Output: ``(N, C, *out)`` (``max_pool{nd}d``'s sizes) in x's memory layout.
+        y_o = sum_(i in window o) softmax(x over window o)_i * x_i
 
-    Examples::
+    The kernel is ``npool.soft_pool{nd}d_forward``; the window arguments are
+    ``torch.nn.functional.max_pool{nd}d``'s.
 
-        >>> nt.soft_pool{nd}d(torch.randn{example[0]}, kernel_size=2).shape
-        torch.Size({example[1]})
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(N, C, {axes})`` or unbatched ``(C, {axes})``; float16, bfloat16, float32 or
+        float64; on the CPU or a CUDA device; contiguous or channels-last (kept).
+    kernel_size : int or tuple of {nd} ints
+        The window.
+    stride : int or tuple of {nd} ints, optional
+        The step between windows; default ``kernel_size``.
+    padding : int or tuple of {nd} ints, default 0
+        Implicit padding on both sides, at most half the kernel; padded cells are left out of
+        the windows (they are not zeros).
+    ceil_mode : bool, default False
+        ``max_pool{nd}d``'s output-size rule with ceil instead of floor.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, C, *out)`` (or ``(C, *out)``) in x's dtype, device and memory layout, each
+        ``out = floor((L + 2 padding - kernel [+ stride - 1]) / stride) + 1``.
+
+    Raises
+    ------
+    TypeError
+        A non-floating x, or a ceil_mode that is not a bool.
+    ValueError
+        x of another rank, or bad window arguments (kernel < 1, padding over half the
+        kernel, a window that starts past the input).
+
+    See Also
+    --------
+    SoftPool{nd}d : The ``nn.Module`` form.
+    npool.soft_pool{nd}d_forward : The kernel, on NumPy and GPU arrays.
+
+    Examples
+    --------
+    >>> nt.soft_pool{nd}d(torch.randn{example[0]}, kernel_size=2).shape
+    torch.Size({example[1]})
     """
     return soft_pool
 
@@ -318,28 +358,51 @@ def _global(x, spatial_dims, pool):
     return tuple(o.squeeze(0) for o in out) if isinstance(out, tuple) else out.squeeze(0)
 
 
-def global_max_pool(x, keepdims=False, return_indices=False, spatial_dims=None):
-    """``y = max x`` over the spatial cells of each map (npool.global_max_pool_forward);
-    ties go to the lowest flat index.
+def global_max_pool(x: torch.Tensor, keepdims: bool = False, return_indices: bool = False,
+                    spatial_dims: Optional[int] = None) -> TensorOrPair:
+    """Global max pooling, differentiable: ``y = max x`` over the spatial cells of each map.
 
-    Args:
-        x: a CPU or CUDA tensor, float16/bfloat16/float32/float64.
-        keepdims: keep the pooled axes as size 1. Default False.
-        return_indices: also return the flat index of each maximum (int64, y's shape).
-        spatial_dims: None (any number of spatial axes) or the number of spatial axes, which
-            also allows an unbatched input (the same for every global pool here).
+    Ties go to the lowest flat index, which also gets the whole gradient; NaN maps give NaN.
+    The kernel is ``npool.global_max_pool_forward``.
 
-    Shape:
-        - Input: ``(N, C, *spatial)``; with ``spatial_dims`` exactly that many spatial axes,
-          batched or unbatched ``(C, *spatial)`` (as ``nn.AdaptiveMaxPool2d`` takes).
-        - Output: ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims`` (unbatched: ``(C,)``).
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(N, C, *spatial)`` with at least one spatial axis (with ``spatial_dims``: exactly that
+        many, batched or unbatched ``(C, *spatial)``, as ``nn.AdaptiveMaxPool2d`` takes);
+        float16, bfloat16, float32 or float64; CPU or CUDA; contiguous or channels-last.
+    keepdims : bool, default False
+        Keep the pooled axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    return_indices : bool, default False
+        Also return the flat (C-order) spatial index of each maximum.
+    spatial_dims : int, optional
+        The number of spatial axes; None reads any number of them (a batched input).
 
-    Examples::
+    Returns
+    -------
+    y : torch.Tensor
+        ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims``, ``(C,)`` unbatched; x's dtype.
+    indices : torch.Tensor of int64
+        With ``return_indices``: y's shape.
 
-        >>> nt.global_max_pool(torch.randn(2, 3, 5, 4)).shape
-        torch.Size([2, 3])
-        >>> nt.global_max_pool(torch.randn(3, 5, 4), spatial_dims=2).shape
-        torch.Size([3])
+    Raises
+    ------
+    TypeError
+        A non-floating x.
+    ValueError
+        Fewer than three axes (or another rank than ``spatial_dims`` allows), an empty map, or
+        a bad option.
+
+    See Also
+    --------
+    GlobalMaxPool : The ``nn.Module`` form.
+
+    Examples
+    --------
+    >>> nt.global_max_pool(torch.randn(2, 3, 5, 4)).shape
+    torch.Size([2, 3])
+    >>> nt.global_max_pool(torch.randn(3, 5, 4), spatial_dims=2).shape
+    torch.Size([3])
     """
     def pool(x):
         if _onnx_export():
@@ -351,44 +414,92 @@ def global_max_pool(x, keepdims=False, return_indices=False, spatial_dims=None):
     return _global(x, spatial_dims, pool)
 
 
-def global_avg_pool(x, keepdims=False, spatial_dims=None):
-    """``y = mean x`` over the spatial cells of each map (npool.global_avg_pool_forward).
+def global_avg_pool(x: torch.Tensor, keepdims: bool = False,
+                    spatial_dims: Optional[int] = None) -> torch.Tensor:
+    """Global average pooling, differentiable: ``y = mean x`` over the spatial cells of each map.
 
-    Args:
-        x, keepdims, spatial_dims: as ``global_max_pool``'s.
+    The kernel is ``npool.global_avg_pool_forward`` (float32 accumulation for 16-bit x).
 
-    Shape:
-        - Input: ``(N, C, *spatial)``; with ``spatial_dims`` exactly that many spatial axes,
-          batched or unbatched ``(C, *spatial)`` (as ``nn.AdaptiveMaxPool2d`` takes).
-        - Output: ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims`` (unbatched: ``(C,)``).
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(N, C, *spatial)`` with at least one spatial axis (with ``spatial_dims``: exactly that
+        many, batched or unbatched ``(C, *spatial)``, as ``nn.AdaptiveMaxPool2d`` takes);
+        float16, bfloat16, float32 or float64; CPU or CUDA; contiguous or channels-last.
+    keepdims : bool, default False
+        Keep the pooled axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    spatial_dims : int, optional
+        The number of spatial axes; None reads any number of them (a batched input).
 
-    Examples::
+    Returns
+    -------
+    torch.Tensor
+        ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims``, ``(C,)`` unbatched; x's dtype.
 
-        >>> nt.global_avg_pool(torch.randn(2, 3, 5, 4), keepdims=True).shape
-        torch.Size([2, 3, 1, 1])
+    Raises
+    ------
+    TypeError
+        A non-floating x.
+    ValueError
+        Fewer than three axes (or another rank than ``spatial_dims`` allows), an empty map, or
+        a bad option.
+
+    See Also
+    --------
+    GlobalAvgPool : The ``nn.Module`` form.
+
+    Examples
+    --------
+    >>> nt.global_avg_pool(torch.randn(2, 3, 5, 4), keepdims=True).shape
+    torch.Size([2, 3, 1, 1])
     """
     if _onnx_export():
         return _global(x, spatial_dims, lambda x: _decompositions.avg_pool(x, keepdims))
     return _global(x, spatial_dims, lambda x: _global_avg_pool(x, keepdims))
 
 
-def global_lse_pool(x, beta=1.0, keepdims=False, spatial_dims=None):
-    """``y = (1/beta) log(mean exp(beta x))`` over each map (npool.global_lse_pool_forward):
-    the mean at beta = 0, the max as beta -> inf.
+def global_lse_pool(x: torch.Tensor, beta: float = 1.0, keepdims: bool = False,
+                    spatial_dims: Optional[int] = None) -> torch.Tensor:
+    """Global LogSumExp pooling, differentiable: ``y = (1/beta) log(mean exp(beta x))`` per map.
 
-    Args:
-        x, keepdims, spatial_dims: as ``global_max_pool``'s.
-        beta: any finite number. Default 1.
+    The mean at ``beta = 0``, the max as ``beta -> inf``, a soft minimum for ``beta < 0``;
+    computed relative to the map's extreme cell, so any finite x is exact. The kernel is
+    ``npool.global_lse_pool_forward``.
 
-    Shape:
-        - Input: ``(N, C, *spatial)``; with ``spatial_dims`` exactly that many spatial axes,
-          batched or unbatched ``(C, *spatial)`` (as ``nn.AdaptiveMaxPool2d`` takes).
-        - Output: ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims`` (unbatched: ``(C,)``).
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(N, C, *spatial)`` with at least one spatial axis (with ``spatial_dims``: exactly that
+        many, batched or unbatched ``(C, *spatial)``, as ``nn.AdaptiveMaxPool2d`` takes);
+        float16, bfloat16, float32 or float64; CPU or CUDA; contiguous or channels-last.
+    beta : float, default 1.0
+        The sharpness, any finite number.
+    keepdims : bool, default False
+        Keep the pooled axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    spatial_dims : int, optional
+        The number of spatial axes; None reads any number of them (a batched input).
 
-    Examples::
+    Returns
+    -------
+    torch.Tensor
+        ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims``, ``(C,)`` unbatched; x's dtype.
 
-        >>> nt.global_lse_pool(torch.randn(2, 3, 5, 4), beta=2.0).shape
-        torch.Size([2, 3])
+    Raises
+    ------
+    TypeError
+        A non-floating x.
+    ValueError
+        Fewer than three axes (or another rank than ``spatial_dims`` allows), an empty map, or
+        a bad option.
+
+    See Also
+    --------
+    GlobalLSEPool : The ``nn.Module`` form.
+
+    Examples
+    --------
+    >>> nt.global_lse_pool(torch.randn(2, 3, 5, 4), beta=2.0).shape
+    torch.Size([2, 3])
     """
     beta = _checks.finite_real(beta, "beta")
     if _onnx_export():
@@ -396,26 +507,55 @@ def global_lse_pool(x, beta=1.0, keepdims=False, spatial_dims=None):
     return _global(x, spatial_dims, lambda x: _global_lse_pool(x, beta, keepdims))
 
 
-def global_kmax_pool(x, k=1, keepdims=False, return_indices=False, rounding="floor",
-                     spatial_dims=None):
-    """The mean of the k largest cells of each map (npool.global_kmax_pool_forward).
+def global_kmax_pool(x: torch.Tensor, k: Count = 1, keepdims: bool = False,
+                     return_indices: bool = False, rounding: str = "floor",
+                     spatial_dims: Optional[int] = None) -> TensorOrPair:
+    """Global k-max pooling, differentiable: the mean of the k largest cells of each map.
 
-    Args:
-        x, keepdims, spatial_dims: as ``global_max_pool``'s.
-        k: an int count (clipped to the map) or a float fraction in (0, 1] of the cells.
-        return_indices: also return the selected flat indices (int64, (N, C, k), ascending).
-        rounding: ``"floor"`` (default, ``max(1, floor(k n + 1e-6))``) or ``"round"``
-            (WILDCAT's ``round(k n)``, half to even, at least 1) for fractions.
+    Ties go to the lower flat indices. The kernel is ``npool.global_kmax_pool_forward``.
 
-    Shape:
-        - Input: ``(N, C, *spatial)``; with ``spatial_dims`` exactly that many spatial axes,
-          batched or unbatched ``(C, *spatial)`` (as ``nn.AdaptiveMaxPool2d`` takes).
-        - Output: ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims`` (unbatched: ``(C,)``).
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(N, C, *spatial)`` with at least one spatial axis (with ``spatial_dims``: exactly that
+        many, batched or unbatched ``(C, *spatial)``, as ``nn.AdaptiveMaxPool2d`` takes);
+        float16, bfloat16, float32 or float64; CPU or CUDA; contiguous or channels-last.
+    k : int or float, default 1
+        A count (an int >= 1, clipped to the map's n cells) or a fraction in (0, 1] of the
+        cells.
+    keepdims : bool, default False
+        Keep the pooled axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    return_indices : bool, default False
+        Also return the selected flat indices.
+    rounding : {"floor", "round"}, default "floor"
+        The count of a fraction: ``max(1, floor(k n + 1e-6))``, or WILDCAT's
+        ``max(1, round(k n))`` (half to even).
+    spatial_dims : int, optional
+        The number of spatial axes; None reads any number of them (a batched input).
 
-    Examples::
+    Returns
+    -------
+    y : torch.Tensor
+        ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims``, ``(C,)`` unbatched; x's dtype.
+    indices : torch.Tensor of int64
+        With ``return_indices``: ``(N, C, k)``, ascending.
 
-        >>> nt.global_kmax_pool(torch.randn(2, 3, 7, 7), k=0.1).shape
-        torch.Size([2, 3])
+    Raises
+    ------
+    TypeError
+        A non-floating x.
+    ValueError
+        Fewer than three axes (or another rank than ``spatial_dims`` allows), an empty map, or
+        a bad option.
+
+    See Also
+    --------
+    GlobalKMaxPool : The ``nn.Module`` form.
+
+    Examples
+    --------
+    >>> nt.global_kmax_pool(torch.randn(2, 3, 7, 7), k=0.1).shape
+    torch.Size([2, 3])
     """
     def pool(x):
         count = _checks.k_count(k, _spatial_cells(x), "k", rounding=rounding)
@@ -425,29 +565,59 @@ def global_kmax_pool(x, k=1, keepdims=False, return_indices=False, rounding="flo
     return _global(x, spatial_dims, pool)
 
 
-def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, return_indices=False,
-                rounding="floor", spatial_dims=None):
-    """WELDON (npool.weldon_pool_forward): ``mean(kmax largest) + alpha mean(kmin
-    smallest)`` per map; WILDCAT is ``0.5 * weldon_pool(...)`` (see
-    ``npool.torch.compat.WildcatPool2d`` for WILDCAT's exact conventions).
+def weldon_pool(x: torch.Tensor, kmax: Count = 1, kmin: Optional[Count] = None,
+                alpha: float = 1.0, keepdims: bool = False, return_indices: bool = False,
+                rounding: str = "floor", spatial_dims: Optional[int] = None) -> TensorOrPair:
+    """WELDON pooling, differentiable: ``mean(kmax largest) + alpha * mean(kmin smallest)`` per map.
 
-    Args:
-        x, keepdims, spatial_dims: as ``global_max_pool``'s.
-        kmax, kmin: counts or fractions as ``global_kmax_pool``'s k; kmin=None is kmax,
-            kmin=0 drops the second term.
-        alpha: the weight of the smallest cells. Default 1.
-        return_indices: also return the selected flat indices (top set, then bottom set).
-        rounding: as ``global_kmax_pool``'s.
+    WILDCAT's pooling is ``0.5 * weldon_pool(...)`` (``npool.torch.compat.WildcatPool2d`` has its
+    exact conventions). The kernel is ``npool.weldon_pool_forward``.
 
-    Shape:
-        - Input: ``(N, C, *spatial)``; with ``spatial_dims`` exactly that many spatial axes,
-          batched or unbatched ``(C, *spatial)`` (as ``nn.AdaptiveMaxPool2d`` takes).
-        - Output: ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims`` (unbatched: ``(C,)``).
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(N, C, *spatial)`` with at least one spatial axis (with ``spatial_dims``: exactly that
+        many, batched or unbatched ``(C, *spatial)``, as ``nn.AdaptiveMaxPool2d`` takes);
+        float16, bfloat16, float32 or float64; CPU or CUDA; contiguous or channels-last.
+    kmax : int or float, default 1
+        The count of largest cells: an int >= 1 (clipped to the map) or a fraction in (0, 1].
+    kmin : int or float, optional
+        The count of smallest cells, as kmax; None is kmax, 0 drops the second term.
+    alpha : float, default 1.0
+        The weight of the smallest cells' mean, any finite number.
+    keepdims : bool, default False
+        Keep the pooled axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    return_indices : bool, default False
+        Also return the selected flat indices (the top set, then the bottom set).
+    rounding : {"floor", "round"}, default "floor"
+        The count of a fraction: ``max(1, floor(k n + 1e-6))``, or WILDCAT's
+        ``max(1, round(k n))`` (half to even).
+    spatial_dims : int, optional
+        The number of spatial axes; None reads any number of them (a batched input).
 
-    Examples::
+    Returns
+    -------
+    y : torch.Tensor
+        ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims``, ``(C,)`` unbatched; x's dtype.
+    indices : torch.Tensor of int64
+        With ``return_indices``: ``(N, C, kmax + kmin)``.
 
-        >>> nt.weldon_pool(torch.randn(2, 3, 7, 7), kmax=3, kmin=3, alpha=0.7).shape
-        torch.Size([2, 3])
+    Raises
+    ------
+    TypeError
+        A non-floating x.
+    ValueError
+        Fewer than three axes (or another rank than ``spatial_dims`` allows), an empty map, or
+        a bad option.
+
+    See Also
+    --------
+    WeldonPool : The ``nn.Module`` form.
+
+    Examples
+    --------
+    >>> nt.weldon_pool(torch.randn(2, 3, 7, 7), kmax=3, kmin=3, alpha=0.7).shape
+    torch.Size([2, 3])
     """
     alpha = _checks.finite_real(alpha, "alpha")
 
@@ -514,7 +684,9 @@ _register_autocast("npool::maxent_pool")
 
 
 def _make_maxent_pool(nd):
-    def maxent_pool(x, lam, kernel_size, stride=None, padding=0, ceil_mode=False):
+    def maxent_pool(x: torch.Tensor, lam: Union[float, torch.Tensor], kernel_size: Size,
+                    stride: Optional[Size] = None, padding: Size = 0,
+                    ceil_mode: bool = False) -> torch.Tensor:
         kernel, stride, padding = _window_lists(nd, kernel_size, stride, padding)
         if not isinstance(ceil_mode, bool):
             raise TypeError(f"ceil_mode must be a bool, got {type(ceil_mode).__name__}")
@@ -528,24 +700,59 @@ def _make_maxent_pool(nd):
     maxent_pool.__name__ = maxent_pool.__qualname__ = f"maxent_pool{nd}d"
     example = {1: ("(1, 3, 8)", "[1, 3, 4]"), 2: ("(1, 3, 8, 8)", "[1, 3, 4, 4]"),
                3: ("(1, 3, 4, 8, 8)", "[1, 3, 2, 4, 4]")}[nd]
-    maxent_pool.__doc__ = f"""Max-Entropy pooling over {nd} spatial axes, differentiable (twice) in
-    x and lam: ``y_o = sum_i softmax(lam_o x over window o)_i x_i``
-    (npool.maxent_pool{nd}d_forward).
+    axes = {1: "L", 2: "H, W", 3: "D, H, W"}[nd]
+    maxent_pool.__doc__ = f"""Max-Entropy pooling over {nd} spatial {"axis" if nd == 1 else "axes"}, differentiable (twice) in x and lam.
 
-    Args:
-        x: as ``soft_pool{nd}d``'s.
-        lam: a number or a tensor broadcastable to the output, e.g. (N, C, 1, ...) from a GFGP
-            branch; its gradient is summed to its own shape.
-        kernel_size, stride, padding, ceil_mode: as ``torch.nn.functional.max_pool{nd}d``'s.
+    SoftPool with a temperature (Kobayashi, ICCV 2019)::
 
-    Shape:
-        - Input: ``(N, C, *{nd} spatial)`` or ``(C, *spatial)``; lam broadcastable to the output.
-        - Output: ``(N, C, *out)`` in x's memory layout.
+        y_o = sum_(i in window o) softmax(lam_o * x over window o)_i * x_i
 
-    Examples::
+    ``lam = 0`` is the average of the window's real cells, ``lam -> inf`` the max,
+    ``lam < 0`` a soft minimum. The kernel is ``npool.maxent_pool{nd}d_forward``.
 
-        >>> nt.maxent_pool{nd}d(torch.randn{example[0]}, 0.5, kernel_size=2).shape
-        torch.Size({example[1]})
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(N, C, {axes})`` or unbatched ``(C, {axes})``; float16, bfloat16, float32 or
+        float64; on the CPU or a CUDA device; contiguous or channels-last (kept).
+    lam : float or torch.Tensor
+        The temperature: a number, or a tensor broadcastable to the output - a scalar,
+        ``(C, 1, ...)`` per channel, ``(N, C, 1, ...)`` per sample and channel (what a GFGP
+        branch gives) or per output cell. Its gradient is summed to its own shape.
+    kernel_size : int or tuple of {nd} ints
+        The window.
+    stride : int or tuple of {nd} ints, optional
+        The step between windows; default ``kernel_size``.
+    padding : int or tuple of {nd} ints, default 0
+        Implicit padding on both sides, at most half the kernel; padded cells are left out of
+        the windows.
+    ceil_mode : bool, default False
+        ``max_pool{nd}d``'s output-size rule with ceil instead of floor.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, C, *out)`` (or ``(C, *out)``), ``max_pool{nd}d``'s sizes, in x's dtype, device
+        and memory layout.
+
+    Raises
+    ------
+    TypeError
+        A non-floating x, or a ceil_mode that is not a bool.
+    ValueError
+        x of another rank, a lam that does not broadcast to the output, a lam number that is
+        not finite, or
+        bad window arguments.
+
+    See Also
+    --------
+    MaxEntPool2d : The ``nn.Module`` form, with the Global-Feature-Guided temperature.
+    npool.maxent_pool{nd}d_forward : The kernel, on NumPy and GPU arrays.
+
+    Examples
+    --------
+    >>> nt.maxent_pool{nd}d(torch.randn{example[0]}, 0.5, kernel_size=2).shape
+    torch.Size({example[1]})
     """
     return maxent_pool
 
@@ -718,105 +925,225 @@ def _set_mask(mask, x):
     return mask.to(x.device)
 
 
-def netvlad_pool(x, assign, centers, mask=None):
-    """NetVLAD (npool.netvlad_pool_forward), differentiable (twice) in x, assign and
-    centers: ``V[d, k] = sum_m a[m, k] (x[m, d] - c[d, k])``, l2n over d, flattened D-major,
-    l2n.
+def netvlad_pool(x: torch.Tensor, assign: torch.Tensor, centers: torch.Tensor,
+                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """NetVLAD pooling, differentiable (twice) in x, assign and centers.
 
-    Args:
-        x: (B, M, D) features; assign: (B, M, K) soft assignments; centers: (D, K).
-        mask: (B, M) bools (True: a real sample) or None.
+    ``V[d, k] = sum_m a[m, k] (x[m, d] - c[d, k])``, l2-normalised over d for each k, flattened
+    D-major and l2-normalised again (LOUPE's NetVLAD). The kernel is
+    ``npool.netvlad_pool_forward``.
 
-    Shape:
-        - Output: ``(B, D * K)``.
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, M, D)``: B sets of M samples with D features; float16, bfloat16, float32 or
+        float64; CPU or CUDA.
+    assign : torch.Tensor
+        ``(B, M, K)``: each sample's soft assignment to the K clusters, x's dtype.
+    centers : torch.Tensor
+        ``(D, K)``: the cluster centres.
+    mask : torch.Tensor of bool, optional
+        ``(B, M)``: True for real samples; the others change nothing. None: every sample is
+        real.
 
-    Examples::
+    Returns
+    -------
+    torch.Tensor
+        ``(B, D * K)``, x's dtype.
 
-        >>> x, a = torch.randn(2, 5, 4), torch.softmax(torch.randn(2, 5, 3), -1)
-        >>> nt.netvlad_pool(x, a, torch.randn(4, 3)).shape
-        torch.Size([2, 12])
+    Raises
+    ------
+    TypeError
+        Tensors of different or non-floating dtypes, or a mask that is not a bool tensor.
+    ValueError
+        Shapes that do not match.
+
+    See Also
+    --------
+    NetVLAD : LOUPE's layer around it.
+
+    Examples
+    --------
+    >>> x, a = torch.randn(2, 5, 4), torch.softmax(torch.randn(2, 5, 3), -1)
+    >>> nt.netvlad_pool(x, a, torch.randn(4, 3)).shape
+    torch.Size([2, 12])
     """
     if _onnx_export():
         return _decompositions.vlad_pool(x, assign, centers, _set_mask(mask, x))
     return _netvlad_pool(x, assign, centers, _set_mask(mask, x))[0]
 
 
-def netrvlad_pool(x, assign, mask=None):
-    """NetRVLAD (npool.netrvlad_pool_forward): NetVLAD without centroids.
+def netrvlad_pool(x: torch.Tensor, assign: torch.Tensor,
+                  mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """NetRVLAD pooling, differentiable (twice): NetVLAD without centres.
 
-    Args:
-        x, assign, mask: as ``netvlad_pool``'s.
+    ``V[d, k] = sum_m a[m, k] x[m, d]``, normalised as NetVLAD's. The kernel is
+    ``npool.netrvlad_pool_forward``.
 
-    Shape:
-        - Output: ``(B, D * K)``.
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, M, D)``: B sets of M samples with D features; float16, bfloat16, float32 or
+        float64; CPU or CUDA.
+    assign : torch.Tensor
+        ``(B, M, K)``: each sample's soft assignment to the K clusters, x's dtype.
+    mask : torch.Tensor of bool, optional
+        ``(B, M)``: True for real samples; the others change nothing. None: every sample is
+        real.
 
-    Examples::
+    Returns
+    -------
+    torch.Tensor
+        ``(B, D * K)``, x's dtype.
 
-        >>> x, a = torch.randn(2, 5, 4), torch.softmax(torch.randn(2, 5, 3), -1)
-        >>> nt.netrvlad_pool(x, a).shape
-        torch.Size([2, 12])
+    Raises
+    ------
+    TypeError
+        Tensors of different or non-floating dtypes, or a mask that is not a bool tensor.
+    ValueError
+        Shapes that do not match.
+
+    See Also
+    --------
+    NetRVLAD : LOUPE's layer around it.
+
+    Examples
+    --------
+    >>> x, a = torch.randn(2, 5, 4), torch.softmax(torch.randn(2, 5, 3), -1)
+    >>> nt.netrvlad_pool(x, a).shape
+    torch.Size([2, 12])
     """
     if _onnx_export():
         return _decompositions.vlad_pool(x, assign, None, _set_mask(mask, x))
     return _netvlad_pool(x, assign, None, _set_mask(mask, x))[0]
 
 
-def netfv_pool(x, assign, mu, covar_weights, mask=None):
-    """NetFV (npool.netfv_pool_forward): first- and second-order statistics, each l2n'd,
-    concatenated; sigma = covar_weights^2 + 1e-6.
+def netfv_pool(x: torch.Tensor, assign: torch.Tensor, mu: torch.Tensor,
+               covar_weights: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """NetFV pooling, differentiable (twice): first- and second-order Fisher-vector statistics.
 
-    Args:
-        x, assign, mask: as ``netvlad_pool``'s; mu, covar_weights: (D, K).
+    With ``sigma = covar_weights^2 + 1e-6``: ``F1[d, k] = sum_m a (x - mu) / sigma`` and
+    ``F2[d, k] = sum_m a ((x - mu)^2 / sigma^2 - 1)`` (LOUPE's), each l2-normalised over d,
+    flattened, concatenated and l2-normalised. The kernel is ``npool.netfv_pool_forward``.
 
-    Shape:
-        - Output: ``(B, 2 * D * K)``.
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, M, D)``: B sets of M samples with D features; float16, bfloat16, float32 or
+        float64; CPU or CUDA.
+    assign : torch.Tensor
+        ``(B, M, K)``: each sample's soft assignment to the K clusters, x's dtype.
+    mu : torch.Tensor
+        ``(D, K)``: the cluster means.
+    covar_weights : torch.Tensor
+        ``(D, K)``: the square roots of the cluster variances (before the 1e-6).
+    mask : torch.Tensor of bool, optional
+        ``(B, M)``: True for real samples; the others change nothing. None: every sample is
+        real.
 
-    Examples::
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 2 * D * K)``, x's dtype.
 
-        >>> x, a = torch.randn(2, 5, 4), torch.softmax(torch.randn(2, 5, 3), -1)
-        >>> nt.netfv_pool(x, a, torch.randn(4, 3), torch.ones(4, 3)).shape
-        torch.Size([2, 24])
+    Raises
+    ------
+    TypeError
+        Tensors of different or non-floating dtypes, or a mask that is not a bool tensor.
+    ValueError
+        Shapes that do not match.
+
+    See Also
+    --------
+    NetFV : LOUPE's layer around it.
+
+    Examples
+    --------
+    >>> x, a = torch.randn(2, 5, 4), torch.softmax(torch.randn(2, 5, 3), -1)
+    >>> nt.netfv_pool(x, a, torch.randn(4, 3), torch.ones(4, 3)).shape
+    torch.Size([2, 24])
     """
     if _onnx_export():
         return _decompositions.fv_pool(x, assign, mu, covar_weights, _set_mask(mask, x))
     return _netfv_pool(x, assign, mu, covar_weights, _set_mask(mask, x))
 
 
-def soft_dbow_pool(assign, mask=None):
-    """Soft-DBoW (npool.soft_dbow_pool_forward): ``l2n(sum_m assign)``.
+def soft_dbow_pool(assign: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Soft-DBoW pooling, differentiable (twice): ``l2n(sum_m assign[m])``.
 
-    Args:
-        assign: (B, M, K); mask: (B, M) bools or None.
+    The kernel is ``npool.soft_dbow_pool_forward``.
 
-    Shape:
-        - Output: ``(B, K)``.
+    Parameters
+    ----------
+    assign : torch.Tensor
+        ``(B, M, K)``: each sample's soft assignment to the K clusters; floating, CPU or CUDA.
+    mask : torch.Tensor of bool, optional
+        ``(B, M)``: True for real samples; the others change nothing. None: every sample is
+        real.
 
-    Examples::
+    Returns
+    -------
+    torch.Tensor
+        ``(B, K)``, assign's dtype.
 
-        >>> x, a = torch.randn(2, 5, 4), torch.softmax(torch.randn(2, 5, 3), -1)
-        >>> nt.soft_dbow_pool(a).shape
-        torch.Size([2, 3])
+    Raises
+    ------
+    TypeError
+        Tensors of different or non-floating dtypes, or a mask that is not a bool tensor.
+    ValueError
+        Shapes that do not match.
+
+    See Also
+    --------
+    SoftDBoW : LOUPE's layer around it.
+
+    Examples
+    --------
+    >>> a = torch.softmax(torch.randn(2, 5, 3), -1)
+    >>> nt.soft_dbow_pool(a).shape
+    torch.Size([2, 3])
     """
     if _onnx_export():
         return _decompositions.dbow_pool(assign, _set_mask(mask, assign))
     return _soft_dbow_pool(assign, _set_mask(mask, assign))
 
 
-def context_gating(x, weights, biases):
-    """Context Gating (npool.context_gating_forward): ``x * sigmoid(x W + b)`` over the
-    last axis.
+def context_gating(x: torch.Tensor, weights: torch.Tensor,
+                   biases: torch.Tensor) -> torch.Tensor:
+    """Context Gating, differentiable (twice): ``y = x * sigmoid(x W + b)`` over the last axis.
 
-    Args:
-        x: (..., n); weights: (n, n); biases: (n,).
+    The kernel is ``npool.context_gating_forward``.
 
-    Shape:
-        - Output: x's shape.
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(..., n)``; floating, CPU or CUDA.
+    weights : torch.Tensor
+        ``(n, n)``: W.
+    biases : torch.Tensor
+        ``(n,)``: b.
 
-    Examples::
+    Returns
+    -------
+    torch.Tensor
+        Of x's shape and dtype.
 
-        >>> x, a = torch.randn(2, 5, 4), torch.softmax(torch.randn(2, 5, 3), -1)
-        >>> nt.context_gating(x, torch.eye(4), torch.zeros(4)).shape
-        torch.Size([2, 5, 4])
+    Raises
+    ------
+    TypeError
+        Tensors of different or non-floating dtypes.
+    ValueError
+        Shapes that do not match.
+
+    See Also
+    --------
+    ContextGating : The layer (with LOUPE's BatchNorm variant).
+
+    Examples
+    --------
+    >>> x = torch.randn(2, 5, 4)
+    >>> nt.context_gating(x, torch.eye(4), torch.zeros(4)).shape
+    torch.Size([2, 5, 4])
     """
     if _onnx_export():
         return _decompositions.gating(x, weights, biases)

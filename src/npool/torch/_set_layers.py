@@ -12,6 +12,8 @@ LOUPE's numbers (``load_loupe_checkpoint``). LOUPE's ``is_training`` is accepted
 module's train/eval mode.
 """
 import math
+import os
+from typing import Any, Optional, Union
 
 import torch
 
@@ -89,55 +91,104 @@ def masked_batch_norm(bn, z, mask=None):
 
 
 class MaskedBatchNorm1d(torch.nn.BatchNorm1d):
-    r"""``BatchNorm1d`` over the last axis of ``(..., C)`` whose training statistics come from
-    the rows ``mask`` marks True (all rows without a mask); the running statistics are updated
-    from those rows too (unbiased variance, as ``BatchNorm1d``). Masked rows are normalised
-    with the same statistics and get no gradient through them. ``convert_sync_batchnorm``
-    turns it into a ``SyncBatchNorm``, which the LOUPE layers still give the mask (see
-    ``masked_batch_norm``).
+    r"""``BatchNorm1d`` over the last axis of ``(..., C)`` with statistics from the real rows only.
 
-    Args:
-        num_features, eps, momentum, affine, track_running_stats: as ``nn.BatchNorm1d``'s.
+    In training, the mean and biased variance of the rows ``mask`` marks True (every row
+    without a mask) normalise every row, and the running statistics are updated from those rows
+    (unbiased variance, as ``BatchNorm1d``). Masked rows get no gradient through the
+    statistics. ``nn.SyncBatchNorm.convert_sync_batchnorm`` turns it into a ``SyncBatchNorm``,
+    which the LOUPE layers still give the mask (the sums are then all-reduced over the ranks).
+    In eval mode it is ``BatchNorm1d`` over the last axis.
 
-    Shape:
-        - Input: ``z`` ``(..., C)``; ``mask`` of ``z``'s leading shape (bools) or None.
-        - Output: ``z``'s shape.
+    Parameters
+    ----------
+    num_features : int
+        C, the size of the last axis.
+    eps : float, default 1e-5
+        Added to the variance.
+    momentum : float, optional
+        The running statistics' update weight (default 0.1); None: a cumulative average.
+    affine : bool, default True
+        Learnable weight and bias.
+    track_running_stats : bool, default True
+        Keep running statistics for eval mode.
+    **kwargs
+        Other keyword arguments of ``nn.BatchNorm1d`` (``device``, ``dtype``).
 
-    Examples::
+    See Also
+    --------
+    NetVLAD : A LOUPE layer that normalises its assignment logits with it.
 
-        >>> bn = nt.MaskedBatchNorm1d(4)
-        >>> z, mask = torch.randn(2, 5, 4), torch.tensor([[True] * 5, [True, False] * 2 + [False]])
-        >>> bn(z, mask).shape
-        torch.Size([2, 5, 4])
+    Examples
+    --------
+    >>> bn = nt.MaskedBatchNorm1d(4)
+    >>> z, mask = torch.randn(2, 5, 4), torch.tensor([[True] * 5, [True, False] * 2 + [False]])
+    >>> bn(z, mask).shape
+    torch.Size([2, 5, 4])
     """
 
-    def forward(self, z, mask=None):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, **kwargs: Any) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, **kwargs)
+
+    def forward(self, z: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Normalise z over its last axis.
+
+        Parameters
+        ----------
+        z : torch.Tensor
+            ``(..., C)``.
+        mask : torch.Tensor of bool, optional
+            z's leading shape: True for the rows the statistics come from; None: every row.
+
+        Returns
+        -------
+        torch.Tensor
+            z's shape.
+        """
         return masked_batch_norm(self, z, mask)
 
 
 class ContextGating(torch.nn.Module):
-    r"""Context Gating (Miech et al. 2017): ``y = x * sigmoid(x W + b)``, or
-    ``x * sigmoid(BN(x W))`` with ``add_batch_norm``; ``W, b ~ N(0, 1/sqrt(input_size))``.
+    r"""Context Gating (Miech et al. 2017): ``y = x * sigmoid(x W + b)`` over the last axis.
 
-    Args:
-        input_size: the features n of the last axis.
-        add_batch_norm: BatchNorm instead of the bias. Default True.
-        bn_epsilon, bn_momentum: the BatchNorm's eps and momentum (PyTorch's meaning), LOUPE's
-            by default (1e-3, 0.001).
-        is_training: None (default) keeps PyTorch's mode, a bool sets ``train(is_training)``.
+    With ``add_batch_norm``: ``y = x * sigmoid(BN(x W))``. LOUPE's initialisers:
+    ``W, b ~ N(0, 1/sqrt(input_size))``. Input ``(..., input_size)``; output of the same shape.
 
-    Shape:
-        - Input: ``(..., input_size)``.
-        - Output: the input's shape.
+    Parameters
+    ----------
+    input_size : int
+        The features n of the last axis.
+    add_batch_norm : bool, default True
+        BatchNorm on ``x W`` instead of the bias.
+    bn_epsilon : float, default 1e-3
+        The BatchNorm's eps (LOUPE's).
+    bn_momentum : float, default 0.001
+        The BatchNorm's momentum in PyTorch's meaning, ``1 - decay`` (LOUPE's decay 0.999).
+    is_training : bool, optional
+        LOUPE's flag: None keeps PyTorch's mode (training), a bool sets
+        ``train(is_training)``.
 
-    Examples::
+    Raises
+    ------
+    ValueError
+        A size that is not a positive int, or bad BatchNorm options.
+    TypeError
+        A flag that is not a bool.
 
-        >>> nt.ContextGating(8, add_batch_norm=False)(torch.randn(4, 8)).shape
-        torch.Size([4, 8])
+    See Also
+    --------
+    context_gating : The function.
+
+    Examples
+    --------
+    >>> nt.ContextGating(8, add_batch_norm=False)(torch.randn(4, 8)).shape
+    torch.Size([4, 8])
     """
 
-    def __init__(self, input_size, add_batch_norm=True, bn_epsilon=LOUPE_BN_EPSILON,
-                 bn_momentum=LOUPE_BN_MOMENTUM, is_training=None):
+    def __init__(self, input_size: int, add_batch_norm: bool = True,
+                 bn_epsilon: float = LOUPE_BN_EPSILON, bn_momentum: float = LOUPE_BN_MOMENTUM,
+                 is_training: Optional[bool] = None) -> None:
         super().__init__()
         self.input_size = _checks.positive_int(input_size, "input_size")
         self.add_batch_norm = _checks.flag(add_batch_norm, "add_batch_norm")
@@ -150,7 +201,19 @@ class ContextGating(torch.nn.Module):
             self.gating_biases = _normal(self.input_size, std=std)
         _set_mode(self, is_training)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Gate x.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(..., input_size)``.
+
+        Returns
+        -------
+        torch.Tensor
+            x's shape.
+        """
         if not self.add_batch_norm:
             return context_gating(x, self.gating_weights.to(x.dtype),
                                   self.gating_biases.to(x.dtype))
@@ -158,55 +221,80 @@ class ContextGating(torch.nn.Module):
                                   x.reshape(-1, self.input_size) @ self.gating_weights)
         return x * torch.sigmoid(gates).reshape(x.shape)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"input_size={self.input_size}, add_batch_norm={self.add_batch_norm}"
 
 
-def _loupe_doc(name, summary, pooled):
-    """The PyTorch-style docstring of LOUPE pooling layer ``name``."""
+def _loupe_doc(name, summary, pooled, formula):
+    """The numpydoc docstring of LOUPE pooling layer ``name``."""
     return summary + """
+
+    {formula}
 
     The LOUPE layer (Miech et al. 2017): the soft assignment ``softmax(BN(x W))`` (or
     ``softmax(x W + b)`` without BatchNorm) over ``cluster_size`` clusters, the pool (pooled
     size {pooled}), the projection ``@ hidden1_weights`` to ``output_dim`` and optional
-    Context Gating; LOUPE's parameter names and initialisers, so LOUPE's weights load
-    (``load_loupe_checkpoint``).
+    Context Gating, with LOUPE's parameter names and initialisers, so LOUPE's weights load
+    (``load_loupe_checkpoint``). Input ``x`` ``(B, M, D)`` or LOUPE's ``(B * M, D)`` and an
+    optional ``mask`` ``(B, M)`` of bools (True: a real sample; the others change nothing,
+    BatchNorm statistics included); output ``(B, output_dim)``.
 
-    Args:
-        feature_size: D, the features of each sample.
-        max_samples: M, the samples of each set (read when the input is LOUPE's (B * M, D)).
-        cluster_size: K.
-        output_dim: the output features.
-        gating: add Context Gating. Default True.
-        add_batch_norm: BatchNorm on the assignment logits (and in the gating) instead of
-            biases. Default True.
-        is_training: LOUPE's flag: None (default) keeps PyTorch's mode, a bool sets
-            ``train(is_training)``.
-        bn_epsilon, bn_momentum: the BatchNorms' eps and momentum (PyTorch's meaning),
-            LOUPE's by default: 1e-3 and 0.001 (slim's decay 0.999).
+    Parameters
+    ----------
+    feature_size : int
+        D, the features of each sample.
+    max_samples : int
+        M, the samples of each set (read when the input is LOUPE's ``(B * M, D)``).
+    cluster_size : int
+        K, the clusters.
+    output_dim : int
+        The output features.
+    gating : bool, default True
+        Add Context Gating after the projection.
+    add_batch_norm : bool, default True
+        BatchNorm on the assignment logits (and in the gating) instead of biases.
+    is_training : bool, optional
+        LOUPE's flag: None keeps PyTorch's mode (training), a bool sets
+        ``train(is_training)``.
+    bn_epsilon : float, default 1e-3
+        The BatchNorms' eps (LOUPE's).
+    bn_momentum : float, default 0.001
+        The BatchNorms' momentum in PyTorch's meaning, ``1 - decay`` (LOUPE's decay 0.999).
 
-    Shape:
-        - Input: ``x`` ``(B, M, D)`` or LOUPE's ``(B * M, D)``; ``mask`` ``(B, M)`` bools (True:
-          a real sample; the others change nothing) or None.
-        - Output: ``(B, output_dim)``.
+    Raises
+    ------
+    ValueError
+        A size that is not a positive int, or bad BatchNorm options.
+    TypeError
+        A flag that is not a bool.
 
-    Examples::
+    See Also
+    --------
+    {function} : The pool alone.
+    load_loupe_checkpoint : LOUPE's trained weights.
 
-        >>> layer = nt.{name}(feature_size=16, max_samples=10, cluster_size=4, output_dim=8)
-        >>> x = torch.randn(3, 10, 16)
-        >>> mask = torch.arange(10) < torch.tensor([[10], [4], [1]])
-        >>> layer(x, mask).shape
-        torch.Size([3, 8])
-    """.format(name=name, pooled=pooled)
+    Examples
+    --------
+    >>> layer = nt.{name}(feature_size=16, max_samples=10, cluster_size=4, output_dim=8)
+    >>> x = torch.randn(3, 10, 16)
+    >>> mask = torch.arange(10) < torch.tensor([[10], [4], [1]])
+    >>> layer(x, mask).shape
+    torch.Size([3, 8])
+    """.format(name=name, pooled=pooled, formula=formula, function=_FUNCTION_OF[name])
+
+
+_FUNCTION_OF = {"NetVLAD": "netvlad_pool", "NetRVLAD": "netrvlad_pool", "NetFV": "netfv_pool",
+                "SoftDBoW": "soft_dbow_pool"}
 
 
 class _LoupePool(torch.nn.Module):
     """The assignment, projection and gating shared by LOUPE's pooling layers; subclasses give
     the pooled size and the pool."""
 
-    def __init__(self, feature_size, max_samples, cluster_size, output_dim, gating=True,
-                 add_batch_norm=True, is_training=None, bn_epsilon=LOUPE_BN_EPSILON,
-                 bn_momentum=LOUPE_BN_MOMENTUM):
+    def __init__(self, feature_size: int, max_samples: int, cluster_size: int,
+                 output_dim: int, gating: bool = True, add_batch_norm: bool = True,
+                 is_training: Optional[bool] = None, bn_epsilon: float = LOUPE_BN_EPSILON,
+                 bn_momentum: float = LOUPE_BN_MOMENTUM) -> None:
         super().__init__()
         self.feature_size = _checks.positive_int(feature_size, "feature_size")
         self.max_samples = _checks.positive_int(max_samples, "max_samples")
@@ -230,11 +318,33 @@ class _LoupePool(torch.nn.Module):
                                                 momentum)
         _set_mode(self, is_training)
 
-    def _init_pool_parameters(self, d, k):
-        pass
+    def _init_pool_parameters(self, d: int, k: int) -> None:
+        """Create the pool's own parameters (centres, covariances), if it has any."""
 
-    def assignment(self, x, mask=None):
-        """The soft assignment ``softmax(BN(x W))`` (``softmax(x W + b)``): (B, M, K)."""
+    def _pooled_size(self, d: int, k: int) -> int:
+        """The size of the pooled vector for D = d features and K = k clusters."""
+        raise NotImplementedError
+
+    def _pool(self, x: torch.Tensor, a: torch.Tensor,
+              mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The pool of x (B, M, D) with assignment a (B, M, K): (B, pooled size)."""
+        raise NotImplementedError
+
+    def assignment(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The soft assignment ``softmax(BN(x W))`` (without BatchNorm ``softmax(x W + b)``).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, M, feature_size)``.
+        mask : torch.Tensor of bool, optional
+            ``(B, M)``: True for the samples the BatchNorm statistics come from.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, M, cluster_size)``.
+        """
         logits = x @ self.cluster_weights.to(x.dtype)
         if self.add_batch_norm:  # also after convert_sync_batchnorm made it a SyncBatchNorm
             logits = masked_batch_norm(self.cluster_bn, logits, mask)
@@ -242,9 +352,21 @@ class _LoupePool(torch.nn.Module):
             logits = logits + self.cluster_biases.to(x.dtype)
         return torch.softmax(logits, dim=-1)
 
-    def forward(self, x, mask=None):
-        """``x`` (B, M, feature_size), or LOUPE's (B * max_samples, feature_size); ``mask`` (B, M)
-        bools, True for real samples, or None. Returns (B, output_dim)."""
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Pool each set of x into one vector.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, M, feature_size)``, or LOUPE's ``(B * max_samples, feature_size)``.
+        mask : torch.Tensor of bool, optional
+            ``(B, M)``: True for real samples; None: every sample is real.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, output_dim)``.
+        """
         b, m, d = _checks.set_layer_input(tuple(x.shape), self.feature_size, self.max_samples)
         x = x.reshape(b, m, d)
         if mask is not None and tuple(mask.shape) != (b, m):
@@ -254,7 +376,7 @@ class _LoupePool(torch.nn.Module):
         out = pooled @ self.hidden1_weights.to(x.dtype)
         return self.context_gating(out) if self.gating else out
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return ((f"feature_size={self.feature_size}, max_samples={self.max_samples}, "
                 f"cluster_size={self.cluster_size}, output_dim={self.output_dim}, "
                 f"gating={self.gating}, add_batch_norm={self.add_batch_norm}")
@@ -264,9 +386,10 @@ class _LoupePool(torch.nn.Module):
 
 class NetVLAD(_LoupePool):
     __doc__ = _loupe_doc(
-        "NetVLAD", "NetVLAD (``npool.netvlad_pool_forward``): ``V[d, k] = sum_m a[m, k] (x[m, d] "
-        "- c[d, k])``,\n    intra-normalised over d, flattened D-major, l2-normalised; "
-        "centroids\n    ``cluster_weights2`` (D, K) ~ N(0, 1/sqrt(D)).", "D * K")
+        "NetVLAD", "LOUPE's NetVLAD layer: soft assignment, VLAD pooling, projection, gating.",
+        "D * K", "``V[d, k] = sum_m a[m, k] (x[m, d] - c[d, k])``, l2-normalised over d, "
+        "flattened D-major and\n    l2-normalised; the centres ``cluster_weights2`` (D, K) "
+        "~ N(0, 1/sqrt(D)).")
 
     def _init_pool_parameters(self, d, k):
         self.cluster_weights2 = _normal(d, k, std=1 / math.sqrt(d))
@@ -279,8 +402,9 @@ class NetVLAD(_LoupePool):
 
 
 class NetRVLAD(_LoupePool):
-    __doc__ = _loupe_doc("NetRVLAD", "NetRVLAD (``npool.netrvlad_pool_forward``): NetVLAD "
-                         "without centroids.", "D * K")
+    __doc__ = _loupe_doc("NetRVLAD", "LOUPE's NetRVLAD layer: NetVLAD without centres.",
+                         "D * K", "``V[d, k] = sum_m a[m, k] x[m, d]``, normalised as "
+                         "NetVLAD's.")
 
     def _pooled_size(self, d, k):
         return d * k
@@ -291,9 +415,11 @@ class NetRVLAD(_LoupePool):
 
 class NetFV(_LoupePool):
     __doc__ = _loupe_doc(
-        "NetFV", "NetFV (``npool.netfv_pool_forward``): first- and second-order Fisher-vector "
-        "statistics with\n    means ``cluster_weights2`` ~ N(0, 1/sqrt(D)) and "
-        "``covar_weights`` ~ N(1, 1/sqrt(D))\n    (sigma = covar_weights^2 + 1e-6).", "2 * D * K")
+        "NetFV", "LOUPE's NetFV layer: first- and second-order Fisher-vector statistics.",
+        "2 * D * K", "With the means ``cluster_weights2`` ~ N(0, 1/sqrt(D)) and "
+        "``covar_weights`` ~ N(1, 1/sqrt(D))\n    (``sigma = covar_weights^2 + 1e-6``): the "
+        "first-order ``sum_m a (x - mu) / sigma`` and\n    second-order ``sum_m a ((x - mu)^2 "
+        "/ sigma^2 - 1)`` statistics, each normalised, concatenated.")
 
     def _init_pool_parameters(self, d, k):
         self.cluster_weights2 = _normal(d, k, std=1 / math.sqrt(d))
@@ -308,8 +434,9 @@ class NetFV(_LoupePool):
 
 
 class SoftDBoW(_LoupePool):
-    __doc__ = _loupe_doc("SoftDBoW", "Soft-DBoW (``npool.soft_dbow_pool_forward``): the "
-                         "l2-normalised sum of the soft assignments.", "K")
+    __doc__ = _loupe_doc("SoftDBoW", "LOUPE's Soft-DBoW layer: a soft bag of visual words.",
+                         "K", "``l2n(sum_m a[m])``: the l2-normalised sum of the soft "
+                         "assignments.")
 
     def _pooled_size(self, d, k):
         return k
@@ -324,36 +451,53 @@ _TORCH_BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
              "moving_variance": "running_var"}
 
 
-def load_loupe_checkpoint(checkpoint, layer=None, *, scope=None, max_samples=None):
-    """LOUPE's trained weights from a TensorFlow 1 checkpoint (``tf.train.Saver`` files of a
-    model that used ``loupe.py``), read with ``tf.train.load_checkpoint`` (TensorFlow needed).
+def load_loupe_checkpoint(checkpoint: Union[str, "os.PathLike[str]"],
+                          layer: Optional[torch.nn.Module] = None, *,
+                          scope: Optional[str] = None,
+                          max_samples: Optional[int] = None) -> torch.nn.Module:
+    """LOUPE's trained weights from a TensorFlow 1 checkpoint, as an npool.torch layer.
 
-    - ``load_loupe_checkpoint(path, max_samples=100)`` returns a new ``NetVLAD``, ``NetRVLAD``,
-      ``NetFV`` or ``SoftDBoW`` (whichever the checkpoint holds) with the checkpoint's sizes,
-      gating and BatchNorm, LOUPE's BatchNorm eps/momentum, in PyTorch's default training mode
-      (call ``.eval()`` for inference, as LOUPE's ``is_training=False``);
-    - ``load_loupe_checkpoint(path, layer)`` fills an existing layer (also a ``ContextGating``,
-      from ``gating_*``) and returns it; its sizes must match the checkpoint's.
+    The checkpoint is ``tf.train.Saver``'s files of a model that used ``loupe.py``, read with
+    ``tf.train.load_checkpoint`` (TensorFlow is needed for this call only). BatchNorm
+    ``gamma/beta/moving_mean/moving_variance`` become ``weight/bias/running_mean/running_var``;
+    ``cluster_weights2`` (1, D, K) becomes (D, K). A new layer is in PyTorch's default training
+    mode: call ``.eval()`` for inference, as LOUPE's ``is_training=False``.
 
-    ``scope``: the variable scope the block was built under (``"video_VLAD"``); None finds the
-    only block in the checkpoint. BatchNorm ``gamma/beta/moving_mean/moving_variance`` become
-    ``weight/bias/running_mean/running_var``; ``cluster_weights2`` (1, D, K) becomes (D, K).
+    Parameters
+    ----------
+    checkpoint : str or os.PathLike
+        The checkpoint's path prefix (``model.ckpt-1000``) or its directory.
+    layer : torch.nn.Module, optional
+        An npool.torch LOUPE layer or ``ContextGating`` (from ``gating_*``) to fill; its sizes
+        must match the checkpoint's. None: a new ``NetVLAD``, ``NetRVLAD``, ``NetFV`` or
+        ``SoftDBoW``, whichever the checkpoint holds, with its sizes, gating and BatchNorm.
+    scope : str, optional
+        Keyword only: the variable scope the block was built under (``"video_VLAD"``); None
+        finds the only block in the checkpoint.
+    max_samples : int, optional
+        Keyword only: M for a new layer.
 
-    Args:
-        checkpoint: the checkpoint's path prefix (``model.ckpt-1000``) or its directory.
-        layer: an npool.torch LOUPE layer or ContextGating to fill, or None for a new one.
-        scope: the block's variable scope, or None for the only one.
-        max_samples: M for a new layer.
-
-    Returns:
+    Returns
+    -------
+    torch.nn.Module
         The layer, filled.
 
-    Examples::
+    Raises
+    ------
+    ValueError
+        An unreadable checkpoint, no LOUPE block, several without a scope, or sizes that do
+        not match ``layer``'s.
+    TypeError
+        A checkpoint that is not a path, or a scope that is not a str.
+    ImportError
+        TensorFlow is not installed.
 
-        >>> vlad = nt.load_loupe_checkpoint("model.ckpt", scope="video_VLAD",
-        ...                                 max_samples=300)  # doctest: +SKIP
-        >>> vlad.eval()(torch.randn(8 * 300, 1024)).shape  # doctest: +SKIP
-        torch.Size([8, 1024])
+    Examples
+    --------
+    >>> vlad = nt.load_loupe_checkpoint("model.ckpt", scope="video_VLAD",
+    ...                                 max_samples=300)  # doctest: +SKIP
+    >>> vlad.eval()(torch.randn(8 * 300, 1024)).shape  # doctest: +SKIP
+    torch.Size([8, 1024])
     """
     with torch.no_grad():
         return load_loupe_weights(checkpoint, layer, scope, max_samples, _LAYERS, _TORCH_BN,
