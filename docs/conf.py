@@ -1,9 +1,8 @@
 """Sphinx configuration of npool's documentation site (``sphinx-build -W -b html docs out``).
 
 Sphinx, because the API reference comes from the docstrings (autodoc, with napoleon reading
-both the numpydoc sections of the core and the Keras-style ``Args:`` sections of the Keras
-layers) and the pages are the repository's own Markdown (MyST), so the same files read well on
-GitHub and build into the site.
+the numpydoc sections of every public docstring, core and adapters alike) and the pages are the
+repository's own Markdown (MyST), so the same files read well on GitHub and build into the site.
 """
 import npool
 
@@ -18,8 +17,7 @@ exclude_patterns = ["_build"]
 myst_enable_extensions = ["colon_fence"]
 myst_heading_anchors = 3
 napoleon_numpy_docstring = True
-napoleon_google_docstring = True
-napoleon_custom_sections = ["Input shape", "Output shape", ("Call arguments", "params_style")]
+napoleon_google_docstring = False
 autodoc_default_options = {"members": True, "undoc-members": False}
 autodoc_mock_imports = ["pycuda"]
 html_theme = "alabaster"

@@ -1,7 +1,7 @@
-"""npool.tf's public functions and layers document their arguments and an example as Keras'
-do, and the examples run (doctest)."""
-import doctest
-import inspect
+"""npool.tf's public functions and npool.keras' layers (npool.tf's layer names are the same
+classes) have numpydoc docstrings (parameters matching the signature, Returns, Examples;
+numpydoc's sections only) whose examples run, and annotations on every function, constructor
+and call."""
 import os
 
 import numpy as np
@@ -9,23 +9,37 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 tf = pytest.importorskip("tensorflow")
+pytest.importorskip("numpydoc")
 
 import npool  # noqa: E402
+import npool.keras  # noqa: E402,F401
 import npool.tf  # noqa: E402,F401
+from docstring_checks import (REQUIRED, SECTIONS, failed_examples, numpydoc_errors,  # noqa: E402
+                              unannotated)
+
+PUBLIC = [("npool.tf", name) for name in npool.tf.__all__] + \
+    [("npool.keras", name) for name in npool.keras.__all__]
+
+
+@pytest.mark.parametrize("module, name", PUBLIC)
+def test_numpydoc_sections(module, name):
+    assert numpydoc_errors(f"{module}.{name}", REQUIRED + SECTIONS,
+                           allowed=("RT01",) if name == "portable" else ()) == []
 
 
 @pytest.mark.parametrize("name", npool.tf.__all__)
-def test_documented_and_examples_run(name):
-    obj = getattr(npool.tf, name)
-    doc = obj.__doc__ or ""
-    assert "Example:" in doc, name
-    if inspect.signature(obj).parameters:
-        assert "Args:" in doc, name
-    assert ("Returns:" in doc) or ("shape:" in doc) or ("Call arguments:" in doc), name
-    finder = doctest.DocTestFinder(recurse=False)
-    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    tests = finder.find(obj, name, globs={"np": np, "tf": tf, "npool": npool})
-    assert any(test.examples for test in tests), name
-    for test in tests:
-        runner.run(test)
-    assert runner.failures == 0, f"{name}: {runner.failures} example(s) failed"
+def test_examples_run(name):
+    examples, failures = failed_examples(getattr(npool.tf, name), name,
+                                         {"np": np, "tf": tf, "npool": npool})
+    assert examples > 0 and failures == 0, (name, failures)
+
+
+@pytest.mark.parametrize("module, name", PUBLIC)
+def test_annotated(module, name):
+    assert unannotated(getattr(__import__(module, fromlist=["_"]), name)) == []
+
+
+def test_npool_keras_layers_are_npool_tf_layers():
+    """So the examples above, run through npool.tf, are npool.keras' too."""
+    assert {name: getattr(npool.keras, name) for name in npool.keras.__all__} == \
+        {name: getattr(npool.tf, name) for name in npool.keras.__all__}

@@ -1,13 +1,16 @@
 """Keras 3 layers of npool's pooling ops, written once for every Keras backend and named as
 Keras names its own pooling layers. Each layer calls the op of the adapter of Keras' backend
 (``_backends.op``): npool.tf on TensorFlow, npool.jax on JAX, npool.torch on PyTorch."""
-import textwrap
-from typing import Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import keras
 
 from .. import _checks
+from .._types import Count, Size
 from ._backends import op, require_supported_backend
+
+Tensor = Any  # a tensor of Keras' backend (tf.Tensor, jax.Array, torch.Tensor) or an array
+Shape = Tuple[Optional[int], ...]  # a Keras shape, None for unknown sizes
 
 
 class _SoftPoolingND(keras.layers.Layer):
@@ -21,8 +24,9 @@ class _SoftPoolingND(keras.layers.Layer):
 
     _nd: int = 0  # the spatial axes, set by each subclass
 
-    def __init__(self, pool_size=2, strides=None, padding="valid", ceil_mode=False,
-                 data_format=None, **kwargs):
+    def __init__(self, pool_size: Size = 2, strides: Optional[Size] = None,
+                 padding: Union[str, Size] = "valid", ceil_mode: bool = False,
+                 data_format: Optional[str] = None, **kwargs: Any) -> None:
         require_supported_backend()
         super().__init__(**kwargs)
         if isinstance(padding, str):
@@ -37,11 +41,24 @@ class _SoftPoolingND(keras.layers.Layer):
         self.data_format = data_format or keras.config.image_data_format()
         _checks.WindowArgs(self._nd, pool_size, strides, padding, ceil_mode)  # fail early
 
-    def call(self, inputs):
+    def call(self, inputs: Tensor) -> Tensor:
+        """Pool the inputs.
+
+        Parameters
+        ----------
+        inputs : tensor
+            ``(batch, *spatial, channels)`` (channels_last) or ``(batch, channels,
+            *spatial)``, with the class's number of spatial axes.
+
+        Returns
+        -------
+        tensor
+            The pooled tensor, in the backend's tensor type and the inputs' dtype.
+        """
         return op(f"soft_pool{self._nd}d")(inputs, self.pool_size, self.strides, self.padding,
                                            self.ceil_mode, self.data_format)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
         window = _checks.WindowArgs(self._nd, self.pool_size, self.strides, self.padding,
                                     self.ceil_mode)
         shape = list(input_shape)
@@ -53,46 +70,59 @@ class _SoftPoolingND(keras.layers.Layer):
             shape[a] = n
         return tuple(shape)
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "pool_size": self.pool_size, "strides": self.strides,
                 "padding": self.padding, "ceil_mode": self.ceil_mode,
                 "data_format": self.data_format}
 
 
 def _soft_pool_doc(nd):
-    """The Keras-style docstring of SoftPooling{nd}D."""
+    """The numpydoc docstring of SoftPooling{nd}D."""
     axes = {1: "steps", 2: "rows, cols", 3: "dim1, dim2, dim3"}[nd]
     shape, out = {1: ("(2, 8, 3)", "(2, 4, 3)"), 2: ("(2, 8, 8, 3)", "(2, 4, 4, 3)"),
                   3: ("(2, 4, 8, 8, 3)", "(2, 2, 4, 4, 3)")}[nd]
-    return f"""SoftPool over {nd} spatial {"axis" if nd == 1 else "axes"} (Stergiou et al., ICCV
-    2021), with the arguments of ``keras.layers.MaxPooling{nd}D``: each output is the
-    softmax-weighted mean of its window's real cells,
-    ``y_o = sum_i w_i x_i`` with ``w = softmax(x over window o)``.
+    return f"""SoftPool over {nd} spatial {"axis" if nd == 1 else "axes"}, with ``keras.layers.MaxPooling{nd}D``'s arguments.
 
-    Args:
-        pool_size: the window size, an int or a tuple of {nd} ints. Default 2.
-        strides: the window step, an int, a tuple or None (``pool_size``).
-        padding: ``"valid"`` (none) or explicit padding on both sides, an int or a tuple, at
-            most half the pool size; padded cells are left out of the windows (not zeros).
-            ``"same"`` is refused: its asymmetric padding has no SoftPool equivalent here.
-        ceil_mode: PyTorch's ceil rule for the output size. Default False.
-        data_format: ``"channels_last"`` or ``"channels_first"``; default
-            ``keras.config.image_data_format()``.
+    Each output is the softmax-weighted mean of its window's real cells (Stergiou et al.,
+    ICCV 2021)::
 
-    Input shape:
-        ``(batch, {axes}, channels)`` (channels_last) or ``(batch, channels, {axes})``;
-        float16, bfloat16, float32 or float64.
+        y_o = sum_(i in window o) softmax(x over window o)_i * x_i
 
-    Output shape:
-        The same with each spatial size ``floor((L + 2 padding - pool_size [+ strides - 1]) /
-        strides) + 1`` (PyTorch's rule; ``ceil_mode`` adds the bracket).
+    Input ``(batch, {axes}, channels)`` (channels_last) or ``(batch, channels, {axes})``,
+    float16, bfloat16, float32 or float64; output the same with each spatial size
+    ``floor((L + 2 padding - pool_size [+ strides - 1]) / strides) + 1`` (PyTorch's rule;
+    ``ceil_mode`` adds the bracket). Runs on Keras' TensorFlow, JAX and PyTorch backends
+    through npool.tf, npool.jax and npool.torch (npool's kernels on the CPU; see each adapter
+    for graphs that must stand alone, such as SavedModel, XLA or ``jax.export``).
 
-    Runs on Keras' TensorFlow, JAX and PyTorch backends through npool.tf, npool.jax and
-    npool.torch (npool's kernels on the CPU; see each adapter for graphs that must stand
-    alone, such as SavedModel, XLA or ``jax.export``).
+    Parameters
+    ----------
+    pool_size : int or tuple of {nd} ints, default 2
+        The window.
+    strides : int or tuple of {nd} ints, optional
+        The step between windows; default ``pool_size``.
+    padding : "valid", int or tuple of {nd} ints, default "valid"
+        ``"valid"`` (none) or explicit padding on both sides, at most half the pool size;
+        padded cells are left out of the windows (not zeros). ``"same"`` is refused: its
+        asymmetric padding has no SoftPool equivalent here.
+    ceil_mode : bool, default False
+        PyTorch's output-size rule with ceil instead of floor.
+    data_format : {{"channels_last", "channels_first"}}, optional
+        Where the channel axis is; default ``keras.config.image_data_format()``.
+    **kwargs
+        Keras' base layer arguments (``name``, ``dtype``, ``trainable``).
 
-    Example:
+    Raises
+    ------
+    ValueError
+        Bad window arguments, or ``padding="same"``.
 
+    See Also
+    --------
+    npool.tf.soft_pool{nd}d : The function (TensorFlow).
+
+    Examples
+    --------
     >>> layer = npool.keras.SoftPooling{nd}D(pool_size=2)
     >>> tuple(layer(np.ones({shape}, "float32")).shape)
     {out}
@@ -117,65 +147,86 @@ class SoftPooling3D(_SoftPoolingND):
     _nd = 3
 
 
+_ROUNDING = """    rounding : {"floor", "round"}, default "floor"
+        The count of a fraction: ``max(1, floor(k n + 1e-6))``, or WILDCAT's
+        ``max(1, round(k n))`` (half to even).
+"""
+# name: (summary, formula, its own parameters, the example's arguments)
 _GLOBAL = {
-    "GlobalMaxPool": ("``y = max x`` over the spatial cells of each map", (), ""),
-    "GlobalAvgPool": ("``y = mean x`` over the spatial cells of each map", (), ""),
+    "GlobalMaxPool": ("Global max pooling", "``y = max x`` over the spatial cells of each map; "
+                      "ties go to the lowest flat index.", "", ""),
+    "GlobalAvgPool": ("Global average pooling", "``y = mean x`` over the spatial cells of each "
+                      "map.", "", ""),
     "GlobalLSEPool": (
-        "LogSumExp pooling, ``y = (1/beta) log(mean exp(beta x))`` over the spatial cells of "
-        "each map: the max as beta grows, the mean as it shrinks to 0",
-        (("beta", "the sharpness, a finite real; 0 gives the mean. Default 1.0."),), "beta=2.0"),
+        "Global LogSumExp pooling", "``y = (1/beta) log(mean exp(beta x))`` over the spatial "
+        "cells of each map: the max as\n    beta grows, the mean as it shrinks to 0.",
+        "    beta : float, default 1.0\n        The sharpness, any finite number; 0 gives the "
+        "mean.\n", "beta=2.0"),
     "GlobalKMaxPool": (
-        "the mean of the k largest cells of each map (k-max pooling)",
-        (("k", "a count (an int >= 1, clipped to the number of cells n) or a fraction in "
-               "(0, 1] of the cells: ``max(1, floor(k n))``. Default 1."),
-         ("rounding", '``"floor"`` or ``"round"`` (half to even, WILDCAT\'s rule) for a '
-                      'fractional k. Default ``"floor"``.')), "k=3"),
+        "Global k-max pooling", "The mean of the k largest cells of each map; ties go to the "
+        "lower flat indices.",
+        "    k : int or float, default 1\n        A count (an int >= 1, clipped to the number "
+        "of cells n) or a fraction in (0, 1]\n        of the cells.\n" + _ROUNDING, "k=3"),
     "WeldonPool": (
-        "WELDON, ``y = mean(kmax largest) + alpha mean(kmin smallest)`` over the spatial cells "
-        "of each map (WILDCAT's pooling is half of it)",
-        (("kmax", "the top count or fraction, as ``GlobalKMaxPool``'s k. Default 1."),
-         ("kmin", "the bottom count or fraction; None: kmin = kmax; 0: no bottom term."),
-         ("alpha", "the weight of the bottom term, a finite real. Default 1.0."),
-         ("rounding", '``"floor"`` or ``"round"`` for fractional counts.')),
-        "kmax=3, kmin=2, alpha=0.7"),
+        "WELDON pooling", "``y = mean(kmax largest) + alpha * mean(kmin smallest)`` over the "
+        "spatial cells of each map\n    (WILDCAT's pooling is half of it).",
+        "    kmax : int or float, default 1\n        The count of largest cells: an int >= 1 "
+        "(clipped to the map) or a fraction in (0, 1].\n"
+        "    kmin : int or float, optional\n        The count of smallest cells, as kmax; None "
+        "is kmax, 0 drops the second term.\n"
+        "    alpha : float, default 1.0\n        The weight of the smallest cells' mean, any "
+        "finite number.\n" + _ROUNDING, "kmax=3, kmin=2, alpha=0.7"),
 }
 _KERAS_NAMES = {"GlobalMaxPool": "GlobalMaxPooling", "GlobalAvgPool": "GlobalAveragePooling",
                 "GlobalLSEPool": "GlobalLSEPooling", "GlobalKMaxPool": "GlobalKMaxPooling",
                 "WeldonPool": "WeldonPooling"}
+_FUNCTIONS = {"GlobalMaxPool": "global_max_pool", "GlobalAvgPool": "global_avg_pool",
+              "GlobalLSEPool": "global_lse_pool", "GlobalKMaxPool": "global_kmax_pool",
+              "WeldonPool": "weldon_pool"}
 
 
 def _global_doc(base, nd=None):
-    """The Keras-style docstring of global pool ``base`` (fixed to ``nd`` spatial axes)."""
-    formula, options, example = _GLOBAL[base]
+    """The numpydoc docstring of global pool ``base`` (fixed to ``nd`` spatial axes)."""
+    summary, formula, options, example = _GLOBAL[base]
     name = base if nd is None else f"{_KERAS_NAMES[base]}{nd}D"
-    rank = "any number of spatial axes" if nd is None else \
-        f"{nd} spatial {'axis' if nd == 1 else 'axes'} (rank-{nd + 2} inputs, as " \
-        f"``keras.layers.GlobalMaxPooling{nd}D``)"
-    args = "".join(f"        {option}: {text}\n" for option, text in options)
-    if nd is None:
-        args += ("        spatial_dims: None (any number of spatial axes) or the number the "
-                 "input must have.\n")
+    rank = ("any number of spatial axes" if nd is None else
+            f"{nd} spatial {'axis' if nd == 1 else 'axes'} (rank-{nd + 2} inputs, as\n    "
+            f"``keras.layers.GlobalMaxPooling{nd}D``)")
+    spatial = ("None (default) takes any number of spatial axes, an int requires that many"
+               if nd is None else f"None (default) or {nd}, the class's")
     shape = (2, 5, 6, 3) if nd is None else {1: (2, 6, 3), 2: (2, 5, 6, 3),
                                               3: (2, 4, 5, 6, 3)}[nd]
-    summary = textwrap.fill(f"{formula[0].upper() + formula[1:]}; over {rank}.", 96,
-                            subsequent_indent="    ")
-    return f"""{summary}
+    over = "" if nd is None else f" over {nd} spatial {'axis' if nd == 1 else 'axes'}"
+    return f"""{summary}{over}, a Keras layer.
 
-    Args:
-{args}        keepdims: keep the spatial axes as size 1, as Keras' global pooling layers.
-            Default False.
-        data_format: ``"channels_last"`` or ``"channels_first"``; default
-            ``keras.config.image_data_format()``.
+    {formula}
 
-    Input shape:
-        ``(batch, *spatial, channels)`` (channels_last) or ``(batch, channels, *spatial)``;
-        float16, bfloat16, float32 or float64.
+    Input ``(batch, *spatial, channels)`` (channels_last) or ``(batch, channels, *spatial)``
+    with {rank}; float16, bfloat16, float32 or float64. Output ``(batch, channels)``, or with
+    ``keepdims`` the spatial axes kept as size 1.
 
-    Output shape:
-        ``(batch, channels)``; with ``keepdims`` the spatial axes kept as size 1.
+    Parameters
+    ----------
+{options}    keepdims : bool, default False
+        Keep the spatial axes with size 1, as Keras' global pooling layers.
+    data_format : {{"channels_last", "channels_first"}}, optional
+        Where the channel axis is; default ``keras.config.image_data_format()``.
+    spatial_dims : int, optional
+        The number of spatial axes: {spatial}.
+    **kwargs
+        Keras' base layer arguments (``name``, ``dtype``, ``trainable``).
 
-    Example:
+    Raises
+    ------
+    ValueError
+        A bad option, or a spatial_dims the class contradicts.
 
+    See Also
+    --------
+    npool.tf.{_FUNCTIONS[base]} : The function (TensorFlow).
+
+    Examples
+    --------
     >>> layer = npool.keras.{name}({example})
     >>> tuple(layer(np.ones({shape}, "float32")).shape)
     (2, 3)
@@ -192,7 +243,8 @@ class _GlobalPooling(keras.layers.Layer):
     _options: Tuple[str, ...] = ()
     _op: str = ""  # the adapters' function name, set by each subclass
 
-    def __init__(self, keepdims=False, data_format=None, spatial_dims=None, **kwargs):
+    def __init__(self, keepdims: bool = False, data_format: Optional[str] = None,
+                 spatial_dims: Optional[int] = None, **kwargs: Any) -> None:
         require_supported_backend()
         super().__init__(**kwargs)
         self.keepdims = _checks.flag(keepdims, "keepdims")
@@ -207,7 +259,20 @@ class _GlobalPooling(keras.layers.Layer):
     def _arguments(self):
         return {name: getattr(self, name) for name in self._options}
 
-    def call(self, inputs):
+    def call(self, inputs: Tensor) -> Tensor:
+        """Pool every map of the inputs.
+
+        Parameters
+        ----------
+        inputs : tensor
+            ``(batch, *spatial, channels)`` (channels_last) or ``(batch, channels,
+            *spatial)``.
+
+        Returns
+        -------
+        tensor
+            ``(batch, channels)``, or with ``keepdims`` the spatial axes kept as size 1.
+        """
         rank = len(inputs.shape)
         if rank < 3 or (self.spatial_dims is not None and rank != self.spatial_dims + 2):
             wanted = "at least one" if self.spatial_dims is None else str(self.spatial_dims)
@@ -216,15 +281,15 @@ class _GlobalPooling(keras.layers.Layer):
         return op(type(self)._op)(inputs, keepdims=self.keepdims, data_format=self.data_format,
                                   **self._arguments())
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
         shape = list(input_shape)
         last = self.data_format == "channels_last"
         if not self.keepdims:
             return (shape[0], shape[-1] if last else shape[1])
-        ones = [1] * (len(shape) - 2)
+        ones: List[Optional[int]] = [1] * (len(shape) - 2)
         return tuple([shape[0]] + ones + [shape[-1]] if last else shape[:2] + ones)
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         config = {**super().get_config(), "keepdims": self.keepdims,
                   "data_format": self.data_format, **self._arguments()}
         if type(self).spatial_dims is None:
@@ -250,8 +315,10 @@ class GlobalLSEPool(_GlobalPooling):
     _op = "global_lse_pool"
     _options = ("beta",)
 
-    def __init__(self, beta=1.0, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, beta: float = 1.0, keepdims: bool = False,
+                 data_format: Optional[str] = None, spatial_dims: Optional[int] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(keepdims, data_format, spatial_dims, **kwargs)
         self.beta = _checks.finite_real(beta, "beta")
 
 
@@ -261,8 +328,10 @@ class GlobalKMaxPool(_GlobalPooling):
     _op = "global_kmax_pool"
     _options = ("k", "rounding")
 
-    def __init__(self, k=1, rounding="floor", **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, k: Count = 1, rounding: str = "floor", keepdims: bool = False,
+                 data_format: Optional[str] = None, spatial_dims: Optional[int] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(keepdims, data_format, spatial_dims, **kwargs)
         _checks.k_count(k, 1, "k", rounding=rounding)
         self.k, self.rounding = k, rounding
 
@@ -273,8 +342,11 @@ class WeldonPool(_GlobalPooling):
     _op = "weldon_pool"
     _options = ("kmax", "kmin", "alpha", "rounding")
 
-    def __init__(self, kmax=1, kmin=None, alpha=1.0, rounding="floor", **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, kmax: Count = 1, kmin: Optional[Count] = None, alpha: float = 1.0,
+                 rounding: str = "floor", keepdims: bool = False,
+                 data_format: Optional[str] = None, spatial_dims: Optional[int] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(keepdims, data_format, spatial_dims, **kwargs)
         _checks.weldon_counts(kmax, kmin, 1, rounding)
         self.kmax, self.kmin, self.rounding = kmax, kmin, rounding
         self.alpha = _checks.finite_real(alpha, "alpha")
@@ -372,34 +444,63 @@ class WeldonPooling3D(WeldonPool):
 
 @keras.saving.register_keras_serializable(package="npool")
 class MaxEntPooling2D(keras.layers.Layer):
-    """Max-Entropy pooling over 2 spatial axes with a temperature ``lam``: each output is
-    ``y_o = sum_i softmax(lam_o x over window o)_i x_i``, the window's mean at ``lam = 0``,
-    SoftPool at 1, its max as ``lam`` grows (its min as it falls).
+    """Max-Entropy pooling over 2 spatial axes with a learnable or fixed temperature, a Keras layer.
 
-    Args:
-        pool_size, strides, padding, ceil_mode, data_format: as ``SoftPooling2D``.
-        lam: ``"gfgp"`` (default: the Global-Feature-Guided branch computes a temperature per
-            sample and channel from the input: global average pooling -> 1x1 conv -> BatchNorm
-            -> ReLU -> 1x1 conv -> BatchNorm -> ``activation``), ``"channel"`` (a learnable
-            temperature per channel, starting at 1) or a fixed number.
-        activation: ``"sigmoid"`` (default) or ``"softplus"``, the GFGP branch's last step.
-        hidden: the GFGP branch's hidden width; default ``channels // 2``.
+    SoftPool with a temperature lam (Kobayashi, ICCV 2019)::
 
-    Input shape:
-        ``(batch, rows, cols, channels)`` (channels_last) or ``(batch, channels, rows, cols)``.
+        y_o = sum_(i in window o) softmax(lam_o * x over window o)_i * x_i
 
-    Output shape:
-        As ``SoftPooling2D``'s.
+    The window's mean at ``lam = 0``, SoftPool at 1, its max as lam grows (its min as it
+    falls). Input ``(batch, rows, cols, channels)`` (channels_last) or ``(batch, channels,
+    rows, cols)``; output as ``SoftPooling2D``'s.
 
-    Example:
+    Parameters
+    ----------
+    pool_size : int or tuple of 2 ints, default 2
+        The window.
+    strides : int or tuple of 2 ints, optional
+        The step between windows; default ``pool_size``.
+    padding : "valid", int or tuple of 2 ints, default "valid"
+        ``"valid"`` (none) or explicit padding on both sides, at most half the pool size;
+        padded cells are left out of the windows.
+    ceil_mode : bool, default False
+        PyTorch's output-size rule with ceil instead of floor.
+    lam : {"gfgp", "channel"} or float, default "gfgp"
+        ``"gfgp"``: the Global-Feature-Guided branch computes a temperature per sample and
+        channel from the input (global average pooling -> 1x1 conv -> BatchNorm -> ReLU -> 1x1
+        conv -> BatchNorm -> ``activation``); ``"channel"``: a learnable temperature per
+        channel, starting at 1; a number: a fixed temperature.
+    activation : {"sigmoid", "softplus"}, default "sigmoid"
+        The GFGP branch's last step.
+    hidden : int, optional
+        The GFGP branch's hidden width; default ``channels // 2`` (at least 1).
+    data_format : {"channels_last", "channels_first"}, optional
+        Where the channel axis is; default ``keras.config.image_data_format()``.
+    **kwargs
+        Keras' base layer arguments (``name``, ``dtype``, ``trainable``).
 
+    Raises
+    ------
+    ValueError
+        Bad window arguments, ``padding="same"``, an unknown lam mode or activation, or a lam
+        number that is not finite.
+
+    See Also
+    --------
+    npool.tf.maxent_pool2d : The function (TensorFlow), with any lam tensor.
+
+    Examples
+    --------
     >>> layer = npool.keras.MaxEntPooling2D(pool_size=2, lam="channel")
     >>> tuple(layer(np.ones((2, 8, 8, 3), "float32")).shape)
     (2, 4, 4, 3)
     """
 
-    def __init__(self, pool_size=2, strides=None, padding="valid", ceil_mode=False, lam="gfgp",
-                 activation="sigmoid", hidden=None, data_format=None, **kwargs):
+    def __init__(self, pool_size: Size = 2, strides: Optional[Size] = None,
+                 padding: Union[str, Size] = "valid", ceil_mode: bool = False,
+                 lam: Union[str, float] = "gfgp", activation: str = "sigmoid",
+                 hidden: Optional[int] = None, data_format: Optional[str] = None,
+                 **kwargs: Any) -> None:
         require_supported_backend()
         super().__init__(**kwargs)
         if isinstance(padding, str):
@@ -417,9 +518,14 @@ class MaxEntPooling2D(keras.layers.Layer):
         self.ceil_mode, self.lam, self.activation, self.hidden = ceil_mode, lam, activation, hidden
         self.data_format = data_format or keras.config.image_data_format()
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         last = self.data_format == "channels_last"
         channels = input_shape[-1] if last else input_shape[1]
+        if self.lam not in ("gfgp", "channel"):
+            return  # a fixed temperature: no weights
+        if channels is None:
+            raise ValueError(f"MaxEntPooling2D(lam={self.lam!r}) needs the number of channels, "
+                             f"got input shape {tuple(input_shape)}")
         axis = -1 if last else 1
         if self.lam == "gfgp":
             hidden = self.hidden or max(1, channels // 2)
@@ -439,7 +545,22 @@ class MaxEntPooling2D(keras.layers.Layer):
                 shape=(channels,) if last else (channels, 1, 1), initializer="ones",
                 name="temperature")
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: Tensor, training: Optional[bool] = None) -> Tensor:
+        """Pool the inputs with their temperature.
+
+        Parameters
+        ----------
+        inputs : tensor
+            ``(batch, rows, cols, channels)`` (channels_last) or ``(batch, channels, rows,
+            cols)``.
+        training : bool, optional
+            Keras' training flag, for the GFGP branch's BatchNormalization layers.
+
+        Returns
+        -------
+        tensor
+            As ``SoftPooling2D``'s output.
+        """
         if self.lam == "gfgp":
             lam = inputs
             for layer in self.branch:
@@ -452,11 +573,11 @@ class MaxEntPooling2D(keras.layers.Layer):
         return op("maxent_pool2d")(inputs, lam, self.pool_size, self.strides, self.padding,
                                    self.ceil_mode, self.data_format)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
         return SoftPooling2D(self.pool_size, self.strides, self.padding, self.ceil_mode,
                              self.data_format).compute_output_shape(input_shape)
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "pool_size": self.pool_size, "strides": self.strides,
                 "padding": self.padding, "ceil_mode": self.ceil_mode, "lam": self.lam,
                 "activation": self.activation, "hidden": self.hidden,

@@ -1,5 +1,7 @@
 """npool's ops as ``tf.custom_gradient`` functions over the NumPy core, and as npool's portable
 decomposition where a graph must stand alone (_portable.py)."""
+from typing import Any, Optional, Sequence, Union
+
 import numpy as np
 import tensorflow as tf
 
@@ -7,6 +9,7 @@ import npool
 
 from .. import _checks
 from .. import _portable as portable_forms
+from .._types import Count, Size
 from ._devices import (PORTABLE, call_core, moveaxis, placement, with_leading_ones,
                        without_leading_ones)
 from ._portable import (TFOps, compute_in_float32, from_channels_first, graph_must_stand_alone,
@@ -18,6 +21,8 @@ _SOFT_POOL = {1: (npool.soft_pool1d_forward, npool.soft_pool1d_backward),
               2: (npool.soft_pool2d_forward, npool.soft_pool2d_backward),
               3: (npool.soft_pool3d_forward, npool.soft_pool3d_backward)}
 DATA_FORMATS = ("channels_last", "channels_first")
+# what the functions take: a tf.Tensor or a value TensorFlow converts (a NumPy array, a list)
+TensorLike = Union[tf.Tensor, tf.Variable, np.ndarray, Sequence[Any], float]
 _OTHER_FRAMEWORKS = {"torch": "npool.torch", "jax": "npool.jax", "jaxlib": "npool.jax"}
 
 
@@ -112,35 +117,61 @@ def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
 
 
 def _make_soft_pool(nd):
-    def soft_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-                  data_format="channels_last"):
+    def soft_pool(x: TensorLike, kernel_size: Size, stride: Optional[Size] = None,
+                  padding: Size = 0, ceil_mode: bool = False,
+                  data_format: str = "channels_last") -> tf.Tensor:
         return _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format)
 
     soft_pool.__name__ = soft_pool.__qualname__ = f"soft_pool{nd}d"
     shape, out = {1: ("(2, 8, 3)", "(2, 4, 3)"), 2: ("(2, 8, 8, 3)", "(2, 4, 4, 3)"),
                   3: ("(2, 4, 8, 8, 3)", "(2, 2, 4, 4, 3)")}[nd]
-    soft_pool.__doc__ = f"""SoftPool over {nd} spatial {"axis" if nd == 1 else "axes"}:
-    ``y_o = sum_i softmax(x over window o)_i x_i`` over each window's real cells.
+    soft_pool.__doc__ = f"""SoftPool over {nd} spatial {"axis" if nd == 1 else "axes"}, differentiable (twice).
 
-    Args:
-        x: ``(N, *spatial, C)`` (``data_format="channels_last"``, the default) or
-            ``(N, C, *spatial)`` (``"channels_first"``), or either without N; float16,
-            bfloat16, float32 or float64.
-        kernel_size: the window, an int or a tuple of {nd} ints.
-        stride: the step, an int or a tuple; default ``kernel_size``.
-        padding: explicit padding on both sides, at most half the kernel; padded cells are
-            left out of the windows. Default 0.
-        ceil_mode: PyTorch's ceil rule for the output size. Default False.
-        data_format: ``"channels_last"`` or ``"channels_first"``.
+    Each output is the softmax-weighted mean of its window's real cells (Stergiou et al.,
+    ICCV 2021), computed relative to the window's largest cell (exact for any finite x)::
 
-    Returns:
-        The pooled tensor, each spatial size ``floor((L + 2 padding - kernel [+ stride - 1]) /
-        stride) + 1``; differentiable (second order too). npool's kernels run eagerly and in
-        ``tf.function``; graphs that must stand alone (SavedModel, XLA, TFLite,
-        ``npool.tf.portable()``) get npool's decomposition into standard ops.
+        y_o = sum_(i in window o) softmax(x over window o)_i * x_i
 
-    Example:
+    npool's kernel (``npool.soft_pool{nd}d_forward``) runs eagerly and inside ``tf.function``;
+    graphs that must stand alone (SavedModel, XLA, TFLite, ``npool.tf.portable()``) get npool's
+    decomposition into standard TensorFlow ops.
 
+    Parameters
+    ----------
+    x : tf.Tensor or array_like
+        ``(N, *spatial, C)`` (``data_format="channels_last"``) or ``(N, C, *spatial)``
+        (``"channels_first"``), or either without N; float16, bfloat16, float32 or float64.
+    kernel_size : int or tuple of {nd} ints
+        The window.
+    stride : int or tuple of {nd} ints, optional
+        The step between windows; default ``kernel_size``.
+    padding : int or tuple of {nd} ints, default 0
+        Explicit padding on both sides, at most half the kernel; padded cells are left out of
+        the windows (they are not zeros).
+    ceil_mode : bool, default False
+        PyTorch's output-size rule with ceil instead of floor.
+    data_format : {{"channels_last", "channels_first"}}, default "channels_last"
+        Where x's channel axis is.
+
+    Returns
+    -------
+    tf.Tensor
+        Of x's dtype and data format, each spatial size ``floor((L + 2 padding - kernel
+        [+ stride - 1]) / stride) + 1``.
+
+    Raises
+    ------
+    TypeError
+        A non-float x, or another framework's tensor (torch, JAX).
+    ValueError
+        x of another rank, an unknown data_format, or bad window arguments.
+
+    See Also
+    --------
+    SoftPooling{nd}D : The Keras layer.
+
+    Examples
+    --------
     >>> tuple(npool.tf.soft_pool{nd}d(tf.ones({shape}), kernel_size=2).shape)
     {out}
     """
@@ -252,86 +283,122 @@ _PORTABLE_GLOBAL = {
 }
 
 
-def _global_doc(summary, options, call, result):
-    """The docstring of a global-pool function: ``summary`` (its formula), its own
-    ``options`` (Args lines), and an example ``call`` with its ``result``."""
+def _global_doc(summary, formula, options, after, call, result, layer, returns_note=""):
+    """The numpydoc docstring of a global-pool function: its ``summary`` line and ``formula``
+    paragraph, its own ``options`` (Parameters entries before keepdims, ``after`` it), and an
+    example ``call`` with its ``result``."""
     return f"""{summary}
 
-    Args:
-        x: ``(N, *spatial, C)`` or ``(N, C, *spatial)``, float16/bfloat16/float32/float64.
-{options}        keepdims: keep the spatial axes as size 1. Default False.
-        data_format: ``"channels_last"`` (default, ``(N, *spatial, C)``) or
-            ``"channels_first"`` (``(N, C, *spatial)``).
-        spatial_dims: None (any number of spatial axes) or the number x must have.
+    {formula}
 
-    Returns:
-        ``(N, C)``, or with ``keepdims`` x's shape with the spatial sizes 1; differentiable
-        (second order too). npool's kernels run eagerly and in ``tf.function``; graphs that
-        must stand alone get the decomposition (``npool.tf.portable``).
+    npool's kernel runs eagerly and inside ``tf.function``; graphs that must stand alone get
+    npool's decomposition into standard TensorFlow ops (``npool.tf.portable``).
 
-    Example:
+    Parameters
+    ----------
+    x : tf.Tensor or array_like
+        ``(N, *spatial, C)`` (``data_format="channels_last"``) or ``(N, C, *spatial)``, with
+        at least one spatial axis; float16, bfloat16, float32 or float64.
+{options}    keepdims : bool, default False
+        Keep the spatial axes with size 1.
+    data_format : {{"channels_last", "channels_first"}}, default "channels_last"
+        Where x's channel axis is.
+{after}    spatial_dims : int, optional
+        The number of spatial axes x must have; None: any number.
 
+    Returns
+    -------
+    tf.Tensor
+        ``(N, C)``, or with ``keepdims`` x's shape with the spatial sizes 1; x's dtype.
+
+    Raises
+    ------
+    TypeError
+        A non-float x, or another framework's tensor (torch, JAX).
+    ValueError
+        Fewer than three axes (or not ``spatial_dims`` spatial ones), an unknown data_format
+        or a bad option.
+
+    See Also
+    --------
+    {layer} : The Keras layer.
+
+    Examples
+    --------
     >>> x = tf.reshape(tf.range(2 * 4 * 4 * 3, dtype=tf.float32), (2, 4, 4, 3))
     >>> npool.tf.{call}[:1].numpy().astype("float64").round(3).tolist()
     {result}
     """
 
 
-def global_max_pool(x, keepdims=False, data_format="channels_last", spatial_dims=None):
+_K = """    k : int or float, default 1
+        A count (an int >= 1, clipped to the number of cells n) or a fraction in (0, 1] of
+        the cells.
+"""
+_ROUNDING = """    rounding : {"floor", "round"}, default "floor"
+        The count of a fraction: ``max(1, floor(k n + 1e-6))``, or WILDCAT's
+        ``max(1, round(k n))`` (half to even).
+"""
+
+
+def global_max_pool(x: TensorLike, keepdims: bool = False, data_format: str = "channels_last",
+                    spatial_dims: Optional[int] = None) -> tf.Tensor:
     return _global_pool(x, npool.global_max_pool_forward, npool.global_max_pool_backward,
                         keepdims, data_format, True, spatial_dims)
 
 
 global_max_pool.__doc__ = _global_doc(
-    """``y = max x`` over the spatial cells of each map.""",
-    "",
-    "global_max_pool(x)", "[[45.0, 46.0, 47.0]]")
+    "Global max pooling, differentiable (twice).",
+    "``y = max x`` over the spatial cells of each map; ties go to the lowest flat index.",
+    "", "", "global_max_pool(x)", "[[45.0, 46.0, 47.0]]", "GlobalMaxPool")
 
 
-def global_avg_pool(x, keepdims=False, data_format="channels_last", spatial_dims=None):
+def global_avg_pool(x: TensorLike, keepdims: bool = False, data_format: str = "channels_last",
+                    spatial_dims: Optional[int] = None) -> tf.Tensor:
     return _global_pool(x, npool.global_avg_pool_forward, npool.global_avg_pool_backward,
                         keepdims, data_format, False, spatial_dims)
 
 
 global_avg_pool.__doc__ = _global_doc(
-    """``y = mean x`` over the spatial cells of each map.""",
-    "",
-    "global_avg_pool(x)", "[[22.5, 23.5, 24.5]]")
+    "Global average pooling, differentiable (twice).",
+    "``y = mean x`` over the spatial cells of each map.",
+    "", "", "global_avg_pool(x)", "[[22.5, 23.5, 24.5]]", "GlobalAvgPool")
 
 
-def global_lse_pool(x, beta=1.0, keepdims=False, data_format="channels_last",
-                    spatial_dims=None):
+def global_lse_pool(x: TensorLike, beta: float = 1.0, keepdims: bool = False,
+                    data_format: str = "channels_last",
+                    spatial_dims: Optional[int] = None) -> tf.Tensor:
     return _global_pool(x, npool.global_lse_pool_forward, npool.global_lse_pool_backward,
                         keepdims, data_format, False, spatial_dims,
                         beta=_checks.finite_real(beta, "beta"))
 
 
 global_lse_pool.__doc__ = _global_doc(
-    """LogSumExp pooling, ``y = (1/beta) log(mean exp(beta x))`` over the spatial cells of
-    each map: the max as beta grows, the mean as it shrinks to 0.""",
-    """        beta: the sharpness, a finite real; 0 gives the mean. Default 1.0.
-""",
-    "global_lse_pool(x, beta=0.5)", "[[39.96, 40.96, 41.96]]")
+    "Global LogSumExp pooling, differentiable (twice).",
+    "``y = (1/beta) log(mean exp(beta x))`` over the spatial cells of each map: the max as "
+    "beta grows,\n    the mean as it shrinks to 0; exact for any finite x.",
+    """    beta : float, default 1.0
+        The sharpness, any finite number; 0 gives the mean.
+""", "", "global_lse_pool(x, beta=0.5)", "[[39.96, 40.96, 41.96]]", "GlobalLSEPool")
 
 
-def global_kmax_pool(x, k=1, keepdims=False, data_format="channels_last", rounding="floor",
-                     spatial_dims=None):
+def global_kmax_pool(x: TensorLike, k: Count = 1, keepdims: bool = False,
+                     data_format: str = "channels_last", rounding: str = "floor",
+                     spatial_dims: Optional[int] = None) -> tf.Tensor:
     _checks.k_count(k, 1, "k", rounding=rounding)
     return _global_pool(x, npool.global_kmax_pool_forward, npool.global_kmax_pool_backward,
                         keepdims, data_format, True, spatial_dims, k=k, rounding=rounding)
 
 
 global_kmax_pool.__doc__ = _global_doc(
-    """The mean of the k largest cells of each map (k-max pooling).""",
-    """        k: a count (an int >= 1, clipped to the number of cells n) or a fraction in (0, 1]:
-            ``max(1, floor(k n))`` cells. Default 1.
-        rounding: ``"floor"`` or ``"round"`` (half to even, WILDCAT's rule) for a fraction.
-""",
-    "global_kmax_pool(x, k=3)", "[[42.0, 43.0, 44.0]]")
+    "Global k-max pooling, differentiable (twice).",
+    "The mean of the k largest cells of each map; ties go to the lower flat indices.",
+    _K, _ROUNDING, "global_kmax_pool(x, k=3)", "[[42.0, 43.0, 44.0]]", "GlobalKMaxPool")
 
 
-def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, data_format="channels_last",
-                rounding="floor", spatial_dims=None):
+def weldon_pool(x: TensorLike, kmax: Count = 1, kmin: Optional[Count] = None,
+                alpha: float = 1.0, keepdims: bool = False, data_format: str = "channels_last",
+                rounding: str = "floor", spatial_dims: Optional[int] = None) -> tf.Tensor:
     _checks.weldon_counts(kmax, kmin, 1, rounding)
     return _global_pool(x, npool.weldon_pool_forward, npool.weldon_pool_backward, keepdims,
                         data_format, True, spatial_dims, kmax=kmax, kmin=kmin,
@@ -339,14 +406,17 @@ def weldon_pool(x, kmax=1, kmin=None, alpha=1.0, keepdims=False, data_format="ch
 
 
 weldon_pool.__doc__ = _global_doc(
-    """WELDON: ``y = mean(kmax largest) + alpha mean(kmin smallest)`` over the spatial cells
-    of each map (WILDCAT's pooling is half of it).""",
-    """        kmax: the top count or fraction, as ``global_kmax_pool``'s k. Default 1.
-        kmin: the bottom count or fraction; None: kmin = kmax; 0: no bottom term.
-        alpha: the weight of the bottom term, a finite real. Default 1.0.
-        rounding: ``"floor"`` or ``"round"`` for fractional counts.
-""",
-    "weldon_pool(x, kmax=3, kmin=2, alpha=0.5)", "[[42.75, 44.25, 45.75]]")
+    "WELDON pooling, differentiable (twice).",
+    "``y = mean(kmax largest) + alpha * mean(kmin smallest)`` over the spatial cells of each "
+    "map\n    (WILDCAT's pooling is half of it).",
+    """    kmax : int or float, default 1
+        The count of largest cells: an int >= 1 (clipped to the map) or a fraction in (0, 1].
+    kmin : int or float, optional
+        The count of smallest cells, as kmax; None is kmax, 0 drops the second term.
+    alpha : float, default 1.0
+        The weight of the smallest cells' mean, any finite number.
+""", _ROUNDING, "weldon_pool(x, kmax=3, kmin=2, alpha=0.5)", "[[42.75, 44.25, 45.75]]",
+    "WeldonPool")
 
 
 # ------------------------------------------------------------------ Max-Entropy pooling
@@ -421,31 +491,64 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
 
 
 def _make_maxent_pool(nd):
-    def maxent_pool(x, lam, kernel_size, stride=None, padding=0, ceil_mode=False,
-                    data_format="channels_last"):
+    def maxent_pool(x: TensorLike, lam: Union[float, TensorLike], kernel_size: Size,
+                    stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False,
+                    data_format: str = "channels_last") -> tf.Tensor:
         return _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format)
 
     maxent_pool.__name__ = maxent_pool.__qualname__ = f"maxent_pool{nd}d"
     shape, out, lam = {1: ("(2, 8, 3)", "(2, 4, 3)", "(1, 1, 3)"),
                        2: ("(2, 8, 8, 3)", "(2, 4, 4, 3)", "(1, 1, 1, 3)"),
                        3: ("(2, 4, 8, 8, 3)", "(2, 2, 4, 4, 3)", "(1, 1, 1, 1, 3)")}[nd]
-    maxent_pool.__doc__ = f"""Max-Entropy pooling over {nd} spatial {"axis" if nd == 1 else "axes"}:
-    ``y_o = sum_i softmax(lam_o x over window o)_i x_i``, the window's mean at ``lam = 0``,
-    SoftPool at 1, its max as ``lam`` grows.
+    maxent_pool.__doc__ = f"""Max-Entropy pooling over {nd} spatial {"axis" if nd == 1 else "axes"}, differentiable (twice) in x and lam.
 
-    Args:
-        x: as ``soft_pool{nd}d``'s.
-        lam: the temperature, a number or a tensor that broadcasts to the output in x's data
-            format (e.g. ``{lam}`` per channel, ``(N, 1, ..., 1, C)`` per sample and channel);
-            differentiable.
-        kernel_size, stride, padding, ceil_mode, data_format: as ``soft_pool{nd}d``'s.
+    SoftPool with a temperature (Kobayashi, ICCV 2019)::
 
-    Returns:
-        The pooled tensor, as ``soft_pool{nd}d``'s; differentiable in x and lam (second order
-        too).
+        y_o = sum_(i in window o) softmax(lam_o * x over window o)_i * x_i
 
-    Example:
+    The window's mean at ``lam = 0``, SoftPool at 1, its max as lam grows, a soft minimum for
+    ``lam < 0``. Runs as ``soft_pool{nd}d`` does (kernels, or the decomposition where a graph
+    must stand alone).
 
+    Parameters
+    ----------
+    x : tf.Tensor or array_like
+        ``(N, *spatial, C)`` (``data_format="channels_last"``) or ``(N, C, *spatial)``
+        (``"channels_first"``), or either without N; float16, bfloat16, float32 or float64.
+    lam : float or tf.Tensor
+        The temperature: a number or a tensor that broadcasts to the output in x's data
+        format (``{lam}`` per channel, ``(N, 1, ..., 1, C)`` per sample and channel).
+    kernel_size : int or tuple of {nd} ints
+        The window.
+    stride : int or tuple of {nd} ints, optional
+        The step between windows; default ``kernel_size``.
+    padding : int or tuple of {nd} ints, default 0
+        Explicit padding on both sides, at most half the kernel; padded cells are left out of
+        the windows.
+    ceil_mode : bool, default False
+        PyTorch's output-size rule with ceil instead of floor.
+    data_format : {{"channels_last", "channels_first"}}, default "channels_last"
+        Where x's channel axis is.
+
+    Returns
+    -------
+    tf.Tensor
+        As ``soft_pool{nd}d``'s: x's dtype and data format.
+
+    Raises
+    ------
+    TypeError
+        A non-float x, or another framework's tensor (torch, JAX).
+    ValueError
+        x of another rank, a lam that does not broadcast to the output, an unknown
+        data_format, or bad window arguments.
+
+    See Also
+    --------
+    MaxEntPooling2D : The Keras layer, with the Global-Feature-Guided temperature.
+
+    Examples
+    --------
     >>> tuple(npool.tf.maxent_pool{nd}d(tf.ones({shape}), tf.ones({lam}), 2).shape)
     {out}
     """
@@ -523,21 +626,43 @@ def _set_shapes(x, assign):
     return b, d, k
 
 
-def netvlad_pool(x, assign, centers, mask=None):
-    """NetVLAD pooling (Arandjelovic et al.; LOUPE): ``V_dk = sum_m a_mk (x_md - c_dk)``,
-    each column l2-normalised over d, flattened D-major and l2-normalised.
+def netvlad_pool(x: TensorLike, assign: TensorLike, centers: TensorLike,
+                 mask: Optional[TensorLike] = None) -> tf.Tensor:
+    """NetVLAD pooling (Arandjelovic et al.; LOUPE), differentiable (twice).
 
-    Args:
-        x: ``(B, M, D)`` features; float16/bfloat16/float32/float64.
-        assign: ``(B, M, K)`` soft assignments (e.g. a softmax over K).
-        centers: ``(D, K)`` cluster centres.
-        mask: ``(B, M)`` bools, the real samples of each set (None: all); not differentiated.
+    ``V_dk = sum_m a_mk (x_md - c_dk)``, each column l2-normalised over d, flattened D-major
+    and l2-normalised.
 
-    Returns:
-        ``(B, D * K)``; differentiable in x, assign and centers (second order too).
+    Parameters
+    ----------
+    x : tf.Tensor or array_like
+        ``(B, M, D)``: B sets of M samples with D features; float16, bfloat16, float32 or
+        float64.
+    assign : tf.Tensor or array_like
+        ``(B, M, K)``: each sample's soft assignment to the K clusters (a softmax over K).
+    centers : tf.Tensor or array_like
+        ``(D, K)``: the cluster centres.
+    mask : tf.Tensor or array_like of bool, optional
+        ``(B, M)``: True for the real samples of each set (None: all); not differentiated.
 
-    Example:
+    Returns
+    -------
+    tf.Tensor
+        ``(B, D * K)``; differentiable in x, assign and centers.
 
+    Raises
+    ------
+    TypeError
+        A non-float x, or another framework's tensor (torch, JAX).
+    ValueError
+        Shapes that do not match.
+
+    See Also
+    --------
+    NetVLAD : LOUPE's layer around it.
+
+    Examples
+    --------
     >>> x, a = tf.ones((2, 5, 4)), tf.fill((2, 5, 3), 1 / 3)
     >>> tuple(npool.tf.netvlad_pool(x, a, tf.zeros((4, 3))).shape)
     (2, 12)
@@ -548,19 +673,40 @@ def netvlad_pool(x, assign, centers, mask=None):
                    portable_forms.vlad_pool, state=1)
 
 
-def netrvlad_pool(x, assign, mask=None):
-    """NetRVLAD pooling (LOUPE): NetVLAD without centres, ``V_dk = sum_m a_mk x_md``.
+def netrvlad_pool(x: TensorLike, assign: TensorLike,
+                  mask: Optional[TensorLike] = None) -> tf.Tensor:
+    """NetRVLAD pooling (LOUPE), differentiable (twice): NetVLAD without centres.
 
-    Args:
-        x: ``(B, M, D)`` features.
-        assign: ``(B, M, K)`` soft assignments.
-        mask: ``(B, M)`` bools, the real samples of each set (None: all); not differentiated.
+    ``V_dk = sum_m a_mk x_md``, normalised as NetVLAD's.
 
-    Returns:
+    Parameters
+    ----------
+    x : tf.Tensor or array_like
+        ``(B, M, D)``: B sets of M samples with D features; float16, bfloat16, float32 or
+        float64.
+    assign : tf.Tensor or array_like
+        ``(B, M, K)``: each sample's soft assignment to the K clusters (a softmax over K).
+    mask : tf.Tensor or array_like of bool, optional
+        ``(B, M)``: True for the real samples of each set (None: all); not differentiated.
+
+    Returns
+    -------
+    tf.Tensor
         ``(B, D * K)``; differentiable in x and assign.
 
-    Example:
+    Raises
+    ------
+    TypeError
+        A non-float x, or another framework's tensor (torch, JAX).
+    ValueError
+        Shapes that do not match.
 
+    See Also
+    --------
+    NetRVLAD : LOUPE's layer around it.
+
+    Examples
+    --------
     >>> tuple(npool.tf.netrvlad_pool(tf.ones((2, 5, 4)), tf.fill((2, 5, 3), 1 / 3)).shape)
     (2, 12)
     """
@@ -570,23 +716,46 @@ def netrvlad_pool(x, assign, mask=None):
                    lambda ops, x, a, m: portable_forms.vlad_pool(ops, x, a, None, m), state=1)
 
 
-def netfv_pool(x, assign, mu, covar_weights, mask=None):
-    """NetFV pooling (LOUPE's Fisher vector): with ``sigma = covar_weights^2 + 1e-6`` and
-    ``A_k = sum_m a_mk``, ``F1 = (sum_m a x - A mu) / sigma``, ``F2 = sum_m a (x - mu)^2 /
-    sigma^2 - A``; ``concat(l2n(flatten(l2n_d(F1))), l2n(flatten(F2)))``.
+def netfv_pool(x: TensorLike, assign: TensorLike, mu: TensorLike, covar_weights: TensorLike,
+               mask: Optional[TensorLike] = None) -> tf.Tensor:
+    """NetFV pooling (LOUPE's Fisher vector), differentiable (twice).
 
-    Args:
-        x: ``(B, M, D)`` features.
-        assign: ``(B, M, K)`` soft assignments.
-        mu: ``(D, K)`` means.
-        covar_weights: ``(D, K)`` square roots of the variances.
-        mask: ``(B, M)`` bools, the real samples of each set (None: all); not differentiated.
+    With ``sigma = covar_weights^2 + 1e-6`` and ``A_k = sum_m a_mk``:
+    ``F1 = (sum_m a x - A mu) / sigma``, ``F2 = sum_m a (x - mu)^2 / sigma^2 - A``, and the
+    result ``concat(l2n(flatten(l2n_d(F1))), l2n(flatten(F2)))``.
 
-    Returns:
+    Parameters
+    ----------
+    x : tf.Tensor or array_like
+        ``(B, M, D)``: B sets of M samples with D features; float16, bfloat16, float32 or
+        float64.
+    assign : tf.Tensor or array_like
+        ``(B, M, K)``: each sample's soft assignment to the K clusters (a softmax over K).
+    mu : tf.Tensor or array_like
+        ``(D, K)``: the cluster means.
+    covar_weights : tf.Tensor or array_like
+        ``(D, K)``: the square roots of the cluster variances (before the 1e-6).
+    mask : tf.Tensor or array_like of bool, optional
+        ``(B, M)``: True for the real samples of each set (None: all); not differentiated.
+
+    Returns
+    -------
+    tf.Tensor
         ``(B, 2 * D * K)``; differentiable in x, assign, mu and covar_weights.
 
-    Example:
+    Raises
+    ------
+    TypeError
+        A non-float x, or another framework's tensor (torch, JAX).
+    ValueError
+        Shapes that do not match.
 
+    See Also
+    --------
+    NetFV : LOUPE's layer around it.
+
+    Examples
+    --------
     >>> x, a = tf.ones((2, 5, 4)), tf.fill((2, 5, 3), 1 / 3)
     >>> tuple(npool.tf.netfv_pool(x, a, tf.zeros((4, 3)), tf.ones((4, 3))).shape)
     (2, 24)
@@ -597,19 +766,36 @@ def netfv_pool(x, assign, mu, covar_weights, mask=None):
                    [b, None if None in (d, k) else 2 * d * k], portable_forms.fv_pool)
 
 
-def soft_dbow_pool(assign, mask=None):
-    """Soft-DBoW pooling (LOUPE): the l2-normalised sum of each set's assignments,
-    ``y = l2n(sum_m a_m)``.
+def soft_dbow_pool(assign: TensorLike, mask: Optional[TensorLike] = None) -> tf.Tensor:
+    """Soft-DBoW pooling (LOUPE), differentiable (twice): ``y = l2n(sum_m a_m)``.
 
-    Args:
-        assign: ``(B, M, K)`` soft assignments.
-        mask: ``(B, M)`` bools, the real samples of each set (None: all); not differentiated.
+    The l2-normalised sum of each set's soft assignments.
 
-    Returns:
+    Parameters
+    ----------
+    assign : tf.Tensor or array_like
+        ``(B, M, K)``: each sample's soft assignment; float16, bfloat16, float32 or float64.
+    mask : tf.Tensor or array_like of bool, optional
+        ``(B, M)``: True for the real samples of each set (None: all); not differentiated.
+
+    Returns
+    -------
+    tf.Tensor
         ``(B, K)``; differentiable in assign.
 
-    Example:
+    Raises
+    ------
+    TypeError
+        A non-float x, or another framework's tensor (torch, JAX).
+    ValueError
+        Shapes that do not match.
 
+    See Also
+    --------
+    SoftDBoW : LOUPE's layer around it.
+
+    Examples
+    --------
     >>> npool.tf.soft_dbow_pool(tf.fill((1, 5, 4), 0.25)).numpy().astype("float64").round(3).tolist()
     [[0.5, 0.5, 0.5, 0.5]]
     """
@@ -619,23 +805,43 @@ def soft_dbow_pool(assign, mask=None):
                    portable_forms.dbow_pool)
 
 
-def context_gating(x, weights, biases):
-    """Context Gating (Miech et al.; LOUPE): ``y = x * sigmoid(x W + b)`` over x's last axis.
+def context_gating(x: TensorLike, weights: TensorLike, biases: TensorLike) -> tf.Tensor:
+    """Context Gating (Miech et al.; LOUPE), differentiable (twice): ``y = x * sigmoid(x W + b)``.
 
-    Args:
-        x: ``(..., n)`` features.
-        weights: ``(n, n)``.
-        biases: ``(n,)``.
+    The gate is computed over x's last axis.
 
-    Returns:
-        x's shape; differentiable in x, weights and biases.
+    Parameters
+    ----------
+    x : tf.Tensor or array_like
+        ``(..., n)``; float16, bfloat16, float32 or float64.
+    weights : tf.Tensor or array_like
+        ``(n, n)``: W.
+    biases : tf.Tensor or array_like
+        ``(n,)``: b.
 
-    Example:
+    Returns
+    -------
+    tf.Tensor
+        Of x's shape; differentiable in x, weights and biases.
 
+    Raises
+    ------
+    TypeError
+        A non-float x, or another framework's tensor (torch, JAX).
+    ValueError
+        Shapes that do not match.
+
+    See Also
+    --------
+    ContextGating : The layer (with LOUPE's BatchNorm variant).
+
+    Examples
+    --------
     >>> npool.tf.context_gating(tf.ones((1, 2)), tf.zeros((2, 2)), tf.zeros(2)).numpy().tolist()
     [[0.5, 0.5]]
     """
-    x = _tensor(x)
+    x_tensor = _tensor(x)
     return _set_op("context_gating", npool.context_gating_forward,
-                   npool.context_gating_backward, [x, weights, biases], False, x.shape,
+                   npool.context_gating_backward, [x_tensor, weights, biases], False,
+                   x_tensor.shape,
                    portable_forms.context_gating)

@@ -10,6 +10,7 @@ to any order by TensorFlow itself.
 """
 import contextlib
 import threading
+from typing import Iterator
 
 import tensorflow as tf
 
@@ -17,19 +18,18 @@ _state = threading.local()
 
 
 @contextlib.contextmanager
-def portable():
-    """Within this block, npool.tf ops are built from standard TensorFlow ops (npool's
-    decomposition, ``npool/_portable.py``) instead of npool's kernels, also eagerly: for graphs
-    that must stand alone when TensorFlow cannot tell (a concrete function traced for
+def portable() -> Iterator[None]:
+    """Build npool.tf's ops from standard TensorFlow ops inside this context.
+
+    Within the block, the ops are npool's portable decomposition (``npool/_portable.py``)
+    instead of npool's kernels, also eagerly: for graphs that must stand alone when TensorFlow
+    cannot tell (a concrete function traced for
     ``tf.lite.TFLiteConverter.from_concrete_functions``), or to compare the two forms. Slower
     than the kernels, and it holds every window's cells. SavedModel writing and XLA switch to
-    the decomposition by themselves.
+    the decomposition by themselves. Nestable, per thread.
 
-    Returns:
-        A context manager (nestable, per thread).
-
-    Example:
-
+    Examples
+    --------
     >>> x = tf.random.normal((1, 4, 4, 2), seed=0)
     >>> with npool.tf.portable():
     ...     y = npool.tf.soft_pool2d(x, 2)
