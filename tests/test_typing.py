@@ -1,38 +1,37 @@
-"""The typed public API: every public function of npool and npool.jax is annotated, the
+"""The typed public API: every public function and class (its constructor and call) of npool,
+npool.testing, npool.jax, npool.torch (and compat), npool.tf and npool.keras is annotated, the
 package ships py.typed, and mypy passes over src/npool (the configuration is pyproject's)."""
+import importlib
 import importlib.resources
-import inspect
+import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
 
-import npool
+from docstring_checks import unannotated
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# namespace: the framework it needs (None: none)
+NAMESPACES = {"npool": None, "npool.testing": "hypothesis", "npool.jax": "jax",
+              "npool.torch": "torch", "npool.torch.compat": "torch", "npool.tf": "tensorflow",
+              "npool.keras": "keras"}
 
 
-def _unannotated(namespace, names):
-    missing = []
-    for name in names:
-        obj = getattr(namespace, name)
-        if inspect.isclass(obj) or not callable(obj):
-            continue
-        signature = inspect.signature(obj)
-        params = [p for p, v in signature.parameters.items() if v.annotation is inspect._empty]
-        if params or signature.return_annotation is inspect._empty:
-            missing.append((name, params))
-    return missing
-
-
-def test_every_public_function_is_annotated():
-    assert _unannotated(npool, npool.__all__) == []
-
-
-def test_every_jax_function_is_annotated():
-    jax_adapter = pytest.importorskip("npool.jax")
-    assert _unannotated(jax_adapter, jax_adapter.__all__) == []
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_every_public_name_is_annotated(namespace):
+    if NAMESPACES[namespace]:
+        pytest.importorskip(NAMESPACES[namespace])
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    module = importlib.import_module(namespace)
+    names = getattr(module, "__all__", None) or [
+        name for name in vars(module) if not name.startswith("_") and callable(
+            getattr(module, name)) and getattr(getattr(module, name), "__module__", "")
+        .startswith("npool")]
+    missing = {name: unannotated(getattr(module, name)) for name in names
+               if callable(getattr(module, name))}
+    assert {name: gaps for name, gaps in missing.items() if gaps} == {}
 
 
 def test_the_package_says_it_is_typed():

@@ -1,6 +1,6 @@
 """npool's ops registered with ``torch.library``: one forward and one backward custom op per op
 family, their fake kernels, autograd and autocast, and the functional forms."""
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -11,8 +11,9 @@ from . import _decompositions
 from .._types import Count, Size
 from ._tensors import from_core, to_core, torch_matmul
 
-# what a global pool with return_indices returns: y, or (y, indices)
-TensorOrPair = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+# what a global pool with return_indices returns: y, or (y, indices) - typed loosely, as the
+# core's ArrayOrPair, so that callers of the common form (a tensor) need no narrowing
+TensorOrPair = Any
 
 def _cast_for_autocast(value, device_type, dtype):
     """``value`` with its float32 (and other non-float64 floating) tensors on ``device_type``
