@@ -32,21 +32,25 @@ def _soft_pool(function, x, kernel_size, stride, force_inplace):
     return function(x, kernel_size, stride)
 
 
-def soft_pool1d(x: torch.Tensor, kernel_size: Size = 2, stride: Optional[Size] = None,
-                force_inplace: bool = False) -> torch.Tensor:
-    """SoftPool's ``SoftPool.soft_pool1d`` on npool: the original's arguments.
+def _original_soft_pool_function_doc(nd):
+    """The numpydoc docstring of compat.soft_pool{nd}d."""
+    example, out = {1: ("(1, 3, 8)", "[1, 3, 4]"), 2: ("(1, 3, 8, 8)", "[1, 3, 4, 4]"),
+                    3: ("(1, 3, 4, 8, 8)", "[1, 3, 2, 4, 4]")}[nd]
+    axes = "axis" if nd == 1 else "axes"
+    return f"""SoftPool's ``SoftPool.soft_pool{nd}d`` on npool: the original's arguments.
 
-    ``npool.torch.soft_pool1d`` with the original's default kernel 2 and no padding or
+    ``npool.torch.soft_pool{nd}d`` with the original's default kernel 2 and no padding or
     ceil_mode. ``force_inplace`` (which chose the original's CPU formula on a GPU) is accepted
     and has no effect: npool has one exact implementation.
 
     Parameters
     ----------
     x : torch.Tensor
-        ``(N, C, *spatial)`` or ``(C, *spatial)`` with 1 spatial axes; floating, CPU or CUDA.
-    kernel_size : int or tuple of 1 ints, default 2
+        ``(N, C, *spatial)`` or ``(C, *spatial)`` with {nd} spatial {axes}; floating, CPU or
+        CUDA.
+    kernel_size : int or tuple of {nd} ints, default 2
         The window.
-    stride : int or tuple of 1 ints, optional
+    stride : int or tuple of {nd} ints, optional
         The step between windows; default ``kernel_size``.
     force_inplace : bool, default False
         No effect (the original's switch).
@@ -54,81 +58,34 @@ def soft_pool1d(x: torch.Tensor, kernel_size: Size = 2, stride: Optional[Size] =
     Returns
     -------
     torch.Tensor
-        The pooled tensor, as ``npool.torch.soft_pool1d``'s.
+        The pooled tensor, as ``npool.torch.soft_pool{nd}d``'s.
 
     Examples
     --------
     >>> from npool.torch import compat
-    >>> compat.soft_pool1d(torch.randn(1, 3, 8)).shape
-    torch.Size([1, 3, 4])
+    >>> compat.soft_pool{nd}d(torch.randn{example}).shape
+    torch.Size({out})
     """
+
+
+def soft_pool1d(x: torch.Tensor, kernel_size: Size = 2, stride: Optional[Size] = None,
+                force_inplace: bool = False) -> torch.Tensor:
     return _soft_pool(_soft_pool1d, x, kernel_size, stride, force_inplace)
 
 
 def soft_pool2d(x: torch.Tensor, kernel_size: Size = 2, stride: Optional[Size] = None,
                 force_inplace: bool = False) -> torch.Tensor:
-    """SoftPool's ``SoftPool.soft_pool2d`` on npool: the original's arguments.
-
-    ``npool.torch.soft_pool2d`` with the original's default kernel 2 and no padding or
-    ceil_mode. ``force_inplace`` (which chose the original's CPU formula on a GPU) is accepted
-    and has no effect: npool has one exact implementation.
-
-    Parameters
-    ----------
-    x : torch.Tensor
-        ``(N, C, *spatial)`` or ``(C, *spatial)`` with 2 spatial axes; floating, CPU or CUDA.
-    kernel_size : int or tuple of 2 ints, default 2
-        The window.
-    stride : int or tuple of 2 ints, optional
-        The step between windows; default ``kernel_size``.
-    force_inplace : bool, default False
-        No effect (the original's switch).
-
-    Returns
-    -------
-    torch.Tensor
-        The pooled tensor, as ``npool.torch.soft_pool2d``'s.
-
-    Examples
-    --------
-    >>> from npool.torch import compat
-    >>> compat.soft_pool2d(torch.randn(1, 3, 8, 8)).shape
-    torch.Size([1, 3, 4, 4])
-    """
     return _soft_pool(_soft_pool2d, x, kernel_size, stride, force_inplace)
 
 
 def soft_pool3d(x: torch.Tensor, kernel_size: Size = 2, stride: Optional[Size] = None,
                 force_inplace: bool = False) -> torch.Tensor:
-    """SoftPool's ``SoftPool.soft_pool3d`` on npool: the original's arguments.
-
-    ``npool.torch.soft_pool3d`` with the original's default kernel 2 and no padding or
-    ceil_mode. ``force_inplace`` (which chose the original's CPU formula on a GPU) is accepted
-    and has no effect: npool has one exact implementation.
-
-    Parameters
-    ----------
-    x : torch.Tensor
-        ``(N, C, *spatial)`` or ``(C, *spatial)`` with 3 spatial axes; floating, CPU or CUDA.
-    kernel_size : int or tuple of 3 ints, default 2
-        The window.
-    stride : int or tuple of 3 ints, optional
-        The step between windows; default ``kernel_size``.
-    force_inplace : bool, default False
-        No effect (the original's switch).
-
-    Returns
-    -------
-    torch.Tensor
-        The pooled tensor, as ``npool.torch.soft_pool3d``'s.
-
-    Examples
-    --------
-    >>> from npool.torch import compat
-    >>> compat.soft_pool3d(torch.randn(1, 3, 4, 8, 8)).shape
-    torch.Size([1, 3, 2, 4, 4])
-    """
     return _soft_pool(_soft_pool3d, x, kernel_size, stride, force_inplace)
+
+
+soft_pool1d.__doc__ = _original_soft_pool_function_doc(1)
+soft_pool2d.__doc__ = _original_soft_pool_function_doc(2)
+soft_pool3d.__doc__ = _original_soft_pool_function_doc(3)
 
 
 def _original_soft_pool_doc(nd):
