@@ -27,12 +27,14 @@ def failed_examples(obj, name, globs):
 
 
 def unannotated(obj, methods=("__init__", "forward", "call")):
-    """The parameters (and ``"return"``) of a function - of a class: of its constructor and
-    call methods - that have no annotation."""
-    functions = ([getattr(obj, m) for m in methods if m in vars(obj) or
-                  any(m in vars(base) for base in obj.__mro__[1:-1]
-                      if base.__module__.startswith("npool"))]
-                 if inspect.isclass(obj) else [obj])
+    """The parameters (and ``"return"``) of a function - of a class: of those of its constructor
+    and call methods that npool defines - that have no annotation."""
+    if inspect.isclass(obj):
+        owners = {m: next((c for c in obj.__mro__ if m in vars(c)), None) for m in methods}
+        functions = [getattr(obj, m) for m, owner in owners.items()
+                     if owner is not None and owner.__module__.startswith("npool")]
+    else:
+        functions = [obj]
     missing = []
     for function in functions:
         signature = inspect.signature(function)

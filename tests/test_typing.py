@@ -25,11 +25,7 @@ def test_every_public_name_is_annotated(namespace):
         pytest.importorskip(NAMESPACES[namespace])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     module = importlib.import_module(namespace)
-    names = getattr(module, "__all__", None) or [
-        name for name in vars(module) if not name.startswith("_") and callable(
-            getattr(module, name)) and getattr(getattr(module, name), "__module__", "")
-        .startswith("npool")]
-    missing = {name: unannotated(getattr(module, name)) for name in names
+    missing = {name: unannotated(getattr(module, name)) for name in module.__all__
                if callable(getattr(module, name))}
     assert {name: gaps for name, gaps in missing.items() if gaps} == {}
 

@@ -299,7 +299,7 @@ class ClassWisePool(torch.nn.Module):
 class _LuaGlobalPool(torch.nn.Module):
     """The Lua modules' shapes: (N, C, H, W) -> (N, C, 1, 1) and (C, H, W) -> (C, 1, 1)."""
 
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # no arguments, as the Lua modules (not nn.Module's *args)
         super().__init__()
 
     def _check(self, x):
