@@ -158,44 +158,201 @@ def _host(function):
     return lambda *arrays: tuple(function(*(np.asarray(a) for a in arrays)))
 
 
-def _kernel_op(forward, backward, differentiable, fold, residuals=0):
-    """A ``jax.custom_vjp`` function of arrays over NumPy ``forward(*arrays) -> (y, *saved)``
-    and ``backward(g, *arrays, *saved) -> gradients of the differentiable arrays``;
+# ------------------------------------------------------------------ one call per shard
+def _sharding_of(a):
+    """``a``'s sharding as JAX knows it now: the concrete sharding of an array, the abstract
+    one (``jax.typeof``) of a traced value; None when there is none to read."""
+    if isinstance(a, jax.core.Tracer):
+        return getattr(jax.typeof(a), "sharding", None)
+    return getattr(a, "sharding", None)
+
+
+def _batch_axes(a):
+    """``(mesh, free axes, batch axes)`` to run the kernels once per shard of ``a``'s leading
+    (batch) axis, or None when ``a`` is on one device (or already one shard of a
+    ``shard_map``). The batch axes are the mesh axes that shard ``a``'s leading axis: read from
+    its sharding where JAX knows it (a concrete array; explicit mesh axes under ``jit``); under
+    ``jit`` with automatic mesh axes, whose layout is decided later by XLA, every automatic axis
+    when their size divides the batch (the pools are independent per sample); else none (each
+    device runs the whole batch, as one device would)."""
+    sharding = _sharding_of(a)
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return None
+    mesh = sharding.mesh
+    if getattr(mesh, "empty", False) or mesh.size == 1:
+        return None
+    types = getattr(mesh, "axis_types", (jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+    free = tuple(n for n, t in zip(mesh.axis_names, types)
+                 if t != jax.sharding.AxisType.Manual and mesh.shape[n] > 1)
+    if not free:
+        return None
+    lead = sharding.spec[0] if len(sharding.spec) else None
+    lead = () if lead is None else (lead,) if isinstance(lead, str) else tuple(lead)
+    lead = tuple(n for n in lead if n in free)
+    if not lead:
+        auto = tuple(n for n, t in zip(mesh.axis_names, types)
+                     if n in free and t == jax.sharding.AxisType.Auto)
+        if auto and a.shape[0] % math.prod(mesh.shape[n] for n in auto) == 0:
+            lead = auto
+    return mesh, free, lead
+
+
+def _varying_axes(a):
+    """The manual (``shard_map``) mesh axes along which ``a``'s value varies."""
+    aval = jax.typeof(a)
+    manual_type = getattr(aval, "manual_axis_type", None)  # JAX >= 0.9; before: aval.vma
+    return set(manual_type.varying if manual_type is not None else getattr(aval, "vma", ()))
+
+
+def _vary_like(results, arrays):
+    """Inside ``shard_map``: the callback's results typed as varying over the manual axes its
+    arguments vary over (a callback's results are typed invariant; a gradient must have its
+    primal's type)."""
+    axes = set().union(*(_varying_axes(a) for a in arrays))
+    if not axes:
+        return results
+    cast = []
+    for r in results:
+        missing = tuple(sorted(axes - _varying_axes(r)))
+        cast.append(jax.lax.pcast(r, missing, to="varying") if missing else r)
+    return tuple(cast)
+
+
+def _callback(target, structs, arrays, batched_in, batched_out, vmap_method):
+    """``target`` (NumPy arrays -> a tuple of arrays) through ``jax.pure_callback``, run once
+    per shard of the batch axis where the arrays are spread over several devices, so the
+    results keep the batch's sharding and nothing is gathered. ``structs``: the results'
+    ``ShapeDtypeStruct``s for the whole batch; ``batched_in``/``batched_out``: which arrays and
+    results have the batch as their leading axis (a result without it - the gradient of a shared
+    parameter - is a sum over the batch: summed over the shards)."""
+    def call(*local):
+        batch = next((a.shape[0] for a, b in zip(local, batched_in) if b), None)
+        local_structs = tuple(
+            _struct((batch,) + tuple(s.shape[1:]), s.dtype) if b and batch is not None else s
+            for s, b in zip(structs, batched_out))
+        results = jax.pure_callback(target, local_structs, *local, vmap_method=vmap_method)
+        return _vary_like(tuple(results), local)
+
+    first = next((a for a, b in zip(arrays, batched_in) if b), None)
+    layout = _batch_axes(first) if first is not None else None
+    if layout is None:
+        return call(*arrays)
+    mesh, free, lead = layout
+    batch_spec = jax.sharding.PartitionSpec(lead if len(lead) > 1 else lead[0]) if lead else \
+        jax.sharding.PartitionSpec()
+    replicated = jax.sharding.PartitionSpec()
+
+    def per_shard(*local):
+        results = call(*local)
+        if not lead:
+            return results
+        return tuple(r if b else jax.lax.psum(r, lead) for r, b in zip(results, batched_out))
+
+    return jax.shard_map(per_shard, mesh=mesh, axis_names=set(free),
+                         in_specs=tuple(batch_spec if b else replicated for b in batched_in),
+                         out_specs=tuple(batch_spec if b else replicated for b in batched_out)
+                         )(*arrays)
+
+
+# ------------------------------------------------------------------ the op over the kernels
+try:  # the tracer of forward-mode differentiation (jax.jvp); reverse mode (jax.grad) linearizes
+    from jax._src.interpreters.ad import JVPTracer as _JVPTracer
+except ImportError:  # pragma: no cover (a JAX that moved it: forward mode raises JAX's error)
+    _JVPTracer = ()
+
+
+def _in_forward_mode(a):
+    """Whether ``a`` is being differentiated in forward mode (``jax.jvp``, ``jax.jacfwd``)."""
+    return isinstance(a, _JVPTracer)
+
+
+def _kernel_op(forward, backward, differentiable, fold, portable_form, residuals=0,
+               batched=None):
+    """A JAX function of arrays over NumPy ``forward(*arrays) -> (y, *saved)`` and
+    ``backward(g, *arrays, *saved) -> gradients of the differentiable arrays``.
+
     ``differentiable``: one bool per array (the others get no cotangent). ``fold``: every array
     and result has a leading batch axis, so vmap folds into it (one call); otherwise vmap runs
-    the kernels once per vmapped element. ``residuals``: how many of the forward's results
-    after y the backward takes (indices, norms)."""
-    method = "expand_dims" if fold else "sequential"
+    the kernels once per vmapped element. ``portable_form(*arrays) -> y``: the op in standard
+    JAX operations (npool's portable decomposition). ``residuals``: how many of the forward's
+    results after y the backward takes (indices, norms). ``batched``: one bool per array, whether
+    its leading axis is the batch (default: all).
 
-    def forward_results(arrays):
-        y_struct, *saved_structs = forward.shapes(*arrays)
-        target = forward
-        if fold:
-            target = _fold(forward, [a.ndim for a in arrays])
-        return jax.pure_callback(_host(target), (y_struct, *saved_structs), *arrays,
-                                 vmap_method=method)
+    Reverse mode is a ``jax.custom_vjp`` over the two kernels. The kernel calls are themselves
+    ``jax.custom_jvp`` functions whose tangents are the portable form's derivatives (of y, and of
+    its vector-Jacobian product), so that forward mode (``jax.jvp``, ``jax.jacfwd``) and second
+    order (grad of grad, ``jax.hessian``) work too: the kernels compute the values and first
+    derivatives, the decomposition the derivatives of those, as in ``npool.tf``."""
+    method = "expand_dims" if fold else "sequential"
+    batched = (True,) * len(differentiable) if batched is None else tuple(batched)
+    wrt = [i for i, d in enumerate(differentiable) if d]
+
+    def with_differentiable(arrays, values):
+        full = list(arrays)
+        for i, v in zip(wrt, values):
+            full[i] = v
+        return full
+
+    @jax.custom_jvp
+    def kernel_forward(*arrays):
+        structs = forward.shapes(*arrays)
+        target = _fold(forward, [a.ndim for a in arrays]) if fold else forward
+        return _callback(_host(target), structs, arrays, batched, (True,) * len(structs),
+                         method)
+
+    @kernel_forward.defjvp
+    def kernel_forward_jvp(primals, tangents):
+        results = kernel_forward(*primals)
+        _, y_dot = jax.jvp(lambda *d: portable_form(*with_differentiable(primals, d)),
+                           tuple(primals[i] for i in wrt), tuple(tangents[i] for i in wrt))
+        saved_dots = tuple(np.zeros(r.shape, jax.dtypes.float0) for r in results[1:])
+        return results, (y_dot.astype(results[0].dtype),) + saved_dots
+
+    def portable_vjp(arrays, g, *values):
+        _, pullback = jax.vjp(lambda *d: portable_form(*with_differentiable(arrays, d)),
+                              *values)
+        return pullback(g)
+
+    @jax.custom_jvp
+    def kernel_backward(g, *arrays_and_saved):
+        arrays = arrays_and_saved[:len(differentiable)]
+        structs = tuple(jax.ShapeDtypeStruct(arrays[i].shape, arrays[i].dtype) for i in wrt)
+        args = (g,) + tuple(arrays_and_saved)
+        target = _fold(backward, [a.ndim for a in args]) if fold else backward
+        batched_args = (True,) + batched + (True,) * (len(args) - 1 - len(batched))
+        return _callback(_host(target), structs, args, batched_args,
+                         tuple(batched[i] for i in wrt), method)
+
+    @kernel_backward.defjvp
+    def kernel_backward_jvp(primals, tangents):
+        grads = kernel_backward(*primals)
+        g, arrays = primals[0], primals[1:1 + len(differentiable)]
+        dots = [tangents[0]] + [tangents[1 + i] for i in wrt]
+        _, grad_dots = jax.jvp(lambda g, *d: portable_vjp(arrays, g, *d),
+                               (g,) + tuple(arrays[i] for i in wrt), tuple(dots))
+        return grads, tuple(d.astype(r.dtype) for d, r in zip(grad_dots, grads))
 
     @jax.custom_vjp
     def op(*arrays):
-        return forward_results(arrays)[0]
+        return kernel_forward(*arrays)[0]
 
     def op_forward(*arrays):
-        y, *saved = forward_results(arrays)
+        y, *saved = kernel_forward(*arrays)
         return y, (arrays, tuple(saved[:residuals]))
 
     def op_backward(res, g):
         arrays, saved = res
-        structs = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype)
-                        for a, d in zip(arrays, differentiable) if d)
-        args = (g.astype(arrays[0].dtype),) + tuple(arrays) + tuple(saved)
-        target = backward
-        if fold:
-            target = _fold(backward, [a.ndim for a in args])
-        grads = iter(jax.pure_callback(_host(target), structs, *args, vmap_method=method))
+        grads = iter(kernel_backward(g.astype(arrays[0].dtype), *arrays, *saved))
         return tuple(next(grads) if d else None for d in differentiable)
 
     op.defvjp(op_forward, op_backward)
-    return op
+
+    def call(*arrays):
+        if any(_in_forward_mode(a) for a in arrays):  # jax.jvp, jax.jacfwd over the op: a
+            return kernel_forward(*arrays)[0]          # custom_vjp has no forward mode
+        return op(*arrays)
+
+    return call
 
 
 class _Numpy:
@@ -259,14 +416,19 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
         if last:
             lam_value = jnp.moveaxis(lam_value, -1, 1)
 
+    def run(x, lam_v):
+        xc = jnp.moveaxis(x, -1, 1) if last else x
+        y = portable_forms.windowed_softmax_pool(JaxOps, xc, lam_v, window)
+        return jnp.moveaxis(y, 1, -1) if last else y
+
+    def portable_scalar(x):
+        return _in_float32(lambda x: run(x, float(lam_value)), x)
+
+    def portable_array(x, lam_v):
+        return _in_float32(run, x, lam_v)
+
     if not uses_kernels():
-        def run(x, lam_v):
-            xc = jnp.moveaxis(x, -1, 1) if last else x
-            y = portable_forms.windowed_softmax_pool(JaxOps, xc, lam_v, window)
-            return jnp.moveaxis(y, 1, -1) if last else y
-        if scalar:
-            return _in_float32(lambda x: run(x, float(lam_value)), x)
-        return _in_float32(run, x, lam_value)
+        return portable_scalar(x) if scalar else portable_array(x, lam_value)
 
     forward_core, backward_core = _MAXENT[nd]
     if scalar:
@@ -289,7 +451,8 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
         forward = _Numpy(lambda xa: (_from_npool(pool_forward(xa), last),),
                          lambda x: (_struct(out_shape, x.dtype),))
         backward = _Numpy(lambda g, xa: (_from_npool(pool_backward(g, xa), last),), None)
-        return _kernel_op(forward, backward, (True,), fold=True)(x)
+        return _kernel_op(forward, backward, (True,), fold=True,
+                          portable_form=portable_scalar)(x)
 
     def maxent_forward(xa, la):
         return (_from_npool(forward_core(_to_npool(xa, last), la, *args), last),)
@@ -300,7 +463,9 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
 
     forward = _Numpy(maxent_forward, lambda x, la: (_struct(out_shape, x.dtype),))
     backward = _Numpy(maxent_backward, None)
-    return _kernel_op(forward, backward, (True, True), fold=False)(x, lam_value)
+    lam_per_sample = lam_value.shape[0] == x.shape[0]  # (N, ...) lam: one per sample
+    return _kernel_op(forward, backward, (True, True), fold=False, portable_form=portable_array,
+                      batched=(True, lam_per_sample))(x, lam_value)
 
 
 _SOFT_POOL = {1: (npool.soft_pool1d_forward, npool.soft_pool1d_backward),
@@ -425,11 +590,15 @@ def _global_pool(name, x, keepdims, data_format, selects, options, portable):
         out_shape = (x.shape[0],) + (1,) * nd + (channels,)
     else:
         out_shape = x.shape[:2] + (1,) * nd
-    if not uses_kernels():
-        def run(x):
-            y = portable(jnp.moveaxis(x, -1, 1) if last else x, nd)
-            return jnp.reshape(y, out_shape)
+    def run(x):
+        y = portable(jnp.moveaxis(x, -1, 1) if last else x, nd)
+        return jnp.reshape(y, out_shape)
+
+    def portable_form(x):
         return _in_float32(run, x)
+
+    if not uses_kernels():
+        return portable_form(x)
     forward_core = getattr(npool, f"{name}_forward")
     backward_core = getattr(npool, f"{name}_backward")
     n = math.prod(x.shape[1:-1] if last else x.shape[2:])
@@ -472,7 +641,7 @@ def _global_pool(name, x, keepdims, data_format, selects, options, portable):
         return structs
 
     op = _kernel_op(_Numpy(pool_forward, shapes), _Numpy(pool_backward, None), (True,),
-                    fold=True, residuals=1 if selects else 0)
+                    fold=True, portable_form=portable_form, residuals=1 if selects else 0)
     return op(x)
 
 
@@ -656,12 +825,20 @@ def _set_op(name, arrays, mask, out_shape, portable, fold=False):
     arrays = [arrays[0]] + [a.astype(dtype) for a in arrays[1:]]
     has_mask = mask is not None and mask is not False
     masks = [jnp.asarray(mask, jnp.bool_)] if has_mask else []
+    n = len(arrays)
+
+    def portable_form(*values):
+        mask_args = [] if mask is False else [values[n] if has_mask else None]
+        return _in_float32(lambda *us: portable(JaxOps, *us, *mask_args), *values[:n])
+
     if not uses_kernels():
-        mask_args = [] if mask is False else [masks[0] if masks else None]
-        return _in_float32(lambda *us: portable(JaxOps, *us, *mask_args), *arrays)
+        return portable_form(*arrays, *masks)
     forward_core = getattr(npool, f"{name}_forward")
     backward_core = getattr(npool, f"{name}_backward")
-    n = len(arrays)
+    # the arrays with a leading batch axis (the others - centres, weights - are shared by the
+    # batch; x of Context Gating is (..., n), batched when it has more than one axis)
+    batched = [name != "context_gating" or arrays[0].ndim > 1] + [
+        array_name in ("assign",) for array_name in _ARRAY_NAMES[name][1:]]
 
     def keywords(values):
         if mask is False:
@@ -676,7 +853,8 @@ def _set_op(name, arrays, mask, out_shape, portable, fold=False):
         return grads if isinstance(grads, tuple) else (grads,)
 
     op = _kernel_op(_Numpy(set_forward, lambda *a: (_struct(out_shape(a[0]), dtype),)),
-                    _Numpy(set_backward, None), (True,) * n + (False,) * len(masks), fold)
+                    _Numpy(set_backward, None), (True,) * n + (False,) * len(masks), fold,
+                    portable_form=portable_form, batched=batched + [True] * len(masks))
     return op(*arrays, *masks)
 
 
