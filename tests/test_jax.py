@@ -1,6 +1,11 @@
 """npool.jax: every op against the NumPy core, gradients (jax.test_util.check_grads and the
 core's backward), jit / vmap / grad / value_and_grad, every dtype, both axis orders, the
 portable decomposition (what GPU backends and jax.export get), and a small training loop."""
+import os
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -11,6 +16,8 @@ from jax.test_util import check_grads  # noqa: E402
 import npool  # noqa: E402
 import npool.jax as nj  # noqa: E402
 from npool._checks import BFLOAT16  # noqa: E402
+
+HERE = pathlib.Path(__file__).resolve().parent
 
 
 def _x64():
@@ -164,6 +171,85 @@ def test_set_pools_equal_the_core_with_gradients(name):
 
 
 # ------------------------------------------------------------------ transformations
+# Forward mode and second order: the kernels compute values and first derivatives, the portable
+# decomposition the derivatives of those (checked against finite differences by check_grads and
+# against the decomposition's own Hessian).
+HIGHER_ORDER = [
+    ("soft_pool2d", lambda v: nj.soft_pool2d(v, 2, stride=1)),
+    ("soft_pool1d", lambda v: nj.soft_pool1d(v[:, 0], 3, stride=2, padding=1)),
+    ("maxent_pool2d", lambda v: nj.maxent_pool2d(v, 1.5, 2)),
+    ("maxent_pool2d lam array", lambda v: nj.maxent_pool2d(v, jnp.asarray([0.5, 2.0]), 2)),
+    ("global_max_pool", lambda v: nj.global_max_pool(v)),
+    ("global_avg_pool", lambda v: nj.global_avg_pool(v, keepdims=True)),
+    ("global_lse_pool", lambda v: nj.global_lse_pool(v, beta=2.0)),
+    ("global_kmax_pool", lambda v: nj.global_kmax_pool(v, k=3)),
+    ("weldon_pool", lambda v: nj.weldon_pool(v, kmax=2, kmin=1, alpha=0.5)),
+]
+
+
+@pytest.mark.parametrize("name,fn", HIGHER_ORDER, ids=[n for n, _ in HIGHER_ORDER])
+def test_forward_mode_and_second_order_with_the_kernels(name, fn):
+    x = _rng(21).standard_normal((2, 4, 5, 2))
+    with _x64():
+        v = jnp.asarray(x)
+        assert nj.uses_kernels()
+        check_grads(fn, (v,), order=2, modes=["fwd", "rev"], eps=1e-6)
+
+        def loss(u):
+            return jnp.sum(fn(u) ** 2)
+
+        small = v[:1, :3, :4]
+        hessians = [jax.hessian(loss)(small), jax.jit(jax.jacrev(jax.jacrev(loss)))(small),
+                    jax.jacfwd(jax.jacfwd(loss))(small)]
+        with nj.portable():
+            want = jax.hessian(loss)(small)
+        for got in hessians:
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-9,
+                                       atol=1e-9)
+        tangent = jnp.ones_like(v)
+        _, got = jax.jit(lambda u: jax.jvp(fn, (u,), (tangent,)))(v)
+        with nj.portable():
+            _, want = jax.jvp(fn, (v,), (tangent,))
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_set_pools_second_order_with_the_kernels(name):
+    arrays, mask = _set_args(name)
+    fn = getattr(nj, name)
+    extra = {} if name == "context_gating" else {"mask": mask}
+    with _x64():
+        check_grads(lambda *a: fn(*a, **extra), tuple(map(jnp.asarray, arrays)), order=2,
+                    modes=["fwd", "rev"], eps=1e-6)
+
+
+def test_forward_mode_of_a_jitted_kernel_op_is_jaxs_error():
+    """jax.jvp of an already-jitted function (and jax.linearize) reach the reverse-mode op,
+    which has no forward mode: JAX's TypeError. Inside portable() both work."""
+    x = jnp.ones((1, 4, 4, 1))
+    f = jax.jit(lambda v: nj.soft_pool2d(v, 2))
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(f, (x,), (x,))
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.linearize(lambda v: nj.soft_pool2d(v, 2), x)[1](x)
+    with nj.portable():
+        assert jax.jvp(jax.jit(lambda v: nj.soft_pool2d(v, 2)), (x,), (x,))[1].shape == \
+            (1, 2, 2, 1)
+
+
+def test_several_devices_run_the_kernels_per_shard():
+    """On 2 forced host devices, in a fresh process: the kernels run once per shard of a
+    batch-sharded input and the results keep its sharding (eager, jit, grad, vmap,
+    shard_map; explicit and automatic mesh axes; every op family). tests/jax_multi_device.py
+    holds the checks."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, str(HERE / "jax_multi_device.py")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "all checks passed" in result.stdout, result.stdout[-3000:]
+
+
 def test_vmap_folds_into_the_batch_and_equals_a_loop():
     x = jnp.asarray(_rng(7).standard_normal((4, 2, 6, 6, 3)), jnp.float32)
     pooled = jax.vmap(lambda v: nj.soft_pool2d(v, 2))(x)

@@ -4,8 +4,11 @@ dependency, ``pip install npool[jax]``).
 On the CPU each op is a ``jax.custom_vjp`` whose forward and backward call npool's kernels
 through ``jax.pure_callback``: they work under ``jax.jit``, ``jax.grad``/``jax.vjp``/
 ``jax.value_and_grad`` and ``jax.vmap`` (the pools fold vmapped axes into their batch axis, one
-kernel call; ops with parameters run once per vmapped element), in float16, bfloat16, float32
-and float64 (``jax_enable_x64``). The local and global pools take JAX's and Flax's axis order,
+kernel call; ops with parameters run once per vmapped element), in forward mode and to second
+order (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``: the portable decomposition's tangents of
+the kernels' values and gradients), on several devices (one kernel call per shard of the
+batch, the input's sharding kept; ``jax.shard_map``), in float16, bfloat16, float32 and
+float64 (``jax_enable_x64``). The local and global pools take JAX's and Flax's axis order,
 ``(N, *spatial, C)`` (``data_format="channels_last"``), or ``"channels_first"``; the set pools
 take LOUPE's ``(B, M, D)``.
 

@@ -255,15 +255,17 @@ def _callback(target, structs, arrays, batched_in, batched_out, vmap_method):
 
 
 # ------------------------------------------------------------------ the op over the kernels
+_FORWARD_MODE_TRACERS: tuple = ()
 try:  # the tracer of forward-mode differentiation (jax.jvp); reverse mode (jax.grad) linearizes
-    from jax._src.interpreters.ad import JVPTracer as _JVPTracer
+    from jax._src.interpreters.ad import JVPTracer
+    _FORWARD_MODE_TRACERS = (JVPTracer,)
 except ImportError:  # pragma: no cover (a JAX that moved it: forward mode raises JAX's error)
-    _JVPTracer = ()
+    pass
 
 
 def _in_forward_mode(a):
     """Whether ``a`` is being differentiated in forward mode (``jax.jvp``, ``jax.jacfwd``)."""
-    return isinstance(a, _JVPTracer)
+    return isinstance(a, _FORWARD_MODE_TRACERS)
 
 
 def _kernel_op(forward, backward, differentiable, fold, portable_form, residuals=0,
