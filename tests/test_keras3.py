@@ -63,6 +63,38 @@ def test_an_unsupported_backend_is_named():
     assert "tensorflow, jax and torch backends" in result.stdout
 
 
+JIT_COMPILE = """
+import numpy as np, keras, npool.keras as nk
+inputs = keras.Input((12, 12, 4))
+h = nk.MaxEntPooling2D(2, lam="gfgp")(keras.layers.Conv2D(6, 3, padding="same")(inputs))
+h = nk.SoftPooling2D(2)(h)
+outputs = keras.layers.Dense(3)(nk.GlobalKMaxPool(k=2)(h))
+model = keras.Model(inputs, outputs)
+model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+              jit_compile=True)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((20, 12, 12, 4)).astype("float32")
+y = rng.integers(0, 3, 20)
+history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)   # batches of 8, 8 and 4
+print(model.predict(x[:5], batch_size=5, verbose=0).shape, history.history["loss"][-1])
+"""
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_jit_compile_trains_with_a_batch_size_that_changes(backend):
+    """model.compile(jit_compile=True) with MaxEnt pooling's GFGP branch, SoftPool and k-max,
+    the last batch smaller than the others (torch: torch.compile recompiles with dynamic
+    shapes; jax and tensorflow: XLA through the portable decomposition or the kernels)."""
+    if not _available(BACKENDS[backend]):
+        pytest.skip(f"no {backend}")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+               CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "-c", JIT_COMPILE], capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "(5, 3)" in result.stdout
+
+
 def test_the_docs_example_runs_on_the_torch_backend():
     """docs/frameworks/keras.md's example (the README shows the same block), on torch."""
     if not _available("torch"):

@@ -552,3 +552,83 @@ def test_set_layers_check_their_arguments():
         layer(torch.randn(10, 8))
     with pytest.raises(ValueError, match=r"x must be \(B, M, feature_size\)"):
         layer(torch.randn(2, 6, 7))
+
+
+# ------------------------------------------------------------------ torch.compile(dynamic=True)
+class _GFGPNet(torch.nn.Module):
+    """A conv, then Max-Ent pooling with the GFGP branch (GAP, 1x1 conv, BatchNorm, ReLU, 1x1
+    conv, BatchNorm, sigmoid)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.pool = nt.MaxEntPool2d(4, 2)
+
+    def forward(self, x):
+        return self.pool(torch.relu(self.conv(x)))
+
+
+_SET_DYNAMIC = nt.NetVLAD(4, 64, 3, 5, add_batch_norm=False)
+
+# name: a function of an (N, C, H, W) tensor (C = 4); every op family
+DYNAMIC = {
+    "soft_pool1d": lambda x: nt.soft_pool1d(x[:, :, 0], 3, 2, 1),
+    "soft_pool2d": lambda x: nt.soft_pool2d(x, 2),
+    "soft_pool2d 3x3/2 pad 1": lambda x: nt.soft_pool2d(x, 3, 2, 1),
+    "soft_pool3d": lambda x: nt.soft_pool3d(x[:, :, None].expand(-1, -1, 2, -1, -1), 2),
+    "maxent_pool2d lam number": lambda x: nt.maxent_pool2d(x, 0.7, 2),
+    "maxent_pool2d lam per channel": lambda x: nt.maxent_pool2d(
+        x, torch.linspace(0.5, 2.0, 4).reshape(4, 1, 1), 2),
+    "maxent_pool2d lam from a branch": lambda x: nt.maxent_pool2d(
+        x, torch.sigmoid(x.mean((2, 3), keepdim=True) * 3), 2),
+    "global_max_pool": nt.global_max_pool,
+    "global_avg_pool": nt.global_avg_pool,
+    "global_lse_pool": lambda x: nt.global_lse_pool(x, 2.0),
+    "global_kmax_pool": lambda x: nt.global_kmax_pool(x, 3),
+    "weldon_pool": lambda x: nt.weldon_pool(x, 2, 1),
+    "NetVLAD": lambda x: _SET_DYNAMIC(x.flatten(2).transpose(1, 2)),  # (N, H * W, C)
+    "context_gating": lambda x: nt.context_gating(x.flatten(2), torch.eye(x.shape[2] *
+                                                                             x.shape[3]) * 0.5,
+                                                  torch.zeros(x.shape[2] * x.shape[3])),
+}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "permuted inside"])
+@pytest.mark.parametrize("name", list(DYNAMIC) + ["MaxEntPool2d GFGP net"])
+def test_torch_compile_dynamic_shapes(name, layout):
+    """torch.compile(dynamic=True) of every op family, in both memory layouts and on a view
+    made inside the compiled function (NHWC permuted to NCHW, which the backward saves), with
+    the batch size (and the spatial size) changing between calls: the values and gradients of
+    eager mode."""
+    torch._dynamo.reset()  # each case compiles its own `call` (one code object for all cases)
+    torch.manual_seed(0)
+    if name in DYNAMIC:
+        eager_function = compiled_function = DYNAMIC[name]
+    else:  # a module with state (BatchNorm's running statistics): one copy for each side
+        eager_function = _GFGPNet()
+        compiled_function = copy.deepcopy(eager_function)
+
+    def through(function):
+        def call(t):
+            if layout == "permuted inside":
+                t = t.permute(0, 3, 1, 2)
+            return function(t)
+        return call
+
+    eager = through(eager_function)
+    compiled = torch.compile(through(compiled_function), dynamic=True,
+                             fullgraph=name in DYNAMIC)
+    for n, size in ((4, 8), (6, 8), (3, 10)):
+        x = torch.randn(n, 4, size, size)
+        if layout == "channels_last":
+            x = x.to(memory_format=torch.channels_last)
+        elif layout == "permuted inside":
+            x = x.permute(0, 2, 3, 1).contiguous()
+        x_eager, x_compiled = x.clone().requires_grad_(), x.clone().requires_grad_()
+        expected = eager(x_eager)
+        weights = torch.randn(expected.shape)
+        (expected * weights).sum().backward()
+        result = compiled(x_compiled)
+        torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)
+        (result * weights).sum().backward()
+        torch.testing.assert_close(x_compiled.grad, x_eager.grad, rtol=1e-4, atol=1e-5)

@@ -296,7 +296,9 @@ def finite_real(value, name):
         value = float(value)
     except OverflowError:
         raise ValueError(f"{name} must be finite, got an int beyond float64's range") from None
-    if not math.isfinite(value):
+    # comparisons rather than math.isfinite: under torch.compile(dynamic=True) a float argument
+    # is a symbolic float, which comparisons trace and math.isfinite does not
+    if value != value or abs(value) == math.inf:
         raise ValueError(f"{name} must be finite, got {value!r}")
     return value
 

@@ -3,6 +3,7 @@ family, their fake kernels, autograd and autocast, and the functional forms."""
 from typing import Any, Optional, Union
 
 import torch
+import torch._functorch.config
 
 import npool
 
@@ -10,6 +11,15 @@ from .. import _checks
 from . import _decompositions
 from .._types import Count, Size
 from ._tensors import from_core, to_core, torch_matmul
+
+# PyTorch's Inductor (2.13 and 2.14) cannot compile a graph whose partitioner saves a view with
+# dynamic strides for the backward ("TypeError: cannot determine truth value of Relational"
+# under torch.compile(dynamic=True)): npool's backward ops take their input, and an input made
+# by a view inside the compiled function (NHWC permuted to NCHW, Keras' torch backend, a GFGP
+# branch) would be saved as such a view - PyTorch's own conv2d fails the same way. Views cost
+# nothing to recompute (PyTorch's note on this flag: "generally a good idea"), so npool.torch
+# has the partitioner recompute them; docs/frameworks/pytorch.md says so.
+torch._functorch.config.recompute_views = True
 
 # what a global pool with return_indices returns: y, or (y, indices) - typed loosely, as the
 # core's ArrayOrPair, so that callers of the common form (a tensor) need no narrowing
@@ -768,6 +778,12 @@ def _core_or_none(t):
     return None if t is None else to_core(t)
 
 
+def _c_order_like(t):
+    """A new tensor of t's shape in C order: what the set pools' kernels return whatever the
+    strides of their inputs (``torch.empty_like`` would keep a permuted input's strides)."""
+    return t.new_empty(t.shape)
+
+
 def _matmul_for(t):
     """The set pools' matmul= for tensors on t's device: torch's BLAS on the CPU; None (npool's
     own GPU kernels) on CUDA."""
@@ -808,7 +824,7 @@ def _netvlad_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, assign: torc
 
 @_netvlad_pool_backward.register_fake
 def _(grad_out, x, assign, centers, mask, output, norms):
-    return [torch.empty_like(t) for t in (x, assign, centers) if t is not None]
+    return [_c_order_like(t) for t in (x, assign, centers) if t is not None]
 
 
 def _netvlad_setup_context(ctx, inputs, output):
@@ -850,7 +866,7 @@ def _netfv_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, assign: torch.
 
 @_netfv_pool_backward.register_fake
 def _(grad_out, x, assign, mu, covar_weights, mask):
-    return [torch.empty_like(t) for t in (x, assign, mu, covar_weights)]
+    return [_c_order_like(t) for t in (x, assign, mu, covar_weights)]
 
 
 def _save_inputs(ctx, inputs, output):
@@ -881,7 +897,7 @@ def _soft_dbow_pool_backward(grad_out: torch.Tensor, assign: torch.Tensor,
                                                    to_core(assign), _core_or_none(mask)), assign)
 
 
-_soft_dbow_pool_backward.register_fake(lambda grad_out, assign, mask: torch.empty_like(assign))
+_soft_dbow_pool_backward.register_fake(lambda grad_out, assign, mask: _c_order_like(assign))
 _soft_dbow_pool.register_autograd(
     lambda ctx, grad_out: (_soft_dbow_pool_backward(grad_out, *ctx.saved_tensors), None),
     setup_context=_save_inputs)
@@ -894,7 +910,7 @@ def _context_gating(x: torch.Tensor, weights: torch.Tensor,
                                                   matmul=_matmul_for(x)), x)
 
 
-_context_gating.register_fake(lambda x, weights, biases: torch.empty_like(x))
+_context_gating.register_fake(lambda x, weights, biases: _c_order_like(x))
 
 
 @torch.library.custom_op("npool::context_gating_backward", mutates_args=())
@@ -908,7 +924,7 @@ def _context_gating_backward(grad_out: torch.Tensor, x: torch.Tensor, weights: t
 
 @_context_gating_backward.register_fake
 def _(grad_out, x, weights, biases):
-    return [torch.empty_like(t) for t in (x, weights, biases)]
+    return [_c_order_like(t) for t in (x, weights, biases)]
 
 
 _context_gating.register_autograd(
