@@ -36,5 +36,41 @@ Size = Union[int, Sequence[int]]  # one value for every spatial axis, or one per
 Count = Union[int, float]  # a count of cells, or a fraction in (0, 1] of them
 # out=: one destination, or a tuple with one per result (each None or an array)
 Out = Optional[Union[ArrayLike, Sequence[Optional[ArrayLike]]]]
-__all__ = ["Array", "ArrayLike", "ArrayOrPair", "Count", "CudaArrayLike", "DLPackLike", "Out",
-           "Size"]
+
+
+# The signatures of the functions npool makes once per dimension (1d, 2d, 3d), so that type
+# checkers see them (a function returned by a factory is otherwise Any to them).
+class SoftPoolForward(Protocol):
+    """``npool.soft_pool{1,2,3}d_forward``."""
+
+    def __call__(self, x: ArrayLike, kernel_size: Size, stride: Optional[Size] = None,
+                 padding: Size = 0, ceil_mode: bool = False, *, out: Out = None) -> Array: ...
+
+
+class SoftPoolBackward(Protocol):
+    """``npool.soft_pool{1,2,3}d_backward``."""
+
+    def __call__(self, grad_out: ArrayLike, x: ArrayLike, kernel_size: Size,
+                 stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False, *,
+                 out: Out = None) -> Array: ...
+
+
+class MaxEntPoolForward(Protocol):
+    """``npool.maxent_pool{1,2,3}d_forward``."""
+
+    def __call__(self, x: ArrayLike, lam: Union[float, ArrayLike], kernel_size: Size,
+                 stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False, *,
+                 out: Out = None) -> Array: ...
+
+
+class MaxEntPoolBackward(Protocol):
+    """``npool.maxent_pool{1,2,3}d_backward``: the gradients of x and lam."""
+
+    def __call__(self, grad_out: ArrayLike, x: ArrayLike, lam: Union[float, ArrayLike],
+                 kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0,
+                 ceil_mode: bool = False, *, out: Out = None) -> Tuple[Array, Array]: ...
+
+
+__all__ = ["Array", "ArrayLike", "ArrayOrPair", "Count", "CudaArrayLike", "DLPackLike",
+           "MaxEntPoolBackward", "MaxEntPoolForward", "Out", "Size", "SoftPoolBackward",
+           "SoftPoolForward"]

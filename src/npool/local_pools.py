@@ -15,7 +15,8 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from . import _checks
-from ._types import Array, ArrayLike, Out, Size
+from ._types import (Array, ArrayLike, MaxEntPoolBackward, MaxEntPoolForward, Out, Size,
+                     SoftPoolBackward, SoftPoolForward)
 from ._cpu import kernel_module
 from ._dispatch import backend_of
 from ._threads import threads_for
@@ -257,7 +258,7 @@ _PAIR_SHAPE = {1: "1, 1, 2", 2: "1, 1, 1, 2", 3: "1, 1, 1, 1, 2"}
 _PAIR_KERNEL = {1: "2", 2: "(1, 2)", 3: "(1, 1, 2)"}
 
 
-def _make_pool(nd):
+def _make_pool(nd) -> Tuple[SoftPoolForward, SoftPoolBackward]:
     """The public forward and backward of SoftPool in ``nd`` spatial dimensions."""
     axes = ", ".join("DHW"[3 - nd:])
 
@@ -356,7 +357,7 @@ soft_pool2d_forward, soft_pool2d_backward = _make_pool(2)
 soft_pool3d_forward, soft_pool3d_backward = _make_pool(3)
 
 
-def _make_maxent_pool(nd):
+def _make_maxent_pool(nd) -> Tuple[MaxEntPoolForward, MaxEntPoolBackward]:
     """The public forward and backward of Max-Entropy pooling in ``nd`` spatial dimensions."""
     axes = ", ".join("DHW"[3 - nd:])
 

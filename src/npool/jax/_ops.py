@@ -4,7 +4,7 @@ elsewhere. This module holds no math of its own."""
 import contextlib
 import math
 import threading
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Protocol, Union
 
 import jax
 import jax.numpy as jnp
@@ -478,7 +478,24 @@ _MAXENT = {1: (npool.maxent_pool1d_forward, npool.maxent_pool1d_backward),
            3: (npool.maxent_pool3d_forward, npool.maxent_pool3d_backward)}
 
 
-def _make_soft_pool(nd):
+class SoftPoolFunction(Protocol):
+    """``npool.jax.soft_pool{1,2,3}d`` (what type checkers see of the functions made once per
+    dimension)."""
+
+    def __call__(self, x: JaxArrayLike, kernel_size: Size, stride: Optional[Size] = None,
+                 padding: Size = 0, ceil_mode: bool = False,
+                 data_format: str = "channels_last") -> jax.Array: ...
+
+
+class MaxEntPoolFunction(Protocol):
+    """``npool.jax.maxent_pool{1,2,3}d``."""
+
+    def __call__(self, x: JaxArrayLike, lam: Union[float, JaxArrayLike], kernel_size: Size,
+                 stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False,
+                 data_format: str = "channels_last") -> jax.Array: ...
+
+
+def _make_soft_pool(nd) -> SoftPoolFunction:
     shape, out = {1: ("(2, 8, 3)", "(2, 4, 3)"), 2: ("(2, 8, 8, 3)", "(2, 4, 4, 3)"),
                   3: ("(2, 4, 8, 8, 3)", "(2, 2, 4, 4, 3)")}[nd]
 
@@ -523,7 +540,7 @@ def _make_soft_pool(nd):
     return soft_pool
 
 
-def _make_maxent_pool(nd):
+def _make_maxent_pool(nd) -> MaxEntPoolFunction:
     shape, out = {1: ("(2, 8, 3)", "(2, 4, 3)"), 2: ("(2, 8, 8, 3)", "(2, 4, 4, 3)"),
                   3: ("(2, 4, 8, 8, 3)", "(2, 2, 4, 4, 3)")}[nd]
 

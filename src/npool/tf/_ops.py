@@ -1,6 +1,6 @@
 """npool's ops as ``tf.custom_gradient`` functions over the NumPy core, and as npool's portable
 decomposition where a graph must stand alone (_portable.py)."""
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -116,7 +116,16 @@ def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
     return soft_pool(x)
 
 
-def _make_soft_pool(nd):
+class SoftPoolFunction(Protocol):
+    """``npool.tf.soft_pool{1,2,3}d`` (what type checkers see of the functions made once per
+    dimension)."""
+
+    def __call__(self, x: TensorLike, kernel_size: Size, stride: Optional[Size] = None,
+                 padding: Size = 0, ceil_mode: bool = False,
+                 data_format: str = "channels_last") -> tf.Tensor: ...
+
+
+def _make_soft_pool(nd) -> SoftPoolFunction:
     def soft_pool(x: TensorLike, kernel_size: Size, stride: Optional[Size] = None,
                   padding: Size = 0, ceil_mode: bool = False,
                   data_format: str = "channels_last") -> tf.Tensor:
@@ -490,7 +499,15 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
     return maxent(x, lam)
 
 
-def _make_maxent_pool(nd):
+class MaxEntPoolFunction(Protocol):
+    """``npool.tf.maxent_pool{1,2,3}d``."""
+
+    def __call__(self, x: TensorLike, lam: Union[float, TensorLike], kernel_size: Size,
+                 stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False,
+                 data_format: str = "channels_last") -> tf.Tensor: ...
+
+
+def _make_maxent_pool(nd) -> MaxEntPoolFunction:
     def maxent_pool(x: TensorLike, lam: Union[float, TensorLike], kernel_size: Size,
                     stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False,
                     data_format: str = "channels_last") -> tf.Tensor:

@@ -1,6 +1,6 @@
 """npool's ops registered with ``torch.library``: one forward and one backward custom op per op
 family, their fake kernels, autograd and autocast, and the functional forms."""
-from typing import Any, Optional, Union
+from typing import Any, Optional, Protocol, Union
 
 import torch
 import torch._functorch.config
@@ -137,7 +137,15 @@ def _onnx_export():
     return torch.onnx.is_in_onnx_export()
 
 
-def _make_soft_pool(nd):
+class SoftPoolFunction(Protocol):
+    """``npool.torch.soft_pool{1,2,3}d`` (what type checkers see of the functions made once per
+    dimension)."""
+
+    def __call__(self, x: torch.Tensor, kernel_size: Size, stride: Optional[Size] = None,
+                 padding: Size = 0, ceil_mode: bool = False) -> torch.Tensor: ...
+
+
+def _make_soft_pool(nd) -> SoftPoolFunction:
     def soft_pool(x: torch.Tensor, kernel_size: Size, stride: Optional[Size] = None,
                   padding: Size = 0, ceil_mode: bool = False) -> torch.Tensor:
         kernel, stride, padding = _window_lists(nd, kernel_size, stride, padding)
@@ -694,7 +702,15 @@ _maxent_pool.register_autograd(_maxent_autograd, setup_context=_maxent_setup_con
 _register_autocast("npool::maxent_pool")
 
 
-def _make_maxent_pool(nd):
+class MaxEntPoolFunction(Protocol):
+    """``npool.torch.maxent_pool{1,2,3}d``."""
+
+    def __call__(self, x: torch.Tensor, lam: Union[float, torch.Tensor], kernel_size: Size,
+                 stride: Optional[Size] = None, padding: Size = 0,
+                 ceil_mode: bool = False) -> torch.Tensor: ...
+
+
+def _make_maxent_pool(nd) -> MaxEntPoolFunction:
     def maxent_pool(x: torch.Tensor, lam: Union[float, torch.Tensor], kernel_size: Size,
                     stride: Optional[Size] = None, padding: Size = 0,
                     ceil_mode: bool = False) -> torch.Tensor:
