@@ -123,3 +123,34 @@ def test_one_version_everywhere():
     assert re.search(r"^## (\S+)", changelog, re.M).group(1) == npool.__version__
     citation = (root / "CITATION.cff").read_text()
     assert re.search(r"^version: (\S+)", citation, re.M).group(1) == npool.__version__
+
+
+IMPORT_WITHOUT_ML_DTYPES = """
+import sys, time
+start = time.perf_counter()
+import numpy as np
+import npool
+assert "ml_dtypes" not in sys.modules, "import npool imported ml_dtypes"
+x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+npool.soft_pool2d_forward(x, 2)
+npool.global_kmax_pool_backward(np.ones((2, 3), np.float32), x, k=2)
+for bad in (x.astype(np.int32), x.astype(np.complex64), x.astype(np.float16)):
+    try:
+        npool.soft_pool2d_forward(bad, 2)
+    except TypeError:
+        assert bad.dtype != np.float16
+assert "ml_dtypes" not in sys.modules, "float32, float16 and bad dtypes imported ml_dtypes"
+import ml_dtypes
+y = npool.soft_pool2d_forward(x.astype(ml_dtypes.bfloat16), 2)
+assert y.dtype == ml_dtypes.bfloat16
+print("ok")
+"""
+
+
+def test_ml_dtypes_is_imported_only_when_bfloat16_is_met():
+    """Importing ml_dtypes takes about a second: ``import npool`` and float16/32/64 work (and the
+    dtype errors) leave it alone; a bfloat16 array still works once its user has made one."""
+    result = subprocess.run([sys.executable, "-c", IMPORT_WITHOUT_ML_DTYPES],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "ok"

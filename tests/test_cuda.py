@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import cuda_emulation
 import npool
-from npool._checks import BFLOAT16, HALF_DTYPES
+from npool._checks import bfloat16
 from npool._cuda import _device, windowed_softmax
 from npool._cuda._arrays import describe
 from npool.testing.strategies import channels_last, local_pool_inputs
@@ -25,6 +25,8 @@ from npool.testing.tolerances import float_info
 from test_global_pools import global_problems
 from test_maxent import lam_of
 from test_soft_pool import call_backward, call_forward, ref_backward, ref_forward, scale_of
+
+HALF_DTYPES = (np.dtype(np.float16), bfloat16())  # what the GPU stores in 16 bits
 
 
 # ------------------------------------------------------------------ backends
@@ -543,7 +545,7 @@ def test_interface_is_read_with_strides_and_stream():
     assert describe(Interface(**base, version=3, stream=None), "x").stream is None
     assert describe(Interface(**dict(base, typestr="<f2")), "x").dtype == np.float16
     # bfloat16: the interface has no code for it; torch and ml_dtypes both write "<V2".
-    assert describe(Interface(**dict(base, typestr="<V2")), "x").dtype == BFLOAT16
+    assert describe(Interface(**dict(base, typestr="<V2")), "x").dtype == bfloat16()
 
 
 @pytest.mark.parametrize("change,error,message", [
@@ -778,7 +780,7 @@ def test_global_sums_near_the_maximum_on_the_gpu(gpu, dtype, top):
 
 # ------------------------------------------------------------------ out=
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("dtype", [np.float32, BFLOAT16], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, bfloat16()], ids=str)
 def test_out_receives_local_pools_in_place(gpu, layout, dtype):
     """out= on GPU arrays: the kernels write into the caller's memory (any strides) and the
     out object comes back; the bits equal a fresh result's."""

@@ -15,7 +15,6 @@ from jax.test_util import check_grads  # noqa: E402
 
 import npool  # noqa: E402
 import npool.jax as nj  # noqa: E402
-from npool._checks import BFLOAT16  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 

@@ -3,20 +3,47 @@
 Each check raises ``TypeError`` (wrong type or dtype) or ``ValueError`` (wrong value or shape)
 with a message that names the argument and says what was expected.
 """
+import functools
 import math
 import numbers
 import operator
+import sys
 
 import numpy as np
 
-try:  # bfloat16 as NumPy knows it from ml_dtypes (the dtype JAX and TensorFlow use)
-    from ml_dtypes import bfloat16 as _bfloat16
-    BFLOAT16 = np.dtype(_bfloat16)
-except ImportError:  # pragma: no cover (ml_dtypes is a dependency)
-    BFLOAT16 = None
-HALF_DTYPES = tuple(d for d in (np.dtype(np.float16), BFLOAT16) if d is not None)
-FLOAT_DTYPES = HALF_DTYPES + (np.dtype(np.float32), np.dtype(np.float64))
 DTYPE_NAMES = "float16, bfloat16, float32 or float64"
+_NUMPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+# bfloat16 is ml_dtypes' (the dtype JAX and TensorFlow use). Importing ml_dtypes takes about a
+# second, so npool imports it when a bfloat16 array or tensor is first met: an array can only
+# have ml_dtypes' dtype once ml_dtypes is imported.
+@functools.lru_cache(maxsize=None)
+def bfloat16():
+    """ml_dtypes' bfloat16 as a NumPy dtype (imports ml_dtypes at the first call)."""
+    from ml_dtypes import bfloat16 as dtype
+    return np.dtype(dtype)
+
+
+def is_bfloat16(dtype):
+    """Whether ``dtype`` is ml_dtypes' bfloat16 (without importing ml_dtypes)."""
+    return "ml_dtypes" in sys.modules and dtype == bfloat16()
+
+
+def float_dtypes():
+    """The dtypes npool computes in: float16, float32, float64, and bfloat16 once ml_dtypes is
+    imported (before that no array can have it)."""
+    return _NUMPY_FLOATS + ((bfloat16(),) if "ml_dtypes" in sys.modules else ())
+
+
+def is_float_dtype(dtype):
+    """Whether npool computes in ``dtype`` (float16, bfloat16, float32, float64)."""
+    return dtype in _NUMPY_FLOATS or is_bfloat16(dtype)
+
+
+def is_half_dtype(dtype):
+    """float16 or bfloat16: stored in 16 bits, computed in float32."""
+    return dtype == np.dtype(np.float16) or is_bfloat16(dtype)
 
 
 def _describe(value):
@@ -38,14 +65,14 @@ def float_array(a, name):
                         f"or pass the mask= argument of the set pools)")
     if not _is_array(a):
         raise TypeError(f"{name} must be a numpy.ndarray (or a GPU array), got {type(a).__name__}")
-    if a.dtype not in FLOAT_DTYPES:
+    if not is_float_dtype(a.dtype):
         raise TypeError(f"{name} must have dtype {DTYPE_NAMES}, got {a.dtype}")
     return a
 
 
 def compute_dtype(dtype):
     """The dtype the CPU kernels compute in: float16 and bfloat16 are computed in float32."""
-    return np.dtype(np.float32) if np.dtype(dtype) in HALF_DTYPES else np.dtype(dtype)
+    return np.dtype(np.float32) if is_half_dtype(np.dtype(dtype)) else np.dtype(dtype)
 
 
 # The largest kernel_size, stride or padding: far beyond any array, small enough that the

@@ -119,7 +119,7 @@ def _temperature(problem, lam):
     if isinstance(lam, (bool, np.bool_)) or not (
             isinstance(lam, (int, float, np.integer, np.floating)) or
             (isinstance(lam, np.ndarray) and (lam.dtype.kind in "iuf"
-                                              or lam.dtype in _checks.HALF_DTYPES))):
+                                              or _checks.is_half_dtype(lam.dtype)))):
         raise TypeError(f"lam must be a real number or a real numpy array, got "
                         f"{type(lam).__name__}" + (f" of dtype {lam.dtype}"
                                                    if isinstance(lam, np.ndarray) else ""))

@@ -9,14 +9,16 @@ is read as bfloat16, the convention PyTorch's ``__cuda_array_interface__`` and m
 """
 import numpy as np
 
-from .._checks import BFLOAT16, DTYPE_NAMES, FLOAT_DTYPES
+from .._checks import DTYPE_NAMES, bfloat16, float_dtypes, is_bfloat16
 
-# The suffix of the kernels for each storage dtype: npool_<kernel>_<suffix>.
-TYPE_SUFFIX = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32",
-               np.dtype(np.float64): "f64"}
-if BFLOAT16 is not None:
-    TYPE_SUFFIX[BFLOAT16] = "bf16"
+_TYPE_SUFFIX = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32",
+                np.dtype(np.float64): "f64"}
 _BFLOAT16_TYPESTR = "<V2"
+
+
+def type_suffix(dtype):
+    """The suffix of the kernels for storage dtype ``dtype``: npool_<kernel>_<suffix>."""
+    return "bf16" if is_bfloat16(dtype) else _TYPE_SUFFIX[np.dtype(dtype)]
 
 
 class DeviceArray:
@@ -65,8 +67,8 @@ def _interface(obj, name):
     return cai
 
 
-def describe(obj, name, dtypes=FLOAT_DTYPES):
-    """The DeviceArray of ``obj``, checked: a dtype in ``dtypes`` (the float dtypes by default),
+def describe(obj, name, dtypes=None):
+    """The DeviceArray of ``obj``, checked: a dtype in ``dtypes`` (None: npool's float dtypes),
     no mask, strides in whole elements. An object without ``__cuda_array_interface__`` that
     exports DLPack from the GPU (TensorFlow, JAX) is read through DLPack (``_dlpack``)."""
     if isinstance(obj, DeviceArray):
@@ -76,11 +78,13 @@ def describe(obj, name, dtypes=FLOAT_DTYPES):
         array = _dlpack.read(obj, name)
     else:
         return _describe_interface(obj, name, dtypes)
-    if array.dtype not in dtypes:
-        expected = " or ".join(str(d) for d in dtypes) if dtypes != FLOAT_DTYPES else \
-            DTYPE_NAMES
-        raise TypeError(f"{name} must have dtype {expected}, got {array.dtype}")
+    if array.dtype not in (float_dtypes() if dtypes is None else dtypes):
+        raise TypeError(f"{name} must have dtype {_names(dtypes)}, got {array.dtype}")
     return array
+
+
+def _names(dtypes):
+    return DTYPE_NAMES if dtypes is None else " or ".join(str(d) for d in dtypes)
 
 
 def _has_interface(obj):
@@ -106,14 +110,11 @@ def _describe_interface(obj, name, dtypes):
     if cai.get("mask") is not None:
         raise TypeError(f"{name}: masked GPU arrays are not supported")
     try:
-        dtype = BFLOAT16 if typestr == _BFLOAT16_TYPESTR and BFLOAT16 is not None else \
-            np.dtype(typestr)
+        dtype = bfloat16() if typestr == _BFLOAT16_TYPESTR else np.dtype(typestr)
     except TypeError:
         raise TypeError(f"{name} has an unknown typestr {typestr!r}") from None
-    if dtype not in dtypes or not dtype.isnative:
-        expected = " or ".join(str(d) for d in dtypes) if dtypes != FLOAT_DTYPES else \
-            DTYPE_NAMES
-        raise TypeError(f"{name} must have dtype {expected}, got {typestr}")
+    if dtype not in (float_dtypes() if dtypes is None else dtypes) or not dtype.isnative:
+        raise TypeError(f"{name} must have dtype {_names(dtypes)}, got {typestr}")
     byte_strides = cai.get("strides")
     if byte_strides is None:  # C-contiguous
         strides, step = [], 1
@@ -156,7 +157,9 @@ def run_stride(shape, strides):
     return 1 if step is None else step
 
 
-ANY_DTYPE = tuple(FLOAT_DTYPES) + (np.dtype(np.int64), np.dtype(np.bool_))
+def any_dtype():
+    """The dtypes npool's GPU arrays may hold: its float dtypes, int64 (indices) and bool."""
+    return float_dtypes() + (np.dtype(np.int64), np.dtype(np.bool_))
 
 
 class View:
@@ -170,7 +173,7 @@ class View:
         itemsize = array.dtype.itemsize
         self.__cuda_array_interface__ = {
             "shape": (1,) * ones + tuple(array.shape[a] for a in order),
-            "typestr": "<V2" if array.dtype == BFLOAT16 else array.dtype.str,
+            "typestr": _BFLOAT16_TYPESTR if is_bfloat16(array.dtype) else array.dtype.str,
             "data": (array.ptr if array.size else 0, False),
             "strides": (0,) * ones + tuple(array.strides[a] * itemsize for a in order),
             "version": 2}
@@ -186,7 +189,7 @@ class View:
 
 def moveaxis(obj, source, destination):
     """GPU array ``obj`` with axis ``source`` moved to ``destination`` (a view)."""
-    array = describe(obj, "array", ANY_DTYPE)
+    array = describe(obj, "array", any_dtype())
     order = list(range(array.ndim))
     order.insert(destination % array.ndim, order.pop(source % array.ndim))
     return View(array, order)
@@ -194,7 +197,7 @@ def moveaxis(obj, source, destination):
 
 def with_leading_ones(obj, ndim):
     """GPU array ``obj`` with size-1 axes in front up to ``ndim`` axes (a view)."""
-    array = describe(obj, "array", ANY_DTYPE)
+    array = describe(obj, "array", any_dtype())
     return View(array, ones=ndim - array.ndim)
 
 

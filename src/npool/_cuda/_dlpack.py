@@ -17,8 +17,8 @@ import ctypes
 
 import numpy as np
 
-from .._checks import BFLOAT16
-from ._arrays import DeviceArray, describe
+from .._checks import bfloat16, is_bfloat16
+from ._arrays import DeviceArray, any_dtype, describe
 
 CPU, CUDA, CUDA_HOST, CUDA_MANAGED = 1, 2, 3, 13  # DLDeviceType codes npool meets
 _GPU_DEVICES = (CUDA, CUDA_MANAGED)
@@ -56,11 +56,18 @@ _api.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
 
 _CODES = {(2, 16): np.dtype(np.float16), (2, 32): np.dtype(np.float32),
           (2, 64): np.dtype(np.float64), (0, 64): np.dtype(np.int64), (1, 8): np.dtype(np.bool_)}
-if BFLOAT16 is not None:
-    _CODES[(4, 16)] = BFLOAT16
 _DTYPE_CODES = {dtype: code for code, dtype in _CODES.items()}
 _DTYPE_CODES[np.dtype(np.bool_)] = (6, 8)  # kDLBool on export (read: bool as uint8 or kDLBool)
 _CODES[(6, 8)] = np.dtype(np.bool_)
+_BFLOAT16_CODE = (4, 16)  # kDLBfloat: ml_dtypes' bfloat16, imported when one is met
+
+
+def _dtype_of_code(code):
+    return bfloat16() if code == _BFLOAT16_CODE else _CODES.get(code)
+
+
+def _code_of_dtype(dtype):
+    return _BFLOAT16_CODE if is_bfloat16(dtype) else _DTYPE_CODES[dtype]
 
 
 def device_of(obj):
@@ -110,10 +117,10 @@ def read(obj, name, devices=_GPU_DEVICES):
     owner = _Owner(managed, obj)
     tensor = managed.contents.dl_tensor
     code = (tensor.dtype.code, tensor.dtype.bits)
-    if tensor.dtype.lanes != 1 or code not in _CODES:
+    dtype = _dtype_of_code(code)
+    if tensor.dtype.lanes != 1 or dtype is None:
         raise TypeError(f"{name} has DLPack dtype code {code[0]} with {code[1]} bits and "
                         f"{tensor.dtype.lanes} lanes, which npool does not take")
-    dtype = _CODES[code]
     shape = tuple(tensor.shape[i] for i in range(tensor.ndim))
     if tensor.strides:
         strides = tuple(tensor.strides[i] for i in range(tensor.ndim))
@@ -134,8 +141,8 @@ def capsule(array, device=(CUDA, 0), order=None):
     at any time, also while the interpreter shuts down."""
     from .._cpu import _dlpack_export
     if not isinstance(array, DeviceArray):
-        array = describe(array, "array", tuple(_DTYPE_CODES))
+        array = describe(array, "array", any_dtype())
     order = tuple(range(array.ndim)) if order is None else tuple(order)
-    code, bits = _DTYPE_CODES[array.dtype]
+    code, bits = _code_of_dtype(array.dtype)
     return _dlpack_export.capsule(array, array.ptr, tuple(array.shape[a] for a in order),
                                   tuple(array.strides[a] for a in order), code, bits, *device)

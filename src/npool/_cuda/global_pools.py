@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import _checks
 from . import _device
-from ._arrays import TYPE_SUFFIX, describe, out_array, run_stride
+from ._arrays import describe, out_array, run_stride, type_suffix
 
 ARGS = np.dtype([
     ("x", "u8"), ("grad_out", "u8"), ("out", "u8"), ("index", "u8"),
@@ -38,7 +38,7 @@ class Maps:
                              "C-contiguous and channels-last arrays); copy x first")
         self.x_strides = (self.x.strides[0], self.x.strides[1], step)
         self.layout = _checks.layout_of_strides(self.shape, self.x.strides) or "contiguous"
-        self.suffix = TYPE_SUFFIX[self.x.dtype]
+        self.suffix = type_suffix(self.x.dtype)
 
     def device(self, **others):
         return _device.device_for({"x": self.x, **others})

@@ -2,7 +2,7 @@
 its axes, in a fixed order (deterministic)."""
 import numpy as np
 
-from ._arrays import TYPE_SUFFIX
+from ._arrays import type_suffix
 
 ARGS = np.dtype([("full", "u8"), ("out", "u8"), ("full_shape", "i8", 5),
                  ("out_shape", "i8", 5), ("count", "i8")])
@@ -26,5 +26,5 @@ def sum_to_shape(call, dtype, full, full_shape, out, out_shape):
     args["out_shape"] = (1,) * pad + tuple(out_shape)
     args["count"] = count
     accumulator = 8 if np.dtype(dtype) == np.float64 else 4
-    call.launch_blocks(f"npool_sum_to_shape_{TYPE_SUFFIX[np.dtype(dtype)]}", args[()], count,
+    call.launch_blocks(f"npool_sum_to_shape_{type_suffix(np.dtype(dtype))}", args[()], count,
                        accumulator * call.block_size)

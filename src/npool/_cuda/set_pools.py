@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import _checks
 from . import _device, reductions
-from ._arrays import TYPE_SUFFIX, DeviceArray, run_stride
+from ._arrays import DeviceArray, run_stride, type_suffix
 
 _MATMUL_TILE = 16  # TILE in set_pools.cu
 MATMUL_ARGS = np.dtype([
@@ -87,7 +87,7 @@ class _Call:
         self.session = session
         self.dtype = np.dtype(dtype)
         self.work = _checks.compute_dtype(self.dtype)
-        self.suffix = TYPE_SUFFIX[self.work]
+        self.suffix = type_suffix(self.work)
         self.block_shared = 8 * session.block_size  # block_reduce's slots (float64 sums)
 
     # ---------------------------------------------------------------- memory
@@ -113,7 +113,7 @@ class _Call:
         obj, out = self.session.empty(a.shape, self.dtype, _contiguous(a.shape))
         flat = (a.size,), (1,)  # both C-contiguous
         self.set_rows(view(a, *flat), view(out, *flat),
-                  kernel=f"npool_set_rows_{self.suffix}_{TYPE_SUFFIX[self.dtype]}")
+                  kernel=f"npool_set_rows_{self.suffix}_{type_suffix(self.dtype)}")
         return obj
 
     def copy(self, a, mask=None):
@@ -121,7 +121,7 @@ class _Call:
         (B, M) ``mask``, a's masked rows (B, M, :) are zero in it."""
         out = self.scratch(a.shape)
         self.set_rows(a, out, mask=mask,
-                      kernel=f"npool_set_rows_{TYPE_SUFFIX[a.dtype]}_{self.suffix}")
+                      kernel=f"npool_set_rows_{type_suffix(a.dtype)}_{self.suffix}")
         return out
 
     def operand(self, a, contiguous=False):

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _checks
 from . import _device, reductions
-from ._arrays import TYPE_SUFFIX, describe, out_array
+from ._arrays import describe, out_array, type_suffix
 
 _DIVISOR = [("value", "i8"), ("magic", "i8"), ("shift", "i8")]
 ARGS = np.dtype([
@@ -144,7 +144,7 @@ class _Pool:
         args["count"] = count
 
     def kernel(self, name, wide):
-        return (f"npool_windowed_softmax_{name}_{TYPE_SUFFIX[self.x.dtype]}_"
+        return (f"npool_windowed_softmax_{name}_{type_suffix(self.x.dtype)}_"
                 f"{'i64' if wide else 'i32'}")
 
     def outputs(self):

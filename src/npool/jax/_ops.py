@@ -19,7 +19,6 @@ from .._types import Count, Size
 JaxArrayLike = Union[jax.Array, np.ndarray, float]  # what jnp.asarray takes here
 
 DATA_FORMATS = ("channels_last", "channels_first")
-_FLOATS = tuple(np.dtype(d) for d in _checks.FLOAT_DTYPES)
 _state = threading.local()
 
 
@@ -128,7 +127,7 @@ def _in_float32(function, *arrays):
 
 def _float_array(a, name):
     a = jnp.asarray(a)
-    if a.dtype not in _FLOATS:
+    if not _checks.is_float_dtype(np.dtype(a.dtype)):
         raise TypeError(f"{name} must have dtype {_checks.DTYPE_NAMES}, got {a.dtype}")
     return a
 

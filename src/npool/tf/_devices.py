@@ -83,5 +83,5 @@ def without_leading_ones(a, ndim):
     if isinstance(a, np.ndarray):
         return np.reshape(a, a.shape[a.ndim - ndim:])
     from npool._cuda import _arrays
-    array = _arrays.describe(a, "array", _arrays.ANY_DTYPE)
+    array = _arrays.describe(a, "array", _arrays.any_dtype())
     return _arrays.View(array, range(array.ndim - ndim, array.ndim))

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from .._checks import BFLOAT16
+from .._checks import bfloat16, is_bfloat16
 
 
 class _OnCurrentStream:
@@ -23,7 +23,7 @@ def to_core(t):
     t = t.detach()
     if t.device.type == "cpu":
         if t.dtype == torch.bfloat16:
-            return t.view(torch.int16).numpy().view(BFLOAT16)
+            return t.view(torch.int16).numpy().view(bfloat16())
         return t.numpy()
     if t.device.type == "cuda":
         return _OnCurrentStream(t)
@@ -42,7 +42,7 @@ def from_core(a, like):
     """A tensor on ``like``'s device over the memory of core result ``a`` (no copy). A bfloat16
     result passes as int16 (torch.from_numpy knows no ml_dtypes bfloat16) and is viewed back."""
     cpu = like.device.type == "cpu"
-    if a.dtype == BFLOAT16:
+    if is_bfloat16(a.dtype):
         bits = a.view(np.int16) if cpu else _Int16View(a)
         return (torch.from_numpy(bits) if cpu else
                 torch.as_tensor(bits, device=like.device)).view(torch.bfloat16)
