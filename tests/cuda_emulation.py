@@ -15,7 +15,7 @@ import subprocess
 
 import numpy as np
 
-from npool._checks import FLOAT_DTYPES
+from npool._checks import is_float_dtype
 from npool._cuda._arrays import DeviceArray
 
 SOURCES = pathlib.Path(__file__).resolve().parents[1] / "src" / "cuda"
@@ -78,7 +78,7 @@ class EmulatedSession:
         self.keep = []
 
     def empty(self, shape, dtype, strides):
-        array = poisoned(shape, dtype, strides) if np.dtype(dtype) in FLOAT_DTYPES else \
+        array = poisoned(shape, dtype, strides) if is_float_dtype(np.dtype(dtype)) else \
             np.full(shape, -7, dtype)
         out = HostArray(array)
         return out, DeviceArray(array.ctypes.data if array.size else 0, shape, strides, dtype,

@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import npool
-from npool._checks import BFLOAT16
+from npool._checks import bfloat16
 from npool.testing.strategies import channels_last
 
-DTYPES = [np.float32, np.float64, np.float16, BFLOAT16]
+DTYPES = [np.float32, np.float64, np.float16, bfloat16()]
 
 
 def _rng():

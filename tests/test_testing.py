@@ -122,6 +122,26 @@ def softpool_without_max_subtraction(x, kernel_size, stride=None, padding=0, cei
                                                              ceil_mode)
 
 
+def softpool_subtracting_the_arrays_maximum(x, kernel_size, stride=None, padding=0,
+                                            ceil_mode=False):
+    """A SoftPool stable against overflow but not underflow: it subtracts the maximum of the
+    whole array, not of each window (computing in float64), so a window about 745 below another
+    has all its weights 0 and gives 0/0."""
+    y = None
+    top = x.max() if x.size else 0
+    for out_index, window in _windows_of(x, 2, kernel_size, stride, padding, ceil_mode):
+        cells = window_cells(x.astype(np.float64), window, 2)
+        with np.errstate(all="ignore"):
+            e = np.exp(cells - top)
+            value = (e * cells).sum(axis=-1) / e.sum(axis=-1)
+        if y is None:
+            shape = npool.soft_pool2d_forward(x, kernel_size, stride, padding, ceil_mode).shape
+            y = np.empty(shape, x.dtype)
+        y[(Ellipsis,) + out_index] = value
+    return y if y is not None else npool.soft_pool2d_forward(x, kernel_size, stride, padding,
+                                                             ceil_mode)
+
+
 def kmax_backward_with_another_tie_order(grad_out, x, k=1, keepdims=False,
                                          return_indices=False, indices=None, *,
                                          rounding="floor"):
@@ -170,6 +190,8 @@ WRONG = {
     "SoftPool CUDA backward without w (x - y)": (
         "soft_pool2d", npool.soft_pool2d_forward, softpool_backward_without_the_x_minus_y_term),
     "SoftPool without max subtraction": ("soft_pool2d", softpool_without_max_subtraction, None),
+    "SoftPool subtracting the array's maximum": (
+        "soft_pool2d", softpool_subtracting_the_arrays_maximum, None),
     "k-max breaking ties by another order": (
         "global_kmax_pool", npool.global_kmax_pool_forward, kmax_backward_with_another_tie_order),
     "NetVLAD letting masked samples through": (
@@ -180,7 +202,9 @@ WRONG = {
 
 
 @pytest.mark.parametrize("name", list(WRONG))
-def test_check_op_catches_a_known_wrong_kernel(name):
+@pytest.mark.parametrize("run", range(3))
+def test_check_op_catches_a_known_wrong_kernel(name, run):
+    """Within the default 100 examples, in every run (three independent runs each)."""
     op, forward, backward = WRONG[name]
     with pytest.raises(AssertionError) as caught:
         testing.check_op(op, forward, backward, shrink=False)  # the default 100 examples

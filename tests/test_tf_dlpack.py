@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 tf = pytest.importorskip("tensorflow")
 
 import npool.tf as ntf  # noqa: E402
-from npool._checks import BFLOAT16  # noqa: E402
+from npool._checks import bfloat16  # noqa: E402
 from npool._cuda import _dlpack  # noqa: E402
 from npool._cuda._arrays import DeviceArray  # noqa: E402
 from npool.tf import _devices, _ops  # noqa: E402
@@ -35,7 +35,7 @@ def _memory(array):
 def test_dlpack_reads_tensorflow_tensors_in_place(dtype):
     t = tf.cast(tf.reshape(tf.range(24), (2, 3, 4)) % 5, dtype)
     array = _dlpack.read(t, "t", devices=(_dlpack.CPU,))
-    expected = np.dtype(BFLOAT16) if dtype == tf.bfloat16 else np.dtype(dtype.as_numpy_dtype)
+    expected = np.dtype(bfloat16()) if dtype == tf.bfloat16 else np.dtype(dtype.as_numpy_dtype)
     assert array.shape == (2, 3, 4) and array.strides == (12, 4, 1) and array.dtype == expected
     np.testing.assert_array_equal(_memory(array), t.numpy())
 

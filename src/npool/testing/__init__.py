@@ -66,8 +66,9 @@ def problems(op: str, *, dtypes: Sequence[str] = ("float32", "float64"),
 
     It draws what breaks kernels: shapes with size-1 axes and N = 0, windows equal to the
     input, strides other than the kernel, padding up to half the kernel, ceil_mode windows
-    hanging over the edge, values around 0, +-500 and +-1e4 (``extreme``), ties, temperatures
-    of every broadcast shape, k as counts and fractions, masks with empty sets.
+    hanging over the edge, values around 0, +-500 and +-1e4 and pool inputs whose windows and
+    maps lie about 1e3 apart (``extreme``), ties, temperatures of every broadcast shape, k as
+    counts and fractions, masks with empty sets.
 
     Parameters
     ----------

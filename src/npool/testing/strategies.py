@@ -15,6 +15,12 @@ LAYOUTS = ("contiguous", "channels_last", "strided")
 # exp overflows without max subtraction, and E[x^2] - E[x]^2 cancels) are drawn as often as
 # maps around 0.
 OFFSETS = (0.0, 500.0, -500.0, 1e4, -1e4)
+# With extreme=True, one pool input in three is also split in two along one of its axes, the
+# cells past the split lifted (or lowered) by a step: windows and maps far apart in one array,
+# one near the offset and another about 1e3 above or below it. A kernel that subtracts the
+# array's maximum (not each window's or map's) underflows to 0/0 on the low ones: exp(-745) is
+# 0 in float64, exp(-104) in float32.
+STEPS = (1e3, -1e3)
 
 
 def _floats(bound):
@@ -31,13 +37,19 @@ def _elements(extreme):
 
 
 @st.composite
-def _values(draw, shape, dtype, extreme, ties=4):
+def _values(draw, shape, dtype, extreme, ties=4, far_apart=False):
     offset = draw(st.sampled_from(OFFSETS)) if extreme else 0.0
     # one array in ``ties`` of small integers only: ties everywhere, also at the k-th largest
     elements = st.integers(-2, 2).map(float) if draw(st.integers(1, ties)) == 1 else \
         _elements(extreme)
-    values = draw(hnp.arrays(np.float64, shape, elements=elements))
-    return (values + offset).astype(dtype)
+    values = draw(hnp.arrays(np.float64, shape, elements=elements)) + offset
+    axes = [axis for axis, n in enumerate(shape) if n > 1]
+    if far_apart and extreme and axes and draw(st.integers(1, 3)) == 1:
+        axis = draw(st.sampled_from(axes))
+        split = draw(st.integers(1, shape[axis] - 1))
+        past = (np.arange(shape[axis]) >= split).reshape((-1,) + (1,) * (len(shape) - axis - 1))
+        values = values + draw(st.sampled_from(STEPS)) * past
+    return values.astype(dtype)
 
 
 # Values for local-pool inputs: the bulk of any magnitude up to +-500, small integers for ties.
@@ -144,8 +156,8 @@ def _local(draw, op, dtype, layouts, extreme):
     options, spatial = draw(_window(nd))
     batched = draw(st.booleans())
     lead = ((_batch(draw),) if batched else ()) + (draw(st.integers(1, 3)),)
-    x = _in_layout(draw, draw(_values(lead + spatial, dtype, extreme)), layouts,
-                   1 if batched else 0)
+    x = _in_layout(draw, draw(_values(lead + spatial, dtype, extreme, far_apart=True)),
+                   layouts, 1 if batched else 0)
     inputs = {"x": x}
     if op.startswith("maxent"):
         *_, out = window_geometry(spatial, options["kernel_size"], options.get("stride"),
@@ -174,8 +186,8 @@ def _global(draw, op, dtype, layouts, extreme):
     spatial = tuple(draw(st.integers(1, 5)) for _ in range(draw(st.integers(1, 3))))
     shape = (_batch(draw), draw(st.integers(1, 3))) + spatial
     selects = op in ("global_max_pool", "global_kmax_pool", "weldon_pool")
-    x = _in_layout(draw, draw(_values(shape, dtype, extreme, ties=2 if selects else 4)),
-                   layouts, 1)
+    x = _in_layout(draw, draw(_values(shape, dtype, extreme, ties=2 if selects else 4,
+                                      far_apart=True)), layouts, 1)
     n = int(np.prod(spatial))
     options = {}
     if op == "global_kmax_pool":
