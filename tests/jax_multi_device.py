@@ -93,21 +93,22 @@ def check_mesh(axis_type):
     kind = axis_type.name
     for name, (fn, arrays, per_sample) in CASES.items():
         what = f"{kind} {name}"
-        want = fn(*map(jnp.asarray, arrays))
-        want_grads = jax.grad(loss_of(fn), argnums=tuple(range(len(arrays))))(
-            *map(jnp.asarray, arrays))
+        want, want_grads = jax.block_until_ready((
+            fn(*map(jnp.asarray, arrays)),
+            jax.grad(loss_of(fn), argnums=tuple(range(len(arrays))))(*map(jnp.asarray, arrays))))
         seen.clear()
         placed = [jax.device_put(a, NamedSharding(mesh, P("batch") if s else P()))
                   for a, s in zip(arrays, per_sample)]
         with jax.set_mesh(mesh):
             for mode, run in (("eager", fn), ("jit", jax.jit(fn))):
-                y = run(*placed)
+                y = jax.block_until_ready(run(*placed))  # (callbacks run asynchronously)
                 expect_per_shard(f"{what} {mode}")
                 np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=1e-6,
                                            atol=1e-6, err_msg=f"{what} {mode}")
                 assert_batch_sharded(y, f"{what} {mode}")
                 assert_batch_sharded(y + 1, f"{what} {mode}, the next jnp op")
-            grads = jax.jit(jax.grad(loss_of(fn), argnums=tuple(range(len(arrays)))))(*placed)
+            grads = jax.block_until_ready(jax.jit(jax.grad(
+                loss_of(fn), argnums=tuple(range(len(arrays)))))(*placed))
             expect_per_shard(f"{what} grad")
             for i, (got, wanted, s) in enumerate(zip(grads, want_grads, per_sample)):
                 np.testing.assert_allclose(np.asarray(got), np.asarray(wanted), rtol=2e-5,
@@ -123,14 +124,16 @@ def check_mesh(axis_type):
     stacked = jnp.stack([x, 2 * x], axis=1)  # (N, 2, H, W, C): vmap over axis 1
     seen.clear()
     with jax.set_mesh(mesh):
-        y = jax.jit(jax.vmap(lambda u: nj.soft_pool2d(u, 2), in_axes=1, out_axes=1))(stacked)
+        y = jax.block_until_ready(jax.jit(jax.vmap(lambda u: nj.soft_pool2d(u, 2), in_axes=1,
+                                                   out_axes=1))(stacked))
     # (the vmapped axis in front of each shard: pure_callback's expand_dims)
     assert seen and all(c[:2] == (2, N // 2) for c in seen), f"{kind} vmap: calls saw {seen}"
     seen.clear()
     np.testing.assert_allclose(np.asarray(y[:, 1]), np.asarray(nj.soft_pool2d(2 * x4, 2)),
                                rtol=1e-5)
     assert_batch_sharded(y, f"{kind} vmap")
-    want = jax.grad(lambda u: jnp.sum(per_device_loss(u)))(jnp.asarray(x4))
+    want = jax.block_until_ready(jax.grad(lambda u: jnp.sum(per_device_loss(u)))(
+        jnp.asarray(x4)))
     seen.clear()
 
     # shard_map: inside, the kernels run on the shard they are given (forward and grad)
@@ -139,13 +142,14 @@ def check_mesh(axis_type):
     with jax.set_mesh(mesh):
         for mode, run in (("eager", jax.grad(lambda u: jnp.sum(sharded(u)))),
                           ("jit", jax.jit(jax.grad(lambda u: jnp.sum(sharded(u)))))):
-            g = run(x)
+            g = jax.block_until_ready(run(x))
             expect_per_shard(f"{kind} shard_map grad {mode}")
             np.testing.assert_allclose(np.asarray(g), np.asarray(want), rtol=1e-5,
                                        err_msg=f"{kind} shard_map grad {mode}")
             assert_batch_sharded(g, f"{kind} shard_map grad {mode}")
-        y = jax.jit(jax.shard_map(lambda u: nj.soft_pool2d(u, 2), mesh=mesh,
-                                  in_specs=P("batch"), out_specs=P("batch")))(x)
+        y = jax.block_until_ready(jax.jit(jax.shard_map(
+            lambda u: nj.soft_pool2d(u, 2), mesh=mesh, in_specs=P("batch"),
+            out_specs=P("batch")))(x))
         expect_per_shard(f"{kind} shard_map forward")
         assert_batch_sharded(y, f"{kind} shard_map forward")
     print(f"{kind}: vmap and shard_map (forward and grad) per shard")

@@ -72,6 +72,16 @@ def test_the_site_builds_without_warnings(tmp_path):
     for page in ("index", "api", "getting-started", "ops/softpool", "frameworks/jax",
                  "gallery/README", "changelog"):
         assert (tmp_path / "html" / f"{page}.html").is_file(), page
+    if importlib.util.find_spec("keras") is None:
+        return
+    # npool.keras' layers are in the index under their own names, with their constructors'
+    # signatures (not Keras' Layer.__new__(*args, **kwargs))
+    api = (tmp_path / "html" / "api.html").read_text()
+    index = (tmp_path / "html" / "genindex.html").read_text()
+    for name in ("SoftPooling2D", "MaxEntPooling2D", "GlobalKMaxPool", "NetVLAD"):
+        assert f'id="npool.keras.{name}"' in api and f"npool.keras.{name}" in index, name
+        signature = api.split(f'id="npool.keras.{name}"')[1].split("</dt>")[0]
+        assert "*args" not in signature and "kwargs" in signature, (name, signature[:500])
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])

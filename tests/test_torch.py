@@ -1,5 +1,7 @@
 """npool.torch: custom ops (opcheck, gradcheck, torch.compile), functions and modules."""
 import copy
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -632,3 +634,26 @@ def test_torch_compile_dynamic_shapes(name, layout):
         torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)
         (result * weights).sum().backward()
         torch.testing.assert_close(x_compiled.grad, x_eager.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_gfgp_on_a_batch_of_one_says_what_to_do():
+    pool = nt.MaxEntPool2d(4, 2)
+    with pytest.raises(ValueError, match=r"batch of at least 2.*\.eval\(\)"):
+        pool(torch.randn(1, 4, 8, 8))
+    assert pool(torch.randn(2, 4, 8, 8)).shape == (2, 4, 4, 4)
+    assert pool.eval()(torch.randn(1, 4, 8, 8)).shape == (1, 4, 4, 4)  # running statistics
+
+
+def test_double_backward_gives_no_warning():
+    """The decomposition's index arrays (read-only caches) are copied into tensors, not shared
+    with a warning (PyTorch warns once per process: a fresh one)."""
+    code = ("import warnings, torch, npool.torch as nt\n"
+            "warnings.simplefilter('error')\n"
+            "x = torch.randn(2, 4, 8, 8, dtype=torch.float64, requires_grad=True)\n"
+            "for module in (nt.SoftPool2d(2), nt.MaxEntPool2d(4, 3, 2, 1).double()):\n"
+            "    g, = torch.autograd.grad(module(x).pow(2).sum(), x, create_graph=True)\n"
+            "    g.sum().backward()\n"
+            "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

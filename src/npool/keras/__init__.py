@@ -22,6 +22,7 @@ from ._layers import (GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalAver
                       WeldonPooling3D)
 from ._set_layers import (ContextGating, LoupeBatchNormalization, NetFV, NetRVLAD, NetVLAD,
                           SoftDBoW, load_loupe_checkpoint)
+from ._signatures import show_constructor_signatures
 
 __all__ = ["SoftPooling1D", "SoftPooling2D", "SoftPooling3D", "MaxEntPooling2D",
            "GlobalMaxPool", "GlobalAvgPool", "GlobalLSEPool", "GlobalKMaxPool", "WeldonPool",
@@ -32,3 +33,5 @@ __all__ = ["SoftPooling1D", "SoftPooling2D", "SoftPooling3D", "MaxEntPooling2D",
            "WeldonPooling1D", "WeldonPooling2D", "WeldonPooling3D", "NetVLAD", "NetRVLAD",
            "NetFV", "SoftDBoW", "ContextGating", "LoupeBatchNormalization",
            "load_loupe_checkpoint"]
+
+show_constructor_signatures([globals()[name] for name in __all__ if isinstance(globals()[name], type)])

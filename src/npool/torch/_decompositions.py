@@ -17,9 +17,11 @@ from .. import _portable
 class TorchOps:
     """npool/_portable.py's ``ops`` namespace in PyTorch."""
 
+    # (index and condition arrays come from npool/_portable.py's caches, read-only: copied into
+    # tensors, as torch.as_tensor would share memory it could write and warn about it)
     @staticmethod
     def take(x, index):
-        return x.index_select(-1, torch.as_tensor(index, device=x.device))
+        return x.index_select(-1, torch.tensor(index, device=x.device))
 
     @staticmethod
     def reshape_tail(x, count, tail):
@@ -27,7 +29,7 @@ class TorchOps:
 
     @staticmethod
     def where(condition, a, b):
-        return torch.where(torch.as_tensor(condition, device=a.device), a, b)
+        return torch.where(torch.tensor(condition, device=a.device), a, b)
 
     @staticmethod
     def max(x, axis, keepdims):

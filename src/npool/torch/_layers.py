@@ -489,8 +489,22 @@ class MaxEntPool2d(torch.nn.Module):
         -------
         torch.Tensor
             ``(N, C, 1, 1)`` from the GFGP branch, ``(C, 1, 1)`` per channel, or a 0-d tensor.
+
+        Raises
+        ------
+        ValueError
+            The GFGP branch in training mode on a batch of one sample (its BatchNorm would
+            have one value per channel to compute statistics from).
         """
-        return getattr(self, self._branch_name)(x) if self.mode == "gfgp" else self.lam
+        if self.mode != "gfgp":
+            return self.lam
+        if self.training and x.dim() == 4 and x.shape[0] == 1:
+            raise ValueError(
+                f"{type(self).__name__}(lam='gfgp') in training mode needs a batch of at least 2 "
+                f"samples, got 1: the GFGP branch's BatchNorm computes its statistics over the "
+                f"batch. Train with batches of 2 or more, call .eval() to use the running "
+                f"statistics (inference on one sample), or use lam='channel' or a number")
+        return getattr(self, self._branch_name)(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pool x with the temperature ``self.temperature(x)``.
