@@ -95,6 +95,61 @@ def test_jit_compile_trains_with_a_batch_size_that_changes(backend):
     assert "(5, 3)" in result.stdout
 
 
+MIXED_PRECISION = """
+import numpy as np, keras, npool.keras as nk
+rng = np.random.default_rng(0)
+images = rng.standard_normal((4, 8, 8, 3)).astype("float32")
+sets = rng.standard_normal((4, 6, 5)).astype("float32")
+loupe = dict(feature_size=5, max_samples=6, cluster_size=3, output_dim=4)
+
+
+def layers(**policy):
+    image_layers = [nk.SoftPooling1D(2, **policy), nk.SoftPooling2D(2, **policy),
+                    nk.MaxEntPooling2D(2, **policy), nk.MaxEntPooling2D(2, lam="channel", **policy),
+                    nk.MaxEntPooling2D(2, lam=0.5, **policy), nk.GlobalMaxPool(**policy),
+                    nk.GlobalAvgPool(**policy), nk.GlobalLSEPool(**policy),
+                    nk.GlobalKMaxPool(k=2, **policy), nk.WeldonPool(kmax=2, **policy)]
+    set_layers = [nk.NetVLAD(**loupe, **policy), nk.NetRVLAD(**loupe, **policy),
+                  nk.NetFV(**loupe, **policy), nk.SoftDBoW(**loupe, **policy),
+                  nk.NetVLAD(**loupe, gating=False, add_batch_norm=False, **policy)]
+    return [(l, images[:, 0] if isinstance(l, nk.SoftPooling1D) else images)
+            for l in image_layers] + [(l, sets) for l in set_layers] + [
+        (nk.ContextGating(5, **policy), sets[:, 0]),
+        (nk.ContextGating(5, add_batch_norm=False, **policy), sets)]
+
+
+wrong = []
+for policy_name, global_policy, layer_policy in (
+        ("global mixed_float16", "mixed_float16", {}),
+        ("global mixed_bfloat16", "mixed_bfloat16", {}),
+        ("dtype='mixed_float16', global float32", "float32", {"dtype": "mixed_float16"})):
+    keras.mixed_precision.set_global_policy(global_policy)
+    for layer, data in layers(**layer_policy):
+        symbolic = layer(keras.Input(data.shape[1:]))
+        for mode, y in (("symbolic", symbolic), ("inference", layer(data, training=False)),
+                        ("training", layer(data, training=True))):
+            if keras.backend.standardize_dtype(y.dtype) != layer.compute_dtype:
+                wrong.append((policy_name, type(layer).__name__, mode, str(y.dtype)))
+print(wrong if wrong else "every layer returns its compute dtype")
+"""
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_mixed_precision_layers_return_their_compute_dtype(backend):
+    """Under a mixed policy (global, or a layer's own dtype= with a float32 global policy) every
+    layer returns its compute dtype (float16/bfloat16), symbolic, in inference and in training:
+    the sublayers (the set layers' BatchNorm and gating, GFGP's branch) follow the layer's
+    policy."""
+    if not _available(BACKENDS[backend]):
+        pytest.skip(f"no {backend}")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+               CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "-c", MIXED_PRECISION], capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "every layer returns its compute dtype" in result.stdout, result.stdout[-3000:]
+
+
 def test_the_docs_example_runs_on_the_torch_backend():
     """docs/frameworks/keras.md's example (the README shows the same block), on torch."""
     if not _available("torch"):

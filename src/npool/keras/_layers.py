@@ -529,13 +529,15 @@ class MaxEntPooling2D(keras.layers.Layer):
         axis = -1 if last else 1
         if self.lam == "gfgp":
             hidden = self.hidden or max(1, channels // 2)
+            policy = {"dtype": self.dtype_policy}  # a layer's own policy reaches its branch
             self.branch = [
-                keras.layers.GlobalAveragePooling2D(data_format=self.data_format, keepdims=True),
-                keras.layers.Conv2D(hidden, 1, data_format=self.data_format),
-                keras.layers.BatchNormalization(axis=axis), keras.layers.ReLU(),
-                keras.layers.Conv2D(channels, 1, data_format=self.data_format),
-                keras.layers.BatchNormalization(axis=axis),
-                keras.layers.Activation(self.activation)]
+                keras.layers.GlobalAveragePooling2D(data_format=self.data_format, keepdims=True,
+                                                    **policy),
+                keras.layers.Conv2D(hidden, 1, data_format=self.data_format, **policy),
+                keras.layers.BatchNormalization(axis=axis, **policy), keras.layers.ReLU(**policy),
+                keras.layers.Conv2D(channels, 1, data_format=self.data_format, **policy),
+                keras.layers.BatchNormalization(axis=axis, **policy),
+                keras.layers.Activation(self.activation, **policy)]
             shape = input_shape
             for layer in self.branch:
                 layer.build(shape)

@@ -176,7 +176,8 @@ class ContextGating(keras.layers.Layer):
                                               initializer=_normal(std), name="gating_weights")
         if self.add_batch_norm:
             self.gating_bn = LoupeBatchNormalization(epsilon=self.bn_epsilon,
-                                                     momentum=self.bn_momentum)
+                                                     momentum=self.bn_momentum,
+                                                     dtype=self.dtype_policy)
         else:
             self.gating_biases = self.add_weight(shape=(self.input_size,),
                                                  initializer=_normal(std), name="gating_biases")
@@ -302,7 +303,8 @@ class _LoupePool(keras.layers.Layer):
                                                name="cluster_weights")
         if self.add_batch_norm:
             self.cluster_bn = LoupeBatchNormalization(epsilon=self.bn_epsilon,
-                                                      momentum=self.bn_momentum)
+                                                      momentum=self.bn_momentum,
+                                                      dtype=self.dtype_policy)
         else:
             self.cluster_biases = self.add_weight(shape=(k,), name="cluster_biases",
                                                   initializer=_normal(1 / math.sqrt(d)))
@@ -312,7 +314,8 @@ class _LoupePool(keras.layers.Layer):
                                                name="hidden1_weights")
         if self.gating:
             self.context_gating = ContextGating(self.output_dim, self.add_batch_norm,
-                                                self.bn_epsilon, self.bn_momentum)
+                                                self.bn_epsilon, self.bn_momentum,
+                                                dtype=self.dtype_policy)
 
     def _add_pool_weights(self, d: int, k: int) -> None:
         """Add the pool's own weights (centres, covariances), if it has any."""
