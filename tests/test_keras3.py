@@ -63,6 +63,19 @@ def test_an_unsupported_backend_is_named():
     assert "tensorflow, jax and torch backends" in result.stdout
 
 
+def _run_code(backend, code):
+    """``code`` in a fresh process on Keras' ``backend`` (skipped where it is not installed):
+    its standard output."""
+    if not _available(BACKENDS[backend]):
+        pytest.skip(f"no {backend}")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+               CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
+
+
 JIT_COMPILE = """
 import numpy as np, keras, npool.keras as nk
 inputs = keras.Input((12, 12, 4))
@@ -85,14 +98,7 @@ def test_jit_compile_trains_with_a_batch_size_that_changes(backend):
     """model.compile(jit_compile=True) with MaxEnt pooling's GFGP branch, SoftPool and k-max,
     the last batch smaller than the others (torch: torch.compile recompiles with dynamic
     shapes; jax and tensorflow: XLA through the portable decomposition or the kernels)."""
-    if not _available(BACKENDS[backend]):
-        pytest.skip(f"no {backend}")
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-               CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, "-c", JIT_COMPILE], capture_output=True,
-                            text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "(5, 3)" in result.stdout
+    assert "(5, 3)" in _run_code(backend, JIT_COMPILE)
 
 
 MIXED_PRECISION = """
@@ -140,14 +146,8 @@ def test_mixed_precision_layers_return_their_compute_dtype(backend):
     layer returns its compute dtype (float16/bfloat16), symbolic, in inference and in training:
     the sublayers (the set layers' BatchNorm and gating, GFGP's branch) follow the layer's
     policy."""
-    if not _available(BACKENDS[backend]):
-        pytest.skip(f"no {backend}")
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-               CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, "-c", MIXED_PRECISION], capture_output=True,
-                            text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "every layer returns its compute dtype" in result.stdout, result.stdout[-3000:]
+    output = _run_code(backend, MIXED_PRECISION)
+    assert "every layer returns its compute dtype" in output, output[-3000:]
 
 
 def test_the_docs_example_runs_on_the_torch_backend():

@@ -106,20 +106,20 @@ def softpool_backward_without_the_x_minus_y_term(grad_out, x, kernel_size, strid
     return grad.astype(x.dtype)
 
 
-def softpool_without_max_subtraction(x, kernel_size, stride=None, padding=0, ceil_mode=False):
-    """A composite SoftPool: sum e^x x / sum e^x, exponentials taken as they are."""
-    y = None
+def _softpool_by_window(x, kernel_size, stride, padding, ceil_mode, weights):
+    """A composite SoftPool: sum w x / sum w over each window, ``w = weights(cells)``."""
+    y = npool.soft_pool2d_forward(x, kernel_size, stride, padding, ceil_mode).copy()
     for out_index, window in _windows_of(x, 2, kernel_size, stride, padding, ceil_mode):
         cells = window_cells(x, window, 2)
         with np.errstate(all="ignore"):
-            e = np.exp(cells)
-            value = (e * cells).sum(axis=-1) / e.sum(axis=-1)
-        if y is None:
-            shape = npool.soft_pool2d_forward(x, kernel_size, stride, padding, ceil_mode).shape
-            y = np.empty(shape, x.dtype)
-        y[(Ellipsis,) + out_index] = value
-    return y if y is not None else npool.soft_pool2d_forward(x, kernel_size, stride, padding,
-                                                             ceil_mode)
+            w = weights(cells)
+            y[(Ellipsis,) + out_index] = (w * cells).sum(axis=-1) / w.sum(axis=-1)
+    return y
+
+
+def softpool_without_max_subtraction(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """A composite SoftPool: sum e^x x / sum e^x, exponentials taken as they are."""
+    return _softpool_by_window(x, kernel_size, stride, padding, ceil_mode, np.exp)
 
 
 def softpool_subtracting_the_arrays_maximum(x, kernel_size, stride=None, padding=0,
@@ -127,19 +127,9 @@ def softpool_subtracting_the_arrays_maximum(x, kernel_size, stride=None, padding
     """A SoftPool stable against overflow but not underflow: it subtracts the maximum of the
     whole array, not of each window (computing in float64), so a window about 745 below another
     has all its weights 0 and gives 0/0."""
-    y = None
-    top = x.max() if x.size else 0
-    for out_index, window in _windows_of(x, 2, kernel_size, stride, padding, ceil_mode):
-        cells = window_cells(x.astype(np.float64), window, 2)
-        with np.errstate(all="ignore"):
-            e = np.exp(cells - top)
-            value = (e * cells).sum(axis=-1) / e.sum(axis=-1)
-        if y is None:
-            shape = npool.soft_pool2d_forward(x, kernel_size, stride, padding, ceil_mode).shape
-            y = np.empty(shape, x.dtype)
-        y[(Ellipsis,) + out_index] = value
-    return y if y is not None else npool.soft_pool2d_forward(x, kernel_size, stride, padding,
-                                                             ceil_mode)
+    top = float(x.max()) if x.size else 0.0
+    return _softpool_by_window(x, kernel_size, stride, padding, ceil_mode,
+                               lambda cells: np.exp(cells.astype(np.float64) - top))
 
 
 def kmax_backward_with_another_tie_order(grad_out, x, k=1, keepdims=False,
