@@ -203,6 +203,12 @@ def _varying_axes(a):
     return set(manual_type.varying if manual_type is not None else getattr(aval, "vma", ()))
 
 
+def _to_varying(a, axes):
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(a, axes, to="varying")
+    return jax.lax.pvary(a, axes)  # its earlier name
+
+
 def _vary_like(results, arrays):
     """Inside ``shard_map``: the callback's results typed as varying over the manual axes its
     arguments vary over (a callback's results are typed invariant; a gradient must have its
@@ -213,7 +219,7 @@ def _vary_like(results, arrays):
     cast = []
     for r in results:
         missing = tuple(sorted(axes - _varying_axes(r)))
-        cast.append(jax.lax.pcast(r, missing, to="varying") if missing else r)
+        cast.append(_to_varying(r, missing) if missing else r)
     return tuple(cast)
 
 
