@@ -88,7 +88,7 @@ model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=Tru
 rng = np.random.default_rng(0)
 x = rng.standard_normal((20, 12, 12, 4)).astype("float32")
 y = rng.integers(0, 3, 20)
-history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)   # batches of 8, 8 and 4
+history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)   # batches of 8, 8 and 4
 print(model.predict(x[:5], batch_size=5, verbose=0).shape, history.history["loss"][-1])
 """
 
