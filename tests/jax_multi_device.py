@@ -158,6 +158,20 @@ def check_mesh(axis_type):
 check_mesh(AxisType.Explicit)
 check_mesh(AxisType.Auto)
 
+# a mesh with a size-1 axis as well: every axis not yet manual is made manual around the
+# kernels (a callback needs them all), the batch still split over the other
+for axis_type in (AxisType.Explicit, AxisType.Auto):
+    mesh = jax.make_mesh((2, 1), ("batch", "model"), axis_types=(axis_type, axis_type))
+    x = jax.device_put(x4, NamedSharding(mesh, P("batch")))
+    with jax.set_mesh(mesh):
+        y, g = jax.block_until_ready(jax.jit(jax.value_and_grad(
+            lambda u: jnp.sum(nj.soft_pool2d(u, 2) ** 2)))(x))
+    expect_per_shard(f"{axis_type.name} (2, 1) mesh")
+    np.testing.assert_allclose(np.asarray(g), np.asarray(jax.grad(
+        lambda u: jnp.sum(nj.soft_pool2d(u, 2) ** 2))(jnp.asarray(x4))), rtol=1e-5)
+    assert_batch_sharded(g, f"{axis_type.name} (2, 1) mesh")
+    seen.clear()
+
 # a batch that does not divide over the devices, and an input on one device: the whole batch
 # in one call, the values right
 odd = rng.standard_normal((3, 4, 4, 2)).astype(np.float32)

@@ -181,9 +181,9 @@ def _batch_axes(a):
     if getattr(mesh, "empty", False) or mesh.size == 1:
         return None
     types = getattr(mesh, "axis_types", (jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
-    free = tuple(n for n, t in zip(mesh.axis_names, types)
-                 if t != jax.sharding.AxisType.Manual and mesh.shape[n] > 1)
-    if not free:
+    # every axis not yet manual becomes manual (a callback needs them all manual, size 1 too)
+    free = tuple(n for n, t in zip(mesh.axis_names, types) if t != jax.sharding.AxisType.Manual)
+    if math.prod(mesh.shape[n] for n in free) == 1:
         return None
     lead = sharding.spec[0] if len(sharding.spec) else None
     lead = () if lead is None else (lead,) if isinstance(lead, str) else tuple(lead)
@@ -199,7 +199,7 @@ def _batch_axes(a):
 def _varying_axes(a):
     """The manual (``shard_map``) mesh axes along which ``a``'s value varies."""
     aval = jax.typeof(a)
-    manual_type = getattr(aval, "manual_axis_type", None)  # JAX >= 0.9; before: aval.vma
+    manual_type = getattr(aval, "manual_axis_type", None)  # newer JAX; older ones: aval.vma
     return set(manual_type.varying if manual_type is not None else getattr(aval, "vma", ()))
 
 
@@ -862,7 +862,7 @@ def _set_op(name, arrays, mask, out_shape, portable, fold=False):
     # the arrays with a leading batch axis (the others - centres, weights - are shared by the
     # batch; x of Context Gating is (..., n), batched when it has more than one axis)
     batched = [name != "context_gating" or arrays[0].ndim > 1] + [
-        array_name in ("assign",) for array_name in _ARRAY_NAMES[name][1:]]
+        array_name == "assign" for array_name in _ARRAY_NAMES[name][1:]]
 
     def keywords(values):
         if mask is False:
