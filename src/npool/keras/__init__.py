@@ -34,4 +34,5 @@ __all__ = ["SoftPooling1D", "SoftPooling2D", "SoftPooling3D", "MaxEntPooling2D",
            "NetFV", "SoftDBoW", "ContextGating", "LoupeBatchNormalization",
            "load_loupe_checkpoint"]
 
-show_constructor_signatures([globals()[name] for name in __all__ if isinstance(globals()[name], type)])
+show_constructor_signatures([layer for layer in map(globals().get, __all__)
+                             if isinstance(layer, type)])
