@@ -14,8 +14,8 @@ bench_global.py, bench_netvlad.py, whose own reports say more):
 
 and writes under ``--out`` (default benchmarks/results): ``summary.md``, the table (npool ms,
 the anchor's ms, anchor / npool: above 1, npool is faster; and npool / a copy of the input on
-all threads for the local pools, the memory-traffic floor), and ``summary.png``, the ratios as bars per case
-(log scale; needs matplotlib: ``pip install "npool[bench]"``). Cases of one family and
+all threads for the local pools, the memory-traffic floor), and ``summary.png``, the ratios
+as bars per case (log scale; needs matplotlib: ``pip install "npool[bench]"``). Cases of one family and
 layout run interleaved, so drift hits all alike. ``--quick`` uses small inputs and 3 rounds: a
 smoke test, whose ratios mean little.
 """
