@@ -317,34 +317,6 @@ def test_inputs_are_not_modified(problem):
     np.testing.assert_array_equal(g, g_before)
 
 
-def test_baseline_and_x86_64_v3_kernels_give_the_same_bits(tmp_path):
-    """Both builds of the kernels compile without FP contraction: the same bits on any CPU."""
-    from npool import _build_info
-    from npool._cpu import _ISA
-
-    if not _build_info.x86_64_v3_kernels or _ISA != "x86-64-v3":
-        pytest.skip("this build or CPU has only the baseline kernels")
-    script = (
-        "import numpy as np, npool\n"
-        "rng = np.random.default_rng(11)\n"
-        "out = {}\n"
-        "for dt in ('float32', 'float64'):\n"
-        "    x = (rng.standard_normal((2, 5, 13, 17)) * 20).astype(dt)\n"
-        "    for name, kw in [('a', dict(kernel_size=2)), ('b', dict(kernel_size=3, stride=1, padding=1))]:\n"
-        "        y = npool.soft_pool2d_forward(x, **kw)\n"
-        "        out[dt + name + 'y'] = y\n"
-        "        out[dt + name + 'g'] = npool.soft_pool2d_backward(np.cos(y), x, **kw)\n"
-        "np.savez(__import__('sys').argv[1], **out)\n")
-    results = []
-    for isa in ("baseline", "x86-64-v3"):
-        path = tmp_path / f"{isa}.npz"
-        env = dict(os.environ, NPOOL_CPU_ISA=isa)
-        subprocess.run([sys.executable, "-c", script, str(path)], env=env, check=True)
-        results.append(np.load(path))
-    for key in results[0].files:
-        np.testing.assert_array_equal(results[0][key], results[1][key], err_msg=key)
-
-
 @settings(max_examples=40)
 @given(local_pool_inputs(dtype=np.float32), st.booleans())
 def test_backward_add_and_gather_paths_give_the_same_bits(problem, last):

@@ -9,8 +9,15 @@ cdef extern from *:
             && __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2")
             && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("movbe");
     }
+    static int npool_cpu_has_x86_64_v4(void) {
+        __builtin_cpu_init();
+        return npool_cpu_has_x86_64_v3() && __builtin_cpu_supports("avx512f")
+            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512cd")
+            && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    }
     #else
     static int npool_cpu_has_x86_64_v3(void) { return 0; }
+    static int npool_cpu_has_x86_64_v4(void) { return 0; }
     #endif
     #ifdef _OPENMP
     #include <omp.h>
@@ -22,6 +29,7 @@ cdef extern from *:
     #endif
     """
     int npool_cpu_has_x86_64_v3() nogil
+    int npool_cpu_has_x86_64_v4() nogil
     int NPOOL_OPENMP_BUILT
     int npool_omp_max_threads() nogil
 
@@ -39,3 +47,9 @@ def openmp_max_threads():
 def cpu_has_x86_64_v3():
     """Whether the CPU runs x86-64-v3 code (AVX2, FMA, BMI1/2, F16C, MOVBE)."""
     return bool(npool_cpu_has_x86_64_v3())
+
+
+def cpu_has_x86_64_v4():
+    """Whether the CPU (and the OS) runs x86-64-v4 code (x86-64-v3 and AVX-512 F, BW, CD, DQ,
+    VL)."""
+    return bool(npool_cpu_has_x86_64_v4())

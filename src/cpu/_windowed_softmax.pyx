@@ -156,7 +156,7 @@ cdef inline floating _gradient_term(floating x, floating xstar, floating a, floa
         return a * e
     r = lam * (x - y)
     if not _is_nonfinite(r) or _is_nonfinite(x) or _is_nonfinite(y):
-        return a * e * (1 + r)
+        return a * e * (<floating>1 + r)
     return <floating>(<double>a * e * (1 + _scaled_difference(lam, x, y)))
 
 
@@ -358,7 +358,7 @@ cdef inline void _pool_line(
             bc = buffer + c * n
             wc = weights + c * n
             for j in range(n):
-                bc[j] = s[j] * wc[j] * (1 + _lam_at(kind, lv, lam0, j) * (bc[j] - t[j]))
+                bc[j] = s[j] * wc[j] * (<floating>1 + _lam_at(kind, lv, lam0, j) * (bc[j] - t[j]))
         if any_bad:
             for j in range(n):
                 if bad[j]:
@@ -397,12 +397,55 @@ cdef inline void _pool_line(
         j0 += n
 
 
+cdef extern from "_softmax_lines.h" nogil:
+    int npool_vector_lines_on
+    Py_ssize_t npool_softmax_line_f32(
+        int mode, const float* x, Py_ssize_t step, const Py_ssize_t* offsets, Py_ssize_t ncell,
+        Py_ssize_t n, const float* lam, Py_ssize_t lam_step, float* y, Py_ssize_t ystep,
+        const float* g, Py_ssize_t gstep, float* gx, float* glam, Py_ssize_t glam_step)
+    Py_ssize_t npool_softmax_line_f64(
+        int mode, const double* x, Py_ssize_t step, const Py_ssize_t* offsets,
+        Py_ssize_t ncell, Py_ssize_t n, const double* lam, Py_ssize_t lam_step, double* y,
+        Py_ssize_t ystep, const double* g, Py_ssize_t gstep, double* gx, double* glam,
+        Py_ssize_t glam_step)
+
+
+def use_vector_lines(bint on):
+    """Whether lines of a few cells per window take the vectorised path of _softmax_lines.h
+    (the default) or the generic kernel: the two give the same bits, which the tests check."""
+    global npool_vector_lines_on
+    npool_vector_lines_on = on
+
+
 cdef inline void _pool_line_dispatch(
         Mode mode, const floating* x, Py_ssize_t xstep, const Py_ssize_t* offsets,
         Py_ssize_t ncell, Py_ssize_t length, const floating* lam, Py_ssize_t lam_step,
         floating* y, Py_ssize_t ystep, Py_ssize_t stats_plane,
         const floating* g, Py_ssize_t gstep, floating* gx, floating* glam,
         Py_ssize_t glam_step, floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
+    """Pool a line: as many of its outputs as the vectorised lines do (from the first), then
+    the rest with the generic kernel, its copy for the line's step and kind of lam."""
+    cdef Py_ssize_t done
+    if floating is float:
+        done = npool_softmax_line_f32(mode, x, xstep, offsets, ncell, length, lam, lam_step,
+                                      y, ystep, g, gstep, gx, glam, glam_step)
+    else:
+        done = npool_softmax_line_f64(mode, x, xstep, offsets, ncell, length, lam, lam_step,
+                                      y, ystep, g, gstep, gx, glam, glam_step)
+    if done == length:
+        return
+    if done > 0:
+        x = x + done * xstep
+        lam = lam + done * lam_step
+        length = length - done
+        if y != NULL:
+            y = y + done * ystep
+        if g != NULL:
+            g = g + done * gstep
+        if gx != NULL:
+            gx = gx + done * xstep
+        if glam != NULL:
+            glam = glam + done * glam_step
     if lam_step == 0:
         if xstep == 1:
             _pool_line(mode, x, <signed char>1, offsets, ncell, length, lam, lam_step, <char>0,
@@ -458,107 +501,137 @@ cdef inline Py_ssize_t _window_offsets(const Geometry* geo, Py_ssize_t nd, Py_ss
 
 cdef inline void _channels_last_unit(
         Mode mode, const Geometry* geo, const floating* x, const floating* lam, floating* y,
-        const floating* g, floating* gx, floating* glam, Py_ssize_t unit, Py_ssize_t* offsets,
-        floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
-    """Line ``unit`` of the channels-last loop: output position (n, od, oh, ow), channels
-    [c0, c0 + BLOCK); units are numbered in that order, channel block fastest."""
+        const floating* g, floating* gx, floating* glam, Py_ssize_t unit, Py_ssize_t group,
+        Py_ssize_t* offsets, floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
+    """Unit ``unit`` of the channels-last loop: output positions (n, od, oh, ow) for ``group``
+    consecutive ow, channels [c0, c0 + BLOCK): a line per position, in ow order. Units are
+    numbered in (n, od, oh, ow group, channel block) order, channel block fastest."""
     cdef Py_ssize_t n_cblocks = (geo.size[1] + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t rest, n, od, oh, ow, c0, ncell, xoff
-    cdef Py_ssize_t dlo = 0, hlo = 0, wlo = 0, nd = 0, nh = 0, nw = 0
+    cdef Py_ssize_t n_groups = (geo.out_size[2] + group - 1) // group
+    cdef Py_ssize_t rest, n, od, oh, ow, ow0, ow1, c0, xbase, xoff, ncell = 0
+    cdef Py_ssize_t dlo = 0, hlo = 0, wlo = 0, nd = 0, nh = 0, nw = 0, cached_nw = -1
     c0 = (unit % n_cblocks) * BLOCK
     rest = unit // n_cblocks
-    ow = rest % geo.out_size[2]
-    rest = rest // geo.out_size[2]
+    ow0 = (rest % n_groups) * group
+    ow1 = min(ow0 + group, geo.out_size[2])
+    rest = rest // n_groups
     oh = rest % geo.out_size[1]
     rest = rest // geo.out_size[1]
     od = rest % geo.out_size[0]
     n = rest // geo.out_size[0]
     _axis_window(geo, 0, od, &dlo, &nd)
     _axis_window(geo, 1, oh, &hlo, &nh)
-    _axis_window(geo, 2, ow, &wlo, &nw)
-    ncell = _window_offsets(geo, nd, nh, nw, offsets)
-    xoff = (n * geo.x_strides[0] + c0 * geo.x_strides[1] + dlo * geo.x_strides[2]
-            + hlo * geo.x_strides[3] + wlo * geo.x_strides[4])
-    _pool_line_dispatch(
-        mode, x + xoff, geo.x_strides[1], offsets, ncell,
-        min(<Py_ssize_t>BLOCK, geo.size[1] - c0),
-        lam + _output_offset(geo.lam_strides, n, c0, od, oh, ow), geo.lam_strides[1],
-        y + _output_offset(geo.y_strides, n, c0, od, oh, ow) if y != NULL else NULL,
-        geo.y_strides[1], geo.stats_plane,
-        g + _output_offset(geo.g_strides, n, c0, od, oh, ow) if g != NULL else NULL,
-        geo.g_strides[1], gx + xoff if gx != NULL else NULL,
-        glam + _output_offset(geo.glam_strides, n, c0, od, oh, ow) if glam != NULL else NULL,
-        geo.glam_strides[1], buffer, buffer_size)
+    xbase = (n * geo.x_strides[0] + c0 * geo.x_strides[1] + dlo * geo.x_strides[2]
+             + hlo * geo.x_strides[3])
+    for ow in range(ow0, ow1):
+        _axis_window(geo, 2, ow, &wlo, &nw)
+        if nw != cached_nw:  # the cell offsets change only where padding cuts the window
+            ncell = _window_offsets(geo, nd, nh, nw, offsets)
+            cached_nw = nw
+        xoff = xbase + wlo * geo.x_strides[4]
+        _pool_line_dispatch(
+            mode, x + xoff, geo.x_strides[1], offsets, ncell,
+            min(<Py_ssize_t>BLOCK, geo.size[1] - c0),
+            lam + _output_offset(geo.lam_strides, n, c0, od, oh, ow), geo.lam_strides[1],
+            y + _output_offset(geo.y_strides, n, c0, od, oh, ow) if y != NULL else NULL,
+            geo.y_strides[1], geo.stats_plane,
+            g + _output_offset(geo.g_strides, n, c0, od, oh, ow) if g != NULL else NULL,
+            geo.g_strides[1], gx + xoff if gx != NULL else NULL,
+            glam + _output_offset(geo.glam_strides, n, c0, od, oh, ow) if glam != NULL
+            else NULL, geo.glam_strides[1], buffer, buffer_size)
 
 
 cdef inline void _rows_unit(
         Mode mode, const Geometry* geo, const floating* x, const floating* lam, floating* y,
-        const floating* g, floating* gx, floating* glam, Py_ssize_t unit, Py_ssize_t* offsets,
-        floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
-    """Line ``unit`` of the row loop: output row (n, c, od, oh), outputs [ow0, ow0 + BLOCK);
-    units are numbered in that order, block fastest.
+        const floating* g, floating* gx, floating* glam, Py_ssize_t unit, Py_ssize_t group,
+        Py_ssize_t* offsets, floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
+    """Unit ``unit`` of the row loop: output rows (n, c, od, oh) for ``group`` consecutive oh,
+    each in blocks of BLOCK outputs; units are numbered in (n, c, od, oh group) order.
 
-    Outputs whose window lies wholly inside the row along W form one line; the few at the
-    edges, whose windows are cut by padding or ceil_mode, are lines of length 1. They are
-    visited in output order.
+    In each block, outputs whose window lies wholly inside the row along W form one line; the
+    few at the edges, whose windows are cut by padding or ceil_mode, are lines of length 1
+    (their cell offsets go to the second half of ``offsets``). They are visited in output
+    order.
     """
     cdef Py_ssize_t OW = geo.out_size[2]
     cdef Py_ssize_t kw = geo.kernel[2], sw = geo.stride[2], pw = geo.padding[2]
-    cdef Py_ssize_t n_wblocks = (OW + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t n_groups = (geo.out_size[1] + group - 1) // group
+    cdef Py_ssize_t ncells = geo.kernel[0] * geo.kernel[1] * geo.kernel[2]
     # Outputs [inner_lo, inner_hi) have windows with all kw cells inside [0, W).
     cdef Py_ssize_t inner_lo = (pw + sw - 1) // sw
     cdef Py_ssize_t inner_hi = (geo.size[4] + pw - kw) // sw + 1 if geo.size[4] + pw >= kw else 0
-    cdef Py_ssize_t rest, n, ch, od, oh, ow, ow0, ow1, lo, hi, ncell, xrow, yrow, grow, xoff
-    cdef Py_ssize_t lrow, glrow
-    cdef Py_ssize_t dlo = 0, hlo = 0, wlo = 0, nd = 0, nh = 0, nw = 0
-    ow0 = (unit % n_wblocks) * BLOCK
-    ow1 = min(ow0 + BLOCK, OW)
-    rest = unit // n_wblocks
-    oh = rest % geo.out_size[1]
-    rest = rest // geo.out_size[1]
+    cdef Py_ssize_t rest, n, ch, od, oh, oh0, oh1, ow, ow0, ow1, lo, hi, xrow, yrow, grow, xoff
+    cdef Py_ssize_t lrow, glrow, ncell = 0
+    cdef Py_ssize_t dlo = 0, hlo = 0, nd = 0, nh = 0, cached_nh = -1
+    rest = unit
+    oh0 = (rest % n_groups) * group
+    oh1 = min(oh0 + group, geo.out_size[1])
+    rest = rest // n_groups
     od = rest % geo.out_size[0]
     rest = rest // geo.out_size[0]
     ch = rest % geo.size[1]
     n = rest // geo.size[1]
     _axis_window(geo, 0, od, &dlo, &nd)
-    _axis_window(geo, 1, oh, &hlo, &nh)
-    xrow = (n * geo.x_strides[0] + ch * geo.x_strides[1] + dlo * geo.x_strides[2]
-            + hlo * geo.x_strides[3])
-    yrow = (n * geo.y_strides[0] + ch * geo.y_strides[1] + od * geo.y_strides[2]
-            + oh * geo.y_strides[3])
-    grow = (n * geo.g_strides[0] + ch * geo.g_strides[1] + od * geo.g_strides[2]
-            + oh * geo.g_strides[3])
-    lrow = _output_offset(geo.lam_strides, n, ch, od, oh, 0)
-    glrow = _output_offset(geo.glam_strides, n, ch, od, oh, 0)
-    lo = max(ow0, inner_lo)
-    hi = min(ow1, inner_hi)
-    if lo >= hi:
-        lo = hi = ow1
-    for ow in range(ow0, ow1):
-        if ow == lo:
-            ncell = _window_offsets(geo, nd, nh, kw, offsets)
-            xoff = xrow + (lo * sw - pw) * geo.x_strides[4]
-            _pool_line_dispatch(
-                mode, x + xoff, sw * geo.x_strides[4], offsets, ncell, hi - lo,
-                lam + lrow + lo * geo.lam_strides[4], geo.lam_strides[4],
-                y + yrow + lo * geo.y_strides[4] if y != NULL else NULL, geo.y_strides[4],
-                geo.stats_plane,
-                g + grow + lo * geo.g_strides[4] if g != NULL else NULL, geo.g_strides[4],
-                gx + xoff if gx != NULL else NULL,
-                glam + glrow + lo * geo.glam_strides[4] if glam != NULL else NULL,
-                geo.glam_strides[4], buffer, buffer_size)
-        if lo <= ow < hi:
-            continue
-        _axis_window(geo, 2, ow, &wlo, &nw)
-        ncell = _window_offsets(geo, nd, nh, nw, offsets)
-        xoff = xrow + wlo * geo.x_strides[4]
-        _pool_line_dispatch(
-            mode, x + xoff, 0, offsets, ncell, 1, lam + lrow + ow * geo.lam_strides[4], 0,
-            y + yrow + ow * geo.y_strides[4] if y != NULL else NULL, 0, geo.stats_plane,
-            g + grow + ow * geo.g_strides[4] if g != NULL else NULL, 0,
-            gx + xoff if gx != NULL else NULL,
-            glam + glrow + ow * geo.glam_strides[4] if glam != NULL else NULL, 0,
-            buffer, buffer_size)
+    for oh in range(oh0, oh1):
+        _axis_window(geo, 1, oh, &hlo, &nh)
+        xrow = (n * geo.x_strides[0] + ch * geo.x_strides[1] + dlo * geo.x_strides[2]
+                + hlo * geo.x_strides[3])
+        yrow = (n * geo.y_strides[0] + ch * geo.y_strides[1] + od * geo.y_strides[2]
+                + oh * geo.y_strides[3])
+        grow = (n * geo.g_strides[0] + ch * geo.g_strides[1] + od * geo.g_strides[2]
+                + oh * geo.g_strides[3])
+        lrow = _output_offset(geo.lam_strides, n, ch, od, oh, 0)
+        glrow = _output_offset(geo.glam_strides, n, ch, od, oh, 0)
+        ow0 = 0
+        while ow0 < OW:
+            ow1 = min(ow0 + BLOCK, OW)
+            lo = max(ow0, inner_lo)
+            hi = min(ow1, inner_hi)
+            if lo >= hi:  # no output of the block has its whole window inside the row
+                lo = hi = ow1
+            # In output order: the edge outputs before the line, the line, the edge outputs
+            # after it.
+            for ow in range(ow0, lo):
+                _edge_output(mode, geo, x, lam, y, g, gx, glam, nd, nh, ow, xrow, yrow, grow,
+                             lrow, glrow, offsets + ncells, buffer, buffer_size)
+            if lo < hi:
+                if nh != cached_nh:  # the offsets change only where padding cuts the window
+                    ncell = _window_offsets(geo, nd, nh, kw, offsets)
+                    cached_nh = nh
+                xoff = xrow + (lo * sw - pw) * geo.x_strides[4]
+                _pool_line_dispatch(
+                    mode, x + xoff, sw * geo.x_strides[4], offsets, ncell, hi - lo,
+                    lam + lrow + lo * geo.lam_strides[4], geo.lam_strides[4],
+                    y + yrow + lo * geo.y_strides[4] if y != NULL else NULL, geo.y_strides[4],
+                    geo.stats_plane,
+                    g + grow + lo * geo.g_strides[4] if g != NULL else NULL, geo.g_strides[4],
+                    gx + xoff if gx != NULL else NULL,
+                    glam + glrow + lo * geo.glam_strides[4] if glam != NULL else NULL,
+                    geo.glam_strides[4], buffer, buffer_size)
+            for ow in range(hi, ow1):
+                _edge_output(mode, geo, x, lam, y, g, gx, glam, nd, nh, ow, xrow, yrow, grow,
+                             lrow, glrow, offsets + ncells, buffer, buffer_size)
+            ow0 = ow1
+
+
+cdef inline void _edge_output(
+        Mode mode, const Geometry* geo, const floating* x, const floating* lam, floating* y,
+        const floating* g, floating* gx, floating* glam, Py_ssize_t nd, Py_ssize_t nh,
+        Py_ssize_t ow, Py_ssize_t xrow, Py_ssize_t yrow, Py_ssize_t grow, Py_ssize_t lrow,
+        Py_ssize_t glrow, Py_ssize_t* offsets, floating* buffer,
+        Py_ssize_t buffer_size) noexcept nogil:
+    """Output ow of a row whose window padding or ceil_mode cuts along W: a line of one."""
+    cdef Py_ssize_t wlo = 0, nw = 0, ncell, xoff
+    _axis_window(geo, 2, ow, &wlo, &nw)
+    ncell = _window_offsets(geo, nd, nh, nw, offsets)
+    xoff = xrow + wlo * geo.x_strides[4]
+    _pool_line_dispatch(
+        mode, x + xoff, 0, offsets, ncell, 1, lam + lrow + ow * geo.lam_strides[4], 0,
+        y + yrow + ow * geo.y_strides[4] if y != NULL else NULL, 0, geo.stats_plane,
+        g + grow + ow * geo.g_strides[4] if g != NULL else NULL, 0,
+        gx + xoff if gx != NULL else NULL,
+        glam + glrow + ow * geo.glam_strides[4] if glam != NULL else NULL, 0,
+        buffer, buffer_size)
 
 
 cdef void _run_lines(Mode mode, const Geometry* geo, const floating* x, const floating* lam,
@@ -569,24 +642,28 @@ cdef void _run_lines(Mode mode, const Geometry* geo, const floating* x, const fl
     """Run every line, in parallel.
 
     Channels-last arrays are cut along C (a line per output position and block of BLOCK
-    channels), others along W (a line per output row and block of BLOCK outputs). Lines are
-    independent unless the mode adds into grad_x: then ``by_plane`` gives each thread whole
-    planes ((n, channel block) or (n, c)), whose lines it runs in output order, so every cell
+    channels), others along W (a line per output row and block of BLOCK outputs). Units of
+    work group consecutive lines of a plane (positions along OW, or rows along OH) so that
+    their setup is shared, with enough units left for every thread. Lines are independent
+    unless the mode adds into grad_x: then ``by_plane`` gives each thread whole planes
+    ((n, channel block) or (n, c)), whose lines it runs in output order, so every cell
     receives its terms in the same order whatever the thread count.
     """
     cdef Py_ssize_t n_cblocks = (geo.size[1] + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t n_wblocks = (geo.out_size[2] + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t n_positions = geo.out_size[0] * geo.out_size[1] * geo.out_size[2]
-    cdef Py_ssize_t n_planes, per_plane, n_units, unit, plane, k
+    cdef Py_ssize_t along = geo.out_size[2] if channels_last else geo.out_size[1]
+    cdef Py_ssize_t n_lines, group, n_planes, per_plane, n_units, unit, plane, k
     cdef Py_ssize_t* offsets
     cdef floating* buffer
     cdef Py_ssize_t buffer_size = buffers.shape[1]
     if channels_last:
         n_planes = geo.size[0] * n_cblocks
-        per_plane = n_positions
+        n_lines = n_planes * geo.out_size[0] * geo.out_size[1] * geo.out_size[2]
     else:
         n_planes = geo.size[0] * geo.size[1]
-        per_plane = geo.out_size[0] * geo.out_size[1] * n_wblocks
+        n_lines = n_planes * geo.out_size[0] * geo.out_size[1]
+    # Whole rows of lines per unit, unless that leaves fewer than 16 units per thread.
+    group = along if by_plane else max(1, min(along, n_lines // (16 * n_threads)))
+    per_plane = n_lines // n_planes // along * ((along + group - 1) // group)
     n_units = n_planes * per_plane
     if not by_plane:
         with parallel(num_threads=n_threads):
@@ -594,11 +671,11 @@ cdef void _run_lines(Mode mode, const Geometry* geo, const floating* x, const fl
             buffer = &buffers[threadid(), 0]
             for unit in prange(n_units, schedule='static'):
                 if channels_last:
-                    _channels_last_unit(mode, geo, x, lam, y, g, gx, glam, unit, offsets,
-                                        buffer, buffer_size)
+                    _channels_last_unit(mode, geo, x, lam, y, g, gx, glam, unit, group,
+                                        offsets, buffer, buffer_size)
                 else:
-                    _rows_unit(mode, geo, x, lam, y, g, gx, glam, unit, offsets, buffer,
-                               buffer_size)
+                    _rows_unit(mode, geo, x, lam, y, g, gx, glam, unit, group, offsets,
+                               buffer, buffer_size)
     else:
         with parallel(num_threads=n_threads):
             offsets = &scratch[threadid(), 0]
@@ -608,11 +685,11 @@ cdef void _run_lines(Mode mode, const Geometry* geo, const floating* x, const fl
                     if channels_last:  # plane (n, channel block): positions in order
                         _channels_last_unit(
                             mode, geo, x, lam, y, g, gx, glam,
-                            ((plane // n_cblocks) * n_positions + k) * n_cblocks
-                            + plane % n_cblocks, offsets, buffer, buffer_size)
-                    else:  # plane (n, c): its rows and blocks in order
+                            ((plane // n_cblocks) * per_plane + k) * n_cblocks
+                            + plane % n_cblocks, group, offsets, buffer, buffer_size)
+                    else:  # plane (n, c): its rows in order
                         _rows_unit(mode, geo, x, lam, y, g, gx, glam, plane * per_plane + k,
-                                   offsets, buffer, buffer_size)
+                                   group, offsets, buffer, buffer_size)
 
 
 cdef inline void _covering_outputs(const Geometry* geo, int axis, Py_ssize_t i,
@@ -717,8 +794,8 @@ def _check_call(tuple x_shape, tuple out_shape, tuple lam_shape, tuple kernel, t
         require((out_shape[2 + a] - 1) * stride[a] - padding[a] < x_shape[2 + a],
                 "every window must start inside the input")
         cells *= kernel[a]
-    require(n_threads >= 1 and scratch.shape[0] >= n_threads and scratch.shape[1] >= cells,
-            "scratch must be (>= n_threads, kernel cells)")
+    require(n_threads >= 1 and scratch.shape[0] >= n_threads and scratch.shape[1] >= 2 * cells,
+            "scratch must be (>= n_threads, 2 * kernel cells)")
     require(buffers.shape[0] >= n_threads and buffers.shape[1] >= 2 * cells,
             "buffers must be (>= n_threads, >= 2 * kernel cells)")
 
@@ -730,7 +807,7 @@ def forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] y, tuple ke
 
     x and y are non-empty 5-D (N, C, D, H, W) views, ``lam`` the temperatures broadcast to y's
     shape (strides 0 where shared); ``channels_last`` picks the loop order
-    (lines along C when true, along W otherwise); scratch is ``(n_threads, kD * kH * kW)`` and
+    (lines along C when true, along W otherwise); scratch is ``(n_threads, 2 * kD * kH * kW)`` and
     buffers ``(n_threads, 2 * max(4096, kD * kH * kW))``.
     """
     _check_call(dims(x.shape, 5), dims(y.shape, 5), dims(lam.shape, 5), kernel, stride,

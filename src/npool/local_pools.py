@@ -71,7 +71,8 @@ class _Problem:
         n_threads = threads_for(np.prod(self.x.shape[:2] + self.out_spatial[:-1]) *
                                 (self.out_spatial[-1] if self.layout == "channels_last" else 1))
         cells = kernel[0] * kernel[1] * kernel[2]
-        offsets = np.empty((n_threads, cells), dtype=np.intp)
+        # Cell offsets per thread: a line's window, and an edge output's window.
+        offsets = np.empty((n_threads, 2 * cells), dtype=np.intp)
         # Two halves per thread: window values and their weights.
         buffers = np.empty((n_threads, 2 * max(_BUFFER_VALUES, cells)), dtype=self.work_dtype)
         return kernel, stride, padding, offsets, buffers, n_threads

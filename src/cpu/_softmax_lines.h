@@ -1,0 +1,92 @@
+/* Vectorised lines of the windowed-softmax pool (SoftPool, Max-Entropy pooling): the fast path
+ * of _windowed_softmax.pyx for windows of a few cells.
+ *
+ * A line is ``n`` outputs whose windows have the same cells (``offsets`` from the window's
+ * first cell) and start ``step`` elements apart in x: a channels-last line runs over channels
+ * (step 1), a row over output columns (step = stride). The generic kernel stages the cells of
+ * a block of outputs in a buffer and keeps its sums in arrays; here each vector of LANES
+ * outputs (16 float32 with AVX-512) loads its K cells straight from x into registers - stride-2
+ * rows through even/odd shuffles - and does the whole window there: for each output,
+ *
+ *     z_i = lam x_i,  M = max z_i,  x* = x of the first cell with z = M,  e_i = exp(z_i - M),
+ *     S = sum e_i,  y = x* + sum e_i (x_i - x*) / S                          (forward)
+ *     dL/dx_i = (g / S) e_i (1 + lam (x_i - y)),  dL/dlam = g sum e_i (x_i - y)^2 / S  (backward)
+ *
+ * with the generic kernel's operations in its order (cells in window order, no contraction,
+ * the exp of _fastexp.h), so both give the same bits. SoftPool (lam = 1) skips the multiply.
+ *
+ * A line kernel returns how many outputs it did, from the first; the generic kernel does the
+ * rest: lines it does not serve (other window sizes, steps of lam, modes; fewer outputs than
+ * LANES), the outputs after a vector with a non-finite window (NaN, +-inf, overflow: the
+ * generic kernel redoes them with the exact limits), and the tail of an adding line. A forward
+ * or disjoint-backward line ends with a vector that overlaps the one before it instead (its
+ * values are written again, unchanged).
+ */
+#ifndef NPOOL_SOFTMAX_LINES_H
+#define NPOOL_SOFTMAX_LINES_H
+
+#include <math.h>
+#include <stddef.h>
+#include "_fastexp.h"
+#include "_simd.h"
+
+/* The line modes, as _windowed_softmax.pyx numbers them. */
+#define NPOOL_LINE_FORWARD 0   /* write y */
+#define NPOOL_LINE_DISJOINT 1  /* write dL/dx: every cell lies in one window */
+#define NPOOL_LINE_ADD 3       /* add to dL/dx: the windows of the line do not overlap */
+#define NPOOL_LINE_MAX_CELLS 9
+
+/* Off: every line goes to the generic kernel (the tests compare the two paths). */
+static int npool_vector_lines_on = 1;
+
+#if NPOOL_SIMD
+
+#define R float
+#define V npool_vf32
+#define LANES NPOOL_LANES_F32
+#define EVENS NPOOL_EVENS_f32
+#define ODDS NPOOL_ODDS_f32
+#define INTERLEAVE_LOW NPOOL_INTERLEAVE_LOW_f32
+#define INTERLEAVE_HIGH NPOOL_INTERLEAVE_HIGH_f32
+#define NPOOL_T(name) npool_##name##_f32
+#include "_softmax_lines.inc"
+#undef R
+#undef V
+#undef LANES
+#undef EVENS
+#undef ODDS
+#undef INTERLEAVE_LOW
+#undef INTERLEAVE_HIGH
+#undef NPOOL_T
+
+#define R double
+#define V npool_vf64
+#define LANES NPOOL_LANES_F64
+#define EVENS NPOOL_EVENS_f64
+#define ODDS NPOOL_ODDS_f64
+#define INTERLEAVE_LOW NPOOL_INTERLEAVE_LOW_f64
+#define INTERLEAVE_HIGH NPOOL_INTERLEAVE_HIGH_f64
+#define NPOOL_T(name) npool_##name##_f64
+#include "_softmax_lines.inc"
+#undef R
+#undef V
+#undef LANES
+#undef EVENS
+#undef ODDS
+#undef INTERLEAVE_LOW
+#undef INTERLEAVE_HIGH
+#undef NPOOL_T
+
+#else  /* no vector extensions: every line is the generic kernel's */
+
+static ptrdiff_t npool_softmax_line_f32(int mode, const float* x, ptrdiff_t step,
+        const ptrdiff_t* offsets, ptrdiff_t ncell, ptrdiff_t n, const float* lam,
+        ptrdiff_t lam_step, float* y, ptrdiff_t ystep, const float* g, ptrdiff_t gstep,
+        float* gx, float* glam, ptrdiff_t glam_step) { return 0; }
+static ptrdiff_t npool_softmax_line_f64(int mode, const double* x, ptrdiff_t step,
+        const ptrdiff_t* offsets, ptrdiff_t ncell, ptrdiff_t n, const double* lam,
+        ptrdiff_t lam_step, double* y, ptrdiff_t ystep, const double* g, ptrdiff_t gstep,
+        double* gx, double* glam, ptrdiff_t glam_step) { return 0; }
+
+#endif
+#endif

@@ -1,0 +1,144 @@
+"""The CPU kernels' builds (baseline, x86-64-v3, x86-64-v4) and paths (the vectorised lines of
+_softmax_lines.h, the generic windowed-softmax kernel) give the same bits, whatever runs here.
+
+Every build this machine runs is compared in one process (``npool._cpu._ISA`` picks the module
+``kernel_module`` returns), with the vector lines on and off, on windows the vector lines serve
+(2 to 9 cells, steps 1, 2 and others, long rows and many channels, both layouts) and on
+non-finite and overflowing windows, which they hand back to the generic kernel.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import npool
+import npool._cpu as cpu
+from npool._cpu import available_isas, kernel_module
+from npool.testing.strategies import channels_last
+
+BUILDS = [(isa, vector) for isa in available_isas() for vector in (True, False)]
+
+
+def each_build(fn):
+    """fn() under every kernel build this machine runs, vector lines on and off."""
+    saved = cpu._ISA
+    results = []
+    try:
+        for isa, vector in BUILDS:
+            cpu._ISA = isa
+            kernel_module("_windowed_softmax").use_vector_lines(vector)
+            results.append(((isa, vector), fn()))
+    finally:
+        cpu._ISA = saved
+        for isa in available_isas():
+            kernel_module("_windowed_softmax", isa).use_vector_lines(True)
+    return results
+
+
+def assert_same_bits(results):
+    (first, expected), *others = results
+    for build, got in others:
+        for a, b in zip(expected, got):
+            np.testing.assert_array_equal(a, b, err_msg=f"{build} differs from {first}")
+            # equal also as bits: the sign of zeros, the NaN payload aside
+            assert np.array_equal(np.signbit(a), np.signbit(b)) or np.isnan(a).any()
+
+
+def forward_backward(x, nd, lam, window):
+    """Max-Ent (or SoftPool when lam is None) forward, and backward with a fixed grad_out."""
+    if lam is None:
+        y = getattr(npool, f"soft_pool{nd}d_forward")(x, **window)
+        g = np.cos(np.arange(y.size)).reshape(y.shape).astype(x.dtype)
+        return y, getattr(npool, f"soft_pool{nd}d_backward")(g, x, **window)
+    y = getattr(npool, f"maxent_pool{nd}d_forward")(x, lam, **window)
+    g = np.cos(np.arange(y.size)).reshape(y.shape).astype(x.dtype)
+    return (y,) + tuple(getattr(npool, f"maxent_pool{nd}d_backward")(g, x, lam, **window))
+
+
+def test_the_selected_build_is_the_best_this_cpu_runs():
+    assert cpu.selected_isa() == available_isas()[0]
+    assert available_isas()[-1] == "baseline"
+
+
+@pytest.mark.parametrize("isa", ["baseline", "x86-64-v3", "x86-64-v4"])
+def test_npool_cpu_isa_picks_a_build(isa):
+    """NPOOL_CPU_ISA asks for a build: that one runs, or a clear error where it cannot."""
+    env = dict(os.environ, NPOOL_CPU_ISA=isa)
+    code = "from npool._cpu import selected_isa; print(selected_isa())"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if isa in available_isas():
+        assert run.returncode == 0 and run.stdout.strip() == isa
+    else:
+        assert run.returncode != 0 and f"no {isa} kernels" in run.stderr
+
+
+def test_npool_cpu_isa_refuses_an_unknown_build():
+    env = dict(os.environ, NPOOL_CPU_ISA="avx9000")
+    run = subprocess.run([sys.executable, "-c", "import npool"], env=env,
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "NPOOL_CPU_ISA must be one of" in run.stderr
+
+
+WINDOWS = [  # (nd, kernel_size, stride, padding): what the vector lines serve, and around it
+    (2, 2, 2, 0), (2, 3, 2, 1), (2, 3, 3, 0), (2, 2, 1, 0), (2, (3, 2), (2, 1), 1),
+    (1, 2, 2, 0), (1, 3, 2, 1), (1, 3, 3, 0), (3, 2, 2, 0), (3, (1, 3, 3), (1, 2, 2), (0, 1, 1)),
+    (2, 4, 4, 0),  # 16 cells: the generic kernel only
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("window", WINDOWS, ids=str)
+def test_every_build_and_path_gives_the_same_bits(window, dtype):
+    nd, kernel_size, stride, padding = window
+    rng = np.random.default_rng(5)
+    spatial = {1: (75,), 2: (9, 70), 3: (4, 6, 37)}[nd]
+    huge = np.finfo(dtype).max / 4
+    for channels in (3, 37):
+        x = (rng.standard_normal((2, channels) + spatial) * 10).astype(dtype)
+        flat = x.reshape(-1)
+        flat[rng.integers(0, flat.size, 6)] = [np.nan, np.inf, -np.inf, huge, -huge, 1e4]
+        flat[rng.integers(0, flat.size, 40)] = 2.5  # ties
+        per_channel = rng.uniform(-3, 3, (2, channels) + (1,) * nd).astype(dtype)
+        for layout_x in (x, channels_last(x)):
+            for lam in (None, 1.0, 0.37, per_channel):
+                window_kw = dict(kernel_size=kernel_size, stride=stride, padding=padding)
+                assert_same_bits(each_build(lambda: forward_backward(layout_x, nd, lam,
+                                                                     window_kw)))
+
+
+@st.composite
+def vector_line_problems(draw):
+    """Inputs with long lines (rows of up to 70 outputs, up to 40 channels), windows of 1 to 3
+    cells per axis, any stride and padding, values with ties and extremes."""
+    nd = draw(st.integers(1, 3))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
+    lengths = [draw(st.integers(k, k + 3)) for k in kernel[:-1]]
+    lengths.append(draw(st.integers(kernel[-1], 70 if nd < 3 else 40)))
+    channels = draw(st.integers(1, 40))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    elements = st.one_of(st.floats(-50, 50, width=32), st.integers(-2, 2).map(float),
+                         st.sampled_from([np.nan, np.inf, -np.inf, 3e38, -3e38]))
+    x = draw(hnp.arrays(dtype, (draw(st.integers(1, 2)), channels) + tuple(lengths),
+                        elements=st.one_of(st.floats(-50, 50, width=32), elements)))
+    if draw(st.booleans()):
+        x = channels_last(x)
+    lam = draw(st.sampled_from([None, 1.0, -0.5, 2.0, "per channel"]))
+    if lam == "per channel":
+        lam = np.linspace(-2, 2, channels, dtype=dtype).reshape((channels,) + (1,) * nd)
+    window = dict(kernel_size=kernel, stride=stride, padding=padding,
+                  ceil_mode=draw(st.booleans()))
+    return x, nd, lam, window
+
+
+@settings(max_examples=60, deadline=None)
+@given(vector_line_problems())
+def test_every_build_and_path_gives_the_same_bits_hypothesis(problem):
+    x, nd, lam, window = problem
+    assert_same_bits(each_build(lambda: forward_backward(x, nd, lam, window)))
