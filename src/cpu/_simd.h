@@ -102,6 +102,68 @@ NPOOL_VECTOR_FN npool_vf64 npool_vmax_f64(npool_vf64 a, npool_vf64 b) {
 #define NPOOL_INTERLEAVE_HIGH_f64 ((npool_vi64){1, 3})
 #endif
 
+/* Shuffle masks of (v, a): a with its even (or odd) lanes replaced by the first half of v
+ * (LOW) or by its second half (HIGH): v written back into the even (odd) elements of a
+ * stride-2 row held in two vectors. */
+#if NPOOL_VECTOR_BYTES == 64
+#define NPOOL_PUT_EVENS_LOW_f32 ((npool_vi32){0, 17, 1, 19, 2, 21, 3, 23, 4, 25, 5, 27, 6, 29, 7, 31})
+#define NPOOL_PUT_EVENS_HIGH_f32 ((npool_vi32){8, 17, 9, 19, 10, 21, 11, 23, 12, 25, 13, 27, 14, 29, 15, 31})
+#define NPOOL_PUT_ODDS_LOW_f32 ((npool_vi32){16, 0, 18, 1, 20, 2, 22, 3, 24, 4, 26, 5, 28, 6, 30, 7})
+#define NPOOL_PUT_ODDS_HIGH_f32 ((npool_vi32){16, 8, 18, 9, 20, 10, 22, 11, 24, 12, 26, 13, 28, 14, 30, 15})
+#define NPOOL_PUT_EVENS_LOW_f64 ((npool_vi64){0, 9, 1, 11, 2, 13, 3, 15})
+#define NPOOL_PUT_EVENS_HIGH_f64 ((npool_vi64){4, 9, 5, 11, 6, 13, 7, 15})
+#define NPOOL_PUT_ODDS_LOW_f64 ((npool_vi64){8, 0, 10, 1, 12, 2, 14, 3})
+#define NPOOL_PUT_ODDS_HIGH_f64 ((npool_vi64){8, 4, 10, 5, 12, 6, 14, 7})
+#elif NPOOL_VECTOR_BYTES == 32
+#define NPOOL_PUT_EVENS_LOW_f32 ((npool_vi32){0, 9, 1, 11, 2, 13, 3, 15})
+#define NPOOL_PUT_EVENS_HIGH_f32 ((npool_vi32){4, 9, 5, 11, 6, 13, 7, 15})
+#define NPOOL_PUT_ODDS_LOW_f32 ((npool_vi32){8, 0, 10, 1, 12, 2, 14, 3})
+#define NPOOL_PUT_ODDS_HIGH_f32 ((npool_vi32){8, 4, 10, 5, 12, 6, 14, 7})
+#define NPOOL_PUT_EVENS_LOW_f64 ((npool_vi64){0, 5, 1, 7})
+#define NPOOL_PUT_EVENS_HIGH_f64 ((npool_vi64){2, 5, 3, 7})
+#define NPOOL_PUT_ODDS_LOW_f64 ((npool_vi64){4, 0, 6, 1})
+#define NPOOL_PUT_ODDS_HIGH_f64 ((npool_vi64){4, 2, 6, 3})
+#elif NPOOL_VECTOR_BYTES == 16
+#define NPOOL_PUT_EVENS_LOW_f32 ((npool_vi32){0, 5, 1, 7})
+#define NPOOL_PUT_EVENS_HIGH_f32 ((npool_vi32){2, 5, 3, 7})
+#define NPOOL_PUT_ODDS_LOW_f32 ((npool_vi32){4, 0, 6, 1})
+#define NPOOL_PUT_ODDS_HIGH_f32 ((npool_vi32){4, 2, 6, 3})
+#define NPOOL_PUT_EVENS_LOW_f64 ((npool_vi64){0, 3})
+#define NPOOL_PUT_EVENS_HIGH_f64 ((npool_vi64){1, 3})
+#define NPOOL_PUT_ODDS_LOW_f64 ((npool_vi64){2, 0})
+#define NPOOL_PUT_ODDS_HIGH_f64 ((npool_vi64){2, 1})
+#endif
+
+/* Shuffle masks of (v, zero): v moved up by 1 or 2 lanes, zeros shifted in. */
+#if NPOOL_VECTOR_BYTES == 64
+#define NPOOL_SHIFT1_f32 ((npool_vi32){16, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14})
+#define NPOOL_SHIFT2_f32 ((npool_vi32){16, 16, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13})
+#define NPOOL_SHIFT1_f64 ((npool_vi64){8, 0, 1, 2, 3, 4, 5, 6})
+#define NPOOL_SHIFT2_f64 ((npool_vi64){8, 8, 0, 1, 2, 3, 4, 5})
+#elif NPOOL_VECTOR_BYTES == 32
+#define NPOOL_SHIFT1_f32 ((npool_vi32){8, 0, 1, 2, 3, 4, 5, 6})
+#define NPOOL_SHIFT2_f32 ((npool_vi32){8, 8, 0, 1, 2, 3, 4, 5})
+#define NPOOL_SHIFT1_f64 ((npool_vi64){4, 0, 1, 2})
+#define NPOOL_SHIFT2_f64 ((npool_vi64){4, 4, 0, 1})
+#elif NPOOL_VECTOR_BYTES == 16
+#define NPOOL_SHIFT1_f32 ((npool_vi32){4, 0, 1, 2})
+#define NPOOL_SHIFT2_f32 ((npool_vi32){4, 4, 0, 1})
+#define NPOOL_SHIFT1_f64 ((npool_vi64){2, 0})
+#define NPOOL_SHIFT2_f64 ((npool_vi64){2, 2})
+#endif
+
+/* 0, 1, 2, ...: each lane's index. */
+#if NPOOL_VECTOR_BYTES == 64
+#define NPOOL_LANE_INDEX_f32 ((npool_vi32){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})
+#define NPOOL_LANE_INDEX_f64 ((npool_vi64){0, 1, 2, 3, 4, 5, 6, 7})
+#elif NPOOL_VECTOR_BYTES == 32
+#define NPOOL_LANE_INDEX_f32 ((npool_vi32){0, 1, 2, 3, 4, 5, 6, 7})
+#define NPOOL_LANE_INDEX_f64 ((npool_vi64){0, 1, 2, 3})
+#elif NPOOL_VECTOR_BYTES == 16
+#define NPOOL_LANE_INDEX_f32 ((npool_vi32){0, 1, 2, 3})
+#define NPOOL_LANE_INDEX_f64 ((npool_vi64){0, 1})
+#endif
+
 /* Lanes holding NaN or +-inf, by their exponent bits (whatever the floating-point flags). */
 NPOOL_VECTOR_FN npool_vi32 npool_vnonfinite_f32(npool_vf32 z) {
     return ((npool_vi32)z & 0x7F800000) == 0x7F800000;

@@ -16,11 +16,19 @@
  * the exp of _fastexp.h), so both give the same bits. SoftPool (lam = 1) skips the multiply.
  *
  * A line kernel returns how many outputs it did, from the first; the generic kernel does the
- * rest: lines it does not serve (other window sizes, steps of lam, modes; fewer outputs than
- * LANES), the outputs after a vector with a non-finite window (NaN, +-inf, overflow: the
- * generic kernel redoes them with the exact limits), and the tail of an adding line. A forward
- * or disjoint-backward line ends with a vector that overlaps the one before it instead (its
- * values are written again, unchanged).
+ * rest: lines it does not serve (other window sizes, steps of lam; fewer outputs than LANES),
+ * and the outputs from a vector with a non-finite window on (NaN, +-inf, overflow: the generic
+ * kernel redoes them with the exact limits). A line ends with a vector that overlaps the one
+ * before it: a forward or disjoint backward writes the overlapped outputs again, unchanged; an
+ * adding line adds only the new outputs' terms (the other lanes keep their cells' values).
+ *
+ * Adding lines add each vector's terms so that a cell that overlapping windows share receives
+ * their terms in output order, as the generic kernel and the gather pass add them: the later
+ * window holds it at an earlier column of the window, so the columns go from the last. Rows of
+ * 2 or 3 cells of stride-1 lines and of 3 cells of stride-2 lines, whose windows overlap
+ * along the row, are added a row segment at a time in registers (the terms of each column
+ * moved to their cells' lanes): a read-modify-write per cell would read what the one before
+ * it is still storing.
  */
 #ifndef NPOOL_SOFTMAX_LINES_H
 #define NPOOL_SOFTMAX_LINES_H
@@ -33,7 +41,9 @@
 /* The line modes, as _windowed_softmax.pyx numbers them. */
 #define NPOOL_LINE_FORWARD 0   /* write y */
 #define NPOOL_LINE_DISJOINT 1  /* write dL/dx: every cell lies in one window */
+#define NPOOL_LINE_STATS 2     /* the gather pass's statistics: not served here */
 #define NPOOL_LINE_ADD 3       /* add to dL/dx: the windows of the line do not overlap */
+#define NPOOL_LINE_ADD_ORDERED 4  /* add to dL/dx, windows overlapping: terms in output order */
 #define NPOOL_LINE_MAX_CELLS 9
 
 /* Off: every line goes to the generic kernel (the tests compare the two paths). */
@@ -48,6 +58,13 @@ static int npool_vector_lines_on = 1;
 #define ODDS NPOOL_ODDS_f32
 #define INTERLEAVE_LOW NPOOL_INTERLEAVE_LOW_f32
 #define INTERLEAVE_HIGH NPOOL_INTERLEAVE_HIGH_f32
+#define PUT_EVENS_LOW NPOOL_PUT_EVENS_LOW_f32
+#define PUT_EVENS_HIGH NPOOL_PUT_EVENS_HIGH_f32
+#define PUT_ODDS_LOW NPOOL_PUT_ODDS_LOW_f32
+#define PUT_ODDS_HIGH NPOOL_PUT_ODDS_HIGH_f32
+#define LANE_INDEX NPOOL_LANE_INDEX_f32
+#define SHIFT1 NPOOL_SHIFT1_f32
+#define SHIFT2 NPOOL_SHIFT2_f32
 #define NPOOL_T(name) npool_##name##_f32
 #include "_softmax_lines.inc"
 #undef R
@@ -57,6 +74,13 @@ static int npool_vector_lines_on = 1;
 #undef ODDS
 #undef INTERLEAVE_LOW
 #undef INTERLEAVE_HIGH
+#undef PUT_EVENS_LOW
+#undef PUT_EVENS_HIGH
+#undef PUT_ODDS_LOW
+#undef PUT_ODDS_HIGH
+#undef LANE_INDEX
+#undef SHIFT1
+#undef SHIFT2
 #undef NPOOL_T
 
 #define R double
@@ -66,6 +90,13 @@ static int npool_vector_lines_on = 1;
 #define ODDS NPOOL_ODDS_f64
 #define INTERLEAVE_LOW NPOOL_INTERLEAVE_LOW_f64
 #define INTERLEAVE_HIGH NPOOL_INTERLEAVE_HIGH_f64
+#define PUT_EVENS_LOW NPOOL_PUT_EVENS_LOW_f64
+#define PUT_EVENS_HIGH NPOOL_PUT_EVENS_HIGH_f64
+#define PUT_ODDS_LOW NPOOL_PUT_ODDS_LOW_f64
+#define PUT_ODDS_HIGH NPOOL_PUT_ODDS_HIGH_f64
+#define LANE_INDEX NPOOL_LANE_INDEX_f64
+#define SHIFT1 NPOOL_SHIFT1_f64
+#define SHIFT2 NPOOL_SHIFT2_f64
 #define NPOOL_T(name) npool_##name##_f64
 #include "_softmax_lines.inc"
 #undef R
@@ -75,6 +106,13 @@ static int npool_vector_lines_on = 1;
 #undef ODDS
 #undef INTERLEAVE_LOW
 #undef INTERLEAVE_HIGH
+#undef PUT_EVENS_LOW
+#undef PUT_EVENS_HIGH
+#undef PUT_ODDS_LOW
+#undef PUT_ODDS_HIGH
+#undef LANE_INDEX
+#undef SHIFT1
+#undef SHIFT2
 #undef NPOOL_T
 
 #else  /* no vector extensions: every line is the generic kernel's */

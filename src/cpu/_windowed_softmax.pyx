@@ -550,8 +550,10 @@ cdef inline void _rows_unit(
 
     In each block, outputs whose window lies wholly inside the row along W form one line; the
     few at the edges, whose windows are cut by padding or ceil_mode, are lines of length 1
-    (their cell offsets go to the second half of ``offsets``). They are visited in output
-    order.
+    (their cell offsets go to the second half of ``offsets``), visited in output order. Where
+    the order does not matter (the forward, the disjoint backward), the edge outputs of the
+    rows whose window is whole along H are pooled afterwards instead, a column at a time: a
+    line along H.
     """
     cdef Py_ssize_t OW = geo.out_size[2]
     cdef Py_ssize_t kw = geo.kernel[2], sw = geo.stride[2], pw = geo.padding[2]
@@ -563,6 +565,12 @@ cdef inline void _rows_unit(
     cdef Py_ssize_t rest, n, ch, od, oh, oh0, oh1, ow, ow0, ow1, lo, hi, xrow, yrow, grow, xoff
     cdef Py_ssize_t lrow, glrow, ncell = 0
     cdef Py_ssize_t dlo = 0, hlo = 0, nd = 0, nh = 0, cached_nh = -1
+    cdef bint by_columns = mode == FORWARD or mode == BACKWARD_DISJOINT
+    cdef bint row_edges
+    cdef Py_ssize_t kh = geo.kernel[1], sh = geo.stride[1], ph = geo.padding[1]
+    # Rows [inner_h_lo, inner_h_hi) have windows with all kh cells inside [0, H).
+    cdef Py_ssize_t inner_h_lo = (ph + sh - 1) // sh
+    cdef Py_ssize_t inner_h_hi = (geo.size[3] + ph - kh) // sh + 1 if geo.size[3] + ph >= kh else 0
     rest = unit
     oh0 = (rest % n_groups) * group
     oh1 = min(oh0 + group, geo.out_size[1])
@@ -582,6 +590,7 @@ cdef inline void _rows_unit(
                 + oh * geo.g_strides[3])
         lrow = _output_offset(geo.lam_strides, n, ch, od, oh, 0)
         glrow = _output_offset(geo.glam_strides, n, ch, od, oh, 0)
+        row_edges = not (by_columns and inner_h_lo <= oh < inner_h_hi)
         ow0 = 0
         while ow0 < OW:
             ow1 = min(ow0 + BLOCK, OW)
@@ -591,7 +600,7 @@ cdef inline void _rows_unit(
                 lo = hi = ow1
             # In output order: the edge outputs before the line, the line, the edge outputs
             # after it.
-            for ow in range(ow0, lo):
+            for ow in range(ow0, lo if row_edges else ow0):
                 _edge_output(mode, geo, x, lam, y, g, gx, glam, nd, nh, ow, xrow, yrow, grow,
                              lrow, glrow, offsets + ncells, buffer, buffer_size)
             if lo < hi:
@@ -608,10 +617,47 @@ cdef inline void _rows_unit(
                     gx + xoff if gx != NULL else NULL,
                     glam + glrow + lo * geo.glam_strides[4] if glam != NULL else NULL,
                     geo.glam_strides[4], buffer, buffer_size)
-            for ow in range(hi, ow1):
+            for ow in range(hi, ow1 if row_edges else hi):
                 _edge_output(mode, geo, x, lam, y, g, gx, glam, nd, nh, ow, xrow, yrow, grow,
                              lrow, glrow, offsets + ncells, buffer, buffer_size)
             ow0 = ow1
+    if not by_columns:
+        return
+    oh0 = max(oh0, inner_h_lo)
+    oh1 = min(oh1, inner_h_hi)
+    for ow in range(OW):
+        if oh0 < oh1 and not inner_lo <= ow < inner_hi:
+            _edge_column(mode, geo, x, lam, y, g, gx, glam, n, ch, od, dlo, nd, oh0, oh1, ow,
+                         offsets + ncells, buffer, buffer_size)
+
+
+cdef inline void _edge_column(
+        Mode mode, const Geometry* geo, const floating* x, const floating* lam, floating* y,
+        const floating* g, floating* gx, floating* glam, Py_ssize_t n, Py_ssize_t ch,
+        Py_ssize_t od, Py_ssize_t dlo, Py_ssize_t nd, Py_ssize_t oh0, Py_ssize_t oh1,
+        Py_ssize_t ow, Py_ssize_t* offsets, floating* buffer,
+        Py_ssize_t buffer_size) noexcept nogil:
+    """The edge output ow of rows [oh0, oh1) (windows whole along H, cut along W): lines along
+    H of up to BLOCK outputs."""
+    cdef Py_ssize_t wlo = 0, nw = 0, ncell, xoff, oh, count
+    cdef Py_ssize_t sh = geo.stride[1], ph = geo.padding[1]
+    _axis_window(geo, 2, ow, &wlo, &nw)
+    ncell = _window_offsets(geo, nd, geo.kernel[1], nw, offsets)
+    oh = oh0
+    while oh < oh1:
+        count = min(<Py_ssize_t>BLOCK, oh1 - oh)
+        xoff = (n * geo.x_strides[0] + ch * geo.x_strides[1] + dlo * geo.x_strides[2]
+                + (oh * sh - ph) * geo.x_strides[3] + wlo * geo.x_strides[4])
+        _pool_line_dispatch(
+            mode, x + xoff, sh * geo.x_strides[3], offsets, ncell, count,
+            lam + _output_offset(geo.lam_strides, n, ch, od, oh, ow), geo.lam_strides[3],
+            y + _output_offset(geo.y_strides, n, ch, od, oh, ow) if y != NULL else NULL,
+            geo.y_strides[3], geo.stats_plane,
+            g + _output_offset(geo.g_strides, n, ch, od, oh, ow) if g != NULL else NULL,
+            geo.g_strides[3], gx + xoff if gx != NULL else NULL,
+            glam + _output_offset(geo.glam_strides, n, ch, od, oh, ow) if glam != NULL
+            else NULL, geo.glam_strides[3], buffer, buffer_size)
+        oh += count
 
 
 cdef inline void _edge_output(
