@@ -40,10 +40,20 @@ cdef enum:
     SEARCH_BLOCK = 64  # cells compared at a time when looking for the maximum's first index
     SUM_BLOCK = 1024  # cells per float64 partial of a sum (32 per lane)
     SHORT_SUM = 256  # maps of fewer cells are summed in one vector of 8 lanes (< 32 per lane)
-    CL_CHUNK = 128  # positions per chunk of a channels-last sample
-    CBLOCK = 64    # channels per block of a channels-last chunk
+    CL_CHUNK = 128  # positions per chunk of a channels-last sample (sums)
+    CL_MAX_CHUNK = 1024  # positions per chunk of a channels-last maximum
+    CBLOCK = 512   # channels per block of a channels-last chunk
+    INTERLEAVE_FROM = 1024  # candidates from which a radix select counts in four histograms
 CHUNK_CELLS = CHUNK
 CHANNELS_LAST_CHUNK = CL_CHUNK
+CHANNELS_LAST_MAX_CHUNK = CL_MAX_CHUNK
+
+cdef extern from "_channels_max.h" nogil:
+    int npool_channels_max_f32(const float* x, Py_ssize_t pos_step, Py_ssize_t npos,
+                               Py_ssize_t nch, float* m, float* at, float* bad)
+    int npool_channels_max_f64(const double* x, Py_ssize_t pos_step, Py_ssize_t npos,
+                               Py_ssize_t nch, double* m, double* at, double* bad)
+
 
 cdef enum Reduction:
     MAX = 0
@@ -253,25 +263,30 @@ cdef inline void _reduce_channels(Reduction mode, const floating* x, Py_ssize_t 
     cdef floating m[CBLOCK]
     cdef floating lane[CBLOCK]
     cdef floating bad[CBLOCK]
-    cdef floating at[CBLOCK]  # positions (< CL_CHUNK: exact), in x's type so that the
+    cdef floating at[CBLOCK]  # positions (< CL_MAX_CHUNK: exact), in x's type so that the
     # selects of the maximum's loop are one vector type
     cdef double s[CBLOCK]
     cdef bint nan[CBLOCK]
     cdef bint any_bad = False
     cdef const floating* row
     cdef floating z, v, best, where, here
-    cdef bint take
+    cdef bint take, done
     cdef Py_ssize_t p, c, p0, stop
     if mode == MAX:
         # The maximum of each channel and the first position holding it (a strict > keeps the
         # first of equal cells, whose own value, zero sign included, is reported); v - v sums
         # to NaN where a NaN or an infinity is present: only those channels are searched again
-        # one cell at a time (the first NaN wins).
-        for c in range(nch):
+        # one cell at a time (the first NaN wins). Vectors of channels in registers
+        # (_channels_max.h), or this loop for fewer channels than a vector has lanes.
+        if floating is float:
+            done = npool_channels_max_f32(x, pos_step, npos, nch, m, at, bad)
+        else:
+            done = npool_channels_max_f64(x, pos_step, npos, nch, m, at, bad)
+        for c in range(nch if not done else 0):
             m[c] = -INFINITY
             at[c] = 0
             bad[c] = 0
-        for p in range(npos):
+        for p in range(npos if not done else 0):  # fewer channels than a vector has lanes
             row = x + p * pos_step
             here = <floating>p
             for c in range(nch):
@@ -345,12 +360,14 @@ def reduce(int mode, const floating[:, :, :] x, double beta, double[:, :] a, dou
     """Partials of every (map, chunk): max and its index (mode 0), sum (1) or LSE's M and S (2).
 
     ``x`` is (N, C, S) with unit stride along S (chunks of CHUNK cells) or along C (chunks of
-    CL_CHUNK positions); ``a``, ``b`` and ``index`` are (N * C, chunks).
+    CL_CHUNK positions, CL_MAX_CHUNK for the maximum); ``a``, ``b`` and ``index`` are
+    (N * C, chunks).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t sN = x.strides[0] // x.itemsize, sC = x.strides[1] // x.itemsize
     cdef Py_ssize_t sS = x.strides[2] // x.itemsize
     cdef Py_ssize_t K = a.shape[1], blocks, t, map_, chunk, n, c0, start, length
+    cdef Py_ssize_t cl_chunk = CL_MAX_CHUNK if mode == MAX else CL_CHUNK
     cdef const floating* base
     cdef floating fbeta = <floating>beta
     cdef Reduction red = <Reduction>mode
@@ -358,7 +375,7 @@ def reduce(int mode, const floating[:, :, :] x, double beta, double[:, :] a, dou
     require(N * C * S > 0, "x must not be empty")
     require(sS == 1 or S == 1 or sC == 1, "x needs unit stride along S or C")
     require(K == (S + CHUNK - 1) // CHUNK if (sS == 1 or S == 1) else
-            K == (S + CL_CHUNK - 1) // CL_CHUNK, "a must have one column per chunk")
+            K == (S + cl_chunk - 1) // cl_chunk, "a must have one column per chunk")
     for arr_rows, arr_cols in ((a.shape[0], a.shape[1]), (b.shape[0], b.shape[1]),
                                (index.shape[0], index.shape[1])):
         require(arr_rows == N * C and arr_cols == K, "a, b and index must be (N * C, chunks)")
@@ -386,9 +403,9 @@ def reduce(int mode, const floating[:, :, :] x, double beta, double[:, :] a, dou
             n = t // (K * blocks)
             chunk = (t // blocks) % K
             c0 = (t % blocks) * CBLOCK
-            start = chunk * CL_CHUNK
+            start = chunk * cl_chunk
             _channels_partial(red, base + n * sN + c0 * sC + start * sS, sS,
-                              min(<Py_ssize_t>CL_CHUNK, S - start), min(<Py_ssize_t>CBLOCK, C - c0),
+                              min(cl_chunk, S - start), min(<Py_ssize_t>CBLOCK, C - c0),
                               fbeta, &a[n * C + c0, chunk], &b[n * C + c0, chunk],
                               &index[n * C + c0, chunk], K, start)
 
@@ -521,15 +538,17 @@ cdef uint64_t _kth_key(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssiz
     cells share the prefix, each byte is found by a pass over x with the keys computed on the
     fly; then the candidates are compacted into ``scratch`` (capacity + 1 keys) and the search
     goes on there until the k-th is found.
-    Four interleaved histograms keep repeated digits from waiting on each other; the scan for
-    the digit starts at the largest one present. ``need`` receives how many keys equal to the
-    k-th are among the k largest."""
+    Four interleaved histograms keep repeated digits of many candidates from waiting on each
+    other; fewer than INTERLEAVE_FROM candidates count into one (clearing four cost more than
+    counting a small map). The scan for the digit starts at the largest one present. ``need``
+    receives how many keys equal to the k-th are among the k largest."""
     cdef uint32_t hist[4][256]
     cdef const uint64_t* candidates = scratch
     cdef Py_ssize_t count = n, remaining = k, i, c, b, in_bin = 0
     cdef int width = 64 if floating is double else 32
     cdef int shift = width - 8
     cdef bint streaming = True
+    cdef Py_ssize_t lanes  # histograms in use: 4 or 1 (a mask of the cell number)
     cdef uint64_t prefix = 0, key, low, digit, top, high
     if keys != NULL:
         for i in range(n):
@@ -537,28 +556,31 @@ cdef uint64_t _kth_key(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssiz
         candidates = keys
         streaming = False
     while True:
-        memset(hist, 0, sizeof(hist))
+        lanes = 3 if (count if not streaming else n) >= INTERLEAVE_FROM else 0
+        memset(hist, 0, sizeof(hist[0]) * (lanes + 1))
         top = 0
         if not streaming:
             for i in range(count):
                 digit = (candidates[i] >> shift) & 255
-                hist[i & 3][digit] += 1
+                hist[i & lanes][digit] += 1
                 top = digit if digit > top else top
         elif shift == width - 8:  # the first byte: every cell is a candidate
             for i in range(n):
                 digit = (_cell_key(x, i, step, flip) >> shift) & 255
-                hist[i & 3][digit] += 1
+                hist[i & lanes][digit] += 1
                 top = digit if digit > top else top
         else:  # a later byte of a map too large for the scratch: the cells with the prefix
             for i in range(n):
                 key = _cell_key(x, i, step, flip)
                 if (key >> (shift + 8)) == high:
                     digit = (key >> shift) & 255
-                    hist[i & 3][digit] += 1
+                    hist[i & lanes][digit] += 1
                     top = digit if digit > top else top
         b = <Py_ssize_t>top
         while True:
-            in_bin = hist[0][b] + hist[1][b] + hist[2][b] + hist[3][b]
+            in_bin = hist[0][b]
+            if lanes:
+                in_bin = in_bin + hist[1][b] + hist[2][b] + hist[3][b]
             if remaining <= in_bin:
                 break
             remaining = remaining - in_bin

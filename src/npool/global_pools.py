@@ -132,12 +132,14 @@ class _Maps:
     def partials(self, mode, beta=1.0):
         """Per-(map, chunk) partial results of a reduction (see _global_pools.reduce)."""
         k = _kernels()
-        chunk = k.CHUNK_CELLS if self.layout == "contiguous" or self.n == 1 else \
-            k.CHANNELS_LAST_CHUNK
+        if self.layout == "contiguous" or self.n == 1:
+            chunk = k.CHUNK_CELLS
+        else:
+            chunk = k.CHANNELS_LAST_MAX_CHUNK if mode == _MAX else k.CHANNELS_LAST_CHUNK
         chunks = -(-self.n // chunk)
         a = np.empty((self.maps, chunks))
         b = np.empty((self.maps, chunks))
-        index = np.zeros((self.maps, chunks), np.int64)
+        index = np.empty((self.maps, chunks), np.int64)  # written by the maximum, else unused
         k.reduce(mode, self.x3, beta, a, b, index, threads_for(a.size))
         return a, b, index
 
