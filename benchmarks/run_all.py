@@ -11,6 +11,10 @@ bench_global.py, bench_netvlad.py, whose own reports say more):
   Max-Ent 2x2/2       vs its PyTorch composite (compiled ones with --compiled); both layouts
   global pools        vs topk / logsumexp / adaptive_max_pool2d / mean; two shapes
   NetVLAD             the pool and the LOUPE layer vs the same in plain PyTorch
+  issue 28's targets  bench_targets.py: SoftPool and Max-Ent (2x2/2, 3x3/2 padding 1, both
+                      layouts) against the copy, max_pool2d and the compiled composite, other
+                      windows against max_pool1d/2d/3d, the trailing global pools; each
+                      target met or missed
 
 and writes under ``--out`` (default benchmarks/results): ``summary.md``, the table (npool ms,
 the anchor's ms, anchor / npool: above 1, npool is faster; and npool / a copy of the input on
@@ -170,6 +174,13 @@ def netvlad(summary, opts):
     summary.add("NetVLAD", f"(B, M, D) = {(b, m, d)}, K = {k}", ms, pairs)
 
 
+def targets(opts):
+    """Issue 28's targets (bench_targets.py), as the lines of a met/missed report."""
+    import bench_targets
+    lines, _ = bench_targets.run(opts.repeats, opts.compiled, opts.quick, progress=_progress)
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small inputs, 3 rounds")
@@ -191,6 +202,7 @@ def main(argv=None):
     maxent(summary, opts, torch, F)
     global_pools(summary, opts)
     netvlad(summary, opts)
+    target_lines = targets(opts)
     header = [f"# npool benchmark summary, {datetime.datetime.now():%Y-%m-%d %H:%M}",
               "",
               f"{platform.machine()}, {os.cpu_count()} CPUs; npool {npool.__version__} "
@@ -199,7 +211,8 @@ def main(argv=None):
               f"{'; QUICK (small inputs): the ratios mean little' if opts.quick else ''}."]
     out = pathlib.Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text(summary.markdown(header))
+    (out / "summary.md").write_text(summary.markdown(header) + "\n## Targets (issue 28)\n\n```\n"
+                                    + "\n".join(target_lines) + "\n```\n")
     _progress(f"wrote {out / 'summary.md'} ({len(summary.rows)} rows)")
     if not opts.no_plot:
         try:

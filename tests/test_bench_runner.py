@@ -26,3 +26,8 @@ def test_run_all_writes_the_summary(tmp_path):
     # max_pool2d), Max-Ent 2 layouts x 2 cases, global pools 2 shapes x 2 layouts x 10 cases,
     # NetVLAD 4
     assert len(rows) - 1 == 12 + 4 + 40 + 4
+    # issue 28's targets, each met or missed: 3 ops x 2 windows x 2 layouts x 6 checks, 4 other
+    # windows x 2 layouts x 2 checks, global pools 2 + 3
+    assert "## Targets (issue 28)" in table
+    verdicts = [line for line in table.splitlines() if line.endswith((" met", " MISSED"))]
+    assert len(verdicts) == 72 + 16 + 5, len(verdicts)

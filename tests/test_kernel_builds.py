@@ -156,3 +156,27 @@ def test_every_line_length_gives_the_same_bits(window):
             for lam in (None, 0.37):
                 window_kw = dict(kernel_size=kernel_size, stride=stride, padding=padding)
                 assert_same_bits(each_build(lambda: forward_backward(x, 2, lam, window_kw)))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_build_gives_the_same_bits_for_the_global_pools(layout, dtype):
+    """The global pools' kernels (the channels-last maximum on vectors of channels included)."""
+    rng = np.random.default_rng(9)
+    for shape in [(2, 70, 5, 7), (3, 16, 40, 41), (1, 600, 3, 3)]:
+        x = (rng.standard_normal(shape) * 4).astype(dtype)
+        flat = x.reshape(-1)
+        flat[rng.integers(0, flat.size, 5)] = [np.nan, np.inf, -np.inf, 2.5, 2.5]
+        x = channels_last(x) if layout == "channels_last" else x
+        g = np.cos(np.arange(shape[0] * shape[1])).reshape(shape[:2]).astype(dtype)
+
+        def pools():
+            y, index = npool.global_max_pool_forward(x, return_indices=True)
+            k, kindex = npool.global_kmax_pool_forward(x, 3, return_indices=True)
+            return (y, index, npool.global_avg_pool_forward(x),
+                    npool.global_lse_pool_forward(x, 0.5),
+                    npool.global_lse_pool_backward(g, x, 0.5), k, kindex,
+                    npool.global_kmax_pool_backward(g, x, 3, indices=kindex))
+
+        results = each_build(pools)
+        assert_same_bits([(build, r) for build, r in results if build[1]])

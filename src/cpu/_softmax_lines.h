@@ -16,11 +16,13 @@
  * the exp of _fastexp.h), so both give the same bits. SoftPool (lam = 1) skips the multiply.
  *
  * A line kernel returns how many outputs it did, from the first; the generic kernel does the
- * rest: lines it does not serve (other window sizes, steps of lam; fewer outputs than LANES),
- * and the outputs from a vector with a non-finite window on (NaN, +-inf, overflow: the generic
+ * rest: lines it does not serve (other window sizes, steps of lam), and the outputs from a
+ * vector with a non-finite window on (NaN, +-inf, overflow: the generic
  * kernel redoes them with the exact limits). A line ends with a vector that overlaps the one
  * before it: a forward or disjoint backward writes the overlapped outputs again, unchanged; an
- * adding line adds only the new outputs' terms (the other lanes keep their cells' values).
+ * adding line adds only the new outputs' terms (the other lanes keep their cells' values). A
+ * line shorter than a vector (an edge output, a short row, a few channels) is one vector read
+ * and written lane by lane, its spare lanes copies of its last output.
  *
  * Adding lines add each vector's terms so that a cell that overlapping windows share receives
  * their terms in output order, as the generic kernel and the gather pass add them: the later
