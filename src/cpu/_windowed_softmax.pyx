@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False, nonecheck=False
-"""The generic windowed-softmax pooling kernel: SoftPool (lam = 1) and Max-Entropy pooling.
+"""The windowed-softmax pooling kernel: SoftPool (lam = 1) and Max-Entropy pooling.
 
 For every sample and channel, output ``o`` pools the real (unpadded) cells ``R(o)`` of its window::
 
@@ -15,8 +15,16 @@ insert size-1 axes). Work is cut into *lines*: runs of outputs whose windows hav
 and sit a constant stride apart, so the innermost loops run over the outputs of a line and
 vectorise. A C-contiguous array is cut along W (one line per output row), a channels-last one
 along C (one line per output position, channels innermost). Lines are independent, so the
-parallel loop runs over lines and every value is computed by one thread in a fixed order: the
-results do not depend on the thread count, and both layouts give the same bits.
+parallel loop runs over units of a few lines of one plane and every value is computed by one
+thread in a fixed order: the results do not depend on the thread count, and both layouts give
+the same bits.
+
+Each line goes first to the vector lines of ``_softmax_lines.h`` (windows of 2 to 9 cells: a
+vector of outputs at a time in registers), which return how many outputs they did; the generic
+``_pool_line`` here does the rest (other window sizes, a lam that varies along a line other
+than one per channel, the windows with non-finite values). Both do the same operations in the
+same order: the same bits, whichever path and whichever build (baseline, x86-64-v3,
+x86-64-v4) runs.
 
 Windows whose ``z`` holds NaN or an infinity (seen as a non-finite M or y: NaN or infinite
 cells, ``lam * x`` overflowing, or a weighted sum overflowing near the float maximum) are redone
