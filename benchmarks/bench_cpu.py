@@ -137,25 +137,13 @@ def make_cases(x, torch, F, compiled=False):
     return cases
 
 
-def targets(med):
-    """Issue 28's targets for SoftPool 2x2/2 as (what, ratio, target, met) from the medians of
-    one layout: npool against a copy on all threads, PyTorch's max_pool2d (both allocating, and
-    npool with out=) and the torch.compile'd composite (when timed)."""
-    copy = med["copy, all threads"]
-    checks = []
-    for kind, bound in (("fwd", 1.2), ("fwd+bwd", 2.5)):
-        ratio = med[f"npool {kind} (out=)"] / copy
-        checks.append((f"npool {kind} (out=) / copy, all threads", ratio, f"<= {bound}",
-                       ratio <= bound))
-    for kind in ("fwd", "fwd+bwd"):
-        for ours in (f"npool {kind}", f"npool {kind} (out=)"):
-            ratio = med[f"torch max_pool2d {kind}"] / med[ours]
-            checks.append((f"max_pool2d / {ours}", ratio, ">= 1", ratio >= 1))
-    name = "torch.compile composite fwd+bwd"
-    if name in med:
-        ratio = med[name] / med["npool fwd+bwd (out=)"]
-        checks.append(("compiled composite / npool fwd+bwd (out=)", ratio, ">= 2", ratio >= 2))
-    return checks
+def targets(med, cells, threads):
+    """Issue 28's targets for SoftPool 2x2/2 from the medians (seconds) of one layout, as
+    report lines: bench_targets.py's checks (this script names PyTorch's cases its own way)."""
+    from bench_targets import check_lines, cpu_line, local_checks
+    ms = {name: seconds * 1e3 for name, seconds in med.items()}
+    ms.update({f"max_pool {kind}": ms[f"torch max_pool2d {kind}"] for kind in ("fwd", "fwd+bwd")})
+    return check_lines(local_checks(ms, cells, threads, cpu_line()[2]))
 
 
 def time_cases(cases, repeats):
@@ -206,8 +194,7 @@ def main():
             lines.append(f"{name:<40}{t * 1e3:>11.2f}{t / copy:>10.2f}{speed:>15}")
         lines.append("")
         summary.append(f"{layout}:")
-        summary.extend(f"  {what:<44}{value:6.2f}  target {target:<7} "
-                       f"{'met' if ok else 'MISSED'}" for what, value, target, ok in targets(med))
+        summary.extend(targets(med, int(np.prod(args.shape)), threads))
     lines.append("## targets (issue 28)")
     lines.extend(summary)
     report = "\n".join(lines)

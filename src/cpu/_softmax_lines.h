@@ -56,66 +56,14 @@ static int npool_vector_lines_on = 1;
 #define R float
 #define V npool_vf32
 #define LANES NPOOL_LANES_F32
-#define EVENS NPOOL_EVENS_f32
-#define ODDS NPOOL_ODDS_f32
-#define INTERLEAVE_LOW NPOOL_INTERLEAVE_LOW_f32
-#define INTERLEAVE_HIGH NPOOL_INTERLEAVE_HIGH_f32
-#define PUT_EVENS_LOW NPOOL_PUT_EVENS_LOW_f32
-#define PUT_EVENS_HIGH NPOOL_PUT_EVENS_HIGH_f32
-#define PUT_ODDS_LOW NPOOL_PUT_ODDS_LOW_f32
-#define PUT_ODDS_HIGH NPOOL_PUT_ODDS_HIGH_f32
-#define LANE_INDEX NPOOL_LANE_INDEX_f32
-#define SHIFT1 NPOOL_SHIFT1_f32
-#define SHIFT2 NPOOL_SHIFT2_f32
-#define NPOOL_T(name) npool_##name##_f32
-#include "_softmax_lines.inc"
-#undef R
-#undef V
-#undef LANES
-#undef EVENS
-#undef ODDS
-#undef INTERLEAVE_LOW
-#undef INTERLEAVE_HIGH
-#undef PUT_EVENS_LOW
-#undef PUT_EVENS_HIGH
-#undef PUT_ODDS_LOW
-#undef PUT_ODDS_HIGH
-#undef LANE_INDEX
-#undef SHIFT1
-#undef SHIFT2
-#undef NPOOL_T
+#define SFX f32
+#include "_softmax_lines.inc"  /* which undefines its parameters */
 
 #define R double
 #define V npool_vf64
 #define LANES NPOOL_LANES_F64
-#define EVENS NPOOL_EVENS_f64
-#define ODDS NPOOL_ODDS_f64
-#define INTERLEAVE_LOW NPOOL_INTERLEAVE_LOW_f64
-#define INTERLEAVE_HIGH NPOOL_INTERLEAVE_HIGH_f64
-#define PUT_EVENS_LOW NPOOL_PUT_EVENS_LOW_f64
-#define PUT_EVENS_HIGH NPOOL_PUT_EVENS_HIGH_f64
-#define PUT_ODDS_LOW NPOOL_PUT_ODDS_LOW_f64
-#define PUT_ODDS_HIGH NPOOL_PUT_ODDS_HIGH_f64
-#define LANE_INDEX NPOOL_LANE_INDEX_f64
-#define SHIFT1 NPOOL_SHIFT1_f64
-#define SHIFT2 NPOOL_SHIFT2_f64
-#define NPOOL_T(name) npool_##name##_f64
-#include "_softmax_lines.inc"
-#undef R
-#undef V
-#undef LANES
-#undef EVENS
-#undef ODDS
-#undef INTERLEAVE_LOW
-#undef INTERLEAVE_HIGH
-#undef PUT_EVENS_LOW
-#undef PUT_EVENS_HIGH
-#undef PUT_ODDS_LOW
-#undef PUT_ODDS_HIGH
-#undef LANE_INDEX
-#undef SHIFT1
-#undef SHIFT2
-#undef NPOOL_T
+#define SFX f64
+#include "_softmax_lines.inc"  /* which undefines its parameters */
 
 #else  /* no vector extensions: every line is the generic kernel's */
 

@@ -507,6 +507,26 @@ cdef inline Py_ssize_t _window_offsets(const Geometry* geo, Py_ssize_t nd, Py_ss
     return n
 
 
+cdef inline void _line_at(
+        Mode mode, const Geometry* geo, const floating* x, const floating* lam, floating* y,
+        const floating* g, floating* gx, floating* glam, Py_ssize_t xoff, Py_ssize_t xstep,
+        const Py_ssize_t* offsets, Py_ssize_t ncell, Py_ssize_t count, Py_ssize_t n,
+        Py_ssize_t ch, Py_ssize_t od, Py_ssize_t oh, Py_ssize_t ow, int axis,
+        floating* buffer, Py_ssize_t buffer_size) noexcept nogil:
+    """Pool ``count`` outputs from output (n, ch, od, oh, ow) on along axis ``axis`` of the
+    outputs (1: C, 3: H, 4: W), whose windows start at x[xoff], ``xstep`` apart, with their
+    cells at ``offsets[:ncell]``."""
+    _pool_line_dispatch(
+        mode, x + xoff, xstep, offsets, ncell, count,
+        lam + _output_offset(geo.lam_strides, n, ch, od, oh, ow), geo.lam_strides[axis],
+        y + _output_offset(geo.y_strides, n, ch, od, oh, ow) if y != NULL else NULL,
+        geo.y_strides[axis], geo.stats_plane,
+        g + _output_offset(geo.g_strides, n, ch, od, oh, ow) if g != NULL else NULL,
+        geo.g_strides[axis], gx + xoff if gx != NULL else NULL,
+        glam + _output_offset(geo.glam_strides, n, ch, od, oh, ow) if glam != NULL else NULL,
+        geo.glam_strides[axis], buffer, buffer_size)
+
+
 cdef inline void _channels_last_unit(
         Mode mode, const Geometry* geo, const floating* x, const floating* lam, floating* y,
         const floating* g, floating* gx, floating* glam, Py_ssize_t unit, Py_ssize_t group,
@@ -516,7 +536,7 @@ cdef inline void _channels_last_unit(
     numbered in (n, od, oh, ow group, channel block) order, channel block fastest."""
     cdef Py_ssize_t n_cblocks = (geo.size[1] + BLOCK - 1) // BLOCK
     cdef Py_ssize_t n_groups = (geo.out_size[2] + group - 1) // group
-    cdef Py_ssize_t rest, n, od, oh, ow, ow0, ow1, c0, xbase, xoff, ncell = 0
+    cdef Py_ssize_t rest, n, od, oh, ow, ow0, ow1, c0, xbase, ncell = 0
     cdef Py_ssize_t dlo = 0, hlo = 0, wlo = 0, nd = 0, nh = 0, nw = 0, cached_nw = -1
     c0 = (unit % n_cblocks) * BLOCK
     rest = unit // n_cblocks
@@ -536,17 +556,9 @@ cdef inline void _channels_last_unit(
         if nw != cached_nw:  # the cell offsets change only where padding cuts the window
             ncell = _window_offsets(geo, nd, nh, nw, offsets)
             cached_nw = nw
-        xoff = xbase + wlo * geo.x_strides[4]
-        _pool_line_dispatch(
-            mode, x + xoff, geo.x_strides[1], offsets, ncell,
-            min(<Py_ssize_t>BLOCK, geo.size[1] - c0),
-            lam + _output_offset(geo.lam_strides, n, c0, od, oh, ow), geo.lam_strides[1],
-            y + _output_offset(geo.y_strides, n, c0, od, oh, ow) if y != NULL else NULL,
-            geo.y_strides[1], geo.stats_plane,
-            g + _output_offset(geo.g_strides, n, c0, od, oh, ow) if g != NULL else NULL,
-            geo.g_strides[1], gx + xoff if gx != NULL else NULL,
-            glam + _output_offset(geo.glam_strides, n, c0, od, oh, ow) if glam != NULL
-            else NULL, geo.glam_strides[1], buffer, buffer_size)
+        _line_at(mode, geo, x, lam, y, g, gx, glam, xbase + wlo * geo.x_strides[4],
+                 geo.x_strides[1], offsets, ncell, min(<Py_ssize_t>BLOCK, geo.size[1] - c0), n,
+                 c0, od, oh, ow, 1, buffer, buffer_size)
 
 
 cdef inline void _rows_unit(
@@ -570,8 +582,7 @@ cdef inline void _rows_unit(
     # Outputs [inner_lo, inner_hi) have windows with all kw cells inside [0, W).
     cdef Py_ssize_t inner_lo = (pw + sw - 1) // sw
     cdef Py_ssize_t inner_hi = (geo.size[4] + pw - kw) // sw + 1 if geo.size[4] + pw >= kw else 0
-    cdef Py_ssize_t rest, n, ch, od, oh, oh0, oh1, ow, ow0, ow1, lo, hi, xrow, yrow, grow, xoff
-    cdef Py_ssize_t lrow, glrow, ncell = 0
+    cdef Py_ssize_t rest, n, ch, od, oh, oh0, oh1, ow, ow0, ow1, lo, hi, xrow, ncell = 0
     cdef Py_ssize_t dlo = 0, hlo = 0, nd = 0, nh = 0, cached_nh = -1
     cdef bint by_columns = mode == FORWARD or mode == BACKWARD_DISJOINT
     cdef bint row_edges
@@ -592,12 +603,6 @@ cdef inline void _rows_unit(
         _axis_window(geo, 1, oh, &hlo, &nh)
         xrow = (n * geo.x_strides[0] + ch * geo.x_strides[1] + dlo * geo.x_strides[2]
                 + hlo * geo.x_strides[3])
-        yrow = (n * geo.y_strides[0] + ch * geo.y_strides[1] + od * geo.y_strides[2]
-                + oh * geo.y_strides[3])
-        grow = (n * geo.g_strides[0] + ch * geo.g_strides[1] + od * geo.g_strides[2]
-                + oh * geo.g_strides[3])
-        lrow = _output_offset(geo.lam_strides, n, ch, od, oh, 0)
-        glrow = _output_offset(geo.glam_strides, n, ch, od, oh, 0)
         row_edges = not (by_columns and inner_h_lo <= oh < inner_h_hi)
         ow0 = 0
         while ow0 < OW:
@@ -609,34 +614,32 @@ cdef inline void _rows_unit(
             # In output order: the edge outputs before the line, the line, the edge outputs
             # after it.
             for ow in range(ow0, lo if row_edges else ow0):
-                _edge_output(mode, geo, x, lam, y, g, gx, glam, nd, nh, ow, xrow, yrow, grow,
-                             lrow, glrow, offsets + ncells, buffer, buffer_size)
+                _edge_output(mode, geo, x, lam, y, g, gx, glam, n, ch, od, oh, nd, nh, ow, xrow,
+                             offsets + ncells, buffer, buffer_size)
             if lo < hi:
                 if nh != cached_nh:  # the offsets change only where padding cuts the window
                     ncell = _window_offsets(geo, nd, nh, kw, offsets)
                     cached_nh = nh
-                xoff = xrow + (lo * sw - pw) * geo.x_strides[4]
-                _pool_line_dispatch(
-                    mode, x + xoff, sw * geo.x_strides[4], offsets, ncell, hi - lo,
-                    lam + lrow + lo * geo.lam_strides[4], geo.lam_strides[4],
-                    y + yrow + lo * geo.y_strides[4] if y != NULL else NULL, geo.y_strides[4],
-                    geo.stats_plane,
-                    g + grow + lo * geo.g_strides[4] if g != NULL else NULL, geo.g_strides[4],
-                    gx + xoff if gx != NULL else NULL,
-                    glam + glrow + lo * geo.glam_strides[4] if glam != NULL else NULL,
-                    geo.glam_strides[4], buffer, buffer_size)
+                _line_at(mode, geo, x, lam, y, g, gx, glam,
+                         xrow + (lo * sw - pw) * geo.x_strides[4], sw * geo.x_strides[4],
+                         offsets, ncell, hi - lo, n, ch, od, oh, lo, 4, buffer, buffer_size)
             for ow in range(hi, ow1 if row_edges else hi):
-                _edge_output(mode, geo, x, lam, y, g, gx, glam, nd, nh, ow, xrow, yrow, grow,
-                             lrow, glrow, offsets + ncells, buffer, buffer_size)
+                _edge_output(mode, geo, x, lam, y, g, gx, glam, n, ch, od, oh, nd, nh, ow, xrow,
+                             offsets + ncells, buffer, buffer_size)
             ow0 = ow1
     if not by_columns:
         return
     oh0 = max(oh0, inner_h_lo)
     oh1 = min(oh1, inner_h_hi)
-    for ow in range(OW):
-        if oh0 < oh1 and not inner_lo <= ow < inner_hi:
-            _edge_column(mode, geo, x, lam, y, g, gx, glam, n, ch, od, dlo, nd, oh0, oh1, ow,
-                         offsets + ncells, buffer, buffer_size)
+    if oh0 >= oh1:
+        return
+    # The edge outputs: before the first whole window along W and after the last.
+    for ow in range(min(inner_lo, OW)):
+        _edge_column(mode, geo, x, lam, y, g, gx, glam, n, ch, od, dlo, nd, oh0, oh1, ow,
+                     offsets + ncells, buffer, buffer_size)
+    for ow in range(max(inner_lo, inner_hi), OW):
+        _edge_column(mode, geo, x, lam, y, g, gx, glam, n, ch, od, dlo, nd, oh0, oh1, ow,
+                     offsets + ncells, buffer, buffer_size)
 
 
 cdef inline void _edge_column(
@@ -656,36 +659,23 @@ cdef inline void _edge_column(
         count = min(<Py_ssize_t>BLOCK, oh1 - oh)
         xoff = (n * geo.x_strides[0] + ch * geo.x_strides[1] + dlo * geo.x_strides[2]
                 + (oh * sh - ph) * geo.x_strides[3] + wlo * geo.x_strides[4])
-        _pool_line_dispatch(
-            mode, x + xoff, sh * geo.x_strides[3], offsets, ncell, count,
-            lam + _output_offset(geo.lam_strides, n, ch, od, oh, ow), geo.lam_strides[3],
-            y + _output_offset(geo.y_strides, n, ch, od, oh, ow) if y != NULL else NULL,
-            geo.y_strides[3], geo.stats_plane,
-            g + _output_offset(geo.g_strides, n, ch, od, oh, ow) if g != NULL else NULL,
-            geo.g_strides[3], gx + xoff if gx != NULL else NULL,
-            glam + _output_offset(geo.glam_strides, n, ch, od, oh, ow) if glam != NULL
-            else NULL, geo.glam_strides[3], buffer, buffer_size)
+        _line_at(mode, geo, x, lam, y, g, gx, glam, xoff, sh * geo.x_strides[3], offsets, ncell,
+                 count, n, ch, od, oh, ow, 3, buffer, buffer_size)
         oh += count
 
 
 cdef inline void _edge_output(
         Mode mode, const Geometry* geo, const floating* x, const floating* lam, floating* y,
-        const floating* g, floating* gx, floating* glam, Py_ssize_t nd, Py_ssize_t nh,
-        Py_ssize_t ow, Py_ssize_t xrow, Py_ssize_t yrow, Py_ssize_t grow, Py_ssize_t lrow,
-        Py_ssize_t glrow, Py_ssize_t* offsets, floating* buffer,
+        const floating* g, floating* gx, floating* glam, Py_ssize_t n, Py_ssize_t ch,
+        Py_ssize_t od, Py_ssize_t oh, Py_ssize_t nd, Py_ssize_t nh, Py_ssize_t ow,
+        Py_ssize_t xrow, Py_ssize_t* offsets, floating* buffer,
         Py_ssize_t buffer_size) noexcept nogil:
     """Output ow of a row whose window padding or ceil_mode cuts along W: a line of one."""
-    cdef Py_ssize_t wlo = 0, nw = 0, ncell, xoff
+    cdef Py_ssize_t wlo = 0, nw = 0, ncell
     _axis_window(geo, 2, ow, &wlo, &nw)
     ncell = _window_offsets(geo, nd, nh, nw, offsets)
-    xoff = xrow + wlo * geo.x_strides[4]
-    _pool_line_dispatch(
-        mode, x + xoff, 0, offsets, ncell, 1, lam + lrow + ow * geo.lam_strides[4], 0,
-        y + yrow + ow * geo.y_strides[4] if y != NULL else NULL, 0, geo.stats_plane,
-        g + grow + ow * geo.g_strides[4] if g != NULL else NULL, 0,
-        gx + xoff if gx != NULL else NULL,
-        glam + glrow + ow * geo.glam_strides[4] if glam != NULL else NULL, 0,
-        buffer, buffer_size)
+    _line_at(mode, geo, x, lam, y, g, gx, glam, xrow + wlo * geo.x_strides[4], 0, offsets,
+             ncell, 1, n, ch, od, oh, ow, 4, buffer, buffer_size)
 
 
 cdef void _run_lines(Mode mode, const Geometry* geo, const floating* x, const floating* lam,
