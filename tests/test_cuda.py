@@ -636,6 +636,13 @@ def test_global_pools_match_the_cpu(gpu, name, forward, backward, kwargs, select
         grad_gpu = gpu.to_host(backward(gpu.to_device(g), gpu.to_device(x), keepdims=keepdims,
                                         indices=index_gpu, **kwargs))
         np.testing.assert_allclose(grad_gpu, grad, rtol=tolerance, atol=tolerance * scale)
+    if name.startswith("lse"):  # the forward's statistics: the same gradient, bit for bit
+        y_s, stats = forward(gpu.to_device(x), keepdims=keepdims, return_stats=True, **kwargs)
+        np.testing.assert_array_equal(gpu.to_host(y_s), y_gpu)
+        assert gpu.read(stats).shape == x.shape[:2] + (2,)
+        grad_s = gpu.to_host(backward(gpu.to_device(g), gpu.to_device(x), keepdims=keepdims,
+                                      stats=stats, **kwargs))
+        np.testing.assert_array_equal(grad_s, grad_gpu)
 
 
 def test_global_pools_nan_and_float16(gpu):
@@ -756,9 +763,12 @@ def test_global_pools_extreme_values_match_the_cpu(gpu, values, beta, dtype):
     rtol = 4 * np.finfo(dtype).eps
     np.testing.assert_allclose(gpu.to_host(npool.global_lse_pool_forward(gpu.to_device(x), beta)),
                                expected, rtol=rtol)
-    np.testing.assert_allclose(gpu.to_host(npool.global_lse_pool_backward(
-        gpu.to_device(np.ones((1, 1), dtype)), gpu.to_device(x), beta)), grad, rtol=1e-5,
-        atol=1e-7)
+    grad_gpu = gpu.to_host(npool.global_lse_pool_backward(
+        gpu.to_device(np.ones((1, 1), dtype)), gpu.to_device(x), beta))
+    np.testing.assert_allclose(grad_gpu, grad, rtol=1e-5, atol=1e-7)
+    _, stats = npool.global_lse_pool_forward(gpu.to_device(x), beta, return_stats=True)
+    np.testing.assert_array_equal(gpu.to_host(npool.global_lse_pool_backward(
+        gpu.to_device(np.ones((1, 1), dtype)), gpu.to_device(x), beta, stats=stats)), grad_gpu)
     for forward in (npool.global_avg_pool_forward,
                     lambda a: npool.global_kmax_pool_forward(a, 4),
                     lambda a: npool.weldon_pool_forward(a, 2, 2, 0.5)):

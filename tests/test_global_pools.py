@@ -271,6 +271,61 @@ def test_other_strides_float16_and_empty_batch():
         empty.shape
 
 
+@given(global_problems(np.float32, elements=values, max_side=20),
+       st.sampled_from([np.float16, np.float32, np.float64]),
+       st.sampled_from([1.0, -2.5, 0.0, 1e-3, 40.0, 1e-40, 1e5]), st.booleans())
+@settings(max_examples=60)
+def test_lse_backward_reusing_the_forward_statistics_is_the_same_bits(problem, dtype, beta,
+                                                                      keepdims):
+    """stats= (the forward's M and S per map) spares the backward a pass of exponentials and
+    changes no bit, whatever the values (NaN, infinities, overflow), beta, dtype and layout."""
+    x, layout = problem
+    x = x.astype(dtype)
+    if layout == "channels_last":
+        x = channels_last(np.ascontiguousarray(x))
+    with np.errstate(all="ignore"):
+        y = npool.global_lse_pool_forward(x, beta, keepdims)
+        y_s, stats = npool.global_lse_pool_forward(x, beta, keepdims, return_stats=True)
+        np.testing.assert_array_equal(y_s, y)
+        assert stats.shape == x.shape[:2] + (2,) and stats.dtype == np.float64
+        g = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+        grad = npool.global_lse_pool_backward(g, x, beta, keepdims)
+        grad_s = npool.global_lse_pool_backward(g, x, beta, keepdims, stats=stats)
+    assert grad_s.strides == grad.strides
+    np.testing.assert_array_equal(grad_s, grad)
+
+
+def test_lse_statistics_out_and_errors():
+    x = np.random.default_rng(8).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    y, stats = npool.global_lse_pool_forward(x, 2.0, return_stats=True)
+    out = (np.empty_like(y), np.empty((2, 3, 2)))
+    result = npool.global_lse_pool_forward(x, 2.0, return_stats=True, out=out)
+    assert result[0] is out[0] and result[1] is out[1]
+    np.testing.assert_array_equal(out[1], stats)
+    # M = max beta x (in x's precision), S = sum exp(beta x - M)
+    m = (np.float32(2.0) * x).reshape(2, 3, -1).max(axis=2)
+    np.testing.assert_array_equal(stats[..., 0], m)
+    np.testing.assert_allclose(stats[..., 1], np.exp(2.0 * x.reshape(2, 3, -1).astype(
+        np.float64) - m[..., None]).sum(axis=2), rtol=1e-6)
+    _, zero = npool.global_lse_pool_forward(x, 0.0, return_stats=True)
+    np.testing.assert_array_equal(zero, np.stack([np.zeros((2, 3)), np.full((2, 3), 20.0)], -1))
+    _, empty = npool.global_lse_pool_forward(x[:0], return_stats=True)
+    assert empty.shape == (0, 3, 2)
+    g = np.ones((2, 3), np.float32)
+    with pytest.raises(TypeError, match="stats must be the float64"):
+        npool.global_lse_pool_backward(g, x, 2.0, stats=stats.astype(np.float32))
+    with pytest.raises(TypeError, match="stats must be the float64"):
+        npool.global_lse_pool_backward(g, x, 2.0, stats=stats.tolist())
+    with pytest.raises(ValueError, match=r"stats must have shape \(2, 3, 2\)"):
+        npool.global_lse_pool_backward(g, x, 2.0, stats=stats[:1])
+    with pytest.raises(ValueError, match=r"stats must have shape"):
+        npool.global_lse_pool_backward(g, x, 0.0, stats=stats[..., :1])
+    with pytest.raises(TypeError, match="return_stats must be a bool"):
+        npool.global_lse_pool_forward(x, return_stats=1)
+    with pytest.raises(TypeError, match="out must be a tuple of 2"):
+        npool.global_lse_pool_forward(x, return_stats=True, out=np.empty((2, 3), np.float32))
+
+
 def test_inputs_are_not_modified():
     x = np.random.default_rng(7).standard_normal((2, 3, 5, 5))
     before = x.copy()

@@ -440,7 +440,6 @@ def lse_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, const doub
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t t, i, n, c, p
     cdef floating fbeta = <floating>beta
-    cdef floating mm, cc
     cdef const floating* xbase
     cdef floating* gbase
     cdef Py_ssize_t sxN = x.strides[0] // x.itemsize, sxC = x.strides[1] // x.itemsize
@@ -453,26 +452,38 @@ def lse_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, const doub
     require(n_threads >= 1, "n_threads must be >= 1")
     if N * C * S == 0:
         return
+    xbase = &x[0, 0, 0]
+    gbase = &grad_x[0, 0, 0]
     if x.strides[2] == x.itemsize or S == 1:
         for t in prange(N * C, schedule='static', nogil=True, num_threads=n_threads):
             n = t // C
             c = t % C
-            mm = <floating>m[t]
-            cc = <floating>coef[t]
-            if _finite(m[t]):
-                for i in range(S):
-                    grad_x[n, c, i] = cc * exp_nonpositive(fbeta * x[n, c, i] - mm)
-            else:
-                for i in range(S):
-                    grad_x[n, c, i] = <floating>(coef[t] * _weight(fbeta * x[n, c, i], m[t]))
+            _lse_gradient_map(xbase + n * sxN + c * sxC, gbase + n * sgN + c * sgC, sgS, S,
+                              m[t], coef[t], fbeta)
     else:
-        xbase = &x[0, 0, 0]
-        gbase = &grad_x[0, 0, 0]
         for t in prange(N * S, schedule='static', nogil=True, num_threads=n_threads):
             n = t // S
             p = t % S
             _lse_gradient_position(xbase + n * sxN + p * sxS, gbase + n * sgN + p * sgS, sxC,
                                    sgC, C, &m[n * C], &coef[n * C], fbeta)
+
+
+cdef inline void _lse_gradient_map(const floating* x, floating* gx, Py_ssize_t gstep,
+                                   Py_ssize_t S, double m, double coef,
+                                   floating beta) noexcept nogil:
+    """The S contiguous cells of one map: gx_i = coef exp(beta x_i - M); a branch-free,
+    vectorised loop when M is finite and gx is contiguous too."""
+    cdef Py_ssize_t i
+    cdef floating mm = <floating>m, cc = <floating>coef
+    if not _finite(m):
+        for i in range(S):
+            gx[i * gstep] = <floating>(coef * _weight(beta * x[i], m))
+    elif gstep == 1:
+        for i in range(S):
+            gx[i] = cc * exp_nonpositive(beta * x[i] - mm)
+    else:
+        for i in range(S):
+            gx[i * gstep] = cc * exp_nonpositive(beta * x[i] - mm)
 
 
 cdef inline void _lse_gradient_position(const floating* x, floating* gx, Py_ssize_t step,

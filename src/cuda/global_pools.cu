@@ -19,6 +19,8 @@ struct Args {
   const void* grad_out;       // (maps,) gradients, with g_strides over (N, C)
   void* out;                  // y (maps,) or grad_x (N, C, n) with out_strides
   int64_t* index;             // selected flat indices (maps, k + kb), or the max's (maps,)
+  double* stats;              // LSE's (maps, 2) x* and S: the forward writes them, when not
+                              // null, and the backward reads them instead of computing them
   int64_t maps;
   int64_t n;                  // cells per map
   int64_t channels;
@@ -197,6 +199,10 @@ template <typename T> NPOOL_FN void lse_body(const Args& a) {
         y = st.xs + ::log1p(st.s1 / n) / beta;
       }
       static_cast<T*>(a.out)[map] = from_acc<T>(static_cast<typename Accumulator<T>::type>(y));
+      if (a.stats != nullptr) {
+        a.stats[2 * map] = st.xs;
+        a.stats[2 * map + 1] = st.s;
+      }
     }
     sync_block();
   }
@@ -207,7 +213,13 @@ template <typename T> NPOOL_FN void lse_backward_body(const Args& a) {
   using A = typename Accumulator<T>::type;
   for (int64_t map = block_index(); map < a.maps; map += grid_size()) {
     const Map m = map_offsets(a, map);
-    const LseSums st = lse_sums<T>(a, m.x, false);
+    LseSums st = {};
+    if (a.stats != nullptr) {  // the forward's: the same sums, in the same order
+      st.xs = a.stats[2 * map];
+      st.s = a.stats[2 * map + 1];
+    } else {
+      st = lse_sums<T>(a, m.x, false);
+    }
     const double g = grad_out_of<T>(a, map);
     for (int64_t i = thread_index(); i < a.n; i += block_size()) {
       const double v = cell<T>(a, m.x, i);

@@ -558,7 +558,7 @@ def _lse_redo(maps, m, s, beta):
 
 
 def global_lse_pool_forward(x: ArrayLike, beta: float = 1.0, keepdims: bool = False, *,
-                            out: Out = None) -> Array:
+                            return_stats: bool = False, out: Out = None) -> ArrayOrPair:
     """LogSumExp pooling: a soft maximum of each map.
 
     ``y = (1/beta) log((1/n) sum_i exp(beta x_i))``: the mean at ``beta = 0``, the max as
@@ -578,21 +578,32 @@ def global_lse_pool_forward(x: ArrayLike, beta: float = 1.0, keepdims: bool = Fa
         values the min.
     keepdims : bool, default False
         Keep the spatial axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
-    out : array, optional
-        Keyword only: where to write y (y's shape, x's dtype).
+    return_stats : bool, default False
+        Keyword only: also return the per-map statistics the forward computed, for
+        ``global_lse_pool_backward(..., stats=)``, which then does not compute them again (its
+        cost halves on the CPU).
+    out : array or tuple, optional
+        Keyword only: where to write y (y's shape, x's dtype); with ``return_stats`` a pair
+        ``(y's, the statistics')`` of destinations, each None or an array.
 
     Returns
     -------
     y : numpy.ndarray or GPUArray
         ``(N, C)`` (or ``(N, C, 1, ...)``), x's dtype; ``out`` when given.
+    stats : numpy.ndarray or GPUArray
+        With ``return_stats`` only: float64 ``(N, C, 2)``, on x's device; per map a reference
+        ``r`` and ``S = sum_i exp(beta (x_i - r))``, so that the softmax weights are
+        ``exp(beta (x_i - r)) / S`` (the CPU keeps ``beta r`` = the largest ``beta x_i`` as
+        its kernels round it, the GPU ``r`` = the extreme cell). Opaque to callers: pass it to
+        the backward of the same x and beta, on the same device.
 
     Raises
     ------
     TypeError
-        A non-float x, or grad_out / ``out`` of another dtype.
+        A non-float x, or ``out`` of another dtype.
     ValueError
-        Fewer than three axes, an empty channel or spatial axis, a bad count or option, or an
-        ``out`` of another shape, read-only or overlapping an input.
+        Fewer than three axes, an empty channel or spatial axis, a bad option, or an ``out`` of
+        another shape, read-only or overlapping an input.
 
     Examples
     --------
@@ -601,28 +612,63 @@ def global_lse_pool_forward(x: ArrayLike, beta: float = 1.0, keepdims: bool = Fa
     998.61
     """
     keepdims, _ = _flags(keepdims)
+    return_stats = _checks.flag(return_stats, "return_stats")
     beta = _checks.finite_real(beta, "beta")
-    if beta == 0:
-        return global_avg_pool_forward(x, keepdims, out=out)
-    out, = _checks.out_entries(out, 1)
+    out, out_stats = _forward_outs(out, return_stats)
     gpu = _gpu(x=x)
     if gpu:
-        return gpu.forward("lse", x, keepdims, False, beta=beta, out=out)
+        _checks.refuse_gpu_out([out_stats], "the statistics (pass None for them)")
+        if beta == 0 and not return_stats:
+            return gpu.forward("avg", x, keepdims, False, out=out)
+        return gpu.forward("lse", x, keepdims, False, beta=beta, out=out,
+                           return_stats=return_stats)
+    if beta == 0:  # the mean; its statistics (M = 0, S = n) are the limit's
+        y = global_avg_pool_forward(x, keepdims, out=out)
+        if not return_stats:
+            return y
+        maps = _Maps(x)
+        return y, _deliver_stats(maps, np.zeros(maps.maps), np.full(maps.maps, maps.n, float),
+                                 out_stats)
     maps = _lse_maps(x, beta)
     out = maps.check_out(out, keepdims, {"x": x})
     if maps.empty():
-        return maps.result(np.zeros(0), keepdims, out)
+        y = maps.result(np.zeros(0), keepdims, out)
+        return (y, _deliver_stats(maps, np.zeros(0), np.zeros(0), out_stats)) if return_stats \
+            else y
     m, s = _lse_stats(maps, beta)
     with np.errstate(invalid="ignore", divide="ignore"):
         values = np.where(np.isfinite(m), m + np.log(s / maps.n), m) / beta
     rows, cells = _lse_redo(maps, m, s, beta)
     if rows.size:
         values[rows] = _lse_exact(cells, beta)
-    return maps.result(values, keepdims, out)
+    y = maps.result(values, keepdims, out)
+    return (y, _deliver_stats(maps, m, s, out_stats)) if return_stats else y
+
+
+def _deliver_stats(maps, m, s, out):
+    """LSE's statistics (M, S) per map as the float64 (N, C, 2) array the backward takes."""
+    shape = maps.shape[:2] + (2,)
+    out = _checks.out_array(out, shape, np.float64, {"x": maps.original}, name="out[1]")
+    return _checks.deliver(np.stack([m, s], axis=-1).reshape(shape), out)
+
+
+def _received_stats(maps, stats):
+    """``stats=`` of the LSE backward checked: (M, S), each (maps,) float64."""
+    if isinstance(stats, np.ma.MaskedArray) or not isinstance(stats, np.ndarray) or \
+            stats.dtype != np.float64:
+        raise TypeError(f"stats must be the float64 numpy array global_lse_pool_forward("
+                        f"..., return_stats=True) returned, got "
+                        f"{getattr(stats, 'dtype', type(stats).__name__)}")
+    shape = maps.shape[:2] + (2,)
+    if stats.shape != shape:
+        raise ValueError(f"stats must have shape {shape} (N, C, 2), got {stats.shape}")
+    pairs = stats.reshape(maps.maps, 2)
+    return pairs[:, 0].copy(), pairs[:, 1].copy()
 
 
 def global_lse_pool_backward(grad_out: ArrayLike, x: ArrayLike, beta: float = 1.0,
-                             keepdims: bool = False, *, out: Out = None) -> Array:
+                             keepdims: bool = False, *, stats: Optional[ArrayLike] = None,
+                             out: Out = None) -> Array:
     """Gradient of ``global_lse_pool_forward``.
 
     ``dL/dx_i = grad_out * softmax(beta x)_i`` (``1/n`` at ``beta = 0``), with no
@@ -641,6 +687,10 @@ def global_lse_pool_backward(grad_out: ArrayLike, x: ArrayLike, beta: float = 1.
         values the min.
     keepdims : bool, default False
         Keep the spatial axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    stats : numpy.ndarray or GPU array, optional
+        Keyword only: the statistics ``global_lse_pool_forward(x, beta, return_stats=True)``
+        returned for this x and beta; the backward then reads them instead of making a pass of
+        exponentials over x to compute them again. The gradient is the same, bit for bit.
     out : array, optional
         Keyword only: where to write grad_x (x's shape and dtype).
 
@@ -652,31 +702,39 @@ def global_lse_pool_backward(grad_out: ArrayLike, x: ArrayLike, beta: float = 1.
     Raises
     ------
     TypeError
-        A non-float x, or grad_out / ``out`` of another dtype.
+        A non-float x, grad_out / ``out`` of another dtype, or ``stats`` not a float64 array
+        (of x's device).
     ValueError
-        Fewer than three axes, an empty channel or spatial axis, a bad count or option, or an
-        ``out`` of another shape, read-only or overlapping an input.
+        Fewer than three axes, an empty channel or spatial axis, a bad option, ``stats`` of
+        another shape than ``(N, C, 2)``, or an ``out`` of another shape, read-only or
+        overlapping an input.
 
     Examples
     --------
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 2, 2, 4)
-    >>> g = npool.global_lse_pool_backward(np.ones((1, 2), np.float32), x, beta=2.0)
+    >>> y, stats = npool.global_lse_pool_forward(x, beta=2.0, return_stats=True)
+    >>> g = npool.global_lse_pool_backward(np.ones((1, 2), np.float32), x, beta=2.0,
+    ...                                    stats=stats)
     >>> g.sum(axis=(2, 3)).round(6).tolist()  # a softmax per map
     [[1.0, 1.0]]
     """
     keepdims, _ = _flags(keepdims)
     beta = _checks.finite_real(beta, "beta")
-    if beta == 0:
-        return global_avg_pool_backward(grad_out, x, keepdims, out=out)
-    gpu = _gpu(grad_out=grad_out, x=x)
+    gpu = _gpu(grad_out=grad_out, x=x, **({} if stats is None else {"stats": stats}))
     if gpu:
-        return gpu.backward("lse", grad_out, x, keepdims, beta=beta, out=_backward_out(out))
+        return gpu.backward("avg" if beta == 0 else "lse", grad_out, x, keepdims, beta=beta,
+                            stats=stats, out=_backward_out(out))
+    if beta == 0:
+        if stats is not None:
+            _received_stats(_Maps(x), stats)
+        return global_avg_pool_backward(grad_out, x, keepdims, out=out)
     maps = _lse_maps(x, beta)
+    received = None if stats is None else _received_stats(maps, stats)
     if maps.empty():
         return global_avg_pool_backward(grad_out, x, keepdims, out=out)
     g = maps.grad_out(grad_out, keepdims)
     maps.expect_out(_backward_out(out), {"x": x, "grad_out": grad_out})
-    m, s = _lse_stats(maps, beta)
+    m, s = _lse_stats(maps, beta) if received is None else received
     grad = maps.new_gradient()
     grad3 = maps.view3(grad)
     _kernels().lse_gradient(maps.x3, grad3, m, g / s, beta, maps.threads)

@@ -10,7 +10,7 @@ from . import _device
 from ._arrays import describe, out_array, run_stride, type_suffix
 
 ARGS = np.dtype([
-    ("x", "u8"), ("grad_out", "u8"), ("out", "u8"), ("index", "u8"),
+    ("x", "u8"), ("grad_out", "u8"), ("out", "u8"), ("index", "u8"), ("stats", "u8"),
     ("maps", "i8"), ("n", "i8"), ("channels", "i8"), ("x_strides", "i8", 3),
     ("out_strides", "i8", 3), ("g_strides", "i8", 2), ("k", "i8"), ("k_bottom", "i8"),
     ("beta", "f8"), ("alpha", "f8"), ("count", "i8"),
@@ -93,9 +93,10 @@ class Maps:
 
 
 def forward(kind, x, keepdims, return_indices, beta=1.0, k=0, k_bottom=0, alpha=0.0,
-            out=None):
-    """y (and indices) of global pool ``kind`` ("max", "avg", "lse", "select") on the GPU; y
-    written into ``out`` (C-contiguous, y's shape and x's dtype) when given."""
+            out=None, return_stats=False):
+    """y (and indices, or LSE's statistics) of global pool ``kind`` ("max", "avg", "lse",
+    "select") on the GPU; y written into ``out`` (C-contiguous, y's shape and x's dtype) when
+    given. LSE's statistics: float64 (N, C, 2), per map x* and sum exp(beta (x - x*))."""
     maps = Maps(x)
     y, y_array = maps.destination(out, maps.output_shape(keepdims), "contiguous",
                                   {"x": maps.x})
@@ -108,19 +109,36 @@ def forward(kind, x, keepdims, return_indices, beta=1.0, k=0, k_bottom=0, alpha=
             shape = y_array.shape if kind == "max" else maps.shape[:2] + (k + k_bottom,)
             index, index_array = maps.indices(call, shape)
             index_ptr = index_array.ptr
+        stats, stats_ptr = None, 0
+        if return_stats:
+            stats, stats_array = call.empty(maps.shape[:2] + (2,), np.float64,
+                                            _checks.dense_strides(maps.shape[:2] + (2,),
+                                                                  "contiguous"))
+            stats_ptr = stats_array.ptr
         if maps.maps:
-            args = maps.arguments(out=y_array.ptr, index=index_ptr, beta=beta, k=k,
-                                  k_bottom=k_bottom, alpha=alpha)
+            args = maps.arguments(out=y_array.ptr, index=index_ptr, stats=stats_ptr, beta=beta,
+                                  k=k, k_bottom=k_bottom, alpha=alpha)
             call.launch_blocks(maps.kernel(kind), args[()], maps.maps, maps.shared_bytes(call))
+    if return_stats:
+        return y, stats
     return (y, index) if return_indices else y
 
 
 def backward(kind, grad_out, x, keepdims, indices=None, beta=1.0, k=0, k_bottom=0, alpha=0.0,
-             out=None):
-    """grad_x of global pool ``kind`` on the GPU; selections use ``indices`` when given; grad_x
-    is written into ``out`` (x's shape, dtype and dense layout) when given."""
+             out=None, stats=None):
+    """grad_x of global pool ``kind`` on the GPU; selections use ``indices`` when given, LSE
+    the forward's ``stats`` (checked for any kind); grad_x is written into ``out`` (x's shape,
+    dtype and dense layout) when given."""
     maps = Maps(x)
     g = maps.grad_out(grad_out, keepdims)
+    statistics = None
+    if stats is not None:
+        statistics = describe(stats, "stats", dtypes=(np.dtype(np.float64),))
+        expected = maps.shape[:2] + (2,)
+        if statistics.shape != expected or _checks.layout_of_strides(
+                statistics.shape, statistics.strides) != "contiguous":
+            raise ValueError(f"stats must be the C-contiguous float64 array of shape {expected} "
+                             f"that the forward returned, got shape {statistics.shape}")
     index = None
     if indices is not None:
         index = describe(indices, "indices", dtypes=(np.dtype(np.int64),))
@@ -132,7 +150,8 @@ def backward(kind, grad_out, x, keepdims, indices=None, beta=1.0, k=0, k_bottom=
                              f"{index.shape}")
     grad, grad_array = maps.destination(out, maps.shape, maps.layout,
                                         {"x": maps.x, "grad_out": g, "indices": index})
-    others = {name: a for name, a in (("indices", index), ("out", grad_array)) if a is not None}
+    others = {name: a for name, a in (("indices", index), ("stats", statistics),
+                                      ("out", grad_array)) if a is not None}
     device = maps.device(grad_out=g, **others)
     streams = [g.stream, maps.x.stream] + [a.stream for a in others.values()]
     with device.session(streams) as call:
@@ -151,6 +170,7 @@ def backward(kind, grad_out, x, keepdims, indices=None, beta=1.0, k=0, k_bottom=
             args = maps.arguments(count=maps.maps * maps.n, **fields)
             call.launch(maps.kernel("avg_backward"), args[()], maps.maps * maps.n)
         elif kind == "lse":
+            fields.update(stats=0 if statistics is None else statistics.ptr)
             call.launch_blocks(maps.kernel("lse_backward"), maps.arguments(**fields)[()],
                                maps.maps, shared)
         else:

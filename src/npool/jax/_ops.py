@@ -638,9 +638,17 @@ def _global_pool(name, x, keepdims, data_format, selects, options, portable):
     def shape_back(a):  # npool's (N, C[, 1...]) result in JAX's order
         return np.moveaxis(a, 1, -1) if last and keepdims else a
 
+    # LSE's backward reuses the forward's statistics: float64 (N, C, 2), carried as their bits
+    # (uint32 (N, C, 4)), which JAX keeps whether or not x64 is enabled
+    keeps_stats = name == "global_lse_pool"
+
     def pool_forward(xa):
         result = forward_core(_to_npool(xa, last), keepdims=keepdims,
-                              **({"return_indices": True} if selects else {}), **options)
+                              **({"return_indices": True} if selects else {}),
+                              **({"return_stats": True} if keeps_stats else {}), **options)
+        if keeps_stats:
+            y, stats = result
+            return shape_back(y), np.ascontiguousarray(stats).view(np.uint32)
         if not selects:
             return (shape_back(result),)
         y, index = result
@@ -651,7 +659,10 @@ def _global_pool(name, x, keepdims, data_format, selects, options, portable):
     def pool_backward(g, xa, *index):
         if index and name == "global_max_pool" and last and keepdims:
             index = (np.moveaxis(index[0], -1, 1),)
-        extra = {"indices": index[0].astype(np.int64, copy=False)} if index else {}
+        if keeps_stats:
+            extra = {"stats": np.ascontiguousarray(index[0]).view(np.float64)}
+        else:
+            extra = {"indices": index[0].astype(np.int64, copy=False)} if index else {}
         g_npool = np.moveaxis(g, -1, 1) if last and keepdims else g
         return (_from_npool(backward_core(g_npool, _to_npool(xa, last), keepdims=keepdims,
                                           **options, **extra), last),)
@@ -662,10 +673,13 @@ def _global_pool(name, x, keepdims, data_format, selects, options, portable):
             index_shape = out_shape if name == "global_max_pool" else \
                 (x.shape[0], channels, count)
             structs += (_struct(index_shape, index_dtype),)
+        if keeps_stats:
+            structs += (_struct((x.shape[0], channels, 4), np.uint32),)
         return structs
 
     op = _kernel_op(_Numpy(pool_forward, shapes), _Numpy(pool_backward, None), (True,),
-                    fold=True, portable_form=portable_form, residuals=1 if selects else 0)
+                    fold=True, portable_form=portable_form,
+                    residuals=1 if selects or keeps_stats else 0)
     return op(x)
 
 

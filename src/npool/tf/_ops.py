@@ -194,9 +194,9 @@ soft_pool3d = _make_soft_pool(3)
 
 # ------------------------------------------------------------------ global pools
 def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_dims=None,
-                 **kwargs):
+                 saves=None, **kwargs):
     """A global pool of npool's core as a tf.custom_gradient function; selecting pools hand
-    their indices from the forward to the backward. ``spatial_dims`` (an int) requires that
+    their indices from the forward to the backward, LSE its statistics (``saves``). ``spatial_dims`` (an int) requires that
     many spatial axes, as Keras' ``Global…Pooling2D`` layers do (batched input only)."""
     x = _tensor(x)
     if x.dtype not in _FLOAT_DTYPES:
@@ -244,17 +244,21 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_d
     if where == PORTABLE:
         return portable_forward(x)
 
+    # what the forward hands to the backward: (the forward's flag, the backward's argument,
+    # dtype), the selected cells' indices or what ``saves`` names (LSE's statistics)
+    saved = ("return_indices", "indices", tf.int64) if selects else saves
+
     @tf.custom_gradient
     def pool(x):
-        if selects:
+        if saved:
             def forward_numpy(xa):
-                y, index = forward(to_npool(xa), keepdims=keepdims, return_indices=True,
+                y, index = forward(to_npool(xa), keepdims=keepdims, **{saved[0]: True},
                                    **kwargs)
-                if isinstance(index, np.ndarray):
+                if isinstance(index, np.ndarray) and selects:
                     index = index.astype(np.int64, copy=False)
                 return from_npool(y, keepdims), index
 
-            y, index = call_core(forward_numpy, [x], [x.dtype, tf.int64], "npool_global_pool",
+            y, index = call_core(forward_numpy, [x], [x.dtype, saved[2]], "npool_global_pool",
                                  where)
         else:
             y = call_core(lambda xa: from_npool(forward(to_npool(xa), keepdims=keepdims,
@@ -265,7 +269,7 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_d
 
         def grad(dy):
             def backward_numpy(ga, xa, *index_array):
-                extra = {"indices": index_array[0]} if index_array else {}
+                extra = {saved[1]: index_array[0]} if index_array else {}
                 return from_npool(backward(to_npool(ga), to_npool(xa), keepdims=keepdims,
                                            **kwargs, **extra))
 
@@ -379,6 +383,7 @@ def global_lse_pool(x: TensorLike, beta: float = 1.0, keepdims: bool = False,
                     spatial_dims: Optional[int] = None) -> tf.Tensor:
     return _global_pool(x, npool.global_lse_pool_forward, npool.global_lse_pool_backward,
                         keepdims, data_format, False, spatial_dims,
+                        saves=("return_stats", "stats", tf.float64),
                         beta=_checks.finite_real(beta, "beta"))
 
 

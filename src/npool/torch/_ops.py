@@ -273,23 +273,27 @@ def _global_avg_pool_backward(grad_out: torch.Tensor, x: torch.Tensor,
 
 
 @torch.library.custom_op("npool::global_lse_pool", mutates_args=())
-def _global_lse_pool(x: torch.Tensor, beta: float, keepdims: bool) -> torch.Tensor:
+def _global_lse_pool(x: torch.Tensor, beta: float,
+                     keepdims: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """y and the statistics (float64 (N, C, 2)) the backward reuses."""
     y = x.new_empty(_pooled_shape(x, keepdims))
-    npool.global_lse_pool_forward(to_core(x), beta, keepdims, out=to_core(y))
-    return y
+    _, stats = npool.global_lse_pool_forward(to_core(x), beta, keepdims, return_stats=True,
+                                             out=(to_core(y), None))
+    return y, from_core(stats, x)
 
 
 @_global_lse_pool.register_fake
 def _(x, beta, keepdims):
-    return x.new_empty(_pooled_shape(x, keepdims))
+    return (x.new_empty(_pooled_shape(x, keepdims)),
+            x.new_empty(tuple(x.shape[:2]) + (2,), dtype=torch.float64))
 
 
 @torch.library.custom_op("npool::global_lse_pool_backward", mutates_args=())
-def _global_lse_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, beta: float,
-                              keepdims: bool) -> torch.Tensor:
+def _global_lse_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, stats: torch.Tensor,
+                              beta: float, keepdims: bool) -> torch.Tensor:
     grad_x = _grad_like(x)
     npool.global_lse_pool_backward(to_core(grad_out.to(x.dtype)), to_core(x), beta, keepdims,
-                                   out=to_core(grad_x))
+                                   stats=to_core(stats), out=to_core(grad_x))
     return grad_x
 
 
@@ -326,7 +330,8 @@ for _op in (_global_max_pool_backward, _global_avg_pool_backward, _global_lse_po
 def _save_x(ctx, inputs, output):
     x, *arguments = inputs
     ctx.arguments = arguments
-    if isinstance(output, tuple):  # selections: the backward reuses the forward's indices
+    if isinstance(output, tuple):  # the backward reuses the forward's indices (selections)
+        ctx.mark_non_differentiable(output[1])  # or statistics (LSE)
         ctx.save_for_backward(x, output[1])
     else:
         ctx.save_for_backward(x)
@@ -342,9 +347,9 @@ def _avg_autograd(ctx, grad_out):
     return _global_avg_pool_backward(grad_out, x, *ctx.arguments), None
 
 
-def _lse_autograd(ctx, grad_out):
-    x, = ctx.saved_tensors
-    return _global_lse_pool_backward(grad_out, x, *ctx.arguments), None, None
+def _lse_autograd(ctx, grad_out, _grad_stats):
+    x, stats = ctx.saved_tensors
+    return _global_lse_pool_backward(grad_out, x, stats, *ctx.arguments), None, None
 
 
 def _weldon_autograd(ctx, grad_out, _grad_indices):
@@ -523,7 +528,7 @@ def global_lse_pool(x: torch.Tensor, beta: float = 1.0, keepdims: bool = False,
     beta = _checks.finite_real(beta, "beta")
     if _onnx_export():
         return _global(x, spatial_dims, lambda x: _decompositions.lse_pool(x, beta, keepdims))
-    return _global(x, spatial_dims, lambda x: _global_lse_pool(x, beta, keepdims))
+    return _global(x, spatial_dims, lambda x: _global_lse_pool(x, beta, keepdims)[0])
 
 
 def global_kmax_pool(x: torch.Tensor, k: Count = 1, keepdims: bool = False,
@@ -1252,7 +1257,7 @@ _second_order(_global_max_pool_backward, lambda a: lambda x: _decompositions.sel
 _second_order(_global_avg_pool_backward,
               lambda a: lambda x: _decompositions.avg_pool(x, a[2]), [1])
 _second_order(_global_lse_pool_backward,
-              lambda a: lambda x: _decompositions.lse_pool(x, a[2], a[3]), [1])
+              lambda a: lambda x: _decompositions.lse_pool(x, a[3], a[4]), [1])
 _second_order(_weldon_pool_backward, lambda a: lambda x: _decompositions.selection_pool(
     x, a[2], *a[3:]), [1])
 _second_order(_netvlad_pool_backward, lambda a: lambda x, assign, centers:
