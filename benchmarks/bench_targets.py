@@ -16,7 +16,8 @@ layouts, npool's and torch's thread counts equal:
   SoftPool 1d (k = s = 2), 3d (2x2x2/2), 2d k = s = 3 and 2d 2x2/1: forward and forward +
   backward within 1.5x of max_pool1d / 3d / 2d.
 Global pools: channels-last global max >= 1x F.adaptive_max_pool2d on (64, 512, 14, 14); k-max
-and WELDON (10 %) forward + backward >= 3x the topk code on (64, 512, 14, 14).
+and WELDON (10 %) forward + backward >= 3x the topk code on (64, 512, 14, 14); LSE's backward
+reusing the forward's statistics (stats=) faster than recomputing them.
 
 Every case of one group runs once per round, rounds interleave the cases (medians reported):
 compare ratios, not absolute times; the machines are shared and noisy.
@@ -174,6 +175,9 @@ def global_cases(x, torch, F):
         with torch.no_grad():
             F.adaptive_max_pool2d(xt, 1)
 
+    _, stats = npool.global_lse_pool_forward(x, 1.0, return_stats=True)
+    lse_grad = np.empty_like(x)
+
     return {
         "npool max fwd": lambda: npool.global_max_pool_forward(x),
         "adaptive_max_pool2d fwd": amax,
@@ -183,6 +187,10 @@ def global_cases(x, torch, F):
         "two topk fwd+bwd": torch_fb(
             lambda v: v.flatten(2).topk(k).values.mean(2)
             + v.flatten(2).topk(k, largest=False).values.mean(2)),
+        "npool LSE bwd (stats=)": lambda: npool.global_lse_pool_backward(
+            g, x, 1.0, stats=stats, out=lse_grad),
+        "npool LSE bwd (recomputing)": lambda: npool.global_lse_pool_backward(
+            g, x, 1.0, out=lse_grad),
     }
 
 
@@ -195,6 +203,8 @@ def global_checks(ms, layout):
                                ("npool WELDON fwd+bwd", "two topk fwd+bwd", "WELDON")):
         ratio = ms[theirs] / ms[ours]
         checks.append((f"topk / npool {what} fwd+bwd", ratio, ">= 3", ratio >= 3))
+    ratio = ms["npool LSE bwd (recomputing)"] / ms["npool LSE bwd (stats=)"]
+    checks.append(("LSE bwd recomputing / reusing stats", ratio, "> 1", ratio > 1))
     return checks
 
 

@@ -30,4 +30,4 @@ def test_run_all_writes_the_summary(tmp_path):
     # windows x 2 layouts x 2 checks, global pools 2 + 3
     assert "## Targets (issue 28)" in table
     verdicts = [line for line in table.splitlines() if line.endswith((" met", " MISSED"))]
-    assert len(verdicts) == 72 + 16 + 5, len(verdicts)
+    assert len(verdicts) == 72 + 16 + 7, len(verdicts)

@@ -184,3 +184,49 @@ def test_every_build_gives_the_same_bits_for_the_global_pools(layout, dtype):
 
         results = each_build(pools)
         assert_same_bits([(build, r) for build, r in results if build[1]])
+
+
+@st.composite
+def selection_problems(draw):
+    """Float32 maps for the selections: channels-last blocks of 16 channels and a partial one,
+    maps shorter and longer than a vector and than a 16-position tile, ties, signed zeros,
+    NaN and infinities, sorted maps (the quickselect's pivots at their worst), k and kmin
+    anywhere in 1..n."""
+    channels = draw(st.sampled_from([1, 3, 16, 17, 33]))
+    spatial = draw(st.lists(st.integers(1, 24), min_size=1, max_size=2))
+    shape = (draw(st.integers(1, 2)), channels) + tuple(spatial)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal(shape).astype(np.float32)
+    kind = draw(st.sampled_from(["normal", "ties", "special", "zeros", "sorted", "reversed"]))
+    if kind == "ties":
+        x = np.round(x * 2) / 2
+    elif kind == "special":
+        x.reshape(-1)[rng.integers(0, x.size, 5)] = [np.nan, np.inf, -np.inf, -0.0, 0.0]
+    elif kind == "zeros":
+        x[...] = 0
+        x.reshape(-1)[::3] = -0.0
+    elif kind in ("sorted", "reversed"):
+        x = np.sort(x.reshape(shape[0], channels, -1), axis=-1).reshape(shape)
+        x = x[..., ::-1].copy() if kind == "reversed" else x
+    if draw(st.booleans()):
+        x = channels_last(x)
+    n = int(np.prod(spatial))
+    return x, draw(st.integers(1, n)), draw(st.integers(0, n))
+
+
+@given(selection_problems())
+@settings(max_examples=80, deadline=None)
+def test_every_build_selects_the_same_cells(problem):
+    """k-max and WELDON on every build: the vector select (_select_small.h, the AVX-512 build's
+    quickselect and its channels-last key tiles) against the radix select of the others."""
+    x, k, kmin = problem
+    g = np.cos(np.arange(x.shape[0] * x.shape[1])).reshape(x.shape[:2]).astype(np.float32)
+
+    def selections():
+        y, index = npool.weldon_pool_forward(x, k, kmin, 0.7, return_indices=True)
+        top, top_index = npool.global_kmax_pool_forward(x, k, return_indices=True)
+        return (y, index, top, top_index, npool.global_kmax_pool_forward(x, k),
+                npool.weldon_pool_backward(g, x, k, kmin, 0.7),
+                npool.global_kmax_pool_backward(g, x, k))
+
+    assert_same_bits([(build, r) for build, r in each_build(selections) if build[1]])

@@ -23,7 +23,10 @@ larger maps with the keys computed on the fly, a pass over the cells per key byt
 candidates fit the buffer (so the scratch is bounded whatever the map's size). The k best are
 the cells above T plus the first cells equal to T in flat order (ties go to the lower flat
 index). Sums run in flat order, in float64;
-gradients are written map by map, with no scatter.
+gradients are written map by map, with no scatter. On AVX-512 builds, float32 maps whose keys
+fit the buffer take the vector select of _select_small.h instead (32-bit keys, a quickselect on
+vectors of 16, the taken cells from bit masks; channels-last maps get the keys of 16 channels at
+once, transposed in registers): it finds the same T, so the same cells and sums, bit for bit.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
@@ -53,6 +56,16 @@ cdef extern from "_channels_max.h" nogil:
                                Py_ssize_t nch, float* m, float* at, float* bad)
     int npool_channels_max_f64(const double* x, Py_ssize_t pos_step, Py_ssize_t npos,
                                Py_ssize_t nch, double* m, double* at, double* bad)
+
+
+cdef extern from "_select_small.h" nogil:
+    bint NPOOL_SELECT_SMALL
+    uint32_t npool_kth_key32(const uint32_t* keys, Py_ssize_t n, Py_ssize_t k,
+                             uint32_t* scratch, Py_ssize_t* need)
+    Py_ssize_t npool_taken_indices32(const uint32_t* keys, Py_ssize_t n, uint32_t t,
+                                     Py_ssize_t need, int64_t* index)
+    void npool_keys32_block16(const float* x, Py_ssize_t pos_step, Py_ssize_t n, uint32_t flip,
+                              uint32_t* keys)
 
 
 cdef enum Reduction:
@@ -651,6 +664,95 @@ cdef inline uint64_t* _split(uint64_t* buffer, Py_ssize_t length, Py_ssize_t n,
     return NULL
 
 
+cdef enum:
+    KEY_BLOCK = 16  # channels of a channels-last map block whose keys are made together
+    KEY_BLOCK_MAX_CELLS = 16384  # maps up to this size only (the block's keys: 1 MiB)
+
+
+cdef inline Py_ssize_t _small_words(Py_ssize_t n) noexcept nogil:
+    """8-byte words _select_keys32 needs after a map's keys: a scratch of n + 16 32-bit keys
+    and n indices."""
+    return (n + 17) // 2 + n
+
+
+def select_buffer_length(Py_ssize_t n, bint channels_last):
+    """The length (8-byte words) of a thread's buffer with which every selection path for maps
+    of n cells keeps the keys in memory: the radix select's 2 n + 1, the vector select's
+    (_select_small.h) keys and scratch, and for channels-last maps the keys of KEY_BLOCK
+    channels at once (for maps of up to KEY_BLOCK_MAX_CELLS cells)."""
+    cdef Py_ssize_t block = KEY_BLOCK if channels_last and n <= KEY_BLOCK_MAX_CELLS else 1
+    return max(2 * n + 1, (block * n + 1) // 2 + _small_words(n))
+
+
+cdef inline bint _vector_select(const floating* x, Py_ssize_t n, Py_ssize_t keys_words,
+                                Py_ssize_t length) noexcept nogil:
+    """Whether the vector select runs: float32 keys, AVX-512, and room in the buffer after
+    ``keys_words`` words of keys."""
+    if floating is double:
+        return False
+    else:
+        return NPOOL_SELECT_SMALL and keys_words + _small_words(n) <= length
+
+
+cdef inline void _keys32(const float* x, Py_ssize_t step, Py_ssize_t n, uint32_t flip,
+                         uint32_t* keys) noexcept nogil:
+    """The n cells' 32-bit keys (complemented by flip)."""
+    cdef Py_ssize_t i
+    if step == 1:
+        for i in range(n):
+            keys[i] = <uint32_t>_key(x[i]) ^ flip
+    else:
+        for i in range(n):
+            keys[i] = <uint32_t>_key(x[i * step]) ^ flip
+
+
+cdef inline void _keys32_block(const float* x, Py_ssize_t pos_step, Py_ssize_t n,
+                               Py_ssize_t width, uint32_t flip, uint32_t* keys) noexcept nogil:
+    """The keys of ``width`` (<= KEY_BLOCK) adjacent channels of a channels-last map, channel c
+    at keys + c n: each position's row of channels is read once (a map alone would read its
+    cells 4 bytes out of every pos_step, and with pos_step a multiple of 2 KB every cell
+    evicts another from the same cache set)."""
+    cdef Py_ssize_t p, c
+    cdef uint32_t row[KEY_BLOCK]
+    for p in range(n):
+        for c in range(width):
+            row[c] = <uint32_t>_key(x[p * pos_step + c]) ^ flip
+        for c in range(width):
+            keys[c * n + p] = row[c]
+
+
+cdef void _select_keys32(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssize_t k,
+                         bint bottom, const uint32_t* keys, uint64_t* work, double* total,
+                         int64_t* index, bint want_index) noexcept nogil:
+    """_select_map from the map's 32-bit keys, on AVX-512 (_select_small.h: a quickselect over
+    vectors of keys, the taken cells' indices from bit masks, the sum over those k cells
+    alone): the same cells and the same float64 sum, added in the same order (per accumulator
+    i % 4, in flat order). ``work``: _small_words(n) words. Where the quickselect gives up,
+    the radix select runs on the cells with ``work`` as its scratch."""
+    cdef uint32_t t
+    cdef uint32_t* scratch = <uint32_t*>work
+    cdef int64_t* taken = index if want_index else <int64_t*>(work + (n + 17) // 2)
+    cdef Py_ssize_t need, i, j, count
+    cdef double acc[4]
+    cdef double at_t = 0
+    cdef bint found = False
+    t = npool_kth_key32(keys, n, k, scratch, &need)
+    if need < 0:
+        _select_map(x, step, n, k, bottom, work, _small_words(n), total, index, want_index)
+        return
+    count = npool_taken_indices32(keys, n, t, need, taken)
+    for j in range(4):
+        acc[j] = 0
+    for j in range(count):  # ascending: each accumulator adds its cells in flat order
+        i = taken[j]
+        if keys[i] > t:
+            acc[i & 3] = acc[i & 3] + <double>x[i * step]
+        elif not found:  # the first cell equal to t: the value the need cells share
+            at_t = x[i * step]
+            found = True
+    total[0] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + (need * at_t if need else 0.0)
+
+
 cdef void _select_map(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssize_t k,
                       bint bottom, uint64_t* buffer, Py_ssize_t length, double* total,
                       int64_t* index, bint want_index) noexcept nogil:
@@ -663,7 +765,13 @@ cdef void _select_map(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssize
     cdef double acc[4]
     cdef double at_t = 0
     cdef uint64_t* scratch
-    cdef uint64_t* keys = _split(buffer, length, n, &scratch, &capacity)
+    cdef uint64_t* keys
+    if _vector_select(x, n, (n + 1) // 2, length):
+        _keys32(<const float*>x, step, n, <uint32_t>flip, <uint32_t*>buffer)
+        _select_keys32(x, step, n, k, bottom, <uint32_t*>buffer, buffer + (n + 1) // 2, total,
+                       index, want_index)
+        return
+    keys = _split(buffer, length, n, &scratch, &capacity)
     t = _kth_key(x, step, n, k, flip, keys, scratch, capacity, &need)
     for i in range(4):
         acc[i] = 0
@@ -724,11 +832,47 @@ def select(const floating[:, :, :] x, Py_ssize_t k, bint bottom, double[:] total
     if k == 0 or N * C == 0:
         return
     base = &x[0, 0, 0]
+    if sC == 1 and 1 < S <= KEY_BLOCK_MAX_CELLS and \
+            _vector_select(base, S, (KEY_BLOCK * S + 1) // 2, length):
+        _select_channels_last(base, N, C, S, sN, sS, k, bottom, total, index, want_index,
+                              buffers, n_threads)
+        return
     with nogil, parallel(num_threads=n_threads):
         buffer = &buffers[threadid(), 0]
         for t in prange(N * C, schedule='static'):
             _select_map(base + (t // C) * sN + (t % C) * sC, sS, S, k, bottom, buffer, length,
                         &total[t], &index[t, 0] if want_index else NULL, want_index)
+
+
+cdef void _select_channels_last(const floating* base, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                                Py_ssize_t sN, Py_ssize_t sS, Py_ssize_t k, bint bottom,
+                                double[:] total, int64_t[:, :] index, bint want_index,
+                                uint64_t[:, :] buffers, int n_threads) noexcept:
+    """select() on channels-last float32 maps with the vector select: units of (sample, block
+    of KEY_BLOCK channels) whose keys are made together (_keys32_block), then each map's
+    selection from its keys."""
+    cdef Py_ssize_t blocks = (C + KEY_BLOCK - 1) // KEY_BLOCK, u, c0, width, c, t
+    cdef Py_ssize_t block_words = (KEY_BLOCK * S + 1) // 2
+    cdef uint64_t* buffer
+    cdef uint32_t* keys
+    cdef const floating* row
+    cdef uint32_t flip = <uint32_t>_flip(bottom, base)
+    if floating is float:
+        with nogil, parallel(num_threads=n_threads):
+            buffer = &buffers[threadid(), 0]
+            keys = <uint32_t*>buffer
+            for u in prange(N * blocks, schedule='static'):
+                c0 = (u % blocks) * KEY_BLOCK
+                width = min(KEY_BLOCK, C - c0)
+                row = base + (u // blocks) * sN + c0
+                if width == KEY_BLOCK:  # in registers, 16 x 16 tiles
+                    npool_keys32_block16(row, sS, S, flip, keys)
+                else:
+                    _keys32_block(row, sS, S, width, flip, keys)
+                for c in range(width):
+                    t = (u // blocks) * C + c0 + c
+                    _select_keys32(row + c, sS, S, k, bottom, keys + c * S, buffer + block_words,
+                                   &total[t], &index[t, 0] if want_index else NULL, want_index)
 
 
 cdef void _add_share(const floating* x, floating* gx, Py_ssize_t step, Py_ssize_t n,
@@ -738,7 +882,25 @@ cdef void _add_share(const floating* x, floating* gx, Py_ssize_t step, Py_ssize_
     cdef uint64_t t, flip = _flip(bottom, x)
     cdef Py_ssize_t i, need, capacity
     cdef uint64_t* scratch
-    cdef uint64_t* keys = _split(buffer, length, n, &scratch, &capacity)
+    cdef uint64_t* keys
+    cdef uint32_t* keys32 = <uint32_t*>buffer
+    cdef uint32_t t32
+    if _vector_select(x, n, (n + 1) // 2, length):  # _select_small.h on the 32-bit keys
+        _keys32(<const float*>x, step, n, <uint32_t>flip, keys32)
+        t32 = npool_kth_key32(keys32, n, k, <uint32_t*>(buffer + (n + 1) // 2), &need)
+        if need >= 0:  # as below, on the 32-bit keys
+            if accumulate:
+                for i in range(n):
+                    gx[i * step] = gx[i * step] + (share if keys32[i] > t32 else 0)
+            else:
+                for i in range(n):
+                    gx[i * step] = share if keys32[i] > t32 else 0
+            for i in range(n):
+                if need and keys32[i] == t32:
+                    gx[i * step] = gx[i * step] + share if accumulate else share
+                    need = need - 1
+            return
+    keys = _split(buffer, length, n, &scratch, &capacity)
     t = _kth_key(x, step, n, k, flip, keys, scratch, capacity, &need)
     if keys != NULL and accumulate:  # four copies, so that the loops over stored keys vectorise
         for i in range(n):

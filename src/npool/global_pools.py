@@ -168,10 +168,13 @@ class _Maps:
         return values
 
     def buffers(self):
-        """Per-thread scratch of the selection kernels: the keys of a map and a scratch as
-        large (8 bytes a cell each) for maps of up to _SELECT_CAPACITY cells; a larger map gets
-        a buffer of that size and takes extra passes over its cells instead."""
-        return np.empty((self.threads, 2 * min(self.n, _SELECT_CAPACITY) + 1), np.uint64)
+        """Per-thread scratch of the selection kernels: the keys of a map (of 16 channels-last
+        maps) and a scratch for maps of up to _SELECT_CAPACITY cells (see
+        _global_pools.select_buffer_length); a larger map gets a buffer of that size and takes
+        extra passes over its cells instead."""
+        length = _kernels().select_buffer_length(min(self.n, _SELECT_CAPACITY),
+                                                 self.layout == "channels_last")
+        return np.empty((self.threads, length), np.uint64)
 
     def select(self, count, bottom, want_index=False):
         """The ``count`` largest (or smallest) cells of every map: their sums and, if wanted,
