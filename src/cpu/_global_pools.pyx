@@ -23,10 +23,11 @@ larger maps with the keys computed on the fly, a pass over the cells per key byt
 candidates fit the buffer (so the scratch is bounded whatever the map's size). The k best are
 the cells above T plus the first cells equal to T in flat order (ties go to the lower flat
 index). Sums run in flat order, in float64;
-gradients are written map by map, with no scatter. On AVX-512 builds, float32 maps whose keys
-fit the buffer take the vector select of _select_small.h instead (32-bit keys, a quickselect on
-vectors of 16, the taken cells from bit masks; channels-last maps get the keys of 16 channels at
-once, transposed in registers): it finds the same T, so the same cells and sums, bit for bit.
+gradients are written map by map, with no scatter. On the x86-64-v3 and v4 builds, float32
+maps whose keys fit the buffer take the vector select of _select_small.h instead (32-bit keys,
+a quickselect on vectors of 8 or 16, the taken cells from bit masks; channels-last maps get the
+keys of 16 channels at once, on AVX-512 transposed in registers): it finds the same T, so the
+same cells and sums, bit for bit.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
@@ -60,6 +61,7 @@ cdef extern from "_channels_max.h" nogil:
 
 cdef extern from "_select_small.h" nogil:
     bint NPOOL_SELECT_SMALL
+    bint NPOOL_KEYS_BLOCK16
     uint32_t npool_kth_key32(const uint32_t* keys, Py_ssize_t n, Py_ssize_t k,
                              uint32_t* scratch, Py_ssize_t* need)
     Py_ssize_t npool_taken_indices32(const uint32_t* keys, Py_ssize_t n, uint32_t t,
@@ -686,8 +688,8 @@ def select_buffer_length(Py_ssize_t n, bint channels_last):
 
 cdef inline bint _vector_select(const floating* x, Py_ssize_t n, Py_ssize_t keys_words,
                                 Py_ssize_t length) noexcept nogil:
-    """Whether the vector select runs: float32 keys, AVX-512, and room in the buffer after
-    ``keys_words`` words of keys."""
+    """Whether the vector select runs: float32 keys, a build that has it, and room in the
+    buffer after ``keys_words`` words of keys."""
     if floating is double:
         return False
     else:
@@ -724,7 +726,7 @@ cdef inline void _keys32_block(const float* x, Py_ssize_t pos_step, Py_ssize_t n
 cdef void _select_keys32(const floating* x, Py_ssize_t step, Py_ssize_t n, Py_ssize_t k,
                          bint bottom, const uint32_t* keys, uint64_t* work, double* total,
                          int64_t* index, bint want_index) noexcept nogil:
-    """_select_map from the map's 32-bit keys, on AVX-512 (_select_small.h: a quickselect over
+    """_select_map from the map's 32-bit keys, on vectors (_select_small.h: a quickselect over
     vectors of keys, the taken cells' indices from bit masks, the sum over those k cells
     alone): the same cells and the same float64 sum, added in the same order (per accumulator
     i % 4, in flat order). ``work``: _small_words(n) words. Where the quickselect gives up,
@@ -865,7 +867,7 @@ cdef void _select_channels_last(const floating* base, Py_ssize_t N, Py_ssize_t C
                 c0 = (u % blocks) * KEY_BLOCK
                 width = min(KEY_BLOCK, C - c0)
                 row = base + (u // blocks) * sN + c0
-                if width == KEY_BLOCK:  # in registers, 16 x 16 tiles
+                if width == KEY_BLOCK and NPOOL_KEYS_BLOCK16:  # tiles transposed in registers
                     npool_keys32_block16(row, sS, S, flip, keys)
                 else:
                     _keys32_block(row, sS, S, width, flip, keys)
