@@ -12,6 +12,7 @@ Inputs are ``(N, C, *spatial)`` with at least one spatial axis, C-contiguous or 
 (used in place); outputs ``(N, C)``, or ``(N, C, 1, ...)`` with ``keepdims=True``. Flat indices
 count the spatial cells in C order, whatever the memory layout.
 """
+import threading
 from typing import Optional
 
 import numpy as np
@@ -27,6 +28,26 @@ _MAX, _SUM, _LSE = 0, 1, 2
 # more cells takes up to 7 (float64) or 3 (float32) extra passes over its cells, and needs no
 # more memory.
 _SELECT_CAPACITY = 1 << 20
+
+
+# The reductions' partial results are written into arrays reused call after call (per Python
+# thread, up to this many bytes): a fresh array of a few hundred KB costs more to fault in than
+# the kernel takes to fill it ((64, 512, 14, 14) channels-last max: a 0.95 ms kernel and 0.33 ms
+# of page faults for its three (32768, 1) partial arrays). Nothing of them reaches a caller.
+_REUSED_BYTES = 1 << 24
+_reused = threading.local()
+
+
+def _partial_arrays(maps, chunks):
+    """(a, b, index), each (maps, chunks), valid until the next call on this thread."""
+    shape = (maps, chunks)
+    if 3 * 8 * maps * chunks > _REUSED_BYTES:
+        return np.empty(shape), np.empty(shape), np.empty(shape, np.int64)
+    cached = getattr(_reused, "arrays", None)
+    if cached is None or cached[0].shape != shape:
+        cached = np.empty(shape), np.empty(shape), np.empty(shape, np.int64)
+        _reused.arrays = cached
+    return cached
 
 
 def _flags(keepdims, return_indices=False):
@@ -137,9 +158,9 @@ class _Maps:
         else:
             chunk = k.CHANNELS_LAST_MAX_CHUNK if mode == _MAX else k.CHANNELS_LAST_CHUNK
         chunks = -(-self.n // chunk)
-        a = np.empty((self.maps, chunks))
-        b = np.empty((self.maps, chunks))
-        index = np.empty((self.maps, chunks), np.int64)  # written by the maximum, else unused
+        # index: written by the maximum, else unused; all three reused (see _partial_arrays):
+        # what the callers return is computed from them, never a view of them
+        a, b, index = _partial_arrays(self.maps, chunks)
         k.reduce(mode, self.x3, beta, a, b, index, threads_for(a.size))
         return a, b, index
 
@@ -167,13 +188,13 @@ class _Maps:
                 values[bad] = np.ldexp(recompute(np.ldexp(cells, -shift)), shift)
         return values
 
-    def buffers(self):
-        """Per-thread scratch of the selection kernels: the keys of a map (of 16 channels-last
-        maps) and a scratch for maps of up to _SELECT_CAPACITY cells (see
-        _global_pools.select_buffer_length); a larger map gets a buffer of that size and takes
-        extra passes over its cells instead."""
-        length = _kernels().select_buffer_length(min(self.n, _SELECT_CAPACITY),
-                                                 self.layout == "channels_last")
+    def buffers(self, key_blocks=False):
+        """Per-thread scratch of the selection kernels: the keys of a map (with ``key_blocks``,
+        of 16 channels-last maps: select's) and a scratch for maps of up to _SELECT_CAPACITY
+        cells (see _global_pools.select_buffer_length); a larger map gets a buffer of that size
+        and takes extra passes over its cells instead."""
+        length = _kernels().select_buffer_length(
+            min(self.n, _SELECT_CAPACITY), key_blocks and self.layout == "channels_last")
         return np.empty((self.threads, length), np.uint64)
 
     def select(self, count, bottom, want_index=False):
@@ -182,8 +203,8 @@ class _Maps:
         total = np.zeros(self.maps)
         index = np.zeros((self.maps, count if want_index else 0), np.int64)
         if count and not self.empty():
-            _kernels().select(self.x3, count, bottom, total, index, self.buffers(),
-                              self.threads)
+            _kernels().select(self.x3, count, bottom, total, index,
+                              self.buffers(key_blocks=True), self.threads)
         return total, index
 
     def selection_gradient(self, k_top, top_share, k_bottom, bottom_share):
@@ -317,8 +338,10 @@ def global_max_pool_forward(x: ArrayLike, keepdims: bool = False, return_indices
     maps = _Maps(x)
     out_y = maps.check_out(out_y, keepdims, {"x": x})
     values, index = _max(maps) if not maps.empty() else (np.zeros(0), np.zeros(0, np.int64))
-    y = maps.result(values, keepdims, out_y)
-    return _with_indices(maps, y, index, y.shape, out_index) if return_indices else y
+    y = maps.result(values, keepdims, out_y)  # a new array (or out_y)
+    if not return_indices:
+        return y
+    return _with_indices(maps, y, np.array(index), y.shape, out_index)  # index: reused memory
 
 
 def global_max_pool_backward(grad_out: ArrayLike, x: ArrayLike, keepdims: bool = False,
