@@ -453,7 +453,7 @@ def test_tf_second_order_gradients_are_the_decompositions():
 # ------------------------------------------------------------------ 13. selection scratch
 def test_selection_scratch_is_bounded(monkeypatch):
     """Maps larger than the per-thread key buffer are selected exactly, with extra passes
-    (here a buffer of 7 keys for maps of up to 300 cells)."""
+    (here a buffer sized for maps of 3 cells, with maps of up to 300)."""
     from npool import global_pools
     monkeypatch.setattr(global_pools, "_SELECT_CAPACITY", 3)
     rng = np.random.default_rng(5)
@@ -467,4 +467,9 @@ def test_selection_scratch_is_bounded(monkeypatch):
             np.testing.assert_allclose(y, np.take_along_axis(x, order, 2).mean(2), rtol=1e-6)
             g = npool.weldon_pool_backward(np.ones((2, 3), dtype), x, k, 2, 0.5)
             assert np.allclose(g.sum(axis=2), 1 + 0.5)
-    assert global_pools._Maps(np.zeros((1, 1, 10), F32)).buffers().shape[1] == 7
+    # the buffer holds the keys of maps of up to 3 cells (and the vector select's slack),
+    # whatever the maps' size
+    lengths = {global_pools._Maps(np.zeros((1, 1, n), F32)).buffers().shape[1]
+               for n in (10, 300)}
+    assert lengths == {global_pools._kernels().select_buffer_length(3, False)}
+    assert lengths.pop() < 2 * 10 + 1
