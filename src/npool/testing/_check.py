@@ -3,13 +3,16 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from .._op_table import OPS as TABLE
 from . import tolerances
 from ._problems import LOCAL, Problem, as_results, check_op_name
 from .references import REFERENCES
 from .references import f64, maps, window_cells, windows
 
 FACTOR = 64  # bound: FACTOR * (eps(dtype) * error scale + the dtype's smallest subnormal)
-SELECTIONS = ("global_max_pool", "global_kmax_pool", "weldon_pool")
+# The ops that select cells (they return their indices) and the set pools that take a mask.
+SELECTIONS = tuple(name for name, op in TABLE.items() if "indices" in op.outputs)
+SET_POOLS = tuple(name for name, op in TABLE.items() if "mask" in op.other_arrays)
 
 
 def require_hypothesis():
@@ -273,9 +276,6 @@ def _directional_difference(problem, forward, backward, to_array, from_array, gr
         raise AssertionError(f"{problem.op}: the backward is not the derivative of the "
                              f"forward: along a random direction, central differences give "
                              f"{numeric:.9g}, the backward {analytic:.9g}\n{problem!r}")
-
-
-SET_POOLS = ("netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool")
 
 
 def derived_problems(problem):

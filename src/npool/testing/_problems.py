@@ -4,26 +4,16 @@ from typing import Any, Dict
 
 import numpy as np
 
+from .._op_table import OPS as TABLE
+from .._op_table import ops_of
 from . import tolerances
 from .references import REFERENCES
 
-LOCAL = {f"{kind}_pool{nd}d": nd for kind in ("soft", "maxent") for nd in (1, 2, 3)}
-GLOBAL = ("global_max_pool", "global_avg_pool", "global_kmax_pool", "global_lse_pool",
-          "weldon_pool")
-SET = ("netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool", "context_gating")
-OPS = tuple(REFERENCES)
-
-# The differentiable inputs of each op, in the order of its signature and of its backward's
-# results.
-INPUTS = {
-    **{op: ("x", "lam") if op.startswith("maxent") else ("x",) for op in LOCAL},
-    **{op: ("x",) for op in GLOBAL},
-    "netvlad_pool": ("x", "assign", "centers"),
-    "netrvlad_pool": ("x", "assign"),
-    "netfv_pool": ("x", "assign", "mu", "covar_weights"),
-    "soft_dbow_pool": ("assign",),
-    "context_gating": ("x", "weights", "biases"),
-}
+# The ops, from npool's op table (plain data; the references and tolerances are this package's
+# own): the local pools with their spatial axes, the global pools.
+OPS = tuple(TABLE)
+LOCAL = {op.name: op.nd for op in ops_of("local")}
+GLOBAL = tuple(op.name for op in ops_of("global"))
 
 
 def check_op_name(op):

@@ -1,0 +1,93 @@
+"""The conformance suite: every op of the op table (npool/_op_table.py) through every adapter,
+each capability the table gives it, with nothing listed by hand here.
+
+So far, npool.torch: for each op, problems drawn by ``npool.testing.problems`` run through the
+public function, forward and backward (autograd), and must equal the core's results; every
+custom op the call reaches is recorded and goes through ``torch.library.opcheck`` (its schema,
+fake tensor, autograd registration and AOT dispatch), the backward ones included, and they are
+the ops the table names (``npool::<kernel>`` and ``npool::<kernel>_backward``).
+"""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import npool
+from npool._op_table import OPS
+from npool.testing.strategies import problems
+
+torch = pytest.importorskip("torch")
+nt = pytest.importorskip("npool.torch")
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_map  # noqa: E402
+
+
+class _NpoolCalls(TorchDispatchMode):
+    """Records the calls of npool's custom ops (forward, and backward under autograd)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "npool":  # the arguments cut from the caller's graph
+            self.calls.append((func, *tree_map(_detached, (args, kwargs))))
+        return func(*args, **kwargs)
+
+
+def _detached(value):
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.detach().clone().requires_grad_(value.requires_grad)
+
+
+def _tensor(a, grad=False):
+    t = torch.from_numpy(np.array(a, copy=True))  # the adapters see the problem's layout
+    if isinstance(a, np.ndarray) and a.ndim >= 3 and not a.flags.c_contiguous and \
+            np.moveaxis(a, 1, -1).flags.c_contiguous:
+        t = torch.from_numpy(np.moveaxis(np.ascontiguousarray(np.moveaxis(a, 1, -1)), -1, 1))
+    return t.requires_grad_(grad) if t.is_floating_point() else t
+
+
+def _torch_call(problem):
+    """The problem's inputs as tensors (the differentiable ones requiring gradients), its
+    options with arrays as tensors."""
+    inputs = {name: _tensor(a, grad=True) for name, a in problem.inputs.items()}
+    options = {key: _tensor(value) if isinstance(value, np.ndarray) else value
+               for key, value in problem.options.items()}
+    return inputs, options
+
+
+@pytest.mark.parametrize("name", list(OPS))
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_torch_conforms(name, data):
+    op = OPS[name]
+    problem = data.draw(problems(name, dtypes=("float64",),
+                                 layouts=("contiguous", "channels_last"), extreme=False))
+    inputs, options = _torch_call(problem)
+    function = getattr(nt, name)
+    with _NpoolCalls() as recorder:
+        y = function(*inputs.values(), **options)
+        if y.numel():
+            y.backward(torch.from_numpy(np.asarray(problem.grad_out, np.float64)))
+    expected = getattr(npool, f"{name}_forward")(*problem.args, **problem.options)
+    expected = expected[0] if isinstance(expected, tuple) else expected
+    np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    if y.numel():
+        grads = getattr(npool, f"{name}_backward")(problem.grad_out, *problem.args,
+                                                   **problem.options)
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        assert len(grads) == len(op.differentiable)
+        for input_name, expected_grad in zip(op.differentiable, grads):
+            got = inputs[input_name].grad
+            got = torch.zeros_like(inputs[input_name]) if got is None else got
+            np.testing.assert_allclose(got.numpy(), expected_grad, rtol=1e-10, atol=1e-12)
+    reached = {func._opname for func, _, _ in recorder.calls}
+    assert reached <= {op.kernel, f"{op.kernel}_backward"}, reached
+    assert op.kernel in reached
+    if y.numel() and any(inputs[n].numel() for n in op.differentiable):
+        assert f"{op.kernel}_backward" in reached
+    for func, args, kwargs in recorder.calls:
+        torch.library.opcheck(func, args, kwargs)
