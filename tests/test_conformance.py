@@ -91,3 +91,26 @@ def test_torch_conforms(name, data):
         assert f"{op.kernel}_backward" in reached
     for func, args, kwargs in recorder.calls:
         torch.library.opcheck(func, args, kwargs)
+
+
+@pytest.mark.parametrize("name", list(OPS))
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_torch_autocast_conforms(name, data):
+    """Inside ``torch.autocast`` every op runs in the region's dtype, as on inputs cast to it
+    (float64 inputs and non-float ones left alone)."""
+    problem = data.draw(problems(name, dtypes=("float32",), layouts=("contiguous",),
+                                 extreme=False))
+    inputs, options = _torch_call(problem)
+    function = getattr(nt, name)
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.no_grad():
+            with torch.autocast("cpu", dtype=dtype):
+                y = function(*inputs.values(), **options)
+            cast = {key: t.to(dtype) for key, t in inputs.items()}
+            cast_options = {key: value.to(dtype) if isinstance(value, torch.Tensor) and
+                            value.is_floating_point() else value
+                            for key, value in options.items()}
+            expected = function(*cast.values(), **cast_options)
+        assert y.dtype == dtype
+        torch.testing.assert_close(y, expected, rtol=0, atol=0, equal_nan=True)

@@ -5,8 +5,10 @@ a pair of custom ops (forward and backward) with fake kernels, so they work unde
 ``torch.compile(fullgraph=True)`` without a graph break, and with autograd wired through
 ``torch.library.register_autograd``. CPU tensors reach the NumPy core as NumPy views of their
 memory, CUDA tensors reach the GPU core through ``__cuda_array_interface__`` naming the current
-stream; both without copies, and channels-last tensors stay channels-last. Under CUDA autocast
-the ops run in float16.
+stream; both without copies, and channels-last tensors stay channels-last. Under
+``torch.autocast`` every op runs in the region's lower-precision dtype (CUDA: float16 unless
+``dtype=torch.bfloat16``; CPU: bfloat16 unless ``dtype=torch.float16``); float64 tensors are
+left alone.
 
 This module holds no math: see ``npool.local_pools``, ``npool.global_pools`` and
 ``npool.set_pools`` for the formulas.

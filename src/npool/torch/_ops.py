@@ -7,7 +7,7 @@ import torch._functorch.config
 
 import npool
 
-from .. import _checks
+from .. import _checks, _op_table
 from . import _decompositions
 from .._types import Count, Size
 from ._tensors import from_core, to_core, torch_matmul
@@ -121,7 +121,6 @@ def _soft_pool_autograd(ctx, grad_out):
 
 
 _soft_pool.register_autograd(_soft_pool_autograd, setup_context=_soft_pool_setup_context)
-_register_autocast("npool::soft_pool")
 
 
 def _window_lists(nd, kernel_size, stride, padding):
@@ -360,7 +359,6 @@ def _weldon_autograd(ctx, grad_out, _grad_indices):
 for _op, _backward in ((_global_max_pool, _max_autograd), (_global_avg_pool, _avg_autograd),
                        (_global_lse_pool, _lse_autograd), (_weldon_pool, _weldon_autograd)):
     _op.register_autograd(_backward, setup_context=_save_x)
-    _register_autocast(_op._qualname)
 
 
 def _spatial_cells(x):
@@ -704,7 +702,6 @@ def _maxent_autograd(ctx, grad_out):
 
 
 _maxent_pool.register_autograd(_maxent_autograd, setup_context=_maxent_setup_context)
-_register_autocast("npool::maxent_pool")
 
 
 class MaxEntPoolFunction(Protocol):
@@ -1267,6 +1264,14 @@ _second_order(_netfv_pool_backward, lambda a: lambda x, assign, mu, covar:
 _second_order(_soft_dbow_pool_backward,
               lambda a: lambda assign: _decompositions.dbow_pool(assign, a[2]), [1])
 _second_order(_context_gating_backward, lambda a: _decompositions.gating, [1, 2, 3])
+
+
+# ------------------------------------------------------------------ autocast
+# The forward op of every kernel of the op table runs under torch.autocast in the region's
+# lower-precision dtype (the set pools did not: their ops ran in float32 inside a bfloat16
+# region while the others ran in bfloat16).
+for _kernel in _op_table.kernels():
+    _register_autocast(f"npool::{_kernel}")
 
 
 # ------------------------------------------------------------------ vmap
