@@ -17,6 +17,18 @@ settings.register_profile("thorough", max_examples=1000, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
+@pytest.fixture(scope="session")
+def emulation_library(tmp_path_factory):
+    """npool's CUDA kernels compiled for the host (tests/cuda_emulation.py), as a ctypes
+    library; the test is skipped without nvcc."""
+    import cuda_emulation
+
+    library = cuda_emulation.build(tmp_path_factory.mktemp("cuda_host"))
+    if library is None:
+        pytest.skip("no nvcc: the CUDA kernels cannot be compiled for the host")
+    return library
+
+
 @pytest.fixture(autouse=True)
 def _restore_threads():
     """Tests that change npool's thread count leave it as they found it."""

@@ -133,14 +133,6 @@ class Cuda:
             a.shape, byte_strides))
 
 
-@pytest.fixture(scope="session")
-def emulation_library(tmp_path_factory):
-    library = cuda_emulation.build(tmp_path_factory.mktemp("cuda_host"))
-    if library is None:
-        pytest.skip("no nvcc: the CUDA kernels cannot be compiled for the host")
-    return library
-
-
 @pytest.fixture(scope="module", params=["emulated", "cuda"])
 def gpu(request):
     if request.param == "emulated":
@@ -514,10 +506,6 @@ def test_gpuarray_in_gpuarray_out():
 
 
 # ------------------------------------------------------------------ without a GPU
-def test_args_struct_matches_the_kernels(emulation_library):
-    assert windowed_softmax.ARGS.itemsize == emulation_library.npool_windowed_softmax_args_size()
-
-
 def test_division_by_multiplication():
     """The magic numbers of the i32 kernels give n // d for every n < 2**31."""
     rng = np.random.default_rng(11)

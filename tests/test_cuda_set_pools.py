@@ -2,7 +2,6 @@
 compiled for the host behind npool's real GPU code path, and a real GPU when there is one),
 against the float64 loops of test_set_pools.py and the CPU core. Outputs and workspaces are
 poisoned with NaN, so an element the kernels forget shows."""
-import ctypes
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 import npool
 from npool._checks import bfloat16
 from npool._cuda import set_pools as gpu_set_pools
-from test_cuda import emulation_library, gpu  # noqa: F401 (the two backends, as fixtures)
+from test_cuda import gpu  # noqa: F401 (the two backends, as a fixture)
 from npool.testing.tolerances import (assert_within, float_info, fv_scales, vlad_norm_scales,
                                       vlad_scales)
 from test_set_pools import ref_fv, ref_vlad
@@ -244,14 +243,6 @@ def test_gpu_errors(gpu):
     x4 = np.zeros((2, 3, 4, 6)).transpose(2, 1, 0, 3)  # leading axes not one run
     with pytest.raises(ValueError, match="leading axes of x must form one strided run"):
         npool.context_gating_forward(gpu.to_device(x4), *on_gpu(gpu, np.eye(6), np.zeros(6)))
-
-
-def test_args_structs_match_the_kernels(emulation_library):
-    sizes = (ctypes.c_int64 * 6)()
-    emulation_library.npool_set_pools_args_sizes(sizes)
-    assert list(sizes) == [args.itemsize for args in (
-        gpu_set_pools.MATMUL_ARGS, gpu_set_pools.VLAD_ARGS, gpu_set_pools.L2N_ARGS,
-        gpu_set_pools.FV_ARGS, gpu_set_pools.GATING_ARGS, gpu_set_pools.ROWS_ARGS)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

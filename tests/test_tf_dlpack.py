@@ -20,7 +20,7 @@ from npool._checks import bfloat16  # noqa: E402
 from npool._cuda import _dlpack  # noqa: E402
 from npool._cuda._arrays import DeviceArray  # noqa: E402
 from npool.tf import _devices, _ops  # noqa: E402
-from test_cuda import Emulated, emulation_library  # noqa: E402,F401 (a fixture)
+from test_cuda import Emulated  # noqa: E402
 
 
 def _memory(array):

@@ -516,7 +516,11 @@ NPOOL_GLOBAL_POOL_KERNELS(float, f32)
 NPOOL_GLOBAL_POOL_KERNELS(double, f64)
 
 #ifdef NPOOL_HOST_EMULATION
-extern "C" __attribute__((visibility("default"))) int64_t npool_global_pools_args_size() {
-  return sizeof(npool::global_pools::Args);
-}
+NPOOL_EXPORT_LAYOUT(npool_global_pools_args_layout, npool::global_pools::Args,
+                    NPOOL_OFFSET(A, x), NPOOL_OFFSET(A, grad_out), NPOOL_OFFSET(A, out),
+                    NPOOL_OFFSET(A, index), NPOOL_OFFSET(A, stats), NPOOL_OFFSET(A, maps),
+                    NPOOL_OFFSET(A, n), NPOOL_OFFSET(A, channels), NPOOL_OFFSET(A, x_strides),
+                    NPOOL_OFFSET(A, out_strides), NPOOL_OFFSET(A, g_strides), NPOOL_OFFSET(A, k),
+                    NPOOL_OFFSET(A, k_bottom), NPOOL_OFFSET(A, beta), NPOOL_OFFSET(A, alpha),
+                    NPOOL_OFFSET(A, count))
 #endif

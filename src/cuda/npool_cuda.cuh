@@ -15,8 +15,24 @@
 #ifdef NPOOL_HOST_EMULATION
 #include <barrier>
 #include <cmath>
+#include <cstddef>
 #include <thread>
 #include <vector>
+// For the tests (tests/test_cuda_layouts.py): an argument struct's size, then its fields'
+// offsets in declaration order (and, from name##_fields, their names), which npool._cuda's
+// numpy mirror of the struct must match field by field.
+#define NPOOL_OFFSET(T, field) static_cast<int64_t>(offsetof(T, field))
+#define NPOOL_EXPORT_LAYOUT(name, T, ...)                                                     \
+  extern "C" __attribute__((visibility("default"))) int64_t name(int64_t* out) {              \
+    using A = T; /* the offsets name their struct A */                                        \
+    const int64_t layout[] = {static_cast<int64_t>(sizeof(A)), __VA_ARGS__};                   \
+    const int64_t count = sizeof(layout) / sizeof(layout[0]);                                 \
+    for (int64_t i = 0; i < count; ++i) out[i] = layout[i];                                   \
+    return count;                                                                             \
+  }                                                                                           \
+  extern "C" __attribute__((visibility("default"))) const char* name##_fields() {             \
+    return #__VA_ARGS__; /* the offsets' text: the fields' names, in order */                 \
+  }
 #define NPOOL_FN inline
 #define NPOOL_COLD_FN __attribute__((noinline))
 #else

@@ -417,11 +417,36 @@ NPOOL_KERNEL(npool_set_rows_f32_bf16, npool::set_pools::RowsArgs,
              (npool::set_pools::rows_item<float, __nv_bfloat16, float>))
 
 #ifdef NPOOL_HOST_EMULATION
-// The argument structs' sizes, for the test that npool._cuda.set_pools packs them alike.
-extern "C" __attribute__((visibility("default"))) void npool_set_pools_args_sizes(int64_t* out) {
-  using namespace npool::set_pools;
-  const int64_t sizes[] = {sizeof(MatmulArgs), sizeof(VladArgs), sizeof(L2nArgs),
-                           sizeof(FvArgs),     sizeof(GatingArgs), sizeof(RowsArgs)};
-  for (int i = 0; i < 6; ++i) out[i] = sizes[i];
-}
+NPOOL_EXPORT_LAYOUT(npool_set_pools_matmul_args_layout, npool::set_pools::MatmulArgs,
+                    NPOOL_OFFSET(A, a), NPOOL_OFFSET(A, b), NPOOL_OFFSET(A, c),
+                    NPOOL_OFFSET(A, batch), NPOOL_OFFSET(A, rows), NPOOL_OFFSET(A, cols),
+                    NPOOL_OFFSET(A, inner), NPOOL_OFFSET(A, a_strides), NPOOL_OFFSET(A, b_strides),
+                    NPOOL_OFFSET(A, c_strides), NPOOL_OFFSET(A, tiles_r), NPOOL_OFFSET(A, tiles_c),
+                    NPOOL_OFFSET(A, accumulate), NPOOL_OFFSET(A, square_a), NPOOL_OFFSET(A, count))
+NPOOL_EXPORT_LAYOUT(npool_set_pools_vlad_args_layout, npool::set_pools::VladArgs,
+                    NPOOL_OFFSET(A, v), NPOOL_OFFSET(A, y), NPOOL_OFFSET(A, centers),
+                    NPOOL_OFFSET(A, assign), NPOOL_OFFSET(A, a_sum), NPOOL_OFFSET(A, norms),
+                    NPOOL_OFFSET(A, cdot), NPOOL_OFFSET(A, grad_centers), NPOOL_OFFSET(A, sets),
+                    NPOOL_OFFSET(A, samples), NPOOL_OFFSET(A, features), NPOOL_OFFSET(A, clusters),
+                    NPOOL_OFFSET(A, set_stride), NPOOL_OFFSET(A, count))
+NPOOL_EXPORT_LAYOUT(npool_set_pools_l2n_args_layout, npool::set_pools::L2nArgs,
+                    NPOOL_OFFSET(A, v), NPOOL_OFFSET(A, y), NPOOL_OFFSET(A, norms),
+                    NPOOL_OFFSET(A, rows), NPOOL_OFFSET(A, length), NPOOL_OFFSET(A, row_stride),
+                    NPOOL_OFFSET(A, count))
+NPOOL_EXPORT_LAYOUT(npool_set_pools_fv_args_layout, npool::set_pools::FvArgs,
+                    NPOOL_OFFSET(A, s), NPOOL_OFFSET(A, f), NPOOL_OFFSET(A, s1),
+                    NPOOL_OFFSET(A, a_sum), NPOOL_OFFSET(A, mu), NPOOL_OFFSET(A, covar),
+                    NPOOL_OFFSET(A, terms), NPOOL_OFFSET(A, sets), NPOOL_OFFSET(A, features),
+                    NPOOL_OFFSET(A, clusters), NPOOL_OFFSET(A, set_stride), NPOOL_OFFSET(A, count))
+NPOOL_EXPORT_LAYOUT(npool_set_pools_gating_args_layout, npool::set_pools::GatingArgs,
+                    NPOOL_OFFSET(A, x), NPOOL_OFFSET(A, z), NPOOL_OFFSET(A, biases),
+                    NPOOL_OFFSET(A, grad_out), NPOOL_OFFSET(A, out), NPOOL_OFFSET(A, grad_z),
+                    NPOOL_OFFSET(A, features), NPOOL_OFFSET(A, x_strides),
+                    NPOOL_OFFSET(A, g_strides), NPOOL_OFFSET(A, count))
+NPOOL_EXPORT_LAYOUT(npool_set_pools_rows_args_layout, npool::set_pools::RowsArgs,
+                    NPOOL_OFFSET(A, in), NPOOL_OFFSET(A, out), NPOOL_OFFSET(A, sub),
+                    NPOOL_OFFSET(A, mask), NPOOL_OFFSET(A, factor), NPOOL_OFFSET(A, samples),
+                    NPOOL_OFFSET(A, clusters), NPOOL_OFFSET(A, in_strides),
+                    NPOOL_OFFSET(A, mask_strides), NPOOL_OFFSET(A, factor_strides),
+                    NPOOL_OFFSET(A, scale), NPOOL_OFFSET(A, count))
 #endif

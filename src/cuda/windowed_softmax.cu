@@ -427,8 +427,14 @@ NPOOL_WINDOWED_SOFTMAX_KERNELS(double, f64, int32_t, i32)
 NPOOL_WINDOWED_SOFTMAX_KERNELS(double, f64, int64_t, i64)
 
 #ifdef NPOOL_HOST_EMULATION
-// For the tests: the size of Args, which the host side must pack exactly.
-extern "C" __attribute__((visibility("default"))) int64_t npool_windowed_softmax_args_size() {
-  return sizeof(npool::windowed_softmax::Args);
-}
+NPOOL_EXPORT_LAYOUT(npool_windowed_softmax_args_layout, npool::windowed_softmax::Args,
+                    NPOOL_OFFSET(A, x), NPOOL_OFFSET(A, grad_out), NPOOL_OFFSET(A, out),
+                    NPOOL_OFFSET(A, stats), NPOOL_OFFSET(A, stats_stride), NPOOL_OFFSET(A, count),
+                    NPOOL_OFFSET(A, channels_last), NPOOL_OFFSET(A, lam),
+                    NPOOL_OFFSET(A, lam_values), NPOOL_OFFSET(A, grad_lam),
+                    NPOOL_OFFSET(A, lam_strides), NPOOL_OFFSET(A, glam_strides),
+                    NPOOL_OFFSET(A, size), NPOOL_OFFSET(A, out_size), NPOOL_OFFSET(A, kernel),
+                    NPOOL_OFFSET(A, stride), NPOOL_OFFSET(A, padding), NPOOL_OFFSET(A, x_strides),
+                    NPOOL_OFFSET(A, out_strides), NPOOL_OFFSET(A, g_strides),
+                    NPOOL_OFFSET(A, work), NPOOL_OFFSET(A, stride_div))
 #endif
