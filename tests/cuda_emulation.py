@@ -16,7 +16,7 @@ import subprocess
 import numpy as np
 
 from npool._checks import is_float_dtype
-from npool._cuda._arrays import DeviceArray
+from npool._device_array import DeviceArray
 
 SOURCES = pathlib.Path(__file__).resolve().parents[1] / "src" / "cuda"
 

@@ -3,56 +3,23 @@
 Each check raises ``TypeError`` (wrong type or dtype) or ``ValueError`` (wrong value or shape)
 with a message that names the argument and says what was expected.
 """
-import functools
 import math
 import numbers
 import operator
-import sys
 
 import numpy as np
 
-DTYPE_NAMES = "float16, bfloat16, float32 or float64"
-_NUMPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-
-
-# bfloat16 is ml_dtypes' (the dtype JAX and TensorFlow use). Importing ml_dtypes takes about a
-# second, so npool imports it when a bfloat16 array or tensor is first met: an array can only
-# have ml_dtypes' dtype once ml_dtypes is imported.
-@functools.lru_cache(maxsize=None)
-def bfloat16():
-    """ml_dtypes' bfloat16 as a NumPy dtype (imports ml_dtypes at the first call)."""
-    from ml_dtypes import bfloat16 as dtype
-    return np.dtype(dtype)
-
-
-def is_bfloat16(dtype):
-    """Whether ``dtype`` is ml_dtypes' bfloat16 (without importing ml_dtypes)."""
-    return "ml_dtypes" in sys.modules and dtype == bfloat16()
-
-
-def float_dtypes():
-    """The dtypes npool computes in: float16, float32, float64, and bfloat16 once ml_dtypes is
-    imported (before that no array can have it)."""
-    return _NUMPY_FLOATS + ((bfloat16(),) if "ml_dtypes" in sys.modules else ())
-
-
-def is_float_dtype(dtype):
-    """Whether npool computes in ``dtype`` (float16, bfloat16, float32, float64)."""
-    return dtype in _NUMPY_FLOATS or is_bfloat16(dtype)
-
-
-def is_half_dtype(dtype):
-    """float16 or bfloat16: stored in 16 bits, computed in float32."""
-    return dtype == np.dtype(np.float16) or is_bfloat16(dtype)
-
+from ._device_array import DeviceArray
+# the dtypes npool computes in (npool._dtypes), also read through this module by the adapters
+from ._dtypes import (DTYPE_NAMES, bfloat16, float_dtypes, is_bfloat16,  # noqa: F401
+                      is_float_dtype, is_half_dtype)
 
 def _describe(value):
     return f"{type(value).__name__} {value!r}" if np.ndim(value) == 0 else type(value).__name__
 
 
 def _is_array(a):
-    from ._cuda._arrays import DeviceArray  # a GPU array, as described by npool._cuda
-    return isinstance(a, (np.ndarray, DeviceArray))
+    return isinstance(a, (np.ndarray, DeviceArray))  # a GPU array, as npool._cuda describes it
 
 
 def float_array(a, name):

@@ -32,7 +32,6 @@ LOUPE_BN_EPSILON = 1e-3
 LOUPE_BN_DECAY = 0.999
 
 _BN_NAMES = ("gamma", "beta", "moving_mean", "moving_variance")
-_POOLS = ("NetVLAD", "NetRVLAD", "NetFV", "SoftDBoW")
 
 
 class LoupeWeights:

@@ -9,7 +9,8 @@ is read as bfloat16, the convention PyTorch's ``__cuda_array_interface__`` and m
 """
 import numpy as np
 
-from .._checks import DTYPE_NAMES, bfloat16, float_dtypes, is_bfloat16
+from .._device_array import DeviceArray
+from .._dtypes import DTYPE_NAMES, bfloat16, float_dtypes, is_bfloat16
 
 _TYPE_SUFFIX = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32",
                 np.dtype(np.float64): "f64"}
@@ -19,41 +20,6 @@ _BFLOAT16_TYPESTR = "<V2"
 def type_suffix(dtype):
     """The suffix of the kernels for storage dtype ``dtype``: npool_<kernel>_<suffix>."""
     return "bf16" if is_bfloat16(dtype) else _TYPE_SUFFIX[np.dtype(dtype)]
-
-
-class DeviceArray:
-    """A GPU array as npool's kernels see it.
-
-    Attributes: ``ptr`` (device address of element 0), ``shape``, ``strides`` (in elements, may
-    be negative), ``dtype``, ``stream`` (the producer's stream handle from a version-3 interface:
-    1 = legacy default stream, 2 = per-thread default stream, other = a ``CUstream``; None when
-    the producer names none) and ``obj`` (the object described, kept alive with the description).
-    """
-
-    __slots__ = ("ptr", "shape", "strides", "dtype", "stream", "obj")
-
-    def __init__(self, ptr, shape, strides, dtype, stream=None, obj=None):
-        self.ptr = ptr
-        self.shape = tuple(shape)
-        self.strides = tuple(strides)
-        self.dtype = np.dtype(dtype)
-        self.stream = stream
-        self.obj = obj
-
-    @property
-    def ndim(self):
-        return len(self.shape)
-
-    @property
-    def size(self):
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    def itemsize_bytes(self):
-        return self.dtype.itemsize
-
-    def __repr__(self):
-        return (f"DeviceArray(ptr={self.ptr:#x}, shape={self.shape}, strides={self.strides}, "
-                f"dtype={self.dtype}, stream={self.stream})")
 
 
 def _interface(obj, name):

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 from . import _driver_api, fatbin_path, kernel_source_dir
-from ._arrays import DeviceArray
+from .._device_array import DeviceArray
 
 _BLOCK = 256           # threads per block (the kernels' __launch_bounds__)
 _BLOCKS_PER_SM = 32    # grid-stride loops: at most this many blocks per multiprocessor

@@ -17,8 +17,8 @@ import ctypes
 
 import numpy as np
 
-from .._checks import bfloat16, is_bfloat16
-from ._arrays import DeviceArray, any_dtype, describe
+from .._device_array import DeviceArray
+from .._dtypes import bfloat16, is_bfloat16
 
 CPU, CUDA, CUDA_HOST, CUDA_MANAGED = 1, 2, 3, 13  # DLDeviceType codes npool meets
 _GPU_DEVICES = (CUDA, CUDA_MANAGED)
@@ -80,12 +80,6 @@ def device_of(obj):
         return None
 
 
-def is_gpu_tensor(obj):
-    """True for an object that exports DLPack from CUDA (or managed) memory."""
-    device = device_of(obj)
-    return device is not None and device[0] in _GPU_DEVICES
-
-
 class _Owner:
     """Holds a consumed DLManagedTensor and calls its deleter once, when collected."""
 
@@ -135,13 +129,13 @@ def read(obj, name, devices=_GPU_DEVICES):
 
 
 def capsule(array, device=(CUDA, 0), order=None):
-    """A ``"dltensor"`` capsule over ``array`` (a DeviceArray, or anything exporting
-    ``__cuda_array_interface__``), its axes in ``order``, on DLPack ``device``; no copy. The
-    capsule and its deleter are C (``npool._cpu._dlpack_export``), so a consumer may free it
-    at any time, also while the interpreter shuts down."""
+    """A ``"dltensor"`` capsule over ``array`` (a DeviceArray: ``_arrays.describe`` makes one
+    of anything exporting ``__cuda_array_interface__``), its axes in ``order``, on DLPack
+    ``device``; no copy. The capsule and its deleter are C (``npool._cpu._dlpack_export``), so
+    a consumer may free it at any time, also while the interpreter shuts down."""
     from .._cpu import _dlpack_export
     if not isinstance(array, DeviceArray):
-        array = describe(array, "array", any_dtype())
+        raise TypeError(f"array must be a DeviceArray, got {type(array).__name__}")
     order = tuple(range(array.ndim)) if order is None else tuple(order)
     code, bits = _code_of_dtype(array.dtype)
     return _dlpack_export.capsule(array, array.ptr, tuple(array.shape[a] for a in order),

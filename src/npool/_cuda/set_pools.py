@@ -13,7 +13,8 @@ import numpy as np
 
 from .. import _checks
 from . import _device, reductions
-from ._arrays import DeviceArray, run_stride, type_suffix
+from .._device_array import DeviceArray
+from ._arrays import run_stride, type_suffix
 
 _MATMUL_TILE = 16  # TILE in set_pools.cu
 MATMUL_ARGS = np.dtype([

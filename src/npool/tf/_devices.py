@@ -50,7 +50,7 @@ def call_core(function, inputs, dtypes, name, where):
 
 def _device_call(function, tensors, single):
     from npool._cuda import _dlpack
-    from npool._cuda._arrays import View
+    from npool._cuda._arrays import View, any_dtype, describe
     devices = [_dlpack.device_of(t) for t in tensors]
     if not any(d is not None and d[0] in GPU_DEVICES for d in devices):
         results = function(*[t.numpy() for t in tensors])  # placed on the host after all
@@ -59,7 +59,9 @@ def _device_call(function, tensors, single):
     results = function(*arrays)
     results = [results] if single else list(results)
     device = next(d for d in devices if d is not None and d[0] in GPU_DEVICES)
-    return [tf.experimental.dlpack.from_dlpack(_dlpack.capsule(r, device)) for r in results]
+    return [tf.experimental.dlpack.from_dlpack(
+        _dlpack.capsule(describe(r, f"result {i}", any_dtype()), device))
+        for i, r in enumerate(results)]
 
 
 def moveaxis(a, source, destination):

@@ -1,0 +1,64 @@
+"""npool's modules import each other without circles: no module imports (at its top or inside a
+function) one that imports it back, directly or through others. A package's own submodules
+needing the package are not circles (Python imports the package first); everything else is
+an edge of the graph, read from the sources' import statements."""
+import ast
+import pathlib
+
+SOURCE = pathlib.Path(__file__).resolve().parents[1] / "src" / "npool"
+
+
+def _modules():
+    modules = {}
+    for path in SOURCE.rglob("*.py"):
+        parts = list(path.relative_to(SOURCE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+def _imports(name, path, modules):
+    """The npool modules that module ``name`` imports."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                       for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target not in modules and "." in target:
+                target = target.rsplit(".", 1)[0]
+            if target in modules and target != name and not name.startswith(target + "."):
+                found.add(target)
+    return found
+
+
+def _cycle_through(start, graph):
+    """A path of imports from ``start`` back to itself, or None."""
+    stack, seen = [(start, (start,))], set()
+    while stack:
+        node, path = stack.pop()
+        for following in graph[node]:
+            if following == start:
+                return path + (start,)
+            if following not in seen:
+                seen.add(following)
+                stack.append((following, path + (following,)))
+    return None
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    assert "npool._checks" in graph and graph["npool.torch._ops"]  # the graph was read
+    cycles = [cycle for cycle in map(lambda name: _cycle_through(name, graph), sorted(graph))
+              if cycle]
+    assert not cycles, "import circles:\n" + "\n".join(" -> ".join(c) for c in cycles)
