@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -8,6 +9,10 @@ from hypothesis import HealthCheck, settings
 # draws at random (no fixed seed): the tolerances follow each problem's conditioning, so no
 # draw can fail a correct implementation, and a failure prints the seed that reproduces it
 # (pytest --hypothesis-seed=N).
+# The tests' shared modules (helpers.py, gpu_backends.py, cuda_emulation.py, ...) import by
+# name also under --import-mode=importlib, which puts no test folder on the path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 settings.register_profile("ci", max_examples=150, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=60, deadline=None,
@@ -27,6 +32,20 @@ def emulation_library(tmp_path_factory):
     if library is None:
         pytest.skip("no nvcc: the CUDA kernels cannot be compiled for the host")
     return library
+
+
+@pytest.fixture(scope="module", params=["emulated", "cuda"])
+def gpu(request):
+    """The GPU backend a CUDA test runs on: the emulated kernels (wherever nvcc is), then a
+    real GPU (PyCUDA and a GPU); see gpu_backends.py."""
+    from gpu_backends import Cuda, Emulated
+
+    if request.param == "emulated":
+        backend = Emulated(request.getfixturevalue("emulation_library"))
+    else:
+        backend = Cuda()
+    with backend:
+        yield backend
 
 
 @pytest.fixture(autouse=True)

@@ -11,11 +11,9 @@ from hypothesis.extra import numpy as hnp
 
 import npool
 from npool._checks import bfloat16
-from npool._cuda import set_pools as gpu_set_pools
-from test_cuda import gpu  # noqa: F401 (the two backends, as a fixture)
 from npool.testing.tolerances import (assert_within, float_info, fv_scales, vlad_norm_scales,
                                       vlad_scales)
-from test_set_pools import ref_fv, ref_vlad
+from helpers import ref_fv, ref_vlad
 
 
 def on_gpu(gpu, *arrays):

@@ -4,24 +4,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 import npool
 from npool.testing import references as ref
 from npool.testing.strategies import channels_last, values
 from npool.testing.tolerances import assert_within
-from test_soft_pool import central_differences
-
-
-@st.composite
-def global_problems(draw, dtype=np.float64, elements=values, max_side=6):
-    """(x, layout): (N, C, *spatial) with 1 to 3 spatial axes, maybe in channels-last memory."""
-    nd = draw(st.integers(1, 3))
-    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3))) + tuple(
-        draw(st.integers(1, max_side)) for _ in range(nd))
-    x = draw(hnp.arrays(dtype, shape, elements=elements))
-    layout = draw(st.sampled_from(["contiguous", "channels_last"]))
-    return (channels_last(x) if layout == "channels_last" else x), layout
+from helpers import central_differences, global_problems
 
 
 ks = st.one_of(st.integers(1, 40), st.floats(0.01, 1.0))

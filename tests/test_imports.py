@@ -62,3 +62,17 @@ def test_no_module_imports_one_that_imports_it_back():
     cycles = [cycle for cycle in map(lambda name: _cycle_through(name, graph), sorted(graph))
               if cycle]
     assert not cycles, "import circles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in helpers.py, gpu_backends.py and conftest.py: a test module
+    imported by another would run its tests twice and breaks --import-mode=importlib."""
+    tests = pathlib.Path(__file__).resolve().parent
+    offenders = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.name} imports {name}" for name in names
+                          if name.split(".")[0].startswith("test_")]
+    assert not offenders, "\n".join(offenders)

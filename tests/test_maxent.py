@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import npool
 from npool.testing import reference
 from npool.testing.strategies import channels_last, local_pool_inputs
-from test_soft_pool import central_differences
+from helpers import central_differences, lam_of
 
 FORWARD = {1: npool.maxent_pool1d_forward, 2: npool.maxent_pool2d_forward,
            3: npool.maxent_pool3d_forward}
@@ -17,24 +17,6 @@ BACKWARD = {1: npool.maxent_pool1d_backward, 2: npool.maxent_pool2d_backward,
 SOFT = {1: npool.soft_pool1d_forward, 2: npool.soft_pool2d_forward,
         3: npool.soft_pool3d_forward}
 MODES = ["scalar", "channel", "sample_channel", "position", "sample", "other"]
-
-
-def lam_of(mode, out_shape, batched, rng):
-    """A lam of the given broadcast mode for an output of out_shape."""
-    nd = len(out_shape) - (2 if batched else 1)
-    if mode == "scalar":
-        return float(rng.uniform(-2, 3))
-    c = out_shape[1 if batched else 0]
-    n = out_shape[0] if batched else 1
-    ones = (1,) * nd
-    shapes = {
-        "channel": (c,) + ones,
-        "sample_channel": ((n,) if batched else ()) + (c,) + ones,
-        "position": out_shape[-nd:],
-        "sample": ((n, 1) + ones) if batched else (1,) + ones,
-        "other": (1,) * (len(out_shape) - 1) + (out_shape[-1],),
-    }
-    return rng.uniform(-2, 3, shapes[mode])
 
 
 def call(fn, *args, nd_args):

@@ -46,7 +46,6 @@ def test_the_core_has_the_table_s_signature(name):
 @pytest.mark.parametrize("name", list(OPS))
 def test_the_backward_returns_one_gradient_per_differentiable_input(name):
     from hypothesis import given, settings
-    from hypothesis import strategies as st
     from npool.testing.strategies import problems
 
     op = OPS[name]

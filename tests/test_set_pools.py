@@ -9,17 +9,7 @@ from hypothesis.extra import numpy as hnp
 from npool import set_pools as sp
 from npool.testing import references
 from npool.testing.tolerances import assert_within, vlad_scales
-from test_soft_pool import central_differences
-
-
-def ref_vlad(x, a, c=None):
-    """NetVLAD (NetRVLAD without c): npool.testing's float64 reference."""
-    return references.netrvlad_pool_forward(x, a) if c is None else \
-        references.netvlad_pool_forward(x, a, c)
-
-
-def ref_fv(x, a, mu, cw):
-    return references.netfv_pool_forward(x, a, mu, cw)
+from helpers import central_differences, ref_fv, ref_vlad
 
 
 def problem(seed=0, B=2, M=4, D=3, K=3):

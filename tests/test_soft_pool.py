@@ -1,9 +1,5 @@
 """SoftPool 1d/2d/3d on the CPU: forward and backward against the float64 reference, finite
 differences, invariants, layouts, dtypes and non-finite values."""
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,37 +8,8 @@ from hypothesis import strategies as st
 import npool
 from npool.testing import references, reference
 from npool.testing.strategies import as_tuple, channels_last, local_pool_inputs
-
-FORWARD = {1: npool.soft_pool1d_forward, 2: npool.soft_pool2d_forward,
-           3: npool.soft_pool3d_forward}
-BACKWARD = {1: npool.soft_pool1d_backward, 2: npool.soft_pool2d_backward,
-            3: npool.soft_pool3d_backward}
-
-
-def call_forward(x, nd, args):
-    kernel, stride, padding, ceil_mode = args
-    return FORWARD[nd](x, kernel, stride=stride, padding=padding, ceil_mode=ceil_mode)
-
-
-def call_backward(g, x, nd, args):
-    kernel, stride, padding, ceil_mode = args
-    return BACKWARD[nd](g, x, kernel, stride=stride, padding=padding, ceil_mode=ceil_mode)
-
-
-def ref_forward(x, nd, args):
-    kernel, stride, padding, ceil_mode = args
-    return reference(f"soft_pool{nd}d")[0](x, kernel, stride, padding, ceil_mode)
-
-
-def ref_backward(g, x, nd, args):
-    kernel, stride, padding, ceil_mode = args
-    return reference(f"soft_pool{nd}d")[1](g, x, kernel, stride, padding, ceil_mode)
-
-
-def scale_of(x):
-    """Errors are measured relative to the magnitude of the values pooled."""
-    return max(1.0, float(np.max(np.abs(x)))) if x.size else 1.0
-
+from helpers import (BACKWARD, FORWARD, call_backward, call_forward, central_differences,
+                     ref_backward, ref_forward, scale_of)
 
 # ------------------------------------------------------------------ forward vs reference
 @pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-10), (np.float32, 1e-5)])
@@ -85,16 +52,6 @@ def test_backward_matches_reference(dtype, tolerance, data):
     expected = ref_backward(g, x, nd, args)
     assert grad.shape == x.shape and grad.dtype == dtype
     np.testing.assert_allclose(grad, expected, rtol=tolerance, atol=tolerance * scale_of(x))
-
-
-def central_differences(f, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        plus, minus = x.copy(), x.copy()
-        plus[index] += eps
-        minus[index] -= eps
-        grad[index] = (f(plus) - f(minus)) / (2 * eps)
-    return grad
 
 
 @settings(max_examples=25)

@@ -7,7 +7,6 @@ from hypothesis import given, settings
 import npool
 from npool import testing
 from npool.testing.references import sum_to_shape, window_cells, windows
-from test_cuda import gpu  # noqa: F401 (the GPU backends, as a fixture)
 
 OPS = testing.OPS
 

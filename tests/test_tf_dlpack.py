@@ -20,7 +20,7 @@ from npool._checks import bfloat16  # noqa: E402
 from npool._cuda import _dlpack  # noqa: E402
 from npool._device_array import DeviceArray  # noqa: E402
 from npool.tf import _devices, _ops  # noqa: E402
-from test_cuda import Emulated  # noqa: E402
+from gpu_backends import Emulated  # noqa: E402
 
 
 def _memory(array):
