@@ -259,13 +259,14 @@ def spatial_rank(ndim, spatial_dims, name="x"):
                      f"{ndim} axes")
 
 
-def batch_norm_options(bn_epsilon, bn_momentum, meaning):
-    """A set layer's BatchNorm epsilon (> 0) and momentum (in [0, 1], or None where the
-    framework allows it; ``meaning`` says which convention the message should name)."""
+def batch_norm_options(bn_epsilon, bn_momentum, meaning, allow_none=False):
+    """A set layer's BatchNorm epsilon (> 0) and momentum (in [0, 1], or None with
+    ``allow_none``, where the framework allows it: PyTorch's cumulative average); ``meaning``
+    says which convention the message should name."""
     eps = finite_real(bn_epsilon, "bn_epsilon")
     if eps <= 0:
         raise ValueError(f"bn_epsilon must be > 0, got {bn_epsilon!r}")
-    if bn_momentum is None and "None" in meaning:
+    if bn_momentum is None and allow_none:
         return eps, None
     momentum = finite_real(bn_momentum, "bn_momentum")
     if not 0 <= momentum <= 1:

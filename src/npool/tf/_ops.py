@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import npool
 
-from .. import _checks
+from .. import _checks, _op_table
 from .. import _portable as portable_forms
 from .._types import Count, Size
 from ._devices import (PORTABLE, call_core, moveaxis, placement, with_leading_ones,
@@ -193,11 +193,21 @@ soft_pool3d = _make_soft_pool(3)
 
 
 # ------------------------------------------------------------------ global pools
-def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_dims=None,
-                 saves=None, **kwargs):
-    """A global pool of npool's core as a tf.custom_gradient function; selecting pools hand
-    their indices from the forward to the backward, LSE its statistics (``saves``). ``spatial_dims`` (an int) requires that
-    many spatial axes, as Keras' ``Global…Pooling2D`` layers do (batched input only)."""
+# What a global pool's forward hands to its backward (the op table's ``saved``): the forward's
+# flag, the backward's argument, the dtype.
+_SAVED = {"indices": ("return_indices", "indices", tf.int64),
+          "stats": ("return_stats", "stats", tf.float64)}
+
+
+def _global_pool(name, x, keepdims, data_format, spatial_dims=None, **kwargs):
+    """Global pool ``name`` (a row of the op table) of npool's core as a tf.custom_gradient
+    function; what the table says its backward takes from the forward (the selections'
+    indices, LSE's statistics) goes from one to the other. ``spatial_dims`` (an int) requires
+    that many spatial axes, as Keras' ``Global…Pooling2D`` layers do (batched input only)."""
+    forward = getattr(npool, f"{name}_forward")
+    backward = getattr(npool, f"{name}_backward")
+    saved = _SAVED[_op_table.OPS[name].saved[0]] if _op_table.OPS[name].saved else None
+    selects = saved is not None and saved[1] == "indices"
     x = _tensor(x)
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
@@ -232,8 +242,7 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_d
 
     def portable_forward(x):
         def run(x):
-            y = _PORTABLE_GLOBAL[forward.__name__](to_channels_first(x, last), rank - 2,
-                                                   **kwargs)
+            y = portable_forms.forward(name, TFOps, to_channels_first(x, last), **kwargs)
             if not keepdims:
                 return y
             tail = (1,) * (rank - 2) + (-1,) if last else (-1,) + (1,) * (rank - 2)
@@ -243,10 +252,6 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_d
     where = PORTABLE if graph_must_stand_alone() else placement([x])
     if where == PORTABLE:
         return portable_forward(x)
-
-    # what the forward hands to the backward: (the forward's flag, the backward's argument,
-    # dtype), the selected cells' indices or what ``saves`` names (LSE's statistics)
-    saved = ("return_indices", "indices", tf.int64) if selects else saves
 
     @tf.custom_gradient
     def pool(x):
@@ -282,18 +287,6 @@ def _global_pool(x, forward, backward, keepdims, data_format, selects, spatial_d
         return y, grad
 
     return pool(x)
-
-
-_PORTABLE_GLOBAL = {
-    "global_max_pool_forward": lambda x, nd: portable_forms.global_max_pool(TFOps, x, nd),
-    "global_avg_pool_forward": lambda x, nd: portable_forms.global_avg_pool(TFOps, x, nd),
-    "global_lse_pool_forward": lambda x, nd, beta: portable_forms.global_lse_pool(TFOps, x, nd,
-                                                                                  beta),
-    "global_kmax_pool_forward": lambda x, nd, k, rounding: portable_forms.weldon_pool(
-        TFOps, x, nd, k, 0, rounding=rounding),
-    "weldon_pool_forward": lambda x, nd, kmax, kmin, alpha, rounding: portable_forms.weldon_pool(
-        TFOps, x, nd, kmax, kmin, alpha, rounding),
-}
 
 
 def _global_doc(summary, formula, options, after, call, result, layer, returns_note=""):
@@ -356,8 +349,7 @@ _ROUNDING = """    rounding : {"floor", "round"}, default "floor"
 
 def global_max_pool(x: TensorLike, keepdims: bool = False, data_format: str = "channels_last",
                     spatial_dims: Optional[int] = None) -> tf.Tensor:
-    return _global_pool(x, npool.global_max_pool_forward, npool.global_max_pool_backward,
-                        keepdims, data_format, True, spatial_dims)
+    return _global_pool("global_max_pool", x, keepdims, data_format, spatial_dims)
 
 
 global_max_pool.__doc__ = _global_doc(
@@ -368,8 +360,7 @@ global_max_pool.__doc__ = _global_doc(
 
 def global_avg_pool(x: TensorLike, keepdims: bool = False, data_format: str = "channels_last",
                     spatial_dims: Optional[int] = None) -> tf.Tensor:
-    return _global_pool(x, npool.global_avg_pool_forward, npool.global_avg_pool_backward,
-                        keepdims, data_format, False, spatial_dims)
+    return _global_pool("global_avg_pool", x, keepdims, data_format, spatial_dims)
 
 
 global_avg_pool.__doc__ = _global_doc(
@@ -381,9 +372,7 @@ global_avg_pool.__doc__ = _global_doc(
 def global_lse_pool(x: TensorLike, beta: float = 1.0, keepdims: bool = False,
                     data_format: str = "channels_last",
                     spatial_dims: Optional[int] = None) -> tf.Tensor:
-    return _global_pool(x, npool.global_lse_pool_forward, npool.global_lse_pool_backward,
-                        keepdims, data_format, False, spatial_dims,
-                        saves=("return_stats", "stats", tf.float64),
+    return _global_pool("global_lse_pool", x, keepdims, data_format, spatial_dims,
                         beta=_checks.finite_real(beta, "beta"))
 
 
@@ -400,8 +389,8 @@ def global_kmax_pool(x: TensorLike, k: Count = 1, keepdims: bool = False,
                      data_format: str = "channels_last", rounding: str = "floor",
                      spatial_dims: Optional[int] = None) -> tf.Tensor:
     _checks.k_count(k, 1, "k", rounding=rounding)
-    return _global_pool(x, npool.global_kmax_pool_forward, npool.global_kmax_pool_backward,
-                        keepdims, data_format, True, spatial_dims, k=k, rounding=rounding)
+    return _global_pool("global_kmax_pool", x, keepdims, data_format, spatial_dims, k=k,
+                        rounding=rounding)
 
 
 global_kmax_pool.__doc__ = _global_doc(
@@ -414,9 +403,9 @@ def weldon_pool(x: TensorLike, kmax: Count = 1, kmin: Optional[Count] = None,
                 alpha: float = 1.0, keepdims: bool = False, data_format: str = "channels_last",
                 rounding: str = "floor", spatial_dims: Optional[int] = None) -> tf.Tensor:
     _checks.weldon_counts(kmax, kmin, 1, rounding)
-    return _global_pool(x, npool.weldon_pool_forward, npool.weldon_pool_backward, keepdims,
-                        data_format, True, spatial_dims, kmax=kmax, kmin=kmin,
-                        alpha=_checks.finite_real(alpha, "alpha"), rounding=rounding)
+    return _global_pool("weldon_pool", x, keepdims, data_format, spatial_dims, kmax=kmax,
+                        kmin=kmin, alpha=_checks.finite_real(alpha, "alpha"),
+                        rounding=rounding)
 
 
 weldon_pool.__doc__ = _global_doc(

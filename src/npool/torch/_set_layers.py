@@ -31,7 +31,8 @@ def _normal(*shape, std, mean=0.0):
 
 def _batch_norm_options(bn_epsilon, bn_momentum):
     return _checks.batch_norm_options(bn_epsilon, bn_momentum,
-                                      "PyTorch's meaning: 1 - TensorFlow's decay; or None")
+                                      "PyTorch's meaning: 1 - TensorFlow's decay; or None",
+                                      allow_none=True)
 
 
 def _set_mode(module, is_training):
