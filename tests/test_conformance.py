@@ -1,11 +1,19 @@
 """The conformance suite: every op of the op table (npool/_op_table.py) through every adapter,
 each capability the table gives it, with nothing listed by hand here.
 
-So far, npool.torch: for each op, problems drawn by ``npool.testing.problems`` run through the
-public function, forward and backward (autograd), and must equal the core's results; every
-custom op the call reaches is recorded and goes through ``torch.library.opcheck`` (its schema,
-fake tensor, autograd registration and AOT dispatch), the backward ones included, and they are
-the ops the table names (``npool::<kernel>`` and ``npool::<kernel>_backward``).
+For each op, problems drawn by ``npool.testing.problems`` run through each adapter's public
+function, forward and backward, and must equal the core's results, one gradient per
+differentiable input of the table:
+
+- npool.torch (autograd): every custom op the call reaches is recorded and goes through
+  ``torch.library.opcheck`` (its schema, fake tensor, autograd registration and AOT
+  dispatch), the backward ones included, and they are the ops the table names
+  (``npool::<kernel>`` and ``npool::<kernel>_backward``); inside ``torch.autocast`` every op
+  runs in the region's dtype;
+- npool.jax (``jax.vjp``, float64) and npool.tf (``tf.GradientTape``), channels-first data.
+
+Still listed by hand in the adapter tests, to come here: torch.compile, export, vmap, second
+order, XLA, Keras on each backend.
 """
 import numpy as np
 import pytest
@@ -114,3 +122,88 @@ def test_torch_autocast_conforms(name, data):
             expected = function(*cast.values(), **cast_options)
         assert y.dtype == dtype
         torch.testing.assert_close(y, expected, rtol=0, atol=0, equal_nan=True)
+
+
+# ------------------------------------------------------------------ npool.jax, npool.tf
+def _adapter_call(problem, op):
+    """The problem's arrays (inputs as float64 arrays, lam included) and options for a
+    framework function that takes channels-first data (local and global pools)."""
+    inputs = {name: np.asarray(a, np.float64) for name, a in problem.inputs.items()}
+    options = dict(problem.options)
+    if op.family != "set":
+        options["data_format"] = "channels_first"
+    return inputs, options
+
+
+def _core_results(problem, name):
+    y = getattr(npool, f"{name}_forward")(*problem.args, **problem.options)
+    y = y[0] if isinstance(y, tuple) else y
+    grads = getattr(npool, f"{name}_backward")(problem.grad_out, *problem.args,
+                                               **problem.options)
+    return y, grads if isinstance(grads, tuple) else (grads,)
+
+
+def _adapter_problems(name):
+    """Batched float64 problems in C order (the frameworks' arrays have no other layout)."""
+    op = OPS[name]
+    return problems(name, dtypes=("float64",), layouts=("contiguous",), extreme=False).filter(
+        lambda p: op.family == "set" or np.ndim(p.inputs["x"]) == op_rank(p, op))
+
+
+def op_rank(problem, op):
+    """The rank of a batched x: (N, C, *spatial)."""
+    return (op.nd or np.ndim(problem.inputs["x"]) - 2) + 2
+
+
+@pytest.mark.parametrize("name", list(OPS))
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_jax_conforms(name, data):
+    """npool.jax's function, under jax.vjp, equals the core: the forward, and one gradient
+    per differentiable input of the table."""
+    jax = pytest.importorskip("jax")
+    nj = pytest.importorskip("npool.jax")
+    op = OPS[name]
+    problem = data.draw(_adapter_problems(name))
+    inputs, options = _adapter_call(problem, op)
+    expected_y, expected_grads = _core_results(problem, name)
+    enable = jax.enable_x64(True) if hasattr(jax, "enable_x64") else \
+        __import__("jax.experimental", fromlist=["enable_x64"]).enable_x64()
+    with enable:
+        def function(*values):
+            arrays = dict(zip(op.differentiable, values))
+            return getattr(nj, name)(**arrays, **options)
+
+        y, pullback = jax.vjp(function, *(inputs[n] for n in op.differentiable))
+        grads = pullback(np.asarray(problem.grad_out, np.float64))
+    np.testing.assert_allclose(np.asarray(y), expected_y, rtol=1e-10, atol=1e-12)
+    assert len(grads) == len(op.differentiable)
+    for got, expected in zip(grads, expected_grads):
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(OPS))
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_tf_conforms(name, data):
+    """npool.tf's function, under tf.GradientTape, equals the core: the forward, and one
+    gradient per differentiable input of the table."""
+    tf = pytest.importorskip("tensorflow")
+    ntf = pytest.importorskip("npool.tf")
+    op = OPS[name]
+    problem = data.draw(_adapter_problems(name))
+    inputs, options = _adapter_call(problem, op)
+    expected_y, expected_grads = _core_results(problem, name)
+    variables = {n: tf.Variable(inputs[n]) for n in op.differentiable}
+    options = {key: tf.constant(value) if isinstance(value, np.ndarray) else value
+               for key, value in options.items()}
+    with tf.GradientTape() as tape:
+        y = getattr(ntf, name)(**variables, **options)
+    grads = tape.gradient(y, [variables[n] for n in op.differentiable],
+                          output_gradients=tf.constant(np.asarray(problem.grad_out, np.float64)),
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    np.testing.assert_allclose(y.numpy(), expected_y, rtol=1e-10, atol=1e-12)
+    for got, expected in zip(grads, expected_grads):
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-9, atol=1e-12)
