@@ -12,7 +12,7 @@ import numpy as np
 
 import npool
 
-from .. import _checks
+from .. import _checks, _op_table
 from .. import _portable as portable_forms
 from .._types import Count, Size
 
@@ -858,7 +858,8 @@ def weldon_pool(x: JaxArrayLike, kmax: Count = 1, kmin: Optional[Count] = None, 
 def _set_op(name, arrays, mask, out_shape, portable, fold=False):
     """A LOUPE op over npool's set kernels: ``arrays`` differentiated, ``mask`` (B, M) bools
     or None (not differentiated), ``mask=False`` for ops without one."""
-    arrays = [_float_array(a, n) for a, n in zip(arrays, _ARRAY_NAMES[name])]
+    names = _op_table.OPS[name].differentiable  # the arrays' names, in signature order
+    arrays = [_float_array(a, n) for a, n in zip(arrays, names)]
     dtype = arrays[0].dtype
     arrays = [arrays[0]] + [a.astype(dtype) for a in arrays[1:]]
     has_mask = mask is not None and mask is not False
@@ -876,7 +877,7 @@ def _set_op(name, arrays, mask, out_shape, portable, fold=False):
     # the arrays with a leading batch axis (the others - centres, weights - are shared by the
     # batch; x of Context Gating is (..., n), batched when it has more than one axis)
     batched = [name != "context_gating" or arrays[0].ndim > 1] + [
-        array_name == "assign" for array_name in _ARRAY_NAMES[name][1:]]
+        array_name == "assign" for array_name in names[1:]]
 
     def keywords(values):
         if mask is False:
@@ -894,11 +895,6 @@ def _set_op(name, arrays, mask, out_shape, portable, fold=False):
                     _Numpy(set_backward, None), (True,) * n + (False,) * len(masks), fold,
                     portable_form=portable_form, batched=batched + [True] * len(masks))
     return op(*arrays, *masks)
-
-
-_ARRAY_NAMES = {"netvlad_pool": ("x", "assign", "centers"), "netrvlad_pool": ("x", "assign"),
-                "netfv_pool": ("x", "assign", "mu", "covar_weights"),
-                "soft_dbow_pool": ("assign",), "context_gating": ("x", "weights", "biases")}
 
 
 def netvlad_pool(x: JaxArrayLike, assign: JaxArrayLike, centers: JaxArrayLike,
