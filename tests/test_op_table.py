@@ -80,3 +80,26 @@ def test_every_kernel_is_a_torch_custom_op_with_its_backward():
 
     for kernel in kernels():
         assert hasattr(torch.ops.npool, kernel) and hasattr(torch.ops.npool, f"{kernel}_backward")
+
+
+@pytest.mark.parametrize("adapter", ["torch", "keras"])
+def test_every_layer_of_the_table_exists(adapter):
+    """The table's layer names exist in npool.torch (``SoftPool2d``, ``GlobalMaxPool`` and
+    ``GlobalMaxPool2d``, ``NetVLAD``) and npool.keras (Keras' naming: ``SoftPooling2D``,
+    ``GlobalMaxPooling2D``); an op without a layer says so (None)."""
+    module = pytest.importorskip(f"npool.{adapter}")
+    keras_names = {"SoftPool": "SoftPooling", "MaxEntPool": "MaxEntPooling",
+                   "GlobalMaxPool": "GlobalMaxPooling", "GlobalAvgPool": "GlobalAveragePooling",
+                   "GlobalLSEPool": "GlobalLSEPooling", "GlobalKMaxPool": "GlobalKMaxPooling",
+                   "WeldonPool": "WeldonPooling"}
+    for op in OPS.values():
+        if op.layer is None:
+            continue
+        base = keras_names.get(op.layer, op.layer) if adapter == "keras" else op.layer
+        names = [f"{base}{op.nd}{'D' if adapter == 'keras' else 'd'}"] if op.family == "local" \
+            else [base] if op.family == "set" else \
+            [op.layer] + [f"{base}{nd}{'D' if adapter == 'keras' else 'd'}" for nd in (1, 2, 3)]
+        for name in names:
+            assert hasattr(module, name), (adapter, op.name, name)
+    assert [op.name for op in OPS.values() if op.layer is None] == ["maxent_pool1d",
+                                                                     "maxent_pool3d"]

@@ -45,6 +45,11 @@ class Op:
         share one: k-max is WELDON with kmin = 0, NetRVLAD is NetVLAD without centers.
     nd : int or None
         The spatial axes of a local pool; None for the others (any number, or none).
+    layer : str or None
+        The layer's name in npool.torch (``SoftPool`` -> ``SoftPool2d`` for a local pool;
+        ``GlobalMaxPool`` and its ``GlobalMaxPool2d`` forms; ``NetVLAD``) and npool.keras (in
+        Keras' own naming there: ``SoftPooling2D``, ``GlobalMaxPooling2D``); None where there
+        is none (Max-Ent has a layer for 2-D only).
     """
 
     name: str
@@ -56,6 +61,7 @@ class Op:
     saved: Tuple[str, ...]
     kernel: str
     nd: Optional[int] = None
+    layer: Optional[str] = None
 
 
 _WINDOW = ("kernel_size", "stride", "padding", "ceil_mode")
@@ -63,30 +69,33 @@ _WINDOW = ("kernel_size", "stride", "padding", "ceil_mode")
 
 def _local(kind, nd):
     differentiable = ("x", "lam") if kind == "maxent" else ("x",)
+    layer = "SoftPool" if kind == "soft" else "MaxEntPool" if nd == 2 else None
     return Op(f"{kind}_pool{nd}d", "local", differentiable, (), _WINDOW, ("y",), (),
-              f"{kind}_pool", nd)
+              f"{kind}_pool", nd, layer)
 
 
 _ROWS = (
     *(_local(kind, nd) for kind in ("soft", "maxent") for nd in (1, 2, 3)),
     Op("global_max_pool", "global", ("x",), (), ("keepdims",), ("y", "indices"), ("indices",),
-       "global_max_pool"),
-    Op("global_avg_pool", "global", ("x",), (), ("keepdims",), ("y",), (), "global_avg_pool"),
+       "global_max_pool", layer="GlobalMaxPool"),
+    Op("global_avg_pool", "global", ("x",), (), ("keepdims",), ("y",), (), "global_avg_pool",
+       layer="GlobalAvgPool"),
     Op("global_kmax_pool", "global", ("x",), (), ("k", "keepdims", "rounding"),
-       ("y", "indices"), ("indices",), "weldon_pool"),
+       ("y", "indices"), ("indices",), "weldon_pool", layer="GlobalKMaxPool"),
     Op("global_lse_pool", "global", ("x",), (), ("beta", "keepdims"), ("y", "stats"),
-       ("stats",), "global_lse_pool"),
+       ("stats",), "global_lse_pool", layer="GlobalLSEPool"),
     Op("weldon_pool", "global", ("x",), (), ("kmax", "kmin", "alpha", "keepdims", "rounding"),
-       ("y", "indices"), ("indices",), "weldon_pool"),
+       ("y", "indices"), ("indices",), "weldon_pool", layer="WeldonPool"),
     Op("netvlad_pool", "set", ("x", "assign", "centers"), ("mask",), (), ("y", "norms"),
-       ("y", "norms"), "netvlad_pool"),
+       ("y", "norms"), "netvlad_pool", layer="NetVLAD"),
     Op("netrvlad_pool", "set", ("x", "assign"), ("mask",), (), ("y", "norms"), ("y", "norms"),
-       "netvlad_pool"),
+       "netvlad_pool", layer="NetRVLAD"),
     Op("netfv_pool", "set", ("x", "assign", "mu", "covar_weights"), ("mask",), (), ("y",), (),
-       "netfv_pool"),
-    Op("soft_dbow_pool", "set", ("assign",), ("mask",), (), ("y",), (), "soft_dbow_pool"),
+       "netfv_pool", layer="NetFV"),
+    Op("soft_dbow_pool", "set", ("assign",), ("mask",), (), ("y",), (), "soft_dbow_pool",
+       layer="SoftDBoW"),
     Op("context_gating", "set", ("x", "weights", "biases"), (), (), ("y",), (),
-       "context_gating"),
+       "context_gating", layer="ContextGating"),
 )
 
 #: Every op by name, in the order the docs list them.

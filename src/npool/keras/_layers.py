@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import keras
 
-from .. import _checks
+from .. import _checks, _op_table
 from .._types import Count, Size
 from ._backends import op, require_supported_backend
 
@@ -180,9 +180,7 @@ _GLOBAL = {
 _KERAS_NAMES = {"GlobalMaxPool": "GlobalMaxPooling", "GlobalAvgPool": "GlobalAveragePooling",
                 "GlobalLSEPool": "GlobalLSEPooling", "GlobalKMaxPool": "GlobalKMaxPooling",
                 "WeldonPool": "WeldonPooling"}
-_FUNCTIONS = {"GlobalMaxPool": "global_max_pool", "GlobalAvgPool": "global_avg_pool",
-              "GlobalLSEPool": "global_lse_pool", "GlobalKMaxPool": "global_kmax_pool",
-              "WeldonPool": "weldon_pool"}
+_FUNCTIONS = {op.layer: op.name for op in _op_table.ops_of("global")}  # layer -> function
 
 
 def _global_doc(base, nd=None):

@@ -3,7 +3,7 @@ from typing import Any, Optional, Tuple, Union
 
 import torch
 
-from .. import _checks
+from .. import _checks, _op_table
 from .._types import Count, Size
 from ._ops import (global_avg_pool, global_kmax_pool, global_lse_pool,
                    global_max_pool, maxent_pool2d, soft_pool1d, soft_pool2d, soft_pool3d,
@@ -213,9 +213,7 @@ def _global_doc(name, nd=None):
     """
 
 
-_FUNCTIONS = {"GlobalMaxPool": "global_max_pool", "GlobalAvgPool": "global_avg_pool",
-              "GlobalLSEPool": "global_lse_pool", "GlobalKMaxPool": "global_kmax_pool",
-              "WeldonPool": "weldon_pool"}
+_FUNCTIONS = {op.layer: op.name for op in _op_table.ops_of("global")}  # layer -> function
 
 
 def _ranked_doc(base, nd):
