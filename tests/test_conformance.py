@@ -10,7 +10,8 @@ differentiable input of the table:
   dispatch), the backward ones included, and they are the ops the table names
   (``npool::<kernel>`` and ``npool::<kernel>_backward``); inside ``torch.autocast`` every op
   runs in the region's dtype;
-- npool.jax (``jax.vjp``, float64) and npool.tf (``tf.GradientTape``), channels-first data.
+- npool.jax (``jax.vjp``, and the forward under ``jax.jit``; float64) and npool.tf
+  (``tf.GradientTape``, and the forward inside ``tf.function``), channels-first data.
 
 Still listed by hand in the adapter tests, to come here: torch.compile, export, vmap, second
 order, XLA, Keras on each backend.
@@ -160,8 +161,8 @@ def op_rank(problem, op):
                                                                 HealthCheck.filter_too_much])
 @given(data=st.data())
 def test_jax_conforms(name, data):
-    """npool.jax's function, under jax.vjp, equals the core: the forward, and one gradient
-    per differentiable input of the table."""
+    """npool.jax's function, under jax.vjp (and jax.jit), equals the core: the forward, and
+    one gradient per differentiable input of the table."""
     jax = pytest.importorskip("jax")
     nj = pytest.importorskip("npool.jax")
     op = OPS[name]
@@ -175,9 +176,12 @@ def test_jax_conforms(name, data):
             arrays = dict(zip(op.differentiable, values))
             return getattr(nj, name)(**arrays, **options)
 
-        y, pullback = jax.vjp(function, *(inputs[n] for n in op.differentiable))
+        values = [inputs[n] for n in op.differentiable]
+        y, pullback = jax.vjp(function, *values)
         grads = pullback(np.asarray(problem.grad_out, np.float64))
+        jitted = jax.jit(function)(*values)
     np.testing.assert_allclose(np.asarray(y), expected_y, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(jitted), expected_y, rtol=1e-10, atol=1e-12)
     assert len(grads) == len(op.differentiable)
     for got, expected in zip(grads, expected_grads):
         np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-9, atol=1e-12)
@@ -188,8 +192,8 @@ def test_jax_conforms(name, data):
                                                                 HealthCheck.filter_too_much])
 @given(data=st.data())
 def test_tf_conforms(name, data):
-    """npool.tf's function, under tf.GradientTape, equals the core: the forward, and one
-    gradient per differentiable input of the table."""
+    """npool.tf's function, under tf.GradientTape (and inside tf.function), equals the core:
+    the forward, and one gradient per differentiable input of the table."""
     tf = pytest.importorskip("tensorflow")
     ntf = pytest.importorskip("npool.tf")
     op = OPS[name]
@@ -204,6 +208,8 @@ def test_tf_conforms(name, data):
     grads = tape.gradient(y, [variables[n] for n in op.differentiable],
                           output_gradients=tf.constant(np.asarray(problem.grad_out, np.float64)),
                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    graph = tf.function(lambda: getattr(ntf, name)(**variables, **options))()
     np.testing.assert_allclose(y.numpy(), expected_y, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(graph.numpy(), expected_y, rtol=1e-10, atol=1e-12)
     for got, expected in zip(grads, expected_grads):
         np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-9, atol=1e-12)
