@@ -81,13 +81,9 @@ def test_torch_conforms(name, data):
         y = function(*inputs.values(), **options)
         if y.numel():
             y.backward(torch.from_numpy(np.asarray(problem.grad_out, np.float64)))
-    expected = getattr(npool, f"{name}_forward")(*problem.args, **problem.options)
-    expected = expected[0] if isinstance(expected, tuple) else expected
+    expected, grads = _core_results(problem, name)
     np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
     if y.numel():
-        grads = getattr(npool, f"{name}_backward")(problem.grad_out, *problem.args,
-                                                   **problem.options)
-        grads = grads if isinstance(grads, tuple) else (grads,)
         assert len(grads) == len(op.differentiable)
         for input_name, expected_grad in zip(op.differentiable, grads):
             got = inputs[input_name].grad
@@ -144,6 +140,17 @@ def _core_results(problem, name):
     return y, grads if isinstance(grads, tuple) else (grads,)
 
 
+def _assert_matches_the_core(problem, name, forwards, grads):
+    """Each of ``forwards`` (an adapter's outputs, one per way of running it) equals the core's
+    forward, and ``grads`` its backward: one per differentiable input of the table."""
+    expected_y, expected_grads = _core_results(problem, name)
+    for y in forwards:
+        np.testing.assert_allclose(np.asarray(y), expected_y, rtol=1e-10, atol=1e-12)
+    assert len(grads) == len(OPS[name].differentiable)
+    for got, expected in zip(grads, expected_grads):
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-9, atol=1e-12)
+
+
 def _adapter_problems(name):
     """Batched float64 problems in C order (the frameworks' arrays have no other layout)."""
     op = OPS[name]
@@ -168,7 +175,6 @@ def test_jax_conforms(name, data):
     op = OPS[name]
     problem = data.draw(_adapter_problems(name))
     inputs, options = _adapter_call(problem, op)
-    expected_y, expected_grads = _core_results(problem, name)
     enable = jax.enable_x64(True) if hasattr(jax, "enable_x64") else \
         __import__("jax.experimental", fromlist=["enable_x64"]).enable_x64()
     with enable:
@@ -180,11 +186,7 @@ def test_jax_conforms(name, data):
         y, pullback = jax.vjp(function, *values)
         grads = pullback(np.asarray(problem.grad_out, np.float64))
         jitted = jax.jit(function)(*values)
-    np.testing.assert_allclose(np.asarray(y), expected_y, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(jitted), expected_y, rtol=1e-10, atol=1e-12)
-    assert len(grads) == len(op.differentiable)
-    for got, expected in zip(grads, expected_grads):
-        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-9, atol=1e-12)
+    _assert_matches_the_core(problem, name, (y, jitted), grads)
 
 
 @pytest.mark.parametrize("name", list(OPS))
@@ -199,7 +201,6 @@ def test_tf_conforms(name, data):
     op = OPS[name]
     problem = data.draw(_adapter_problems(name))
     inputs, options = _adapter_call(problem, op)
-    expected_y, expected_grads = _core_results(problem, name)
     variables = {n: tf.Variable(inputs[n]) for n in op.differentiable}
     options = {key: tf.constant(value) if isinstance(value, np.ndarray) else value
                for key, value in options.items()}
@@ -209,7 +210,4 @@ def test_tf_conforms(name, data):
                           output_gradients=tf.constant(np.asarray(problem.grad_out, np.float64)),
                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
     graph = tf.function(lambda: getattr(ntf, name)(**variables, **options))()
-    np.testing.assert_allclose(y.numpy(), expected_y, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(graph.numpy(), expected_y, rtol=1e-10, atol=1e-12)
-    for got, expected in zip(grads, expected_grads):
-        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-9, atol=1e-12)
+    _assert_matches_the_core(problem, name, (y, graph), grads)
