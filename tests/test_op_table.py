@@ -18,7 +18,8 @@ def test_every_op_has_a_row_and_the_references_agree():
     assert [op.name for family in ("local", "global", "set") for op in ops_of(family)] == \
         list(OPS)
     assert kernels() == ("soft_pool", "maxent_pool", "global_max_pool", "global_avg_pool",
-                         "weldon_pool", "global_lse_pool", "netvlad_pool", "netfv_pool",
+                         "weldon_pool", "global_lse_pool", "global_gem_pool", "netvlad_pool",
+                         "netfv_pool",
                          "soft_dbow_pool", "context_gating")
     with pytest.raises(ValueError, match="family must be"):
         ops_of("windowed")

@@ -1,5 +1,5 @@
 /* Vectorisable exponentials for non-positive arguments: npool's one exp, shared by every CPU
- * kernel (the Cython kernels through _fastexp.pxd, the vector lines of _softmax_lines.h).
+ * kernel (and GeM's log of a ratio, below) (the Cython kernels through _fastexp.pxd, the vector lines of _softmax_lines.h).
  *
  * exp(z) for z <= 0, without -ffast-math: Cody-Waite range reduction z = n ln2 + r with
  * |r| <= ln2/2, a Taylor polynomial for exp(r) (degree 6 for float: rel. error < 2e-7; degree 12
@@ -17,6 +17,7 @@
 #ifndef NPOOL_FASTEXP_H
 #define NPOOL_FASTEXP_H
 
+#include <math.h>
 #include <stdint.h>
 #include "_simd.h"
 
@@ -72,6 +73,56 @@ static inline double npool_exp_nonpositive_f64(double z) {
     p = NPOOL_EXP_F64_POLY(r);
     scale.i = (rounded.i - NPOOL_EXP_F64_BIAS) << 52;
     return underflow ? 0.0 : p * scale.f;
+}
+
+/* log(x / y) for positive normal floats x and y, y given as 2**ky times a mantissa whose log is
+ * ly (ly = npool_log_ratio_f32(y, ky, 0) with ky = npool_log_exponent_f32(y)): GeM's log of a
+ * cell relative to its map's maximum, exact to a few 1e-8 absolute whatever the magnitudes
+ * (log(x) - log(y) would lose ulp(log x); x / y may underflow). x = 2**k r with r in
+ * [sqrt(1/2), sqrt(2)) from the bits, log(r) = log1p(r - 1) by Cephes' degree-9 minimax
+ * polynomial (rel. error < 1e-7), k ln2 in two parts. Branch-free, so loops vectorise. */
+static inline float npool_log_exponent_f32(float x) {
+    npool_float_bits b;
+    b.f = x;
+    return (float)((b.i - 0x3f3504f3) >> 23);   /* 0x3f3504f3: the bits of sqrt(1/2) */
+}
+
+static inline float npool_log_ratio_f32(float x, float ky, float ly) {
+    npool_float_bits b;
+    int32_t e;
+    float f, f2, lx, k;
+    b.f = x;
+    e = (b.i - 0x3f3504f3) >> 23;
+    b.i = (int32_t)((uint32_t)b.i - ((uint32_t)e << 23));   /* r in [sqrt(1/2), sqrt(2)) */
+    f = b.f - 1.0f;
+    f2 = f * f;
+    lx = ((((((((7.0376836292e-2f * f - 1.1514610310e-1f) * f + 1.1676998740e-1f) * f
+               - 1.2420140846e-1f) * f + 1.4249322787e-1f) * f - 1.6668057665e-1f) * f
+             + 2.0000714765e-1f) * f - 2.4999993993e-1f) * f + 3.3333331174e-1f) * f * f2;
+    lx = f + (lx - 0.5f * f2);
+    k = (float)e - ky;
+    return k * NPOOL_EXP_F32_LN2_HI + ((lx - ly) + k * NPOOL_EXP_F32_LN2_LO);
+}
+
+/* The same for doubles, log(r) from libm (so not vectorised): ln2 split as fdlibm splits it. */
+#define NPOOL_LOG_F64_LN2_HI 6.93147180369123816490e-01
+#define NPOOL_LOG_F64_LN2_LO 1.90821492927058770002e-10
+
+static inline double npool_log_exponent_f64(double x) {
+    npool_double_bits b;
+    b.f = x;
+    return (double)((b.i - 0x3fe6a09e667f3bcdLL) >> 52);   /* the bits of sqrt(1/2) */
+}
+
+static inline double npool_log_ratio_f64(double x, double ky, double ly) {
+    npool_double_bits b;
+    int64_t e;
+    double k;
+    b.f = x;
+    e = (b.i - 0x3fe6a09e667f3bcdLL) >> 52;
+    b.i = (int64_t)((uint64_t)b.i - ((uint64_t)e << 52));
+    k = (double)e - ky;
+    return k * NPOOL_LOG_F64_LN2_HI + ((log(b.f) - ly) + k * NPOOL_LOG_F64_LN2_LO);
 }
 
 #if NPOOL_SIMD

@@ -1,7 +1,8 @@
 # cython: language_level=3
 """npool's exp for non-positive arguments, from _fastexp.h (see there: Cody-Waite reduction, a
 degree-6 (float) or degree-12 (double) polynomial, 0 below the smallest normal numbers), and
-the bit views of floats the kernels test for NaN and infinities with."""
+the bit views of floats the kernels test for NaN and infinities with, and GeM's float log of
+a ratio (npool_log_ratio_f32)."""
 from cython cimport floating
 from libc.stdint cimport int32_t, int64_t
 
@@ -15,6 +16,10 @@ cdef extern from "_fastexp.h" nogil:
         int64_t i
     float npool_exp_nonpositive_f32(float z)
     double npool_exp_nonpositive_f64(double z)
+    float npool_log_exponent_f32(float x)
+    float npool_log_ratio_f32(float x, float ky, float ly)
+    double npool_log_exponent_f64(double x)
+    double npool_log_ratio_f64(double x, double ky, double ly)
 
 
 ctypedef npool_float_bits float_bits

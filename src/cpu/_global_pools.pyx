@@ -15,6 +15,9 @@ computed by one thread in a fixed order: results do not depend on the thread cou
     max: y = max x, at the lowest flat index among ties; a NaN wins (the first NaN).
     LSE: z = beta x, M = max z, S = sum exp(z - M), y = (M + log(S / n)) / beta
          (beta = 0 is the mean, taken by the caller); dy/dx_i = exp(z_i - M) / S.
+    GeM: z = max(x, eps), M = max z, u = log(z / M), S = sum exp(p u), T = sum exp(p u) u,
+         y = M (S / n)^(1/p) (taken by the caller), dy/dx_i = y exp(p u_i) / (S z_i);
+         one thread per map, any strides.
 
 Selection (k-max, WELDON) is O(S) per map: the cells get unsigned keys that order their values
 (NaN above +inf, -0 equal to +0; complemented for the smallest values); a radix select finds
@@ -35,7 +38,8 @@ from libc.math cimport INFINITY, NAN, exp
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memset
 
-from _fastexp cimport double_bits, exp_nonpositive, float_bits
+from _fastexp cimport (double_bits, exp_nonpositive, float_bits, npool_log_exponent_f32,
+                       npool_log_exponent_f64, npool_log_ratio_f32, npool_log_ratio_f64)
 from _kernel_checks cimport dims, require, same_strides
 
 cdef enum:
@@ -520,6 +524,160 @@ cdef inline void _lse_gradient_position(const floating* x, floating* gx, Py_ssiz
                                                                 <floating>m[c])
         else:
             gx[c * gstep] = <floating>(coef[c] * _weight(beta * x[c * step], m[c]))
+
+
+# ------------------------------------------------------------------ GeM
+cdef inline floating _log_ratio(floating z, floating km, floating lm) noexcept nogil:
+    """u = log(z / m) for normal 0 < z <= m, m's exponent km and log-mantissa lm given: the log
+    of a ratio of _fastexp.h (a vectorisable polynomial for float, libm's log for double)."""
+    if floating is float:
+        return npool_log_ratio_f32(z, km, lm)
+    else:
+        return npool_log_ratio_f64(z, km, lm)
+
+
+cdef inline void _log_parts(floating m, floating* km, floating* lm) noexcept nogil:
+    """m's exponent and log-mantissa, for _log_ratio."""
+    if floating is float:
+        km[0] = npool_log_exponent_f32(m)
+        lm[0] = npool_log_ratio_f32(m, km[0], 0)
+    else:
+        km[0] = npool_log_exponent_f64(m)
+        lm[0] = npool_log_ratio_f64(m, km[0], 0)
+
+
+cdef inline void _gem_map_stats(const floating* x, Py_ssize_t step, Py_ssize_t n, floating eps,
+                                floating p, double* m_out, double* s_out,
+                                double* t_out) noexcept nogil:
+    """One map of n cells ``step`` apart, z = max(x, eps): M = max z, S = sum w_i and
+    T = sum w_i u_i with u_i = log(z_i / M) <= 0 and w_i = exp(p u_i) <= 1 (the largest cell
+    weighs 1, so nothing overflows for any p). The weights are added in eight lanes of x's
+    precision over blocks of 256 cells, the blocks in float64. A NaN in the map gives M = NaN,
+    a +inf M = +inf, each with S = T = 0 (the caller takes those limits); -inf is a cell below
+    eps like any other."""
+    cdef Py_ssize_t i, j, b, stop
+    cdef floating m = eps, bad = 0, v, z, u, w, km = 0, lm = 0
+    cdef floating lane_s[8]
+    cdef floating lane_t[8]
+    cdef double total_s = 0, total_t = 0
+    if step == 1:
+        m = _scaled_max(x, n, 1, &bad)
+        m = m if m > eps else eps
+    else:
+        for i in range(n):
+            v = x[i * step]
+            bad = bad + (v - v)
+            m = v if v > m else m
+    m_out[0] = m
+    s_out[0] = 0
+    t_out[0] = 0
+    if bad != 0:  # a NaN or an infinity: NaN wins, then +inf; -inf alone changes nothing
+        m = eps
+        for i in range(n):
+            v = x[i * step]
+            if v != v:
+                m_out[0] = NAN
+                return
+            m = v if v > m else m
+        m_out[0] = m
+        if m == INFINITY:
+            return
+    _log_parts(m, &km, &lm)
+    b = 0
+    while b < n:
+        stop = min(b + 256, n)
+        for j in range(8):
+            lane_s[j] = 0
+            lane_t[j] = 0
+        i = b
+        while i + 8 <= stop:
+            for j in range(8):
+                v = x[(i + j) * step]
+                z = v if v > eps else eps
+                u = _log_ratio(z, km, lm)
+                w = exp_nonpositive(p * u if p * u < 0 else 0)
+                lane_s[j] = lane_s[j] + w
+                lane_t[j] = lane_t[j] + w * u
+            i = i + 8
+        for j in range(stop - i):
+            v = x[(i + j) * step]
+            z = v if v > eps else eps
+            u = _log_ratio(z, km, lm)
+            w = exp_nonpositive(p * u if p * u < 0 else 0)
+            lane_s[j] = lane_s[j] + w
+            lane_t[j] = lane_t[j] + w * u
+        total_s = total_s + (((<double>lane_s[0] + lane_s[1]) + (<double>lane_s[2] + lane_s[3])) +
+                             ((<double>lane_s[4] + lane_s[5]) + (<double>lane_s[6] + lane_s[7])))
+        total_t = total_t + (((<double>lane_t[0] + lane_t[1]) + (<double>lane_t[2] + lane_t[3])) +
+                             ((<double>lane_t[4] + lane_t[5]) + (<double>lane_t[6] + lane_t[7])))
+        b = stop
+    s_out[0] = total_s
+    t_out[0] = total_t
+
+
+def gem_stats(const floating[:, :, :] x, const double[:] p, double eps, double[:] m,
+              double[:] s, double[:] t, int n_threads):
+    """GeM's statistics of every map t = n * C + c of x (N, C, S) with p[t]: m, s and t as
+    _gem_map_stats computes them (x's precision; p and eps rounded to it)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], i
+    cdef Py_ssize_t sN = x.strides[0] // x.itemsize, sC = x.strides[1] // x.itemsize
+    cdef Py_ssize_t sS = x.strides[2] // x.itemsize
+    cdef const floating* base
+    require(N * C * S > 0, "x must not be empty")
+    require(p.shape[0] == N * C and m.shape[0] == N * C and s.shape[0] == N * C and
+            t.shape[0] == N * C, "p, m, s and t must have one entry per map")
+    require(eps > 0, "eps must be positive")
+    require(n_threads >= 1, "n_threads must be >= 1")
+    base = &x[0, 0, 0]
+    for i in prange(N * C, schedule='static', nogil=True, num_threads=n_threads):
+        _gem_map_stats(base + (i // C) * sN + (i % C) * sC, sS if S > 1 else 1, S,
+                       <floating>eps, <floating>p[i], &m[i], &s[i], &t[i])
+
+
+cdef inline void _gem_gradient_map(const floating* x, Py_ssize_t step, floating* gx,
+                                   Py_ssize_t gstep, Py_ssize_t n, floating eps, floating p,
+                                   double m, double coef) noexcept nogil:
+    """gx_i = coef w_i / z_i where x_i >= eps (the clamp passes the gradient at eps, as
+    PyTorch's clamp does), else 0; w_i and z_i as _gem_map_stats computes them. A map whose M
+    is not finite gets coef (NaN) everywhere."""
+    cdef Py_ssize_t i
+    cdef floating mm = <floating>m, cc = <floating>coef, km = 0, lm = 0, v, z, u, w
+    if not _finite(m):
+        for i in range(n):
+            gx[i * gstep] = <floating>NAN
+        return
+    _log_parts(mm, &km, &lm)
+    for i in range(n):
+        v = x[i * step]
+        z = v if v > eps else eps
+        u = _log_ratio(z, km, lm)
+        w = exp_nonpositive(p * u if p * u < 0 else 0)
+        gx[i * gstep] = cc * w / z if v >= eps else 0
+
+
+def gem_gradient(const floating[:, :, :] x, floating[:, :, :] grad_x, const double[:] p,
+                 double eps, const double[:] m, const double[:] coef, int n_threads):
+    """grad_x of GeM for every map t (see _gem_gradient_map), coef[t] = g y / S."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], i
+    cdef Py_ssize_t sxN = x.strides[0] // x.itemsize, sxC = x.strides[1] // x.itemsize
+    cdef Py_ssize_t sxS = x.strides[2] // x.itemsize
+    cdef Py_ssize_t sgN = grad_x.strides[0] // grad_x.itemsize
+    cdef Py_ssize_t sgC = grad_x.strides[1] // grad_x.itemsize
+    cdef Py_ssize_t sgS = grad_x.strides[2] // grad_x.itemsize
+    cdef const floating* xbase
+    cdef floating* gbase
+    require(N * C * S > 0, "x must not be empty")
+    require(grad_x.shape[0] == N and grad_x.shape[1] == C and grad_x.shape[2] == S,
+            "grad_x must have x's shape")
+    require(p.shape[0] == N * C and m.shape[0] == N * C and coef.shape[0] == N * C,
+            "p, m and coef must have one entry per map")
+    require(n_threads >= 1, "n_threads must be >= 1")
+    xbase = &x[0, 0, 0]
+    gbase = &grad_x[0, 0, 0]
+    for i in prange(N * C, schedule='static', nogil=True, num_threads=n_threads):
+        _gem_gradient_map(xbase + (i // C) * sxN + (i % C) * sxC, sxS if S > 1 else 1,
+                          gbase + (i // C) * sgN + (i % C) * sgC, sgS if S > 1 else 1, S,
+                          <floating>eps, <floating>p[i], m[i], coef[i])
 
 
 # ------------------------------------------------------------------ selection

@@ -15,6 +15,8 @@ from ._threads import get_num_threads, set_num_threads
 from .global_pools import (
     global_avg_pool_backward,
     global_avg_pool_forward,
+    global_gem_pool_backward,
+    global_gem_pool_forward,
     global_kmax_pool_backward,
     global_kmax_pool_forward,
     global_lse_pool_backward,
@@ -60,6 +62,8 @@ __all__ = [
     "get_num_threads",
     "global_avg_pool_backward",
     "global_avg_pool_forward",
+    "global_gem_pool_backward",
+    "global_gem_pool_forward",
     "global_kmax_pool_backward",
     "global_kmax_pool_forward",
     "global_lse_pool_backward",

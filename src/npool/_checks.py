@@ -282,6 +282,37 @@ def flag(value, name):
     return bool(value)
 
 
+def real_parameter(value, name, dtype):
+    """A real number or real numpy array (a temperature, GeM's p) as a numpy array of ``dtype``
+    (values beyond its range become +-inf, for the caller's finiteness check). TypeError for
+    anything else, bools and masked arrays included."""
+    if isinstance(value, (bool, np.bool_)) or not (
+            isinstance(value, (int, float, np.integer, np.floating)) or
+            (isinstance(value, np.ndarray) and (value.dtype.kind in "iuf"
+                                                or is_half_dtype(value.dtype)))):
+        raise TypeError(f"{name} must be a real number or a real numpy array, got "
+                        f"{type(value).__name__}" + (f" of dtype {value.dtype}"
+                                                     if isinstance(value, np.ndarray) else ""))
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain numpy.ndarray, got a numpy.ma.MaskedArray")
+    try:
+        with np.errstate(over="ignore"):
+            return np.asarray(value, dtype=dtype)
+    except OverflowError:  # an int beyond the dtype's range
+        return np.asarray(np.inf, dtype=dtype)
+
+
+def sum_to_shape(full, shape):
+    """Sum a per-output array down to ``shape`` (the inverse of broadcasting), in the logical
+    (C) order of its axes, so that both memory layouts give the same bits (the backward writes
+    ``full`` in C order; any other array is summed from a C-ordered copy)."""
+    extra = full.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        extra + i for i, (n, m) in enumerate(zip(shape, full.shape[extra:])) if n == 1 and m != 1)
+    total = np.ascontiguousarray(full).sum(axis=axes) if axes else full
+    return np.asarray(total).reshape(shape)
+
+
 def finite_real(value, name):
     """A finite float from a real number; TypeError for other types, ValueError for NaN, inf
     and numbers beyond float64's range (an int like 10**400)."""

@@ -84,6 +84,8 @@ _ROWS = (
        ("y", "indices"), ("indices",), "weldon_pool", layer="GlobalKMaxPool"),
     Op("global_lse_pool", "global", ("x",), (), ("beta", "keepdims"), ("y", "stats"),
        ("stats",), "global_lse_pool", layer="GlobalLSEPool"),
+    Op("global_gem_pool", "global", ("x", "p"), (), ("eps", "keepdims"), ("y",), (),
+       "global_gem_pool", layer="GlobalGeMPool"),
     Op("weldon_pool", "global", ("x",), (), ("kmax", "kmin", "alpha", "keepdims", "rounding"),
        ("y", "indices"), ("indices",), "weldon_pool", layer="WeldonPool"),
     Op("netvlad_pool", "set", ("x", "assign", "centers"), ("mask",), (), ("y", "norms"),

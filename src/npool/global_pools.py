@@ -7,13 +7,14 @@ numpy arrays and ``src/cuda/global_pools.cu`` (through ``npool._cuda``) on GPU a
     k-max   y = mean of the k largest
     LSE     y = (1/beta) log((1/n) sum exp(beta x))   (beta = 0: the mean)
     WELDON  y = mean of the kmax largest + alpha * mean of the kmin smallest
+    GeM     y = ((1/n) sum max(x, eps)^p)^(1/p)   (p = 1: the mean; p -> inf: the max)
 
 Inputs are ``(N, C, *spatial)`` with at least one spatial axis, C-contiguous or channels-last
 (used in place); outputs ``(N, C)``, or ``(N, C, 1, ...)`` with ``keepdims=True``. Flat indices
 count the spatial cells in C order, whatever the memory layout.
 """
 import threading
-from typing import Optional
+from typing import Optional, Tuple, Union
 
 import numpy as np
 
@@ -770,6 +771,204 @@ def global_lse_pool_backward(grad_out: ArrayLike, x: ArrayLike, beta: float = 1.
         C = maps.shape[1]
         grad3[rows // C, rows % C] = g[rows, None] * weights / weights.sum(axis=1, keepdims=True)
     return maps.gradient(grad)
+
+
+# ------------------------------------------------------------------ GeM
+def _gem_call(x, p, eps):
+    """One GeM call checked: its maps (in float64 for float32 or half x when some p < 1, where
+    float rounding of the sum of weights would grow by 1/p), p per map as float64 (maps,), and
+    eps."""
+    maps = _Maps(x)
+    values = _checks.real_parameter(p, "p", np.float64)
+    if not (np.isfinite(values).all() and (values > 0).all()):
+        raise ValueError("p must be positive and finite (GeM's exponent; p = 1 is the mean, "
+                         "large p tends to the max)")
+    try:
+        per_map = np.broadcast_to(values, maps.shape[:2])
+    except ValueError:
+        raise ValueError(f"p of shape {values.shape} does not broadcast to the maps' shape "
+                         f"{maps.shape[:2]} (N, C): use a number, (C,) per channel or "
+                         f"(N, C)") from None
+    eps = _checks.finite_real(eps, "eps")
+    info = np.finfo(maps.work_dtype)
+    if not float(info.tiny) <= eps <= float(info.max):
+        raise ValueError(f"eps must be a normal positive number of {maps.work_dtype} (the dtype "
+                         f"the pool computes in): at least {float(info.tiny):.4g}, got {eps!r}")
+    eps = float(maps.work_dtype.type(eps))  # rounded as the clamp compares x with it
+    if maps.dtype != np.float64 and per_map.size and per_map.min() < 1:
+        maps = _Maps(x, float64=True)
+    return maps, np.ascontiguousarray(per_map, dtype=np.float64).reshape(-1), eps
+
+
+_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10  # fdlibm's split
+
+
+def _log_ratio(z, m):
+    """log(z / m) of positive normal float64 arrays, exact to about 1e-16 absolute whatever
+    their magnitudes (z / m may underflow; log(z) - log(m) loses ulp(log z)): from their
+    mantissas in [sqrt(1/2), sqrt(2)) and exponents, as _fastexp.h's npool_log_ratio_f64."""
+    def parts(a):
+        mantissa, exponent = np.frexp(a)
+        low = mantissa < np.sqrt(0.5)
+        return np.where(low, 2 * mantissa, mantissa), exponent - low
+    mz, ez = parts(z)
+    mm, em = parts(m)
+    k = (ez - em).astype(np.float64)
+    return k * _LN2_HI + ((np.log(mz) - np.log(mm)) + k * _LN2_LO)
+
+
+def _gem_exact(cells, p, eps):
+    """GeM of rows of finite float64 cells whose weights are all near 1 (p times the spread of
+    the logs small): ``M exp(log1p(mean(expm1(p u))) / p)``, exact also as p -> 0 (the
+    geometric mean), where the sum of weights would be all cancellation."""
+    z = np.maximum(cells, eps)
+    m = z.max(axis=1)
+    u = _log_ratio(z, m[:, None])
+    log_mean = np.log1p(np.mean(np.expm1(p[:, None] * u), axis=1))
+    return m * np.exp(log_mean / p), log_mean
+
+
+def _gem_stats(maps, p, eps):
+    """Per map (float64): M, S, T (see _global_pools.gem_stats), y and L = log(S / n)."""
+    m, s, t = np.empty(maps.maps), np.empty(maps.maps), np.empty(maps.maps)
+    if maps.empty():
+        return m, s, t, m.copy(), m.copy()
+    _kernels().gem_stats(maps.x3, p, eps, m, s, t, maps.threads)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_mean = np.log(s / maps.n)
+        values = np.where(np.isfinite(m), m * np.exp(log_mean / p), m)  # NaN, +inf: as is
+    rows, cells = maps.finite_rows(np.isfinite(m) & (np.abs(log_mean) < 0.25))
+    if rows.size:
+        values[rows], log_mean[rows] = _gem_exact(cells, p[rows], eps)
+    return m, s, t, values, log_mean
+
+
+def global_gem_pool_forward(x: ArrayLike, p: Union[float, ArrayLike] = 3.0, eps: float = 1e-6,
+                            keepdims: bool = False, *, out: Out = None) -> Array:
+    """Generalised-mean (GeM) pooling, the global descriptor of image retrieval.
+
+    ``y = ((1/n) sum_i max(x_i, eps)^p)^(1/p)`` per map: the mean of the clamped cells at
+    ``p = 1``, their max as ``p -> inf``, their geometric mean as ``p -> 0``. Computed as
+    ``M (S / n)^(1/p)`` with ``M`` the map's largest clamped cell and ``S = sum (z_i / M)^p``
+    (each term at most 1, the largest exactly 1), so no power overflows or vanishes whatever
+    p and x; maps whose terms are all near 1 (p times the spread of ``log z`` small) take
+    ``log1p``/``expm1`` in float64, exact down to the geometric-mean limit.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or GPU array
+        ``(N, C, *spatial)`` with at least one spatial axis; float16, bfloat16, float32 or
+        float64; C-contiguous or channels-last memory used in place (GPU arrays as in
+        ``soft_pool2d_forward``).
+    p : float or numpy.ndarray, default 3.0
+        The exponent, positive and finite: a number, or an array that broadcasts to
+        ``(N, C)`` (``(C,)`` per channel, as a learnt per-channel GeM has).
+    eps : float, default 1e-6
+        The clamp floor, a normal positive number of the dtype the pool computes in (float32
+        for float16 and bfloat16 x), rounded to that dtype (as PyTorch's ``clamp`` compares a
+        float32 tensor with a Python float).
+    keepdims : bool, default False
+        Keep the spatial axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    out : array, optional
+        Keyword only: where to write y (y's shape, x's dtype).
+
+    Returns
+    -------
+    y : numpy.ndarray or GPUArray
+        ``(N, C)`` (or ``(N, C, 1, ...)``), x's dtype; ``out`` when given. A map holding a NaN
+        gives NaN, one holding +inf (and no NaN) +inf.
+
+    Raises
+    ------
+    TypeError
+        A non-float x, a non-real p, or ``out`` of another dtype.
+    ValueError
+        Fewer than three axes, an empty channel or spatial axis, a p that is not positive and
+        finite or does not broadcast to ``(N, C)``, an eps that is not a normal positive
+        number, a bad option, or an ``out`` of another shape, read-only or overlapping an input.
+
+    Examples
+    --------
+    >>> x = np.array([[[1.0, 2.0, 3.0, 4.0]]])
+    >>> float(npool.global_gem_pool_forward(x, p=1.0)[0, 0])   # the mean
+    2.5
+    >>> round(float(npool.global_gem_pool_forward(x, p=500.0)[0, 0]), 3)  # near the max
+    3.989
+    """
+    keepdims, _ = _flags(keepdims)
+    out, = _checks.out_entries(out, 1)
+    gpu = _gpu(x=x, **({"p": p} if is_gpu_array(p) else {}))
+    if gpu:
+        return gpu.gem_forward(x, p, eps, keepdims, out=out)
+    maps, p_maps, eps = _gem_call(x, p, eps)
+    out = maps.check_out(out, keepdims, {"x": x})
+    values = _gem_stats(maps, p_maps, eps)[3]
+    return maps.result(values, keepdims, out)
+
+
+def global_gem_pool_backward(grad_out: ArrayLike, x: ArrayLike, p: Union[float, ArrayLike] = 3.0,
+                             eps: float = 1e-6, keepdims: bool = False, *,
+                             out: Out = None) -> Tuple[Array, Array]:
+    """Gradients of ``global_gem_pool_forward``: ``(grad_x, grad_p)``.
+
+    With ``z_i = max(x_i, eps)``, ``w_i = (z_i / M)^p`` and ``S = sum_i w_i`` per map::
+
+        dL/dx_i = g y w_i / (S z_i)   where x_i >= eps, else 0   (= g (z_i / y)^(p-1) / n)
+        dL/dp   = g (y / p) (sum_i w_i log(z_i / M) / S - log(S / n) / p)
+                                                           (summed down to p's shape)
+
+    The gradient passes at ``x_i = eps`` (as PyTorch's ``clamp`` lets it). A map holding a NaN
+    or +inf gets NaN gradients.
+
+    Parameters
+    ----------
+    grad_out : numpy.ndarray or GPU array
+        dL/dy: the forward output's shape (``keepdims`` included), x's dtype.
+    x, p, eps, keepdims
+        As for ``global_gem_pool_forward``.
+    out : array or tuple, optional
+        Keyword only: where to write the gradients: a pair ``(grad_x's, grad_p's)`` of
+        destinations, each None or an array (x's shape and dtype; p's shape and x's dtype).
+
+    Returns
+    -------
+    grad_x : numpy.ndarray or GPUArray
+        x's shape, dtype and memory layout.
+    grad_p : numpy.ndarray or GPUArray
+        p's shape (``()`` for a number), x's dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for ``global_gem_pool_forward``; grad_out of another shape or dtype.
+
+    Examples
+    --------
+    >>> x = np.array([[[1.0, 2.0, 3.0, 4.0]]])
+    >>> grad_x, grad_p = npool.global_gem_pool_backward(np.ones((1, 1)), x, p=1.0)
+    >>> grad_x.tolist()   # the mean's gradient at p = 1
+    [[[0.25, 0.25, 0.25, 0.25]]]
+    """
+    keepdims, _ = _flags(keepdims)
+    out_x, out_p = _checks.out_entries(out, 2)
+    gpu = _gpu(grad_out=grad_out, x=x, **({"p": p} if is_gpu_array(p) else {}))
+    if gpu:
+        _checks.refuse_gpu_out([out_p], "grad_p (GeM's second result)")
+        return gpu.gem_backward(grad_out, x, p, eps, keepdims, out=out_x)
+    maps, p_maps, eps = _gem_call(x, p, eps)
+    g = maps.grad_out(grad_out, keepdims)
+    inputs = {"x": x, "grad_out": grad_out, "p": p}
+    maps.expect_out(out_x, inputs)
+    out_p = _checks.out_array(out_p, np.shape(p), maps.dtype, inputs, name="out[1]")
+    m, s, t, y, log_mean = _gem_stats(maps, p_maps, eps)
+    grad = maps.new_gradient()
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if not maps.empty():
+            _kernels().gem_gradient(maps.x3, maps.view3(grad), p_maps, eps, m, g * y / s,
+                                    maps.threads)
+        grad_p = np.where(np.isfinite(m), g * (y / p_maps) * (t / s - log_mean / p_maps), np.nan)
+    grad_p = _checks.sum_to_shape(grad_p.reshape(maps.shape[:2]), np.shape(p))
+    return maps.gradient(grad), _checks.deliver(grad_p.astype(maps.dtype), out_p)
 
 
 # ------------------------------------------------------------------ k-max

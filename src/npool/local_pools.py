@@ -117,20 +117,7 @@ def _temperature(problem, lam):
     in the work dtype. TypeError for a non-real lam, ValueError for one that does not broadcast
     or is not finite in the work dtype (NaN, +-inf, or beyond float32's range for float32 and
     float16 input): the same rule as the framework modules."""
-    if isinstance(lam, (bool, np.bool_)) or not (
-            isinstance(lam, (int, float, np.integer, np.floating)) or
-            (isinstance(lam, np.ndarray) and (lam.dtype.kind in "iuf"
-                                              or _checks.is_half_dtype(lam.dtype)))):
-        raise TypeError(f"lam must be a real number or a real numpy array, got "
-                        f"{type(lam).__name__}" + (f" of dtype {lam.dtype}"
-                                                   if isinstance(lam, np.ndarray) else ""))
-    if isinstance(lam, np.ma.MaskedArray):
-        raise TypeError("lam must be a plain numpy.ndarray, got a numpy.ma.MaskedArray")
-    try:
-        with np.errstate(over="ignore"):
-            lam = np.asarray(lam, dtype=problem.work_dtype)
-    except OverflowError:
-        lam = np.asarray(np.inf, dtype=problem.work_dtype)
+    lam = _checks.real_parameter(lam, "lam", problem.work_dtype)
     if not np.isfinite(lam).all():
         raise ValueError(f"lam must be finite (in {problem.work_dtype}, the dtype the pool "
                          f"computes in): NaN, +-inf and values beyond its range are refused")
@@ -144,17 +131,6 @@ def _temperature(problem, lam):
     if not problem.batched:
         full = full[np.newaxis]
     return problem.to_5d(full)
-
-
-def _sum_to_shape(full, shape):
-    """Sum a per-output array down to ``shape`` (the inverse of broadcasting), in the logical
-    (C) order of its axes, so that both memory layouts give the same bits (the backward writes
-    ``full`` in C order; any other array is summed from a C-ordered copy)."""
-    extra = full.ndim - len(shape)
-    axes = tuple(range(extra)) + tuple(
-        extra + i for i, (n, m) in enumerate(zip(shape, full.shape[extra:])) if n == 1 and m != 1)
-    total = np.ascontiguousarray(full).sum(axis=axes) if axes else full
-    return np.asarray(total).reshape(shape)
 
 
 def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, out=None):
@@ -231,7 +207,7 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
         return grad_x
     full = grad_lam if problem.batched else grad_lam[0]
     return grad_x, _checks.deliver(
-        _sum_to_shape(full, np.shape(lam)).astype(problem.dtype), out_lam)
+        _checks.sum_to_shape(full, np.shape(lam)).astype(problem.dtype), out_lam)
 
 
 def _axes_word(nd):

@@ -14,7 +14,8 @@ npool tests its own.
   from_array=None)``: the whole property suite on your functions.
 
 ``op`` is one of ``OPS``: soft_pool1d/2d/3d, maxent_pool1d/2d/3d, global_max_pool,
-global_avg_pool, global_kmax_pool, global_lse_pool, weldon_pool, netvlad_pool, netrvlad_pool,
+global_avg_pool, global_kmax_pool, global_lse_pool, global_gem_pool, weldon_pool, netvlad_pool,
+netrvlad_pool,
 netfv_pool, soft_dbow_pool, context_gating. hypothesis is needed for ``problems`` and
 ``check_op`` only.
 """

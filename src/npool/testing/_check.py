@@ -165,6 +165,13 @@ def _check_invariants(problem, y):
             if ((y2 < low - t) | (y2 > high + t)).any():
                 raise AssertionError(f"{op}: output outside [mean, max] (beta >= 0) or "
                                      f"[min, mean] (beta < 0)\n{problem!r}")
+        elif op == "global_gem_pool" and maps(x).shape[2]:
+            z = np.maximum(maps(x), o.get("eps", 1e-6))
+            y2 = f64(y).reshape(z.shape[:2])
+            t = tolerance.reshape(z.shape[:2])
+            if ((y2 < z.min(axis=2) - t) | (y2 > z.max(axis=2) + t)).any():
+                raise AssertionError(f"{op}: output outside [min, max] of max(x, eps)\n"
+                                     f"{problem!r}")
         elif op in SELECTIONS and maps(x).shape[2]:
             m = maps(x)
             y2 = f64(y).reshape(m.shape[:2])
@@ -204,6 +211,10 @@ def _smooth(problem):
     op, i = problem.op, problem.inputs
     if op in SELECTIONS:
         return False
+    if op == "global_gem_pool":  # the clamp max(x, eps) has a kink at eps
+        x = f64(i["x"])
+        h = 1e-7 * max(1.0, float(np.max(np.abs(x), initial=0)))
+        return bool(np.all(np.abs(x - problem.options.get("eps", 1e-6)) > 100 * h))
     mask = problem.options.get("mask")
     if op in ("netvlad_pool", "netrvlad_pool"):
         _, norms = REFERENCES[op][0](*problem.args, **problem.options, return_norms=True)
@@ -378,7 +389,8 @@ def check_op(op: str, forward: Callable[..., Any], backward: Optional[Callable[.
     hypothesis draws ``problems(op, ...)`` and each is checked for agreement with the float64
     reference (``assert_close``, forward and backward), the inputs left unmodified, the same
     results from C-contiguous copies of strided or channels-last inputs, invariants (a local
-    pool's output within its window's [min, max]; LSE between mean and max; selections within
+    pool's output within its window's [min, max]; LSE between mean and max, GeM between the
+    min and max of max(x, eps); selections within
     max abs(x)), masked samples changing nothing (set pools), the tie rule (every selection
     problem is also checked with its input reduced to two levels) and, for float64 problems of
     smooth ops, central differences of the user's forward against the user's backward.

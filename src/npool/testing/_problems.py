@@ -112,7 +112,8 @@ class Problem:
                 return result[0], result[1][:1]
             return result if backward else (result, None)
         if op in GLOBAL:
-            result = tolerances.global_scales(op, self.inputs["x"], o, g)
+            result = tolerances.global_scales(op, self.inputs["x"], o, g,
+                                              p=self.inputs.get("p"))
             return result if backward else (result, None)
         mask = o.get("mask")
         mask = None if mask is None else np.asarray(mask, bool)

@@ -15,6 +15,8 @@ import numpy as np
 
 L2N_FLOOR = 1e-12  # l2n(v) = v / sqrt(max(sum v^2, 1e-12))
 FV_SIGMA_EPS = 1e-6  # NetFV: sigma = covar_weights^2 + 1e-6
+LN2_HI, LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10  # k ln2, exact for
+# |k| < 2**20 in two parts
 
 
 def f64(a):
@@ -316,6 +318,54 @@ def global_lse_pool_backward(grad_out, x, beta=1.0, keepdims=False):
     return (g * softmax_weights(beta * m)).reshape(np.shape(x))
 
 
+def _gem_parts(x, p, eps):
+    """Per map: z = max(x, eps) (n cells), M = max z, u = log(z / M) <= 0, w = exp(p u) and
+    L = log(mean w), with p broadcast to the maps; log1p(mean(expm1(p u))) keeps L exact when
+    every p u is near 0 (p -> 0)."""
+    # eps rounded to the dtype a pool computes in (float32 for every narrower float)
+    eps = float(np.float64(eps) if np.asarray(x).dtype == np.float64 else np.float32(eps))
+    z = np.maximum(maps(x), eps)
+    p = np.broadcast_to(f64(p), z.shape[:2])[..., None]
+    top = z.max(axis=2, keepdims=True, initial=eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mantissa, exponent = np.frexp(z)
+        top_mantissa, top_exponent = np.frexp(top)
+        # log(z / M) from mantissas and exponents: z / M may underflow
+        k = (exponent - top_exponent).astype(np.float64)
+        u = k * LN2_HI + ((np.log(mantissa) - np.log(top_mantissa)) + k * LN2_LO)
+        w = np.exp(p * u)
+        log_mean = np.log1p(np.expm1(p * u).mean(axis=2, keepdims=True))
+    return z, p, top, u, w, log_mean
+
+
+def global_gem_pool_forward(x, p=3.0, eps=1e-6, keepdims=False):
+    """y = (mean max(x, eps)^p)^(1/p) per map = M exp(L / p), eps rounded to the dtype the
+    pool computes in; NaN maps give NaN, +inf maps +inf."""
+    z, p, top, u, w, log_mean = _gem_parts(x, p, eps)
+    with np.errstate(invalid="ignore", over="ignore"):
+        values = (top * np.exp(log_mean / p))[..., 0]
+    cells = maps(x)
+    values = np.where(np.isposinf(cells).any(axis=2), np.inf, values)
+    return _pooled(np.where(np.isnan(cells).any(axis=2), np.nan, values), x, keepdims)
+
+
+def global_gem_pool_backward(grad_out, x, p=3.0, eps=1e-6, keepdims=False):
+    """(grad_x, grad_p): g (z_i / y)^(p - 1) / n where x_i >= eps (else 0), and
+    g (y / p) (sum w u / sum w - L / p) summed to p's shape; NaN for maps with a NaN or +inf."""
+    z, pp, top, u, w, log_mean = _gem_parts(x, p, eps)
+    g = _g(grad_out, x)[..., None]
+    y = top * np.exp(log_mean / pp)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        grad_x = g * w / w.sum(axis=2, keepdims=True) * y / z * (maps(x) >= z)
+        grad_p = g * (y / pp) * ((w * u).sum(axis=2, keepdims=True) / w.sum(axis=2, keepdims=True)
+                                 - log_mean / pp)
+    bad = ~np.isfinite(maps(x)).all(axis=2) & (np.isnan(maps(x)).any(axis=2)
+                                                | np.isposinf(maps(x)).any(axis=2))
+    grad_x[bad] = np.nan
+    grad_p = np.where(bad[..., None], np.nan, grad_p)
+    return grad_x.reshape(np.shape(x)), sum_to_shape(grad_p[..., 0], np.shape(p))
+
+
 # ------------------------------------------------------------------ set pools (LOUPE)
 def l2n(v, axis):
     """v / sqrt(max(sum v^2, 1e-12)) along axis."""
@@ -480,6 +530,7 @@ REFERENCES = {
     "global_avg_pool": (global_avg_pool_forward, global_avg_pool_backward),
     "global_kmax_pool": (global_kmax_pool_forward, global_kmax_pool_backward),
     "global_lse_pool": (global_lse_pool_forward, global_lse_pool_backward),
+    "global_gem_pool": (global_gem_pool_forward, global_gem_pool_backward),
     "weldon_pool": (weldon_pool_forward, weldon_pool_backward),
     "netvlad_pool": (netvlad_pool_forward, netvlad_pool_backward),
     "netrvlad_pool": (netrvlad_pool_forward, netrvlad_pool_backward),

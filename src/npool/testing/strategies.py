@@ -199,9 +199,18 @@ def _global(draw, op, dtype, layouts, extreme):
         options["alpha"] = draw(_floats(2))
     elif op == "global_lse_pool":
         options["beta"] = draw(_floats(4))
+    elif op == "global_gem_pool":
+        if draw(st.booleans()):
+            options["eps"] = draw(st.sampled_from([1e-3, 0.5, 2.0]))
     if op in ("global_kmax_pool", "weldon_pool") and draw(st.booleans()):
         options["rounding"] = draw(st.sampled_from(["floor", "round"]))
-    problem = Problem(op, {"x": x}, options)
+    inputs = {"x": x}
+    if op == "global_gem_pool":  # a number, shared, per channel or per map
+        exponents = st.one_of(st.sampled_from([1.0, 3.0, 0.5, 60.0]), st.floats(0.1, 12.0))
+        shape = draw(st.sampled_from([None, (), (1,), shape[1:2], shape[:2]]))
+        inputs["p"] = draw(exponents) if shape is None else draw(hnp.arrays(
+            np.float64, shape, elements=exponents)).astype(dtype)
+    problem = Problem(op, inputs, options)
     problem.grad_out = _grad_out(draw, problem, dtype)
     return problem
 

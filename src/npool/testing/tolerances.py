@@ -17,6 +17,7 @@ smallest subnormal.
 - Global pools, per map of n cells: forward ``max |x|`` (LSE: times ``1 + min(|beta| range,
   100)``); backward ``|g| (1 + |alpha|)`` for the selections, ``|g| / n`` for avg, ``|g| (1 +
   |beta| max|x|)`` for LSE.
+- GeM: ``gem_scales`` below.
 - Set pools: ``vlad_scales``, ``fv_scales`` below; Soft-DBoW and Context Gating likewise.
 """
 import numpy as np
@@ -235,8 +236,44 @@ def local_scales(x, lam, nd, kernel_size, stride=None, padding=0, ceil_mode=Fals
     return forward, (grad_x, sum_to_shape(grad_lam, shape))
 
 
-def global_scales(op, x, options, grad_out=None):
-    """Error scales of a global pool: the forward (N, C) and, with ``grad_out``, grad_x."""
+def gem_scales(x, p, eps=1e-6, grad_out=None):
+    """Error scales of GeM per map, with M = max z, u = log(z / M), w = exp(p u), S = sum w:
+    y's rounding is that of a log carried to the output (``M (2 + log(M / y))``); dL/dx_i,
+    ``G_i = g y w_i / (S z_i)``, adds the rounding of ``p u_i`` in w_i, ``G_i (4 + p |u_i| +
+    log(M / y))``, plus the map's largest G (the weights' sum); dL/dp the cancellation of its
+    two terms, ``|g| (y / p) (4 (1 + log(M / y)) + p E_w[u^2] + (1 + |log(S / n)|) / p)``,
+    summed to p's shape."""
+    from .references import _gem_parts
+    cells = maps(x)
+    finite = np.isfinite(cells).all(axis=2, keepdims=True)
+    safe = np.where(np.isfinite(cells), cells, 0.0)
+    z, pp, top, u, w, log_mean = _gem_parts(safe, p, eps)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        y = top * np.exp(log_mean / pp)
+        spread = np.log(top / y)
+        forward = np.where(finite, top * (2 + spread), 0.0)[..., 0]
+        if grad_out is None:
+            return forward
+        g = np.abs(f64(grad_out)).reshape(cells.shape[:2])[..., None]
+        s = w.sum(axis=2, keepdims=True)
+        big = g * y * w / (s * z)
+        grad_x = big * (4 + pp * np.abs(u) + spread) + big.max(axis=2, keepdims=True)
+        second = (w * u * u).sum(axis=2, keepdims=True) / s
+        grad_p = g * (y / pp) * (4 * (1 + spread) + pp * second + (1 + np.abs(log_mean)) / pp)
+    grad_x = np.where(finite, grad_x, 0.0).reshape(np.shape(x))
+    grad_p = sum_to_shape(np.where(finite, grad_p, 0.0)[..., 0], np.shape(p))
+    return forward, (grad_x, grad_p)
+
+
+def global_scales(op, x, options, grad_out=None, p=None):
+    """Error scales of a global pool: the forward (N, C) and, with ``grad_out``, the gradients
+    of its differentiable inputs (grad_x; GeM's also grad_p, from ``p``)."""
+    if op == "global_gem_pool":
+        result = gem_scales(x, p, options.get("eps", 1e-6), grad_out)
+        forward = result if grad_out is None else result[0]
+        if options.get("keepdims"):
+            forward = forward.reshape(np.shape(x)[:2] + (1,) * (len(np.shape(x)) - 2))
+        return forward if grad_out is None else (forward, result[1])
     m = maps(x)
     finite = np.where(np.isfinite(m), m, 0.0)
     big = np.abs(finite).max(axis=2, initial=0)
