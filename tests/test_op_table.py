@@ -89,14 +89,14 @@ def test_every_layer_of_the_table_exists(adapter):
     ``GlobalMaxPool2d``, ``NetVLAD``) and npool.keras (Keras' naming: ``SoftPooling2D``,
     ``GlobalMaxPooling2D``); an op without a layer says so (None)."""
     module = pytest.importorskip(f"npool.{adapter}")
-    keras_names = {"SoftPool": "SoftPooling", "MaxEntPool": "MaxEntPooling",
-                   "GlobalMaxPool": "GlobalMaxPooling", "GlobalAvgPool": "GlobalAveragePooling",
-                   "GlobalLSEPool": "GlobalLSEPooling", "GlobalKMaxPool": "GlobalKMaxPooling",
-                   "WeldonPool": "WeldonPooling"}
+    def keras_name(layer):  # Keras' naming: ...Pooling, Average
+        layer = layer.replace("Avg", "Average")
+        return layer + "ing" if layer.endswith("Pool") else layer
+
     for op in OPS.values():
         if op.layer is None:
             continue
-        base = keras_names.get(op.layer, op.layer) if adapter == "keras" else op.layer
+        base = keras_name(op.layer) if adapter == "keras" else op.layer
         names = [f"{base}{op.nd}{'D' if adapter == 'keras' else 'd'}"] if op.family == "local" \
             else [base] if op.family == "set" else \
             [op.layer] + [f"{base}{nd}{'D' if adapter == 'keras' else 'd'}" for nd in (1, 2, 3)]

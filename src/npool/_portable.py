@@ -23,7 +23,8 @@ The ``ops`` namespace each adapter provides:
 - ``reshape_tail(x, count, tail)``: x with its last ``count`` axes replaced by the static
   ``tail``, the leading axes kept;
 - ``where(cond, a, b)`` (``cond`` may be a NumPy bool array, ``b`` a Python number),
-  ``max(x, axis, keepdims)``, ``sum(x, axis, keepdims)``, ``exp``, ``expm1``, ``log1p``, ``sqrt``,
+  ``max(x, axis, keepdims)``, ``sum(x, axis, keepdims)``, ``exp``, ``expm1``, ``log``, ``log1p``,
+  ``sqrt``,
   ``sigmoid``, ``maximum(x, number)``, ``stop_gradient``, ``matmul``, ``einsum(spec, *xs)``,
   ``concat(xs, axis)``, ``cast_like(a, x)`` (a in x's dtype);
 - ``top_k(x, k)``: the k largest entries along the last axis (values).
@@ -136,6 +137,21 @@ def global_lse_pool(ops, x, nd, beta):
     return (ops.reshape_tail(top, 1, ()) + spread) / beta
 
 
+def global_gem_pool(ops, x, nd, p, eps):
+    """GeM, ``(mean max(x, eps)^p)^(1/p)`` over the spatial axes, relative to the map's
+    largest clamped cell M: ``M exp(log1p(mean expm1(p (log z - log M))) / p)``, so no power
+    overflows and p -> 0 loses nothing to cancellation. ``p`` a number or an array that
+    broadcasts to x's leading ``(..., C)`` axes; M's gradient is stopped (y is homogeneous of
+    degree 1 in z: M's total derivative is 0, and ties at the maximum need no rule)."""
+    maps, cells = _maps(ops, x, nd)
+    z = ops.maximum(maps, eps)
+    top = ops.stop_gradient(ops.max(z, -1, True))
+    per_cell = p if isinstance(p, (int, float)) else ops.reshape_tail(p, 0, (1,))
+    spread = ops.log1p(ops.sum(ops.expm1(per_cell * (ops.log(z) - ops.log(top))), -1, False)
+                       / cells)
+    return ops.reshape_tail(top, 1, ()) * ops.exp(spread / p)
+
+
 def weldon_pool(ops, x, nd, kmax, kmin=None, alpha=1.0, rounding="floor"):
     """WELDON: ``mean(kmax largest) + alpha mean(kmin smallest)`` over the spatial axes, with
     npool's k rule (``_checks.weldon_counts``); k-max pooling is ``kmin=0``, max ``kmax=1``."""
@@ -217,6 +233,7 @@ class NumpyOps:
     exp = staticmethod(np.exp)
     expm1 = staticmethod(np.expm1)
     log1p = staticmethod(np.log1p)
+    log = staticmethod(np.log)
     sqrt = staticmethod(np.sqrt)
     maximum = staticmethod(np.maximum)
     matmul = staticmethod(np.matmul)
@@ -284,6 +301,9 @@ def forward(op, ops, *args, **options):
             y = global_avg_pool(ops, x, nd)
         elif op == "global_lse_pool":
             y = global_lse_pool(ops, x, nd, options.get("beta", 1.0))
+        elif op == "global_gem_pool":
+            p = args[1] if len(args) > 1 else options.get("p", 3.0)
+            y = global_gem_pool(ops, x, nd, p, options.get("eps", 1e-6))
         elif op == "global_kmax_pool":
             y = weldon_pool(ops, x, nd, options.get("k", 1), 0,
                             rounding=options.get("rounding", "floor"))

@@ -91,6 +91,7 @@ class JaxOps:
     exp = staticmethod(jnp.exp)
     expm1 = staticmethod(jnp.expm1)
     log1p = staticmethod(jnp.log1p)
+    log = staticmethod(jnp.log)
     sqrt = staticmethod(jnp.sqrt)
     sigmoid = staticmethod(jax.nn.sigmoid)
     stop_gradient = staticmethod(jax.lax.stop_gradient)
@@ -774,6 +775,90 @@ def global_lse_pool(x: JaxArrayLike, beta: float = 1.0, keepdims: bool = False,
     beta = _checks.finite_real(beta, "beta")
     return _global_pool("global_lse_pool", x, keepdims, data_format, False, {"beta": beta},
                         lambda x, nd: portable_forms.global_lse_pool(JaxOps, x, nd, beta))
+
+
+def global_gem_pool(x: JaxArrayLike, p: Union[float, JaxArrayLike] = 3.0, eps: float = 1e-6,
+                    keepdims: bool = False, data_format: str = "channels_last") -> jax.Array:
+    """Generalised-mean (GeM) pooling of each map, differentiable in x and p.
+
+    ``y = ((1/n) sum_i max(x_i, eps)^p)^(1/p)`` (npool.global_gem_pool_forward): the mean at
+    ``p = 1``, the max as ``p -> inf``.
+
+    Parameters
+    ----------
+    x : jax.Array
+        ``(N, *spatial, C)`` (``data_format="channels_last"``, the default) or
+        ``(N, C, *spatial)``; float16, bfloat16, float32 or float64 (x64).
+    p : float or jax.Array, default 3.0
+        The exponent, positive and finite: a number, or an array that broadcasts to
+        ``(N, C)`` (``(C,)`` per channel); its gradient has its shape.
+    eps : float, default 1e-6
+        The clamp floor.
+    keepdims : bool, default False
+        Keep the spatial axes with size 1.
+    data_format : {"channels_last", "channels_first"}, default "channels_last"
+
+    Returns
+    -------
+    jax.Array
+        ``(N, C)`` (or with the spatial axes kept as 1), x's dtype.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = jnp.arange(1.0, 17.0).reshape(1, 2, 4, 2)     # (N, H, W, C)
+    >>> npool.jax.global_gem_pool(x, p=1.0).tolist()
+    [[8.0, 9.0]]
+    """
+    last = _check_format(data_format)
+    keepdims = _checks.flag(keepdims, "keepdims")
+    eps = _checks.finite_real(eps, "eps")
+    x = _float_array(x, "x")
+    if x.ndim < 3:
+        raise ValueError(f"x must be (N, *spatial, C) or (N, C, *spatial) with at least one "
+                         f"spatial axis, got shape {x.shape}")
+    nd = x.ndim - 2
+    channels = x.shape[-1] if last else x.shape[1]
+    if not keepdims:
+        out_shape = (x.shape[0], channels)
+    elif last:
+        out_shape = (x.shape[0],) + (1,) * nd + (channels,)
+    else:
+        out_shape = x.shape[:2] + (1,) * nd
+    if not isinstance(p, jax.Array):
+        p = _checks.finite_real(p, "p") if isinstance(p, (int, float)) else p
+    p = _float_array(p, "p")
+    if p.ndim > 2:
+        raise ValueError(f"p of shape {p.shape} does not broadcast to the maps' shape "
+                         f"{(x.shape[0], channels)} (N, C)")
+    if p.dtype in (jnp.float16, jnp.bfloat16):
+        p = p.astype(jnp.float32)
+
+    def run(x, p):
+        y = portable_forms.global_gem_pool(JaxOps, jnp.moveaxis(x, -1, 1) if last else x, nd,
+                                           p, eps)
+        return jnp.reshape(y, out_shape)
+
+    def portable_form(x, p):
+        return _in_float32(run, x, p)
+
+    if not uses_kernels():
+        return portable_form(x, p)
+
+    def gem_forward(xa, pa):
+        y = npool.global_gem_pool_forward(_to_npool(xa, last), pa, eps, keepdims)
+        return (np.moveaxis(y, 1, -1) if last and keepdims else y,)
+
+    def gem_backward(g, xa, pa):
+        g_npool = np.moveaxis(g, -1, 1) if last and keepdims else g
+        grad_x, grad_p = npool.global_gem_pool_backward(g_npool, _to_npool(xa, last), pa, eps,
+                                                        keepdims)
+        return _from_npool(grad_x, last), np.asarray(grad_p, pa.dtype).reshape(pa.shape)
+
+    forward = _Numpy(gem_forward, lambda x, p: (_struct(out_shape, x.dtype),))
+    p_per_sample = p.ndim == 2 and p.shape[0] == x.shape[0]  # (N, C): one row per sample
+    return _kernel_op(forward, _Numpy(gem_backward, None), (True, True), fold=False,
+                      portable_form=portable_form, batched=(True, p_per_sample))(x, p)
 
 
 def global_kmax_pool(x: JaxArrayLike, k: Count = 1, keepdims: bool = False,

@@ -2,7 +2,7 @@
 
 The layers - ``SoftPooling1D/2D/3D``, ``MaxEntPooling2D`` (with the Global-Feature-Guided
 temperature), the global pools (``GlobalMaxPool``, ``GlobalAvgPool``, ``GlobalLSEPool``,
-``GlobalKMaxPool``, ``WeldonPool`` and their ``…1D/2D/3D`` forms) - are written once against
+``GlobalKMaxPool``, ``WeldonPool``, ``GlobalGeMPool`` and their ``…1D/2D/3D`` forms) - are written once against
 Keras 3 and call the op of the adapter that matches ``keras.backend.backend()``: npool.tf on
 TensorFlow, npool.jax on JAX, npool.torch on PyTorch. They register themselves for ``.keras``
 files (package ``npool``), so a model saved on one backend loads on another after
@@ -14,6 +14,7 @@ pools; ``load_loupe_checkpoint`` fills them from LOUPE's TensorFlow 1 checkpoint
 is needed only to read the checkpoint).
 """
 from ._layers import (GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalAveragePooling3D,
+                      GlobalGeMPool, GlobalGeMPooling1D, GlobalGeMPooling2D, GlobalGeMPooling3D,
                       GlobalAvgPool, GlobalKMaxPool, GlobalKMaxPooling1D, GlobalKMaxPooling2D,
                       GlobalKMaxPooling3D, GlobalLSEPool, GlobalLSEPooling1D, GlobalLSEPooling2D,
                       GlobalLSEPooling3D, GlobalMaxPool, GlobalMaxPooling1D, GlobalMaxPooling2D,
@@ -32,7 +33,8 @@ __all__ = ["SoftPooling1D", "SoftPooling2D", "SoftPooling3D", "MaxEntPooling2D",
            "GlobalKMaxPooling1D", "GlobalKMaxPooling2D", "GlobalKMaxPooling3D",
            "WeldonPooling1D", "WeldonPooling2D", "WeldonPooling3D", "NetVLAD", "NetRVLAD",
            "NetFV", "SoftDBoW", "ContextGating", "LoupeBatchNormalization",
-           "load_loupe_checkpoint"]
+           "load_loupe_checkpoint", "GlobalGeMPool", "GlobalGeMPooling1D", "GlobalGeMPooling2D",
+           "GlobalGeMPooling3D"]
 
 show_constructor_signatures([layer for layer in map(globals().get, __all__)
                              if isinstance(layer, type)])

@@ -162,6 +162,16 @@ _GLOBAL = {
         "cells of each map: the max as\n    beta grows, the mean as it shrinks to 0.",
         "    beta : float, default 1.0\n        The sharpness, any finite number; 0 gives the "
         "mean.\n", "beta=2.0"),
+    "GlobalGeMPool": (
+        "Generalised-mean (GeM) pooling", "``y = (mean max(x, eps)^p)^(1/p)`` over the spatial "
+        "cells of each map, p a weight\n    (learnt by default): the mean at ``p = 1``, the max "
+        "as p grows.",
+        "    p : float, default 3.0\n        The initial exponent, positive and finite.\n"
+        "    eps : float, default 1e-6\n        The clamp floor.\n"
+        "    per_channel : bool, default False\n        One p per channel (built from the input's "
+        "channels); False shares one, ``(1,)``.\n"
+        "    learn_p : bool, default True\n        p a trainable weight; False keeps it fixed.\n",
+        "p=3.0"),
     "GlobalKMaxPool": (
         "Global k-max pooling", "The mean of the k largest cells of each map; ties go to the "
         "lower flat indices.",
@@ -179,6 +189,7 @@ _GLOBAL = {
 }
 _KERAS_NAMES = {"GlobalMaxPool": "GlobalMaxPooling", "GlobalAvgPool": "GlobalAveragePooling",
                 "GlobalLSEPool": "GlobalLSEPooling", "GlobalKMaxPool": "GlobalKMaxPooling",
+                "GlobalGeMPool": "GlobalGeMPooling",
                 "WeldonPool": "WeldonPooling"}
 _FUNCTIONS = {op.layer: op.name for op in _op_table.ops_of("global")}  # layer -> function
 
@@ -321,6 +332,44 @@ class GlobalLSEPool(_GlobalPooling):
 
 
 @keras.saving.register_keras_serializable(package="npool")
+class GlobalGeMPool(_GlobalPooling):
+    __doc__ = _global_doc("GlobalGeMPool")
+    _op = "global_gem_pool"
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, per_channel: bool = False,
+                 learn_p: bool = True, keepdims: bool = False,
+                 data_format: Optional[str] = None, spatial_dims: Optional[int] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(keepdims, data_format, spatial_dims, **kwargs)
+        self.initial_p = _checks.finite_real(p, "p")
+        if self.initial_p <= 0:
+            raise ValueError(f"p must be positive, got {p!r}")
+        self.eps = _checks.finite_real(eps, "eps")
+        self.per_channel = _checks.flag(per_channel, "per_channel")
+        self.learn_p = _checks.flag(learn_p, "learn_p")
+
+    def build(self, input_shape: Shape) -> None:
+        channels = input_shape[-1] if self.data_format == "channels_last" else input_shape[1]
+        if self.per_channel and channels is None:
+            raise ValueError("GlobalGeMPool(per_channel=True) needs the number of channels "
+                             "when it is built")
+        self.p = self.add_weight(name="p", shape=(channels if self.per_channel else 1,),
+                                 initializer=keras.initializers.Constant(self.initial_p),
+                                 trainable=self.learn_p)
+
+    def _arguments(self):
+        return {"p": keras.ops.convert_to_tensor(self.p), "eps": self.eps}
+
+    def get_config(self) -> Dict[str, Any]:
+        config = {**keras.layers.Layer.get_config(self), "p": self.initial_p, "eps": self.eps,
+                  "per_channel": self.per_channel, "learn_p": self.learn_p,
+                  "keepdims": self.keepdims, "data_format": self.data_format}
+        if type(self).spatial_dims is None:
+            config["spatial_dims"] = self.spatial_dims
+        return config
+
+
+@keras.saving.register_keras_serializable(package="npool")
 class GlobalKMaxPool(_GlobalPooling):
     __doc__ = _global_doc("GlobalKMaxPool")
     _op = "global_kmax_pool"
@@ -401,6 +450,24 @@ class GlobalLSEPooling2D(GlobalLSEPool):
 @keras.saving.register_keras_serializable(package="npool")
 class GlobalLSEPooling3D(GlobalLSEPool):
     __doc__ = _global_doc("GlobalLSEPool", 3)
+    spatial_dims = 3
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalGeMPooling1D(GlobalGeMPool):
+    __doc__ = _global_doc("GlobalGeMPool", 1)
+    spatial_dims = 1
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalGeMPooling2D(GlobalGeMPool):
+    __doc__ = _global_doc("GlobalGeMPool", 2)
+    spatial_dims = 2
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class GlobalGeMPooling3D(GlobalGeMPool):
+    __doc__ = _global_doc("GlobalGeMPool", 3)
     spatial_dims = 3
 
 

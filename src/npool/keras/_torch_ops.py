@@ -65,6 +65,7 @@ global_max_pool = _make_global("global_max_pool")
 global_avg_pool = _make_global("global_avg_pool")
 global_lse_pool = _make_global("global_lse_pool")
 global_kmax_pool = _make_global("global_kmax_pool")
+global_gem_pool = _make_global("global_gem_pool")
 weldon_pool = _make_global("weldon_pool")
 # The set ops take LOUPE's (B, M, D) in every framework: npool.torch's own.
 netvlad_pool = nt.netvlad_pool
@@ -74,4 +75,5 @@ soft_dbow_pool = nt.soft_dbow_pool
 context_gating = nt.context_gating
 __all__ = ["netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool", "context_gating",
            "soft_pool1d", "soft_pool2d", "soft_pool3d", "maxent_pool2d", "global_max_pool",
-           "global_avg_pool", "global_lse_pool", "global_kmax_pool", "weldon_pool"]
+           "global_avg_pool", "global_lse_pool", "global_kmax_pool", "global_gem_pool",
+           "weldon_pool"]

@@ -17,7 +17,9 @@ see ``npool.local_pools``, ``npool.global_pools``, ``npool.set_pools`` and ``npo
 for the formulas.
 """
 from ..keras._layers import (GlobalAveragePooling1D, GlobalAveragePooling2D,
-                             GlobalAveragePooling3D, GlobalAvgPool, GlobalKMaxPool,
+                             GlobalAveragePooling3D, GlobalAvgPool, GlobalGeMPool,
+                             GlobalGeMPooling1D, GlobalGeMPooling2D, GlobalGeMPooling3D,
+                             GlobalKMaxPool,
                              GlobalKMaxPooling1D, GlobalKMaxPooling2D, GlobalKMaxPooling3D,
                              GlobalLSEPool, GlobalLSEPooling1D, GlobalLSEPooling2D,
                              GlobalLSEPooling3D, GlobalMaxPool, GlobalMaxPooling1D,
@@ -25,7 +27,8 @@ from ..keras._layers import (GlobalAveragePooling1D, GlobalAveragePooling2D,
                              SoftPooling1D, SoftPooling2D, SoftPooling3D, WeldonPool,
                              WeldonPooling1D, WeldonPooling2D, WeldonPooling3D)
 from ._portable import portable
-from ._ops import (context_gating, global_avg_pool, global_kmax_pool, global_lse_pool,
+from ._ops import (context_gating, global_avg_pool, global_gem_pool, global_kmax_pool,
+                   global_lse_pool,
                    global_max_pool, maxent_pool1d, maxent_pool2d, maxent_pool3d, netfv_pool,
                    netrvlad_pool, netvlad_pool, soft_dbow_pool, soft_pool1d, soft_pool2d,
                    soft_pool3d, weldon_pool)
@@ -44,4 +47,5 @@ __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool",
            "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
            "GlobalLSEPooling1D", "GlobalLSEPooling2D", "GlobalLSEPooling3D",
            "GlobalKMaxPooling1D", "GlobalKMaxPooling2D", "GlobalKMaxPooling3D",
-           "WeldonPooling1D", "WeldonPooling2D", "WeldonPooling3D"]
+           "WeldonPooling1D", "WeldonPooling2D", "WeldonPooling3D", "global_gem_pool",
+           "GlobalGeMPool", "GlobalGeMPooling1D", "GlobalGeMPooling2D", "GlobalGeMPooling3D"]

@@ -199,15 +199,9 @@ _SAVED = {"indices": ("return_indices", "indices", tf.int64),
           "stats": ("return_stats", "stats", tf.float64)}
 
 
-def _global_pool(name, x, keepdims, data_format, spatial_dims=None, **kwargs):
-    """Global pool ``name`` (a row of the op table) of npool's core as a tf.custom_gradient
-    function; what the table says its backward takes from the forward (the selections'
-    indices, LSE's statistics) goes from one to the other. ``spatial_dims`` (an int) requires
-    that many spatial axes, as Keras' ``Global…Pooling2D`` layers do (batched input only)."""
-    forward = getattr(npool, f"{name}_forward")
-    backward = getattr(npool, f"{name}_backward")
-    saved = _SAVED[_op_table.OPS[name].saved[0]] if _op_table.OPS[name].saved else None
-    selects = saved is not None and saved[1] == "indices"
+def _global_geometry(x, keepdims, data_format, spatial_dims):
+    """A global pool's x checked (a float tensor of at least three axes, ``spatial_dims``
+    spatial ones when given), whether it is channels-last, and the output's static shape."""
     x = _tensor(x)
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
@@ -225,13 +219,6 @@ def _global_pool(name, x, keepdims, data_format, spatial_dims=None, **kwargs):
                          f"batch, channels and {spatial_dims} spatial) for spatial_dims="
                          f"{spatial_dims}, got shape {x.shape}")
     last = data_format == "channels_last"
-
-    def to_npool(a):
-        return moveaxis(a, -1, 1) if last else a
-
-    def from_npool(a, spatial=True):  # spatial: a has the spatial axes (kept or all)
-        return moveaxis(a, 1, -1) if last and spatial else a
-
     shape = x.shape.as_list()
     if not keepdims:
         out_shape = [shape[0], shape[-1] if last else shape[1]]
@@ -239,15 +226,38 @@ def _global_pool(name, x, keepdims, data_format, spatial_dims=None, **kwargs):
         out_shape = [shape[0]] + [1] * (rank - 2) + [shape[-1]]
     else:
         out_shape = shape[:2] + [1] * (rank - 2)
+    return x, last, out_shape
+
+
+def _kept(y, keepdims, last, rank):
+    """A portable form's (N, C) y with the spatial axes kept as 1 when asked."""
+    if not keepdims:
+        return y
+    return TFOps.reshape_tail(y, 1, (1,) * (rank - 2) + (-1,) if last else
+                              (-1,) + (1,) * (rank - 2))
+
+
+def _global_pool(name, x, keepdims, data_format, spatial_dims=None, **kwargs):
+    """Global pool ``name`` (a row of the op table) of npool's core as a tf.custom_gradient
+    function; what the table says its backward takes from the forward (the selections'
+    indices, LSE's statistics) goes from one to the other. ``spatial_dims`` (an int) requires
+    that many spatial axes, as Keras' ``Global…Pooling2D`` layers do (batched input only)."""
+    forward = getattr(npool, f"{name}_forward")
+    backward = getattr(npool, f"{name}_backward")
+    saved = _SAVED[_op_table.OPS[name].saved[0]] if _op_table.OPS[name].saved else None
+    selects = saved is not None and saved[1] == "indices"
+    x, last, out_shape = _global_geometry(x, keepdims, data_format, spatial_dims)
+
+    def to_npool(a):
+        return moveaxis(a, -1, 1) if last else a
+
+    def from_npool(a, spatial=True):  # spatial: a has the spatial axes (kept or all)
+        return moveaxis(a, 1, -1) if last and spatial else a
 
     def portable_forward(x):
-        def run(x):
-            y = portable_forms.forward(name, TFOps, to_channels_first(x, last), **kwargs)
-            if not keepdims:
-                return y
-            tail = (1,) * (rank - 2) + (-1,) if last else (-1,) + (1,) * (rank - 2)
-            return TFOps.reshape_tail(y, 1, tail)
-        return compute_in_float32(run, x)
+        return compute_in_float32(lambda x: _kept(
+            portable_forms.forward(name, TFOps, to_channels_first(x, last), **kwargs),
+            keepdims, last, x.shape.rank), x)
 
     where = PORTABLE if graph_must_stand_alone() else placement([x])
     if where == PORTABLE:
@@ -383,6 +393,67 @@ global_lse_pool.__doc__ = _global_doc(
     """    beta : float, default 1.0
         The sharpness, any finite number; 0 gives the mean.
 """, "", "global_lse_pool(x, beta=0.5)", "[[39.96, 40.96, 41.96]]", "GlobalLSEPool")
+
+
+def global_gem_pool(x: TensorLike, p: Union[float, TensorLike] = 3.0, eps: float = 1e-6,
+                    keepdims: bool = False, data_format: str = "channels_last",
+                    spatial_dims: Optional[int] = None) -> tf.Tensor:
+    eps = _checks.finite_real(eps, "eps")
+    x, last, out_shape = _global_geometry(x, keepdims, data_format, spatial_dims)
+    rank = x.shape.rank
+    p = _tensor(p, "p")
+    if p.shape.rank is None or p.shape.rank > 2:
+        raise ValueError(f"p of shape {p.shape} does not broadcast to the maps' shape (N, C)")
+    p = tf.cast(p, tf.float32 if x.dtype in (tf.float16, tf.bfloat16) else x.dtype)
+
+    def to_npool(a):
+        return moveaxis(a, -1, 1) if last else a
+
+    def portable_forward(x, p):
+        return compute_in_float32(lambda x, p: _kept(portable_forms.global_gem_pool(
+            TFOps, to_channels_first(x, last), rank - 2, p, eps), keepdims, last, rank), x, p)
+
+    where = PORTABLE if graph_must_stand_alone() else placement([x])
+    if where == PORTABLE:
+        return portable_forward(x, p)
+
+    def forward_numpy(xa, pa):
+        y = npool.global_gem_pool_forward(to_npool(xa), pa, eps, keepdims)
+        return moveaxis(y, 1, -1) if last and keepdims else y
+
+    def backward_numpy(ga, xa, pa):
+        gx, gp = npool.global_gem_pool_backward(moveaxis(ga, -1, 1) if last and keepdims else ga,
+                                                to_npool(xa), pa, eps, keepdims)
+        return moveaxis(gx, 1, -1) if last else gx, np.asarray(gp, pa.dtype).reshape(pa.shape)
+
+    @tf.custom_gradient
+    def gem(x, p):
+        y = call_core(forward_numpy, [x, p], x.dtype, "npool_global_gem_pool", where)
+        y.set_shape(out_shape)
+
+        def grad(dy):
+            dy = tf.cast(dy, x.dtype)
+            gx, gp = call_core(backward_numpy, [dy, x, p], [x.dtype, p.dtype],
+                               "npool_global_gem_pool_backward", where)
+            gx.set_shape(x.shape)
+            gp.set_shape(p.shape)
+            return with_second_order(portable_forward, [x, p], dy, [gx, gp])
+
+        return y, grad
+
+    return gem(x, p)
+
+
+global_gem_pool.__doc__ = _global_doc(
+    "Generalised-mean (GeM) pooling, differentiable (twice) in x and p.",
+    "``y = (mean max(x, eps)^p)^(1/p)`` over the spatial cells of each map: the mean at "
+    "``p = 1``,\n    the max as p grows; no power overflows for any p.",
+    """    p : float or tf.Tensor, default 3.0
+        The exponent, positive and finite: a number, or a tensor that broadcasts to (N, C)
+        (``(C,)`` per channel, a learnt variable); its gradient has its shape.
+    eps : float, default 1e-6
+        The clamp floor.
+""", "", "global_gem_pool(x, p=1.0)", "[[22.5, 23.5, 24.5]]", "GlobalGeMPool")
 
 
 def global_kmax_pool(x: TensorLike, k: Count = 1, keepdims: bool = False,

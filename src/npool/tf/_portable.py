@@ -105,6 +105,7 @@ class TFOps:
     exp = staticmethod(tf.exp)
     expm1 = staticmethod(tf.math.expm1)
     log1p = staticmethod(tf.math.log1p)
+    log = staticmethod(tf.math.log)
     sqrt = staticmethod(tf.sqrt)
     sigmoid = staticmethod(tf.sigmoid)
     stop_gradient = staticmethod(tf.stop_gradient)

@@ -42,6 +42,7 @@ class TorchOps:
     exp = staticmethod(torch.exp)
     expm1 = staticmethod(torch.expm1)
     log1p = staticmethod(torch.log1p)
+    log = staticmethod(torch.log)
     sqrt = staticmethod(torch.sqrt)
     sigmoid = staticmethod(torch.sigmoid)
     einsum = staticmethod(torch.einsum)
@@ -106,6 +107,11 @@ def avg_pool(x, keepdims):
 def lse_pool(x, beta, keepdims):
     """``(1/beta) log(mean exp(beta x))``; the mean at beta = 0."""
     return _pooled(_portable.global_lse_pool(TorchOps, x, x.dim() - 2, beta), x, keepdims)
+
+
+def gem_pool(x, p, eps, keepdims):
+    """GeM, ``(mean max(x, eps)^p)^(1/p)``; p a number or a tensor broadcasting to (N, C)."""
+    return _pooled(_portable.global_gem_pool(TorchOps, x, x.dim() - 2, p, eps), x, keepdims)
 
 
 # ------------------------------------------------------------------ set pools

@@ -5,7 +5,7 @@ import torch
 
 from .. import _checks, _op_table
 from .._types import Count, Size
-from ._ops import (global_avg_pool, global_kmax_pool, global_lse_pool,
+from ._ops import (global_avg_pool, global_gem_pool, global_kmax_pool, global_lse_pool,
                    global_max_pool, maxent_pool2d, soft_pool1d, soft_pool2d, soft_pool3d,
                    weldon_pool)
 
@@ -155,6 +155,16 @@ _GLOBAL_ARGS = {
                       "``beta -> inf``.",
                       "    beta : float, default 1.0\n        The sharpness, any finite "
                       "number.\n", "", "GlobalLSEPool(2.0)", "beta=2.0, "),
+    "GlobalGeMPool": ("Generalised-mean (GeM) pooling", "``y = (mean max(x, eps)^p)^(1/p)`` "
+                      "over the spatial cells of each map, p learnt\n    by default: the mean "
+                      "at ``p = 1``, the max as ``p -> inf``.",
+                      "    p : float, default 3.0\n        The initial exponent, positive and "
+                      "finite.\n    eps : float, default 1e-6\n        The clamp floor.\n"
+                      "    num_channels : int, optional\n        Learn one p per channel (C = "
+                      "num_channels); None (default) shares one p, ``(1,)``.\n"
+                      "    learn_p : bool, default True\n        p an ``nn.Parameter``; False "
+                      "keeps it a fixed buffer.\n", "", "GlobalGeMPool(3.0)",
+                      "p=3.0, eps=1e-06, "),
     "GlobalKMaxPool": ("Global k-max pooling", "The mean of the k largest cells of each map; "
                        "ties go to the lower flat indices.",
                        "    k : int or float, default 1\n        A count (an int >= 1, clipped "
@@ -283,6 +293,59 @@ class GlobalLSEPool(_GlobalPool):
                  spatial_dims: Optional[int] = None) -> None:
         super().__init__(keepdims, spatial_dims)
         self.beta = _checks.finite_real(beta, "beta")
+
+
+class GlobalGeMPool(_GlobalPool):
+    __doc__ = _global_doc('GlobalGeMPool')
+    _function = staticmethod(global_gem_pool)
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, num_channels: Optional[int] = None,
+                 learn_p: bool = True, keepdims: bool = False,
+                 spatial_dims: Optional[int] = None) -> None:
+        super().__init__(keepdims, spatial_dims)
+        self.initial_p = _checks.finite_real(p, "p")
+        if self.initial_p <= 0:
+            raise ValueError(f"p must be positive, got {p!r}")
+        self.eps = _checks.finite_real(eps, "eps")
+        if num_channels is not None:
+            num_channels = _checks.positive_int(num_channels, "num_channels")
+        self.num_channels = num_channels
+        self.learn_p = _checks.flag(learn_p, "learn_p")
+        value = torch.full((num_channels or 1,), self.initial_p)
+        if self.learn_p:
+            self.p = torch.nn.Parameter(value)
+        else:
+            self.register_buffer("p", value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """GeM of every map of x with the module's p (see the class)."""
+        return global_gem_pool(x, self.p, self.eps, self.keepdims, self.spatial_dims)
+
+    def extra_repr(self) -> str:
+        shown = [f"p={self.initial_p!r}", f"eps={self.eps!r}"]
+        if self.num_channels is not None:
+            shown.append(f"num_channels={self.num_channels}")
+        if not self.learn_p:
+            shown.append("learn_p=False")
+        shown.append(f"keepdims={self.keepdims}")
+        if type(self).spatial_dims is None and self.spatial_dims is not None:
+            shown.append(f"spatial_dims={self.spatial_dims}")
+        return ", ".join(shown)
+
+
+class GlobalGeMPool1d(GlobalGeMPool):
+    __doc__ = _ranked_doc(GlobalGeMPool, 1)
+    spatial_dims = 1
+
+
+class GlobalGeMPool2d(GlobalGeMPool):
+    __doc__ = _ranked_doc(GlobalGeMPool, 2)
+    spatial_dims = 2
+
+
+class GlobalGeMPool3d(GlobalGeMPool):
+    __doc__ = _ranked_doc(GlobalGeMPool, 3)
+    spatial_dims = 3
 
 
 class GlobalKMaxPool(_GlobalPool):

@@ -296,6 +296,49 @@ def _global_lse_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, stats: to
     return grad_x
 
 
+@torch.library.custom_op("npool::global_gem_pool", mutates_args=())
+def _global_gem_pool(x: torch.Tensor, p: torch.Tensor, eps: float,
+                     keepdims: bool) -> torch.Tensor:
+    y = x.new_empty(_pooled_shape(x, keepdims))
+    npool.global_gem_pool_forward(to_core(x), to_core(p), eps, keepdims, out=to_core(y))
+    return y
+
+
+@_global_gem_pool.register_fake
+def _(x, p, eps, keepdims):
+    return x.new_empty(_pooled_shape(x, keepdims))
+
+
+@torch.library.custom_op("npool::global_gem_pool_backward", mutates_args=())
+def _global_gem_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, p: torch.Tensor,
+                              eps: float, keepdims: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_x = _grad_like(x)
+    _, grad_p = npool.global_gem_pool_backward(to_core(grad_out.to(x.dtype)), to_core(x),
+                                               to_core(p), eps, keepdims,
+                                               out=(to_core(grad_x), None))
+    return grad_x, from_core(grad_p, x).to(p.dtype).reshape(p.shape)
+
+
+@_global_gem_pool_backward.register_fake
+def _(grad_out, x, p, eps, keepdims):
+    return _grad_like(x), p.new_empty(p.shape)
+
+
+def _gem_setup_context(ctx, inputs, output):
+    x, p, eps, keepdims = inputs
+    ctx.save_for_backward(x, p)
+    ctx.arguments = (eps, keepdims)
+
+
+def _gem_autograd(ctx, grad_out):
+    x, p = ctx.saved_tensors
+    grad_x, grad_p = _global_gem_pool_backward(grad_out, x, p, *ctx.arguments)
+    return grad_x, grad_p, None, None
+
+
+_global_gem_pool.register_autograd(_gem_autograd, setup_context=_gem_setup_context)
+
+
 @torch.library.custom_op("npool::weldon_pool", mutates_args=())
 def _weldon_pool(x: torch.Tensor, kmax: int, kmin: int, alpha: float,
                  keepdims: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -527,6 +570,63 @@ def global_lse_pool(x: torch.Tensor, beta: float = 1.0, keepdims: bool = False,
     if _onnx_export():
         return _global(x, spatial_dims, lambda x: _decompositions.lse_pool(x, beta, keepdims))
     return _global(x, spatial_dims, lambda x: _global_lse_pool(x, beta, keepdims)[0])
+
+
+def global_gem_pool(x: torch.Tensor, p: Union[float, torch.Tensor] = 3.0, eps: float = 1e-6,
+                    keepdims: bool = False, spatial_dims: Optional[int] = None) -> torch.Tensor:
+    """Generalised-mean (GeM) pooling, differentiable (twice) in x and p.
+
+    ``y = (mean max(x, eps)^p)^(1/p)`` per map (Radenovic et al., the global descriptor of
+    image retrieval): the mean of the clamped cells at ``p = 1``, their max as ``p -> inf``.
+    Computed relative to the map's largest clamped cell, so no power overflows for any p. The
+    kernel is ``npool.global_gem_pool_forward``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(N, C, *spatial)`` with at least one spatial axis (with ``spatial_dims``: exactly that
+        many, batched or unbatched ``(C, *spatial)``); float16, bfloat16, float32 or float64;
+        CPU or CUDA; contiguous or channels-last.
+    p : float or torch.Tensor, default 3.0
+        The exponent, positive and finite: a number, or a tensor (a learnt ``nn.Parameter``)
+        that broadcasts to ``(N, C)``: ``()`` or ``(1,)`` shared, ``(C,)`` per channel. Its
+        gradient is summed to its own shape.
+    eps : float, default 1e-6
+        The clamp floor (rounded to the dtype the pool computes in, float32 for half x).
+    keepdims : bool, default False
+        Keep the pooled axes with size 1: ``(N, C, 1, ...)`` instead of ``(N, C)``.
+    spatial_dims : int, optional
+        The number of spatial axes; None reads any number of them (a batched input).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, C)``, ``(N, C, 1, ...)`` with ``keepdims``, ``(C,)`` unbatched; x's dtype.
+
+    Raises
+    ------
+    TypeError
+        A non-floating x or a p that is neither a number nor a tensor.
+    ValueError
+        Fewer than three axes (or another rank than ``spatial_dims`` allows), an empty map, a p
+        that is not positive and finite or does not broadcast to ``(N, C)``, a bad eps.
+
+    See Also
+    --------
+    GlobalGeMPool : The ``nn.Module`` form, with a learnt p.
+
+    Examples
+    --------
+    >>> nt.global_gem_pool(torch.rand(2, 3, 5, 4), p=3.0).shape
+    torch.Size([2, 3])
+    """
+    if not isinstance(p, torch.Tensor):
+        p = torch.tensor(_checks.finite_real(p, "p"), dtype=torch.float64, device=x.device)
+    eps = _checks.finite_real(eps, "eps")
+    if _onnx_export():
+        return _global(x, spatial_dims,
+                       lambda x: _decompositions.gem_pool(x, p.to(x.dtype), eps, keepdims))
+    return _global(x, spatial_dims, lambda x: _global_gem_pool(x, p, eps, keepdims))
 
 
 def global_kmax_pool(x: torch.Tensor, k: Count = 1, keepdims: bool = False,
@@ -1255,6 +1355,8 @@ _second_order(_global_avg_pool_backward,
               lambda a: lambda x: _decompositions.avg_pool(x, a[2]), [1])
 _second_order(_global_lse_pool_backward,
               lambda a: lambda x: _decompositions.lse_pool(x, a[3], a[4]), [1])
+_second_order(_global_gem_pool_backward, lambda a: lambda x, p: _decompositions.gem_pool(
+    x, p, a[3], a[4]), [1, 2])
 _second_order(_weldon_pool_backward, lambda a: lambda x: _decompositions.selection_pool(
     x, a[2], *a[3:]), [1])
 _second_order(_netvlad_pool_backward, lambda a: lambda x, assign, centers:
@@ -1321,6 +1423,13 @@ def _global_vmap(op):
 
 for _op in (_global_max_pool, _global_avg_pool, _global_lse_pool, _weldon_pool):
     torch.library.register_vmap(_op._qualname, _global_vmap(_op))
+
+
+@torch.library.register_vmap("npool::global_gem_pool")
+def _(info, in_dims, x, p, eps, keepdims):
+    if in_dims[1] is None and p.dim() < 2:  # p shared or per channel: folds with the batch
+        return _folded(_global_gem_pool, x, in_dims[0], -1, (p, eps, keepdims))
+    return _loop(lambda x, p: _global_gem_pool(x, p, eps, keepdims), info, in_dims[:2], (x, p))
 
 
 @torch.library.register_vmap("npool::maxent_pool")
