@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import cuda_emulation
 import npool
@@ -514,6 +515,58 @@ def test_global_pools_match_the_cpu(gpu, name, forward, backward, kwargs, select
         grad_s = gpu.to_host(backward(gpu.to_device(g), gpu.to_device(x), keepdims=keepdims,
                                       stats=stats, **kwargs))
         np.testing.assert_array_equal(grad_s, grad_gpu)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("p_kind", ["number", "shared", "channel", "map"])
+@settings(max_examples=25)
+@given(data=st.data())
+def test_gem_matches_the_cpu(gpu, dtype, p_kind, data):
+    """GeM on the GPU (float64 math) against the CPU core, p a number or a GPU array (float32
+    or float64) broadcast to (N, C); grad_p summed to p's shape, in p's dtype."""
+    x, _ = data.draw(global_problems(dtype, max_side=12))
+    keepdims = data.draw(st.booleans())
+    exponents = st.floats(0.2, 40.0)
+    N, C = x.shape[:2]
+    shape = {"number": None, "shared": (1,), "channel": (C,), "map": (N, C)}[p_kind]
+    p_dtype = data.draw(st.sampled_from([np.float32, np.float64]))
+    p = data.draw(exponents) if shape is None else \
+        np.asarray(data.draw(hnp.arrays(np.float64, shape, elements=exponents)), p_dtype)
+    p_gpu = p if shape is None else gpu.to_device(p)
+    eps = data.draw(st.sampled_from([1e-6, 0.5]))
+    tolerance = 1e-10 if dtype == np.float64 else 2e-5
+    y = npool.global_gem_pool_forward(x, p, eps, keepdims)
+    y_gpu = gpu.to_host(npool.global_gem_pool_forward(gpu.to_device(x), p_gpu, eps, keepdims))
+    assert y_gpu.shape == y.shape and y_gpu.dtype == dtype
+    np.testing.assert_allclose(y_gpu, y, rtol=tolerance, atol=1e-300)
+    g = np.random.default_rng(3).standard_normal(y.shape).astype(dtype)
+    grad_x, grad_p = npool.global_gem_pool_backward(g, x, p, eps, keepdims)
+    grad_x_gpu, grad_p_gpu = npool.global_gem_pool_backward(gpu.to_device(g), gpu.to_device(x),
+                                                            p_gpu, eps, keepdims)
+    scale = np.abs(grad_x).max(initial=0) + 1e-30
+    np.testing.assert_allclose(gpu.to_host(grad_x_gpu), grad_x, rtol=tolerance,
+                               atol=tolerance * scale)
+    grad_p_host = gpu.read(grad_p_gpu)
+    assert grad_p_host.shape == np.shape(p)
+    assert grad_p_host.dtype == (np.float64 if shape is None else p_dtype)
+    np.testing.assert_allclose(grad_p_host, grad_p, rtol=1e-4 if p_dtype == np.float32 else
+                               tolerance, atol=1e-4 * (np.abs(grad_p).max(initial=0) + 1e-30))
+
+
+def test_gem_limits_on_the_gpu(gpu):
+    """NaN and +inf maps as on the CPU; a p array that is not positive gives NaN there (the
+    CPU refuses it: checking it on the GPU would cost a synchronisation)."""
+    x = np.array([[[1.0, np.nan, 3.0], [1.0, np.inf, 2.0], [-np.inf, 0.5, 2.0]]])
+    expected = npool.global_gem_pool_forward(x, 3.0)
+    np.testing.assert_array_equal(gpu.to_host(npool.global_gem_pool_forward(
+        gpu.to_device(x), 3.0)), expected)
+    bad = gpu.to_device(np.array([2.0, -1.0, 0.0]))
+    y = gpu.to_host(npool.global_gem_pool_forward(gpu.to_device(x), bad))
+    assert np.isnan(y[0, 1:]).all() and np.isnan(y[0, 0])
+    with pytest.raises(ValueError, match="p must be positive"):
+        npool.global_gem_pool_forward(gpu.to_device(x), -1.0)
+    with pytest.raises(TypeError, match="p is a numpy array"):
+        npool.global_gem_pool_forward(gpu.to_device(x), np.ones(3))
 
 
 def test_global_pools_nan_and_float16(gpu):

@@ -3,6 +3,7 @@
 //   max     y = max x, first index among ties, the first NaN wins;  avg  y = mean x;
 //   LSE     y = (1/beta) log(mean exp(beta x)), accurate for every finite beta (see lse_body);
 //   select  y = (sum of the k largest) / k + alpha (sum of the kb smallest) / kb (k-max: kb = 0).
+//   GeM     y = (mean max(x, eps)^p)^(1/p), relative to the map's largest clamped cell.
 // Cells are read through element strides of x seen as (N, C, n). Every reduction runs in a fixed
 // order (each thread strides over the map, then a tree in shared memory), so results are the
 // same run after run. Selection is a radix select on 32-bit (half, float) or 64-bit (double)
@@ -32,6 +33,13 @@ struct Args {
   double beta;                // LSE's temperature
   double alpha;               // the weight of the bottom term of a selection
   int64_t count;              // work items of the elementwise kernels
+  const void* p;              // GeM's exponents (float or double, p_double), broadcast to
+                              // (N, C) by p_strides; null: the number p_value
+  void* grad_p;               // GeM's backward: dL/dp per map (maps,), p's type
+  int64_t p_strides[2];
+  int64_t p_double;
+  double p_value;
+  double eps;                 // GeM's clamp floor
 };
 
 template <typename A> struct MaxIndex {
@@ -242,6 +250,115 @@ template <typename T> NPOOL_FN void avg_backward_item(const Args& a, int64_t t) 
   const int64_t map = t / a.n, i = t % a.n;
   static_cast<T*>(a.out)[map_offsets(a, map).out + i * a.out_strides[2]] =
       from_acc<T>(grad_out_of<T>(a, map) / A(a.n));
+}
+
+// ------------------------------------------------------------------ GeM
+// In float64, as the CPU core: z = max(x, eps), M = max z, u = log(z / M) from mantissas and
+// exponents (z / M may underflow), w = exp(p u) <= 1, S = sum w, T = sum w u, L = log(S / n) or,
+// when |L| < 1/4 (the terms all near 1: p -> 0), log1p(sum expm1(p u) / n);
+//   y = M exp(L / p),  dy/dx_i = y w_i / (S z_i) where x_i >= eps,  dy/dp = (y/p) (T/S - L/p).
+// A NaN in the map gives NaN (y and gradients), a +inf y = +inf and NaN gradients; a p that is
+// not positive and finite gives NaN (the CPU core refuses it; here that would cost a
+// synchronisation).
+struct GemSums {
+  double m, s, s1, t;
+};
+
+NPOOL_FN double gem_exponent(const Args& a, int64_t map) {
+  if (a.p == nullptr) return a.p_value;
+  const int64_t at = (map / a.channels) * a.p_strides[0] + (map % a.channels) * a.p_strides[1];
+  return a.p_double ? static_cast<const double*>(a.p)[at]
+                    : static_cast<double>(static_cast<const float*>(a.p)[at]);
+}
+
+// log(z / m) for positive normal z <= m, exact to about 1e-16 whatever their magnitudes.
+NPOOL_FN double log_ratio(double z, double m) {
+  int ez, em;
+  double fz = ::frexp(z, &ez), fm = ::frexp(m, &em);
+  if (fz < 0.70710678118654752440) { fz *= 2; --ez; }
+  if (fm < 0.70710678118654752440) { fm *= 2; --em; }
+  const double k = static_cast<double>(ez - em);
+  return k * 6.93147180369123816490e-01 + ((::log(fz) - ::log(fm)) + k * 1.90821492927058770002e-10);
+}
+
+template <typename T> NPOOL_FN GemSums gem_sums(const Args& a, int64_t base, double p) {
+  double m = a.eps, nan = 0;
+  for (int64_t i = thread_index(); i < a.n; i += block_size()) {
+    const double v = cell<T>(a, base, i);
+    if (v != v) nan = 1;
+    else if (v > m) m = v;
+  }
+  double* shared = shared_memory<double>();
+  auto larger = [](double x, double y) { return x > y ? x : y; };
+  nan = block_reduce(nan, shared, larger);
+  m = block_reduce(m, shared, larger);
+  GemSums st = {nan != 0 ? NAN : m, 0, 0, 0};
+  if (!is_finite(st.m)) return st;  // uniform: every thread has the same M
+  double s = 0, s1 = 0, t = 0;
+  for (int64_t i = thread_index(); i < a.n; i += block_size()) {
+    const double v = cell<T>(a, base, i);
+    const double u = log_ratio(v > a.eps ? v : a.eps, m);
+    const double w = ::exp(p * u);
+    s += w;
+    s1 += ::expm1(p * u);
+    t += w * u;
+  }
+  auto plus = [](double x, double y) { return x + y; };
+  st.s = block_reduce(s, shared, plus);
+  st.s1 = block_reduce(s1, shared, plus);
+  st.t = block_reduce(t, shared, plus);
+  return st;
+}
+
+NPOOL_FN double gem_log_mean(const GemSums& st, double n) {
+  const double l = ::log(st.s / n);
+  return ::fabs(l) < 0.25 ? ::log1p(st.s1 / n) : l;
+}
+
+NPOOL_FN bool gem_valid(double p) { return p > 0 && is_finite(p); }
+
+template <typename T> NPOOL_FN void gem_body(const Args& a) {
+  for (int64_t map = block_index(); map < a.maps; map += grid_size()) {
+    const double p = gem_exponent(a, map);
+    const GemSums st = gem_sums<T>(a, map_offsets(a, map).x, gem_valid(p) ? p : 1.0);
+    if (thread_index() == 0) {
+      double y = st.m;  // NaN, +inf
+      if (!gem_valid(p)) y = NAN;
+      else if (is_finite(st.m)) y = st.m * ::exp(gem_log_mean(st, static_cast<double>(a.n)) / p);
+      static_cast<T*>(a.out)[map] = from_acc<T>(static_cast<typename Accumulator<T>::type>(y));
+    }
+    sync_block();
+  }
+}
+
+template <typename T> NPOOL_FN void gem_backward_body(const Args& a) {
+  using A = typename Accumulator<T>::type;
+  for (int64_t map = block_index(); map < a.maps; map += grid_size()) {
+    const Map m = map_offsets(a, map);
+    const double p = gem_exponent(a, map);
+    const bool valid = gem_valid(p);
+    const GemSums st = gem_sums<T>(a, m.x, valid ? p : 1.0);
+    const double g = grad_out_of<T>(a, map);
+    const bool finite = valid && is_finite(st.m);
+    const double l = finite ? gem_log_mean(st, static_cast<double>(a.n)) : NAN;
+    const double y = finite ? st.m * ::exp(l / p) : NAN;
+    const double coef = g * y / st.s;
+    for (int64_t i = thread_index(); i < a.n; i += block_size()) {
+      const double v = cell<T>(a, m.x, i);
+      double d = NAN;
+      if (finite) {
+        const double z = v > a.eps ? v : a.eps;
+        d = v >= a.eps ? coef * ::exp(p * log_ratio(z, st.m)) / z : 0.0;
+      }
+      static_cast<T*>(a.out)[m.out + i * a.out_strides[2]] = from_acc<T>(static_cast<A>(d));
+    }
+    if (thread_index() == 0) {
+      const double dp = finite ? g * (y / p) * (st.t / st.s - l / p) : NAN;
+      if (a.p_double) static_cast<double*>(a.grad_p)[map] = dp;
+      else static_cast<float*>(a.grad_p)[map] = static_cast<float>(dp);
+    }
+    sync_block();
+  }
 }
 
 // ------------------------------------------------------------------ selection
@@ -507,6 +624,10 @@ template <typename T> NPOOL_FN void scatter_body(const Args& a) {
                      npool::global_pools::select_backward_body<T>)                             \
   NPOOL_BLOCK_KERNEL(npool_global_scatter_backward_##tname, npool::global_pools::Args,         \
                      npool::global_pools::scatter_body<T>)                                     \
+  NPOOL_BLOCK_KERNEL(npool_global_gem_##tname, npool::global_pools::Args,                      \
+                     npool::global_pools::gem_body<T>)                                         \
+  NPOOL_BLOCK_KERNEL(npool_global_gem_backward_##tname, npool::global_pools::Args,             \
+                     npool::global_pools::gem_backward_body<T>)                                \
   NPOOL_KERNEL(npool_global_avg_backward_##tname, npool::global_pools::Args,                   \
                npool::global_pools::avg_backward_item<T>)
 
@@ -522,5 +643,7 @@ NPOOL_EXPORT_LAYOUT(npool_global_pools_args_layout, npool::global_pools::Args,
                     NPOOL_OFFSET(A, n), NPOOL_OFFSET(A, channels), NPOOL_OFFSET(A, x_strides),
                     NPOOL_OFFSET(A, out_strides), NPOOL_OFFSET(A, g_strides), NPOOL_OFFSET(A, k),
                     NPOOL_OFFSET(A, k_bottom), NPOOL_OFFSET(A, beta), NPOOL_OFFSET(A, alpha),
-                    NPOOL_OFFSET(A, count))
+                    NPOOL_OFFSET(A, count), NPOOL_OFFSET(A, p), NPOOL_OFFSET(A, grad_p),
+                    NPOOL_OFFSET(A, p_strides), NPOOL_OFFSET(A, p_double),
+                    NPOOL_OFFSET(A, p_value), NPOOL_OFFSET(A, eps))
 #endif

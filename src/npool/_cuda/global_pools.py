@@ -13,7 +13,8 @@ ARGS = np.dtype([
     ("x", "u8"), ("grad_out", "u8"), ("out", "u8"), ("index", "u8"), ("stats", "u8"),
     ("maps", "i8"), ("n", "i8"), ("channels", "i8"), ("x_strides", "i8", 3),
     ("out_strides", "i8", 3), ("g_strides", "i8", 2), ("k", "i8"), ("k_bottom", "i8"),
-    ("beta", "f8"), ("alpha", "f8"), ("count", "i8"),
+    ("beta", "f8"), ("alpha", "f8"), ("count", "i8"), ("p", "u8"), ("grad_p", "u8"),
+    ("p_strides", "i8", 2), ("p_double", "i8"), ("p_value", "f8"), ("eps", "f8"),
 ])
 _SELECT_SHARED = 256 * 4 + 16 + 2 * 256 * 8  # SelectShared in global_pools.cu
 
@@ -190,3 +191,94 @@ def backward(kind, grad_out, x, keepdims, indices=None, beta=1.0, k=0, k_bottom=
                                    maps.arguments(index=index.ptr, **fields)[()], maps.maps,
                                    shared)
     return grad
+
+
+# ------------------------------------------------------------------ GeM
+def _gem_exponent(maps, p):
+    """GeM's p on the GPU as (fields of Args, own shape): a real number (checked here), or a
+    float32/float64 GPU array that broadcasts to (N, C) (its values are checked by the kernels:
+    a p that is not positive and finite gives NaN there, as reading it here would cost a
+    synchronisation)."""
+    if isinstance(p, (bool, np.bool_)):
+        raise TypeError("p must be a real number or a GPU array, got bool")
+    if isinstance(p, (int, float, np.integer, np.floating)):
+        value = _checks.finite_real(p, "p")
+        if value <= 0:
+            raise ValueError(f"p must be positive and finite, got {p!r}")
+        return dict(p=0, p_value=value), None
+    if isinstance(p, np.ndarray):
+        raise TypeError("p is a numpy array but x is on the GPU: pass p on the GPU (or a "
+                        "Python number)")
+    t = describe(p, "p", dtypes=(np.dtype(np.float32), np.dtype(np.float64)))
+    grid = maps.shape[:2]
+    if t.ndim > 2 or any(n not in (1, m) for n, m in zip(t.shape[::-1], grid[::-1])):
+        raise ValueError(f"p of shape {t.shape} does not broadcast to the maps' shape {grid} "
+                         f"(N, C)")
+    strides = [0] * (2 - t.ndim) + [0 if n == 1 else st for n, st in zip(t.shape, t.strides)]
+    return dict(p=t.ptr, p_strides=tuple(strides),
+                p_double=int(t.dtype == np.float64)), t
+
+
+def _gem_eps(maps, eps):
+    """eps checked and rounded as the CPU core rounds it (float32 unless x is float64)."""
+    eps = _checks.finite_real(eps, "eps")
+    work = np.dtype(np.float64 if maps.x.dtype == np.float64 else np.float32)
+    info = np.finfo(work)
+    if not float(info.tiny) <= eps <= float(info.max):
+        raise ValueError(f"eps must be a normal positive number of {work} (the dtype the pool "
+                         f"computes in): at least {float(info.tiny):.4g}, got {eps!r}")
+    return float(work.type(eps))
+
+
+def gem_forward(x, p, eps, keepdims, out=None):
+    """GeM's y on the GPU (see npool.global_gem_pool_forward), into ``out`` when given."""
+    maps = Maps(x)
+    fields, p_array = _gem_exponent(maps, p)
+    eps = _gem_eps(maps, eps)
+    y, y_array = maps.destination(out, maps.output_shape(keepdims), "contiguous",
+                                  {"x": maps.x})
+    others = {name: a for name, a in (("p", p_array), ("out", y_array)) if a is not None}
+    device = maps.device(**others)
+    with device.session([maps.x.stream] + [a.stream for a in others.values()]) as call:
+        if y is None:
+            y, y_array = maps.output(call, keepdims)
+        if maps.maps:
+            call.launch_blocks(maps.kernel("gem"), maps.arguments(
+                out=y_array.ptr, eps=eps, **fields)[()], maps.maps, maps.shared_bytes(call))
+    return y
+
+
+def gem_backward(grad_out, x, p, eps, keepdims, out=None):
+    """GeM's (grad_x, grad_p) on the GPU; grad_x into ``out`` when given, grad_p a new GPU
+    array of p's shape and dtype (float64 0-d for a number p)."""
+    from .reductions import sum_to_shape
+    maps = Maps(x)
+    g = maps.grad_out(grad_out, keepdims)
+    fields, p_array = _gem_exponent(maps, p)
+    eps = _gem_eps(maps, eps)
+    grad, grad_array = maps.destination(out, maps.shape, maps.layout,
+                                        {"x": maps.x, "grad_out": g, "p": p_array})
+    others = {name: a for name, a in (("p", p_array), ("out", grad_array)) if a is not None}
+    device = maps.device(grad_out=g, **others)
+    streams = [g.stream, maps.x.stream] + [a.stream for a in others.values()]
+    p_dtype = np.dtype(np.float64) if p_array is None else p_array.dtype
+    p_shape = () if p_array is None else p_array.shape
+    with device.session(streams) as call:
+        if grad is None:
+            grad, grad_array, out_strides = maps.gradient(call)
+        else:
+            out_strides = (grad_array.strides[0], grad_array.strides[1],
+                           run_stride(maps.shape[2:], grad_array.strides[2:]))
+        grad_p, grad_p_array = call.empty(p_shape, p_dtype,
+                                          _checks.dense_strides(p_shape, "contiguous"))
+        per_map = call.workspace(maps.maps * p_dtype.itemsize)
+        fields["p_double"] = int(p_dtype == np.float64)
+        if maps.maps:
+            call.launch_blocks(maps.kernel("gem_backward"), maps.arguments(
+                out=grad_array.ptr, grad_out=g.ptr, out_strides=out_strides,
+                g_strides=g.strides[:2], grad_p=per_map, eps=eps, **fields)[()], maps.maps,
+                maps.shared_bytes(call))
+        # summed to p's shape (over no maps: 0)
+        sum_to_shape(call, p_dtype, per_map, maps.shape[:2], grad_p_array.ptr,
+                     (1,) * (2 - len(p_shape)) + tuple(p_shape))
+    return grad, grad_p
