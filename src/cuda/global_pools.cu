@@ -33,11 +33,12 @@ struct Args {
   double beta;                // LSE's temperature
   double alpha;               // the weight of the bottom term of a selection
   int64_t count;              // work items of the elementwise kernels
-  const void* p;              // GeM's exponents (float or double, p_double), broadcast to
-                              // (N, C) by p_strides; null: the number p_value
-  void* grad_p;               // GeM's backward: dL/dp per map (maps,), p's type
+  const void* p;              // GeM's exponents (of type p_type), broadcast to (N, C) by
+                              // p_strides; null: the number p_value
+  void* grad_p;               // GeM's backward: dL/dp per map (maps,), double when p is,
+                              // else float (summed to p's shape and type afterwards)
   int64_t p_strides[2];
-  int64_t p_double;
+  int64_t p_type;             // 0: float, 1: double, 2: x's type (half or bfloat16)
   double p_value;
   double eps;                 // GeM's clamp floor
 };
@@ -264,11 +265,12 @@ struct GemSums {
   double m, s, s1, t;
 };
 
-NPOOL_FN double gem_exponent(const Args& a, int64_t map) {
+template <typename T> NPOOL_FN double gem_exponent(const Args& a, int64_t map) {
   if (a.p == nullptr) return a.p_value;
   const int64_t at = (map / a.channels) * a.p_strides[0] + (map % a.channels) * a.p_strides[1];
-  return a.p_double ? static_cast<const double*>(a.p)[at]
-                    : static_cast<double>(static_cast<const float*>(a.p)[at]);
+  if (a.p_type == 1) return static_cast<const double*>(a.p)[at];
+  if (a.p_type == 2) return static_cast<double>(to_acc(static_cast<const T*>(a.p)[at]));
+  return static_cast<double>(static_cast<const float*>(a.p)[at]);
 }
 
 // log(z / m) for positive normal z <= m, exact to about 1e-16 whatever their magnitudes.
@@ -319,7 +321,7 @@ NPOOL_FN bool gem_valid(double p) { return p > 0 && is_finite(p); }
 
 template <typename T> NPOOL_FN void gem_body(const Args& a) {
   for (int64_t map = block_index(); map < a.maps; map += grid_size()) {
-    const double p = gem_exponent(a, map);
+    const double p = gem_exponent<T>(a, map);
     const GemSums st = gem_sums<T>(a, map_offsets(a, map).x, gem_valid(p) ? p : 1.0);
     if (thread_index() == 0) {
       double y = st.m;  // NaN, +inf
@@ -335,7 +337,7 @@ template <typename T> NPOOL_FN void gem_backward_body(const Args& a) {
   using A = typename Accumulator<T>::type;
   for (int64_t map = block_index(); map < a.maps; map += grid_size()) {
     const Map m = map_offsets(a, map);
-    const double p = gem_exponent(a, map);
+    const double p = gem_exponent<T>(a, map);
     const bool valid = gem_valid(p);
     const GemSums st = gem_sums<T>(a, m.x, valid ? p : 1.0);
     const double g = grad_out_of<T>(a, map);
@@ -354,7 +356,7 @@ template <typename T> NPOOL_FN void gem_backward_body(const Args& a) {
     }
     if (thread_index() == 0) {
       const double dp = finite ? g * (y / p) * (st.t / st.s - l / p) : NAN;
-      if (a.p_double) static_cast<double*>(a.grad_p)[map] = dp;
+      if (a.p_type == 1) static_cast<double*>(a.grad_p)[map] = dp;
       else static_cast<float*>(a.grad_p)[map] = static_cast<float>(dp);
     }
     sync_block();
@@ -644,6 +646,6 @@ NPOOL_EXPORT_LAYOUT(npool_global_pools_args_layout, npool::global_pools::Args,
                     NPOOL_OFFSET(A, out_strides), NPOOL_OFFSET(A, g_strides), NPOOL_OFFSET(A, k),
                     NPOOL_OFFSET(A, k_bottom), NPOOL_OFFSET(A, beta), NPOOL_OFFSET(A, alpha),
                     NPOOL_OFFSET(A, count), NPOOL_OFFSET(A, p), NPOOL_OFFSET(A, grad_p),
-                    NPOOL_OFFSET(A, p_strides), NPOOL_OFFSET(A, p_double),
+                    NPOOL_OFFSET(A, p_strides), NPOOL_OFFSET(A, p_type),
                     NPOOL_OFFSET(A, p_value), NPOOL_OFFSET(A, eps))
 #endif

@@ -14,7 +14,7 @@ ARGS = np.dtype([
     ("maps", "i8"), ("n", "i8"), ("channels", "i8"), ("x_strides", "i8", 3),
     ("out_strides", "i8", 3), ("g_strides", "i8", 2), ("k", "i8"), ("k_bottom", "i8"),
     ("beta", "f8"), ("alpha", "f8"), ("count", "i8"), ("p", "u8"), ("grad_p", "u8"),
-    ("p_strides", "i8", 2), ("p_double", "i8"), ("p_value", "f8"), ("eps", "f8"),
+    ("p_strides", "i8", 2), ("p_type", "i8"), ("p_value", "f8"), ("eps", "f8"),
 ])
 _SELECT_SHARED = 256 * 4 + 16 + 2 * 256 * 8  # SelectShared in global_pools.cu
 
@@ -195,8 +195,8 @@ def backward(kind, grad_out, x, keepdims, indices=None, beta=1.0, k=0, k_bottom=
 
 # ------------------------------------------------------------------ GeM
 def _gem_exponent(maps, p):
-    """GeM's p on the GPU as (fields of Args, own shape): a real number (checked here), or a
-    float32/float64 GPU array that broadcasts to (N, C) (its values are checked by the kernels:
+    """GeM's p on the GPU as (fields of Args, its DeviceArray or None): a real number (checked
+    here), or a GPU array of float32, float64 or x's dtype that broadcasts to (N, C) (its values are checked by the kernels:
     a p that is not positive and finite gives NaN there, as reading it here would cost a
     synchronisation)."""
     if isinstance(p, (bool, np.bool_)):
@@ -205,18 +205,21 @@ def _gem_exponent(maps, p):
         value = _checks.finite_real(p, "p")
         if value <= 0:
             raise ValueError(f"p must be positive and finite, got {p!r}")
-        return dict(p=0, p_value=value), None
+        return dict(p=0, p_value=value, p_type=1), None
     if isinstance(p, np.ndarray):
         raise TypeError("p is a numpy array but x is on the GPU: pass p on the GPU (or a "
                         "Python number)")
-    t = describe(p, "p", dtypes=(np.dtype(np.float32), np.dtype(np.float64)))
+    t = describe(p, "p")
+    if t.dtype not in (np.dtype(np.float32), np.dtype(np.float64), maps.x.dtype):
+        raise TypeError(f"p must have dtype float32, float64 or x's ({maps.x.dtype}), got "
+                        f"{t.dtype}")
     grid = maps.shape[:2]
     if t.ndim > 2 or any(n not in (1, m) for n, m in zip(t.shape[::-1], grid[::-1])):
         raise ValueError(f"p of shape {t.shape} does not broadcast to the maps' shape {grid} "
                          f"(N, C)")
     strides = [0] * (2 - t.ndim) + [0 if n == 1 else st for n, st in zip(t.shape, t.strides)]
-    return dict(p=t.ptr, p_strides=tuple(strides),
-                p_double=int(t.dtype == np.float64)), t
+    kind = 0 if t.dtype == np.float32 else 1 if t.dtype == np.float64 else 2
+    return dict(p=t.ptr, p_strides=tuple(strides), p_type=kind), t
 
 
 def _gem_eps(maps, eps):
@@ -271,8 +274,7 @@ def gem_backward(grad_out, x, p, eps, keepdims, out=None):
                            run_stride(maps.shape[2:], grad_array.strides[2:]))
         grad_p, grad_p_array = call.empty(p_shape, p_dtype,
                                           _checks.dense_strides(p_shape, "contiguous"))
-        per_map = call.workspace(maps.maps * p_dtype.itemsize)
-        fields["p_double"] = int(p_dtype == np.float64)
+        per_map = call.workspace(maps.maps * (8 if p_dtype == np.float64 else 4))
         if maps.maps:
             call.launch_blocks(maps.kernel("gem_backward"), maps.arguments(
                 out=grad_array.ptr, grad_out=g.ptr, out_strides=out_strides,

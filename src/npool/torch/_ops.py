@@ -300,8 +300,14 @@ def _global_lse_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, stats: to
 def _global_gem_pool(x: torch.Tensor, p: torch.Tensor, eps: float,
                      keepdims: bool) -> torch.Tensor:
     y = x.new_empty(_pooled_shape(x, keepdims))
-    npool.global_gem_pool_forward(to_core(x), to_core(p), eps, keepdims, out=to_core(y))
+    npool.global_gem_pool_forward(to_core(x), to_core(_exponent(p)), eps, keepdims,
+                                  out=to_core(y))
     return y
+
+
+def _exponent(p):
+    """GeM's p as the kernels read it: float32 or float64 (a half p in float32)."""
+    return p if p.dtype in (torch.float32, torch.float64) else p.float()
 
 
 @_global_gem_pool.register_fake
@@ -314,7 +320,7 @@ def _global_gem_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, p: torch.
                               eps: float, keepdims: bool) -> tuple[torch.Tensor, torch.Tensor]:
     grad_x = _grad_like(x)
     _, grad_p = npool.global_gem_pool_backward(to_core(grad_out.to(x.dtype)), to_core(x),
-                                               to_core(p), eps, keepdims,
+                                               to_core(_exponent(p)), eps, keepdims,
                                                out=(to_core(grad_x), None))
     return grad_x, from_core(grad_p, x).to(p.dtype).reshape(p.shape)
 
