@@ -10,11 +10,17 @@ differentiable input of the table:
   dispatch), the backward ones included, and they are the ops the table names
   (``npool::<kernel>`` and ``npool::<kernel>_backward``); inside ``torch.autocast`` every op
   runs in the region's dtype;
-- npool.jax (``jax.vjp``, and the forward under ``jax.jit``; float64) and npool.tf
-  (``tf.GradientTape``, and the forward inside ``tf.function``), channels-first data.
+- npool.torch under ``torch.compile(fullgraph=True)`` (forward and backward), ``torch.vmap``
+  (a mapped axis on x: equal to mapping by hand, without PyTorch's fallback) and to second
+  order (``gradgradcheck``; the selections on distinct values, where they are smooth);
+- npool.jax (``jax.vjp``, and the forward under ``jax.jit``; float64), its forward mode
+  (``jax.jvp``: the tangent along a direction equals the reverse-mode gradients' product with
+  it) and ``jax.vmap``; npool.tf (``tf.GradientTape``, and the forward inside
+  ``tf.function``) and its portable form (``npool.tf.portable()``, compiled by XLA), with
+  channels-first data.
 
-Still listed by hand in the adapter tests, to come here: torch.compile, export, vmap, second
-order, XLA, Keras on each backend.
+Still listed by hand in the adapter tests: export (torch.export, ONNX, SavedModel, TFLite) and
+Keras on each backend.
 """
 import numpy as np
 import pytest
@@ -23,6 +29,7 @@ from hypothesis import strategies as st
 
 import npool
 from npool._op_table import OPS
+from npool.testing._check import SELECTIONS, _smooth
 from npool.testing.strategies import problems
 
 torch = pytest.importorskip("torch")
@@ -121,6 +128,79 @@ def test_torch_autocast_conforms(name, data):
         torch.testing.assert_close(y, expected, rtol=0, atol=0, equal_nan=True)
 
 
+def _function_of(name, options):
+    function = getattr(nt, name)
+    return lambda *tensors: function(*tensors, **options)
+
+
+def _batched_torch_problem(data, name):
+    """A float64 problem with a batch of at least one (vmap and compile want one)."""
+    op = OPS[name]
+    problem = data.draw(problems(name, dtypes=("float64",), layouts=("contiguous",),
+                                 extreme=False).filter(
+        lambda p: (op.family == "set" or np.ndim(p.inputs["x"]) == op_rank(p, op)) and
+        all(np.size(a) for a in p.inputs.values())))
+    return problem
+
+
+@pytest.mark.parametrize("name", list(OPS))
+@settings(max_examples=1, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_torch_compile_conforms(name, data):
+    """torch.compile(fullgraph=True) (Dynamo and AOTAutograd over the custom ops and their
+    fakes) gives the eager forward and gradients."""
+    problem = _batched_torch_problem(data, name)
+    inputs, options = _torch_call(problem)
+    function = _function_of(name, options)
+    torch._dynamo.reset()  # each example's function is a new closure of the same code
+    compiled = torch.compile(function, fullgraph=True, backend="aot_eager")
+    eager_inputs = [t.detach().clone().requires_grad_() for t in inputs.values()]
+    y = compiled(*inputs.values())
+    expected = function(*eager_inputs)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    g = torch.from_numpy(np.asarray(problem.grad_out, np.float64))
+    grads = torch.autograd.grad(y, list(inputs.values()), g, allow_unused=True)
+    expected_grads = torch.autograd.grad(expected, eager_inputs, g, allow_unused=True)
+    for got, want in zip(grads, expected_grads):
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(OPS))
+@settings(max_examples=2, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_torch_vmap_conforms(name, data, capfd):
+    """torch.vmap over a new leading axis of the op's first input equals mapping by hand, with
+    a batching rule (no fallback warning)."""
+    problem = _batched_torch_problem(data, name)
+    inputs, options = _torch_call(problem)
+    first, *rest = [t.detach() for t in inputs.values()]
+    stacked = torch.stack([first, 0.5 * first + 1])
+    function = _function_of(name, options)
+    mapped = torch.vmap(lambda t: function(t, *rest))(stacked)
+    by_hand = torch.stack([function(t, *rest) for t in stacked])
+    torch.testing.assert_close(mapped, by_hand, rtol=1e-12, atol=1e-12)
+    assert "batching rule" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(OPS))
+@settings(max_examples=2, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_torch_second_order_conforms(name, data):
+    """gradgradcheck through the op (its backward op differentiated through the op's
+    decomposition). Selections are drawn on distinct values (their gradient is constant
+    between ties), the others where the op is smooth."""
+    problem = _batched_torch_problem(data, name)
+    if name in SELECTIONS:
+        x = problem.inputs["x"]
+        distinct = np.random.default_rng(0).permutation(x.size).reshape(x.shape) * 0.25
+        problem.inputs["x"] = distinct.astype(x.dtype)
+    elif not _smooth(problem):
+        return
+    inputs, options = _torch_call(problem)
+    assert torch.autograd.gradgradcheck(_function_of(name, options), tuple(inputs.values()))
+
+
 # ------------------------------------------------------------------ npool.jax, npool.tf
 def _adapter_call(problem, op):
     """The problem's arrays (inputs as float64 arrays, lam included) and options for a
@@ -186,6 +266,20 @@ def test_jax_conforms(name, data):
         y, pullback = jax.vjp(function, *values)
         grads = pullback(np.asarray(problem.grad_out, np.float64))
         jitted = jax.jit(function)(*values)
+        # forward mode: <g, J v> = <J^T g, v>
+        rng = np.random.default_rng(1)
+        directions = [rng.standard_normal(np.shape(v)) for v in values]
+        _, tangent = jax.jvp(function, values, directions)
+        along = sum(float(np.sum(np.asarray(gr) * d)) for gr, d in zip(grads, directions))
+        np.testing.assert_allclose(float(np.sum(np.asarray(tangent) * problem.grad_out)),
+                                   along, rtol=1e-8, atol=1e-10)
+        if np.ndim(values[0]) and np.size(values[0]):  # vmap over a new axis of the first
+            stacked = np.stack([values[0], 0.5 * values[0] + 1])
+            mapped = jax.vmap(lambda v: function(v, *values[1:]))(stacked)
+            for i in range(2):
+                np.testing.assert_allclose(np.asarray(mapped[i]),
+                                           np.asarray(function(stacked[i], *values[1:])),
+                                           rtol=1e-12, atol=1e-12)
     _assert_matches_the_core(problem, name, (y, jitted), grads)
 
 
@@ -211,3 +305,40 @@ def test_tf_conforms(name, data):
                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
     graph = tf.function(lambda: getattr(ntf, name)(**variables, **options))()
     _assert_matches_the_core(problem, name, (y, graph), grads)
+
+
+@pytest.mark.parametrize("name", list(OPS))
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_tf_portable_form_conforms(name, data):
+    """Inside npool.tf.portable() (what SavedModel, XLA and TFLite build) the op is npool's
+    decomposition into standard TensorFlow ops: it equals the core, forward and gradients,
+    eagerly and compiled by XLA (``jit_compile=True``). Selections on distinct values (tf's
+    top_k breaks ties by its own rule; the values are the same, the gradient's cells not)."""
+    tf = pytest.importorskip("tensorflow")
+    ntf = pytest.importorskip("npool.tf")
+    op = OPS[name]
+    problem = data.draw(_adapter_problems(name))
+    if name in SELECTIONS and np.size(problem.inputs["x"]):
+        x = problem.inputs["x"]
+        problem.inputs["x"] = np.random.default_rng(0).permutation(x.size).reshape(
+            x.shape).astype(x.dtype) * 0.25
+    inputs, options = _adapter_call(problem, op)
+    options = {key: tf.constant(value) if isinstance(value, np.ndarray) else value
+               for key, value in options.items()}
+    g = tf.constant(np.asarray(problem.grad_out, np.float64))
+
+    def run(*values):
+        with ntf.portable():
+            with tf.GradientTape() as tape:
+                tape.watch(values)
+                y = getattr(ntf, name)(**dict(zip(op.differentiable, values)), **options)
+            return y, tape.gradient(y, values, output_gradients=g,
+                                    unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    values = [tf.constant(inputs[n]) for n in op.differentiable]
+    y, grads = run(*values)
+    y_xla, grads_xla = tf.function(run, jit_compile=True)(*values)
+    _assert_matches_the_core(problem, name, (y, y_xla), grads)
+    _assert_matches_the_core(problem, name, (y_xla,), grads_xla)
