@@ -9,6 +9,8 @@ For (64, 512, 14, 14) and (8, 64, 112, 112), C-contiguous, forward and forward+b
   LSE (beta = 1)    npool.global_lse_pool       vs torch.logsumexp(x.flatten(2), 2) - log(n)
   max               npool.global_max_pool       vs F.adaptive_max_pool2d(x, 1)
   avg               npool.global_avg_pool       vs x.mean((2, 3))
+  GeM (p = 3, per channel, learnt)  npool.global_gem_pool
+                    vs x.clamp(min=1e-6).pow(p).mean((2, 3)).pow(1 / p) (fwd+bwd: grad_x and grad_p)
 The torch backward runs through autograd; npool's selecting pools pass the forward's indices to
 the backward, as the adapters do. Rounds interleave the cases; the table gives medians
 and torch time / npool time (above 1: npool is faster). Compare ratios, not absolute times.
@@ -55,6 +57,13 @@ def cases(x_np):
     def avg_t(v):
         return v.mean((2, 3))
 
+    p_np = np.full(x_np.shape[1], 3.0, np.float32)
+    pt = torch.from_numpy(p_np).requires_grad_(True)
+
+    def gem_t(v):
+        shape = (-1,) + (1,) * (v.dim() - 2)
+        return v.clamp(min=1e-6).pow(pt.reshape(shape)).mean((2, 3)).pow(1 / pt)
+
     def pair(forward, backward):
         return lambda: forward(x_np), lambda: (forward(x_np), backward(g_np, x_np))
 
@@ -70,10 +79,13 @@ def cases(x_np):
     np_lse = pair(npool.global_lse_pool_forward, npool.global_lse_pool_backward)
     np_max = selecting(npool.global_max_pool_forward, npool.global_max_pool_backward)
     np_avg = pair(npool.global_avg_pool_forward, npool.global_avg_pool_backward)
+    np_gem = (lambda: npool.global_gem_pool_forward(x_np, p_np),
+              lambda: (npool.global_gem_pool_forward(x_np, p_np),
+                       npool.global_gem_pool_backward(g_np, x_np, p_np)))
     out = {}
     for name, (npf, npfb), tf in [("k-max", np_kmax, kmax_t), ("WELDON", np_weldon, weldon_t),
                                   ("LSE", np_lse, lse_t), ("max", np_max, max_t),
-                                  ("avg", np_avg, avg_t)]:
+                                  ("avg", np_avg, avg_t), ("GeM", np_gem, gem_t)]:
         out[f"{name} fwd"] = (npf, lambda tf=tf: tf(xt))
         out[f"{name} fwd+bwd"] = (npfb, torch_fb(tf))
     return out

@@ -590,6 +590,16 @@ cdef inline void _gem_map_stats(const floating* x, Py_ssize_t step, Py_ssize_t n
             lane_s[j] = 0
             lane_t[j] = 0
         i = b
+        if step == 1:  # the same loop with a unit stride GCC can vectorise
+            while i + 8 <= stop:
+                for j in range(8):
+                    v = x[i + j]
+                    z = v if v > eps else eps
+                    u = _log_ratio(z, km, lm)
+                    w = exp_nonpositive(p * u if p * u < 0 else 0)
+                    lane_s[j] = lane_s[j] + w
+                    lane_t[j] = lane_t[j] + w * u
+                i = i + 8
         while i + 8 <= stop:
             for j in range(8):
                 v = x[(i + j) * step]
@@ -647,6 +657,14 @@ cdef inline void _gem_gradient_map(const floating* x, Py_ssize_t step, floating*
             gx[i * gstep] = <floating>NAN
         return
     _log_parts(mm, &km, &lm)
+    if step == 1 and gstep == 1:  # unit strides: a loop GCC can vectorise
+        for i in range(n):
+            v = x[i]
+            z = v if v > eps else eps
+            u = _log_ratio(z, km, lm)
+            w = exp_nonpositive(p * u if p * u < 0 else 0)
+            gx[i] = cc * w / z if v >= eps else 0
+        return
     for i in range(n):
         v = x[i * step]
         z = v if v > eps else eps
