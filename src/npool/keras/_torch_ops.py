@@ -4,6 +4,7 @@ channels-last views of the same memory (``permute``, no copy); this module holds
 import torch
 
 import npool.torch as nt
+from .._op_table import ops_of
 
 
 
@@ -61,12 +62,8 @@ def _make_global(name):
     return pool
 
 
-global_max_pool = _make_global("global_max_pool")
-global_avg_pool = _make_global("global_avg_pool")
-global_lse_pool = _make_global("global_lse_pool")
-global_kmax_pool = _make_global("global_kmax_pool")
-global_gem_pool = _make_global("global_gem_pool")
-weldon_pool = _make_global("weldon_pool")
+# The global pools of the op table, by name (global_max_pool, ..., global_gem_pool).
+globals().update({op.name: _make_global(op.name) for op in ops_of("global")})
 # The set ops take LOUPE's (B, M, D) in every framework: npool.torch's own.
 netvlad_pool = nt.netvlad_pool
 netrvlad_pool = nt.netrvlad_pool
@@ -74,6 +71,5 @@ netfv_pool = nt.netfv_pool
 soft_dbow_pool = nt.soft_dbow_pool
 context_gating = nt.context_gating
 __all__ = ["netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool", "context_gating",
-           "soft_pool1d", "soft_pool2d", "soft_pool3d", "maxent_pool2d", "global_max_pool",
-           "global_avg_pool", "global_lse_pool", "global_kmax_pool", "global_gem_pool",
-           "weldon_pool"]
+           "soft_pool1d", "soft_pool2d", "soft_pool3d", "maxent_pool2d",
+           *(op.name for op in ops_of("global"))]

@@ -13,10 +13,8 @@ npool tests its own.
 - ``check_op(op, forward, backward=None, *, max_examples=100, to_array=None,
   from_array=None)``: the whole property suite on your functions.
 
-``op`` is one of ``OPS``: soft_pool1d/2d/3d, maxent_pool1d/2d/3d, global_max_pool,
-global_avg_pool, global_kmax_pool, global_lse_pool, global_gem_pool, weldon_pool, netvlad_pool,
-netrvlad_pool,
-netfv_pool, soft_dbow_pool, context_gating. hypothesis is needed for ``problems`` and
+``op`` is one of ``OPS``, npool's ops by name (soft_pool1d/2d/3d, maxent_pool1d/2d/3d, the
+global pools, the set pools: ``npool.testing.OPS`` lists them all). hypothesis is needed for ``problems`` and
 ``check_op`` only.
 """
 from typing import Any, Callable, Sequence, Tuple
