@@ -11,6 +11,7 @@ import numpy as np
 
 import keras
 import npool.keras as nk
+from npool._op_table import keras_name, ops_of
 
 backend = keras.backend.backend()
 workdir = pathlib.Path(sys.argv[1])
@@ -35,9 +36,11 @@ h = keras.layers.Conv2D(6, 3, padding="same")(inputs)
 h = nk.SoftPooling2D(2)(h)                                  # (4, 4, 6)
 h = nk.MaxEntPooling2D(2, lam="channel")(h)                 # (2, 2, 6)
 g = nk.MaxEntPooling2D(2, lam="gfgp")(keras.layers.Conv2D(6, 1)(inputs))
-features = keras.layers.Concatenate()([
-    nk.GlobalKMaxPool(k=2)(h), nk.GlobalLSEPool(beta=2.0)(h), nk.WeldonPooling2D(kmax=1)(h),
-    nk.GlobalAvgPool()(g), nk.GlobalMaxPooling2D()(g)])
+# every global pool of the op table, as its Keras layer with its defaults, and in its 2D form
+pools = [op.layer for op in ops_of("global")]
+features = keras.layers.Concatenate()(
+    [getattr(nk, name)()(h) for name in pools] +
+    [getattr(nk, f"{keras_name(name)}2D")()(g) for name in pools])
 outputs = keras.layers.Dense(1)(features)
 model = keras.Model(inputs, outputs)
 teacher = rng.standard_normal((3,)).astype("float32")

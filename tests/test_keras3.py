@@ -103,6 +103,7 @@ def test_jit_compile_trains_with_a_batch_size_that_changes(backend):
 
 MIXED_PRECISION = """
 import numpy as np, keras, npool.keras as nk
+from npool._op_table import ops_of
 rng = np.random.default_rng(0)
 images = rng.standard_normal((4, 8, 8, 3)).astype("float32")
 sets = rng.standard_normal((4, 6, 5)).astype("float32")
@@ -112,9 +113,8 @@ loupe = dict(feature_size=5, max_samples=6, cluster_size=3, output_dim=4)
 def layers(**policy):
     image_layers = [nk.SoftPooling1D(2, **policy), nk.SoftPooling2D(2, **policy),
                     nk.MaxEntPooling2D(2, **policy), nk.MaxEntPooling2D(2, lam="channel", **policy),
-                    nk.MaxEntPooling2D(2, lam=0.5, **policy), nk.GlobalMaxPool(**policy),
-                    nk.GlobalAvgPool(**policy), nk.GlobalLSEPool(**policy),
-                    nk.GlobalKMaxPool(k=2, **policy), nk.WeldonPool(kmax=2, **policy)]
+                    nk.MaxEntPooling2D(2, lam=0.5, **policy)] + [
+                    getattr(nk, op.layer)(**policy) for op in ops_of("global")]
     set_layers = [nk.NetVLAD(**loupe, **policy), nk.NetRVLAD(**loupe, **policy),
                   nk.NetFV(**loupe, **policy), nk.SoftDBoW(**loupe, **policy),
                   nk.NetVLAD(**loupe, gating=False, add_batch_norm=False, **policy)]

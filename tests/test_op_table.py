@@ -8,7 +8,7 @@ import pytest
 
 import npool
 import npool.testing
-from npool._op_table import OPS, kernels, ops_of
+from npool._op_table import OPS, keras_name, kernels, ops_of
 from npool.testing.references import REFERENCES
 
 
@@ -91,10 +91,6 @@ def test_every_layer_of_the_table_exists(adapter):
     ``GlobalMaxPool2d``, ``NetVLAD``) and npool.keras (Keras' naming: ``SoftPooling2D``,
     ``GlobalMaxPooling2D``); an op without a layer says so (None)."""
     module = pytest.importorskip(f"npool.{adapter}")
-    def keras_name(layer):  # Keras' naming: ...Pooling, Average
-        layer = layer.replace("Avg", "Average")
-        return layer + "ing" if layer.endswith("Pool") else layer
-
     for op in OPS.values():
         if op.layer is None:
             continue

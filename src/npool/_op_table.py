@@ -104,6 +104,18 @@ _ROWS = (
 OPS: Dict[str, Op] = {op.name: op for op in _ROWS}
 
 
+def keras_name(layer: str) -> str:
+    """A layer's name in Keras' naming (npool.keras): ``...Pool`` becomes ``...Pooling`` and
+    ``Avg`` ``Average`` (``GlobalAvgPool`` -> ``GlobalAveragePooling``, with ``1D/2D/3D``
+    forms); the set layers keep theirs.
+
+    >>> keras_name("GlobalAvgPool"), keras_name("NetVLAD")
+    ('GlobalAveragePooling', 'NetVLAD')
+    """
+    layer = layer.replace("Avg", "Average")
+    return layer + "ing" if layer.endswith("Pool") else layer
+
+
 def ops_of(family: str) -> Tuple[Op, ...]:
     """The ops of one family, in table order."""
     if family not in ("local", "global", "set"):

@@ -187,17 +187,13 @@ _GLOBAL = {
         "    alpha : float, default 1.0\n        The weight of the smallest cells' mean, any "
         "finite number.\n" + _ROUNDING, "kmax=3, kmin=2, alpha=0.7"),
 }
-_KERAS_NAMES = {"GlobalMaxPool": "GlobalMaxPooling", "GlobalAvgPool": "GlobalAveragePooling",
-                "GlobalLSEPool": "GlobalLSEPooling", "GlobalKMaxPool": "GlobalKMaxPooling",
-                "GlobalGeMPool": "GlobalGeMPooling",
-                "WeldonPool": "WeldonPooling"}
 _FUNCTIONS = {op.layer: op.name for op in _op_table.ops_of("global")}  # layer -> function
 
 
 def _global_doc(base, nd=None):
     """The numpydoc docstring of global pool ``base`` (fixed to ``nd`` spatial axes)."""
     summary, formula, options, example = _GLOBAL[base]
-    name = base if nd is None else f"{_KERAS_NAMES[base]}{nd}D"
+    name = base if nd is None else f"{_op_table.keras_name(base)}{nd}D"
     rank = ("any number of spatial axes" if nd is None else
             f"{nd} spatial {'axis' if nd == 1 else 'axes'} (rank-{nd + 2} inputs, as\n    "
             f"``keras.layers.GlobalMaxPooling{nd}D``)")
