@@ -231,6 +231,16 @@ def _assert_matches_the_core(problem, name, forwards, grads):
         np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-9, atol=1e-12)
 
 
+def _differentiable_at(problem):
+    """Whether the op is differentiable at the problem: a selection where no map has a tie,
+    the others where npool.testing calls them smooth."""
+    if problem.op not in SELECTIONS:
+        return _smooth(problem)
+    x = np.asarray(problem.inputs["x"])
+    n = int(np.prod(x.shape[2:]))
+    return all(len(np.unique(row)) == n for row in x.reshape(-1, n))
+
+
 def _adapter_problems(name):
     """Batched float64 problems in C order (the frameworks' arrays have no other layout)."""
     op = OPS[name]
@@ -266,13 +276,15 @@ def test_jax_conforms(name, data):
         y, pullback = jax.vjp(function, *values)
         grads = pullback(np.asarray(problem.grad_out, np.float64))
         jitted = jax.jit(function)(*values)
-        # forward mode: <g, J v> = <J^T g, v>
-        rng = np.random.default_rng(1)
-        directions = [rng.standard_normal(np.shape(v)) for v in values]
-        _, tangent = jax.jvp(function, values, directions)
-        along = sum(float(np.sum(np.asarray(gr) * d)) for gr, d in zip(grads, directions))
-        np.testing.assert_allclose(float(np.sum(np.asarray(tangent) * problem.grad_out)),
-                                   along, rtol=1e-8, atol=1e-10)
+        # forward mode: <g, J v> = <J^T g, v> where the op is differentiable (a selection
+        # at a tie is not: the kernels give the first cell what the decomposition splits)
+        if _differentiable_at(problem):
+            rng = np.random.default_rng(1)
+            directions = [rng.standard_normal(np.shape(v)) for v in values]
+            _, tangent = jax.jvp(function, values, directions)
+            along = sum(float(np.sum(np.asarray(gr) * d)) for gr, d in zip(grads, directions))
+            np.testing.assert_allclose(float(np.sum(np.asarray(tangent) * problem.grad_out)),
+                                       along, rtol=1e-8, atol=1e-10)
         if np.ndim(values[0]) and np.size(values[0]):  # vmap over a new axis of the first
             stacked = np.stack([values[0], 0.5 * values[0] + 1])
             mapped = jax.vmap(lambda v: function(v, *values[1:]))(stacked)
