@@ -1,7 +1,8 @@
 """npool's modules import each other without circles: no module imports (at its top or inside a
 function) one that imports it back, directly or through others. A package's own submodules
-needing the package are not circles (Python imports the package first); everything else is
-an edge of the graph, read from the sources' import statements."""
+needing the package are not circles (Python imports the package first), nor is a module's
+PEP 562 ``__getattr__`` resolving an alias on first use; everything else is an edge of the
+graph, read from the sources' import statements."""
 import ast
 import pathlib
 
@@ -18,11 +19,21 @@ def _modules():
     return modules
 
 
+def _nodes(tree):
+    """The nodes of a module, less the bodies of a module-level ``__getattr__`` (PEP 562): a
+    name it resolves on first use is an alias of another module's, looked up once both are
+    imported (npool.tf's Keras layers are npool.keras' classes), not an import edge."""
+    skipped = [node for node in tree.body if isinstance(node, ast.FunctionDef) and
+               node.name == "__getattr__"]
+    inside = {id(n) for node in skipped for n in ast.walk(node)}
+    return [node for node in ast.walk(tree) if id(node) not in inside]
+
+
 def _imports(name, path, modules):
     """The npool modules that module ``name`` imports."""
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):

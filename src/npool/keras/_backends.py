@@ -1,10 +1,8 @@
-"""Which adapter's ops the Keras layers call: the one of Keras' backend."""
-import importlib
-
+"""Which adapter's ops the Keras layers call: the one of Keras' backend, through its public
+package (npool.keras sits above the adapters: npool.tf and npool.jax import nothing of it)."""
 import keras
 
-_ADAPTERS = {"tensorflow": "npool.tf._ops", "jax": "npool.jax._ops",
-             "torch": "npool.keras._torch_ops"}
+_ADAPTERS = {"tensorflow": "npool.tf", "jax": "npool.jax", "torch": "npool.torch"}
 
 
 def require_supported_backend():
@@ -19,5 +17,13 @@ def require_supported_backend():
 
 def op(name):
     """npool's op ``name`` in the adapter of Keras' backend: the function takes the layer's
-    arguments (``data_format`` included) in the order npool.tf's functions do."""
-    return getattr(importlib.import_module(_ADAPTERS[require_supported_backend()]), name)
+    arguments (``data_format`` included) in the order npool.tf's functions do (npool.torch's
+    through ``_torch_ops``, which adds ``data_format``)."""
+    backend = require_supported_backend()
+    if backend == "tensorflow":
+        import npool.tf as adapter
+    elif backend == "jax":
+        import npool.jax as adapter
+    else:
+        from . import _torch_ops as adapter
+    return getattr(adapter, name)

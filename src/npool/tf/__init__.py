@@ -10,30 +10,45 @@ Where a graph must stand alone - a SavedModel being written (``tf.saved_model.sa
 ``model.export``, TFLite's converter), an XLA compilation (``jit_compile=True``) or inside
 ``npool.tf.portable()`` - the ops are built from npool's portable decomposition into standard
 TensorFlow ops instead (``npool/_portable.py``), which also gives their second derivatives.
-Saving Keras models in the ``.keras`` format works after ``import npool.tf`` (the layers
-register themselves). The layers are ``npool.keras``'s (the same classes), which run on
-every Keras backend. This module holds no math:
+The layers are ``npool.keras``'s (the same classes, resolved on first use), which run on every
+Keras backend; ``.keras`` files load after ``import npool.keras`` (or the first use of a layer
+here), which registers them. This module holds no math:
 see ``npool.local_pools``, ``npool.global_pools``, ``npool.set_pools`` and ``npool._portable``
 for the formulas.
 """
-from ..keras._layers import (GlobalAveragePooling1D, GlobalAveragePooling2D,
-                             GlobalAveragePooling3D, GlobalAvgPool, GlobalGeMPool,
-                             GlobalGeMPooling1D, GlobalGeMPooling2D, GlobalGeMPooling3D,
-                             GlobalKMaxPool,
-                             GlobalKMaxPooling1D, GlobalKMaxPooling2D, GlobalKMaxPooling3D,
-                             GlobalLSEPool, GlobalLSEPooling1D, GlobalLSEPooling2D,
-                             GlobalLSEPooling3D, GlobalMaxPool, GlobalMaxPooling1D,
-                             GlobalMaxPooling2D, GlobalMaxPooling3D, MaxEntPooling2D,
-                             SoftPooling1D, SoftPooling2D, SoftPooling3D, WeldonPool,
-                             WeldonPooling1D, WeldonPooling2D, WeldonPooling3D)
 from ._portable import portable
 from ._ops import (context_gating, global_avg_pool, global_gem_pool, global_kmax_pool,
                    global_lse_pool,
                    global_max_pool, maxent_pool1d, maxent_pool2d, maxent_pool3d, netfv_pool,
                    netrvlad_pool, netvlad_pool, soft_dbow_pool, soft_pool1d, soft_pool2d,
                    soft_pool3d, weldon_pool)
-from ..keras._set_layers import (ContextGating, LoupeBatchNormalization, NetFV, NetRVLAD,
-                                 NetVLAD, SoftDBoW, load_loupe_checkpoint)
+
+# The layers are npool.keras' classes (which call this package's functions: npool.keras sits
+# above the adapters), resolved on first use; importing npool.keras registers them for .keras
+# files.
+_KERAS_LAYERS = ("SoftPooling1D", "SoftPooling2D", "SoftPooling3D", "MaxEntPooling2D",
+                 "GlobalMaxPool", "GlobalAvgPool", "GlobalLSEPool", "GlobalKMaxPool",
+                 "WeldonPool", "GlobalGeMPool", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+                 "GlobalMaxPooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
+                 "GlobalAveragePooling3D", "GlobalLSEPooling1D", "GlobalLSEPooling2D",
+                 "GlobalLSEPooling3D", "GlobalKMaxPooling1D", "GlobalKMaxPooling2D",
+                 "GlobalKMaxPooling3D", "WeldonPooling1D", "WeldonPooling2D", "WeldonPooling3D",
+                 "GlobalGeMPooling1D", "GlobalGeMPooling2D", "GlobalGeMPooling3D", "NetVLAD",
+                 "NetRVLAD", "NetFV", "SoftDBoW", "ContextGating", "LoupeBatchNormalization",
+                 "load_loupe_checkpoint")
+
+
+def __getattr__(name):
+    """npool.keras' layer ``name`` (PEP 562: resolved after both packages are imported)."""
+    if name in _KERAS_LAYERS:
+        import npool.keras
+        return getattr(npool.keras, name)
+    raise AttributeError(f"module 'npool.tf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_KERAS_LAYERS))
+
 
 __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool",
            "global_avg_pool", "global_lse_pool", "global_kmax_pool", "weldon_pool",
