@@ -50,6 +50,7 @@ def _valid_forward_calls():
     calls["global_avg_pool"] = dict(x=x, keepdims=False)
     calls["global_kmax_pool"] = dict(x=x, k=3, keepdims=False, return_indices=False)
     calls["global_lse_pool"] = dict(x=x, beta=2.0, keepdims=False)
+    calls["global_gem_pool"] = dict(x=x, p=np.full(3, 3.0, F32), eps=1e-6, keepdims=False)
     calls["weldon_pool"] = dict(x=x, kmax=2, kmin=1, alpha=0.7, keepdims=False,
                                 return_indices=False)
     xs, a = _array(2, 5, 4), _assign(2, 5, 3)

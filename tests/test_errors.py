@@ -134,3 +134,44 @@ def test_mixed_devices_are_a_type_error():
         npool.soft_pool2d_backward(FakeGpuArray(), np.zeros((1, 1, 4, 4), np.float32), 2)
     with pytest.raises(TypeError, match="same device"):
         npool.soft_pool2d_backward(np.zeros((1, 1, 2, 2), np.float32), FakeGpuArray(), 2)
+
+
+@pytest.mark.parametrize("p,error,message", [
+    (-1.0, ValueError, "p must be positive and finite"),
+    (0.0, ValueError, "p must be positive and finite"),
+    (float("nan"), ValueError, "p must be positive and finite"),
+    (np.array([3.0, -2.0, 3.0]), ValueError, "p must be positive and finite"),
+    (np.ones(4), ValueError, r"p of shape \(4,\) does not broadcast to the maps' shape"),
+    (np.ones((2, 3, 1)), ValueError, "p of shape .* does not broadcast"),
+    (True, TypeError, "p must be a real number or a real numpy array"),
+    ("3", TypeError, "p must be a real number or a real numpy array"),
+    (np.ma.masked_array([3.0]), TypeError, "p must be a plain numpy.ndarray"),
+])
+def test_gem_exponent_errors_name_p(p, error, message):
+    x = np.ones((2, 3, 4, 4), np.float32)
+    with pytest.raises(error, match=message):
+        npool.global_gem_pool_forward(x, p)
+    with pytest.raises(error, match=message):
+        npool.global_gem_pool_backward(np.ones((2, 3), np.float32), x, p)
+
+
+@pytest.mark.parametrize("eps,error", [(0.0, ValueError), (-1e-6, ValueError),
+                                       (1e-40, ValueError), (float("inf"), ValueError),
+                                       ("a", TypeError), (None, TypeError)])
+def test_gem_eps_errors_name_eps(eps, error):
+    """eps must be a normal positive number of the dtype the pool computes in (1e-40 is
+    subnormal in float32)."""
+    with pytest.raises(error, match="eps must"):
+        npool.global_gem_pool_forward(np.ones((1, 2, 3), np.float32), 3.0, eps)
+
+
+def test_gem_backward_checks_its_outputs():
+    x = np.ones((2, 3, 4), np.float32)
+    g = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"out\[1\] must have the result's shape \(3,\)"):
+        npool.global_gem_pool_backward(g, x, np.ones(3), out=(None, np.empty(4, np.float32)))
+    with pytest.raises(TypeError, match=r"out\[1\] must have dtype float32"):
+        npool.global_gem_pool_backward(g, x, np.ones(3), out=(None, np.empty(3)))
+    p = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="out\\[1\\] must not share memory with p"):
+        npool.global_gem_pool_backward(g, x, p, out=(None, p))

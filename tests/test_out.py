@@ -100,6 +100,32 @@ GLOBAL = [
 ]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_gem_writes_the_same_bits_into_out(dtype, layout, keepdims):
+    """GeM's y, grad_x (any destination layout) and grad_p (p's shape) into out=."""
+    x = _rng().standard_normal((3, 4, 5, 6)).astype(dtype)
+    if layout == "channels_last":
+        x = channels_last(x)
+    p = np.array([1.0, 2.5, 3.0, 8.0])
+    y = npool.global_gem_pool_forward(x, p, keepdims=keepdims)
+    out = np.full(y.shape, 7, dtype)
+    assert npool.global_gem_pool_forward(x, p, keepdims=keepdims, out=out) is out
+    np.testing.assert_array_equal(out, y)
+    g = _rng().standard_normal(y.shape).astype(dtype)
+    grad_x, grad_p = npool.global_gem_pool_backward(g, x, p, keepdims=keepdims)
+    assert grad_p.shape == p.shape and grad_p.dtype == dtype
+    for destination in (np.full(x.shape, 7, dtype), channels_last(np.full(x.shape, 7, dtype)),
+                        np.asfortranarray(np.full(x.shape, 7, dtype))):
+        out_p = np.full(p.shape, 7, dtype)
+        got = npool.global_gem_pool_backward(g, x, p, keepdims=keepdims,
+                                             out=(destination, out_p))
+        assert got[0] is destination and got[1] is out_p
+        np.testing.assert_array_equal(destination, grad_x)
+        np.testing.assert_array_equal(out_p, grad_p)
+
+
 @pytest.mark.parametrize("name,forward,backward,kwargs,has_indices", GLOBAL,
                          ids=[c[0] for c in GLOBAL])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -469,7 +469,7 @@ def test_selection_scratch_is_bounded(monkeypatch):
             assert np.allclose(g.sum(axis=2), 1 + 0.5)
     # the buffer holds the keys of maps of up to 3 cells (and the vector select's slack),
     # whatever the maps' size
-    lengths = {global_pools._Maps(np.zeros((1, 1, n), F32)).buffers().shape[1]
+    lengths = {global_pools._Call(np.zeros((1, 1, n), F32)).buffers().shape[1]
                for n in (10, 300)}
     assert lengths == {global_pools._kernels().select_buffer_length(3, False)}
     assert lengths.pop() < 2 * 10 + 1

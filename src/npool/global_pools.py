@@ -99,7 +99,7 @@ def _cells(x):
     return int(np.prod(shape[2:])) if len(shape) >= 3 else 1
 
 
-class _Maps:
+class _Call:
     """One validated call: x seen as (N, C, S) maps, S the flattened spatial cells."""
 
     def __init__(self, x, float64=False):
@@ -336,7 +336,7 @@ def global_max_pool_forward(x: ArrayLike, keepdims: bool = False, return_indices
         return gpu.forward("max", x, keepdims, return_indices,
                            out=_gpu_forward_outs(out, return_indices))
     out_y, out_index = _forward_outs(out, return_indices)
-    maps = _Maps(x)
+    maps = _Call(x)
     out_y = maps.check_out(out_y, keepdims, {"x": x})
     values, index = _max(maps) if not maps.empty() else (np.zeros(0), np.zeros(0, np.int64))
     y = maps.result(values, keepdims, out_y)  # a new array (or out_y)
@@ -393,7 +393,7 @@ def global_max_pool_backward(grad_out: ArrayLike, x: ArrayLike, keepdims: bool =
     gpu = _gpu(grad_out=grad_out, x=x)
     if gpu:
         return gpu.backward("max", grad_out, x, keepdims, indices, out=_backward_out(out))
-    maps = _Maps(x)
+    maps = _Call(x)
     g = maps.grad_out(grad_out, keepdims)
     maps.expect_out(_backward_out(out), {"x": x, "grad_out": grad_out, "indices": indices})
     index = None if indices is None else maps.check_indices(indices, 1,
@@ -463,7 +463,7 @@ def global_avg_pool_forward(x: ArrayLike, keepdims: bool = False, *, out: Out = 
     gpu = _gpu(x=x)
     if gpu:
         return gpu.forward("avg", x, keepdims, False, out=out)
-    maps = _Maps(x)
+    maps = _Call(x)
     out = maps.check_out(out, keepdims, {"x": x})
     if maps.empty():
         return maps.result(np.zeros(0), keepdims, out)
@@ -513,7 +513,7 @@ def global_avg_pool_backward(grad_out: ArrayLike, x: ArrayLike, keepdims: bool =
     gpu = _gpu(grad_out=grad_out, x=x)
     if gpu:
         return gpu.backward("avg", grad_out, x, keepdims, out=_backward_out(out))
-    maps = _Maps(x)
+    maps = _Call(x)
     g = maps.grad_out(grad_out, keepdims)
     maps.expect_out(_backward_out(out), {"x": x, "grad_out": grad_out})
     grad = maps.new_gradient()
@@ -530,7 +530,7 @@ def _lse_maps(x, beta):
     (the float32 kernels would take it as 0 or inf)."""
     narrow = isinstance(x, np.ndarray) and x.dtype != np.float64
     in_range = float(_FLOAT32.tiny) <= abs(beta) <= float(_FLOAT32.max)
-    return _Maps(x, float64=narrow and not in_range)
+    return _Call(x, float64=narrow and not in_range)
 
 
 def _lse_stats(maps, beta):
@@ -653,7 +653,7 @@ def global_lse_pool_forward(x: ArrayLike, beta: float = 1.0, keepdims: bool = Fa
         y = global_avg_pool_forward(x, keepdims, out=out)
         if not return_stats:
             return y
-        maps = _Maps(x)
+        maps = _Call(x)
         return y, _deliver_stats(maps, np.zeros(maps.maps), np.full(maps.maps, maps.n, float),
                                  out_stats)
     maps = _lse_maps(x, beta)
@@ -753,7 +753,7 @@ def global_lse_pool_backward(grad_out: ArrayLike, x: ArrayLike, beta: float = 1.
                             stats=stats, out=_backward_out(out))
     if beta == 0:
         if stats is not None:
-            _received_stats(_Maps(x), stats)
+            _received_stats(_Call(x), stats)
         return global_avg_pool_backward(grad_out, x, keepdims, out=out)
     maps = _lse_maps(x, beta)
     received = None if stats is None else _received_stats(maps, stats)
@@ -778,7 +778,7 @@ def _gem_call(x, p, eps):
     """One GeM call checked: its maps (in float64 for float32 or half x when some p < 1, where
     float rounding of the sum of weights would grow by 1/p), p per map as float64 (maps,), and
     eps."""
-    maps = _Maps(x)
+    maps = _Call(x)
     values = _checks.real_parameter(p, "p", np.float64)
     if not (np.isfinite(values).all() and (values > 0).all()):
         raise ValueError("p must be positive and finite (GeM's exponent; p = 1 is the mean, "
@@ -796,7 +796,7 @@ def _gem_call(x, p, eps):
                          f"the pool computes in): at least {float(info.tiny):.4g}, got {eps!r}")
     eps = float(maps.work_dtype.type(eps))  # rounded as the clamp compares x with it
     if maps.dtype != np.float64 and per_map.size and per_map.min() < 1:
-        maps = _Maps(x, float64=True)
+        maps = _Call(x, float64=True)
     return maps, np.ascontiguousarray(per_map, dtype=np.float64).reshape(-1), eps
 
 
@@ -1026,7 +1026,7 @@ def global_kmax_pool_forward(x: ArrayLike, k: Count = 1, keepdims: bool = False,
         return gpu.forward("select", x, keepdims, return_indices, k=count, alpha=0.0,
                            out=_gpu_forward_outs(out, return_indices))
     out_y, out_index = _forward_outs(out, return_indices)
-    maps = _Maps(x)
+    maps = _Call(x)
     out_y = maps.check_out(out_y, keepdims, {"x": x})
     total, index = maps.select(count, False, return_indices)
     values = maps.rescue_overflow(
@@ -1093,7 +1093,7 @@ def global_kmax_pool_backward(grad_out: ArrayLike, x: ArrayLike, k: Count = 1,
     if gpu:
         return gpu.backward("select", grad_out, x, keepdims, indices, k=count, alpha=0.0,
                             out=_backward_out(out))
-    maps = _Maps(x)
+    maps = _Call(x)
     g = maps.grad_out(grad_out, keepdims)
     maps.expect_out(_backward_out(out), {"x": x, "grad_out": grad_out, "indices": indices})
     if indices is None:
@@ -1167,7 +1167,7 @@ def weldon_pool_forward(x: ArrayLike, kmax: Count = 1, kmin: Optional[Count] = N
         return gpu.forward("select", x, keepdims, return_indices, k=top, k_bottom=bottom,
                            alpha=alpha, out=_gpu_forward_outs(out, return_indices))
     out_y, out_index = _forward_outs(out, return_indices)
-    maps = _Maps(x)
+    maps = _Call(x)
     out_y = maps.check_out(out_y, keepdims, {"x": x})
     total_top, index_top = maps.select(top, False, return_indices)
     total_bottom, index_bottom = maps.select(bottom, True, return_indices)
@@ -1247,7 +1247,7 @@ def weldon_pool_backward(grad_out: ArrayLike, x: ArrayLike, kmax: Count = 1,
     if gpu:
         return gpu.backward("select", grad_out, x, keepdims, indices, k=top, k_bottom=bottom,
                             alpha=alpha, out=_backward_out(out))
-    maps = _Maps(x)
+    maps = _Call(x)
     g = maps.grad_out(grad_out, keepdims)
     maps.expect_out(_backward_out(out), {"x": x, "grad_out": grad_out, "indices": indices})
     if indices is None:

@@ -28,7 +28,7 @@ _BUFFER_VALUES = 4096
 _GATHER_COST = 5
 
 
-class _Problem:
+class _Call:
     """One validated call: the input as a 5-D (N, C, D, H, W) view and what the kernel needs."""
 
     def __init__(self, x, nd, kernel_size, stride, padding, ceil_mode):
@@ -139,7 +139,7 @@ def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, o
         from ._cuda import windowed_softmax
         return windowed_softmax.forward(x, nd, lam, kernel_size, stride, padding, ceil_mode,
                                         out=out)
-    problem = _Problem(x, nd, kernel_size, stride, padding, ceil_mode)
+    problem = _Call(x, nd, kernel_size, stride, padding, ceil_mode)
     temperature = _temperature(problem, lam)  # checked before any work, empty batch or not
     out, y = problem.destination(out, problem.out_shape, {"x": x, "lam": lam})
     xb = problem.x
@@ -166,7 +166,7 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
         _checks.refuse_gpu_out([out_lam], "grad_lam (Max-Ent's second result)")
         return windowed_softmax.backward(grad_out, x, nd, lam, kernel_size, stride, padding,
                                          ceil_mode, with_lam=with_lam, out=out_x)
-    problem = _Problem(x, nd, kernel_size, stride, padding, ceil_mode)
+    problem = _Call(x, nd, kernel_size, stride, padding, ceil_mode)
     temperature = _temperature(problem, lam)
     _checks.grad_out_array(grad_out, problem.out_shape, x)
     inputs = {"x": x, "grad_out": grad_out, "lam": lam}

@@ -120,7 +120,7 @@ def _into(result, out, inputs):
     array for a single result, or a tuple with one entry (None or an array of that result's
     shape and dtype) per result; the kernels' own buffers are copied there (the BLAS products
     of the set pools allocate their results)."""
-    if out is None:  # (GPU results always: _Set refuses out= there)
+    if out is None:  # (GPU results always: _Call refuses out= there)
         return result
     results = result if isinstance(result, tuple) else (result,)
     entries = _checks.out_entries(out, len(results))
@@ -136,8 +136,8 @@ def _refuse_gpu_out(gpu, out):
         _checks.refuse_gpu_out([out], "the set pools")
 
 
-class _Set:
-    """Validated set inputs: x (B, M, D), assign (B, M, K) and the mask (B, M).
+class _Call:
+    """One validated call: x (B, M, D), assign (B, M, K) and the mask (B, M).
 
     On the CPU, ``x`` and ``a`` (assign with masked rows zeroed) are numpy arrays of the
     working dtype. With GPU arrays (``gpu``: npool._cuda.set_pools), every array is described
@@ -350,7 +350,7 @@ def netvlad_pool_forward(x: ArrayLike, assign: ArrayLike, centers: ArrayLike,
     ((2, 12), True)
     """
     return_norms = _checks.flag(return_norms, "return_norms")
-    s = _Set(x, assign, mask, matmul, out=out, centers=centers)
+    s = _Call(x, assign, mask, matmul, out=out, centers=centers)
     c = s.parameter(centers, "centers", (s.x.shape[2], s.clusters))
     return _into(_vlad_forward(s, c, return_norms), out,
                  dict(x=x, assign=assign, centers=centers))
@@ -417,7 +417,7 @@ def netvlad_pool_backward(grad_out: ArrayLike, x: ArrayLike, assign: ArrayLike, 
     >>> [t.shape for t in npool.netvlad_pool_backward(g, x, a, c)]
     [(2, 5, 4), (2, 5, 3), (4, 3)]
     """
-    s = _Set(x, assign, mask, matmul, out=out, centers=centers, grad_out=grad_out,
+    s = _Call(x, assign, mask, matmul, out=out, centers=centers, grad_out=grad_out,
              output=output, norms=norms)
     k = s.clusters
     c = s.parameter(centers, "centers", (s.x.shape[2], k))
@@ -477,7 +477,7 @@ def netrvlad_pool_forward(x: ArrayLike, assign: ArrayLike, mask: Optional[ArrayL
     (2, 12)
     """
     return_norms = _checks.flag(return_norms, "return_norms")
-    return _into(_vlad_forward(_Set(x, assign, mask, matmul, out=out), None, return_norms),
+    return _into(_vlad_forward(_Call(x, assign, mask, matmul, out=out), None, return_norms),
                  out, dict(x=x, assign=assign))
 
 
@@ -534,7 +534,7 @@ def netrvlad_pool_backward(grad_out: ArrayLike, x: ArrayLike, assign: ArrayLike,
     >>> [t.shape for t in npool.netrvlad_pool_backward(np.ones((2, 12), np.float32), x, a)]
     [(2, 5, 4), (2, 5, 3)]
     """
-    s = _Set(x, assign, mask, matmul, out=out, grad_out=grad_out, output=output, norms=norms)
+    s = _Call(x, assign, mask, matmul, out=out, grad_out=grad_out, output=output, norms=norms)
     state = _vlad_state(s, None, output, norms)
     g = s.grad_out(grad_out, (s.x.shape[0], s.x.shape[2] * s.clusters))
     return _into(_vlad_backward(s, None, g, state)[:2], out,
@@ -577,7 +577,7 @@ def soft_dbow_pool_forward(assign: ArrayLike, mask: Optional[ArrayLike] = None, 
     >>> npool.soft_dbow_pool_forward(a).tolist()
     [[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5, 0.5]]
     """
-    s = _Set(assign=assign, mask=mask, uses_x=False, out=out)
+    s = _Call(assign=assign, mask=mask, uses_x=False, out=out)
     if s.gpu is not None:
         return s.gpu.soft_dbow_forward(s)
     return _into(s.out(_l2n(s.a.sum(axis=1), axis=1)[0]), out, dict(assign=assign))
@@ -620,7 +620,7 @@ def soft_dbow_pool_backward(grad_out: ArrayLike, assign: ArrayLike,
     >>> npool.soft_dbow_pool_backward(np.ones((2, 4), np.float32), a).shape
     (2, 5, 4)
     """
-    s = _Set(assign=assign, mask=mask, uses_x=False, out=out, grad_out=grad_out)
+    s = _Call(assign=assign, mask=mask, uses_x=False, out=out, grad_out=grad_out)
     g = s.grad_out(grad_out, (s.sizes[0], s.clusters))
     if s.gpu is not None:
         return s.gpu.soft_dbow_backward(s, g)
@@ -712,7 +712,7 @@ def netfv_pool_forward(x: ArrayLike, assign: ArrayLike, mu: ArrayLike, covar_wei
     >>> npool.netfv_pool_forward(x, a, mu, cw).shape
     (2, 24)
     """
-    s = _Set(x, assign, mask, matmul, out=out, mu=mu, covar_weights=covar_weights)
+    s = _Call(x, assign, mask, matmul, out=out, mu=mu, covar_weights=covar_weights)
     shape = (s.x.shape[2], s.clusters)
     mu = s.parameter(mu, "mu", shape)
     covar = s.parameter(covar_weights, "covar_weights", shape)
@@ -782,7 +782,7 @@ def netfv_pool_backward(grad_out: ArrayLike, x: ArrayLike, assign: ArrayLike, mu
     >>> [t.shape for t in npool.netfv_pool_backward(g, x, a, mu, cw)]
     [(2, 5, 4), (2, 5, 3), (4, 3), (4, 3)]
     """
-    s = _Set(x, assign, mask, matmul, out=out, mu=mu, covar_weights=covar_weights,
+    s = _Call(x, assign, mask, matmul, out=out, mu=mu, covar_weights=covar_weights,
              grad_out=grad_out)
     shape = (s.x.shape[2], s.clusters)
     means = s.parameter(mu, "mu", shape)

@@ -19,8 +19,8 @@ ARGS = np.dtype([
 _SELECT_SHARED = 256 * 4 + 16 + 2 * 256 * 8  # SelectShared in global_pools.cu
 
 
-class Maps:
-    """One validated GPU call: x as (N, C, n) maps (see npool.global_pools._Maps)."""
+class _Call:
+    """One validated GPU call: x as (N, C, n) maps (see npool.global_pools._Call)."""
 
     def __init__(self, x):
         self.x = describe(x, "x")
@@ -98,7 +98,7 @@ def forward(kind, x, keepdims, return_indices, beta=1.0, k=0, k_bottom=0, alpha=
     """y (and indices, or LSE's statistics) of global pool ``kind`` ("max", "avg", "lse",
     "select") on the GPU; y written into ``out`` (C-contiguous, y's shape and x's dtype) when
     given. LSE's statistics: float64 (N, C, 2), per map x* and sum exp(beta (x - x*))."""
-    maps = Maps(x)
+    maps = _Call(x)
     y, y_array = maps.destination(out, maps.output_shape(keepdims), "contiguous",
                                   {"x": maps.x})
     device = maps.device(**({"out": y_array} if y_array is not None else {}))
@@ -130,7 +130,7 @@ def backward(kind, grad_out, x, keepdims, indices=None, beta=1.0, k=0, k_bottom=
     """grad_x of global pool ``kind`` on the GPU; selections use ``indices`` when given, LSE
     the forward's ``stats`` (checked for any kind); grad_x is written into ``out`` (x's shape,
     dtype and dense layout) when given."""
-    maps = Maps(x)
+    maps = _Call(x)
     g = maps.grad_out(grad_out, keepdims)
     statistics = None
     if stats is not None:
@@ -235,7 +235,7 @@ def _gem_eps(maps, eps):
 
 def gem_forward(x, p, eps, keepdims, out=None):
     """GeM's y on the GPU (see npool.global_gem_pool_forward), into ``out`` when given."""
-    maps = Maps(x)
+    maps = _Call(x)
     fields, p_array = _gem_exponent(maps, p)
     eps = _gem_eps(maps, eps)
     y, y_array = maps.destination(out, maps.output_shape(keepdims), "contiguous",
@@ -255,7 +255,7 @@ def gem_backward(grad_out, x, p, eps, keepdims, out=None):
     """GeM's (grad_x, grad_p) on the GPU; grad_x into ``out`` when given, grad_p a new GPU
     array of p's shape and dtype (float64 0-d for a number p)."""
     from .reductions import sum_to_shape
-    maps = Maps(x)
+    maps = _Call(x)
     g = maps.grad_out(grad_out, keepdims)
     fields, p_array = _gem_exponent(maps, p)
     eps = _gem_eps(maps, eps)

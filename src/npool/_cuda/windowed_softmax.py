@@ -38,7 +38,7 @@ def _extent(shape, strides):
     return 1 + sum((n - 1) * abs(s) for n, s in zip(shape, strides))
 
 
-class _Pool:
+class _Call:
     """One validated call: x and the window arguments, seen as 5-D (N, C, D, H, W)."""
 
     def __init__(self, x, nd, kernel_size, stride, padding, ceil_mode):
@@ -157,7 +157,7 @@ class _Pool:
 def forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None, out=None):
     """y of the windowed-softmax pool of GPU array x (see npool.local_pools), written into
     ``out`` (a GPU array of y's shape and x's dtype, any strides) when given."""
-    pool = _Pool(x, nd, kernel_size, stride, padding, ceil_mode)
+    pool = _Call(x, nd, kernel_size, stride, padding, ceil_mode)
     y, y_array = pool.destination(out, pool.out_shape, {"x": pool.x})
     arrays = {"x": pool.x, **({"out": y_array} if y_array is not None else {})}
     device = device or _device.device_for(arrays)
@@ -180,7 +180,7 @@ def backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode, devi
     """grad_x of the windowed-softmax pool of GPU array x (see npool.local_pools), written into
     ``out`` (x's shape and dtype, any strides) when given, and with ``with_lam`` also dL/dlam
     summed to lam's shape (a GPUArray; 0-d for a number)."""
-    pool = _Pool(x, nd, kernel_size, stride, padding, ceil_mode)
+    pool = _Call(x, nd, kernel_size, stride, padding, ceil_mode)
     lam_parts = pool.temperature(lam)
     g = describe(grad_out, "grad_out")
     _checks.grad_out_array(g, pool.out_shape, pool.x)
