@@ -1,6 +1,6 @@
 """What npool.tf's portable decomposition costs next to npool's kernels, on the CPU.
 
-The decomposition (npool/_portable.py with TensorFlow ops) is what SavedModels, XLA and TFLite
+The decomposition (npool/_decompositions.py with TensorFlow ops) is what SavedModels, XLA and TFLite
 get; eager code and ordinary ``tf.function``s run npool's kernels. For each op: the median time
 of forward and of forward + backward for the kernels (inside ``tf.function``), the
 decomposition (``tf.function`` under ``npool.tf.portable()``) and the decomposition compiled

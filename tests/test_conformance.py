@@ -16,7 +16,7 @@ differentiable input of the table:
 - npool.jax (``jax.vjp``, and the forward under ``jax.jit``; float64), its forward mode
   (``jax.jvp``: the tangent along a direction equals the reverse-mode gradients' product with
   it) and ``jax.vmap``; npool.tf (``tf.GradientTape``, and the forward inside
-  ``tf.function``) and its portable form (``npool.tf.portable()``, compiled by XLA), with
+  ``tf.function``) and its decomposition (``npool.tf.portable()``, compiled by XLA), with
   channels-first data.
 
 Still listed by hand in the adapter tests: export (torch.export, ONNX, SavedModel, TFLite) and

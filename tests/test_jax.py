@@ -300,7 +300,7 @@ def test_float64_with_x64():
             kernel_size=2)))
 
 
-# ------------------------------------------------------------------ the portable form
+# ------------------------------------------------------------------ the decomposition
 PORTABLE_CASES = [
     ("soft_pool2d", lambda v: nj.soft_pool2d(v, 3, 2, 1, True)),
     ("maxent_pool2d", lambda v: nj.maxent_pool2d(v, jnp.full((3,), 0.6, v.dtype), 2)),

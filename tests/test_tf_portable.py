@@ -1,5 +1,5 @@
 """npool.tf where a graph must stand alone: the decomposition into standard TensorFlow ops
-(npool/_portable.py) that SavedModel export, XLA, TFLite and ``npool.tf.portable()`` build, its
+(npool/_decompositions.py) that SavedModel export, XLA, TFLite and ``npool.tf.portable()`` build, its
 agreement with npool's kernels, and second-order gradients (kernels first, the decomposition's
 derivative second)."""
 import os

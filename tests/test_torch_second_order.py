@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import npool.torch as nt  # noqa: E402
-from npool.torch import _decompositions  # noqa: E402
+from npool.torch import _standard_ops  # noqa: E402
 
 F64 = dict(dtype=torch.float64)
 
@@ -25,12 +25,12 @@ MASK = torch.tensor([[True, True, False, True], [True, True, True, True]])
 
 def test_decompositions_equal_the_ops():
     x, xs, a, c = _inputs()
-    torch.testing.assert_close(_decompositions.windowed_softmax_pool(x, 1.0, [3, 2], [2, 2],
+    torch.testing.assert_close(_standard_ops.windowed_softmax_pool(x, 1.0, [3, 2], [2, 2],
                                                                      [1, 1], True),
                                nt.soft_pool2d(x, (3, 2), 2, 1, True))
     y, index = nt.weldon_pool(x, 3, 2, 0.7, return_indices=True)
-    torch.testing.assert_close(_decompositions.selection_pool(x, index, 3, 2, 0.7, False), y)
-    torch.testing.assert_close(_decompositions.fv_pool(xs, a, c, c + 1, MASK),
+    torch.testing.assert_close(_standard_ops.indexed_selection_pool(x, index, 3, 2, 0.7, False), y)
+    torch.testing.assert_close(_standard_ops.fv_pool(xs, a, c, c + 1, MASK),
                                nt.netfv_pool(xs, a, c, c + 1, MASK))
 
 

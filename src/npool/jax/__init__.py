@@ -15,7 +15,7 @@ take LOUPE's ``(B, M, D)``.
 Where the kernels cannot run - a GPU or TPU backend (npool does not hand JAX's device buffers
 to its CUDA kernels yet: JAX has no zero-copy route from ``pure_callback`` to them), or a graph
 that must stand alone (``jax.export``) inside ``npool.jax.portable()`` - the ops are built from
-npool's portable decomposition (``npool/_portable.py``) into standard JAX operations, which JAX
+npool's portable decomposition (``npool/_decompositions.py``) into standard JAX operations, which JAX
 differentiates itself: never a silent copy to the host. This module holds no math.
 """
 from ._ops import (DATA_FORMATS, JaxOps, context_gating, global_avg_pool, global_gem_pool,

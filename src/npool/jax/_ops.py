@@ -1,5 +1,5 @@
 """npool's ops as JAX functions: ``jax.custom_vjp`` over npool's kernels (through
-``jax.pure_callback``) on the CPU, npool's portable decomposition (``npool/_portable.py``)
+``jax.pure_callback``) on the CPU, npool's portable decomposition (``npool/_decompositions.py``)
 elsewhere. This module holds no math of its own."""
 import contextlib
 import math
@@ -13,7 +13,7 @@ import numpy as np
 import npool
 
 from .. import _checks, _op_table
-from .. import _portable as portable_forms
+from .. import _decompositions
 from .._types import Count, Size
 
 JaxArrayLike = Union[jax.Array, np.ndarray, float]  # what jnp.asarray takes here
@@ -66,7 +66,7 @@ def uses_kernels() -> bool:
 
 
 class JaxOps:
-    """npool/_portable.py's ``ops`` namespace in JAX (jit-, vmap- and export-friendly)."""
+    """npool/_decompositions.py's ``ops`` namespace in JAX (jit-, vmap- and export-friendly)."""
 
     @staticmethod
     def take(x, index):
@@ -274,20 +274,20 @@ def _in_forward_mode(a):
     return isinstance(a, _FORWARD_MODE_TRACERS)
 
 
-def _kernel_op(forward, backward, differentiable, fold, portable_form, residuals=0,
+def _kernel_op(forward, backward, differentiable, fold, decomposed, residuals=0,
                batched=None):
     """A JAX function of arrays over NumPy ``forward(*arrays) -> (y, *saved)`` and
     ``backward(g, *arrays, *saved) -> gradients of the differentiable arrays``.
 
     ``differentiable``: one bool per array (the others get no cotangent). ``fold``: every array
     and result has a leading batch axis, so vmap folds into it (one call); otherwise vmap runs
-    the kernels once per vmapped element. ``portable_form(*arrays) -> y``: the op in standard
+    the kernels once per vmapped element. ``decomposed(*arrays) -> y``: the op in standard
     JAX operations (npool's portable decomposition). ``residuals``: how many of the forward's
     results after y the backward takes (indices, norms). ``batched``: one bool per array, whether
     its leading axis is the batch (default: all).
 
     Reverse mode is a ``jax.custom_vjp`` over the two kernels. The kernel calls are themselves
-    ``jax.custom_jvp`` functions whose tangents are the portable form's derivatives (of y, and of
+    ``jax.custom_jvp`` functions whose tangents are the decomposition's derivatives (of y, and of
     its vector-Jacobian product), so that forward mode (``jax.jvp``, ``jax.jacfwd``) and second
     order (grad of grad, ``jax.hessian``) work too: the kernels compute the values and first
     derivatives, the decomposition the derivatives of those, as in ``npool.tf``."""
@@ -311,13 +311,13 @@ def _kernel_op(forward, backward, differentiable, fold, portable_form, residuals
     @kernel_forward.defjvp
     def kernel_forward_jvp(primals, tangents):
         results = kernel_forward(*primals)
-        _, y_dot = jax.jvp(lambda *d: portable_form(*with_differentiable(primals, d)),
+        _, y_dot = jax.jvp(lambda *d: decomposed(*with_differentiable(primals, d)),
                            tuple(primals[i] for i in wrt), tuple(tangents[i] for i in wrt))
         saved_dots = tuple(np.zeros(r.shape, jax.dtypes.float0) for r in results[1:])
         return results, (y_dot.astype(results[0].dtype),) + saved_dots
 
     def portable_vjp(arrays, g, *values):
-        _, pullback = jax.vjp(lambda *d: portable_form(*with_differentiable(arrays, d)),
+        _, pullback = jax.vjp(lambda *d: decomposed(*with_differentiable(arrays, d)),
                               *values)
         return pullback(g)
 
@@ -426,17 +426,17 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
 
     def run(x, lam_v):
         xc = jnp.moveaxis(x, -1, 1) if last else x
-        y = portable_forms.windowed_softmax_pool(JaxOps, xc, lam_v, window)
+        y = _decompositions.windowed_softmax_pool(JaxOps, xc, lam_v, window)
         return jnp.moveaxis(y, 1, -1) if last else y
 
-    def portable_scalar(x):
+    def decomposed_scalar(x):
         return _in_float32(lambda x: run(x, float(lam_value)), x)
 
-    def portable_array(x, lam_v):
+    def decomposed_array(x, lam_v):
         return _in_float32(run, x, lam_v)
 
     if not uses_kernels():
-        return portable_scalar(x) if scalar else portable_array(x, lam_value)
+        return decomposed_scalar(x) if scalar else decomposed_array(x, lam_value)
 
     forward_core, backward_core = _MAXENT[nd]
     if scalar:
@@ -460,7 +460,7 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
                          lambda x: (_struct(out_shape, x.dtype),))
         backward = _Numpy(lambda g, xa: (_from_npool(pool_backward(g, xa), last),), None)
         return _kernel_op(forward, backward, (True,), fold=True,
-                          portable_form=portable_scalar)(x)
+                          decomposed=decomposed_scalar)(x)
 
     def maxent_forward(xa, la):
         return (_from_npool(forward_core(_to_npool(xa, last), la, *args), last),)
@@ -472,7 +472,8 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
     forward = _Numpy(maxent_forward, lambda x, la: (_struct(out_shape, x.dtype),))
     backward = _Numpy(maxent_backward, None)
     lam_per_sample = lam_value.shape[0] == x.shape[0]  # (N, ...) lam: one per sample
-    return _kernel_op(forward, backward, (True, True), fold=False, portable_form=portable_array,
+    return _kernel_op(forward, backward, (True, True), fold=False,
+                      decomposed=decomposed_array,
                       batched=(True, lam_per_sample))(x, lam_value)
 
 
@@ -619,11 +620,11 @@ def _global_pool(name, x, keepdims, data_format, selects, options, portable):
         y = portable(jnp.moveaxis(x, -1, 1) if last else x, nd)
         return jnp.reshape(y, out_shape)
 
-    def portable_form(x):
+    def decomposed(x):
         return _in_float32(run, x)
 
     if not uses_kernels():
-        return portable_form(x)
+        return decomposed(x)
     forward_core = getattr(npool, f"{name}_forward")
     backward_core = getattr(npool, f"{name}_backward")
     n = math.prod(x.shape[1:-1] if last else x.shape[2:])
@@ -679,7 +680,7 @@ def _global_pool(name, x, keepdims, data_format, selects, options, portable):
         return structs
 
     op = _kernel_op(_Numpy(pool_forward, shapes), _Numpy(pool_backward, None), (True,),
-                    fold=True, portable_form=portable_form,
+                    fold=True, decomposed=decomposed,
                     residuals=1 if selects or keeps_stats else 0)
     return op(x)
 
@@ -709,7 +710,7 @@ def global_max_pool(x: JaxArrayLike, keepdims: bool = False,
     [[6.0, 7.0]]
     """
     return _global_pool("global_max_pool", x, keepdims, data_format, True, {},
-                        lambda x, nd: portable_forms.global_max_pool(JaxOps, x, nd))
+                        lambda x, nd: _decompositions.global_max_pool(JaxOps, x, nd))
 
 
 def global_avg_pool(x: JaxArrayLike, keepdims: bool = False,
@@ -740,7 +741,7 @@ def global_avg_pool(x: JaxArrayLike, keepdims: bool = False,
     [[7.0, 8.0]]
     """
     return _global_pool("global_avg_pool", x, keepdims, data_format, False, {},
-                        lambda x, nd: portable_forms.global_avg_pool(JaxOps, x, nd))
+                        lambda x, nd: _decompositions.global_avg_pool(JaxOps, x, nd))
 
 
 def global_lse_pool(x: JaxArrayLike, beta: float = 1.0, keepdims: bool = False,
@@ -774,7 +775,7 @@ def global_lse_pool(x: JaxArrayLike, beta: float = 1.0, keepdims: bool = False,
     """
     beta = _checks.finite_real(beta, "beta")
     return _global_pool("global_lse_pool", x, keepdims, data_format, False, {"beta": beta},
-                        lambda x, nd: portable_forms.global_lse_pool(JaxOps, x, nd, beta))
+                        lambda x, nd: _decompositions.global_lse_pool(JaxOps, x, nd, beta))
 
 
 def global_gem_pool(x: JaxArrayLike, p: Union[float, JaxArrayLike] = 3.0, eps: float = 1e-6,
@@ -835,15 +836,15 @@ def global_gem_pool(x: JaxArrayLike, p: Union[float, JaxArrayLike] = 3.0, eps: f
         p = p.astype(jnp.float32)
 
     def run(x, p):
-        y = portable_forms.global_gem_pool(JaxOps, jnp.moveaxis(x, -1, 1) if last else x, nd,
+        y = _decompositions.global_gem_pool(JaxOps, jnp.moveaxis(x, -1, 1) if last else x, nd,
                                            p, eps)
         return jnp.reshape(y, out_shape)
 
-    def portable_form(x, p):
+    def decomposed(x, p):
         return _in_float32(run, x, p)
 
     if not uses_kernels():
-        return portable_form(x, p)
+        return decomposed(x, p)
 
     def gem_forward(xa, pa):
         y = npool.global_gem_pool_forward(_to_npool(xa, last), pa, eps, keepdims)
@@ -858,7 +859,7 @@ def global_gem_pool(x: JaxArrayLike, p: Union[float, JaxArrayLike] = 3.0, eps: f
     forward = _Numpy(gem_forward, lambda x, p: (_struct(out_shape, x.dtype),))
     p_per_sample = p.ndim == 2 and p.shape[0] == x.shape[0]  # (N, C): one row per sample
     return _kernel_op(forward, _Numpy(gem_backward, None), (True, True), fold=False,
-                      portable_form=portable_form, batched=(True, p_per_sample))(x, p)
+                      decomposed=decomposed, batched=(True, p_per_sample))(x, p)
 
 
 def global_kmax_pool(x: JaxArrayLike, k: Count = 1, keepdims: bool = False,
@@ -895,7 +896,7 @@ def global_kmax_pool(x: JaxArrayLike, k: Count = 1, keepdims: bool = False,
     _checks.k_count(k, 1, "k", rounding=rounding)
     return _global_pool("global_kmax_pool", x, keepdims, data_format, True,
                         {"k": k, "rounding": rounding},
-                        lambda x, nd: portable_forms.weldon_pool(JaxOps, x, nd, k, 0,
+                        lambda x, nd: _decompositions.weldon_pool(JaxOps, x, nd, k, 0,
                                                                  rounding=rounding))
 
 
@@ -935,7 +936,7 @@ def weldon_pool(x: JaxArrayLike, kmax: Count = 1, kmin: Optional[Count] = None, 
     alpha = _checks.finite_real(alpha, "alpha")
     return _global_pool("weldon_pool", x, keepdims, data_format, True,
                         {"kmax": kmax, "kmin": kmin, "alpha": alpha, "rounding": rounding},
-                        lambda x, nd: portable_forms.weldon_pool(JaxOps, x, nd, kmax, kmin,
+                        lambda x, nd: _decompositions.weldon_pool(JaxOps, x, nd, kmax, kmin,
                                                                  alpha, rounding))
 
 
@@ -951,12 +952,12 @@ def _set_op(name, arrays, mask, out_shape, portable, fold=False):
     masks = [jnp.asarray(mask, jnp.bool_)] if has_mask else []
     n = len(arrays)
 
-    def portable_form(*values):
+    def decomposed(*values):
         mask_args = [] if mask is False else [values[n] if has_mask else None]
         return _in_float32(lambda *us: portable(JaxOps, *us, *mask_args), *values[:n])
 
     if not uses_kernels():
-        return portable_form(*arrays, *masks)
+        return decomposed(*arrays, *masks)
     forward_core = getattr(npool, f"{name}_forward")
     backward_core = getattr(npool, f"{name}_backward")
     # the arrays with a leading batch axis (the others - centres, weights - are shared by the
@@ -978,7 +979,7 @@ def _set_op(name, arrays, mask, out_shape, portable, fold=False):
 
     op = _kernel_op(_Numpy(set_forward, lambda *a: (_struct(out_shape(a[0]), dtype),)),
                     _Numpy(set_backward, None), (True,) * n + (False,) * len(masks), fold,
-                    portable_form=portable_form, batched=batched + [True] * len(masks))
+                    decomposed=decomposed, batched=batched + [True] * len(masks))
     return op(*arrays, *masks)
 
 
@@ -1010,7 +1011,7 @@ def netvlad_pool(x: JaxArrayLike, assign: JaxArrayLike, centers: JaxArrayLike,
     """
     return _set_op("netvlad_pool", [x, assign, centers], mask,
                    lambda x: (x.shape[0], x.shape[2] * jnp.shape(assign)[2]),
-                   portable_forms.vlad_pool)
+                   _decompositions.vlad_pool)
 
 
 def netrvlad_pool(x: JaxArrayLike, assign: JaxArrayLike,
@@ -1042,7 +1043,7 @@ def netrvlad_pool(x: JaxArrayLike, assign: JaxArrayLike,
     """
     return _set_op("netrvlad_pool", [x, assign], mask,
                    lambda x: (x.shape[0], x.shape[2] * jnp.shape(assign)[2]),
-                   lambda ops, x, a, m: portable_forms.vlad_pool(ops, x, a, None, m))
+                   lambda ops, x, a, m: _decompositions.vlad_pool(ops, x, a, None, m))
 
 
 def netfv_pool(x: JaxArrayLike, assign: JaxArrayLike, mu: JaxArrayLike,
@@ -1078,7 +1079,7 @@ def netfv_pool(x: JaxArrayLike, assign: JaxArrayLike, mu: JaxArrayLike,
     """
     return _set_op("netfv_pool", [x, assign, mu, covar_weights], mask,
                    lambda x: (x.shape[0], 2 * x.shape[2] * jnp.shape(assign)[2]),
-                   portable_forms.fv_pool)
+                   _decompositions.fv_pool)
 
 
 def soft_dbow_pool(assign: JaxArrayLike, mask: Optional[JaxArrayLike] = None) -> jax.Array:
@@ -1106,7 +1107,7 @@ def soft_dbow_pool(assign: JaxArrayLike, mask: Optional[JaxArrayLike] = None) ->
     (2, 3)
     """
     return _set_op("soft_dbow_pool", [assign], mask,
-                   lambda a: (a.shape[0], a.shape[2]), portable_forms.dbow_pool, fold=True)
+                   lambda a: (a.shape[0], a.shape[2]), _decompositions.dbow_pool, fold=True)
 
 
 def context_gating(x: JaxArrayLike, weights: JaxArrayLike, biases: JaxArrayLike) -> jax.Array:
@@ -1137,4 +1138,4 @@ def context_gating(x: JaxArrayLike, weights: JaxArrayLike, biases: JaxArrayLike)
     """
     x = _float_array(x, "x")
     return _set_op("context_gating", [x, weights, biases], False, lambda a: a.shape,
-                   portable_forms.context_gating)
+                   _decompositions.context_gating)

@@ -9,14 +9,14 @@ copy; ``"channels_first"`` is available.
 Where a graph must stand alone - a SavedModel being written (``tf.saved_model.save``,
 ``model.export``, TFLite's converter), an XLA compilation (``jit_compile=True``) or inside
 ``npool.tf.portable()`` - the ops are built from npool's portable decomposition into standard
-TensorFlow ops instead (``npool/_portable.py``), which also gives their second derivatives.
+TensorFlow ops instead (``npool/_decompositions.py``), which also gives their second derivatives.
 The layers are ``npool.keras``'s (the same classes, resolved on first use), which run on every
 Keras backend; ``.keras`` files load after ``import npool.keras`` (or the first use of a layer
 here), which registers them. This module holds no math:
-see ``npool.local_pools``, ``npool.global_pools``, ``npool.set_pools`` and ``npool._portable``
+see ``npool.local_pools``, ``npool.global_pools``, ``npool.set_pools`` and ``npool._decompositions``
 for the formulas.
 """
-from ._portable import portable
+from ._standalone import portable
 from ._ops import (context_gating, global_avg_pool, global_gem_pool, global_kmax_pool,
                    global_lse_pool,
                    global_max_pool, maxent_pool1d, maxent_pool2d, maxent_pool3d, netfv_pool,

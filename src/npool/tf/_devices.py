@@ -6,7 +6,7 @@
   them on the device): each input is read in place (``npool._cuda._dlpack``), the kernels run on
   it, and each result goes back to TensorFlow as a DLPack capsule over the kernels' output.
 - GPU tensors when npool's CUDA backend is unavailable (no PyCUDA): the op's decomposition into
-  standard TensorFlow ops runs on the GPU instead (``_portable.py``). Never a silent copy to
+  standard TensorFlow ops runs on the GPU instead (``_standalone.py``). Never a silent copy to
   the host: ``tf.numpy_function`` on a GPU tensor would make one.
 
 Eagerly the tensors' devices decide; while a ``tf.function`` is traced, whether TensorFlow sees

@@ -1,5 +1,5 @@
 """npool's ops as ``tf.custom_gradient`` functions over the NumPy core, and as npool's portable
-decomposition where a graph must stand alone (_portable.py)."""
+decomposition where a graph must stand alone (_standalone.py)."""
 from typing import Any, Optional, Protocol, Sequence, Union
 
 import numpy as np
@@ -8,11 +8,11 @@ import tensorflow as tf
 import npool
 
 from .. import _checks, _op_table
-from .. import _portable as portable_forms
+from .. import _decompositions
 from .._types import Count, Size
 from ._devices import (PORTABLE, call_core, moveaxis, placement, with_leading_ones,
                        without_leading_ones)
-from ._portable import (TFOps, compute_in_float32, from_channels_first, graph_must_stand_alone,
+from ._standalone import (TFOps, compute_in_float32, from_channels_first, graph_must_stand_alone,
                         to_channels_first, with_second_order)
 
 _FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)  # bfloat16: ml_dtypes'
@@ -75,16 +75,16 @@ def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
     forward, backward = _SOFT_POOL[nd]
     batched = x.shape.rank == nd + 2
 
-    def portable_forward(x):
+    def decomposed(x):
         def run(x):
-            y = portable_forms.windowed_softmax_pool(
+            y = _decompositions.windowed_softmax_pool(
                 TFOps, to_channels_first(x, layout.last, batched), 1.0, window)
             return from_channels_first(y, layout.last, batched)
         return compute_in_float32(run, x)
 
     where = PORTABLE if graph_must_stand_alone() else placement([x])
     if where == PORTABLE:
-        return portable_forward(x)
+        return decomposed(x)
     out_shape = list(x.shape)
     spatial = [out_shape[a] for a in layout.spatial_axes(x.shape.rank)]
     if all(n is not None for n in spatial):
@@ -109,7 +109,7 @@ def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
             dy = tf.cast(dy, x.dtype)
             gx = call_core(backward_numpy, [dy, x], x.dtype, "npool_soft_pool_backward", where)
             gx.set_shape(x.shape)
-            return with_second_order(portable_forward, [x], dy, [gx])[0]
+            return with_second_order(decomposed, [x], dy, [gx])[0]
 
         return y, grad
 
@@ -230,7 +230,7 @@ def _global_geometry(x, keepdims, data_format, spatial_dims):
 
 
 def _kept(y, keepdims, last, rank):
-    """A portable form's (N, C) y with the spatial axes kept as 1 when asked."""
+    """A decomposition's (N, C) y with the spatial axes kept as 1 when asked."""
     if not keepdims:
         return y
     return TFOps.reshape_tail(y, 1, (1,) * (rank - 2) + (-1,) if last else
@@ -254,14 +254,14 @@ def _global_pool(name, x, keepdims, data_format, spatial_dims=None, **kwargs):
     def from_npool(a, spatial=True):  # spatial: a has the spatial axes (kept or all)
         return moveaxis(a, 1, -1) if last and spatial else a
 
-    def portable_forward(x):
+    def decomposed(x):
         return compute_in_float32(lambda x: _kept(
-            portable_forms.forward(name, TFOps, to_channels_first(x, last), **kwargs),
+            _decompositions.forward(name, TFOps, to_channels_first(x, last), **kwargs),
             keepdims, last, x.shape.rank), x)
 
     where = PORTABLE if graph_must_stand_alone() else placement([x])
     if where == PORTABLE:
-        return portable_forward(x)
+        return decomposed(x)
 
     @tf.custom_gradient
     def pool(x):
@@ -292,7 +292,7 @@ def _global_pool(name, x, keepdims, data_format, spatial_dims=None, **kwargs):
             inputs = [dy, x] + ([index] if index is not None else [])
             gx = call_core(backward_numpy, inputs, x.dtype, "npool_global_pool_backward", where)
             gx.set_shape(x.shape)
-            return with_second_order(portable_forward, [x], dy, [gx])[0]
+            return with_second_order(decomposed, [x], dy, [gx])[0]
 
         return y, grad
 
@@ -409,13 +409,13 @@ def global_gem_pool(x: TensorLike, p: Union[float, TensorLike] = 3.0, eps: float
     def to_npool(a):
         return moveaxis(a, -1, 1) if last else a
 
-    def portable_forward(x, p):
-        return compute_in_float32(lambda x, p: _kept(portable_forms.global_gem_pool(
+    def decomposed(x, p):
+        return compute_in_float32(lambda x, p: _kept(_decompositions.global_gem_pool(
             TFOps, to_channels_first(x, last), rank - 2, p, eps), keepdims, last, rank), x, p)
 
     where = PORTABLE if graph_must_stand_alone() else placement([x])
     if where == PORTABLE:
-        return portable_forward(x, p)
+        return decomposed(x, p)
 
     def forward_numpy(xa, pa):
         y = npool.global_gem_pool_forward(to_npool(xa), pa, eps, keepdims)
@@ -437,7 +437,7 @@ def global_gem_pool(x: TensorLike, p: Union[float, TensorLike] = 3.0, eps: float
                                "npool_global_gem_pool_backward", where)
             gx.set_shape(x.shape)
             gp.set_shape(p.shape)
-            return with_second_order(portable_forward, [x, p], dy, [gx, gp])
+            return with_second_order(decomposed, [x, p], dy, [gx, gp])
 
         return y, grad
 
@@ -515,11 +515,11 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
     rank = x.shape.rank
     batched = rank == nd + 2
 
-    def portable_forward(x, lam):
+    def decomposed(x, lam):
         def run(x, lam):
             while lam.shape.rank < rank:
                 lam = tf.expand_dims(lam, 0)
-            y = portable_forms.windowed_softmax_pool(
+            y = _decompositions.windowed_softmax_pool(
                 TFOps, to_channels_first(x, layout.last, batched),
                 to_channels_first(lam, layout.last, batched), window)
             return from_channels_first(y, layout.last, batched)
@@ -527,7 +527,7 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
 
     where = PORTABLE if graph_must_stand_alone() else placement([x])
     if where == PORTABLE:
-        return portable_forward(x, lam)
+        return decomposed(x, lam)
     if lam.shape.rank == 0:  # as (1,): tf.numpy_function cannot hand over a 0-d bfloat16
         lam = tf.reshape(lam, [1])
     out_shape = list(x.shape)
@@ -557,7 +557,7 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
                                "npool_maxent_pool_backward", where)
             gx.set_shape(x.shape)
             gl.set_shape(lam.shape)
-            return with_second_order(portable_forward, [x, lam], dy, [gx, gl])
+            return with_second_order(decomposed, [x, lam], dy, [gx, gl])
 
         return y, grad
 
@@ -647,7 +647,7 @@ def _set_op(name, forward, backward, tensors, mask, out_shape, portable, state=0
     """A set op of npool's core as a tf.custom_gradient function of ``tensors`` (one gradient
     each). ``mask`` None or (B, M) bools, not differentiated; ``mask=False`` for ops without
     one. The forward's ``state`` extra outputs (NetVLAD's norms) go to the backward.
-    ``portable(ops, *tensors, mask)`` is the op's decomposition (npool/_portable.py)."""
+    ``portable(ops, *tensors, mask)`` is the op's decomposition (npool/_decompositions.py)."""
     tensors = [_tensor(t, "input") for t in tensors]
     dtype = tensors[0].dtype
     if dtype not in _FLOAT_DTYPES:
@@ -656,13 +656,13 @@ def _set_op(name, forward, backward, tensors, mask, out_shape, portable, state=0
     extra = [] if mask is None or mask is False else [tf.cast(mask, tf.bool)]
     n = len(tensors)
 
-    def portable_forward(*ts):
+    def decomposed(*ts):
         masks = [] if mask is False else [extra[0] if extra else None]
         return compute_in_float32(lambda *us: portable(TFOps, *us, *masks), *ts)
 
     where = PORTABLE if graph_must_stand_alone() else placement(tensors)
     if where == PORTABLE:
-        return portable_forward(*tensors)
+        return decomposed(*tensors)
 
     def core_kwargs(arrays):
         if mask is False:
@@ -693,7 +693,7 @@ def _set_op(name, forward, backward, tensors, mask, out_shape, portable, state=0
             grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
             for g, t in zip(grads, ts):
                 g.set_shape(t.shape)
-            return with_second_order(portable_forward, ts, dy, grads)
+            return with_second_order(decomposed, ts, dy, grads)
 
         return outs[0], grad
 
@@ -752,7 +752,7 @@ def netvlad_pool(x: TensorLike, assign: TensorLike, centers: TensorLike,
     b, d, k = _set_shapes(x, assign)
     return _set_op("netvlad_pool", npool.netvlad_pool_forward, npool.netvlad_pool_backward,
                    [x, assign, centers], mask, [b, None if None in (d, k) else d * k],
-                   portable_forms.vlad_pool, state=1)
+                   _decompositions.vlad_pool, state=1)
 
 
 def netrvlad_pool(x: TensorLike, assign: TensorLike,
@@ -795,7 +795,7 @@ def netrvlad_pool(x: TensorLike, assign: TensorLike,
     b, d, k = _set_shapes(x, assign)
     return _set_op("netrvlad_pool", npool.netrvlad_pool_forward, npool.netrvlad_pool_backward,
                    [x, assign], mask, [b, None if None in (d, k) else d * k],
-                   lambda ops, x, a, m: portable_forms.vlad_pool(ops, x, a, None, m), state=1)
+                   lambda ops, x, a, m: _decompositions.vlad_pool(ops, x, a, None, m), state=1)
 
 
 def netfv_pool(x: TensorLike, assign: TensorLike, mu: TensorLike, covar_weights: TensorLike,
@@ -845,7 +845,7 @@ def netfv_pool(x: TensorLike, assign: TensorLike, mu: TensorLike, covar_weights:
     b, d, k = _set_shapes(x, assign)
     return _set_op("netfv_pool", npool.netfv_pool_forward, npool.netfv_pool_backward,
                    [x, assign, mu, covar_weights], mask,
-                   [b, None if None in (d, k) else 2 * d * k], portable_forms.fv_pool)
+                   [b, None if None in (d, k) else 2 * d * k], _decompositions.fv_pool)
 
 
 def soft_dbow_pool(assign: TensorLike, mask: Optional[TensorLike] = None) -> tf.Tensor:
@@ -884,7 +884,7 @@ def soft_dbow_pool(assign: TensorLike, mask: Optional[TensorLike] = None) -> tf.
     b, _, k = _set_shapes(None, assign)
     return _set_op("soft_dbow_pool", npool.soft_dbow_pool_forward,
                    npool.soft_dbow_pool_backward, [assign], mask, [b, k],
-                   portable_forms.dbow_pool)
+                   _decompositions.dbow_pool)
 
 
 def context_gating(x: TensorLike, weights: TensorLike, biases: TensorLike) -> tf.Tensor:
@@ -926,4 +926,4 @@ def context_gating(x: TensorLike, weights: TensorLike, biases: TensorLike) -> tf
     return _set_op("context_gating", npool.context_gating_forward,
                    npool.context_gating_backward, [x_tensor, weights, biases], False,
                    x_tensor.shape,
-                   portable_forms.context_gating)
+                   _decompositions.context_gating)

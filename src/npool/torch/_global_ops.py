@@ -8,7 +8,7 @@ import torch
 import npool
 
 from .. import _checks
-from . import _decompositions
+from . import _standard_ops
 from .._types import Count
 from ._registration import (folded_into_batch, layout_of, loop_over_mapped_axis, onnx_export,
                             register_family_autocast, second_order)
@@ -281,7 +281,7 @@ def global_max_pool(x: torch.Tensor, keepdims: bool = False, return_indices: boo
     """
     def pool(x):
         if onnx_export():
-            y, indices = _decompositions.select_pool(x, 1, 0, 0.0, keepdims)
+            y, indices = _standard_ops.topk_selection_pool(x, 1, 0, 0.0, keepdims)
             indices = indices.reshape(y.shape)
         else:
             y, indices = _global_max_pool(x, keepdims)
@@ -329,7 +329,7 @@ def global_avg_pool(x: torch.Tensor, keepdims: bool = False,
     torch.Size([2, 3, 1, 1])
     """
     if onnx_export():
-        return _global(x, spatial_dims, lambda x: _decompositions.avg_pool(x, keepdims))
+        return _global(x, spatial_dims, lambda x: _standard_ops.avg_pool(x, keepdims))
     return _global(x, spatial_dims, lambda x: _global_avg_pool(x, keepdims))
 
 
@@ -378,7 +378,7 @@ def global_lse_pool(x: torch.Tensor, beta: float = 1.0, keepdims: bool = False,
     """
     beta = _checks.finite_real(beta, "beta")
     if onnx_export():
-        return _global(x, spatial_dims, lambda x: _decompositions.lse_pool(x, beta, keepdims))
+        return _global(x, spatial_dims, lambda x: _standard_ops.lse_pool(x, beta, keepdims))
     return _global(x, spatial_dims, lambda x: _global_lse_pool(x, beta, keepdims)[0])
 
 
@@ -435,7 +435,7 @@ def global_gem_pool(x: torch.Tensor, p: Union[float, torch.Tensor] = 3.0, eps: f
     eps = _checks.finite_real(eps, "eps")
     if onnx_export():
         return _global(x, spatial_dims,
-                       lambda x: _decompositions.gem_pool(x, p.to(x.dtype), eps, keepdims))
+                       lambda x: _standard_ops.gem_pool(x, p.to(x.dtype), eps, keepdims))
     return _global(x, spatial_dims, lambda x: _global_gem_pool(x, p, eps, keepdims))
 
 
@@ -491,7 +491,7 @@ def global_kmax_pool(x: torch.Tensor, k: Count = 1, keepdims: bool = False,
     """
     def pool(x):
         count = _checks.k_count(k, _spatial_cells(x), "k", rounding=rounding)
-        select = _decompositions.select_pool if onnx_export() else _weldon_pool
+        select = _standard_ops.topk_selection_pool if onnx_export() else _weldon_pool
         y, indices = select(x, count, 0, 0.0, keepdims)
         return (y, indices) if return_indices else y
     return _global(x, spatial_dims, pool)
@@ -555,23 +555,23 @@ def weldon_pool(x: torch.Tensor, kmax: Count = 1, kmin: Optional[Count] = None,
 
     def pool(x):
         top, bottom = _checks.weldon_counts(kmax, kmin, _spatial_cells(x), rounding)
-        select = _decompositions.select_pool if onnx_export() else _weldon_pool
+        select = _standard_ops.topk_selection_pool if onnx_export() else _weldon_pool
         y, indices = select(x, top, bottom, alpha, keepdims)
         return (y, indices) if return_indices else y
     return _global(x, spatial_dims, pool)
 
 
 # ------------------------------------------------------------------ second derivatives
-# The backward ops differentiated through the op's decomposition (_decompositions.py).
-second_order(_global_max_pool_backward, lambda a: lambda x: _decompositions.selection_pool(
+# The backward ops differentiated through the op's decomposition (_standard_ops.py).
+second_order(_global_max_pool_backward, lambda a: lambda x: _standard_ops.indexed_selection_pool(
     x, a[2], 1, 0, 0.0, a[3]), [1])
 second_order(_global_avg_pool_backward,
-              lambda a: lambda x: _decompositions.avg_pool(x, a[2]), [1])
+              lambda a: lambda x: _standard_ops.avg_pool(x, a[2]), [1])
 second_order(_global_lse_pool_backward,
-              lambda a: lambda x: _decompositions.lse_pool(x, a[3], a[4]), [1])
-second_order(_global_gem_pool_backward, lambda a: lambda x, p: _decompositions.gem_pool(
+              lambda a: lambda x: _standard_ops.lse_pool(x, a[3], a[4]), [1])
+second_order(_global_gem_pool_backward, lambda a: lambda x, p: _standard_ops.gem_pool(
     x, p, a[3], a[4]), [1, 2])
-second_order(_weldon_pool_backward, lambda a: lambda x: _decompositions.selection_pool(
+second_order(_weldon_pool_backward, lambda a: lambda x: _standard_ops.indexed_selection_pool(
     x, a[2], *a[3:]), [1])
 
 
@@ -593,4 +593,5 @@ for _op in (_global_max_pool, _global_avg_pool, _global_lse_pool, _weldon_pool):
 def _(info, in_dims, x, p, eps, keepdims):
     if in_dims[1] is None and p.dim() < 2:  # p shared or per channel: folds with the batch
         return folded_into_batch(_global_gem_pool, x, in_dims[0], -1, (p, eps, keepdims))
-    return loop_over_mapped_axis(lambda x, p: _global_gem_pool(x, p, eps, keepdims), info, in_dims[:2], (x, p))
+    return loop_over_mapped_axis(lambda x, p: _global_gem_pool(x, p, eps, keepdims), info,
+                                 in_dims[:2], (x, p))

@@ -8,7 +8,7 @@ import torch
 import npool
 
 from .. import _checks
-from . import _decompositions
+from . import _standard_ops
 from .._types import Size
 from ._registration import (empty_in_layout, folded_into_batch, loop_over_mapped_axis,
                             onnx_export, register_family_autocast, second_order, window_lists)
@@ -85,7 +85,7 @@ def _make_soft_pool(nd) -> SoftPoolFunction:
         if not isinstance(ceil_mode, bool):
             raise TypeError(f"ceil_mode must be a bool, got {type(ceil_mode).__name__}")
         if onnx_export():
-            return _decompositions.windowed_softmax_pool(x, 1.0, kernel, stride, padding,
+            return _standard_ops.windowed_softmax_pool(x, 1.0, kernel, stride, padding,
                                                          ceil_mode)
         return _soft_pool(x, kernel, stride, padding, ceil_mode)
 
@@ -223,7 +223,7 @@ def _make_maxent_pool(nd) -> MaxEntPoolFunction:
         if not isinstance(lam, torch.Tensor):
             lam = torch.tensor(_checks.finite_real(lam, "lam"), dtype=x.dtype, device=x.device)
         if onnx_export():
-            return _decompositions.windowed_softmax_pool(x, lam.to(x.dtype), kernel, stride,
+            return _standard_ops.windowed_softmax_pool(x, lam.to(x.dtype), kernel, stride,
                                                          padding, ceil_mode)
         return _maxent_pool(x, lam, kernel, stride, padding, ceil_mode)
 
@@ -293,11 +293,11 @@ maxent_pool3d = _make_maxent_pool(3)
 
 
 # ------------------------------------------------------------------ second derivatives
-# The backward ops differentiated through the op's decomposition (_decompositions.py).
-second_order(_soft_pool_backward, lambda a: lambda x: _decompositions.windowed_softmax_pool(
+# The backward ops differentiated through the op's decomposition (_standard_ops.py).
+second_order(_soft_pool_backward, lambda a: lambda x: _standard_ops.windowed_softmax_pool(
     x, 1.0, *a[2:]), [1])
 second_order(_maxent_pool_backward, lambda a: lambda x, lam:
-              _decompositions.windowed_softmax_pool(x, lam, *a[3:]), [1, 2])
+              _standard_ops.windowed_softmax_pool(x, lam, *a[3:]), [1, 2])
 
 
 # ------------------------------------------------------------------ autocast, vmap
@@ -312,5 +312,6 @@ def _(info, in_dims, x, kernel_size, stride, padding, ceil_mode):
 
 @torch.library.register_vmap("npool::maxent_pool")
 def _(info, in_dims, x, lam, kernel_size, stride, padding, ceil_mode):
-    return loop_over_mapped_axis(lambda x, lam: _maxent_pool(x, lam, kernel_size, stride, padding, ceil_mode),
-                 info, in_dims[:2], (x, lam))
+    def pool(x, lam):
+        return _maxent_pool(x, lam, kernel_size, stride, padding, ceil_mode)
+    return loop_over_mapped_axis(pool, info, in_dims[:2], (x, lam))

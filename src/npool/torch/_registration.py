@@ -76,13 +76,13 @@ def window_lists(nd, kernel_size, stride, padding):
 
 def onnx_export():
     """Whether torch.onnx.export is tracing: the ops then record their decomposition into
-    standard PyTorch ops (_decompositions.py), which ONNX has, instead of npool's custom ops."""
+    standard PyTorch ops (_standard_ops.py), which ONNX has, instead of npool's custom ops."""
     return torch.onnx.is_in_onnx_export()
 
 
 # ------------------------------------------------------------------ second derivatives
 # The backward custom ops are differentiated through each op's decomposition into standard
-# PyTorch ops (_decompositions.py): d/d(grad_out, inputs) of <gg, vjp(op)(inputs, grad_out)>.
+# PyTorch ops (_standard_ops.py): d/d(grad_out, inputs) of <gg, vjp(op)(inputs, grad_out)>.
 def _vjp_of_vjp(decomposition, grad_out, inputs, grad_grads):
     """For the backward op computing vjp(decomposition)(inputs, grad_out): the gradients of
     <grad_grads, that vjp> with respect to grad_out and to each input (None: no gradient)."""

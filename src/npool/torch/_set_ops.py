@@ -7,7 +7,7 @@ import torch
 
 import npool
 
-from . import _decompositions
+from . import _standard_ops
 from ._registration import (loop_over_mapped_axis, onnx_export, register_family_autocast,
                             second_order)
 from ._tensors import from_core, to_core, torch_matmul
@@ -226,7 +226,7 @@ def netvlad_pool(x: torch.Tensor, assign: torch.Tensor, centers: torch.Tensor,
     torch.Size([2, 12])
     """
     if onnx_export():
-        return _decompositions.vlad_pool(x, assign, centers, _set_mask(mask, x))
+        return _standard_ops.vlad_pool(x, assign, centers, _set_mask(mask, x))
     return _netvlad_pool(x, assign, centers, _set_mask(mask, x))[0]
 
 
@@ -271,7 +271,7 @@ def netrvlad_pool(x: torch.Tensor, assign: torch.Tensor,
     torch.Size([2, 12])
     """
     if onnx_export():
-        return _decompositions.vlad_pool(x, assign, None, _set_mask(mask, x))
+        return _standard_ops.vlad_pool(x, assign, None, _set_mask(mask, x))
     return _netvlad_pool(x, assign, None, _set_mask(mask, x))[0]
 
 
@@ -321,7 +321,7 @@ def netfv_pool(x: torch.Tensor, assign: torch.Tensor, mu: torch.Tensor,
     torch.Size([2, 24])
     """
     if onnx_export():
-        return _decompositions.fv_pool(x, assign, mu, covar_weights, _set_mask(mask, x))
+        return _standard_ops.fv_pool(x, assign, mu, covar_weights, _set_mask(mask, x))
     return _netfv_pool(x, assign, mu, covar_weights, _set_mask(mask, x))
 
 
@@ -361,7 +361,7 @@ def soft_dbow_pool(assign: torch.Tensor, mask: Optional[torch.Tensor] = None) ->
     torch.Size([2, 3])
     """
     if onnx_export():
-        return _decompositions.dbow_pool(assign, _set_mask(mask, assign))
+        return _standard_ops.dbow_pool(assign, _set_mask(mask, assign))
     return _soft_dbow_pool(assign, _set_mask(mask, assign))
 
 
@@ -403,19 +403,19 @@ def context_gating(x: torch.Tensor, weights: torch.Tensor,
     torch.Size([2, 5, 4])
     """
     if onnx_export():
-        return _decompositions.gating(x, weights, biases)
+        return _standard_ops.gating(x, weights, biases)
     return _context_gating(x, weights, biases)
 
 
 # ------------------------------------------------------------------ second derivatives
-# The backward ops differentiated through the op's decomposition (_decompositions.py).
+# The backward ops differentiated through the op's decomposition (_standard_ops.py).
 second_order(_netvlad_pool_backward, lambda a: lambda x, assign, centers:
-              _decompositions.vlad_pool(x, assign, centers, a[4]), [1, 2, 3])
+              _standard_ops.vlad_pool(x, assign, centers, a[4]), [1, 2, 3])
 second_order(_netfv_pool_backward, lambda a: lambda x, assign, mu, covar:
-              _decompositions.fv_pool(x, assign, mu, covar, a[5]), [1, 2, 3, 4])
+              _standard_ops.fv_pool(x, assign, mu, covar, a[5]), [1, 2, 3, 4])
 second_order(_soft_dbow_pool_backward,
-              lambda a: lambda assign: _decompositions.dbow_pool(assign, a[2]), [1])
-second_order(_context_gating_backward, lambda a: _decompositions.gating, [1, 2, 3])
+              lambda a: lambda assign: _standard_ops.dbow_pool(assign, a[2]), [1])
+second_order(_context_gating_backward, lambda a: _standard_ops.gating, [1, 2, 3])
 
 
 # ------------------------------------------------------------------ autocast, vmap

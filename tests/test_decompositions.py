@@ -1,12 +1,12 @@
-"""The portable form of every op (npool/_portable.py: standard array operations, what the
+"""The decomposition of every op (npool/_decompositions.py: standard array operations, what the
 adapters put in graphs that must stand alone) against npool.testing's float64 references, run
 with NumPy."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from npool import _checks, _portable, testing
-from npool._portable import NumpyOps
+from npool import _checks, _decompositions, testing
+from npool._decompositions import NumpyOps
 
 
 def _without_indices(problem):
@@ -18,16 +18,16 @@ def _without_indices(problem):
 @pytest.mark.parametrize("op", testing.OPS)
 @settings(max_examples=40, deadline=None)
 @given(data=__import__("hypothesis").strategies.data())
-def test_portable_forms_match_the_references(op, data):
+def test_decompositions_match_the_references(op, data):
     problem = _without_indices(data.draw(testing.problems(op)))  # float32 and float64
     with np.errstate(all="ignore"):
-        y = _portable.forward(op, NumpyOps, *problem.args, **problem.options)
+        y = _decompositions.forward(op, NumpyOps, *problem.args, **problem.options)
     testing.assert_close(y, problem)
 
 
 def test_window_cells_leave_out_padding_and_ceil_overhang():
     window = _checks.WindowArgs(1, 3, 2, 1, True)
-    index, real, out = _portable.window_cells((4,), window)
+    index, real, out = _decompositions.window_cells((4,), window)
     assert out == (3,)  # windows at -1, 1, 3 over cells 0..3
     np.testing.assert_array_equal(real, [[False, True, True], [True, True, True],
                                          [True, False, False]])
@@ -36,11 +36,11 @@ def test_window_cells_leave_out_padding_and_ceil_overhang():
 
 def test_softpool_does_not_overflow_at_500():
     x = np.array([[[500.0, 499.0, -500.0, 0.0]]], np.float32)
-    y = _portable.forward("soft_pool1d", NumpyOps, x, 2)
+    y = _decompositions.forward("soft_pool1d", NumpyOps, x, 2)
     expected = testing.reference("soft_pool1d")[0](x, 2)
     np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-30)
 
 
 def test_return_indices_is_refused():
     with pytest.raises(ValueError, match="output only"):
-        _portable.forward("global_max_pool", NumpyOps, np.zeros((1, 1, 2)), return_indices=True)
+        _decompositions.forward("global_max_pool", NumpyOps, np.zeros((1, 1, 2)), return_indices=True)

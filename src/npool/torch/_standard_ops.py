@@ -2,23 +2,22 @@
 what npool.torch differentiates to give second derivatives (the backward custom ops' autograd)
 and records while exporting to ONNX.
 
-The math is npool's portable decomposition (npool/_portable.py, written once for every
+The math is npool's decomposition of each op (npool/_decompositions.py, written once for every
 framework and checked against ``npool.testing``'s references), run here with PyTorch's
 operations (``TorchOps``): gathered windows with a max-subtracted softmax, ``log1p``/``expm1``
 LSE, einsum set pools. The selections reuse the indices the npool forward chose
-(``selection_pool``), or ``topk`` where there are none (``select_pool``).
+(``indexed_selection_pool``), or ``topk`` where there are none (``topk_selection_pool``).
 """
 import torch
 
-from .. import _checks
-from .. import _portable
+from .. import _checks, _decompositions
 
 
 class TorchOps:
-    """npool/_portable.py's ``ops`` namespace in PyTorch."""
+    """npool/_decompositions.py's ``ops`` namespace in PyTorch."""
 
-    # (index and condition arrays come from npool/_portable.py's caches, read-only: copied into
-    # tensors, as torch.as_tensor would share memory it could write and warn about it)
+    # (index and condition arrays come from npool/_decompositions.py's caches, read-only:
+    # copied into tensors, as torch.as_tensor would share memory it could write and warn)
     @staticmethod
     def take(x, index):
         return x.index_select(-1, torch.tensor(index, device=x.device))
@@ -78,7 +77,7 @@ def windowed_softmax_pool(x, lam, kernel_size, stride, padding, ceil_mode):
                                 ceil_mode)
     if isinstance(lam, torch.Tensor) and lam.dim() < x.dim():
         lam = lam.reshape((1,) * (x.dim() - lam.dim()) + tuple(lam.shape))
-    return _portable.windowed_softmax_pool(TorchOps, x, lam, window)
+    return _decompositions.windowed_softmax_pool(TorchOps, x, lam, window)
 
 
 # ------------------------------------------------------------------ global pools
@@ -90,7 +89,7 @@ def _pooled(values, x, keepdims):
     return values.reshape(tuple(x.shape[:2]) + (1,) * (x.dim() - 2)) if keepdims else values
 
 
-def selection_pool(x, indices, kmax, kmin, alpha, keepdims):
+def indexed_selection_pool(x, indices, kmax, kmin, alpha, keepdims):
     """WELDON (k-max: kmin = 0; max: kmax = 1, kmin = 0) through the flat ``indices`` the npool
     forward selected (top set, then bottom set): ``mean(top) + alpha mean(bottom)``."""
     values = _maps(x).gather(2, indices.reshape(x.shape[0], x.shape[1], -1))
@@ -101,38 +100,38 @@ def selection_pool(x, indices, kmax, kmin, alpha, keepdims):
 
 
 def avg_pool(x, keepdims):
-    return _pooled(_portable.global_avg_pool(TorchOps, x, x.dim() - 2), x, keepdims)
+    return _pooled(_decompositions.global_avg_pool(TorchOps, x, x.dim() - 2), x, keepdims)
 
 
 def lse_pool(x, beta, keepdims):
     """``(1/beta) log(mean exp(beta x))``; the mean at beta = 0."""
-    return _pooled(_portable.global_lse_pool(TorchOps, x, x.dim() - 2, beta), x, keepdims)
+    return _pooled(_decompositions.global_lse_pool(TorchOps, x, x.dim() - 2, beta), x, keepdims)
 
 
 def gem_pool(x, p, eps, keepdims):
     """GeM, ``(mean max(x, eps)^p)^(1/p)``; p a number or a tensor broadcasting to (N, C)."""
-    return _pooled(_portable.global_gem_pool(TorchOps, x, x.dim() - 2, p, eps), x, keepdims)
+    return _pooled(_decompositions.global_gem_pool(TorchOps, x, x.dim() - 2, p, eps), x, keepdims)
 
 
 # ------------------------------------------------------------------ set pools
 def vlad_pool(x, assign, centers, mask):
     """NetVLAD (NetRVLAD: ``centers=None``)."""
-    return _portable.vlad_pool(TorchOps, x, assign, centers, mask)
+    return _decompositions.vlad_pool(TorchOps, x, assign, centers, mask)
 
 
 def fv_pool(x, assign, mu, covar_weights, mask):
-    return _portable.fv_pool(TorchOps, x, assign, mu, covar_weights, mask)
+    return _decompositions.fv_pool(TorchOps, x, assign, mu, covar_weights, mask)
 
 
 def dbow_pool(assign, mask):
-    return _portable.dbow_pool(TorchOps, assign, mask)
+    return _decompositions.dbow_pool(TorchOps, assign, mask)
 
 
 def gating(x, weights, biases):
-    return _portable.context_gating(TorchOps, x, weights, biases)
+    return _decompositions.context_gating(TorchOps, x, weights, biases)
 
 
-def select_pool(x, kmax, kmin, alpha, keepdims):
+def topk_selection_pool(x, kmax, kmin, alpha, keepdims):
     """WELDON (k-max: kmin = 0; max: kmax = 1, kmin = 0) selecting with ``topk``: the values
     and the flat indices (top set, then bottom set, each ascending) without npool's kernels.
     Among equal values ``topk`` may pick other cells than npool's rule (lower index first):

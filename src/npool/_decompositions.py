@@ -7,7 +7,7 @@ window's cells, max-subtracted exponentials, reductions, ``top_k``, matrix produ
 of any order come from the framework's own differentiation of them.
 
 They compute the math of docs/semantics.md for finite inputs (``NumpyOps`` runs them against
-``npool.testing``'s references in the tests); they are the portable form of an op, not its fast
+``npool.testing``'s references in the tests); they are the decomposition of an op, not its fast
 one: every window's cells are gathered into memory (kernel-size times the input), and
 non-finite inputs follow the plain formulas (a window of +inf gives NaN, where npool's kernels
 share the weight among the +inf cells). Exponentials are taken relative to the window's or the
@@ -61,7 +61,7 @@ def window_cells(spatial, window):
 def _spatial(x, nd):
     spatial = tuple(x.shape[-nd:])
     if len(spatial) != nd or any(n is None for n in spatial):
-        raise ValueError(f"the portable form of a {nd}-d pool needs the spatial size of x when "
+        raise ValueError(f"the decomposition of a {nd}-d pool needs the spatial size of x when "
                          f"the graph is built, got shape {tuple(x.shape)}")
     return tuple(int(n) for n in spatial)
 
@@ -217,7 +217,7 @@ def context_gating(ops, x, weights, biases):
 
 # ------------------------------------------------------------------ NumPy
 class NumpyOps:
-    """The ``ops`` namespace in NumPy: runs the portable forms on arrays (the tests check them
+    """The ``ops`` namespace in NumPy: runs the decompositions on arrays (the tests check them
     against ``npool.testing``'s references this way)."""
 
     @staticmethod
@@ -270,12 +270,12 @@ class NumpyOps:
 
 # ------------------------------------------------------------------ npool's signatures
 def forward(op, ops, *args, **options):
-    """``npool.<op>_forward(*args, **options)`` in its portable form with ``ops``: the output
+    """``npool.<op>_forward(*args, **options)`` in its decomposition with ``ops``: the output
     only (``return_indices`` and ``return_norms`` are refused: selections and norms are the
     kernels' business), x in npool's ``(N, C, *spatial)`` order. ``op`` as in
     ``npool.testing.OPS``."""
     if options.pop("return_indices", False) or options.pop("return_norms", False):
-        raise ValueError(f"the portable form of {op} gives the output only")
+        raise ValueError(f"the decomposition of {op} gives the output only")
     options.pop("matmul", None)
     if op.startswith(("soft_pool", "maxent_pool")):
         nd = int(op[-2])

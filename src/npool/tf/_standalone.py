@@ -1,10 +1,10 @@
-"""The portable form of npool's ops in TensorFlow: where a graph must stand on its own.
+"""The decomposition of npool's ops in TensorFlow: where a graph must stand on its own.
 
 npool.tf runs npool's kernels through ``tf.numpy_function``, a Python callback that a graph
 cannot carry out of the process and XLA cannot compile. While TensorFlow builds such a graph -
 a SavedModel being written (``tf.saved_model.save``, Keras' ``model.export``, the TFLite
 converter of a Keras model, which writes one first), an XLA compilation (``jit_compile=True``),
-or anything inside ``npool.tf.portable()`` - the ops are built from npool/_portable.py's
+or anything inside ``npool.tf.portable()`` - the ops are built from npool/_decompositions.py's
 decomposition with the TensorFlow operations below instead: standard ops only, differentiable
 to any order by TensorFlow itself.
 """
@@ -21,7 +21,7 @@ _state = threading.local()
 def portable() -> Iterator[None]:
     """Build npool.tf's ops from standard TensorFlow ops inside this context.
 
-    Within the block, the ops are npool's portable decomposition (``npool/_portable.py``)
+    Within the block, the ops are npool's portable decomposition (``npool/_decompositions.py``)
     instead of npool's kernels, also eagerly: for graphs that must stand alone when TensorFlow
     cannot tell (a concrete function traced for
     ``tf.lite.TFLiteConverter.from_concrete_functions``), or to compare the two forms. Slower
@@ -69,7 +69,7 @@ def compute_in_float32(function, *tensors):
 
 
 class TFOps:
-    """npool/_portable.py's ``ops`` namespace in TensorFlow (graph- and XLA-friendly)."""
+    """npool/_decompositions.py's ``ops`` namespace in TensorFlow (graph- and XLA-friendly)."""
 
     @staticmethod
     def take(x, index):
@@ -149,10 +149,10 @@ def from_channels_first(y, last, batched=True):
     return tf.transpose(y, list(range(lead)) + list(range(lead + 1, rank)) + [lead])
 
 
-def with_second_order(portable_forward, inputs, grad_out, grads):
-    """The kernels' gradients ``grads`` of ``portable_forward(*inputs)`` for the upstream
+def with_second_order(decomposed, inputs, grad_out, grads):
+    """The kernels' gradients ``grads`` of ``decomposed(*inputs)`` for the upstream
     gradient ``grad_out``, made differentiable: their own gradients (second order: a gradient
-    penalty, a Hessian-vector product with nested tapes) are those of the portable form's
+    penalty, a Hessian-vector product with nested tapes) are those of the decomposition's
     gradient. Returns the list of gradients (None kept)."""
     present = [i for i, g in enumerate(grads) if g is not None]
     count = len(present)
@@ -166,7 +166,7 @@ def with_second_order(portable_forward, inputs, grad_out, grads):
                 outer.watch(xs + [dy])
                 with tf.GradientTape() as inner:
                     inner.watch(xs)
-                    y = portable_forward(*xs)
+                    y = decomposed(*xs)
                 first = inner.gradient(y, xs, output_gradients=dy)
                 first = [tf.zeros_like(x) if f is None else f for x, f in zip(xs, first)]
             wanted = [first[i] for i in present]
