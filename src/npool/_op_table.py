@@ -104,6 +104,19 @@ _ROWS = (
 OPS: Dict[str, Op] = {op.name: op for op in _ROWS}
 
 
+def core_functions(name: str):
+    """``(npool.<name>_forward, npool.<name>_backward)``: the core's functions of op ``name``
+    (the adapters' one way to reach them; imported on use, so the table imports nothing).
+
+    >>> core_functions("soft_pool2d")[0].__name__
+    'soft_pool2d_forward'
+    """
+    import npool
+    if name not in OPS:
+        raise ValueError(f"unknown op {name!r}")
+    return getattr(npool, f"{name}_forward"), getattr(npool, f"{name}_backward")
+
+
 def keras_name(layer: str) -> str:
     """A layer's name in Keras' naming (npool.keras): ``...Pool`` becomes ``...Pooling`` and
     ``Avg`` ``Average`` (``GlobalAvgPool`` -> ``GlobalAveragePooling``, with ``1D/2D/3D``

@@ -12,8 +12,8 @@ import numpy as np
 
 import npool
 
-from .. import _checks, _op_table
-from .. import _decompositions
+from .. import _checks, _decompositions, _op_table
+from .._op_table import core_functions
 from .._types import Count, Size
 
 JaxArrayLike = Union[jax.Array, np.ndarray, float]  # what jnp.asarray takes here
@@ -438,10 +438,10 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
     if not uses_kernels():
         return decomposed_scalar(x) if scalar else decomposed_array(x, lam_value)
 
-    forward_core, backward_core = _MAXENT[nd]
+    forward_core, backward_core = core_functions(f"maxent_pool{nd}d")
     if scalar:
         if lam is None:  # SoftPool's own entry points (no dL/dlam to compute)
-            soft_forward, soft_backward = _SOFT_POOL[nd]
+            soft_forward, soft_backward = core_functions(f"soft_pool{nd}d")
 
             def pool_forward(xa):
                 return soft_forward(_to_npool(xa, last), *args)
@@ -477,12 +477,6 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
                       batched=(True, lam_per_sample))(x, lam_value)
 
 
-_SOFT_POOL = {1: (npool.soft_pool1d_forward, npool.soft_pool1d_backward),
-              2: (npool.soft_pool2d_forward, npool.soft_pool2d_backward),
-              3: (npool.soft_pool3d_forward, npool.soft_pool3d_backward)}
-_MAXENT = {1: (npool.maxent_pool1d_forward, npool.maxent_pool1d_backward),
-           2: (npool.maxent_pool2d_forward, npool.maxent_pool2d_backward),
-           3: (npool.maxent_pool3d_forward, npool.maxent_pool3d_backward)}
 
 
 class SoftPoolFunction(Protocol):
@@ -625,8 +619,7 @@ def _global_pool(name, x, keepdims, data_format, selects, options, portable):
 
     if not uses_kernels():
         return decomposed(x)
-    forward_core = getattr(npool, f"{name}_forward")
-    backward_core = getattr(npool, f"{name}_backward")
+    forward_core, backward_core = core_functions(name)
     n = math.prod(x.shape[1:-1] if last else x.shape[2:])
     count = 1  # the selected cells per map (their indices go from forward to backward)
     if name == "global_kmax_pool":
@@ -958,8 +951,7 @@ def _set_op(name, arrays, mask, out_shape, portable, fold=False):
 
     if not uses_kernels():
         return decomposed(*arrays, *masks)
-    forward_core = getattr(npool, f"{name}_forward")
-    backward_core = getattr(npool, f"{name}_backward")
+    forward_core, backward_core = core_functions(name)
     # the arrays with a leading batch axis (the others - centres, weights - are shared by the
     # batch; x of Context Gating is (..., n), batched when it has more than one axis)
     batched = [name != "context_gating" or arrays[0].ndim > 1] + [

@@ -7,8 +7,7 @@ import tensorflow as tf
 
 import npool
 
-from .. import _checks, _op_table
-from .. import _decompositions
+from .. import _checks, _decompositions, _op_table
 from .._types import Count, Size
 from ._devices import (PORTABLE, call_core, moveaxis, placement, with_leading_ones,
                        without_leading_ones)
@@ -17,9 +16,6 @@ from ._standalone import (TFOps, compute_in_float32, from_channels_first, graph_
 
 _FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)  # bfloat16: ml_dtypes'
 
-_SOFT_POOL = {1: (npool.soft_pool1d_forward, npool.soft_pool1d_backward),
-              2: (npool.soft_pool2d_forward, npool.soft_pool2d_backward),
-              3: (npool.soft_pool3d_forward, npool.soft_pool3d_backward)}
 DATA_FORMATS = ("channels_last", "channels_first")
 # what the functions take: a tf.Tensor or a value TensorFlow converts (a NumPy array, a list)
 TensorLike = Union[tf.Tensor, tf.Variable, np.ndarray, Sequence[Any], float]
@@ -72,7 +68,7 @@ def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
     layout = _Layout(data_format, nd, x.shape.rank)
     window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
     args = (window.kernel, window.stride, window.padding, window.ceil_mode)
-    forward, backward = _SOFT_POOL[nd]
+    forward, backward = _op_table.core_functions(f"soft_pool{nd}d")
     batched = x.shape.rank == nd + 2
 
     def decomposed(x):
@@ -242,8 +238,7 @@ def _global_pool(name, x, keepdims, data_format, spatial_dims=None, **kwargs):
     function; what the table says its backward takes from the forward (the selections'
     indices, LSE's statistics) goes from one to the other. ``spatial_dims`` (an int) requires
     that many spatial axes, as Keras' ``Global…Pooling2D`` layers do (batched input only)."""
-    forward = getattr(npool, f"{name}_forward")
-    backward = getattr(npool, f"{name}_backward")
+    forward, backward = _op_table.core_functions(name)
     saved = _SAVED[_op_table.OPS[name].saved[0]] if _op_table.OPS[name].saved else None
     selects = saved is not None and saved[1] == "indices"
     x, last, out_shape = _global_geometry(x, keepdims, data_format, spatial_dims)
@@ -494,9 +489,6 @@ weldon_pool.__doc__ = _global_doc(
 
 
 # ------------------------------------------------------------------ Max-Entropy pooling
-_MAXENT = {1: (npool.maxent_pool1d_forward, npool.maxent_pool1d_backward),
-           2: (npool.maxent_pool2d_forward, npool.maxent_pool2d_backward),
-           3: (npool.maxent_pool3d_forward, npool.maxent_pool3d_backward)}
 
 
 def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format):
@@ -511,7 +503,7 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
                          f"{x.shape}")
     window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
     args = (window.kernel, window.stride, window.padding, window.ceil_mode)
-    forward, backward = _MAXENT[nd]
+    forward, backward = _op_table.core_functions(f"maxent_pool{nd}d")
     rank = x.shape.rank
     batched = rank == nd + 2
 

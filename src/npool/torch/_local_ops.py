@@ -5,10 +5,9 @@ from typing import Optional, Protocol, Union
 
 import torch
 
-import npool
-
 from .. import _checks
 from . import _standard_ops
+from .._op_table import core_functions
 from .._types import Size
 from ._registration import (empty_in_layout, folded_into_batch, loop_over_mapped_axis,
                             onnx_export, register_family_autocast, second_order, window_lists)
@@ -16,15 +15,12 @@ from ._tensors import from_core, to_core
 
 
 # ------------------------------------------------------------------ SoftPool
-_SOFT_POOL = {1: (npool.soft_pool1d_forward, npool.soft_pool1d_backward),
-              2: (npool.soft_pool2d_forward, npool.soft_pool2d_backward),
-              3: (npool.soft_pool3d_forward, npool.soft_pool3d_backward)}
 
 
 @torch.library.custom_op("npool::soft_pool", mutates_args=())
 def _soft_pool(x: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                ceil_mode: bool) -> torch.Tensor:
-    forward, _ = _SOFT_POOL[len(kernel_size)]
+    forward, _ = core_functions(f"soft_pool{len(kernel_size)}d")
     y = _soft_pool_fake(x, kernel_size, stride, padding, ceil_mode)  # torch's allocator
     forward(to_core(x), kernel_size, stride, padding, ceil_mode, out=to_core(y))
     return y
@@ -43,7 +39,7 @@ def _soft_pool_fake(x, kernel_size, stride, padding, ceil_mode):
 @torch.library.custom_op("npool::soft_pool_backward", mutates_args=())
 def _soft_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: list[int],
                         stride: list[int], padding: list[int], ceil_mode: bool) -> torch.Tensor:
-    _, backward = _SOFT_POOL[len(kernel_size)]
+    _, backward = core_functions(f"soft_pool{len(kernel_size)}d")
     grad_out = grad_out.to(x.dtype)
     grad_x = empty_in_layout(x, tuple(x.shape), len(kernel_size))
     backward(to_core(grad_out), to_core(x), kernel_size, stride, padding, ceil_mode,
@@ -153,15 +149,12 @@ soft_pool3d = _make_soft_pool(3)
 
 
 # ------------------------------------------------------------------ Max-Entropy pooling
-_MAXENT = {1: (npool.maxent_pool1d_forward, npool.maxent_pool1d_backward),
-           2: (npool.maxent_pool2d_forward, npool.maxent_pool2d_backward),
-           3: (npool.maxent_pool3d_forward, npool.maxent_pool3d_backward)}
 
 
 @torch.library.custom_op("npool::maxent_pool", mutates_args=())
 def _maxent_pool(x: torch.Tensor, lam: torch.Tensor, kernel_size: list[int], stride: list[int],
                  padding: list[int], ceil_mode: bool) -> torch.Tensor:
-    forward, _ = _MAXENT[len(kernel_size)]
+    forward, _ = core_functions(f"maxent_pool{len(kernel_size)}d")
     y = _soft_pool_fake(x, kernel_size, stride, padding, ceil_mode)  # torch's allocator
     forward(to_core(x), to_core(lam.to(x.dtype)), kernel_size, stride, padding, ceil_mode,
             out=to_core(y))
@@ -177,7 +170,7 @@ def _(x, lam, kernel_size, stride, padding, ceil_mode):
 def _maxent_pool_backward(grad_out: torch.Tensor, x: torch.Tensor, lam: torch.Tensor,
                           kernel_size: list[int], stride: list[int], padding: list[int],
                           ceil_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    _, backward = _MAXENT[len(kernel_size)]
+    _, backward = core_functions(f"maxent_pool{len(kernel_size)}d")
     grad_x = empty_in_layout(x, tuple(x.shape), len(kernel_size))
     _, grad_lam = backward(to_core(grad_out.to(x.dtype)), to_core(x), to_core(lam.to(x.dtype)),
                            kernel_size, stride, padding, ceil_mode,
