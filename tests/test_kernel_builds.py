@@ -165,7 +165,8 @@ def test_every_line_length_gives_the_same_bits(window):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_build_gives_the_same_bits_for_the_global_pools(layout, dtype):
-    """The global pools' kernels (the channels-last maximum on vectors of channels included)."""
+    """The global pools' kernels (the channels-last maximum on vectors of channels included;
+    GeM's float log and exponentials)."""
     rng = np.random.default_rng(9)
     for shape in [(2, 70, 5, 7), (3, 16, 40, 41), (1, 600, 3, 3)]:
         x = (rng.standard_normal(shape) * 4).astype(dtype)
@@ -177,10 +178,14 @@ def test_every_build_gives_the_same_bits_for_the_global_pools(layout, dtype):
         def pools():
             y, index = npool.global_max_pool_forward(x, return_indices=True)
             k, kindex = npool.global_kmax_pool_forward(x, 3, return_indices=True)
+            p = np.linspace(1.0, 9.0, x.shape[1])  # GeM: the float kernel (p >= 1)
             return (y, index, npool.global_avg_pool_forward(x),
                     npool.global_lse_pool_forward(x, 0.5),
                     npool.global_lse_pool_backward(g, x, 0.5), k, kindex,
-                    npool.global_kmax_pool_backward(g, x, 3, indices=kindex))
+                    npool.global_kmax_pool_backward(g, x, 3, indices=kindex),
+                    npool.global_gem_pool_forward(x, p),
+                    *npool.global_gem_pool_backward(g, x, p),
+                    npool.global_gem_pool_forward(x, 0.5))
 
         results = each_build(pools)
         assert_same_bits([(build, r) for build, r in results if build[1]])
