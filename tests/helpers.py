@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import npool
+from npool._checks import bfloat16
 from npool.testing import reference, references
 from npool.testing.strategies import channels_last, values
 
@@ -91,3 +92,7 @@ def ref_vlad(x, a, c=None):
 
 def ref_fv(x, a, mu, cw):
     return references.netfv_pool_forward(x, a, mu, cw)
+
+
+# what the GPU stores in 16 bits
+HALF_DTYPES = (np.dtype(np.float16), bfloat16())

@@ -275,3 +275,9 @@ def test_norms_do_not_overflow_on_the_gpu(gpu):
     a64 = np.ones((1, 2, 1))
     got = to_host(gpu, npool.netrvlad_pool_forward(*on_gpu(gpu, x64, a64)))
     assert got[0, 0] == 1.0
+
+
+def test_out_is_refused_for_gpu_set_pools(gpu):
+    a = gpu.to_device(np.full((2, 3, 4), 0.25, np.float32))
+    with pytest.raises(ValueError, match="out= is not supported on GPU arrays for the set pools"):
+        npool.soft_dbow_pool_forward(a, out=np.empty((2, 4), np.float32))
