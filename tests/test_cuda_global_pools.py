@@ -222,3 +222,20 @@ def test_out_receives_global_pools_in_place(gpu, layout):
         other = np.asfortranarray(np.full(x.shape, 7, np.float32))
         with pytest.raises(ValueError, match="out must have strides"):
             backward(g, xd, out=gpu.to_device(other), **kwargs)
+
+
+@pytest.mark.parametrize("values,p", [([1.0, 2.0, 3.0], 1e-9), ([5.0, 5.000001, 4.9999], 3.0),
+                                      ([1e300, 1e-300, 1.7e308], 1e-4),
+                                      ([0.0, -1.0, 2.0], 1000.0)])
+def test_gem_at_extreme_p_matches_the_cpu(gpu, values, p):
+    """Near the geometric mean (p -> 0) and near the max (large p), y and both gradients as
+    the CPU core computes them (dL/dp from the KL divergence's non-negative terms there)."""
+    x = np.array([[values]])
+    y = npool.global_gem_pool_forward(x, p, eps=1e-300)
+    grad_x, grad_p = npool.global_gem_pool_backward(np.ones((1, 1)), x, p, eps=1e-300)
+    y_gpu = gpu.to_host(npool.global_gem_pool_forward(gpu.to_device(x), p, eps=1e-300))
+    grad_x_gpu, grad_p_gpu = npool.global_gem_pool_backward(
+        gpu.to_device(np.ones((1, 1))), gpu.to_device(x), p, eps=1e-300)
+    np.testing.assert_allclose(y_gpu, y, rtol=1e-13)
+    np.testing.assert_allclose(gpu.to_host(grad_x_gpu), grad_x, rtol=1e-13, atol=1e-300)
+    np.testing.assert_allclose(gpu.read(grad_p_gpu), grad_p, rtol=1e-12)

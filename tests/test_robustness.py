@@ -383,6 +383,60 @@ def test_lse_gradient_when_beta_x_overflows():
     np.testing.assert_array_equal(g, [[[0.5, 0, 0.5]]])
 
 
+# ------------------------------------------------------------------ GeM
+def gem_mpmath(values, p, eps):
+    """y, dy/dx and dy/dp of GeM in 80 digits (dy/dp by mpmath's differentiation)."""
+    mpmath.mp.dps = 80
+    z = [max(mpmath.mpf(float(v)), mpmath.mpf(eps)) for v in values]
+    p, n = mpmath.mpf(p), len(z)
+
+    def gem(q):
+        return (sum(c ** q for c in z) / n) ** (1 / q)
+
+    y = gem(p)
+    grad_x = [(c / y) ** (p - 1) / n if float(v) >= eps else 0 for c, v in zip(z, values)]
+    return float(y), [float(g) for g in grad_x], float(mpmath.diff(gem, p))
+
+
+# values, p, eps, dtype; the ulps allowed for y and dy/dp: 4 but where the problem itself
+# amplifies rounding (y hundreds of orders of magnitude below the map's max: the rounding of
+# log(y / M) ~ 700; dy/dp of cells 2e-7 apart, conditioned by 1 / 2e-7)
+GEM_CASES = [
+    ([1.0, 2.0, 3.0, 4.0], 1.0, 1e-6, np.float64, 4, 4),
+    ([1.0, 2.0, 3.0, 4.0], 3.0, 1e-6, F32, 4, 4),
+    ([3e38, 2e38, 1e-30, -np.inf], 100.0, 1e-6, F32, 4, 4),
+    ([3e38, 1e-37, 2e38], 0.5, 1.2e-38, F32, 4, 4),
+    ([1.0, 2.0, 3.0], 1e-9, 1e-6, np.float64, 4, 4),
+    ([1.0, 1.5, 2.0], 1e-12, 1e-6, F32, 4, 4),
+    ([0.5, 0.25, 0.125, 1.0], 0.01, 1e-6, F32, 4, 4),
+    ([1e300, 1e-300, 1.7e308], 3.0, 1e-300, np.float64, 4, 4),
+    ([1e300, 1e-300, 1.7e308], 1e5, 1e-300, np.float64, 4, 4),
+    ([1e300, 1e-300, 1.7e308], 1e-4, 1e-300, np.float64, 400, 400),
+    ([0.0, -1.0, 2.0], 1000.0, 1e-6, np.float64, 4, 4),
+    ([1e-6, 2e-6, 0.0], 7.0, 1e-6, np.float64, 4, 4),
+    ([5.0, 5.000001, 4.9999], 3.0, 1e-6, np.float64, 4, 20000),
+]
+
+
+@pytest.mark.parametrize("values,p,eps,dtype,y_ulps,p_ulps", GEM_CASES)
+def test_gem_is_accurate_at_extreme_p_and_values(values, p, eps, dtype, y_ulps, p_ulps):
+    """GeM against mpmath: no power overflows or vanishes (p up to 1e5, cells near the float
+    maximum and minimum, -inf clamped), the geometric-mean limit (p -> 0) without cancellation
+    in y or dL/dp; dL/dx cell by cell to y's accuracy (+inf where it overflows, as here the
+    gradient of the 1e-300 cell at p = 1e-4)."""
+    x = np.array([[values]], dtype)
+    rounded_eps = float(dtype(eps)) if dtype == np.float64 else float(F32(eps))
+    y, grad_x, grad_p = gem_mpmath(np.asarray(values, dtype), p, rounded_eps)
+    ulp = np.finfo(dtype).eps
+    got_y = float(npool.global_gem_pool_forward(x, p, eps)[0, 0])
+    got_x, got_p = npool.global_gem_pool_backward(np.ones((1, 1), dtype), x, p, eps)
+    assert abs(got_y - y) <= y_ulps * ulp * abs(y), (got_y, y)
+    for got, want in zip(got_x.ravel().astype(float), grad_x):  # inf where it overflows
+        # (z / y)^(p - 1) carries p times the relative rounding of its cell and of y
+        assert got == want or abs(got - want) <= (y_ulps + 2 * p) * ulp * abs(want), (got, want)
+    assert abs(float(got_p) - grad_p) <= p_ulps * ulp * abs(grad_p) + 1e-300, (got_p, grad_p)
+
+
 # ------------------------------------------------------------------ 10. NetFV
 @pytest.mark.parametrize("scale,covar", [(1e18, 1.0), (1e4, 1e-9)])
 def test_netfv_second_order_part_does_not_vanish(scale, covar):

@@ -257,12 +257,13 @@ template <typename T> NPOOL_FN void avg_backward_item(const Args& a, int64_t t) 
 // In float64, as the CPU core: z = max(x, eps), M = max z, u = log(z / M) from mantissas and
 // exponents (z / M may underflow), w = exp(p u) <= 1, S = sum w, T = sum w u, L = log(S / n) or,
 // when |L| < 1/4 (the terms all near 1: p -> 0), log1p(sum expm1(p u) / n);
-//   y = M exp(L / p),  dy/dx_i = y w_i / (S z_i) where x_i >= eps,  dy/dp = (y/p) (T/S - L/p).
+//   y = M exp(L / p),  dy/dx_i = y w_i / (S z_i) where x_i >= eps,  dy/dp = (y/p) (T/S - L/p)
+// (= y KL(softmax(p u) || uniform) / p^2, summed from non-negative terms when |L| < 1/4).
 // A NaN in the map gives NaN (y and gradients), a +inf y = +inf and NaN gradients; a p that is
 // not positive and finite gives NaN (the CPU core refuses it; here that would cost a
 // synchronisation).
 struct GemSums {
-  double m, s, s1, t;
+  double m, s, s1, t, su;  // su: sum u
 };
 
 template <typename T> NPOOL_FN double gem_exponent(const Args& a, int64_t map) {
@@ -294,9 +295,9 @@ template <typename T> NPOOL_FN GemSums gem_sums(const Args& a, int64_t base, dou
   auto larger = [](double x, double y) { return x > y ? x : y; };
   nan = block_reduce(nan, shared, larger);
   m = block_reduce(m, shared, larger);
-  GemSums st = {nan != 0 ? NAN : m, 0, 0, 0};
+  GemSums st = {nan != 0 ? NAN : m, 0, 0, 0, 0};
   if (!is_finite(st.m)) return st;  // uniform: every thread has the same M
-  double s = 0, s1 = 0, t = 0;
+  double s = 0, s1 = 0, t = 0, su = 0;
   for (int64_t i = thread_index(); i < a.n; i += block_size()) {
     const double v = cell<T>(a, base, i);
     const double u = log_ratio(v > a.eps ? v : a.eps, m);
@@ -304,12 +305,48 @@ template <typename T> NPOOL_FN GemSums gem_sums(const Args& a, int64_t base, dou
     s += w;
     s1 += ::expm1(p * u);
     t += w * u;
+    su += u;
   }
   auto plus = [](double x, double y) { return x + y; };
   st.s = block_reduce(s, shared, plus);
   st.s1 = block_reduce(s1, shared, plus);
   st.t = block_reduce(t, shared, plus);
+  st.su = block_reduce(su, shared, plus);
   return st;
+}
+
+// (1 + e) log1p(e) - e >= 0 without cancellation: its series where |e| < 1/2.
+NPOOL_FN double log1p_excess(double e) {
+  if (::fabs(e) >= 0.5) return (1 + e) * ::log1p(e) - e;
+  double total = 0, power = e * e;
+  for (int k = 2; k < 42; ++k) {
+    total += (k % 2 == 0 ? 1.0 : -1.0) * power / static_cast<double>(k * (k - 1));
+    power *= e;
+  }
+  return total;
+}
+
+// KL(softmax(p u) || uniform) of a map whose terms are all near 1 (the CPU core's _gem_exact):
+// the mean of (1 + e_i) log1p(e_i) - e_i, e_i = n q_i - 1 from expm1 of the centred p u, so
+// nothing cancels as p -> 0. Every thread gets it.
+template <typename T> NPOOL_FN double gem_divergence(const Args& a, int64_t base, double p,
+                                                    const GemSums& st) {
+  const double n = static_cast<double>(a.n), mean_a = p * st.su / n;
+  double* shared = shared_memory<double>();
+  auto plus = [](double x, double y) { return x + y; };
+  double grown = 0;
+  for (int64_t i = thread_index(); i < a.n; i += block_size()) {
+    const double v = cell<T>(a, base, i);
+    grown += ::expm1(p * log_ratio(v > a.eps ? v : a.eps, st.m) - mean_a);
+  }
+  const double mean_grown = block_reduce(grown, shared, plus) / n;
+  double kl = 0;
+  for (int64_t i = thread_index(); i < a.n; i += block_size()) {
+    const double v = cell<T>(a, base, i);
+    const double b = p * log_ratio(v > a.eps ? v : a.eps, st.m) - mean_a;
+    kl += log1p_excess((::expm1(b) - mean_grown) / (1 + mean_grown));
+  }
+  return block_reduce(kl, shared, plus) / n;
 }
 
 NPOOL_FN double gem_log_mean(const GemSums& st, double n) {
@@ -344,6 +381,11 @@ template <typename T> NPOOL_FN void gem_backward_body(const Args& a) {
     const bool finite = valid && is_finite(st.m);
     const double l = finite ? gem_log_mean(st, static_cast<double>(a.n)) : NAN;
     const double y = finite ? st.m * ::exp(l / p) : NAN;
+    // dy/dp = (y / p) D: D = T / S - L / p, or where the terms are all near 1 (uniform over
+    // the block) KL / p without cancellation
+    const bool near_one = finite && ::fabs(::log(st.s / static_cast<double>(a.n))) < 0.25;
+    const double slope = near_one ? gem_divergence<T>(a, m.x, p, st) / p
+                                  : st.t / st.s - l / p;
     const double coef = g * y / st.s;
     for (int64_t i = thread_index(); i < a.n; i += block_size()) {
       const double v = cell<T>(a, m.x, i);
@@ -355,7 +397,7 @@ template <typename T> NPOOL_FN void gem_backward_body(const Args& a) {
       static_cast<T*>(a.out)[m.out + i * a.out_strides[2]] = from_acc<T>(static_cast<A>(d));
     }
     if (thread_index() == 0) {
-      const double dp = finite ? g * (y / p) * (st.t / st.s - l / p) : NAN;
+      const double dp = finite ? g * (y / p) * slope : NAN;
       if (a.p_type == 1) static_cast<double*>(a.grad_p)[map] = dp;
       else static_cast<float*>(a.grad_p)[map] = static_cast<float>(dp);
     }

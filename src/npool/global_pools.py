@@ -817,30 +817,56 @@ def _log_ratio(z, m):
     return k * _LN2_HI + ((np.log(mz) - np.log(mm)) + k * _LN2_LO)
 
 
+def _log1p_excess(e):
+    """``(1 + e) log1p(e) - e`` (>= 0, about e^2 / 2) without cancellation: its series
+    ``sum_k (-1)^k e^k / (k (k - 1))`` where ``|e| < 1/2`` (40 terms: below float64 rounding),
+    the formula elsewhere."""
+    small = np.abs(e) < 0.5
+    es = np.where(small, e, 0.0)
+    total = np.zeros_like(e)
+    power = es * es
+    for k in range(2, 42):
+        total += (1 if k % 2 == 0 else -1) * power / (k * (k - 1))
+        power = power * es
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(small, total, (1 + e) * np.log1p(e) - e)
+
+
 def _gem_exact(cells, p, eps):
     """GeM of rows of finite float64 cells whose weights are all near 1 (p times the spread of
-    the logs small): ``M exp(log1p(mean(expm1(p u))) / p)``, exact also as p -> 0 (the
-    geometric mean), where the sum of weights would be all cancellation."""
+    the logs small), where the sum of weights would be all cancellation:
+    ``y = M exp(log1p(mean(expm1(p u))) / p)``, exact down to the geometric mean (p -> 0); and
+    ``D = (dy/dp) p / y``, the KL divergence of ``q = softmax(p u)`` from the uniform weights
+    over p, as ``KL = mean_i((1 + e_i) log1p(e_i) - e_i)`` with ``e_i = n q_i - 1`` (terms all
+    >= 0, so nothing cancels; e_i from expm1 of the centred ``p u``). Returns y, L and D."""
     z = np.maximum(cells, eps)
     m = z.max(axis=1)
     u = _log_ratio(z, m[:, None])
-    log_mean = np.log1p(np.mean(np.expm1(p[:, None] * u), axis=1))
-    return m * np.exp(log_mean / p), log_mean
+    a = p[:, None] * u
+    log_mean = np.log1p(np.mean(np.expm1(a), axis=1))
+    grown = np.expm1(a - a.mean(axis=1, keepdims=True))
+    mean_grown = grown.mean(axis=1, keepdims=True)
+    excess = (grown - mean_grown) / (1 + mean_grown)  # n q_i - 1
+    kl = np.mean(_log1p_excess(excess), axis=1)
+    return m * np.exp(log_mean / p), log_mean, kl / p
 
 
 def _gem_stats(maps, p, eps):
-    """Per map (float64): M, S, T (see _global_pools.gem_stats), y and L = log(S / n)."""
+    """Per map (float64): M and S (see _global_pools.gem_stats), y, L = log(S / n) and
+    D = T / S - L / p (dy/dp = y D / p), the maps whose terms are all near 1 taken again exactly
+    (_gem_exact)."""
     m, s, t = np.empty(maps.maps), np.empty(maps.maps), np.empty(maps.maps)
     if maps.empty():
-        return m, s, t, m.copy(), m.copy()
+        return m, s, m.copy(), m.copy(), m.copy()
     _kernels().gem_stats(maps.x3, p, eps, m, s, t, maps.threads)
     with np.errstate(invalid="ignore", divide="ignore"):
         log_mean = np.log(s / maps.n)
         values = np.where(np.isfinite(m), m * np.exp(log_mean / p), m)  # NaN, +inf: as is
+        slope = t / s - log_mean / p
     rows, cells = maps.finite_rows(np.isfinite(m) & (np.abs(log_mean) < 0.25))
     if rows.size:
-        values[rows], log_mean[rows] = _gem_exact(cells, p[rows], eps)
-    return m, s, t, values, log_mean
+        values[rows], log_mean[rows], slope[rows] = _gem_exact(cells, p[rows], eps)
+    return m, s, values, log_mean, slope
 
 
 def global_gem_pool_forward(x: ArrayLike, p: Union[float, ArrayLike] = 3.0, eps: float = 1e-6,
@@ -902,7 +928,7 @@ def global_gem_pool_forward(x: ArrayLike, p: Union[float, ArrayLike] = 3.0, eps:
         return gpu.gem_forward(x, p, eps, keepdims, out=out)
     maps, p_maps, eps = _gem_call(x, p, eps)
     out = maps.check_out(out, keepdims, {"x": x})
-    values = _gem_stats(maps, p_maps, eps)[3]
+    values = _gem_stats(maps, p_maps, eps)[2]
     return maps.result(values, keepdims, out)
 
 
@@ -960,13 +986,13 @@ def global_gem_pool_backward(grad_out: ArrayLike, x: ArrayLike, p: Union[float, 
     inputs = {"x": x, "grad_out": grad_out, "p": p}
     maps.expect_out(out_x, inputs)
     out_p = _checks.out_array(out_p, np.shape(p), maps.dtype, inputs, name="out[1]")
-    m, s, t, y, log_mean = _gem_stats(maps, p_maps, eps)
+    m, s, y, log_mean, slope = _gem_stats(maps, p_maps, eps)
     grad = maps.new_gradient()
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if not maps.empty():
             _kernels().gem_gradient(maps.x3, maps.view3(grad), p_maps, eps, m, g * y / s,
                                     maps.threads)
-        grad_p = np.where(np.isfinite(m), g * (y / p_maps) * (t / s - log_mean / p_maps), np.nan)
+        grad_p = np.where(np.isfinite(m), g * (y / p_maps) * slope, np.nan)
     grad_p = _checks.sum_to_shape(grad_p.reshape(maps.shape[:2]), np.shape(p))
     return maps.gradient(grad), _checks.deliver(grad_p.astype(maps.dtype), out_p)
 

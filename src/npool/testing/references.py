@@ -351,14 +351,28 @@ def global_gem_pool_forward(x, p=3.0, eps=1e-6, keepdims=False):
 
 def global_gem_pool_backward(grad_out, x, p=3.0, eps=1e-6, keepdims=False):
     """(grad_x, grad_p): g (z_i / y)^(p - 1) / n where x_i >= eps (else 0), and
-    g (y / p) (sum w u / sum w - L / p) summed to p's shape; NaN for maps with a NaN or +inf."""
+    g (y / p) (sum w u / sum w - L / p) = g y KL(softmax(p u) || uniform) / p^2 summed to p's
+    shape; NaN for maps with a NaN or +inf."""
     z, pp, top, u, w, log_mean = _gem_parts(x, p, eps)
     g = _g(grad_out, x)[..., None]
     y = top * np.exp(log_mean / pp)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         grad_x = g * w / w.sum(axis=2, keepdims=True) * y / z * (maps(x) >= z)
-        grad_p = g * (y / pp) * ((w * u).sum(axis=2, keepdims=True) / w.sum(axis=2, keepdims=True)
-                                 - log_mean / pp)
+        # dy/dp = (y / p^2) KL(q || uniform), q the softmax of a = p u, summed from its
+        # non-negative terms (1/n) ((1 + e_i) log1p(e_i) - e_i), e_i = n q_i - 1 =
+        # -m_i / (1 + m_i) with m_i = mean_j expm1(a_j - a_i): no cancellation as p -> 0;
+        # the plain sum sum q a - L where a spreads too far for exp (no cancellation there)
+        a = pp * u
+        pairwise = a[..., None, :] - a[..., :, None]
+        near = np.all(np.abs(pairwise) < 30, axis=(-1, -2))[..., None]
+        m = np.expm1(np.where(near[..., None], pairwise, 0.0)).mean(axis=-1)
+        e = -m / (1 + m)
+        terms = np.array([sum((-1) ** k * v ** k / (k * (k - 1)) for k in range(2, 60))
+                          if abs(v) < 0.5 else (1 + v) * math.log1p(v) - v
+                          for v in e.ravel()]).reshape(e.shape)
+        plain = (w * a).sum(axis=2, keepdims=True) / w.sum(axis=2, keepdims=True) - log_mean
+        kl = np.where(near, terms.mean(axis=2, keepdims=True), plain)
+        grad_p = g * (y / pp) * kl / pp
     bad = ~np.isfinite(maps(x)).all(axis=2) & (np.isnan(maps(x)).any(axis=2)
                                                 | np.isposinf(maps(x)).any(axis=2))
     grad_x[bad] = np.nan
