@@ -1,6 +1,7 @@
-"""No crash, no hang, no silently wrong number: the bad-input fuzzer, a leak smoke test, fork
-safety, and a named regression test for every defect of the hardening issue (each failed on the
-main branch before it).
+"""No crash, no hang, no silently wrong number, by concern: process safety (the bad-input fuzzer,
+a leak smoke test, fork), buffers handed in, threads and memory, errors that name the argument,
+extreme values, layout-independent results, second order in npool.tf (a regression test for
+each defect the hardening issue found, each failing before its fix).
 
 Extreme-value results are compared with float64/mpmath references at float rounding level.
 """
@@ -9,7 +10,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import mpmath
 import numpy as np
@@ -17,8 +17,13 @@ import pytest
 
 import npool
 
+
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
 THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
+
+
 F32 = np.float32
 
 
@@ -33,7 +38,7 @@ def rel_err(actual, expected):
     return abs(actual - expected) / abs(expected)
 
 
-# ------------------------------------------------------------------ the fuzzer
+# ------------------------------------------------------------------ process safety: fuzzer, leaks, fork
 def test_bad_input_fuzzer_in_a_subprocess():
     """Every public function, ~1,500 bad calls (25,000 with HYPOTHESIS_PROFILE=thorough): only
     TypeError/ValueError or a result, never a crash, and the caller's arrays unchanged."""
@@ -116,7 +121,7 @@ def test_fork_after_threads_runs_serially_in_the_child():
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
-# ------------------------------------------------------------------ 1. matmul= results
+# ------------------------------------------------------------------ buffers handed in
 @pytest.mark.parametrize("op", ["netvlad", "netrvlad", "netfv"])
 @pytest.mark.parametrize("result,error", [
     (lambda p: np.zeros((1, 1, 1), p.dtype), ValueError),
@@ -192,7 +197,7 @@ def test_kernels_check_the_shapes_they_are_given():
                      False, np.zeros((1, 2), np.intp), np.zeros((1, 8), F32), 1)
 
 
-# ------------------------------------------------------------------ 2. and 3. threads
+# ------------------------------------------------------------------ threads and memory
 @pytest.mark.parametrize("n", [2 ** 31 - 1, 10 ** 6, 4097])
 def test_absurd_thread_counts_are_refused(n):
     with pytest.raises(ValueError, match="at most 4096"):
@@ -209,7 +214,31 @@ def test_scratch_is_sized_by_the_threads_that_run():
     assert npool.global_max_pool_forward(x)[0, 0] == x.max()
 
 
-# ------------------------------------------------------------------ 4. exceptions
+def test_selection_scratch_is_bounded(monkeypatch):
+    """Maps larger than the per-thread key buffer are selected exactly, with extra passes
+    (here a buffer sized for maps of 3 cells, with maps of up to 300)."""
+    from npool import global_pools
+    monkeypatch.setattr(global_pools, "_SELECT_CAPACITY", 3)
+    rng = np.random.default_rng(5)
+    for dtype in (F32, np.float64):
+        for n, k in ((300, 1), (300, 150), (257, 257), (40, 7)):
+            x = rng.integers(-4, 5, size=(2, 3, n)).astype(dtype)
+            x[0, 0, :] = 1  # one map of ties only
+            y, index = npool.global_kmax_pool_forward(x, k, return_indices=True)
+            order = np.argsort(-x, axis=2, kind="stable")[..., :k]
+            np.testing.assert_array_equal(index, np.sort(order, axis=2))
+            np.testing.assert_allclose(y, np.take_along_axis(x, order, 2).mean(2), rtol=1e-6)
+            g = npool.weldon_pool_backward(np.ones((2, 3), dtype), x, k, 2, 0.5)
+            assert np.allclose(g.sum(axis=2), 1 + 0.5)
+    # the buffer holds the keys of maps of up to 3 cells (and the vector select's slack),
+    # whatever the maps' size
+    lengths = {global_pools._Call(np.zeros((1, 1, n), F32)).buffers().shape[1]
+               for n in (10, 300)}
+    assert lengths == {global_pools._kernels().select_buffer_length(3, False)}
+    assert lengths.pop() < 2 * 10 + 1
+
+
+# ------------------------------------------------------------------ errors naming the argument
 @pytest.mark.parametrize("call,error,match", [
     (lambda x: npool.soft_pool2d_forward(x, 2, stride=2 ** 63), ValueError, "stride"),
     (lambda x: npool.soft_pool2d_forward(x, 2 ** 70), ValueError, "kernel_size"),
@@ -265,7 +294,6 @@ def test_any_layout_of_centers_is_accepted():
     assert grads[2].shape == (4, 3)
 
 
-# ------------------------------------------------------------------ 5. empty batches
 def test_empty_batches_validate_their_arguments():
     x0 = np.zeros((0, 3, 4, 4), F32)
     with pytest.raises(TypeError, match="lam"):
@@ -281,7 +309,6 @@ def test_empty_batches_validate_their_arguments():
     assert gx.shape == x0.shape and glam.shape == (3, 1, 1) and not glam.any()
 
 
-# ------------------------------------------------------------------ 6. masked arrays, lam
 def test_masked_arrays_are_refused():
     x = np.ma.masked_array(np.random.rand(1, 2, 4, 4).astype(F32), mask=False)
     for call in (lambda: npool.soft_pool2d_forward(x, 2), lambda: npool.global_avg_pool_forward(x),
@@ -299,7 +326,7 @@ def test_non_finite_temperatures_are_refused_like_the_torch_module(lam):
         npool.maxent_pool2d_backward(np.ones((1, 2, 2, 2), F32), x, lam, 2)
 
 
-# ------------------------------------------------------------------ 7. Max-Ent overflow
+# ------------------------------------------------------------------ extreme values (float64, mpmath)
 def test_maxent_when_lam_x_overflows():
     x = np.array([[[[3e38, 2e38]]]], F32)
     y = npool.maxent_pool2d_forward(x, 2.0, (1, 2))
@@ -341,7 +368,6 @@ def test_maxent_limits_of_infinite_cells_are_kept(window):
                                   equal_nan=True)
 
 
-# ------------------------------------------------------------------ 8. sums near the maximum
 def test_global_avg_and_kmax_near_the_float_maximum():
     assert npool.global_avg_pool_forward(np.full((1, 1, 64, 64), 3e38, F32))[0, 0] == F32(3e38)
     cl = np.full((1, 64, 64, 1), 3e38, F32).transpose(0, 3, 1, 2)
@@ -352,7 +378,6 @@ def test_global_avg_and_kmax_near_the_float_maximum():
     assert rel_err(npool.weldon_pool_forward(x, 2, 2, 0.5)[0, 0], 0.85e308) < 1e-15
 
 
-# ------------------------------------------------------------------ 9. LSE
 def lse_mpmath(values, beta):
     values = [mpmath.mpf(float(v)) for v in values]
     beta = mpmath.mpf(beta)
@@ -383,7 +408,6 @@ def test_lse_gradient_when_beta_x_overflows():
     np.testing.assert_array_equal(g, [[[0.5, 0, 0.5]]])
 
 
-# ------------------------------------------------------------------ GeM
 def gem_mpmath(values, p, eps):
     """y, dy/dx and dy/dp of GeM in 80 digits (dy/dp by mpmath's differentiation)."""
     mpmath.mp.dps = 80
@@ -437,7 +461,6 @@ def test_gem_is_accurate_at_extreme_p_and_values(values, p, eps, dtype, y_ulps, 
     assert abs(float(got_p) - grad_p) <= p_ulps * ulp * abs(grad_p) + 1e-300, (got_p, grad_p)
 
 
-# ------------------------------------------------------------------ 10. NetFV
 @pytest.mark.parametrize("scale,covar", [(1e18, 1.0), (1e4, 1e-9)])
 def test_netfv_second_order_part_does_not_vanish(scale, covar):
     rng = np.random.default_rng(1)
@@ -458,7 +481,7 @@ def test_vlad_norms_of_float64_columns_beyond_1e154():
     assert y[0, 0] == 1.0
 
 
-# ------------------------------------------------------------------ 11. grad_lam bits
+# ------------------------------------------------------------------ layout-independent results
 @pytest.mark.parametrize("lam_shape", [(), (1, 6, 1, 1), (6, 1, 1), (2, 1, 1, 1)])
 def test_grad_lam_has_the_same_bits_in_either_layout(lam_shape):
     rng = np.random.default_rng(3)
@@ -471,7 +494,7 @@ def test_grad_lam_has_the_same_bits_in_either_layout(lam_shape):
     assert np.array_equal(contiguous, channels_last)
 
 
-# ------------------------------------------------------------------ 12. TF second order
+# ------------------------------------------------------------------ npool.tf second order
 def test_tf_second_order_gradients_are_the_decompositions():
     """Issue 13 made second-order gradients of npool.tf ops raise instead of returning None or
     a number that drops the path through the gradient; issue 17 gives them: the kernels' first
@@ -502,28 +525,3 @@ def test_tf_second_order_gradients_are_the_decompositions():
             expected = second(op)
         assert np.isfinite(got).all() and np.abs(got).max() > 0
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
-
-
-# ------------------------------------------------------------------ 13. selection scratch
-def test_selection_scratch_is_bounded(monkeypatch):
-    """Maps larger than the per-thread key buffer are selected exactly, with extra passes
-    (here a buffer sized for maps of 3 cells, with maps of up to 300)."""
-    from npool import global_pools
-    monkeypatch.setattr(global_pools, "_SELECT_CAPACITY", 3)
-    rng = np.random.default_rng(5)
-    for dtype in (F32, np.float64):
-        for n, k in ((300, 1), (300, 150), (257, 257), (40, 7)):
-            x = rng.integers(-4, 5, size=(2, 3, n)).astype(dtype)
-            x[0, 0, :] = 1  # one map of ties only
-            y, index = npool.global_kmax_pool_forward(x, k, return_indices=True)
-            order = np.argsort(-x, axis=2, kind="stable")[..., :k]
-            np.testing.assert_array_equal(index, np.sort(order, axis=2))
-            np.testing.assert_allclose(y, np.take_along_axis(x, order, 2).mean(2), rtol=1e-6)
-            g = npool.weldon_pool_backward(np.ones((2, 3), dtype), x, k, 2, 0.5)
-            assert np.allclose(g.sum(axis=2), 1 + 0.5)
-    # the buffer holds the keys of maps of up to 3 cells (and the vector select's slack),
-    # whatever the maps' size
-    lengths = {global_pools._Call(np.zeros((1, 1, n), F32)).buffers().shape[1]
-               for n in (10, 300)}
-    assert lengths == {global_pools._kernels().select_buffer_length(3, False)}
-    assert lengths.pop() < 2 * 10 + 1
