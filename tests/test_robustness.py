@@ -38,7 +38,7 @@ def rel_err(actual, expected):
     return abs(actual - expected) / abs(expected)
 
 
-# ------------------------------------------------------------------ process safety: fuzzer, leaks, fork
+# ------------------------------------------------------------------ process safety
 def test_bad_input_fuzzer_in_a_subprocess():
     """Every public function, ~1,500 bad calls (25,000 with HYPOTHESIS_PROFILE=thorough): only
     TypeError/ValueError or a result, never a crash, and the caller's arrays unchanged."""
@@ -326,7 +326,7 @@ def test_non_finite_temperatures_are_refused_like_the_torch_module(lam):
         npool.maxent_pool2d_backward(np.ones((1, 2, 2, 2), F32), x, lam, 2)
 
 
-# ------------------------------------------------------------------ extreme values (float64, mpmath)
+# ------------------------------------------------------------------ extreme values
 def test_maxent_when_lam_x_overflows():
     x = np.array([[[[3e38, 2e38]]]], F32)
     y = npool.maxent_pool2d_forward(x, 2.0, (1, 2))
