@@ -147,7 +147,8 @@ def global_pools(summary, opts):
     shapes = ((8, 64, 14, 14), (2, 16, 56, 56)) if opts.quick else \
         ((64, 512, 14, 14), (8, 64, 112, 112))
     anchors = {"k-max": "topk(k).mean", "WELDON": "two topk", "LSE": "logsumexp",
-               "max": "adaptive_max_pool2d", "avg": "mean"}
+               "max": "adaptive_max_pool2d", "avg": "mean",
+               "GeM": "clamp.pow.mean.pow"}
     for shape in shapes:
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         for layout, a in (("contiguous", x), ("channels_last", _channels_last(x))):

@@ -20,11 +20,14 @@ def _modules():
 
 
 def _nodes(tree):
-    """The nodes of a module, less the bodies of a module-level ``__getattr__`` (PEP 562): a
+    """The nodes of a module, less the bodies of a module-level ``__getattr__`` (PEP 562: a
     name it resolves on first use is an alias of another module's, looked up once both are
-    imported (npool.tf's Keras layers are npool.keras' classes), not an import edge."""
-    skipped = [node for node in tree.body if isinstance(node, ast.FunctionDef) and
-               node.name == "__getattr__"]
+    imported - npool.tf's Keras layers are npool.keras' classes) and of ``if TYPE_CHECKING:``
+    (never run): neither is an import edge."""
+    skipped = [node for node in tree.body if
+               (isinstance(node, ast.FunctionDef) and node.name == "__getattr__") or
+               (isinstance(node, ast.If) and isinstance(node.test, ast.Name) and
+                node.test.id == "TYPE_CHECKING")]
     inside = {id(n) for node in skipped for n in ast.walk(node)}
     return [node for node in ast.walk(tree) if id(node) not in inside]
 

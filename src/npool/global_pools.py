@@ -776,8 +776,8 @@ def global_lse_pool_backward(grad_out: ArrayLike, x: ArrayLike, beta: float = 1.
 # ------------------------------------------------------------------ GeM
 def _gem_call(x, p, eps):
     """One GeM call checked: its maps (in float64 for float32 or half x when some p < 1, where
-    float rounding of the sum of weights would grow by 1/p), p per map as float64 (maps,), and
-    eps."""
+    float rounding of the sum of weights would grow by 1/p), p per map as float64 (maps,), eps,
+    and p's own shape."""
     maps = _Call(x)
     values = _checks.real_parameter(p, "p", np.float64)
     if not (np.isfinite(values).all() and (values > 0).all()):
@@ -797,7 +797,7 @@ def _gem_call(x, p, eps):
     eps = float(maps.work_dtype.type(eps))  # rounded as the clamp compares x with it
     if maps.dtype != np.float64 and per_map.size and per_map.min() < 1:
         maps = _Call(x, float64=True)
-    return maps, np.ascontiguousarray(per_map, dtype=np.float64).reshape(-1), eps
+    return maps, np.ascontiguousarray(per_map, dtype=np.float64).reshape(-1), eps, values.shape
 
 
 _LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10  # fdlibm's split
@@ -926,7 +926,7 @@ def global_gem_pool_forward(x: ArrayLike, p: Union[float, ArrayLike] = 3.0, eps:
     gpu = _gpu(x=x, **({"p": p} if is_gpu_array(p) else {}))
     if gpu:
         return gpu.gem_forward(x, p, eps, keepdims, out=out)
-    maps, p_maps, eps = _gem_call(x, p, eps)
+    maps, p_maps, eps, _ = _gem_call(x, p, eps)
     out = maps.check_out(out, keepdims, {"x": x})
     values = _gem_stats(maps, p_maps, eps)[2]
     return maps.result(values, keepdims, out)
@@ -981,11 +981,11 @@ def global_gem_pool_backward(grad_out: ArrayLike, x: ArrayLike, p: Union[float, 
     if gpu:
         _checks.refuse_gpu_out([out_p], "grad_p (GeM's second result)")
         return gpu.gem_backward(grad_out, x, p, eps, keepdims, out=out_x)
-    maps, p_maps, eps = _gem_call(x, p, eps)
+    maps, p_maps, eps, p_shape = _gem_call(x, p, eps)
     g = maps.grad_out(grad_out, keepdims)
     inputs = {"x": x, "grad_out": grad_out, "p": p}
     maps.expect_out(out_x, inputs)
-    out_p = _checks.out_array(out_p, np.shape(p), maps.dtype, inputs, name="out[1]")
+    out_p = _checks.out_array(out_p, p_shape, maps.dtype, inputs, name="out[1]")
     m, s, y, log_mean, slope = _gem_stats(maps, p_maps, eps)
     grad = maps.new_gradient()
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -993,7 +993,7 @@ def global_gem_pool_backward(grad_out: ArrayLike, x: ArrayLike, p: Union[float, 
             _kernels().gem_gradient(maps.x3, maps.view3(grad), p_maps, eps, m, g * y / s,
                                     maps.threads)
         grad_p = np.where(np.isfinite(m), g * (y / p_maps) * slope, np.nan)
-    grad_p = _checks.sum_to_shape(grad_p.reshape(maps.shape[:2]), np.shape(p))
+    grad_p = _checks.sum_to_shape(grad_p.reshape(maps.shape[:2]), p_shape)
     return maps.gradient(grad), _checks.deliver(grad_p.astype(maps.dtype), out_p)
 
 

@@ -804,6 +804,10 @@ def global_gem_pool(x: JaxArrayLike, p: Union[float, JaxArrayLike] = 3.0, eps: f
     >>> npool.jax.global_gem_pool(x, p=1.0).tolist()
     [[8.0, 9.0]]
     """
+    return _gem_pool(x, p, eps, keepdims, data_format)
+
+
+def _gem_pool(x, p, eps, keepdims, data_format):
     last = _check_format(data_format)
     keepdims = _checks.flag(keepdims, "keepdims")
     eps = _checks.finite_real(eps, "eps")

@@ -16,6 +16,8 @@ here), which registers them. This module holds no math:
 see ``npool.local_pools``, ``npool.global_pools``, ``npool.set_pools`` and ``npool._decompositions``
 for the formulas.
 """
+from typing import TYPE_CHECKING
+
 from ._standalone import portable
 from ._ops import (context_gating, global_avg_pool, global_gem_pool, global_kmax_pool,
                    global_lse_pool,
@@ -36,6 +38,19 @@ _KERAS_LAYERS = ("SoftPooling1D", "SoftPooling2D", "SoftPooling3D", "MaxEntPooli
                  "GlobalGeMPooling1D", "GlobalGeMPooling2D", "GlobalGeMPooling3D", "NetVLAD",
                  "NetRVLAD", "NetFV", "SoftDBoW", "ContextGating", "LoupeBatchNormalization",
                  "load_loupe_checkpoint")
+
+
+if TYPE_CHECKING:  # the same names, for type checkers (no import at run time)
+    from ..keras import (ContextGating, GlobalAveragePooling1D, GlobalAveragePooling2D,
+                         GlobalAveragePooling3D, GlobalAvgPool, GlobalGeMPool, GlobalGeMPooling1D,
+                         GlobalGeMPooling2D, GlobalGeMPooling3D, GlobalKMaxPool,
+                         GlobalKMaxPooling1D, GlobalKMaxPooling2D, GlobalKMaxPooling3D,
+                         GlobalLSEPool, GlobalLSEPooling1D, GlobalLSEPooling2D,
+                         GlobalLSEPooling3D, GlobalMaxPool, GlobalMaxPooling1D,
+                         GlobalMaxPooling2D, GlobalMaxPooling3D, LoupeBatchNormalization,
+                         MaxEntPooling2D, NetFV, NetRVLAD, NetVLAD, SoftDBoW, SoftPooling1D,
+                         SoftPooling2D, SoftPooling3D, WeldonPool, WeldonPooling1D,
+                         WeldonPooling2D, WeldonPooling3D, load_loupe_checkpoint)
 
 
 def __getattr__(name):
