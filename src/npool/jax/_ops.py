@@ -15,6 +15,7 @@ import npool
 from .. import _checks, _decompositions, _op_table
 from .._op_table import core_functions
 from .._types import Count, Size
+from . import _ffi
 
 JaxArrayLike = Union[jax.Array, np.ndarray, float]  # what jnp.asarray takes here
 
@@ -135,27 +136,39 @@ def _float_array(a, name):
 
 # ------------------------------------------------------------------ calling the kernels
 def _fold(function, ranks):
-    """``function`` (NumPy arrays, each with a leading batch axis, -> a tuple of arrays, each
-    with that batch axis) as a ``pure_callback`` target for ``vmap_method="expand_dims"``:
+    """``function`` (NumPy arrays, each with a leading batch axis, and ``out=`` -> a tuple of
+    arrays, each with that batch axis) as a kernel target for ``vmap_method="expand_dims"``:
     the axes vmap adds in front (size B, or 1 for unbatched arguments) are folded into the
-    batch axis, one kernel call for the whole vmapped batch, and unfolded from the results."""
-    def call(*arrays):
+    batch axis, one kernel call for the whole vmapped batch, and unfolded from the results
+    (the ``out=`` arrays, XLA's contiguous buffers, folded as views)."""
+    def call(*arrays, out=None):
         extra = arrays[0].ndim - ranks[0]
         if extra == 0:
-            return tuple(np.ascontiguousarray(r) for r in function(*arrays))
+            return function(*arrays, out=out)
         lead = np.broadcast_shapes(*(a.shape[:extra] for a in arrays))
         folded = [np.broadcast_to(a, lead + a.shape[extra:]).reshape((-1,) + a.shape[extra + 1:])
                   for a in arrays]
-        results = function(*folded)
-        return tuple(np.ascontiguousarray(r).reshape(lead + (-1,) + r.shape[1:])
-                     for r in results)
+        out_folded = None if out is None else tuple(
+            o.reshape((-1,) + o.shape[extra + 1:]) for o in out)
+        results = function(*folded, out=out_folded)
+        return tuple(np.asarray(r).reshape(lead + (-1,) + np.shape(r)[1:]) for r in results)
     return call
 
 
 def _host(function):
-    """A ``pure_callback`` target: its arguments (CPU ``jax.Array``s) as NumPy arrays over the
-    same memory, its results as a tuple."""
-    return lambda *arrays: tuple(function(*(np.asarray(a) for a in arrays)))
+    """A ``jax.pure_callback`` target: its arguments (CPU ``jax.Array``s) as NumPy arrays over
+    the same memory, its results as a tuple of contiguous arrays."""
+    return lambda *arrays: tuple(np.ascontiguousarray(r) for r in
+                                 function(*(np.asarray(a) for a in arrays), out=None))
+
+
+def _kernel_call(target, structs, arrays, vmap_method):
+    """``target`` run on the CPU inside the JAX program: through XLA's FFI on XLA's own buffers
+    (``npool.jax._ffi``), or through ``jax.pure_callback`` where the handler is unavailable."""
+    if _ffi.available():
+        return tuple(_ffi.call(target, structs, *_same_variance(arrays),
+                               vmap_method=vmap_method))
+    return tuple(jax.pure_callback(_host(target), structs, *arrays, vmap_method=vmap_method))
 
 
 # ------------------------------------------------------------------ one call per shard
@@ -210,6 +223,19 @@ def _to_varying(a, axes):
     return jax.lax.pvary(a, axes)  # its earlier name
 
 
+def _same_variance(arrays):
+    """Inside ``shard_map``: every array typed as varying over the manual axes any of them
+    varies over (an FFI call needs its operands to agree)."""
+    axes = set().union(*(_varying_axes(a) for a in arrays))
+    if not axes:
+        return arrays
+    cast = []
+    for a in arrays:
+        missing = tuple(sorted(axes - _varying_axes(a)))
+        cast.append(_to_varying(a, missing) if missing else a)
+    return tuple(cast)
+
+
 def _vary_like(results, arrays):
     """Inside ``shard_map``: the callback's results typed as varying over the manual axes its
     arguments vary over (a callback's results are typed invariant; a gradient must have its
@@ -225,7 +251,7 @@ def _vary_like(results, arrays):
 
 
 def _callback(target, structs, arrays, batched_in, batched_out, vmap_method):
-    """``target`` (NumPy arrays -> a tuple of arrays) through ``jax.pure_callback``, run once
+    """``target`` (NumPy arrays -> a tuple of arrays) run by ``_kernel_call`` once
     per shard of the batch axis where the arrays are spread over several devices, so the
     results keep the batch's sharding and nothing is gathered. ``structs``: the results'
     ``ShapeDtypeStruct``s for the whole batch; ``batched_in``/``batched_out``: which arrays and
@@ -236,8 +262,8 @@ def _callback(target, structs, arrays, batched_in, batched_out, vmap_method):
         local_structs = tuple(
             _struct((batch,) + tuple(s.shape[1:]), s.dtype) if b and batch is not None else s
             for s, b in zip(structs, batched_out))
-        results = jax.pure_callback(target, local_structs, *local, vmap_method=vmap_method)
-        return _vary_like(tuple(results), local)
+        results = _kernel_call(target, local_structs, local, vmap_method)
+        return _vary_like(results, local)
 
     first = next((a for a, b in zip(arrays, batched_in) if b), None)
     layout = _batch_axes(first) if first is not None else None
@@ -305,7 +331,7 @@ def _kernel_op(forward, backward, differentiable, fold, decomposed, residuals=0,
     def kernel_forward(*arrays):
         structs = forward.shapes(*arrays)
         target = _fold(forward, [a.ndim for a in arrays]) if fold else forward
-        return _callback(_host(target), structs, arrays, batched, (True,) * len(structs),
+        return _callback(target, structs, arrays, batched, (True,) * len(structs),
                          method)
 
     @kernel_forward.defjvp
@@ -328,7 +354,7 @@ def _kernel_op(forward, backward, differentiable, fold, decomposed, residuals=0,
         args = (g,) + tuple(arrays_and_saved)
         target = _fold(backward, [a.ndim for a in args]) if fold else backward
         batched_args = (True,) + batched + (True,) * (len(args) - 1 - len(batched))
-        return _callback(_host(target), structs, args, batched_args,
+        return _callback(target, structs, args, batched_args,
                          tuple(batched[i] for i in wrt), method)
 
     @kernel_backward.defjvp
@@ -364,15 +390,20 @@ def _kernel_op(forward, backward, differentiable, fold, decomposed, residuals=0,
 
 
 class _Numpy:
-    """A NumPy function with the shapes of its results: ``shapes(*jax arrays)`` gives their
-    ``jax.ShapeDtypeStruct``s."""
+    """A NumPy function ``function(*arrays, out=None) -> tuple of results`` (``out``: None or
+    one destination array per result, which it may write into or ignore) with the shapes of
+    its results: ``shapes(*jax arrays)`` gives their ``jax.ShapeDtypeStruct``s. It must close
+    over static values only (``_ffi.target_key``)."""
 
     def __init__(self, function, shapes):
         self.function = function
         self.shapes = shapes
 
-    def __call__(self, *arrays):
-        return self.function(*arrays)
+    def __call__(self, *arrays, out=None):
+        return self.function(*arrays, out=out)
+
+    def kernel_target_key(self, depth):
+        return _ffi._describe(self.function, depth)
 
 
 def _struct(shape, dtype):
@@ -394,6 +425,12 @@ def _to_npool(a, last):
 
 def _from_npool(a, last):
     return np.moveaxis(a, 1, -1) if last else a
+
+
+def _out(out, index, last):
+    """The ``index``-th destination of ``out=`` (None or a tuple of arrays in JAX's order) as
+    npool's view (no copy), for the core functions' own ``out=``."""
+    return None if out is None else _to_npool(out[index], last)
 
 
 def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format):
@@ -443,30 +480,34 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
         if lam is None:  # SoftPool's own entry points (no dL/dlam to compute)
             soft_forward, soft_backward = core_functions(f"soft_pool{nd}d")
 
-            def pool_forward(xa):
-                return soft_forward(_to_npool(xa, last), *args)
+            def pool_forward(xa, out):
+                return soft_forward(_to_npool(xa, last), *args, out=out)
 
-            def pool_backward(g, xa):
-                return soft_backward(_to_npool(g, last), _to_npool(xa, last), *args)
+            def pool_backward(g, xa, out):
+                return soft_backward(_to_npool(g, last), _to_npool(xa, last), *args, out=out)
         else:
-            def pool_forward(xa):
-                return forward_core(_to_npool(xa, last), lam_value, *args)
+            def pool_forward(xa, out):
+                return forward_core(_to_npool(xa, last), lam_value, *args, out=out)
 
-            def pool_backward(g, xa):
+            def pool_backward(g, xa, out):
                 return backward_core(_to_npool(g, last), _to_npool(xa, last), lam_value,
-                                     *args)[0]
+                                     *args, out=(out, None))[0]
 
-        forward = _Numpy(lambda xa: (_from_npool(pool_forward(xa), last),),
+        forward = _Numpy(lambda xa, out: (_from_npool(pool_forward(xa, _out(out, 0, last)),
+                                                      last),),
                          lambda x: (_struct(out_shape, x.dtype),))
-        backward = _Numpy(lambda g, xa: (_from_npool(pool_backward(g, xa), last),), None)
+        backward = _Numpy(lambda g, xa, out: (
+            _from_npool(pool_backward(g, xa, _out(out, 0, last)), last),), None)
         return _kernel_op(forward, backward, (True,), fold=True,
                           decomposed=decomposed_scalar)(x)
 
-    def maxent_forward(xa, la):
-        return (_from_npool(forward_core(_to_npool(xa, last), la, *args), last),)
+    def maxent_forward(xa, la, out):
+        return (_from_npool(forward_core(_to_npool(xa, last), la, *args,
+                                         out=_out(out, 0, last)), last),)
 
-    def maxent_backward(g, xa, la):
-        grad_x, grad_lam = backward_core(_to_npool(g, last), _to_npool(xa, last), la, *args)
+    def maxent_backward(g, xa, la, out):
+        grad_x, grad_lam = backward_core(_to_npool(g, last), _to_npool(xa, last), la, *args,
+                                         out=(_out(out, 0, last), _out(out, 1, False)))
         return _from_npool(grad_x, last), np.asarray(grad_lam).reshape(la.shape)
 
     forward = _Numpy(maxent_forward, lambda x, la: (_struct(out_shape, x.dtype),))
@@ -637,7 +678,7 @@ def _global_pool(name, x, keepdims, data_format, selects, options, portable):
     # (uint32 (N, C, 4)), which JAX keeps whether or not x64 is enabled
     keeps_stats = name == "global_lse_pool"
 
-    def pool_forward(xa):
+    def pool_forward(xa, out):  # y, indices, statistics: small, copied into out
         result = forward_core(_to_npool(xa, last), keepdims=keepdims,
                               **({"return_indices": True} if selects else {}),
                               **({"return_stats": True} if keeps_stats else {}), **options)
@@ -651,7 +692,7 @@ def _global_pool(name, x, keepdims, data_format, selects, options, portable):
             index = shape_back(index)
         return shape_back(y), index.astype(index_dtype, copy=False)
 
-    def pool_backward(g, xa, *index):
+    def pool_backward(g, xa, *index, out):
         if index and name == "global_max_pool" and last and keepdims:
             index = (np.moveaxis(index[0], -1, 1),)
         if keeps_stats:
@@ -660,7 +701,7 @@ def _global_pool(name, x, keepdims, data_format, selects, options, portable):
             extra = {"indices": index[0].astype(np.int64, copy=False)} if index else {}
         g_npool = np.moveaxis(g, -1, 1) if last and keepdims else g
         return (_from_npool(backward_core(g_npool, _to_npool(xa, last), keepdims=keepdims,
-                                          **options, **extra), last),)
+                                          **options, **extra, out=_out(out, 0, last)), last),)
 
     def shapes(x):
         structs = (_struct(out_shape, x.dtype),)
@@ -843,14 +884,14 @@ def _gem_pool(x, p, eps, keepdims, data_format):
     if not uses_kernels():
         return decomposed(x, p)
 
-    def gem_forward(xa, pa):
+    def gem_forward(xa, pa, out):  # y: small, copied into out
         y = npool.global_gem_pool_forward(_to_npool(xa, last), pa, eps, keepdims)
         return (np.moveaxis(y, 1, -1) if last and keepdims else y,)
 
-    def gem_backward(g, xa, pa):
+    def gem_backward(g, xa, pa, out):
         g_npool = np.moveaxis(g, -1, 1) if last and keepdims else g
         grad_x, grad_p = npool.global_gem_pool_backward(g_npool, _to_npool(xa, last), pa, eps,
-                                                        keepdims)
+                                                        keepdims, out=(_out(out, 0, last), None))
         return _from_npool(grad_x, last), np.asarray(grad_p, pa.dtype).reshape(pa.shape)
 
     forward = _Numpy(gem_forward, lambda x, p: (_struct(out_shape, x.dtype),))
@@ -961,16 +1002,18 @@ def _set_op(name, arrays, mask, out_shape, portable, fold=False):
     batched = [name != "context_gating" or arrays[0].ndim > 1] + [
         array_name == "assign" for array_name in names[1:]]
 
+    takes_mask = mask is not False  # (the targets close over static values only)
+
     def keywords(values):
-        if mask is False:
+        if not takes_mask:
             return {}
         return {"mask": values[n] if has_mask else None}
 
-    def set_forward(*values):
-        return (forward_core(*values[:n], **keywords(values)),)
+    def set_forward(*values, out):
+        return (forward_core(*values[:n], **keywords(values), out=out),)
 
-    def set_backward(g, *values):
-        grads = backward_core(g, *values[:n], **keywords(values))
+    def set_backward(g, *values, out):
+        grads = backward_core(g, *values[:n], **keywords(values), out=out)
         return grads if isinstance(grads, tuple) else (grads,)
 
     op = _kernel_op(_Numpy(set_forward, lambda *a: (_struct(out_shape(a[0]), dtype),)),

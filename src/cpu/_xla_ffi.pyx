@@ -1,0 +1,206 @@
+# cython: language_level=3
+"""npool's handler for XLA's foreign function interface (``jax.ffi``), CPU platform.
+
+XLA calls :c:func:`npool_xla_handler` with its own buffers (no copies) when a jitted JAX
+program reaches an ``ffi_call`` of npool's target. The handler wraps each buffer as
+``(address, XLA dtype code, shape)``, takes the GIL and calls the Python function given to
+:func:`set_dispatch` with ``(inputs, results, attributes)``; that function (``npool.jax._ffi``)
+runs npool's kernels over NumPy views of the buffers, writing the results in place. A Python
+exception becomes an XLA error carrying its message (JAX raises it as a runtime error).
+
+Built against the vendored C API header only (``src/third_party/xla``): building npool needs no
+jax, and importing this module imports nothing of jax.
+"""
+from cpython.pycapsule cimport PyCapsule_New
+from libc.stdint cimport int64_t, uint8_t
+
+cdef extern from "xla/ffi/api/c_api.h":
+    int XLA_FFI_API_MAJOR
+    int XLA_FFI_API_MINOR
+
+    ctypedef enum XLA_FFI_Extension_Type:
+        XLA_FFI_Extension_Metadata
+
+    ctypedef struct XLA_FFI_Extension_Base:
+        size_t struct_size
+        XLA_FFI_Extension_Type type
+
+    ctypedef struct XLA_FFI_Api_Version:
+        size_t struct_size
+        XLA_FFI_Extension_Base* extension_start
+        int major_version
+        int minor_version
+
+    ctypedef unsigned int XLA_FFI_Handler_Traits
+
+    ctypedef struct XLA_FFI_Metadata:
+        size_t struct_size
+        XLA_FFI_Api_Version api_version
+        XLA_FFI_Handler_Traits traits
+
+    ctypedef struct XLA_FFI_Metadata_Extension:
+        XLA_FFI_Extension_Base extension_base
+        XLA_FFI_Metadata* metadata
+
+    ctypedef struct XLA_FFI_Error
+
+    ctypedef enum XLA_FFI_Error_Code:
+        XLA_FFI_Error_Code_INVALID_ARGUMENT
+        XLA_FFI_Error_Code_INTERNAL
+
+    ctypedef struct XLA_FFI_Error_Create_Args:
+        size_t struct_size
+        XLA_FFI_Extension_Base* extension_start
+        const char* message
+        XLA_FFI_Error_Code errc
+
+    size_t XLA_FFI_Error_Create_Args_STRUCT_SIZE
+    size_t XLA_FFI_CallFrame_STRUCT_SIZE
+    size_t XLA_FFI_Metadata_STRUCT_SIZE
+    size_t XLA_FFI_Metadata_Extension_STRUCT_SIZE
+    size_t XLA_FFI_Api_Version_STRUCT_SIZE
+
+    ctypedef XLA_FFI_Error* (*XLA_FFI_Error_Create_Fn "XLA_FFI_Error_Create*")(
+        XLA_FFI_Error_Create_Args* args) noexcept nogil
+
+    ctypedef struct XLA_FFI_Api:
+        size_t struct_size
+        XLA_FFI_Error_Create_Fn XLA_FFI_Error_Create
+
+    ctypedef enum XLA_FFI_DataType:
+        pass
+
+    ctypedef struct XLA_FFI_Buffer:
+        size_t struct_size
+        XLA_FFI_DataType dtype
+        void* data
+        int64_t rank
+        int64_t* dims
+
+    ctypedef enum XLA_FFI_ArgType:
+        XLA_FFI_ArgType_BUFFER
+
+    ctypedef enum XLA_FFI_RetType:
+        XLA_FFI_RetType_BUFFER
+
+    ctypedef enum XLA_FFI_AttrType:
+        XLA_FFI_AttrType_STRING
+
+    ctypedef struct XLA_FFI_ByteSpan:
+        const char* ptr
+        size_t len
+
+    ctypedef struct XLA_FFI_Args:
+        int64_t size
+        XLA_FFI_ArgType* types
+        void** args
+
+    ctypedef struct XLA_FFI_Rets:
+        int64_t size
+        XLA_FFI_RetType* types
+        void** rets
+
+    ctypedef struct XLA_FFI_Attrs:
+        int64_t size
+        XLA_FFI_AttrType* types
+        XLA_FFI_ByteSpan** names
+        void** attrs
+
+    ctypedef enum XLA_FFI_ExecutionStage:
+        XLA_FFI_ExecutionStage_EXECUTE
+
+    ctypedef struct XLA_FFI_CallFrame:
+        size_t struct_size
+        XLA_FFI_Extension_Base* extension_start
+        const XLA_FFI_Api* api
+        XLA_FFI_ExecutionStage stage
+        XLA_FFI_Args args
+        XLA_FFI_Rets rets
+        XLA_FFI_Attrs attrs
+
+
+API_VERSION = (XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR)  # of the header this module was built with
+
+cdef object _dispatch = None
+
+
+def set_dispatch(function):
+    """Make ``function(inputs, results, attributes)`` the Python side of the handler: inputs
+    and results are lists of ``(address, XLA dtype code, shape)``, attributes a dict of the
+    call's string attributes."""
+    global _dispatch
+    _dispatch = function
+
+
+def handler():
+    """The handler as a ``PyCapsule`` for ``jax.ffi.register_ffi_target``."""
+    return PyCapsule_New(<void*>npool_xla_handler, NULL, NULL)
+
+
+cdef XLA_FFI_Error* _error(const XLA_FFI_Api* api, XLA_FFI_Error_Code code,
+                           const char* message) noexcept nogil:
+    cdef XLA_FFI_Error_Create_Args args
+    args.struct_size = XLA_FFI_Error_Create_Args_STRUCT_SIZE
+    args.extension_start = NULL
+    args.message = message  # copied by XLA
+    args.errc = code
+    return api.XLA_FFI_Error_Create(&args)
+
+
+cdef list _buffers(void** pointers, int64_t size):
+    cdef XLA_FFI_Buffer* buffer
+    cdef list buffers = []
+    for i in range(size):
+        buffer = <XLA_FFI_Buffer*>pointers[i]
+        buffers.append((<size_t>buffer.data, <int>buffer.dtype,
+                        tuple([buffer.dims[d] for d in range(buffer.rank)])))
+    return buffers
+
+
+cdef XLA_FFI_Error* _call(XLA_FFI_CallFrame* frame) noexcept with gil:
+    cdef XLA_FFI_ByteSpan* span
+    cdef bytes message
+    try:
+        for i in range(frame.args.size):
+            if frame.args.types[i] != XLA_FFI_ArgType_BUFFER:
+                raise TypeError(f"argument {i} is not a buffer")
+        for i in range(frame.rets.size):
+            if frame.rets.types[i] != XLA_FFI_RetType_BUFFER:
+                raise TypeError(f"result {i} is not a buffer")
+        attributes = {}
+        for i in range(frame.attrs.size):
+            if frame.attrs.types[i] != XLA_FFI_AttrType_STRING:
+                raise TypeError("npool's FFI target takes string attributes only")
+            span = frame.attrs.names[i]
+            name = span.ptr[:span.len].decode()
+            span = <XLA_FFI_ByteSpan*>frame.attrs.attrs[i]
+            attributes[name] = span.ptr[:span.len].decode()
+        if _dispatch is None:
+            raise RuntimeError("npool.jax's dispatch is not set (import npool.jax first)")
+        _dispatch(_buffers(frame.args.args, frame.args.size),
+                  _buffers(frame.rets.rets, frame.rets.size), attributes)
+        return NULL
+    except BaseException as error:
+        message = f"npool: {type(error).__name__}: {error}".encode("utf-8", "replace")
+        return _error(frame.api, XLA_FFI_Error_Code_INTERNAL, message)
+
+
+cdef XLA_FFI_Error* npool_xla_handler(XLA_FFI_CallFrame* frame) noexcept nogil:
+    cdef XLA_FFI_Metadata_Extension* extension
+    if frame.extension_start != NULL and \
+            frame.extension_start.type == XLA_FFI_Extension_Metadata:
+        # XLA asks which FFI API the handler was built for (and its traits: none)
+        extension = <XLA_FFI_Metadata_Extension*>frame.extension_start
+        extension.metadata.api_version.struct_size = XLA_FFI_Api_Version_STRUCT_SIZE
+        extension.metadata.api_version.extension_start = NULL
+        extension.metadata.api_version.major_version = XLA_FFI_API_MAJOR
+        extension.metadata.api_version.minor_version = XLA_FFI_API_MINOR
+        extension.metadata.traits = 0
+        return NULL
+    if frame.struct_size < XLA_FFI_CallFrame_STRUCT_SIZE:
+        return _error(frame.api, XLA_FFI_Error_Code_INVALID_ARGUMENT,
+                      b"npool: XLA's call frame is older than the FFI API npool was built for")
+    if frame.stage != XLA_FFI_ExecutionStage_EXECUTE:
+        return _error(frame.api, XLA_FFI_Error_Code_INVALID_ARGUMENT,
+                      b"npool: the handler runs at the execute stage only")
+    return _call(frame)

@@ -1,0 +1,151 @@
+"""npool's kernels inside jitted JAX programs through XLA's foreign function interface.
+
+``call(target, structs, *arrays, vmap_method=...)`` is ``jax.pure_callback``'s contract
+without its copies: XLA calls npool's handler (``npool._cpu._xla_ffi``, compiled C) with its
+own buffers; the handler passes their addresses here, where ``target`` runs over NumPy views of
+them - the inputs read-only, the results written in place (``target`` takes ``out=``, one
+array per result, and what it returns elsewhere is copied in).
+
+The HLO holds a string attribute naming ``target``: a key built from its code and the values it
+closes over (``target_key``), so that equal calls compile once (``jax.jit``'s cache keys on
+it) and a key always means one behaviour. Targets are kept by key for the life of the process
+(as many as distinct static configurations were traced).
+
+Where the handler cannot be registered (an npool built without it, or a jaxlib whose FFI API
+version differs from the header npool was built with), ``available()`` is False and npool.jax
+goes through ``jax.pure_callback`` (copies, same results).
+"""
+import hashlib
+import threading
+import types
+import warnings
+
+import jax
+import ml_dtypes
+import numpy as np
+
+TARGET = "npool_cpu_kernels"
+
+# XLA's primitive type codes (xla_data.proto; XLA_FFI_DataType) -> NumPy dtypes
+_DTYPES = {1: np.dtype(np.bool_), 2: np.dtype(np.int8), 3: np.dtype(np.int16),
+           4: np.dtype(np.int32), 5: np.dtype(np.int64), 6: np.dtype(np.uint8),
+           7: np.dtype(np.uint16), 8: np.dtype(np.uint32), 9: np.dtype(np.uint64),
+           10: np.dtype(np.float16), 11: np.dtype(np.float32), 12: np.dtype(np.float64),
+           16: np.dtype(ml_dtypes.bfloat16)}
+
+_targets: dict = {}
+_lock = threading.Lock()
+_registration: dict = {}
+
+
+class _Memory:
+    """A buffer of XLA's as NumPy's array interface (no copy)."""
+
+    def __init__(self, address, dtype, shape, readonly):
+        # bfloat16 has no array-interface type string: the bits as uint16, viewed back after
+        typestr = "<u2" if dtype == _DTYPES[16] else dtype.str
+        self.__array_interface__ = {"data": (address, readonly), "shape": shape,
+                                    "typestr": typestr, "version": 3}
+
+
+def _array(buffer, readonly):
+    address, code, shape = buffer
+    dtype = _DTYPES.get(code)
+    if dtype is None:
+        raise TypeError(f"XLA dtype code {code} has no NumPy dtype here")
+    if address == 0 or 0 in shape:  # an empty buffer may have no address
+        return np.zeros(shape, dtype)
+    array = np.asarray(_Memory(address, dtype, shape, readonly))
+    return array.view(dtype) if array.dtype != dtype else array
+
+
+def _dispatch(inputs, results, attributes):
+    target = _targets[attributes["call"]]
+    arrays = [_array(b, readonly=True) for b in inputs]
+    outs = tuple(_array(b, readonly=False) for b in results)
+    returned = target(*arrays, out=outs)
+    for value, out in zip(returned, outs):
+        if out.size and not _same_memory(value, out):
+            np.copyto(out, value, casting="unsafe")
+
+
+def _same_memory(a, b):
+    a = np.asarray(a)
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and
+            a.shape == b.shape and a.strides == b.strides)
+
+
+def available():
+    """Whether npool's FFI handler is registered with JAX's CPU backend (registering it on the
+    first call). False, with a warning once, where it cannot be."""
+    with _lock:
+        if "ok" not in _registration:
+            _registration["ok"] = _register()
+        return _registration["ok"]
+
+
+def _register():
+    try:
+        from .._cpu import _xla_ffi
+    except ImportError as error:  # an npool built before the handler existed
+        warnings.warn(f"npool.jax: npool's XLA FFI handler is missing ({error}); the kernels "
+                      f"run through jax.pure_callback (copies)", RuntimeWarning, stacklevel=3)
+        return False
+    _xla_ffi.set_dispatch(_dispatch)
+    try:
+        jax.ffi.register_ffi_target(TARGET, _xla_ffi.handler(), platform="cpu")
+    except Exception as error:  # e.g. a jaxlib of another FFI API version
+        major, minor = _xla_ffi.API_VERSION
+        warnings.warn(f"npool.jax: registering npool's XLA FFI handler (built for XLA FFI API "
+                      f"{major}.{minor}) failed: {error}; the kernels run through "
+                      f"jax.pure_callback (copies)", RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
+def call(target, structs, *arrays, vmap_method):
+    """``target(*numpy arrays, out=tuple of result arrays) -> results`` called inside the JAX
+    program on XLA's buffers; ``structs``: the results' ``jax.ShapeDtypeStruct``s."""
+    key = target_key(target)
+    with _lock:
+        _targets.setdefault(key, target)
+    return jax.ffi.ffi_call(TARGET, tuple(structs), vmap_method=vmap_method)(*arrays, call=key)
+
+
+# ------------------------------------------------------------------ keys
+_PLAIN = (type(None), bool, int, float, str, bytes, np.dtype, type)
+
+
+def target_key(function):
+    """A string that determines what ``function`` does: its name and a digest of its code's
+    place in the source and, recursively, of the values it closes over (numbers, strings,
+    dtypes, tuples, dicts, other functions; a module-level function by its name). TypeError for
+    a captured value with no such description (an array, a tracer): a target must close over
+    static values only."""
+    description = repr(_describe(function, 0))
+    name = getattr(function, "__qualname__", type(function).__name__)
+    return f"{name}#{hashlib.sha256(description.encode()).hexdigest()[:24]}"
+
+
+def _describe(value, depth):
+    if depth > 20:
+        raise TypeError("npool.jax: a kernel target's closure is nested too deeply to key")
+    if isinstance(value, _PLAIN) or isinstance(value, np.generic):
+        return (type(value).__name__, repr(value))
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__,) + tuple(_describe(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return ("dict",) + tuple((k, _describe(v, depth + 1)) for k, v in sorted(value.items()))
+    if isinstance(value, types.FunctionType):
+        code = value.__code__
+        cells = tuple(_describe(c.cell_contents, depth + 1) for c in value.__closure__ or ())
+        defaults = _describe(value.__defaults__ or (), depth + 1)
+        return ("function", value.__module__, code.co_qualname if hasattr(code, "co_qualname")
+                else value.__qualname__, code.co_firstlineno, cells, defaults)
+    if isinstance(value, types.BuiltinFunctionType) or \
+            type(value).__name__ == "cython_function_or_method":
+        return ("builtin", getattr(value, "__module__", None), value.__qualname__)
+    if hasattr(value, "kernel_target_key"):  # an object that describes itself
+        return ("object", value.kernel_target_key(depth + 1))
+    raise TypeError(f"npool.jax: a kernel target closes over a {type(value).__name__}, which "
+                    f"has no static description")
