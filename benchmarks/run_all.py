@@ -11,6 +11,8 @@ bench_global.py, bench_netvlad.py, whose own reports say more):
   Max-Ent 2x2/2       vs its PyTorch composite (compiled ones with --compiled); both layouts
   global pools        vs topk / logsumexp / adaptive_max_pool2d / mean; two shapes
   NetVLAD             the pool and the LOUPE layer vs the same in plain PyTorch
+  npool.jax           bench_jax.py: jitted, through XLA's FFI, vs the core on the same arrays,
+                      pure_callback, XLA's composite, reduce_window max pooling (with jax)
   issue 28's targets  bench_targets.py: SoftPool and Max-Ent (2x2/2, 3x3/2 padding 1, both
                       layouts) against the copy, max_pool2d and the compiled composite, other
                       windows against max_pool1d/2d/3d, the trailing global pools; each
@@ -175,6 +177,30 @@ def netvlad(summary, opts):
     summary.add("NetVLAD", f"(B, M, D) = {(b, m, d)}, K = {k}", ms, pairs)
 
 
+def jax_adapter(summary, opts):
+    """npool.jax (jitted, the kernels through XLA's FFI) against the core on the same arrays,
+    the route before it (pure_callback), XLA's composite and reduce_window max pooling
+    (bench_jax.py); skipped without jax."""
+    try:
+        import bench_jax
+    except ImportError as error:
+        _progress(f"npool.jax: skipped ({error})")
+        return
+    anchors = (("core (NumPy)", "core"), ("pure_callback", "pure_callback"),
+               ("XLA composite", "composite"))
+    for family, setting, names, ms in bench_jax.measure(opts.repeats, opts.quick, _progress):
+        pairs = []
+        for name in names:
+            for kind in ("fwd", "grad"):
+                for anchor, route in anchors:
+                    pairs.append((f"{name} {kind}", f"{name} ffi {kind}", anchor,
+                                  f"{name} {route} {kind}"))
+                if f"reduce_window max {kind}" in ms:
+                    pairs.append((f"{name} {kind}", f"{name} ffi {kind}", "reduce_window max",
+                                  f"reduce_window max {kind}"))
+        summary.add(f"npool.jax {family}", setting, ms, pairs)
+
+
 def targets(opts):
     """Issue 28's targets (bench_targets.py), as the lines of a met/missed report."""
     import bench_targets
@@ -203,6 +229,7 @@ def main(argv=None):
     maxent(summary, opts, torch, F)
     global_pools(summary, opts)
     netvlad(summary, opts)
+    jax_adapter(summary, opts)
     target_lines = targets(opts)
     header = [f"# npool benchmark summary, {datetime.datetime.now():%Y-%m-%d %H:%M}",
               "",

@@ -2,7 +2,9 @@
 dependency, ``pip install npool[jax]``).
 
 On the CPU each op is a ``jax.custom_vjp`` whose forward and backward call npool's kernels
-through ``jax.pure_callback``: they work under ``jax.jit``, ``jax.grad``/``jax.vjp``/
+through XLA's foreign function interface (``jax.ffi``: npool's handler runs the kernels on
+XLA's own buffers, no copies; ``jax.pure_callback`` where the handler cannot be registered):
+they work under ``jax.jit``, ``jax.grad``/``jax.vjp``/
 ``jax.value_and_grad`` and ``jax.vmap`` (the pools fold vmapped axes into their batch axis, one
 kernel call; ops with parameters run once per vmapped element), in forward mode and to second
 order (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``: the portable decomposition's tangents of
@@ -13,7 +15,7 @@ float64 (``jax_enable_x64``). The local and global pools take JAX's and Flax's a
 take LOUPE's ``(B, M, D)``.
 
 Where the kernels cannot run - a GPU or TPU backend (npool does not hand JAX's device buffers
-to its CUDA kernels yet: JAX has no zero-copy route from ``pure_callback`` to them), or a graph
+to its CUDA kernels yet), or a graph
 that must stand alone (``jax.export``) inside ``npool.jax.portable()`` - the ops are built from
 npool's portable decomposition (``npool/_decompositions.py``) into standard JAX operations, which JAX
 differentiates itself: never a silent copy to the host. This module holds no math.

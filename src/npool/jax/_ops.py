@@ -1,5 +1,5 @@
-"""npool's ops as JAX functions: ``jax.custom_vjp`` over npool's kernels (through
-``jax.pure_callback``) on the CPU, npool's portable decomposition (``npool/_decompositions.py``)
+"""npool's ops as JAX functions: ``jax.custom_vjp`` over npool's kernels (through XLA's FFI,
+``_ffi.py``; ``jax.pure_callback`` where it is unavailable) on the CPU, npool's portable decomposition (``npool/_decompositions.py``)
 elsewhere. This module holds no math of its own."""
 import contextlib
 import math
