@@ -2,6 +2,7 @@
 the handler src/cpu/_xla_ffi.pyx). The values, gradients and transforms of every op through
 this route are tests/test_jax.py's and tests/test_conformance.py's; here: that the route is
 taken, writes in place, falls back, reports errors, keys its targets and survives threads."""
+import pathlib
 import re
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def test_the_fallback_through_pure_callback_gives_the_same_bits(name, monkeypatc
     fn, arrays = OPS[name]
     y, grads = fn(*arrays), _grad(fn, arrays)(*arrays)
     monkeypatch.setattr(_ffi, "available", lambda: False)
-    text = jax.jit(fn).lower(*arrays).as_text()
+    text = jax.jit(lambda *a: fn(*a)).lower(*arrays).as_text()  # a new trace
     assert "npool_cpu_kernels" not in text and "callback" in text
     y_cb, grads_cb = fn(*arrays), _grad(fn, arrays)(*arrays)
     np.testing.assert_array_equal(np.asarray(y_cb), np.asarray(y))
@@ -184,3 +185,36 @@ def test_the_handler_module_imports_nothing_of_jax():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_handler_jax_refuses_falls_back_to_pure_callback_with_a_warning(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise ValueError("the hander's API version (0.3) is incompatible with the framework's "
+                         "API version (0.4)")
+
+    monkeypatch.setattr(jax.ffi, "register_ffi_target", refuse)
+    monkeypatch.setattr(_ffi, "_registration", {})
+    with pytest.warns(RuntimeWarning, match="XLA FFI API .*pure_callback"):
+        assert not _ffi.available()
+    text = jax.jit(lambda v: nj.soft_pool2d(v, 2)).lower(X).as_text()
+    assert "npool_cpu_kernels" not in text and "callback" in text
+    np.testing.assert_array_equal(np.asarray(nj.soft_pool2d(X, 2)),
+                                  np.moveaxis(npool.soft_pool2d_forward(
+                                      np.moveaxis(X, -1, 1), 2), 1, -1))
+
+
+def test_large_result_buffers_get_huge_page_advice():
+    """XLA's fresh result buffers fault 4 KiB pages one by one on first write (25,000 faults per
+    100 MB); npool advises huge pages before its kernels write them, as NumPy does for its own
+    arrays. The advice covers only the 2 MiB-aligned part of a buffer."""
+    import mmap
+    from npool._cpu import _xla_ffi
+    setting = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not sys.platform.startswith("linux") or not setting.exists() or \
+            "[never]" in setting.read_text():
+        pytest.skip("no transparent huge pages here")
+    memory = mmap.mmap(-1, 8 << 20)
+    address = np.frombuffer(memory, np.uint8).__array_interface__["data"][0]
+    assert _xla_ffi.advise_huge_pages(address, 8 << 20)
+    assert not _xla_ffi.advise_huge_pages(address + 1, 1 << 20)  # no whole huge page inside
+    assert _ffi.HUGE_PAGE_MIN_BYTES == 4 << 20

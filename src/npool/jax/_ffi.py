@@ -33,6 +33,7 @@ _DTYPES = {1: np.dtype(np.bool_), 2: np.dtype(np.int8), 3: np.dtype(np.int16),
            10: np.dtype(np.float16), 11: np.dtype(np.float32), 12: np.dtype(np.float64),
            16: np.dtype(ml_dtypes.bfloat16)}
 
+_handler = None  # npool._cpu._xla_ffi, once registered
 _targets: dict = {}
 _lock = threading.Lock()
 _registration: dict = {}
@@ -59,10 +60,18 @@ def _array(buffer, readonly):
     return array.view(dtype) if array.dtype != dtype else array
 
 
+# Result buffers this large get transparent huge pages before the kernels first write them
+# (NumPy's threshold for its own arrays: 4 MiB)
+HUGE_PAGE_MIN_BYTES = 4 << 20
+
+
 def _dispatch(inputs, results, attributes):
     target = _targets[attributes["call"]]
     arrays = [_array(b, readonly=True) for b in inputs]
     outs = tuple(_array(b, readonly=False) for b in results)
+    for out in outs:
+        if out.nbytes >= HUGE_PAGE_MIN_BYTES:
+            _handler.advise_huge_pages(out.__array_interface__["data"][0], out.nbytes)
     returned = target(*arrays, out=outs)
     for value, out in zip(returned, outs):
         if out.size and not _same_memory(value, out):
@@ -91,6 +100,8 @@ def _register():
         warnings.warn(f"npool.jax: npool's XLA FFI handler is missing ({error}); the kernels "
                       f"run through jax.pure_callback (copies)", RuntimeWarning, stacklevel=3)
         return False
+    global _handler
+    _handler = _xla_ffi
     _xla_ffi.set_dispatch(_dispatch)
     try:
         jax.ffi.register_ffi_target(TARGET, _xla_ffi.handler(), platform="cpu")
