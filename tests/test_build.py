@@ -64,6 +64,7 @@ def test_demo_runs():
                     "3. Speed", "More:"):
         assert section in out.stdout, section
     assert "faster" in out.stdout
+    assert "through XLA's FFI (handler built for XLA FFI API " in out.stdout
     psnr = {line.split()[0]: float(line.split()[-2]) for line in out.stdout.splitlines()
             if line.strip().endswith(" dB")}
     assert psnr["SoftPool"] > psnr["max"]  # SoftPool keeps more of the image than max pooling

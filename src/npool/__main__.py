@@ -47,6 +47,12 @@ def header():
           f"{npool.get_num_threads()} threads; CUDA fatbin "
           f"{'(' + _build_info.cuda_archs + ')' if fatbin else 'not built'}, GPU "
           f"{'available' if npool.cuda_available() else 'none'}.")
+    try:  # npool.jax's route to the kernels (the handler module imports nothing of jax)
+        from npool._cpu import _xla_ffi
+        print(f"npool.jax: the kernels inside jitted programs through XLA's FFI (handler built "
+              f"for XLA FFI API {'.'.join(map(str, _xla_ffi.API_VERSION))}).")
+    except ImportError:
+        print("npool.jax: no XLA FFI handler in this build (jax.pure_callback instead).")
     installed = [(name, importlib.util.find_spec(module) is not None, adapter)
                  for name, module, adapter in FRAMEWORKS]
     print("\nOps (NumPy core: npool.<op>_forward / _backward; every adapter has them all):")
