@@ -144,6 +144,22 @@ cdef extern from *:
 
 
 API_VERSION = (XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR)  # of the header this module was built with
+# The oldest FFI API version whose structs the handler reads (the call frame, arguments,
+# results, attributes, buffers, Error_Create, the metadata extension) as they are in
+# API_VERSION: checked against jaxlib 0.8.0's header (API 0.1)
+OLDEST_API_VERSION = (0, 1)
+
+cdef int _reported_minor = XLA_FFI_API_MINOR
+
+
+def report_api_minor(int minor):
+    """The FFI API minor version the handler tells XLA it was built for (XLA refuses handlers
+    of versions it does not support): between OLDEST_API_VERSION's and API_VERSION's."""
+    global _reported_minor
+    if not OLDEST_API_VERSION[1] <= minor <= XLA_FFI_API_MINOR:
+        raise ValueError(f"minor must be in [{OLDEST_API_VERSION[1]}, {XLA_FFI_API_MINOR}], "
+                         f"got {minor}")
+    _reported_minor = minor
 
 
 def advise_huge_pages(size_t address, size_t size):
@@ -226,7 +242,7 @@ cdef XLA_FFI_Error* npool_xla_handler(XLA_FFI_CallFrame* frame) noexcept nogil:
         extension.metadata.api_version.struct_size = XLA_FFI_Api_Version_STRUCT_SIZE
         extension.metadata.api_version.extension_start = NULL
         extension.metadata.api_version.major_version = XLA_FFI_API_MAJOR
-        extension.metadata.api_version.minor_version = XLA_FFI_API_MINOR
+        extension.metadata.api_version.minor_version = _reported_minor
         extension.metadata.traits = 0
         return NULL
     if frame.struct_size < XLA_FFI_CallFrame_STRUCT_SIZE:

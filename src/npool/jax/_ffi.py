@@ -11,9 +11,10 @@ closes over (``target_key``), so that equal calls compile once (``jax.jit``'s ca
 it) and a key always means one behaviour. Targets are kept by key for the life of the process
 (as many as distinct static configurations were traced).
 
-Where the handler cannot be registered (an npool built without it, or a jaxlib whose FFI API
-version differs from the header npool was built with), ``available()`` is False and npool.jax
-goes through ``jax.pure_callback`` (copies, same results).
+Where the handler cannot be registered (an npool built without it, or a jaxlib that supports
+none of the FFI API versions the handler can claim: those from ``OLDEST_API_VERSION`` to the
+vendored header's), ``available()`` is False and npool.jax goes through ``jax.pure_callback``
+(copies, same results).
 """
 import hashlib
 import threading
@@ -103,15 +104,26 @@ def _register():
     global _handler
     _handler = _xla_ffi
     _xla_ffi.set_dispatch(_dispatch)
-    try:
-        jax.ffi.register_ffi_target(TARGET, _xla_ffi.handler(), platform="cpu")
-    except Exception as error:  # e.g. a jaxlib of another FFI API version
-        major, minor = _xla_ffi.API_VERSION
-        warnings.warn(f"npool.jax: registering npool's XLA FFI handler (built for XLA FFI API "
-                      f"{major}.{minor}) failed: {error}; the kernels run through "
-                      f"jax.pure_callback (copies)", RuntimeWarning, stacklevel=3)
-        return False
-    return True
+    # XLA accepts a handler only for FFI API versions it supports: the newest the handler can
+    # claim first (the structs it reads are the same since OLDEST_API_VERSION)
+    # The CPU backend first: a registration made before it starts is applied when it starts,
+    # and a refusal then breaks the backend (jaxlib 0.8) instead of raising here
+    jax.devices("cpu")
+    major, newest = _xla_ffi.API_VERSION
+    oldest = _xla_ffi.OLDEST_API_VERSION[1]
+    for minor in range(newest, oldest - 1, -1):
+        _xla_ffi.report_api_minor(minor)
+        try:
+            jax.ffi.register_ffi_target(TARGET, _xla_ffi.handler(), platform="cpu")
+        except Exception as error:  # a jaxlib that supports none of those versions, ...
+            refusal = error
+            continue
+        _registration["api_version"] = (major, minor)
+        return True
+    warnings.warn(f"npool.jax: registering npool's XLA FFI handler (XLA FFI API {major}."
+                  f"{oldest} to {major}.{newest}) failed: {refusal}; the kernels run through "
+                  f"jax.pure_callback (copies)", RuntimeWarning, stacklevel=3)
+    return False
 
 
 def call(target, structs, *arrays, vmap_method):
