@@ -132,6 +132,8 @@ def test_target_keys_follow_the_static_values_a_target_closes_over():
     assert _ffi.target_key(make(2, True)) == _ffi.target_key(make(2, True))
     keys = {_ffi.target_key(make(w, last)) for w in (2, 3, (2, 3)) for last in (True, False)}
     assert len(keys) == 6
+    first, second = (lambda a, out: (a + 1,)), (lambda a, out: (a - 1,))  # one line
+    assert _ffi.target_key(first) != _ffi.target_key(second)
     array = np.ones(3)
     with pytest.raises(TypeError, match="static"):
         _ffi.target_key(lambda a, out: (a + array,))

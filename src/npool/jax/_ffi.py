@@ -150,6 +150,15 @@ def target_key(function):
     return f"{name}#{hashlib.sha256(description.encode()).hexdigest()[:24]}"
 
 
+def _code(code):
+    """What a code object does: its place, bytecode, names and constants (nested code objects
+    recursively), so that two functions of one line differ when their bodies do."""
+    consts = tuple(_code(c) if isinstance(c, types.CodeType) else repr(c)
+                   for c in code.co_consts)
+    return (code.co_filename, code.co_firstlineno, code.co_code.hex(), code.co_names,
+            code.co_varnames, consts)
+
+
 def _describe(value, depth):
     if depth > 20:
         raise TypeError("npool.jax: a kernel target's closure is nested too deeply to key")
@@ -160,11 +169,10 @@ def _describe(value, depth):
     if isinstance(value, dict):
         return ("dict",) + tuple((k, _describe(v, depth + 1)) for k, v in sorted(value.items()))
     if isinstance(value, types.FunctionType):
-        code = value.__code__
         cells = tuple(_describe(c.cell_contents, depth + 1) for c in value.__closure__ or ())
-        defaults = _describe(value.__defaults__ or (), depth + 1)
-        return ("function", value.__module__, code.co_qualname if hasattr(code, "co_qualname")
-                else value.__qualname__, code.co_firstlineno, cells, defaults)
+        defaults = _describe((value.__defaults__ or (), value.__kwdefaults__ or {}), depth + 1)
+        return ("function", value.__module__, value.__qualname__, _code(value.__code__),
+                cells, defaults)
     if isinstance(value, types.BuiltinFunctionType) or \
             type(value).__name__ == "cython_function_or_method":
         return ("builtin", getattr(value, "__module__", None), value.__qualname__)
