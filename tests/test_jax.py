@@ -420,3 +420,20 @@ def test_the_docs_example_runs():
     exec(compile(block, "docs/frameworks/jax.md", "exec"), namespace)
     assert namespace["pooled"].shape == (4, 8, 16, 16, 16)
     assert namespace["grad"].shape == (8, 32, 32, 16)
+
+
+def test_a_one_device_mesh_with_explicit_axes_keeps_the_batch_sharding():
+    """Arrays on a mesh of one device are typed sharded (8@batch); the kernels' results, and the
+    gradient that must have its primal's type, keep that type (found by the docs' example)."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    mesh = jax.make_mesh((1,), ("batch",), devices=jax.devices()[:1])
+    x = jax.device_put(jnp.asarray(_rng(3).standard_normal((4, 8, 8, 3)), jnp.float32),
+                       NamedSharding(mesh, P("batch")))
+    with jax.set_mesh(mesh):
+        y = jax.jit(lambda v: nj.soft_pool2d(v, 2))(x)
+        grads = [jax.jit(jax.grad(lambda v: jnp.sum(fn(v) ** 2)))(x)
+                 for fn in (nj.global_max_pool, lambda v: nj.soft_pool2d(v, 2),
+                            lambda v: nj.maxent_pool2d(v, jnp.ones(3), 2))]
+    assert y.sharding.spec[0] == "batch"
+    for grad in grads:
+        assert grad.sharding.spec[0] == "batch" and grad.shape == x.shape

@@ -210,6 +210,28 @@ def _batch_axes(a):
     return mesh, free, lead
 
 
+def _explicit_batch_sharding(a):
+    """The sharding of a result whose leading axis is ``a``'s batch axis, where JAX types that
+    axis as sharded over explicit mesh axes (a mesh of one device too, whose arrays are typed
+    ``8@batch``): the same axes on the result's leading axis, its other axes replicated (a
+    gradient must have its primal's type). None elsewhere (JAX's default)."""
+    if a is None:
+        return None
+    sharding = _sharding_of(a)
+    if not isinstance(sharding, jax.sharding.NamedSharding) or getattr(sharding.mesh, "empty",
+                                                                       False):
+        return None
+    lead = sharding.spec[0] if len(sharding.spec) else None
+    if lead is None:
+        return None
+    names = (lead,) if isinstance(lead, str) else tuple(lead)
+    types = dict(zip(sharding.mesh.axis_names, getattr(
+        sharding.mesh, "axis_types", (jax.sharding.AxisType.Auto,) * len(names))))
+    if not all(types.get(n) == jax.sharding.AxisType.Explicit for n in names):
+        return None
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(lead))
+
+
 def _varying_axes(a):
     """The manual (``shard_map``) mesh axes along which ``a``'s value varies."""
     aval = jax.typeof(a)
@@ -258,9 +280,12 @@ def _callback(target, structs, arrays, batched_in, batched_out, vmap_method):
     results have the batch as their leading axis (a result without it - the gradient of a shared
     parameter - is a sum over the batch: summed over the shards)."""
     def call(*local):
-        batch = next((a.shape[0] for a, b in zip(local, batched_in) if b), None)
+        first_local = next((a for a, b in zip(local, batched_in) if b), None)
+        batch = None if first_local is None else first_local.shape[0]
+        lead_sharding = _explicit_batch_sharding(first_local)
         local_structs = tuple(
-            _struct((batch,) + tuple(s.shape[1:]), s.dtype) if b and batch is not None else s
+            jax.ShapeDtypeStruct((batch,) + tuple(s.shape[1:]), s.dtype, sharding=lead_sharding)
+            if b and batch is not None else s
             for s, b in zip(structs, batched_out))
         results = _kernel_call(target, local_structs, local, vmap_method)
         return _vary_like(results, local)
