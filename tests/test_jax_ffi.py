@@ -220,3 +220,8 @@ def test_large_result_buffers_get_huge_page_advice():
     assert _xla_ffi.advise_huge_pages(address, 8 << 20)
     assert not _xla_ffi.advise_huge_pages(address + 1, 1 << 20)  # no whole huge page inside
     assert _ffi.HUGE_PAGE_MIN_BYTES == 4 << 20
+
+
+def test_a_call_whose_kernel_function_is_unknown_says_so():
+    with pytest.raises(RuntimeError, match="no kernel function is registered"):
+        _ffi._dispatch([], [], {"call": "made-up#0"})

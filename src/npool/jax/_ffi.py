@@ -25,6 +25,8 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from .. import _checks
+
 TARGET = "npool_cpu_kernels"
 
 # XLA's primitive type codes (xla_data.proto; XLA_FFI_DataType) -> NumPy dtypes
@@ -67,7 +69,11 @@ HUGE_PAGE_MIN_BYTES = 4 << 20
 
 
 def _dispatch(inputs, results, attributes):
-    target = _targets[attributes["call"]]
+    target = _targets.get(attributes.get("call"))
+    if target is None:
+        raise RuntimeError(f"npool.jax: no kernel function is registered under "
+                           f"{attributes.get('call')!r} in this process (a program compiled "
+                           f"elsewhere? export inside npool.jax.portable())")
     arrays = [_array(b, readonly=True) for b in inputs]
     outs = tuple(_array(b, readonly=False) for b in results)
     for out in outs:
@@ -75,14 +81,7 @@ def _dispatch(inputs, results, attributes):
             _handler.advise_huge_pages(out.__array_interface__["data"][0], out.nbytes)
     returned = target(*arrays, out=outs)
     for value, out in zip(returned, outs):
-        if out.size and not _same_memory(value, out):
-            np.copyto(out, value, casting="unsafe")
-
-
-def _same_memory(a, b):
-    a = np.asarray(a)
-    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and
-            a.shape == b.shape and a.strides == b.strides)
+        _checks.deliver(np.asarray(value), out)  # copied in unless written there
 
 
 def available():
