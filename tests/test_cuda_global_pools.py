@@ -226,7 +226,8 @@ def test_out_receives_global_pools_in_place(gpu, layout):
 
 @pytest.mark.parametrize("values,p", [([1.0, 2.0, 3.0], 1e-9), ([5.0, 5.000001, 4.9999], 3.0),
                                       ([1e300, 1e-300, 1.7e308], 1e-4),
-                                      ([0.0, -1.0, 2.0], 1000.0)])
+                                      ([0.0, -1.0, 2.0], 1000.0),
+                                      ([500.0] * 15 + [0.0], 3.0)])
 def test_gem_at_extreme_p_matches_the_cpu(gpu, values, p):
     """Near the geometric mean (p -> 0) and near the max (large p), y and both gradients as
     the CPU core computes them (dL/dp from the KL divergence's non-negative terms there)."""

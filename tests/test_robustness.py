@@ -439,6 +439,9 @@ GEM_CASES = [
     ([0.0, -1.0, 2.0], 1000.0, 1e-6, np.float64, 4, 4),
     ([1e-6, 2e-6, 0.0], 7.0, 1e-6, np.float64, 4, 4),
     ([5.0, 5.000001, 4.9999], 3.0, 1e-6, np.float64, 4, 20000),
+    # one weight far below the others' (1 + n q_i - 1 rounds to 0 in the KL form: was NaN)
+    ([500.0] * 15 + [0.0], 3.0, 1e-6, F32, 4, 4),
+    ([500.0] * 15 + [0.0], 3.0, 1e-6, np.float64, 4, 4),
 ]
 
 

@@ -315,8 +315,10 @@ template <typename T> NPOOL_FN GemSums gem_sums(const Args& a, int64_t base, dou
   return st;
 }
 
-// (1 + e) log1p(e) - e >= 0 without cancellation: its series where |e| < 1/2.
+// (1 + e) log1p(e) - e >= 0 without cancellation: its series where |e| < 1/2; its limit 1
+// where 1 + e rounds to 0 (a weight far below the others': (1 + e) log1p(e) -> 0, not 0 * -inf).
 NPOOL_FN double log1p_excess(double e) {
+  if (1 + e <= 0) return -e;
   if (::fabs(e) >= 0.5) return (1 + e) * ::log1p(e) - e;
   double total = 0, power = e * e;
   for (int k = 2; k < 42; ++k) {

@@ -820,7 +820,8 @@ def _log_ratio(z, m):
 def _log1p_excess(e):
     """``(1 + e) log1p(e) - e`` (>= 0, about e^2 / 2) without cancellation: its series
     ``sum_k (-1)^k e^k / (k (k - 1))`` where ``|e| < 1/2`` (40 terms: below float64 rounding),
-    the formula elsewhere."""
+    the formula elsewhere, and its limit 1 where ``1 + e`` rounds to 0 (a weight ``q_i`` far
+    below the others': ``(1 + e) log1p(e) -> 0``, not ``0 * -inf``)."""
     small = np.abs(e) < 0.5
     es = np.where(small, e, 0.0)
     total = np.zeros_like(e)
@@ -829,7 +830,7 @@ def _log1p_excess(e):
         total += (1 if k % 2 == 0 else -1) * power / (k * (k - 1))
         power = power * es
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(small, total, (1 + e) * np.log1p(e) - e)
+        return np.where(small, total, np.where(1 + e > 0, (1 + e) * np.log1p(e), 0.0) - e)
 
 
 def _gem_exact(cells, p, eps):
