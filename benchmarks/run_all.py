@@ -27,7 +27,6 @@ smoke test, whose ratios mean little.
 """
 import argparse
 import datetime
-import math
 import os
 import pathlib
 import platform
