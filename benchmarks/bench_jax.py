@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 import npool
 import npool.jax as nj
-from npool.jax import _ffi, _ops
+from npool.jax import _ffi
 from _report import emit, interleaved_medians_ms
 
 
@@ -85,7 +85,7 @@ class Routes:
 
         saved = _ffi.available
         if route == "pure_callback":  # the route before the FFI: trace it that way
-            _ops._ffi.available = lambda: False
+            _ffi.available = lambda: False
         try:
             cases = {}
             arguments = list(self.arrays) + [self.g]
@@ -95,7 +95,7 @@ class Routes:
                 cases[kind] = _ready(lambda fn=fn: fn(*arguments))
                 cases[kind]()  # run once inside the patch: the trace is cached from here
         finally:
-            _ops._ffi.available = saved
+            _ffi.available = saved
         return cases
 
 

@@ -166,7 +166,7 @@ def _kernel_call(target, structs, arrays, vmap_method):
     """``target`` run on the CPU inside the JAX program: through XLA's FFI on XLA's own buffers
     (``npool.jax._ffi``), or through ``jax.pure_callback`` where the handler is unavailable."""
     if _ffi.available():
-        return tuple(_ffi.call(target, structs, *_same_variance(arrays),
+        return tuple(_ffi.call(target, structs, *_vary_like(arrays, arrays),
                                vmap_method=vmap_method))
     return tuple(jax.pure_callback(_host(target), structs, *arrays, vmap_method=vmap_method))
 
@@ -225,8 +225,9 @@ def _explicit_batch_sharding(a):
     if lead is None:
         return None
     names = (lead,) if isinstance(lead, str) else tuple(lead)
-    types = dict(zip(sharding.mesh.axis_names, getattr(
-        sharding.mesh, "axis_types", (jax.sharding.AxisType.Auto,) * len(names))))
+    axis_names = sharding.mesh.axis_names
+    types = dict(zip(axis_names, getattr(sharding.mesh, "axis_types",
+                                         (jax.sharding.AxisType.Auto,) * len(axis_names))))
     if not all(types.get(n) == jax.sharding.AxisType.Explicit for n in names):
         return None
     return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(lead))
@@ -245,30 +246,18 @@ def _to_varying(a, axes):
     return jax.lax.pvary(a, axes)  # its earlier name
 
 
-def _same_variance(arrays):
-    """Inside ``shard_map``: every array typed as varying over the manual axes any of them
-    varies over (an FFI call needs its operands to agree)."""
+def _vary_like(values, arrays):
+    """Inside ``shard_map``: ``values`` typed as varying over every manual axis any of
+    ``arrays`` varies over - an FFI call's operands must agree (``_vary_like(arrays, arrays)``),
+    and a callback's results, typed invariant, must vary as its arguments do (a gradient must
+    have its primal's type)."""
     axes = set().union(*(_varying_axes(a) for a in arrays))
     if not axes:
-        return arrays
+        return tuple(values)
     cast = []
-    for a in arrays:
-        missing = tuple(sorted(axes - _varying_axes(a)))
-        cast.append(_to_varying(a, missing) if missing else a)
-    return tuple(cast)
-
-
-def _vary_like(results, arrays):
-    """Inside ``shard_map``: the callback's results typed as varying over the manual axes its
-    arguments vary over (a callback's results are typed invariant; a gradient must have its
-    primal's type)."""
-    axes = set().union(*(_varying_axes(a) for a in arrays))
-    if not axes:
-        return results
-    cast = []
-    for r in results:
-        missing = tuple(sorted(axes - _varying_axes(r)))
-        cast.append(_to_varying(r, missing) if missing else r)
+    for v in values:
+        missing = tuple(sorted(axes - _varying_axes(v)))
+        cast.append(_to_varying(v, missing) if missing else v)
     return tuple(cast)
 
 
