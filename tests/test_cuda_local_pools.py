@@ -309,9 +309,24 @@ def test_out_receives_local_pools_in_place(gpu, layout, dtype):
     result = npool.maxent_pool2d_backward(gd, xd, lam, 2, out=(out, None))
     assert result[0] is out
     np.testing.assert_array_equal(gpu.read(out), gpu.read(grad_x))
-    with pytest.raises(ValueError, match="not supported on GPU arrays for grad_lam"):
-        npool.maxent_pool2d_backward(gd, xd, lam, 2, out=(None, gpu.to_device(np.zeros((),
-                                                                                        dtype))))
+    # grad_lam into out[1] (C-contiguous, lam's shape): a number's 0-d, an array's own shape
+    out_lam = gpu.to_device(np.full((), 7, dtype))
+    result = npool.maxent_pool2d_backward(gd, xd, lam, 2, out=(None, out_lam))
+    assert result[1] is out_lam
+    np.testing.assert_array_equal(gpu.read(out_lam), gpu.read(grad_lam))
+    lam_array = gpu.to_device(np.full((3, 1, 1), 0.6, dtype))
+    grad_x, grad_lam = npool.maxent_pool2d_backward(gd, xd, lam_array, 2)
+    out, out_lam = gpu.to_device(np.zeros(x.shape, dtype)), gpu.to_device(np.full((3, 1, 1), 7,
+                                                                                   dtype))
+    result = npool.maxent_pool2d_backward(gd, xd, lam_array, 2, out=(out, out_lam))
+    assert result[0] is out and result[1] is out_lam
+    np.testing.assert_array_equal(gpu.read(out), gpu.read(grad_x))
+    np.testing.assert_array_equal(gpu.read(out_lam), gpu.read(grad_lam))
+    with pytest.raises(ValueError, match=r"out\[1\] must have strides"):
+        npool.maxent_pool2d_backward(gd, xd, gpu.to_device(np.full((3, 1, 4), 0.6, dtype)), 2,
+                                     out=(None, gpu.to_device(np.zeros((4, 1, 3), dtype).T)))
+    with pytest.raises(ValueError, match=r"out\[1\] must not share memory with lam"):
+        npool.maxent_pool2d_backward(gd, xd, lam_array, 2, out=(None, lam_array))
     with pytest.raises(ValueError, match="out must not share memory with x"):
         npool.soft_pool2d_backward(gd, xd, 2, out=xd)
     with pytest.raises(TypeError, match="out must have dtype"):

@@ -163,9 +163,9 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
         _checks.out_entries(out, 1) + [None]
     if backend_of(grad_out=grad_out, x=x) == "cuda":
         from ._cuda import windowed_softmax
-        _checks.refuse_gpu_out([out_lam], "grad_lam (Max-Ent's second result)")
         return windowed_softmax.backward(grad_out, x, nd, lam, kernel_size, stride, padding,
-                                         ceil_mode, with_lam=with_lam, out=out_x)
+                                         ceil_mode, with_lam=with_lam, out=out_x,
+                                         out_lam=out_lam)
     problem = _Call(x, nd, kernel_size, stride, padding, ceil_mode)
     temperature = _temperature(problem, lam)
     _checks.grad_out_array(grad_out, problem.out_shape, x)

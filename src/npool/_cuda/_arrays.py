@@ -176,24 +176,25 @@ def _span(a):
     return a.ptr + low * a.itemsize_bytes(), a.ptr + (high + 1) * a.itemsize_bytes()
 
 
-def out_array(out, shape, dtype, inputs, strides=None):
+def out_array(out, shape, dtype, inputs, strides=None, name="out"):
     """``out=`` on the GPU: the DeviceArray of ``out``, checked to have ``shape`` and ``dtype``,
     to share no memory with ``inputs`` (name -> DeviceArray) and, with ``strides``, to have
-    those element strides (kernels that write one dense layout)."""
-    a = describe(out, "out")
+    those element strides (kernels that write one dense layout). ``name``: the argument's name in
+    errors."""
+    a = describe(out, name)
     if a.dtype != np.dtype(dtype):
-        raise TypeError(f"out must have dtype {np.dtype(dtype)} (the result's), got {a.dtype}")
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)} (the result's), got {a.dtype}")
     if a.shape != tuple(shape):
-        raise ValueError(f"out must have the result's shape {tuple(shape)}, got {a.shape}")
+        raise ValueError(f"{name} must have the result's shape {tuple(shape)}, got {a.shape}")
     if strides is not None and a.size and any(
             n != 1 and s != t for n, s, t in zip(a.shape, a.strides, strides)):
-        raise ValueError(f"out must have strides {tuple(strides)} (in elements) here, got "
+        raise ValueError(f"{name} must have strides {tuple(strides)} (in elements) here, got "
                          f"{a.strides}")
     lo, hi = _span(a)
-    for name, other in inputs.items():
+    for other_name, other in inputs.items():
         if other is None or other.size == 0 or a.size == 0:
             continue
         other_lo, other_hi = _span(other)
         if lo < other_hi and other_lo < hi:
-            raise ValueError(f"out must not share memory with {name}")
+            raise ValueError(f"{name} must not share memory with {other_name}")
     return a

@@ -176,17 +176,29 @@ def forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None, ou
 
 
 def backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None,
-             with_lam=False, out=None):
+             with_lam=False, out=None, out_lam=None):
     """grad_x of the windowed-softmax pool of GPU array x (see npool.local_pools), written into
     ``out`` (x's shape and dtype, any strides) when given, and with ``with_lam`` also dL/dlam
-    summed to lam's shape (a GPUArray; 0-d for a number)."""
+    summed to lam's shape (a GPUArray, 0-d for a number; written into ``out_lam``, a
+    C-contiguous GPU array of lam's shape and x's dtype, when given)."""
     pool = _Call(x, nd, kernel_size, stride, padding, ceil_mode)
     lam_parts = pool.temperature(lam)
     g = describe(grad_out, "grad_out")
     _checks.grad_out_array(g, pool.out_shape, pool.x)
     g_strides = pool.to_5d(g)[1]
     grad_x, gx_array = pool.destination(out, pool.x.shape, {"x": pool.x, "grad_out": g})
-    arrays = {"grad_out": g, "x": pool.x, **({"out": gx_array} if gx_array is not None else {})}
+    lam_array = None
+    if with_lam and out_lam is not None:
+        lam_shape = lam_parts[4]
+        inputs = {"x": pool.x, "grad_out": g, "out[0]": gx_array,
+                  "lam": None if lam_parts[1] == 0 else describe(lam, "lam")}
+        lam_array = out_array(out_lam, lam_shape, pool.x.dtype, inputs,
+                              strides=_checks.dense_strides(lam_shape, "contiguous"),
+                              name="out[1]")
+    elif out_lam is not None:
+        raise ValueError("out_lam is given but with_lam is False")
+    arrays = {"grad_out": g, "x": pool.x, **({"out": gx_array} if gx_array is not None else {}),
+              **({"out_lam": lam_array} if lam_array is not None else {})}
     device = device or _device.device_for(arrays)
     with device.session([a.stream for a in arrays.values()]) as call:
         if grad_x is None:
@@ -199,8 +211,11 @@ def backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode, devi
         arrays = dict(out=(gx_ptr, gx_strides), grad_out=(g.ptr, g_strides))
         if with_lam:  # dL/dlam per output, contiguous over the 5-D output, then summed
             lam_shape = lam_parts[4]
-            grad_lam, grad_lam_array = call.empty(lam_shape, pool.x.dtype,
-                                                  _checks.dense_strides(lam_shape, "contiguous"))
+            if lam_array is None:
+                grad_lam, grad_lam_array = call.empty(
+                    lam_shape, pool.x.dtype, _checks.dense_strides(lam_shape, "contiguous"))
+            else:
+                grad_lam, grad_lam_array = out_lam, lam_array
             full_shape = pool.size[:2] + pool.out_size
             full = call.workspace(max(outputs, 1) * accumulator)
             arrays["grad_lam"] = (full, _checks.dense_strides(full_shape, "contiguous"))
