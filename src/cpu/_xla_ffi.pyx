@@ -1,12 +1,15 @@
 # cython: language_level=3
-"""npool's handler for XLA's foreign function interface (``jax.ffi``), CPU platform.
+"""npool's handlers for XLA's foreign function interface (``jax.ffi``): CPU and CUDA platforms.
 
-XLA calls :c:func:`npool_xla_handler` with its own buffers (no copies) when a jitted JAX
-program reaches an ``ffi_call`` of npool's target. The handler wraps each buffer as
-``(address, XLA dtype code, shape)``, takes the GIL and calls the Python function given to
-:func:`set_dispatch` with ``(inputs, results, attributes)``; that function (``npool.jax._ffi``)
-runs npool's kernels over NumPy views of the buffers, writing the results in place. A Python
-exception becomes an XLA error carrying its message (JAX raises it as a runtime error).
+XLA calls :c:func:`npool_xla_handler` (CPU) or :c:func:`npool_xla_cuda_handler` (CUDA) with its
+own buffers (no copies) when a jitted JAX program reaches an ``ffi_call`` of npool's target.
+The handler wraps each buffer as ``(address, XLA dtype code, shape)``, takes the GIL and calls
+the Python function given to :func:`set_dispatch` with ``(inputs, results, attributes)`` - and
+on CUDA ``stream=``, the ``CUstream`` XLA runs the call on (``XLA_FFI_Stream_Get``); that
+function (``npool.jax._ffi``) runs npool's kernels over views of the buffers (NumPy arrays on
+the CPU; on CUDA device arrays ordered after XLA's stream), writing the results in place. A
+Python exception becomes an XLA error carrying its message (JAX raises it as a runtime error).
+The CUDA handler is host code too: it needs no CUDA toolkit to build.
 
 Built against the vendored C API header only (``src/third_party/xla``): building npool needs no
 jax, and importing this module imports nothing of jax.
@@ -63,9 +66,46 @@ cdef extern from "xla/ffi/api/c_api.h":
     ctypedef XLA_FFI_Error* (*XLA_FFI_Error_Create_Fn "XLA_FFI_Error_Create*")(
         XLA_FFI_Error_Create_Args* args) noexcept nogil
 
+    ctypedef struct XLA_FFI_ExecutionContext
+
+    ctypedef struct XLA_FFI_Stream_Get_Args:
+        size_t struct_size
+        XLA_FFI_Extension_Base* extension_start
+        XLA_FFI_ExecutionContext* ctx
+        void* stream
+
+    size_t XLA_FFI_Stream_Get_Args_STRUCT_SIZE
+
+    ctypedef XLA_FFI_Error* (*XLA_FFI_Stream_Get_Fn "XLA_FFI_Stream_Get*")(
+        XLA_FFI_Stream_Get_Args* args) noexcept nogil
+
+    ctypedef struct XLA_FFI_Error_GetMessage_Args:
+        size_t struct_size
+        XLA_FFI_Extension_Base* extension_start
+        XLA_FFI_Error* error
+        const char* message
+
+    size_t XLA_FFI_Error_GetMessage_Args_STRUCT_SIZE
+
+    ctypedef void (*XLA_FFI_Error_GetMessage_Fn "XLA_FFI_Error_GetMessage*")(
+        XLA_FFI_Error_GetMessage_Args* args) noexcept nogil
+
+    ctypedef struct XLA_FFI_Error_Destroy_Args:
+        size_t struct_size
+        XLA_FFI_Extension_Base* extension_start
+        XLA_FFI_Error* error
+
+    size_t XLA_FFI_Error_Destroy_Args_STRUCT_SIZE
+
+    ctypedef void (*XLA_FFI_Error_Destroy_Fn "XLA_FFI_Error_Destroy*")(
+        XLA_FFI_Error_Destroy_Args* args) noexcept nogil
+
     ctypedef struct XLA_FFI_Api:
         size_t struct_size
         XLA_FFI_Error_Create_Fn XLA_FFI_Error_Create
+        XLA_FFI_Error_GetMessage_Fn XLA_FFI_Error_GetMessage
+        XLA_FFI_Error_Destroy_Fn XLA_FFI_Error_Destroy
+        XLA_FFI_Stream_Get_Fn XLA_FFI_Stream_Get
 
     ctypedef enum XLA_FFI_DataType:
         pass
@@ -113,6 +153,7 @@ cdef extern from "xla/ffi/api/c_api.h":
         size_t struct_size
         XLA_FFI_Extension_Base* extension_start
         const XLA_FFI_Api* api
+        XLA_FFI_ExecutionContext* ctx
         XLA_FFI_ExecutionStage stage
         XLA_FFI_Args args
         XLA_FFI_Rets rets
@@ -173,16 +214,23 @@ cdef object _dispatch = None
 
 
 def set_dispatch(function):
-    """Make ``function(inputs, results, attributes)`` the Python side of the handler: inputs
-    and results are lists of ``(address, XLA dtype code, shape)``, attributes a dict of the
-    call's string attributes."""
+    """Make ``function(inputs, results, attributes, stream=None)`` the Python side of the
+    handlers: inputs and results are lists of ``(address, XLA dtype code, shape)``, attributes
+    a dict of the call's string attributes, ``stream`` XLA's ``CUstream`` (an int; 0 for the
+    default stream) on the CUDA platform."""
     global _dispatch
     _dispatch = function
 
 
 def handler():
-    """The handler as a ``PyCapsule`` for ``jax.ffi.register_ffi_target``."""
+    """The CPU handler as a ``PyCapsule`` for ``jax.ffi.register_ffi_target``."""
     return PyCapsule_New(<void*>npool_xla_handler, NULL, NULL)
+
+
+def cuda_handler():
+    """The CUDA handler as a ``PyCapsule`` for ``jax.ffi.register_ffi_target(...,
+    platform="CUDA")``."""
+    return PyCapsule_New(<void*>npool_xla_cuda_handler, NULL, NULL)
 
 
 cdef XLA_FFI_Error* _error(const XLA_FFI_Api* api, XLA_FFI_Error_Code code,
@@ -205,7 +253,8 @@ cdef list _buffers(void** pointers, int64_t size):
     return buffers
 
 
-cdef XLA_FFI_Error* _call(XLA_FFI_CallFrame* frame) noexcept with gil:
+cdef XLA_FFI_Error* _call(XLA_FFI_CallFrame* frame, bint on_device,
+                          size_t stream) noexcept with gil:
     cdef XLA_FFI_ByteSpan* span
     cdef bytes message
     try:
@@ -225,30 +274,86 @@ cdef XLA_FFI_Error* _call(XLA_FFI_CallFrame* frame) noexcept with gil:
             attributes[name] = span.ptr[:span.len].decode()
         if _dispatch is None:
             raise RuntimeError("npool.jax's dispatch is not set (import npool.jax first)")
-        _dispatch(_buffers(frame.args.args, frame.args.size),
-                  _buffers(frame.rets.rets, frame.rets.size), attributes)
+        inputs = _buffers(frame.args.args, frame.args.size)
+        results = _buffers(frame.rets.rets, frame.rets.size)
+        if on_device:
+            _dispatch(inputs, results, attributes, stream=stream)
+        else:
+            _dispatch(inputs, results, attributes)
         return NULL
     except BaseException as error:
         message = f"npool: {type(error).__name__}: {error}".encode("utf-8", "replace")
         return _error(frame.api, XLA_FFI_Error_Code_INTERNAL, message)
 
 
-cdef XLA_FFI_Error* npool_xla_handler(XLA_FFI_CallFrame* frame) noexcept nogil:
-    cdef XLA_FFI_Metadata_Extension* extension
-    if frame.extension_start != NULL and \
-            frame.extension_start.type == XLA_FFI_Extension_Metadata:
-        # XLA asks which FFI API the handler was built for (and its traits: none)
-        extension = <XLA_FFI_Metadata_Extension*>frame.extension_start
-        extension.metadata.api_version.struct_size = XLA_FFI_Api_Version_STRUCT_SIZE
-        extension.metadata.api_version.extension_start = NULL
-        extension.metadata.api_version.major_version = XLA_FFI_API_MAJOR
-        extension.metadata.api_version.minor_version = _reported_minor
-        extension.metadata.traits = 0
-        return NULL
+cdef XLA_FFI_Error* _answer_metadata(XLA_FFI_CallFrame* frame) noexcept nogil:
+    """XLA asks which FFI API the handler was built for (and its traits: none, so XLA never
+    captures a call into a CUDA graph)."""
+    cdef XLA_FFI_Metadata_Extension* extension = \
+        <XLA_FFI_Metadata_Extension*>frame.extension_start
+    extension.metadata.api_version.struct_size = XLA_FFI_Api_Version_STRUCT_SIZE
+    extension.metadata.api_version.extension_start = NULL
+    extension.metadata.api_version.major_version = XLA_FFI_API_MAJOR
+    extension.metadata.api_version.minor_version = _reported_minor
+    extension.metadata.traits = 0
+    return NULL
+
+
+cdef XLA_FFI_Error* _refuse_frame(XLA_FFI_CallFrame* frame) noexcept nogil:
+    """An error for a frame the handler cannot serve (older struct, another stage), or NULL."""
     if frame.struct_size < XLA_FFI_CallFrame_STRUCT_SIZE:
         return _error(frame.api, XLA_FFI_Error_Code_INVALID_ARGUMENT,
                       b"npool: XLA's call frame is older than the FFI API npool was built for")
     if frame.stage != XLA_FFI_ExecutionStage_EXECUTE:
         return _error(frame.api, XLA_FFI_Error_Code_INVALID_ARGUMENT,
                       b"npool: the handler runs at the execute stage only")
-    return _call(frame)
+    return NULL
+
+
+cdef bint _is_metadata_query(XLA_FFI_CallFrame* frame) noexcept nogil:
+    return frame.extension_start != NULL and \
+        frame.extension_start.type == XLA_FFI_Extension_Metadata
+
+
+cdef XLA_FFI_Error* npool_xla_handler(XLA_FFI_CallFrame* frame) noexcept nogil:
+    if _is_metadata_query(frame):
+        return _answer_metadata(frame)
+    cdef XLA_FFI_Error* refusal = _refuse_frame(frame)
+    if refusal != NULL:
+        return refusal
+    return _call(frame, False, 0)
+
+
+cdef XLA_FFI_Error* _stream_error(XLA_FFI_CallFrame* frame, XLA_FFI_Error* error) noexcept with gil:
+    """XLA's error from Stream_Get, wrapped with what npool was doing (XLA's error freed)."""
+    cdef XLA_FFI_Error_GetMessage_Args get
+    cdef XLA_FFI_Error_Destroy_Args destroy
+    get.struct_size = XLA_FFI_Error_GetMessage_Args_STRUCT_SIZE
+    get.extension_start = NULL
+    get.error = error
+    get.message = NULL
+    frame.api.XLA_FFI_Error_GetMessage(&get)
+    reason = b"(no message)" if get.message == NULL else <bytes>get.message
+    destroy.struct_size = XLA_FFI_Error_Destroy_Args_STRUCT_SIZE
+    destroy.extension_start = NULL
+    destroy.error = error
+    frame.api.XLA_FFI_Error_Destroy(&destroy)
+    message = b"npool: XLA gave no CUDA stream for this call: " + reason
+    return _error(frame.api, XLA_FFI_Error_Code_INTERNAL, message)
+
+
+cdef XLA_FFI_Error* npool_xla_cuda_handler(XLA_FFI_CallFrame* frame) noexcept nogil:
+    if _is_metadata_query(frame):
+        return _answer_metadata(frame)
+    cdef XLA_FFI_Error* refusal = _refuse_frame(frame)
+    if refusal != NULL:
+        return refusal
+    cdef XLA_FFI_Stream_Get_Args stream
+    stream.struct_size = XLA_FFI_Stream_Get_Args_STRUCT_SIZE
+    stream.extension_start = NULL
+    stream.ctx = frame.ctx
+    stream.stream = NULL
+    cdef XLA_FFI_Error* error = frame.api.XLA_FFI_Stream_Get(&stream)
+    if error != NULL:
+        return _stream_error(frame, error)
+    return _call(frame, True, <size_t>stream.stream)

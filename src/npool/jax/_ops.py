@@ -47,11 +47,14 @@ def portable() -> Iterator[None]:
 
 
 def uses_kernels() -> bool:
-    """Whether npool's ops called now run npool's CPU kernels.
+    """Whether npool's ops called now run npool's kernels.
 
-    True when JAX's default backend is the CPU and no ``portable()`` context is active.
-    Otherwise (a GPU or TPU backend, or ``portable()``) they are built from standard JAX
-    operations, so nothing is copied to the host behind the caller's back.
+    On JAX's CPU backend, every op (outside ``portable()``). On a CUDA GPU backend, the
+    windowed pools (SoftPool, Max-Ent) where npool's GPU route is available - npool's CUDA
+    kernels through PyCUDA, on XLA's stream - and the other ops are built from standard JAX
+    operations (XLA's fused reductions and matrix products). Elsewhere (a GPU without PyCUDA, a
+    TPU, or inside ``portable()``) every op is built from standard JAX operations, so nothing
+    is copied to the host behind the caller's back.
 
     Returns
     -------
@@ -63,7 +66,20 @@ def uses_kernels() -> bool:
     ...     npool.jax.uses_kernels()
     False
     """
-    return not getattr(_state, "portable", 0) and jax.default_backend() == "cpu"
+    return _kernel_platform(windowed=True) is not None
+
+
+def _kernel_platform(windowed):
+    """Where an op called now runs npool's kernels: "cpu", "gpu" (the GPU route, which serves
+    the ``windowed`` pools only) or None (the decomposition)."""
+    if getattr(_state, "portable", 0):
+        return None
+    backend = jax.default_backend()
+    if backend == "cpu":
+        return "cpu"
+    if backend == "gpu" and windowed and _ffi.available("gpu"):
+        return "gpu"
+    return None
 
 
 class JaxOps:
@@ -136,22 +152,30 @@ def _float_array(a, name):
 
 # ------------------------------------------------------------------ calling the kernels
 def _fold(function, ranks):
-    """``function`` (NumPy arrays, each with a leading batch axis, and ``out=`` -> a tuple of
+    """``function`` (arrays, each with a leading batch axis, and ``out=`` -> a tuple of
     arrays, each with that batch axis) as a kernel target for ``vmap_method="expand_dims"``:
     the axes vmap adds in front (size B, or 1 for unbatched arguments) are folded into the
     batch axis, one kernel call for the whole vmapped batch, and unfolded from the results
-    (the ``out=`` arrays, XLA's contiguous buffers, folded as views)."""
+    (the ``out=`` arrays, XLA's contiguous buffers, folded as views). An unbatched argument
+    is broadcast (a copy) on the CPU; on the GPU route, which makes no copies, the kernels then
+    run once per vmapped element instead."""
     def call(*arrays, out=None):
         extra = arrays[0].ndim - ranks[0]
         if extra == 0:
             return function(*arrays, out=out)
         lead = np.broadcast_shapes(*(a.shape[:extra] for a in arrays))
-        folded = [np.broadcast_to(a, lead + a.shape[extra:]).reshape((-1,) + a.shape[extra + 1:])
-                  for a in arrays]
+        spread = [a.shape[:extra] != lead for a in arrays]
+        if any(spread) and not all(isinstance(a, np.ndarray) for a in arrays):
+            for index in np.ndindex(*lead):
+                function(*(a[tuple(i if n > 1 else 0 for i, n in zip(index, a.shape[:extra]))]
+                           for a in arrays), out=tuple(o[index] for o in out))
+            return out
+        folded = [(np.broadcast_to(a, lead + a.shape[extra:]) if s else a)
+                  .reshape((-1,) + a.shape[extra + 1:]) for a, s in zip(arrays, spread)]
         out_folded = None if out is None else tuple(
             o.reshape((-1,) + o.shape[extra + 1:]) for o in out)
         results = function(*folded, out=out_folded)
-        return tuple(np.asarray(r).reshape(lead + (-1,) + np.shape(r)[1:]) for r in results)
+        return tuple(r.reshape(lead + (-1,) + tuple(r.shape[1:])) for r in results)
     return call
 
 
@@ -163,11 +187,13 @@ def _host(function):
 
 
 def _kernel_call(target, structs, arrays, vmap_method):
-    """``target`` run on the CPU inside the JAX program: through XLA's FFI on XLA's own buffers
-    (``npool.jax._ffi``), or through ``jax.pure_callback`` where the handler is unavailable."""
-    if _ffi.available():
+    """``target`` run inside the JAX program: through XLA's FFI on XLA's own buffers
+    (``npool.jax._ffi``; on the GPU route, device arrays on XLA's stream), or on the CPU through
+    ``jax.pure_callback`` where the handler is unavailable."""
+    platform = "cpu" if jax.default_backend() == "cpu" else "gpu"  # as _kernel_platform
+    if platform == "gpu" or _ffi.available():
         return tuple(_ffi.call(target, structs, *_vary_like(arrays, arrays),
-                               vmap_method=vmap_method))
+                               vmap_method=vmap_method, platform=platform))
     return tuple(jax.pure_callback(_host(target), structs, *arrays, vmap_method=vmap_method))
 
 
@@ -432,13 +458,22 @@ def _check_format(data_format):
     return data_format == "channels_last"
 
 
+def _moveaxis(a, source, destination):
+    """``numpy.moveaxis`` as a transpose: a view of a NumPy array or of the GPU route's
+    ``DeviceArray`` alike."""
+    source, destination = source % a.ndim, destination % a.ndim
+    order = [n for n in range(a.ndim) if n != source]
+    order.insert(destination, source)
+    return a.transpose(order)
+
+
 def _to_npool(a, last):
-    """A NumPy array in JAX's order as npool's (N, C, *spatial) view (no copy)."""
-    return np.moveaxis(a, -1, 1) if last else a
+    """An array in JAX's order as npool's (N, C, *spatial) view (no copy)."""
+    return _moveaxis(a, -1, 1) if last else a
 
 
 def _from_npool(a, last):
-    return np.moveaxis(a, 1, -1) if last else a
+    return _moveaxis(a, 1, -1) if last else a
 
 
 def _out(out, index, last):
@@ -486,7 +521,7 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
     def decomposed_array(x, lam_v):
         return _in_float32(run, x, lam_v)
 
-    if not uses_kernels():
+    if _kernel_platform(windowed=True) is None:
         return decomposed_scalar(x) if scalar else decomposed_array(x, lam_value)
 
     forward_core, backward_core = core_functions(f"maxent_pool{nd}d")
@@ -522,7 +557,7 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
     def maxent_backward(g, xa, la, out):
         grad_x, grad_lam = backward_core(_to_npool(g, last), _to_npool(xa, last), la, *args,
                                          out=(_out(out, 0, last), _out(out, 1, False)))
-        return _from_npool(grad_x, last), np.asarray(grad_lam).reshape(la.shape)
+        return _from_npool(grad_x, last), grad_lam.reshape(la.shape)
 
     forward = _Numpy(maxent_forward, lambda x, la: (_struct(out_shape, x.dtype),))
     backward = _Numpy(maxent_backward, None)
@@ -672,7 +707,7 @@ def _global_pool(name, x, keepdims, data_format, selects, options, portable):
     def decomposed(x):
         return _in_float32(run, x)
 
-    if not uses_kernels():
+    if _kernel_platform(windowed=False) is None:
         return decomposed(x)
     forward_core, backward_core = core_functions(name)
     n = math.prod(x.shape[1:-1] if last else x.shape[2:])
@@ -895,7 +930,7 @@ def _gem_pool(x, p, eps, keepdims, data_format):
     def decomposed(x, p):
         return _in_float32(run, x, p)
 
-    if not uses_kernels():
+    if _kernel_platform(windowed=False) is None:
         return decomposed(x, p)
 
     def gem_forward(xa, pa, out):  # y: small, copied into out
@@ -1008,7 +1043,7 @@ def _set_op(name, arrays, mask, out_shape, portable, fold=False):
         mask_args = [] if mask is False else [values[n] if has_mask else None]
         return _in_float32(lambda *us: portable(JaxOps, *us, *mask_args), *values[:n])
 
-    if not uses_kernels():
+    if _kernel_platform(windowed=False) is None:
         return decomposed(*arrays, *masks)
     forward_core, backward_core = core_functions(name)
     # the arrays with a leading batch axis (the others - centres, weights - are shared by the
