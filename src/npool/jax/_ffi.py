@@ -122,8 +122,9 @@ def _run_on_device(target, inputs, results, stream):
     returned = target(*arrays, out=outs)
     for i, (value, out) in enumerate(zip(returned, outs)):
         written = isinstance(value, DeviceArray) and out.size == value.size and (
-            out.size == 0 or (value.ptr, value.shape, value.strides, value.dtype) ==
-            (out.ptr, out.shape, out.strides, out.dtype))
+            out.size == 0 or (value.ptr, value.shape, value.dtype) ==
+            (out.ptr, out.shape, out.dtype) and all(
+                n == 1 or s == t for n, s, t in zip(out.shape, out.strides, value.strides)))
         if not written:
             raise RuntimeError(f"npool.jax: result {i} of {type(target).__name__} was not "
                                f"written into XLA's buffer on the GPU route (got "
