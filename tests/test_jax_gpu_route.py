@@ -245,3 +245,30 @@ def test_no_cuda_backend_here_means_no_gpu_route():
         assert _ffi.available("gpu") is False
     with pytest.raises(ValueError, match="platform must be 'cpu' or 'gpu'"):
         _ffi.available("tpu")
+
+
+@pytest.mark.skipif(not _ffi.available("gpu"), reason="no JAX CUDA backend with npool's CUDA "
+                    "kernels (PyCUDA) here")
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_on_a_real_gpu_the_route_agrees_with_the_decomposition(data_format):
+    """A JAX CUDA backend and PyCUDA: the windowed pools lower to npool's CUDA target and agree
+    with the decomposition XLA compiles, forward, gradient and vmap."""
+    if jax.default_backend() != "gpu":
+        pytest.skip("JAX's default backend is not the GPU")
+    x = jnp.asarray(_data((4, 16, 12, 8) if data_format == "channels_last" else (4, 8, 16, 12)))
+    lam = jnp.asarray(np.abs(_data((8,))) + 0.3)
+    lam = lam if data_format == "channels_last" else lam[:, None, None]
+    for fn in (lambda v: nj.soft_pool2d(v, 2, data_format=data_format),
+               lambda v: nj.soft_pool2d(v, 3, 2, 1, True, data_format=data_format),
+               lambda v: nj.maxent_pool2d(v, lam, 2, data_format=data_format)):
+        loss = jax.jit(jax.value_and_grad(lambda v: jnp.sum(jnp.sin(fn(v)))))
+        assert "npool_cuda_kernels" in jax.jit(fn).lower(x).as_text()
+        value, grad = loss(x)
+        ys = jax.jit(jax.vmap(fn))(jnp.stack([x, 2 * x]))
+        with npool.jax.portable():
+            want_value, want_grad = jax.value_and_grad(lambda v: jnp.sum(jnp.sin(fn(v))))(x)
+            want_ys = jax.vmap(fn)(jnp.stack([x, 2 * x]))
+        np.testing.assert_allclose(float(value), float(want_value), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=1e-4,
+                                   atol=1e-5)
+        np.testing.assert_allclose(np.asarray(ys), np.asarray(want_ys), rtol=1e-5, atol=1e-6)

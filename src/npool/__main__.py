@@ -50,7 +50,8 @@ def header():
     try:  # npool.jax's route to the kernels (the handler module imports nothing of jax)
         from npool._cpu import _xla_ffi
         print(f"npool.jax: the kernels inside jitted programs through XLA's FFI (handler built "
-              f"for XLA FFI API {'.'.join(map(str, _xla_ffi.API_VERSION))}).")
+              f"for XLA FFI API {'.'.join(map(str, _xla_ffi.API_VERSION))}; on a JAX GPU, "
+              f"SoftPool and Max-Ent with PyCUDA).")
     except ImportError:
         print("npool.jax: no XLA FFI handler in this build (jax.pure_callback instead).")
     installed = [(name, importlib.util.find_spec(module) is not None, adapter)
