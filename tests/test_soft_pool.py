@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import npool
 from npool.testing import references, reference
-from npool.testing.strategies import as_tuple, channels_last, local_pool_inputs
+from npool.testing.strategies import channels_last, local_pool_inputs
 from helpers import (BACKWARD, FORWARD, call_backward, call_forward, central_differences,
                      ref_backward, ref_forward, scale_of)
 
@@ -28,9 +28,6 @@ def test_forward_lies_between_window_min_and_max(dtype, data):
     x, nd, args = data.draw(local_pool_inputs(dtype=dtype))
     kernel, stride, padding, ceil_mode = args
     y = call_forward(x, nd, args)
-    kernel = as_tuple(kernel, nd)
-    stride = kernel if stride is None else as_tuple(stride, nd)
-    padding = as_tuple(padding, nd)
     for out_index, window in references.windows(x.shape[-nd:], kernel, stride, padding,
                                                  ceil_mode):
         cells = x[(Ellipsis,) + window].reshape(x.shape[:-nd] + (-1,))

@@ -833,8 +833,8 @@ def _check_call(tuple x_shape, tuple out_shape, tuple lam_shape, tuple kernel, t
     require(out_shape[:2] == x_shape[:2] and lam_shape == out_shape,
             "the output and lam must be (N, C, OD, OH, OW) of x's N and C")
     for a in range(3):
-        require(kernel[a] >= 1 and stride[a] >= 1 and 0 <= 2 * padding[a] <= kernel[a],
-                "kernel >= 1, stride >= 1, 0 <= 2 * padding <= kernel")
+        require(kernel[a] >= 1 and stride[a] >= 1 and 0 <= padding[a] < kernel[a],
+                "kernel >= 1, stride >= 1, 0 <= padding (before) < kernel")
         require((out_shape[2 + a] - 1) * stride[a] - padding[a] < x_shape[2 + a],
                 "every window must start inside the input")
         cells *= kernel[a]

@@ -70,39 +70,123 @@ def int_tuple(value, name, length, minimum):
     return tuple(out)
 
 
-class WindowArgs:
-    """Normalised kernel_size, stride and padding (tuples of ``nd`` ints) and ceil_mode."""
+PADDING_MODES = ("same", "valid")
 
-    def __init__(self, nd, kernel_size, stride, padding, ceil_mode):
+
+def padding_spec(padding, nd, kernel):
+    """``padding`` in one of its forms, checked against ``kernel``: "same" or "valid"
+    (lower-case), or a tuple of ``nd`` ``(before, after)`` pairs. An int or per-axis ints mean p
+    on both sides, at most half the kernel (PyTorch's rule); a pair's sides are each less than
+    the kernel (a window wholly in the padding would have no cells)."""
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode not in PADDING_MODES:
+            raise ValueError(f"padding must be 'same', 'valid', an int, a tuple of {nd} ints or "
+                             f"of {nd} (before, after) pairs, got {padding!r}")
+        return mode
+    if isinstance(padding, (tuple, list)) and any(isinstance(p, (tuple, list))
+                                                   for p in padding):
+        if len(padding) != nd or not all(isinstance(p, (tuple, list)) and len(p) == 2
+                                         for p in padding):
+            raise ValueError(f"padding as pairs must be {nd} (before, after) pairs, one per "
+                             f"spatial axis, got {padding!r}")
+        pairs = tuple(int_tuple(tuple(p), "padding", 2, 0) for p in padding)
+        for axis, ((before, after), k) in enumerate(zip(pairs, kernel)):
+            if before >= k or after >= k:
+                raise ValueError(f"padding must be less than kernel_size on each side of every "
+                                 f"axis (a window wholly in the padding has no cells), got "
+                                 f"padding={tuple(pairs)} for kernel_size={kernel} (axis "
+                                 f"{axis})")
+        return pairs
+    symmetric = int_tuple(padding, "padding", nd, 0)
+    for k, p in zip(kernel, symmetric):
+        if 2 * p > k:
+            raise ValueError(f"padding must be at most half of kernel_size on every axis, got "
+                             f"padding={symmetric} for kernel_size={kernel} (pass (before, "
+                             f"after) pairs for other padding)")
+    return tuple((p, p) for p in symmetric)
+
+
+def same_padding(length, kernel, stride):
+    """TensorFlow's "same": ``(before, after)`` so that the output has ceil(L / s) cells -
+    ``max((ceil(L / s) - 1) s + k - L, 0)`` cells in all, the smaller half before."""
+    total = max((-(-length // stride) - 1) * stride + kernel - length, 0)
+    return total // 2, total - total // 2
+
+
+class WindowArgs:
+    """Normalised kernel_size, stride, padding and ceil_mode of an ``nd``-d windowed pool.
+
+    ``padding``: an int or ``nd`` ints (p cells on both sides, at most half the kernel:
+    PyTorch's), ``nd`` ``(before, after)`` pairs (each less than the kernel: TensorFlow's and
+    JAX's explicit padding), or ``"same"``/``"valid"`` (TensorFlow's rules: "same" gives
+    ceil(L / s) outputs, see ``same_padding``; "valid" pads nothing). Window o along an axis
+    spans cells ``[o s - before, o s - before + k)``; cells outside ``[0, L)`` are left out.
+
+    ``spatial``: the input's spatial size; "same" needs it to resolve ``padding`` and
+    ``padding_after`` (None until then: ``output_size`` still works for any size).
+    Attributes: ``kernel``, ``stride``, ``padding`` (cells before each axis: what the kernels
+    take), ``padding_after``, ``ceil_mode``, ``disjoint``, and ``spec`` (the padding as "same",
+    "valid" or pairs: what to pass on to another npool function).
+    """
+
+    def __init__(self, nd, kernel_size, stride, padding, ceil_mode, spatial=None):
         self.nd = nd
         self.kernel = int_tuple(kernel_size, "kernel_size", nd, 1)
         self.stride = self.kernel if stride is None else int_tuple(stride, "stride", nd, 1)
-        self.padding = int_tuple(padding, "padding", nd, 0)
-        for k, p in zip(self.kernel, self.padding):
-            if 2 * p > k:
-                raise ValueError(f"padding must be at most half of kernel_size on every axis, got "
-                                 f"padding={self.padding} for kernel_size={self.kernel}")
+        self.spec = padding_spec(padding, nd, self.kernel)
         self.ceil_mode = flag(ceil_mode, "ceil_mode")
         self.disjoint = all(s >= k for s, k in zip(self.stride, self.kernel))
+        self.padding = self.padding_after = None
+        if spatial is not None or self.spec != "same":
+            pairs = self.pairs(None if spatial is None else tuple(spatial))
+            self.padding = tuple(b for b, _ in pairs)
+            self.padding_after = tuple(a for _, a in pairs)
+
+    @property
+    def symmetric(self):
+        """Whether every axis pads the same number of cells before and after (PyTorch's form)."""
+        return self.spec != "same" and all(b == a for b, a in self.pairs(None))
+
+    def pairs(self, spatial):
+        """``(before, after)`` per axis for an input of spatial size ``spatial``."""
+        if self.spec == "valid":
+            return ((0, 0),) * self.nd
+        if self.spec == "same":
+            return tuple(same_padding(n, k, s) for n, k, s in zip(spatial, self.kernel,
+                                                                  self.stride))
+        return self.spec
 
     def output_size(self, spatial):
-        """PyTorch's rule: floor((L + 2p - k [+ s - 1]) / s) + 1, dropping a last window that
-        would start in the right padding."""
+        """PyTorch's rule over the padded length: floor((L + before + after - k [+ s - 1]) / s)
+        + 1, dropping a last ceil_mode window that would start in the right padding."""
         out = []
-        for axis, (length, k, s, p) in enumerate(zip(spatial, self.kernel, self.stride,
-                                                    self.padding)):
-            if length + 2 * p < k:
+        for axis, (length, k, s, (before, after)) in enumerate(zip(
+                spatial, self.kernel, self.stride, self.pairs(tuple(spatial)))):
+            if length + before + after < k:
                 raise ValueError(
                     f"input is smaller than kernel_size on spatial axis {axis}: size {length} "
-                    f"with padding {p} on each side is less than kernel_size {k}")
-            n = (length + 2 * p - k + (s - 1 if self.ceil_mode else 0)) // s + 1
-            if self.ceil_mode and (n - 1) * s >= length + p:
+                    f"with padding ({before}, {after}) is less than kernel_size {k}")
+            n = (length + before + after - k + (s - 1 if self.ceil_mode else 0)) // s + 1
+            if self.ceil_mode and (n - 1) * s >= length + before:
                 n -= 1
             out.append(n)
         return tuple(out)
 
+    def require_symmetric(self, where):
+        """A ValueError where an adapter takes PyTorch's symmetric padding only."""
+        if not self.symmetric:
+            raise ValueError(f"{where} takes padding as an int or per-axis ints (the same on "
+                             f"both sides), or 'valid'; got {self.spec!r} ((before, after) "
+                             f"pairs and 'same' are taken by npool's core functions and "
+                             f"npool.jax)")
+        return self
+
     def as_3d(self):
-        """(kernel, stride, padding) padded in front to 3 spatial axes for the kernels."""
+        """(kernel, stride, padding before) padded in front to 3 spatial axes for the kernels."""
+        if self.padding is None:
+            raise ValueError("npool internal: WindowArgs with padding='same' needs the input's "
+                             "spatial size (spatial=) before the kernels are called")
         pad = 3 - self.nd
         return ((1,) * pad + self.kernel, (1,) * pad + self.stride, (0,) * pad + self.padding)
 

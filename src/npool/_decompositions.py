@@ -46,8 +46,9 @@ def window_cells(spatial, window):
     out = window.output_size(spatial)
     index = np.zeros((1,) * (2 * nd), np.int64)
     real = np.ones((1,) * (2 * nd), bool)
-    for axis, (n, k, s, p, o) in enumerate(zip(spatial, window.kernel, window.stride,
-                                               window.padding, out)):
+    before = tuple(b for b, _ in window.pairs(tuple(spatial)))
+    for axis, (n, k, s, p, o) in enumerate(zip(spatial, window.kernel, window.stride, before,
+                                               out)):
         shape = [1] * (2 * nd)
         shape[axis], shape[nd + axis] = o, k
         position = (np.arange(o)[:, None] * s - p + np.arange(k)[None, :]).reshape(shape)

@@ -33,6 +33,9 @@ Array = Any
 # A function with a flag for a second result (return_indices, return_norms): one array or two.
 ArrayOrPair = Any
 Size = Union[int, Sequence[int]]  # one value for every spatial axis, or one per axis
+# A local pool's padding: p on both sides of every axis or one per axis, (before, after) per
+# axis, or TensorFlow's "same" / "valid"
+Padding = Union[int, Sequence[int], Sequence[Tuple[int, int]], str]
 Count = Union[int, float]  # a count of cells, or a fraction in (0, 1] of them
 # out=: one destination, or a tuple with one per result (each None or an array)
 Out = Optional[Union[ArrayLike, Sequence[Optional[ArrayLike]]]]
@@ -44,14 +47,14 @@ class SoftPoolForward(Protocol):
     """``npool.soft_pool{1,2,3}d_forward``."""
 
     def __call__(self, x: ArrayLike, kernel_size: Size, stride: Optional[Size] = None,
-                 padding: Size = 0, ceil_mode: bool = False, *, out: Out = None) -> Array: ...
+                 padding: Padding = 0, ceil_mode: bool = False, *, out: Out = None) -> Array: ...
 
 
 class SoftPoolBackward(Protocol):
     """``npool.soft_pool{1,2,3}d_backward``."""
 
     def __call__(self, grad_out: ArrayLike, x: ArrayLike, kernel_size: Size,
-                 stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False, *,
+                 stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False, *,
                  out: Out = None) -> Array: ...
 
 
@@ -59,7 +62,7 @@ class MaxEntPoolForward(Protocol):
     """``npool.maxent_pool{1,2,3}d_forward``."""
 
     def __call__(self, x: ArrayLike, lam: Union[float, ArrayLike], kernel_size: Size,
-                 stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False, *,
+                 stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False, *,
                  out: Out = None) -> Array: ...
 
 
@@ -67,10 +70,10 @@ class MaxEntPoolBackward(Protocol):
     """``npool.maxent_pool{1,2,3}d_backward``: the gradients of x and lam."""
 
     def __call__(self, grad_out: ArrayLike, x: ArrayLike, lam: Union[float, ArrayLike],
-                 kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0,
+                 kernel_size: Size, stride: Optional[Size] = None, padding: Padding = 0,
                  ceil_mode: bool = False, *, out: Out = None) -> Tuple[Array, Array]: ...
 
 
 __all__ = ["Array", "ArrayLike", "ArrayOrPair", "Count", "CudaArrayLike", "DLPackLike",
-           "MaxEntPoolBackward", "MaxEntPoolForward", "Out", "Size", "SoftPoolBackward",
+           "MaxEntPoolBackward", "MaxEntPoolForward", "Out", "Padding", "Size", "SoftPoolBackward",
            "SoftPoolForward"]

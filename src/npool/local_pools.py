@@ -15,8 +15,8 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from . import _checks
-from ._types import (Array, ArrayLike, MaxEntPoolBackward, MaxEntPoolForward, Out, Size,
-                     SoftPoolBackward, SoftPoolForward)
+from ._types import (Array, ArrayLike, MaxEntPoolBackward, MaxEntPoolForward, Out, Padding,
+                     Size, SoftPoolBackward, SoftPoolForward)
 from ._cpu import kernel_module
 from ._dispatch import backend_of
 from ._threads import threads_for
@@ -33,7 +33,8 @@ class _Call:
 
     def __init__(self, x, nd, kernel_size, stride, padding, ceil_mode):
         x, self.batched = _checks.pool_input(x, nd)
-        self.args = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
+        self.args = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode,
+                                       spatial=x.shape[-nd:])
         self.out_spatial = self.args.output_size(x.shape[-nd:])
         self.nd = nd
         self.dtype = x.dtype
@@ -224,9 +225,12 @@ _WINDOW_DOC = """    kernel_size : int or tuple of {nd} ints
         The window.
     stride : int or tuple of {nd} ints, optional
         The step between windows; default ``kernel_size``.
-    padding : int or tuple of {nd} ints, default 0
-        Implicit padding on both sides, at most half the kernel; padded cells are left out of
-        the windows (they are not zeros).
+    padding : int, tuple of {nd} ints, tuple of {nd} (before, after) pairs, "same" or "valid", default 0
+        Implicit padding: an int or per-axis ints pad both sides (at most half the kernel:
+        PyTorch's rule); ``(before, after)`` pairs pad each side (each less than the kernel);
+        ``"same"`` gives ``ceil(L / stride)`` outputs (TensorFlow's rule: the smaller half of
+        ``max((ceil(L / stride) - 1) stride + kernel - L, 0)`` cells before), ``"valid"`` none
+        (either case). Padded cells are left out of the windows (they are not zeros).
     ceil_mode : bool, default False
         PyTorch's output-size rule with ceil instead of floor."""
 _EXAMPLE_SHAPE = {1: "(2, 3, 8)", 2: "(2, 3, 8, 8)", 3: "(2, 3, 4, 8, 8)"}
@@ -239,12 +243,12 @@ def _make_pool(nd) -> Tuple[SoftPoolForward, SoftPoolBackward]:
     """The public forward and backward of SoftPool in ``nd`` spatial dimensions."""
     axes = ", ".join("DHW"[3 - nd:])
 
-    def forward(x: ArrayLike, kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0,
-                ceil_mode: bool = False, *, out: Out = None) -> Array:
+    def forward(x: ArrayLike, kernel_size: Size, stride: Optional[Size] = None,
+                padding: Padding = 0, ceil_mode: bool = False, *, out: Out = None) -> Array:
         return _softmax_pool_forward(x, nd, 1.0, kernel_size, stride, padding, ceil_mode, out)
 
     def backward(grad_out: ArrayLike, x: ArrayLike, kernel_size: Size,
-                 stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False, *,
+                 stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False, *,
                  out: Out = None) -> Array:
         return _softmax_pool_backward(grad_out, x, nd, 1.0, kernel_size, stride, padding,
                                       ceil_mode, out=out)
@@ -270,16 +274,16 @@ def _make_pool(nd) -> Tuple[SoftPoolForward, SoftPoolBackward]:
     Returns
     -------
     y : numpy.ndarray or GPUArray
-        Shape ``(N, C, *out)`` (or ``(C, *out)``), each ``out = floor((L + 2 padding - kernel
-        [+ stride - 1]) / stride) + 1``; x's dtype and memory layout; ``out`` when given.
+        Shape ``(N, C, *out)`` (or ``(C, *out)``), each ``out = floor((L + before + after -
+        kernel [+ stride - 1]) / stride) + 1``; x's dtype and memory layout; ``out`` when given.
 
     Raises
     ------
     TypeError
         x is not a float array, or ``out`` has another dtype.
     ValueError
-        Bad window arguments (kernel < 1, padding over half the kernel, a window starting
-        past the input), a wrong shape, or an ``out`` that is read-only or overlaps x.
+        Bad window arguments (kernel < 1, padding over half the kernel or a side of a pair
+        as long as the kernel, a window starting past the input), a wrong shape, or an ``out`` that is read-only or overlaps x.
 
     Examples
     --------
@@ -339,12 +343,12 @@ def _make_maxent_pool(nd) -> Tuple[MaxEntPoolForward, MaxEntPoolBackward]:
     axes = ", ".join("DHW"[3 - nd:])
 
     def forward(x: ArrayLike, lam: Union[float, ArrayLike], kernel_size: Size,
-                stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False, *,
+                stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False, *,
                 out: Out = None) -> Array:
         return _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, out)
 
     def backward(grad_out: ArrayLike, x: ArrayLike, lam: Union[float, ArrayLike],
-                 kernel_size: Size, stride: Optional[Size] = None, padding: Size = 0,
+                 kernel_size: Size, stride: Optional[Size] = None, padding: Padding = 0,
                  ceil_mode: bool = False, *, out: Out = None) -> Tuple[Array, Array]:
         return _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding,
                                       ceil_mode, with_lam=True, out=out)
@@ -411,7 +415,7 @@ def _make_maxent_pool(nd) -> Tuple[MaxEntPoolForward, MaxEntPoolBackward]:
         The forward's window arguments.
     out : tuple, optional
         Keyword only: ``(grad_x, grad_lam)`` destinations, each None or an array of that
-        result's shape and x's dtype (on GPU arrays, grad_lam's must be None).
+        result's shape and x's dtype (on GPU arrays, grad_lam's C-contiguous).
 
     Returns
     -------

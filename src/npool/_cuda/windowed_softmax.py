@@ -44,7 +44,8 @@ class _Call:
     def __init__(self, x, nd, kernel_size, stride, padding, ceil_mode):
         self.x = describe(x, "x")
         _checks.pool_input(self.x, nd)
-        self.args = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
+        self.args = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode,
+                                       spatial=self.x.shape[-nd:])
         self.nd = nd
         self.batched = self.x.ndim == nd + 2
         self.out_spatial = self.args.output_size(self.x.shape[-nd:])

@@ -14,7 +14,7 @@ import npool
 
 from .. import _checks, _decompositions, _op_table
 from .._op_table import core_functions
-from .._types import Count, Size
+from .._types import Count, Padding, Size
 from . import _ffi
 
 JaxArrayLike = Union[jax.Array, np.ndarray, float]  # what jnp.asarray takes here
@@ -498,7 +498,7 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
     out_spatial = window.output_size(tuple(spatial))
     out_shape = ((x.shape[0],) + out_spatial + (x.shape[-1],) if last
                  else x.shape[:2] + out_spatial)
-    args = (window.kernel, window.stride, window.padding, window.ceil_mode)
+    args = (window.kernel, window.stride, window.spec, window.ceil_mode)
     scalar = lam is None or isinstance(lam, float)
     lam_value = 1.0 if lam is None else lam
     if not scalar:  # lam broadcast against y in JAX's order -> against npool's (N, C, *out)
@@ -574,7 +574,7 @@ class SoftPoolFunction(Protocol):
     dimension)."""
 
     def __call__(self, x: JaxArrayLike, kernel_size: Size, stride: Optional[Size] = None,
-                 padding: Size = 0, ceil_mode: bool = False,
+                 padding: Padding = 0, ceil_mode: bool = False,
                  data_format: str = "channels_last") -> jax.Array: ...
 
 
@@ -582,7 +582,7 @@ class MaxEntPoolFunction(Protocol):
     """``npool.jax.maxent_pool{1,2,3}d``."""
 
     def __call__(self, x: JaxArrayLike, lam: Union[float, JaxArrayLike], kernel_size: Size,
-                 stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False,
+                 stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False,
                  data_format: str = "channels_last") -> jax.Array: ...
 
 
@@ -591,7 +591,7 @@ def _make_soft_pool(nd) -> SoftPoolFunction:
                   3: ("(2, 4, 8, 8, 3)", "(2, 2, 4, 4, 3)")}[nd]
 
     def soft_pool(x: JaxArrayLike, kernel_size: Size, stride: Optional[Size] = None,
-                  padding: Size = 0, ceil_mode: bool = False,
+                  padding: Padding = 0, ceil_mode: bool = False,
                   data_format: str = "channels_last") -> jax.Array:
         return _local_pool(x, None, nd, kernel_size, stride, padding, ceil_mode, data_format)
 
@@ -608,8 +608,11 @@ def _make_soft_pool(nd) -> SoftPoolFunction:
     kernel_size : int or tuple of {nd} ints
     stride : int or tuple of {nd} ints, optional
         Defaults to ``kernel_size``.
-    padding : int or tuple of {nd} ints
-        At most half the kernel; padded cells are left out of the windows. Default 0.
+    padding : "SAME", "VALID", int, tuple of {nd} ints or of {nd} (before, after) pairs
+        As ``flax.linen.max_pool`` and ``jax.lax.reduce_window`` take it: "SAME" (ceil(L /
+        stride) outputs, TensorFlow's rule), "VALID" (none; either case), ``(before, after)``
+        per axis (each less than the kernel), or PyTorch's ints (both sides, at most half the
+        kernel). Padded cells are left out of the windows. Default 0.
     ceil_mode : bool
         PyTorch's ceil rule for the output size. Default False.
     data_format : {{"channels_last", "channels_first"}}
@@ -617,7 +620,8 @@ def _make_soft_pool(nd) -> SoftPoolFunction:
     Returns
     -------
     jax.Array
-        Each spatial size ``floor((L + 2 padding - kernel [+ stride - 1]) / stride) + 1``.
+        Each spatial size ``floor((L + before + after - kernel [+ stride - 1]) / stride) +
+        1``.
         Differentiable (``jax.grad``, ``jax.vjp``; ``jax.custom_vjp`` over npool's backward
         kernel), and usable under ``jax.jit`` and ``jax.vmap`` (vmapped axes are folded into
         the batch: one kernel call).
@@ -636,7 +640,7 @@ def _make_maxent_pool(nd) -> MaxEntPoolFunction:
                   3: ("(2, 4, 8, 8, 3)", "(2, 2, 4, 4, 3)")}[nd]
 
     def maxent_pool(x: JaxArrayLike, lam: Union[float, JaxArrayLike], kernel_size: Size,
-                    stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False,
+                    stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False,
                     data_format: str = "channels_last") -> jax.Array:
         if isinstance(lam, (bool, np.bool_)):
             raise TypeError("lam must be a real number or an array, got bool")

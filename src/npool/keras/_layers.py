@@ -39,7 +39,8 @@ class _SoftPoolingND(keras.layers.Layer):
         self.padding = padding
         self.ceil_mode = ceil_mode
         self.data_format = data_format or keras.config.image_data_format()
-        _checks.WindowArgs(self._nd, pool_size, strides, padding, ceil_mode)  # fail early
+        _checks.WindowArgs(self._nd, pool_size, strides, padding, ceil_mode).require_symmetric(
+            "npool.keras")  # fail early
 
     def call(self, inputs: Tensor) -> Tensor:
         """Pool the inputs.
@@ -574,7 +575,8 @@ class MaxEntPooling2D(keras.layers.Layer):
             raise ValueError(f"lam must be 'gfgp', 'channel' or a number, got {lam!r}")
         if not isinstance(lam, str):
             lam = _checks.finite_real(lam, "lam")
-        _checks.WindowArgs(2, pool_size, strides, padding, ceil_mode)
+        _checks.WindowArgs(2, pool_size, strides, padding, ceil_mode).require_symmetric(
+            "npool.keras")
         self.pool_size, self.strides, self.padding = pool_size, strides, padding
         self.ceil_mode, self.lam, self.activation, self.hidden = ceil_mode, lam, activation, hidden
         self.data_format = data_format or keras.config.image_data_format()

@@ -60,11 +60,13 @@ def reference(op: str) -> Tuple[Callable[..., Any], Callable[..., Any]]:
 
 def problems(op: str, *, dtypes: Sequence[str] = ("float32", "float64"),
              layouts: Sequence[str] = ("contiguous", "channels_last", "strided"),
-             extreme: bool = True) -> Any:
+             extreme: bool = True,
+             paddings: Sequence[str] = ("symmetric", "pairs", "same", "valid")) -> Any:
     """A hypothesis strategy of ``Problem`` objects for ``op``.
 
     It draws what breaks kernels: shapes with size-1 axes and N = 0, windows equal to the
-    input, strides other than the kernel, padding up to half the kernel, ceil_mode windows
+    input, strides other than the kernel, every form of padding (up to half the kernel on both
+    sides, ``(before, after)`` pairs up to the kernel less one, "same" and "valid"), ceil_mode windows
     hanging over the edge, values around 0, +-500 and +-1e4 and pool inputs whose windows and
     maps lie about 1e3 apart (``extreme``), ties, temperatures of every broadcast shape, k as
     counts and fractions, masks with empty sets.
@@ -79,6 +81,10 @@ def problems(op: str, *, dtypes: Sequence[str] = ("float32", "float64"),
         C order, channels-last memory, strided views.
     extreme : bool, default True
         Include the large-magnitude values.
+    paddings : sequence of str, default ("symmetric", "pairs", "same", "valid")
+        The forms of a local pool's ``padding`` to draw: an int or per-axis ints (the same on
+        both sides: PyTorch's), per-axis ``(before, after)`` pairs, TensorFlow's "same" and
+        "valid" (in either case). Other ops ignore it.
 
     Returns
     -------
@@ -102,4 +108,4 @@ def problems(op: str, *, dtypes: Sequence[str] = ("float32", "float64"),
     """
     require_hypothesis()
     from .strategies import problems as strategy
-    return strategy(op, dtypes=dtypes, layouts=layouts, extreme=extreme)
+    return strategy(op, dtypes=dtypes, layouts=layouts, extreme=extreme, paddings=paddings)

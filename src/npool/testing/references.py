@@ -28,33 +28,58 @@ def as_tuple(v, nd):
 
 
 # ------------------------------------------------------------------ windows
+def padding_pairs(spatial, kernel, stride, padding):
+    """``(before, after)`` cells of padding per axis: ``padding`` an int or per-axis ints (both
+    sides), per-axis ``(before, after)`` pairs, or TensorFlow's ``"same"`` (the output has
+    ceil(L / s) cells: ``max((ceil(L / s) - 1) s + k - L, 0)`` padding cells, the smaller half
+    before) or ``"valid"`` (none)."""
+    nd = len(spatial)
+    if isinstance(padding, str):
+        if padding.lower() == "valid":
+            return ((0, 0),) * nd
+        if padding.lower() != "same":
+            raise ValueError(f"padding {padding!r} is not 'same' or 'valid'")
+        pairs = []
+        for n, k, s in zip(spatial, kernel, stride):
+            total = max((math.ceil(n / s) - 1) * s + k - n, 0)
+            pairs.append((total // 2, total - total // 2))
+        return tuple(pairs)
+    if isinstance(padding, (tuple, list)) and any(isinstance(p, (tuple, list)) for p in padding):
+        return tuple((int(before), int(after)) for before, after in padding)
+    return tuple((p, p) for p in as_tuple(padding, nd))
+
+
 def output_size(length, kernel, stride, padding, ceil_mode):
-    """PyTorch's rule: floor((L + 2p - k [+ s - 1]) / s) + 1; with ceil_mode a last window that
-    would start in the right padding is dropped."""
-    n = (length + 2 * padding - kernel + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (n - 1) * stride >= length + padding:
+    """PyTorch's rule over the padded length: floor((L + before + after - k [+ s - 1]) / s) + 1;
+    with ceil_mode a last window that would start in the right padding is dropped. ``padding``:
+    p on both sides, or ``(before, after)``."""
+    before, after = (padding, padding) if isinstance(padding, numbers.Integral) else padding
+    n = (length + before + after - kernel + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (n - 1) * stride >= length + before:
         n -= 1
     return n
 
 
 def window_geometry(spatial, kernel_size, stride, padding, ceil_mode):
+    """(kernel, stride, (before, after) padding pairs, output sizes) per axis."""
     nd = len(spatial)
     kernel = as_tuple(kernel_size, nd)
     stride = kernel if stride is None else as_tuple(stride, nd)
-    padding = as_tuple(padding, nd)
+    pairs = padding_pairs(spatial, kernel, stride, padding)
     sizes = tuple(output_size(n, k, s, p, ceil_mode)
-                  for n, k, s, p in zip(spatial, kernel, stride, padding))
-    return kernel, stride, padding, sizes
+                  for n, k, s, p in zip(spatial, kernel, stride, pairs))
+    return kernel, stride, pairs, sizes
 
 
 def windows(spatial, kernel_size, stride=None, padding=0, ceil_mode=False):
-    """For every output position o, the slices of its real cells R(o): padded cells are left
-    out of the window, not counted as zeros."""
-    kernel, stride, padding, sizes = window_geometry(spatial, kernel_size, stride, padding,
-                                                     ceil_mode)
+    """For every output position o, the slices of its real cells R(o): window o spans cells
+    ``[o s - before, o s - before + k)`` of each axis; padded cells are left out of the window,
+    not counted as zeros."""
+    kernel, stride, pairs, sizes = window_geometry(spatial, kernel_size, stride, padding,
+                                                   ceil_mode)
     for out_index in itertools.product(*(range(n) for n in sizes)):
         slices = tuple(slice(max(o * s - p, 0), min(o * s - p + k, n))
-                       for o, n, k, s, p in zip(out_index, spatial, kernel, stride, padding))
+                       for o, n, k, s, (p, _) in zip(out_index, spatial, kernel, stride, pairs))
         yield out_index, slices
 
 

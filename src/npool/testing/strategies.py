@@ -1,6 +1,6 @@
 """hypothesis strategies of npool problems (hypothesis needed): ``problems`` (what
 ``npool.testing.problems`` returns) and the building blocks for tests of one's own:
-``window_args``, ``local_pool_inputs``, ``values`` and ``channels_last``."""
+``window_args``, ``padding_args``, ``local_pool_inputs``, ``values`` and ``channels_last``."""
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -59,20 +59,60 @@ values = st.one_of(
 )
 
 
+# The forms of a local pool's padding the strategies draw: an int or per-axis ints (PyTorch's,
+# at most half the kernel), per-axis (before, after) pairs (each less than the kernel), and
+# TensorFlow's "same" and "valid" (in either case, as TensorFlow and JAX spell them)
+PADDINGS = ("symmetric", "pairs", "same", "valid")
+
+
+def _check_paddings(paddings):
+    paddings = (paddings,) if isinstance(paddings, str) else tuple(paddings)
+    if not paddings or any(form not in PADDINGS for form in paddings):
+        raise ValueError(f"paddings must be some of {PADDINGS}, got {paddings!r}")
+    return paddings
+
+
 @st.composite
-def window_args(draw, nd, max_kernel=4):
+def padding_args(draw, kernel, paddings=PADDINGS):
+    """``(padding, pairs)``: a padding argument for windows of ``kernel`` (a tuple) in one of
+    the ``paddings`` forms, and its ``(before, after)`` pairs where they do not depend on the
+    input's size (None for "same")."""
+    form = draw(st.sampled_from(_check_paddings(paddings)))
+    if form in ("same", "valid"):
+        pairs = None if form == "same" else ((0, 0),) * len(kernel)
+        return draw(st.sampled_from([form, form.upper()])), pairs
+    if form == "pairs":
+        pairs = tuple((draw(st.integers(0, k - 1)), draw(st.integers(0, k - 1)))
+                      for k in kernel)
+        return pairs, pairs
+    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
+    pairs = tuple((p, p) for p in padding)
+    if len(set(padding)) == 1 and draw(st.booleans()):
+        padding = padding[0]
+    return padding, pairs
+
+
+def _spatial(draw, kernel, pairs, extra):
+    """Spatial sizes at least as long as each padded kernel (sometimes exactly), up to
+    ``extra`` cells longer than the kernel."""
+    low = [1 if pairs is None else max(1, k - before - after)
+           for k, (before, after) in zip(kernel, pairs or [(0, 0)] * len(kernel))]
+    return tuple(draw(st.integers(lo, k + extra)) for lo, k in zip(low, kernel))
+
+
+@st.composite
+def window_args(draw, nd, max_kernel=4, paddings=PADDINGS):
     """(kernel_size, stride, padding, ceil_mode) for nd axes, as ints or tuples (sometimes a
-    plain int and the default stride, as users pass them)."""
+    plain int and the default stride, as users pass them); padding in one of the
+    ``paddings`` forms (``PADDINGS``)."""
     kernel = tuple(draw(st.integers(1, max_kernel)) for _ in range(nd))
     stride = tuple(draw(st.integers(1, max_kernel + 1)) for _ in range(nd))
-    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
+    padding, _ = draw(padding_args(kernel, paddings))
     ceil_mode = draw(st.booleans())
     if len(set(kernel)) == 1 and draw(st.booleans()):
         kernel = kernel[0]
     if draw(st.booleans()):
         stride = None
-    if len(set(padding)) == 1 and draw(st.booleans()):
-        padding = padding[0]
     return kernel, stride, padding, ceil_mode
 
 
@@ -80,17 +120,25 @@ def as_tuple(v, nd):
     return tuple(v) if isinstance(v, tuple) else (v,) * nd
 
 
+def _fixed_pairs(padding, nd):
+    """(before, after) per axis of a padding argument, None for "same" (size-dependent)."""
+    if isinstance(padding, str):
+        return None if padding.lower() == "same" else ((0, 0),) * nd
+    padding = as_tuple(padding, nd)
+    return tuple(p if isinstance(p, tuple) else (p, p) for p in padding)
+
+
 @st.composite
 def local_pool_inputs(draw, nd=None, dtype=np.float64, elements=values, max_kernel=4,
-                      batched=None, min_batch=1):
+                      batched=None, min_batch=1, paddings=PADDINGS):
     """A local-pool input and its window: (x, nd, (kernel_size, stride, padding, ceil_mode)),
-    every axis at least as long as its padded kernel (sometimes exactly)."""
+    every axis at least as long as its padded kernel (sometimes exactly); padding in one of
+    the ``paddings`` forms (``PADDINGS``)."""
     nd = draw(st.integers(1, 3)) if nd is None else nd
-    args = draw(window_args(nd, max_kernel))
+    args = draw(window_args(nd, max_kernel, paddings))
     kernel, _, padding, _ = args
-    kernel, padding = as_tuple(kernel, nd), as_tuple(padding, nd)
-    spatial = tuple(draw(st.integers(max(1, k - 2 * p), k + (5 if nd < 3 else 3)))
-                    for k, p in zip(kernel, padding))
+    kernel = as_tuple(kernel, nd)
+    spatial = _spatial(draw, kernel, _fixed_pairs(padding, nd), 5 if nd < 3 else 3)
     channels = draw(st.integers(1, 3))
     batched = draw(st.booleans()) if batched is None else batched
     shape = ((draw(st.integers(min_batch, 2)),) if batched else ()) + (channels,) + spatial
@@ -129,20 +177,19 @@ def _grad_out(draw, problem, dtype):
 
 
 @st.composite
-def _window(draw, nd):
+def _window(draw, nd, paddings):
     kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
     stride = tuple(draw(st.integers(1, 5)) for _ in range(nd))
-    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
+    padding, pairs = draw(padding_args(kernel, paddings))
     options = {"kernel_size": kernel[0] if len(set(kernel)) == 1 and draw(st.booleans())
                else kernel}
     if draw(st.booleans()):
         options["stride"] = stride
-    if any(padding):
+    if isinstance(padding, str) or pairs is None or any(b or a for b, a in pairs):
         options["padding"] = padding
     if draw(st.booleans()):
         options["ceil_mode"] = True
-    spatial = tuple(draw(st.integers(max(1, k - 2 * p), k + (4 if nd < 3 else 2)))
-                    for k, p in zip(kernel, padding))
+    spatial = _spatial(draw, kernel, pairs, 4 if nd < 3 else 2)
     return options, spatial
 
 
@@ -151,9 +198,9 @@ def _batch(draw, allow_empty=True):
 
 
 @st.composite
-def _local(draw, op, dtype, layouts, extreme):
+def _local(draw, op, dtype, layouts, extreme, paddings):
     nd = LOCAL[op]
-    options, spatial = draw(_window(nd))
+    options, spatial = draw(_window(nd, paddings))
     batched = draw(st.booleans())
     lead = ((_batch(draw),) if batched else ()) + (draw(st.integers(1, 3)),)
     x = _in_layout(draw, draw(_values(lead + spatial, dtype, extreme, far_apart=True)),
@@ -257,7 +304,7 @@ def _set(draw, op, dtype, layouts, extreme):
     return problem
 
 
-def problems(op, *, dtypes=DTYPES, layouts=LAYOUTS, extreme=True):
+def problems(op, *, dtypes=DTYPES, layouts=LAYOUTS, extreme=True, paddings=PADDINGS):
     """A hypothesis strategy of ``npool.testing.Problem``s for ``op`` (see the package doc)."""
     check_op_name(op)
     dtypes = tuple(as_dtype(d) for d in ((dtypes,) if isinstance(dtypes, (str, type))
@@ -270,6 +317,10 @@ def problems(op, *, dtypes=DTYPES, layouts=LAYOUTS, extreme=True):
     for layout in layouts:
         if layout not in LAYOUTS:
             raise ValueError(f"layouts must be among {LAYOUTS}, got {layout!r}")
-    family = _local if op in LOCAL else _global if op in GLOBAL else _set
+    paddings = _check_paddings(paddings)
+    if op in LOCAL:
+        return st.sampled_from(dtypes).flatmap(
+            lambda dtype: _local(op, dtype, layouts, bool(extreme), paddings))
+    family = _global if op in GLOBAL else _set
     return st.sampled_from(dtypes).flatmap(
         lambda dtype: family(op, dtype, layouts, bool(extreme)))

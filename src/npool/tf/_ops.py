@@ -66,8 +66,9 @@ def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
         raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
                         f"{x.dtype.name}")
     layout = _Layout(data_format, nd, x.shape.rank)
-    window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
-    args = (window.kernel, window.stride, window.padding, window.ceil_mode)
+    window = _checks.WindowArgs(nd, kernel_size, stride, padding,
+                                ceil_mode).require_symmetric("npool.tf")
+    args = (window.kernel, window.stride, window.spec, window.ceil_mode)
     forward, backward = _op_table.core_functions(f"soft_pool{nd}d")
     batched = x.shape.rank == nd + 2
 
@@ -501,8 +502,9 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
     if lam.shape.rank is None or lam.shape.rank > x.shape.rank:
         raise ValueError(f"lam of shape {lam.shape} does not broadcast to the output of x "
                          f"{x.shape}")
-    window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
-    args = (window.kernel, window.stride, window.padding, window.ceil_mode)
+    window = _checks.WindowArgs(nd, kernel_size, stride, padding,
+                                ceil_mode).require_symmetric("npool.tf")
+    args = (window.kernel, window.stride, window.spec, window.ceil_mode)
     forward, backward = _op_table.core_functions(f"maxent_pool{nd}d")
     rank = x.shape.rank
     batched = rank == nd + 2

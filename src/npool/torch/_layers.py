@@ -34,7 +34,8 @@ class _SoftPoolNd(torch.nn.Module):
         self.stride = stride if stride is not None else kernel_size
         self.padding = padding
         self.ceil_mode = ceil_mode
-        _checks.WindowArgs(self._nd, kernel_size, stride, padding, ceil_mode)  # fail early
+        _checks.WindowArgs(self._nd, kernel_size, stride, padding, ceil_mode).require_symmetric(
+            "npool.torch")  # fail early
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pool x.
@@ -514,7 +515,8 @@ class MaxEntPool2d(torch.nn.Module):
                  padding: Size = 0, ceil_mode: bool = False, lam: Union[str, float] = "gfgp",
                  activation: str = "sigmoid", hidden: Optional[int] = None) -> None:
         super().__init__()
-        _checks.WindowArgs(2, kernel_size, stride, padding, ceil_mode)  # fail early
+        _checks.WindowArgs(2, kernel_size, stride, padding, ceil_mode).require_symmetric(
+            "npool.torch")  # fail early
         if activation not in ("sigmoid", "softplus"):
             raise ValueError(f"activation must be 'sigmoid' or 'softplus', got {activation!r}")
         self.num_features = num_features
