@@ -87,7 +87,7 @@ def test_torch_conforms(name, data):
     op = OPS[name]
     problem = data.draw(problems(name, dtypes=("float64",),
                                  layouts=("contiguous", "channels_last"), extreme=False,
-                                 paddings=TORCH_PADDINGS))
+                                 paddings=TORCH_PADDINGS, dilations=False))
     inputs, options = _torch_call(problem)
     function = getattr(nt, name)
     with _NpoolCalls() as recorder:
@@ -118,7 +118,7 @@ def test_torch_autocast_conforms(name, data):
     """Inside ``torch.autocast`` every op runs in the region's dtype, as on inputs cast to it
     (float64 inputs and non-float ones left alone)."""
     problem = data.draw(problems(name, dtypes=("float32",), layouts=("contiguous",),
-                                 extreme=False, paddings=TORCH_PADDINGS))
+                                 extreme=False, paddings=TORCH_PADDINGS, dilations=False))
     inputs, options = _torch_call(problem)
     function = getattr(nt, name)
     for dtype in (torch.bfloat16, torch.float16):
@@ -143,7 +143,7 @@ def _batched_torch_problem(data, name):
     """A float64 problem with a batch of at least one (vmap and compile want one)."""
     op = OPS[name]
     problem = data.draw(problems(name, dtypes=("float64",), layouts=("contiguous",),
-                                 extreme=False, paddings=TORCH_PADDINGS).filter(
+                                 extreme=False, paddings=TORCH_PADDINGS, dilations=False).filter(
         lambda p: (op.family == "set" or np.ndim(p.inputs["x"]) == op_rank(p, op)) and
         all(np.size(a) for a in p.inputs.values())))
     return problem
@@ -247,11 +247,11 @@ def _differentiable_at(problem):
     return all(len(np.unique(row)) == n for row in x.reshape(-1, n))
 
 
-def _adapter_problems(name, paddings=PADDINGS):
+def _adapter_problems(name, paddings=PADDINGS, dilations=True):
     """Batched float64 problems in C order (the frameworks' arrays have no other layout)."""
     op = OPS[name]
     return problems(name, dtypes=("float64",), layouts=("contiguous",), extreme=False,
-                    paddings=paddings).filter(
+                    paddings=paddings, dilations=dilations).filter(
         lambda p: op.family == "set" or np.ndim(p.inputs["x"]) == op_rank(p, op))
 
 
@@ -312,7 +312,7 @@ def test_tf_conforms(name, data):
     tf = pytest.importorskip("tensorflow")
     ntf = pytest.importorskip("npool.tf")
     op = OPS[name]
-    problem = data.draw(_adapter_problems(name, TF_PADDINGS))
+    problem = data.draw(_adapter_problems(name, TF_PADDINGS, dilations=False))
     inputs, options = _adapter_call(problem, op)
     variables = {n: tf.Variable(inputs[n]) for n in op.differentiable}
     options = {key: tf.constant(value) if isinstance(value, np.ndarray) else value
@@ -338,7 +338,7 @@ def test_tf_portable_form_conforms(name, data):
     tf = pytest.importorskip("tensorflow")
     ntf = pytest.importorskip("npool.tf")
     op = OPS[name]
-    problem = data.draw(_adapter_problems(name, TF_PADDINGS))
+    problem = data.draw(_adapter_problems(name, TF_PADDINGS, dilations=False))
     if name in SELECTIONS and np.size(problem.inputs["x"]):
         x = problem.inputs["x"]
         problem.inputs["x"] = np.random.default_rng(0).permutation(x.size).reshape(

@@ -104,6 +104,12 @@ cdef struct Geometry:
     Py_ssize_t lam_strides[5]   # element strides of lam, broadcast to the output (0: shared)
     Py_ssize_t glam_strides[5]  # element strides of dL/dlam per output
     Py_ssize_t stats_plane    # distance between the x*, g/S and y statistics arrays
+    # The general path (dilated or adaptive windows): per spatial axis, the step between a
+    # window's cells and tables of each output's first real cell and count of real cells
+    # (NULL: the regular windows [o s - padding, o s - padding + kernel), step 1)
+    Py_ssize_t dilation[3]
+    const Py_ssize_t* window_first[3]
+    const Py_ssize_t* window_count[3]
 
 
 cdef inline bint _is_nonfinite(floating z) noexcept nogil:
@@ -478,7 +484,12 @@ cdef inline void _pool_line_dispatch(
 
 cdef inline void _axis_window(const Geometry* geo, int axis, Py_ssize_t o,
                               Py_ssize_t* lo, Py_ssize_t* count) noexcept nogil:
-    """First real cell and number of real cells of output o's window along spatial axis 0..2."""
+    """First real cell and number of real cells of output o's window along spatial axis 0..2
+    (its cells ``geo.dilation[axis]`` apart)."""
+    if geo.window_first[axis] != NULL:
+        lo[0] = geo.window_first[axis][o]
+        count[0] = geo.window_count[axis][o]
+        return
     cdef Py_ssize_t start = o * geo.stride[axis] - geo.padding[axis]
     cdef Py_ssize_t stop = start + geo.kernel[axis]
     if start < 0:
@@ -502,7 +513,9 @@ cdef inline Py_ssize_t _window_offsets(const Geometry* geo, Py_ssize_t nd, Py_ss
     for a in range(nd):
         for b in range(nh):
             for c in range(nw):
-                offsets[n] = a * geo.x_strides[2] + b * geo.x_strides[3] + c * geo.x_strides[4]
+                offsets[n] = (a * geo.dilation[0] * geo.x_strides[2]
+                              + b * geo.dilation[1] * geo.x_strides[3]
+                              + c * geo.dilation[2] * geo.x_strides[4])
                 n += 1
     return n
 
@@ -816,12 +829,42 @@ cdef Geometry _geometry(const Py_ssize_t* size, const Py_ssize_t* x_strides,
         geo.kernel[a] = kernel[a]
         geo.stride[a] = stride[a]
         geo.padding[a] = padding[a]
+        geo.dilation[a] = 1
+        geo.window_first[a] = NULL
+        geo.window_count[a] = NULL
     geo.stats_plane = stats_plane
     return geo
 
 
+cdef int _set_window_tables(Geometry* geo, tuple dilation, tables) except -1:
+    """The general path: ``tables`` is None (regular windows) or a tuple of three int64
+    (2, out_size) arrays, each output's first real cell and count of real cells per axis, the
+    cells ``dilation`` apart. Checked: every window has 1 to kernel cells, all inside x."""
+    cdef Py_ssize_t[:, ::1] table
+    cdef Py_ssize_t o
+    cdef int a
+    require(len(dilation) == 3 and all(d >= 1 for d in dilation), "dilation must be 3 ints >= 1")
+    if tables is None:
+        require(all(d == 1 for d in dilation), "dilated windows need the window tables")
+        return 0
+    require(len(tables) == 3, "the window tables must be one per spatial axis")
+    for a in range(3):
+        table = tables[a]
+        require(table.shape[0] == 2 and table.shape[1] == geo.out_size[a],
+                "a window table must be (2, out_size)")
+        for o in range(geo.out_size[a]):
+            require(1 <= table[1, o] <= geo.kernel[a] and table[0, o] >= 0 and
+                    table[0, o] + (table[1, o] - 1) * dilation[a] < geo.size[2 + a],
+                    "every window must hold 1 to kernel cells inside x")
+        geo.dilation[a] = dilation[a]
+        geo.window_first[a] = &table[0, 0]
+        geo.window_count[a] = &table[1, 0]
+    return 0
+
+
 def _check_call(tuple x_shape, tuple out_shape, tuple lam_shape, tuple kernel, tuple stride,
-                tuple padding, Py_ssize_t[:, ::1] scratch, buffers, int n_threads):
+                tuple padding, Py_ssize_t[:, ::1] scratch, buffers, int n_threads,
+                bint general=False):
     """The kernels trust no shape: every entry checks what it is given and raises before
     touching memory (a wrong size from Python is a bug, not a crash). Every window must hold
     at least one real cell, and the scratch must hold a window for every thread."""
@@ -833,10 +876,11 @@ def _check_call(tuple x_shape, tuple out_shape, tuple lam_shape, tuple kernel, t
     require(out_shape[:2] == x_shape[:2] and lam_shape == out_shape,
             "the output and lam must be (N, C, OD, OH, OW) of x's N and C")
     for a in range(3):
-        require(kernel[a] >= 1 and stride[a] >= 1 and 0 <= padding[a] < kernel[a],
+        require(kernel[a] >= 1 and stride[a] >= 1 and 0 <= padding[a] and
+                (general or padding[a] < kernel[a]),
                 "kernel >= 1, stride >= 1, 0 <= padding (before) < kernel")
-        require((out_shape[2 + a] - 1) * stride[a] - padding[a] < x_shape[2 + a],
-                "every window must start inside the input")
+        require(general or (out_shape[2 + a] - 1) * stride[a] - padding[a] < x_shape[2 + a],
+                "every window must start inside the input")  # general: the tables' check
         cells *= kernel[a]
     require(n_threads >= 1 and scratch.shape[0] >= n_threads and scratch.shape[1] >= 2 * cells,
             "scratch must be (>= n_threads, 2 * kernel cells)")
@@ -846,18 +890,23 @@ def _check_call(tuple x_shape, tuple out_shape, tuple lam_shape, tuple kernel, t
 
 def forward(const floating[:, :, :, :, :] x, floating[:, :, :, :, :] y, tuple kernel,
             tuple stride, tuple padding, const floating[:, :, :, :, :] lam, bint channels_last,
-            Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers, int n_threads):
+            Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers, int n_threads,
+            tuple dilation=(1, 1, 1), tables=None):
     """y = windowed-softmax pool of x, written in place. The caller validates everything.
 
     x and y are non-empty 5-D (N, C, D, H, W) views, ``lam`` the temperatures broadcast to y's
     shape (strides 0 where shared); ``channels_last`` picks the loop order
     (lines along C when true, along W otherwise); scratch is ``(n_threads, 2 * kD * kH * kW)`` and
-    buffers ``(n_threads, 2 * max(4096, kD * kH * kW))``.
+    buffers ``(n_threads, 2 * max(4096, kD * kH * kW))``. The general path (``tables``: see
+    ``_set_window_tables``; dilated or adaptive windows) runs lines along C whatever the
+    layout.
     """
     _check_call(dims(x.shape, 5), dims(y.shape, 5), dims(lam.shape, 5), kernel, stride,
-                padding, scratch, buffers, n_threads)
+                padding, scratch, buffers, n_threads, tables is not None)
     cdef Geometry geo = _geometry(x.shape, x.strides, y.shape, y.strides, NULL, lam.strides,
                                   NULL, sizeof(floating), kernel, stride, padding, 0)
+    _set_window_tables(&geo, dilation, tables)
+    channels_last = channels_last or tables is not None
     with nogil:
         _run_lines(FORWARD, &geo, &x[0, 0, 0, 0, 0], &lam[0, 0, 0, 0, 0], &y[0, 0, 0, 0, 0],
                    NULL, NULL, NULL, channels_last, False, scratch, buffers, n_threads)
@@ -867,7 +916,8 @@ def backward(const floating[:, :, :, :, :] grad_out, const floating[:, :, :, :, 
              floating[:, :, :, :, :] grad_x, floating[:, :, :, :, :, :] stats, tuple kernel,
              tuple stride, tuple padding, const floating[:, :, :, :, :] lam,
              floating[:, :, :, :, :] grad_lam, bint channels_last,
-             Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers, int n_threads):
+             Py_ssize_t[:, ::1] scratch, floating[:, ::1] buffers, int n_threads,
+             tuple dilation=(1, 1, 1), tables=None):
     """grad_x = dL/dx given grad_out = dL/dy, written in place into the zero-filled grad_x,
     which has the strides of x.
 
@@ -877,15 +927,18 @@ def backward(const floating[:, :, :, :, :] grad_out, const floating[:, :, :, :, 
     ``stats`` scratch array, store per-output x*, g/S and y and gather them for every cell
     (parallel over everything). Both add the terms of a cell in output order: the same bits.
     ``lam`` is broadcast to grad_out's shape; ``grad_lam`` (grad_out's shape, or None) receives
-    dL/dlam of every output.
+    dL/dlam of every output. The general path (``tables``) adds plane by plane along C.
     """
     cdef bint gather = stats is not None
-    cdef bint disjoint = True
+    cdef bint general = tables is not None
+    cdef bint disjoint = not general
     cdef Mode mode
     cdef int a
     out_shape = dims(grad_out.shape, 5)
     _check_call(dims(x.shape, 5), out_shape, dims(lam.shape, 5), kernel, stride, padding,
-                scratch, buffers, n_threads)
+                scratch, buffers, n_threads, general)
+    require(not (general and gather), "the general path adds plane by plane (no stats)")
+    channels_last = channels_last or general
     require(dims(grad_x.shape, 5) == dims(x.shape, 5) and
             same_strides(dims(x.shape, 5), dims(grad_x.strides, 5),
                                                         dims(x.strides, 5)),
@@ -895,7 +948,7 @@ def backward(const floating[:, :, :, :, :] grad_out, const floating[:, :, :, :, 
     require(stats is None or dims(stats.shape, 6) == (3,) + out_shape,
             "stats must be (3, *grad_out.shape)")
     for a in range(3):
-        disjoint = disjoint and stride[a] >= kernel[a]
+        disjoint = disjoint and stride[a] >= kernel[a]  # the general path's never are
     if disjoint:
         mode = BACKWARD_DISJOINT
     elif channels_last or stride[2] >= kernel[2]:
@@ -909,6 +962,7 @@ def backward(const floating[:, :, :, :, :] grad_out, const floating[:, :, :, :, 
         grad_lam.strides if with_glam else NULL,
         sizeof(floating), kernel, stride, padding,
         stats.strides[0] // sizeof(floating) if gather else 0)
+    _set_window_tables(&geo, dilation, tables)
     cdef floating* glam = &grad_lam[0, 0, 0, 0, 0] if with_glam else NULL
     with nogil:
         if not gather:

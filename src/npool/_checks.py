@@ -73,11 +73,13 @@ def int_tuple(value, name, length, minimum):
 PADDING_MODES = ("same", "valid")
 
 
-def padding_spec(padding, nd, kernel):
+def padding_spec(padding, nd, kernel, extent=None):
     """``padding`` in one of its forms, checked against ``kernel``: "same" or "valid"
     (lower-case), or a tuple of ``nd`` ``(before, after)`` pairs. An int or per-axis ints mean p
     on both sides, at most half the kernel (PyTorch's rule); a pair's sides are each less than
-    the kernel (a window wholly in the padding would have no cells)."""
+    the window's ``extent`` (default the kernel; ``(k - 1) d + 1`` cells when dilated): a
+    window wholly in the padding would have no cells."""
+    extent = kernel if extent is None else extent
     if isinstance(padding, str):
         mode = padding.lower()
         if mode not in PADDING_MODES:
@@ -91,10 +93,11 @@ def padding_spec(padding, nd, kernel):
             raise ValueError(f"padding as pairs must be {nd} (before, after) pairs, one per "
                              f"spatial axis, got {padding!r}")
         pairs = tuple(int_tuple(tuple(p), "padding", 2, 0) for p in padding)
-        for axis, ((before, after), k) in enumerate(zip(pairs, kernel)):
+        for axis, ((before, after), k) in enumerate(zip(pairs, extent)):
             if before >= k or after >= k:
                 raise ValueError(f"padding must be less than kernel_size on each side of every "
-                                 f"axis (a window wholly in the padding has no cells), got "
+                                 f"axis (less than the dilated window's extent {extent} when "
+                                 f"dilated: a window wholly in the padding has no cells), got "
                                  f"padding={tuple(pairs)} for kernel_size={kernel} (axis "
                                  f"{axis})")
         return pairs
@@ -123,20 +126,34 @@ class WindowArgs:
     ceil(L / s) outputs, see ``same_padding``; "valid" pads nothing). Window o along an axis
     spans cells ``[o s - before, o s - before + k)``; cells outside ``[0, L)`` are left out.
 
+    ``dilation`` (PyTorch's): a window's cells are d apart, ``[o s - before, o s - before +
+    (k - 1) d]`` in steps of d; its extent ``(k - 1) d + 1`` takes the kernel's place in the
+    output length and in "same". Every window must hold a cell of the input (a dilated window
+    may step over all of them: a ValueError). Dilated windows run the kernels' general path
+    (``window_tables``).
+
     ``spatial``: the input's spatial size; "same" needs it to resolve ``padding`` and
     ``padding_after`` (None until then: ``output_size`` still works for any size).
-    Attributes: ``kernel``, ``stride``, ``padding`` (cells before each axis: what the kernels
-    take), ``padding_after``, ``ceil_mode``, ``disjoint``, and ``spec`` (the padding as "same",
-    "valid" or pairs: what to pass on to another npool function).
+    Attributes: ``kernel``, ``stride``, ``dilation``, ``extent``, ``padding`` (cells before each
+    axis: what the kernels take), ``padding_after``, ``ceil_mode``, ``disjoint``, ``general``
+    (dilated: the general path), and ``spec`` (the padding as "same", "valid" or pairs: what
+    to pass on to another npool function).
     """
 
-    def __init__(self, nd, kernel_size, stride, padding, ceil_mode, spatial=None):
+    def __init__(self, nd, kernel_size, stride, padding, ceil_mode, spatial=None, dilation=1):
         self.nd = nd
         self.kernel = int_tuple(kernel_size, "kernel_size", nd, 1)
         self.stride = self.kernel if stride is None else int_tuple(stride, "stride", nd, 1)
-        self.spec = padding_spec(padding, nd, self.kernel)
+        self.dilation = int_tuple(dilation, "dilation", nd, 1)
+        self.extent = tuple((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilation))
+        if any(e > MAX_WINDOW_ARGUMENT for e in self.extent):
+            raise ValueError(f"kernel_size and dilation span more than 2**60 cells, got "
+                             f"kernel_size={self.kernel}, dilation={self.dilation}")
+        self.general = any(d > 1 for d in self.dilation)
+        self.spec = padding_spec(padding, nd, self.kernel, self.extent)
         self.ceil_mode = flag(ceil_mode, "ceil_mode")
-        self.disjoint = all(s >= k for s, k in zip(self.stride, self.kernel))
+        self.disjoint = not self.general and all(s >= k for s, k in zip(self.stride,
+                                                                          self.kernel))
         self.padding = self.padding_after = None
         if spatial is not None or self.spec != "same":
             pairs = self.pairs(None if spatial is None else tuple(spatial))
@@ -153,34 +170,71 @@ class WindowArgs:
         if self.spec == "valid":
             return ((0, 0),) * self.nd
         if self.spec == "same":
-            return tuple(same_padding(n, k, s) for n, k, s in zip(spatial, self.kernel,
+            return tuple(same_padding(n, e, s) for n, e, s in zip(spatial, self.extent,
                                                                   self.stride))
         return self.spec
 
     def output_size(self, spatial):
-        """PyTorch's rule over the padded length: floor((L + before + after - k [+ s - 1]) / s)
-        + 1, dropping a last ceil_mode window that would start in the right padding."""
+        """PyTorch's rule over the padded length: floor((L + before + after - e [+ s - 1]) / s)
+        + 1 (e: the window's extent, the kernel when not dilated), dropping a last ceil_mode
+        window that would start in the right padding."""
         out = []
-        for axis, (length, k, s, (before, after)) in enumerate(zip(
-                spatial, self.kernel, self.stride, self.pairs(tuple(spatial)))):
-            if length + before + after < k:
+        for axis, (length, e, s, (before, after)) in enumerate(zip(
+                spatial, self.extent, self.stride, self.pairs(tuple(spatial)))):
+            if length + before + after < e:
+                what = "kernel_size" if e == self.kernel[axis] else "the dilated window"
                 raise ValueError(
-                    f"input is smaller than kernel_size on spatial axis {axis}: size {length} "
-                    f"with padding ({before}, {after}) is less than kernel_size {k}")
-            n = (length + before + after - k + (s - 1 if self.ceil_mode else 0)) // s + 1
+                    f"input is smaller than {what} on spatial axis {axis}: size {length} "
+                    f"with padding ({before}, {after}) is less than {e}")
+            n = (length + before + after - e + (s - 1 if self.ceil_mode else 0)) // s + 1
             if self.ceil_mode and (n - 1) * s >= length + before:
                 n -= 1
             out.append(n)
+        if self.general:
+            self.window_tables(spatial, tuple(out))  # every window holds a cell, or raise
         return tuple(out)
+
+    def window_tables(self, spatial, out):
+        """The general path's windows: per axis an int64 ``(2, out)`` array of each output's
+        first real cell and count of real cells (``dilation`` apart). ValueError where a
+        dilated window steps over every cell of the input."""
+        tables = []
+        for axis, (length, k, s, d, (before, _), n) in enumerate(zip(
+                spatial, self.kernel, self.stride, self.dilation, self.pairs(tuple(spatial)),
+                out)):
+            start = np.arange(n, dtype=np.int64) * s - before
+            skip = np.where(start < 0, (-start + d - 1) // d, 0)  # cells in the left padding
+            stop = np.minimum(k, (length - start + d - 1) // d)   # cells before the input's end
+            count = stop - skip
+            if n and count.min() < 1:
+                o = int(np.argmin(count))
+                raise ValueError(f"dilation={self.dilation} steps over every cell of the input "
+                                 f"in window {o} of spatial axis {axis} (size {length}, "
+                                 f"padding {self.pairs(tuple(spatial))[axis]}): a window must "
+                                 f"hold at least one cell")
+            tables.append(np.stack([start + skip * d, count]).astype(np.intp))
+        return tuple(tables)
 
     def require_symmetric(self, where):
         """A ValueError where an adapter takes PyTorch's symmetric padding only."""
+        if self.general:
+            raise ValueError(f"{where} takes no dilation yet, got dilation={self.dilation}")
         if not self.symmetric:
             raise ValueError(f"{where} takes padding as an int or per-axis ints (the same on "
                              f"both sides), or 'valid'; got {self.spec!r} ((before, after) "
                              f"pairs and 'same' are taken by npool's core functions and "
                              f"npool.jax)")
         return self
+
+    def general_3d(self, spatial, out):
+        """(dilation, window tables or None) padded in front to 3 spatial axes for the
+        kernels' general path (None: the regular windows)."""
+        pad = 3 - self.nd
+        if not self.general:
+            return (1, 1, 1), None
+        unit = np.array([[0], [1]], np.intp)  # a padded axis: one window of its one cell
+        return ((1,) * pad + self.dilation,
+                (unit,) * pad + self.window_tables(tuple(spatial), tuple(out)))
 
     def as_3d(self):
         """(kernel, stride, padding before) padded in front to 3 spatial axes for the kernels."""

@@ -47,11 +47,11 @@ def window_cells(spatial, window):
     index = np.zeros((1,) * (2 * nd), np.int64)
     real = np.ones((1,) * (2 * nd), bool)
     before = tuple(b for b, _ in window.pairs(tuple(spatial)))
-    for axis, (n, k, s, p, o) in enumerate(zip(spatial, window.kernel, window.stride, before,
-                                               out)):
+    for axis, (n, k, s, p, d, o) in enumerate(zip(spatial, window.kernel, window.stride, before,
+                                                  window.dilation, out)):
         shape = [1] * (2 * nd)
         shape[axis], shape[nd + axis] = o, k
-        position = (np.arange(o)[:, None] * s - p + np.arange(k)[None, :]).reshape(shape)
+        position = (np.arange(o)[:, None] * s - p + d * np.arange(k)[None, :]).reshape(shape)
         real = real & (position >= 0) & (position < n)
         index = index * n + np.clip(position, 0, n - 1)
     windows, cells = math.prod(out), math.prod(window.kernel)
@@ -285,7 +285,8 @@ def forward(op, ops, *args, **options):
         names = ("kernel_size", "stride", "padding", "ceil_mode")
         window = dict(zip(names, rest), **options)
         window = _checks.WindowArgs(nd, window["kernel_size"], window.get("stride"),
-                                    window.get("padding", 0), window.get("ceil_mode", False))
+                                    window.get("padding", 0), window.get("ceil_mode", False),
+                                    dilation=window.get("dilation", 1))
         if np.ndim(lam) == 0 and not hasattr(lam, "shape"):
             lam = float(lam)
         elif len(lam.shape) < len(x.shape):

@@ -47,7 +47,8 @@ class SoftPoolForward(Protocol):
     """``npool.soft_pool{1,2,3}d_forward``."""
 
     def __call__(self, x: ArrayLike, kernel_size: Size, stride: Optional[Size] = None,
-                 padding: Padding = 0, ceil_mode: bool = False, *, out: Out = None) -> Array: ...
+                 padding: Padding = 0, ceil_mode: bool = False, *, dilation: Size = 1,
+                 out: Out = None) -> Array: ...
 
 
 class SoftPoolBackward(Protocol):
@@ -55,7 +56,7 @@ class SoftPoolBackward(Protocol):
 
     def __call__(self, grad_out: ArrayLike, x: ArrayLike, kernel_size: Size,
                  stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False, *,
-                 out: Out = None) -> Array: ...
+                 dilation: Size = 1, out: Out = None) -> Array: ...
 
 
 class MaxEntPoolForward(Protocol):
@@ -63,7 +64,7 @@ class MaxEntPoolForward(Protocol):
 
     def __call__(self, x: ArrayLike, lam: Union[float, ArrayLike], kernel_size: Size,
                  stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False, *,
-                 out: Out = None) -> Array: ...
+                 dilation: Size = 1, out: Out = None) -> Array: ...
 
 
 class MaxEntPoolBackward(Protocol):
@@ -71,7 +72,8 @@ class MaxEntPoolBackward(Protocol):
 
     def __call__(self, grad_out: ArrayLike, x: ArrayLike, lam: Union[float, ArrayLike],
                  kernel_size: Size, stride: Optional[Size] = None, padding: Padding = 0,
-                 ceil_mode: bool = False, *, out: Out = None) -> Tuple[Array, Array]: ...
+                 ceil_mode: bool = False, *, dilation: Size = 1,
+                 out: Out = None) -> Tuple[Array, Array]: ...
 
 
 __all__ = ["Array", "ArrayLike", "ArrayOrPair", "Count", "CudaArrayLike", "DLPackLike",

@@ -31,10 +31,10 @@ _GATHER_COST = 5
 class _Call:
     """One validated call: the input as a 5-D (N, C, D, H, W) view and what the kernel needs."""
 
-    def __init__(self, x, nd, kernel_size, stride, padding, ceil_mode):
+    def __init__(self, x, nd, kernel_size, stride, padding, ceil_mode, dilation=1):
         x, self.batched = _checks.pool_input(x, nd)
         self.args = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode,
-                                       spatial=x.shape[-nd:])
+                                       spatial=x.shape[-nd:], dilation=dilation)
         self.out_spatial = self.args.output_size(x.shape[-nd:])
         self.nd = nd
         self.dtype = x.dtype
@@ -77,6 +77,10 @@ class _Call:
         # Two halves per thread: window values and their weights.
         buffers = np.empty((n_threads, 2 * max(_BUFFER_VALUES, cells)), dtype=self.work_dtype)
         return kernel, stride, padding, offsets, buffers, n_threads
+
+    def general_args(self):
+        """The kernels' general-path arguments: (dilation, window tables or None)."""
+        return self.args.general_3d(self.x.shape[2:], self.out_spatial)
 
     def result(self, a):
         """Back to the caller's dtype and batching."""
@@ -134,13 +138,14 @@ def _temperature(problem, lam):
     return problem.to_5d(full)
 
 
-def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, out=None):
+def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, out=None,
+                          dilation=1):
     out, = _checks.out_entries(out, 1)
     if backend_of(x=x) == "cuda":
         from ._cuda import windowed_softmax
         return windowed_softmax.forward(x, nd, lam, kernel_size, stride, padding, ceil_mode,
-                                        out=out)
-    problem = _Call(x, nd, kernel_size, stride, padding, ceil_mode)
+                                        out=out, dilation=dilation)
+    problem = _Call(x, nd, kernel_size, stride, padding, ceil_mode, dilation)
     temperature = _temperature(problem, lam)  # checked before any work, empty batch or not
     out, y = problem.destination(out, problem.out_shape, {"x": x, "lam": lam})
     xb = problem.x
@@ -151,12 +156,12 @@ def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, o
         kernel_module("_windowed_softmax").forward(
             problem.to_5d(xb), problem.to_5d(y), kernel, stride3, padding3,
             temperature, problem.layout == "channels_last", offsets,
-            buffers, n_threads)
+            buffers, n_threads, *problem.general_args())
     return _checks.deliver(problem.result(y), out)
 
 
 def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode,
-                           with_lam=False, out=None):
+                           with_lam=False, out=None, dilation=1):
     """grad_x, and with ``with_lam`` also dL/dlam summed to lam's shape; ``out``: the
     destination of grad_x, or with ``with_lam`` of (grad_x, grad_lam), entries None or
     arrays."""
@@ -166,8 +171,8 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
         from ._cuda import windowed_softmax
         return windowed_softmax.backward(grad_out, x, nd, lam, kernel_size, stride, padding,
                                          ceil_mode, with_lam=with_lam, out=out_x,
-                                         out_lam=out_lam)
-    problem = _Call(x, nd, kernel_size, stride, padding, ceil_mode)
+                                         out_lam=out_lam, dilation=dilation)
+    problem = _Call(x, nd, kernel_size, stride, padding, ceil_mode, dilation)
     temperature = _temperature(problem, lam)
     _checks.grad_out_array(grad_out, problem.out_shape, x)
     inputs = {"x": x, "grad_out": grad_out, "lam": lam}
@@ -192,7 +197,7 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
         # gathering per-output M, g/S and y for every cell (parallel over everything) is faster
         # with this many planes and threads. Both give the same bits.
         stats = None
-        if not problem.args.disjoint:
+        if not problem.args.disjoint and not problem.args.general:
             planes = problem.plane_count()
             add_rounds = -(-planes // n_threads)  # planes per thread on the add path
             if _GATHER_COST * planes < n_threads * add_rounds:
@@ -202,7 +207,8 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
             problem.to_5d(g), problem.to_5d(xb), problem.to_5d(grad_x), stats,
             kernel, stride3, padding3, temperature,
             problem.to_5d(grad_lam) if with_lam else None,
-            problem.layout == "channels_last", offsets, buffers, n_threads)
+            problem.layout == "channels_last", offsets, buffers, n_threads,
+            *problem.general_args())
     grad_x = _checks.deliver(problem.result(grad_x), out_x)
     if not with_lam:
         return grad_x
@@ -232,7 +238,11 @@ _WINDOW_DOC = """    kernel_size : int or tuple of {nd} ints
         ``max((ceil(L / stride) - 1) stride + kernel - L, 0)`` cells before), ``"valid"`` none
         (either case). Padded cells are left out of the windows (they are not zeros).
     ceil_mode : bool, default False
-        PyTorch's output-size rule with ceil instead of floor."""
+        PyTorch's output-size rule with ceil instead of floor.
+    dilation : int or tuple of {nd} ints, default 1
+        Keyword only: the step between a window's cells (PyTorch's); the window's extent
+        ``(kernel - 1) dilation + 1`` takes the kernel's place in the output size and in
+        "same". Dilated windows run the kernels' general path; not on GPU arrays yet."""
 _EXAMPLE_SHAPE = {1: "(2, 3, 8)", 2: "(2, 3, 8, 8)", 3: "(2, 3, 4, 8, 8)"}
 _EXAMPLE_OUT = {1: "(2, 3, 4)", 2: "(2, 3, 4, 4)", 3: "(2, 3, 2, 4, 4)"}
 _PAIR_SHAPE = {1: "1, 1, 2", 2: "1, 1, 1, 2", 3: "1, 1, 1, 1, 2"}
@@ -244,14 +254,16 @@ def _make_pool(nd) -> Tuple[SoftPoolForward, SoftPoolBackward]:
     axes = ", ".join("DHW"[3 - nd:])
 
     def forward(x: ArrayLike, kernel_size: Size, stride: Optional[Size] = None,
-                padding: Padding = 0, ceil_mode: bool = False, *, out: Out = None) -> Array:
-        return _softmax_pool_forward(x, nd, 1.0, kernel_size, stride, padding, ceil_mode, out)
+                padding: Padding = 0, ceil_mode: bool = False, *, dilation: Size = 1,
+                out: Out = None) -> Array:
+        return _softmax_pool_forward(x, nd, 1.0, kernel_size, stride, padding, ceil_mode, out,
+                                     dilation)
 
     def backward(grad_out: ArrayLike, x: ArrayLike, kernel_size: Size,
                  stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False, *,
-                 out: Out = None) -> Array:
+                 dilation: Size = 1, out: Out = None) -> Array:
         return _softmax_pool_backward(grad_out, x, nd, 1.0, kernel_size, stride, padding,
-                                      ceil_mode, out=out)
+                                      ceil_mode, out=out, dilation=dilation)
 
     forward.__name__ = forward.__qualname__ = f"soft_pool{nd}d_forward"
     backward.__name__ = backward.__qualname__ = f"soft_pool{nd}d_backward"
@@ -344,14 +356,16 @@ def _make_maxent_pool(nd) -> Tuple[MaxEntPoolForward, MaxEntPoolBackward]:
 
     def forward(x: ArrayLike, lam: Union[float, ArrayLike], kernel_size: Size,
                 stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False, *,
-                out: Out = None) -> Array:
-        return _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, out)
+                dilation: Size = 1, out: Out = None) -> Array:
+        return _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, out,
+                                     dilation)
 
     def backward(grad_out: ArrayLike, x: ArrayLike, lam: Union[float, ArrayLike],
                  kernel_size: Size, stride: Optional[Size] = None, padding: Padding = 0,
-                 ceil_mode: bool = False, *, out: Out = None) -> Tuple[Array, Array]:
+                 ceil_mode: bool = False, *, dilation: Size = 1,
+                 out: Out = None) -> Tuple[Array, Array]:
         return _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding,
-                                      ceil_mode, with_lam=True, out=out)
+                                      ceil_mode, with_lam=True, out=out, dilation=dilation)
 
     forward.__name__ = forward.__qualname__ = f"maxent_pool{nd}d_forward"
     backward.__name__ = backward.__qualname__ = f"maxent_pool{nd}d_backward"

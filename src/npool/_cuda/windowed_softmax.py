@@ -41,11 +41,14 @@ def _extent(shape, strides):
 class _Call:
     """One validated call: x and the window arguments, seen as 5-D (N, C, D, H, W)."""
 
-    def __init__(self, x, nd, kernel_size, stride, padding, ceil_mode):
+    def __init__(self, x, nd, kernel_size, stride, padding, ceil_mode, dilation=1):
         self.x = describe(x, "x")
         _checks.pool_input(self.x, nd)
         self.args = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode,
-                                       spatial=self.x.shape[-nd:])
+                                       spatial=self.x.shape[-nd:], dilation=dilation)
+        if self.args.general:
+            raise ValueError(f"dilation={self.args.dilation} is not supported on GPU arrays yet "
+                             f"(the CPU kernels take it: pass NumPy arrays)")
         self.nd = nd
         self.batched = self.x.ndim == nd + 2
         self.out_spatial = self.args.output_size(self.x.shape[-nd:])
@@ -155,10 +158,11 @@ class _Call:
         return int(np.prod(self.size))
 
 
-def forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None, out=None):
+def forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None, out=None,
+            dilation=1):
     """y of the windowed-softmax pool of GPU array x (see npool.local_pools), written into
     ``out`` (a GPU array of y's shape and x's dtype, any strides) when given."""
-    pool = _Call(x, nd, kernel_size, stride, padding, ceil_mode)
+    pool = _Call(x, nd, kernel_size, stride, padding, ceil_mode, dilation)
     y, y_array = pool.destination(out, pool.out_shape, {"x": pool.x})
     arrays = {"x": pool.x, **({"out": y_array} if y_array is not None else {})}
     device = device or _device.device_for(arrays)
@@ -177,12 +181,12 @@ def forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None, ou
 
 
 def backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None,
-             with_lam=False, out=None, out_lam=None):
+             with_lam=False, out=None, out_lam=None, dilation=1):
     """grad_x of the windowed-softmax pool of GPU array x (see npool.local_pools), written into
     ``out`` (x's shape and dtype, any strides) when given, and with ``with_lam`` also dL/dlam
     summed to lam's shape (a GPUArray, 0-d for a number; written into ``out_lam``, a
     C-contiguous GPU array of lam's shape and x's dtype, when given)."""
-    pool = _Call(x, nd, kernel_size, stride, padding, ceil_mode)
+    pool = _Call(x, nd, kernel_size, stride, padding, ceil_mode, dilation)
     lam_parts = pool.temperature(lam)
     g = describe(grad_out, "grad_out")
     _checks.grad_out_array(g, pool.out_shape, pool.x)

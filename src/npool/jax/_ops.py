@@ -482,7 +482,7 @@ def _out(out, index, last):
     return None if out is None else _to_npool(out[index], last)
 
 
-def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format):
+def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format, dilation=1):
     """SoftPool (``lam`` None) or Max-Ent pooling of x, batched or not."""
     last = _check_format(data_format)
     x = _float_array(x, "x")
@@ -492,13 +492,14 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
     if x.ndim == nd + 1:  # unbatched: the kernels and vmap work on a batch of one (an array
         # lam broadcasts against the batched output as against the unbatched one)
         return _local_pool(x[None], lam, nd, kernel_size, stride, padding, ceil_mode,
-                           data_format)[0]
-    window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
+                           data_format, dilation)[0]
+    window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode, dilation=dilation)
     spatial = x.shape[1:-1] if last else x.shape[2:]
     out_spatial = window.output_size(tuple(spatial))
     out_shape = ((x.shape[0],) + out_spatial + (x.shape[-1],) if last
                  else x.shape[:2] + out_spatial)
     args = (window.kernel, window.stride, window.spec, window.ceil_mode)
+    geometry = {"dilation": window.dilation}
     scalar = lam is None or isinstance(lam, float)
     lam_value = 1.0 if lam is None else lam
     if not scalar:  # lam broadcast against y in JAX's order -> against npool's (N, C, *out)
@@ -521,7 +522,8 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
     def decomposed_array(x, lam_v):
         return _in_float32(run, x, lam_v)
 
-    if _kernel_platform(windowed=True) is None:
+    platform = _kernel_platform(windowed=True)
+    if platform is None or (platform == "gpu" and window.general):  # no dilated CUDA kernels
         return decomposed_scalar(x) if scalar else decomposed_array(x, lam_value)
 
     forward_core, backward_core = core_functions(f"maxent_pool{nd}d")
@@ -530,17 +532,17 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
             soft_forward, soft_backward = core_functions(f"soft_pool{nd}d")
 
             def pool_forward(xa, out):
-                return soft_forward(_to_npool(xa, last), *args, out=out)
+                return soft_forward(_to_npool(xa, last), *args, **geometry, out=out)
 
             def pool_backward(g, xa, out):
-                return soft_backward(_to_npool(g, last), _to_npool(xa, last), *args, out=out)
+                return soft_backward(_to_npool(g, last), _to_npool(xa, last), *args, **geometry, out=out)
         else:
             def pool_forward(xa, out):
-                return forward_core(_to_npool(xa, last), lam_value, *args, out=out)
+                return forward_core(_to_npool(xa, last), lam_value, *args, **geometry, out=out)
 
             def pool_backward(g, xa, out):
                 return backward_core(_to_npool(g, last), _to_npool(xa, last), lam_value,
-                                     *args, out=(out, None))[0]
+                                     *args, **geometry, out=(out, None))[0]
 
         forward = _Numpy(lambda xa, out: (_from_npool(pool_forward(xa, _out(out, 0, last)),
                                                       last),),
@@ -551,11 +553,12 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
                           decomposed=decomposed_scalar)(x)
 
     def maxent_forward(xa, la, out):
-        return (_from_npool(forward_core(_to_npool(xa, last), la, *args,
+        return (_from_npool(forward_core(_to_npool(xa, last), la, *args, **geometry,
                                          out=_out(out, 0, last)), last),)
 
     def maxent_backward(g, xa, la, out):
         grad_x, grad_lam = backward_core(_to_npool(g, last), _to_npool(xa, last), la, *args,
+                                         **geometry,
                                          out=(_out(out, 0, last), _out(out, 1, False)))
         return _from_npool(grad_x, last), grad_lam.reshape(la.shape)
 
@@ -575,7 +578,7 @@ class SoftPoolFunction(Protocol):
 
     def __call__(self, x: JaxArrayLike, kernel_size: Size, stride: Optional[Size] = None,
                  padding: Padding = 0, ceil_mode: bool = False,
-                 data_format: str = "channels_last") -> jax.Array: ...
+                 data_format: str = "channels_last", dilation: Size = 1) -> jax.Array: ...
 
 
 class MaxEntPoolFunction(Protocol):
@@ -583,7 +586,7 @@ class MaxEntPoolFunction(Protocol):
 
     def __call__(self, x: JaxArrayLike, lam: Union[float, JaxArrayLike], kernel_size: Size,
                  stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False,
-                 data_format: str = "channels_last") -> jax.Array: ...
+                 data_format: str = "channels_last", dilation: Size = 1) -> jax.Array: ...
 
 
 def _make_soft_pool(nd) -> SoftPoolFunction:
@@ -592,8 +595,9 @@ def _make_soft_pool(nd) -> SoftPoolFunction:
 
     def soft_pool(x: JaxArrayLike, kernel_size: Size, stride: Optional[Size] = None,
                   padding: Padding = 0, ceil_mode: bool = False,
-                  data_format: str = "channels_last") -> jax.Array:
-        return _local_pool(x, None, nd, kernel_size, stride, padding, ceil_mode, data_format)
+                  data_format: str = "channels_last", dilation: Size = 1) -> jax.Array:
+        return _local_pool(x, None, nd, kernel_size, stride, padding, ceil_mode, data_format,
+                           dilation)
 
     soft_pool.__name__ = soft_pool.__qualname__ = f"soft_pool{nd}d"
     soft_pool.__doc__ = f"""SoftPool over {nd} spatial {"axis" if nd == 1 else "axes"}:
@@ -616,12 +620,15 @@ def _make_soft_pool(nd) -> SoftPoolFunction:
     ceil_mode : bool
         PyTorch's ceil rule for the output size. Default False.
     data_format : {{"channels_last", "channels_first"}}
+    dilation : int or tuple of {nd} ints
+        The step between a window's cells (``jax.lax.reduce_window``'s ``window_dilation``;
+        PyTorch's ``dilation``). Default 1. Dilated windows build the decomposition on a GPU.
 
     Returns
     -------
     jax.Array
-        Each spatial size ``floor((L + before + after - kernel [+ stride - 1]) / stride) +
-        1``.
+        Each spatial size ``floor((L + before + after - e [+ stride - 1]) / stride) + 1``, e =
+        ``(kernel - 1) dilation + 1``.
         Differentiable (``jax.grad``, ``jax.vjp``; ``jax.custom_vjp`` over npool's backward
         kernel), and usable under ``jax.jit`` and ``jax.vmap`` (vmapped axes are folded into
         the batch: one kernel call).
@@ -641,12 +648,13 @@ def _make_maxent_pool(nd) -> MaxEntPoolFunction:
 
     def maxent_pool(x: JaxArrayLike, lam: Union[float, JaxArrayLike], kernel_size: Size,
                     stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False,
-                    data_format: str = "channels_last") -> jax.Array:
+                    data_format: str = "channels_last", dilation: Size = 1) -> jax.Array:
         if isinstance(lam, (bool, np.bool_)):
             raise TypeError("lam must be a real number or an array, got bool")
         if isinstance(lam, (int, float, np.integer, np.floating)):
             lam = float(_checks.finite_real(lam, "lam"))
-        return _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format)
+        return _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format,
+                           dilation)
 
     maxent_pool.__name__ = maxent_pool.__qualname__ = f"maxent_pool{nd}d"
     maxent_pool.__doc__ = f"""Max-Entropy pooling over {nd} spatial axes (Kobayashi, ICCV
@@ -661,7 +669,7 @@ def _make_maxent_pool(nd) -> MaxEntPoolFunction:
         A number (not differentiated), or an array that broadcasts to the output in x's
         axis order (``(C,)`` per channel, ``(N, 1, ..., C)`` per sample and channel for
         channels-last); differentiated.
-    kernel_size, stride, padding, ceil_mode, data_format
+    kernel_size, stride, padding, ceil_mode, data_format, dilation
         As ``soft_pool{nd}d``.
 
     Returns

@@ -61,11 +61,12 @@ def reference(op: str) -> Tuple[Callable[..., Any], Callable[..., Any]]:
 def problems(op: str, *, dtypes: Sequence[str] = ("float32", "float64"),
              layouts: Sequence[str] = ("contiguous", "channels_last", "strided"),
              extreme: bool = True,
-             paddings: Sequence[str] = ("symmetric", "pairs", "same", "valid")) -> Any:
+             paddings: Sequence[str] = ("symmetric", "pairs", "same", "valid"),
+             dilations: bool = True) -> Any:
     """A hypothesis strategy of ``Problem`` objects for ``op``.
 
     It draws what breaks kernels: shapes with size-1 axes and N = 0, windows equal to the
-    input, strides other than the kernel, every form of padding (up to half the kernel on both
+    input, strides other than the kernel, dilated windows, every form of padding (up to half the kernel on both
     sides, ``(before, after)`` pairs up to the kernel less one, "same" and "valid"), ceil_mode windows
     hanging over the edge, values around 0, +-500 and +-1e4 and pool inputs whose windows and
     maps lie about 1e3 apart (``extreme``), ties, temperatures of every broadcast shape, k as
@@ -85,6 +86,9 @@ def problems(op: str, *, dtypes: Sequence[str] = ("float32", "float64"),
         The forms of a local pool's ``padding`` to draw: an int or per-axis ints (the same on
         both sides: PyTorch's), per-axis ``(before, after)`` pairs, TensorFlow's "same" and
         "valid" (in either case). Other ops ignore it.
+    dilations : bool, default True
+        Draw dilated windows too (``dilation=`` up to 3 per axis, in one local-pool problem in
+        four).
 
     Returns
     -------
@@ -108,4 +112,5 @@ def problems(op: str, *, dtypes: Sequence[str] = ("float32", "float64"),
     """
     require_hypothesis()
     from .strategies import problems as strategy
-    return strategy(op, dtypes=dtypes, layouts=layouts, extreme=extreme, paddings=paddings)
+    return strategy(op, dtypes=dtypes, layouts=layouts, extreme=extreme, paddings=paddings,
+                    dilations=dilations)

@@ -148,7 +148,8 @@ def _check_invariants(problem, y):
         if op in LOCAL:
             nd = LOCAL[op]
             for out_index, window in windows(x.shape[-nd:], o["kernel_size"], o.get("stride"),
-                                             o.get("padding", 0), o.get("ceil_mode", False)):
+                                             o.get("padding", 0), o.get("ceil_mode", False),
+                                             o.get("dilation", 1)):
                 cells = window_cells(x, window, nd)
                 at = (Ellipsis,) + out_index
                 low, high = cells.min(axis=-1), cells.max(axis=-1)
@@ -383,7 +384,8 @@ def check_op(op: str, forward: Callable[..., Any], backward: Optional[Callable[.
              *, max_examples: int = 100, to_array: Optional[Callable[[Any], Any]] = None,
              from_array: Optional[Callable[[Any], Any]] = None,
              dtypes: Optional[Sequence[str]] = None, layouts: Optional[Sequence[str]] = None,
-             extreme: bool = True, shrink: bool = True) -> None:
+             extreme: bool = True, shrink: bool = True,
+             paddings: Optional[Sequence[str]] = None, dilations: bool = True) -> None:
     """Run npool's property suite on a user's ``forward`` (and ``backward``) for ``op``.
 
     hypothesis draws ``problems(op, ...)`` and each is checked for agreement with the float64
@@ -410,8 +412,11 @@ def check_op(op: str, forward: Callable[..., Any], backward: Optional[Callable[.
         ``lambda t: t.detach().numpy()``).
     from_array : callable, optional
         Turns the drawn NumPy inputs into what the functions take (``torch.from_numpy``).
-    dtypes, layouts : sequence of str, optional
-        Passed to ``problems`` (its defaults when None).
+    dtypes, layouts, paddings : sequence of str, optional
+        Passed to ``problems`` (its defaults when None): a kernel that takes PyTorch's padding
+        only is checked with ``paddings=("symmetric",)``.
+    dilations : bool, default True
+        Passed to ``problems``: False for a kernel without ``dilation=``.
     extreme : bool, default True
         Include large-magnitude values.
     shrink : bool, default True
@@ -433,10 +438,12 @@ def check_op(op: str, forward: Callable[..., Any], backward: Optional[Callable[.
     require_hypothesis()
     from hypothesis import HealthCheck, Phase, given, settings
 
-    from .strategies import DTYPES, LAYOUTS, problems
+    from .strategies import DTYPES, LAYOUTS, PADDINGS, problems
     check_op_name(op)
     strategy = problems(op, dtypes=DTYPES if dtypes is None else dtypes,
-                        layouts=LAYOUTS if layouts is None else layouts, extreme=extreme)
+                        layouts=LAYOUTS if layouts is None else layouts, extreme=extreme,
+                        paddings=PADDINGS if paddings is None else paddings,
+                        dilations=dilations)
 
     phases = [p for p in Phase if shrink or p not in (Phase.shrink, Phase.explain)]
 

@@ -104,8 +104,8 @@ class Problem:
         g = self.grad_out if backward else None
         if op in LOCAL:
             lam = self.inputs.get("lam", 1.0)
-            window = {key: o[key] for key in ("kernel_size", "stride", "padding", "ceil_mode")
-                      if key in o}
+            window = {key: o[key] for key in ("kernel_size", "stride", "padding", "ceil_mode",
+                                              "dilation") if key in o}
             result = tolerances.local_scales(self.inputs["x"], lam, LOCAL[op], grad_out=g,
                                              **window)
             if backward and op.startswith("soft"):

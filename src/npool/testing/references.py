@@ -28,11 +28,11 @@ def as_tuple(v, nd):
 
 
 # ------------------------------------------------------------------ windows
-def padding_pairs(spatial, kernel, stride, padding):
+def padding_pairs(spatial, kernel, stride, padding, dilation=1):
     """``(before, after)`` cells of padding per axis: ``padding`` an int or per-axis ints (both
     sides), per-axis ``(before, after)`` pairs, or TensorFlow's ``"same"`` (the output has
-    ceil(L / s) cells: ``max((ceil(L / s) - 1) s + k - L, 0)`` padding cells, the smaller half
-    before) or ``"valid"`` (none)."""
+    ceil(L / s) cells: ``max((ceil(L / s) - 1) s + e - L, 0)`` padding cells, the smaller half
+    before, e = (k - 1) d + 1 the window's extent) or ``"valid"`` (none)."""
     nd = len(spatial)
     if isinstance(padding, str):
         if padding.lower() == "valid":
@@ -40,8 +40,8 @@ def padding_pairs(spatial, kernel, stride, padding):
         if padding.lower() != "same":
             raise ValueError(f"padding {padding!r} is not 'same' or 'valid'")
         pairs = []
-        for n, k, s in zip(spatial, kernel, stride):
-            total = max((math.ceil(n / s) - 1) * s + k - n, 0)
+        for n, k, s, d in zip(spatial, kernel, stride, as_tuple(dilation, nd)):
+            total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
             pairs.append((total // 2, total - total // 2))
         return tuple(pairs)
     if isinstance(padding, (tuple, list)) and any(isinstance(p, (tuple, list)) for p in padding):
@@ -49,44 +49,49 @@ def padding_pairs(spatial, kernel, stride, padding):
     return tuple((p, p) for p in as_tuple(padding, nd))
 
 
-def output_size(length, kernel, stride, padding, ceil_mode):
-    """PyTorch's rule over the padded length: floor((L + before + after - k [+ s - 1]) / s) + 1;
-    with ceil_mode a last window that would start in the right padding is dropped. ``padding``:
-    p on both sides, or ``(before, after)``."""
+def output_size(length, kernel, stride, padding, ceil_mode, dilation=1):
+    """PyTorch's rule over the padded length: floor((L + before + after - e [+ s - 1]) / s) + 1
+    with e = (k - 1) d + 1 the window's extent; with ceil_mode a last window that would start
+    in the right padding is dropped. ``padding``: p on both sides, or ``(before, after)``."""
     before, after = (padding, padding) if isinstance(padding, numbers.Integral) else padding
-    n = (length + before + after - kernel + (stride - 1 if ceil_mode else 0)) // stride + 1
+    extent = (kernel - 1) * dilation + 1
+    n = (length + before + after - extent + (stride - 1 if ceil_mode else 0)) // stride + 1
     if ceil_mode and (n - 1) * stride >= length + before:
         n -= 1
     return n
 
 
-def window_geometry(spatial, kernel_size, stride, padding, ceil_mode):
+def window_geometry(spatial, kernel_size, stride, padding, ceil_mode, dilation=1):
     """(kernel, stride, (before, after) padding pairs, output sizes) per axis."""
     nd = len(spatial)
     kernel = as_tuple(kernel_size, nd)
     stride = kernel if stride is None else as_tuple(stride, nd)
-    pairs = padding_pairs(spatial, kernel, stride, padding)
-    sizes = tuple(output_size(n, k, s, p, ceil_mode)
-                  for n, k, s, p in zip(spatial, kernel, stride, pairs))
+    dilation = as_tuple(dilation, nd)
+    pairs = padding_pairs(spatial, kernel, stride, padding, dilation)
+    sizes = tuple(output_size(n, k, s, p, ceil_mode, d)
+                  for n, k, s, p, d in zip(spatial, kernel, stride, pairs, dilation))
     return kernel, stride, pairs, sizes
 
 
-def windows(spatial, kernel_size, stride=None, padding=0, ceil_mode=False):
+def windows(spatial, kernel_size, stride=None, padding=0, ceil_mode=False, dilation=1):
     """For every output position o, the slices of its real cells R(o): window o spans cells
-    ``[o s - before, o s - before + k)`` of each axis; padded cells are left out of the window,
-    not counted as zeros."""
+    ``o s - before + j d`` (j < k) of each axis; padded cells are left out of the window, not
+    counted as zeros."""
     kernel, stride, pairs, sizes = window_geometry(spatial, kernel_size, stride, padding,
-                                                   ceil_mode)
+                                                   ceil_mode, dilation)
+    dilation = as_tuple(dilation, len(spatial))
     for out_index in itertools.product(*(range(n) for n in sizes)):
-        slices = tuple(slice(max(o * s - p, 0), min(o * s - p + k, n))
-                       for o, n, k, s, (p, _) in zip(out_index, spatial, kernel, stride, pairs))
-        yield out_index, slices
+        slices = []
+        for o, n, k, s, (p, _), d in zip(out_index, spatial, kernel, stride, pairs, dilation):
+            cells = [c for c in range(o * s - p, o * s - p + (k - 1) * d + 1, d) if 0 <= c < n]
+            slices.append(slice(cells[0], cells[-1] + 1, d) if cells else slice(0, 0))
+        yield out_index, tuple(slices)
 
 
 def window_cells(x, window, nd):
     """The real cells of one window as (..., cells): the leading axes kept, the window's
     spatial cells flattened in C order."""
-    count = int(np.prod([w.stop - w.start for w in window]))
+    count = int(np.prod([len(range(w.start, w.stop, w.step or 1)) for w in window]))
     return x[(Ellipsis,) + window].reshape(x.shape[:-nd] + (count,))
 
 
@@ -111,16 +116,17 @@ def _weighted_mean(w, cells):
 
 
 # ------------------------------------------------------------------ Max-Ent and SoftPool
-def _maxent_parts(x, lam, nd, kernel_size, stride, padding, ceil_mode):
+def _maxent_parts(x, lam, nd, kernel_size, stride, padding, ceil_mode, dilation=1):
     """Per output o: y_o, the weights w_{o,i} and the real cells, with lam broadcast to y."""
     x = f64(x)
     spatial = x.shape[-nd:]
-    *_, sizes = window_geometry(spatial, kernel_size, stride, padding, ceil_mode)
+    *_, sizes = window_geometry(spatial, kernel_size, stride, padding, ceil_mode, dilation)
     out_shape = x.shape[:-nd] + sizes
     lam = np.broadcast_to(f64(lam), out_shape)
     y = np.empty(out_shape)
     parts = []
-    for out_index, window in windows(spatial, kernel_size, stride, padding, ceil_mode):
+    for out_index, window in windows(spatial, kernel_size, stride, padding, ceil_mode,
+                                     dilation):
         cells = window_cells(x, window, nd)
         lam_o = lam[(Ellipsis,) + out_index][..., None]
         with np.errstate(invalid="ignore"):
@@ -132,21 +138,22 @@ def _maxent_parts(x, lam, nd, kernel_size, stride, padding, ceil_mode):
 
 
 def maxent_pool_forward(nd):
-    def forward(x, lam, kernel_size, stride=None, padding=0, ceil_mode=False):
+    def forward(x, lam, kernel_size, stride=None, padding=0, ceil_mode=False, *, dilation=1):
         """y_o = sum_{i in R(o)} w_i x_i,  w = softmax_{R(o)}(lam_o x)."""
-        return _maxent_parts(x, lam, nd, kernel_size, stride, padding, ceil_mode)[0]
+        return _maxent_parts(x, lam, nd, kernel_size, stride, padding, ceil_mode, dilation)[0]
     forward.__name__ = f"maxent_pool{nd}d_forward"
     return forward
 
 
 def maxent_pool_backward(nd):
-    def backward(grad_out, x, lam, kernel_size, stride=None, padding=0, ceil_mode=False):
+    def backward(grad_out, x, lam, kernel_size, stride=None, padding=0, ceil_mode=False, *,
+                 dilation=1):
         """dL/dx_i = sum_o g_o w_{o,i} (1 + lam_o (x_i - y_o));
         dL/dlam_o = g_o sum_i w_{o,i} (x_i - y_o)^2, summed down to lam's shape."""
         x64 = f64(x)
         g = f64(grad_out)
         y, lam_full, parts = _maxent_parts(x64, lam, nd, kernel_size, stride, padding,
-                                           ceil_mode)
+                                           ceil_mode, dilation)
         grad_x = np.zeros_like(x64)
         grad_lam = np.zeros(y.shape)
         for out_index, window, cells, w, lam_o in parts:
@@ -173,9 +180,9 @@ def sum_to_shape(a, shape):
 def soft_pool_forward(nd):
     maxent = maxent_pool_forward(nd)
 
-    def forward(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    def forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, *, dilation=1):
         """SoftPool: Max-Ent pooling with lam = 1."""
-        return maxent(x, 1.0, kernel_size, stride, padding, ceil_mode)
+        return maxent(x, 1.0, kernel_size, stride, padding, ceil_mode, dilation=dilation)
     forward.__name__ = f"soft_pool{nd}d_forward"
     return forward
 
@@ -183,9 +190,11 @@ def soft_pool_forward(nd):
 def soft_pool_backward(nd):
     maxent = maxent_pool_backward(nd)
 
-    def backward(grad_out, x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    def backward(grad_out, x, kernel_size, stride=None, padding=0, ceil_mode=False, *,
+                 dilation=1):
         """dL/dx_i = sum_o g_o w_{o,i} (1 + x_i - y_o)."""
-        return maxent(grad_out, x, 1.0, kernel_size, stride, padding, ceil_mode)[0]
+        return maxent(grad_out, x, 1.0, kernel_size, stride, padding, ceil_mode,
+                      dilation=dilation)[0]
     backward.__name__ = f"soft_pool{nd}d_backward"
     return backward
 

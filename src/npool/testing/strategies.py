@@ -2,11 +2,12 @@
 ``npool.testing.problems`` returns) and the building blocks for tests of one's own:
 ``window_args``, ``padding_args``, ``local_pool_inputs``, ``values`` and ``channels_last``."""
 import numpy as np
+from hypothesis import assume
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ._problems import GLOBAL, LOCAL, Problem, check_op_name
-from .references import window_geometry
+from .references import window_geometry, windows
 from .tolerances import as_dtype
 
 DTYPES = (np.float32, np.float64)
@@ -177,9 +178,12 @@ def _grad_out(draw, problem, dtype):
 
 
 @st.composite
-def _window(draw, nd, paddings):
+def _window(draw, nd, paddings, dilations):
     kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
     stride = tuple(draw(st.integers(1, 5)) for _ in range(nd))
+    dilation = tuple(draw(st.integers(1, 3)) for _ in range(nd)) \
+        if dilations and draw(st.integers(0, 3)) == 0 else (1,) * nd
+    extent = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
     padding, pairs = draw(padding_args(kernel, paddings))
     options = {"kernel_size": kernel[0] if len(set(kernel)) == 1 and draw(st.booleans())
                else kernel}
@@ -189,7 +193,13 @@ def _window(draw, nd, paddings):
         options["padding"] = padding
     if draw(st.booleans()):
         options["ceil_mode"] = True
-    spatial = _spatial(draw, kernel, pairs, 4 if nd < 3 else 2)
+    if any(d > 1 for d in dilation):
+        options["dilation"] = dilation[0] if len(set(dilation)) == 1 else dilation
+    spatial = _spatial(draw, extent, pairs, 4 if nd < 3 else 2)
+    # a dilated window may step over every cell of a short input: npool refuses those
+    assume(all(w.stop > w.start for _, window in windows(
+        spatial, kernel, options.get("stride"), padding, options.get("ceil_mode", False),
+        dilation) for w in window))
     return options, spatial
 
 
@@ -198,9 +208,9 @@ def _batch(draw, allow_empty=True):
 
 
 @st.composite
-def _local(draw, op, dtype, layouts, extreme, paddings):
+def _local(draw, op, dtype, layouts, extreme, paddings, dilations):
     nd = LOCAL[op]
-    options, spatial = draw(_window(nd, paddings))
+    options, spatial = draw(_window(nd, paddings, dilations))
     batched = draw(st.booleans())
     lead = ((_batch(draw),) if batched else ()) + (draw(st.integers(1, 3)),)
     x = _in_layout(draw, draw(_values(lead + spatial, dtype, extreme, far_apart=True)),
@@ -208,7 +218,8 @@ def _local(draw, op, dtype, layouts, extreme, paddings):
     inputs = {"x": x}
     if op.startswith("maxent"):
         *_, out = window_geometry(spatial, options["kernel_size"], options.get("stride"),
-                                  options.get("padding", 0), options.get("ceil_mode", False))
+                                  options.get("padding", 0), options.get("ceil_mode", False),
+                                  options.get("dilation", 1))
         channels = (lead[-1],) + (1,) * nd
         shapes = [None, (), channels, lead + (1,) * nd, out, lead + out]
         if batched:
@@ -304,7 +315,8 @@ def _set(draw, op, dtype, layouts, extreme):
     return problem
 
 
-def problems(op, *, dtypes=DTYPES, layouts=LAYOUTS, extreme=True, paddings=PADDINGS):
+def problems(op, *, dtypes=DTYPES, layouts=LAYOUTS, extreme=True, paddings=PADDINGS,
+             dilations=True):
     """A hypothesis strategy of ``npool.testing.Problem``s for ``op`` (see the package doc)."""
     check_op_name(op)
     dtypes = tuple(as_dtype(d) for d in ((dtypes,) if isinstance(dtypes, (str, type))
@@ -320,7 +332,7 @@ def problems(op, *, dtypes=DTYPES, layouts=LAYOUTS, extreme=True, paddings=PADDI
     paddings = _check_paddings(paddings)
     if op in LOCAL:
         return st.sampled_from(dtypes).flatmap(
-            lambda dtype: _local(op, dtype, layouts, bool(extreme), paddings))
+            lambda dtype: _local(op, dtype, layouts, bool(extreme), paddings, bool(dilations)))
     family = _global if op in GLOBAL else _set
     return st.sampled_from(dtypes).flatmap(
         lambda dtype: family(op, dtype, layouts, bool(extreme)))
