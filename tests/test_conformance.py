@@ -37,10 +37,9 @@ nt = pytest.importorskip("npool.torch")
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_map  # noqa: E402
 
-# The local pools' padding forms each adapter takes: npool.torch PyTorch's (ints), npool.tf
-# also "valid"; npool.jax every form (PADDINGS)
+# The local pools' padding forms each adapter takes: npool.torch PyTorch's (ints); npool.tf and
+# npool.jax every form (PADDINGS)
 TORCH_PADDINGS = ("symmetric",)
-TF_PADDINGS = ("symmetric", "valid")
 
 
 class _NpoolCalls(TorchDispatchMode):
@@ -312,7 +311,7 @@ def test_tf_conforms(name, data):
     tf = pytest.importorskip("tensorflow")
     ntf = pytest.importorskip("npool.tf")
     op = OPS[name]
-    problem = data.draw(_adapter_problems(name, TF_PADDINGS, dilations=False))
+    problem = data.draw(_adapter_problems(name, dilations=False))
     inputs, options = _adapter_call(problem, op)
     variables = {n: tf.Variable(inputs[n]) for n in op.differentiable}
     options = {key: tf.constant(value) if isinstance(value, np.ndarray) else value
@@ -338,7 +337,7 @@ def test_tf_portable_form_conforms(name, data):
     tf = pytest.importorskip("tensorflow")
     ntf = pytest.importorskip("npool.tf")
     op = OPS[name]
-    problem = data.draw(_adapter_problems(name, TF_PADDINGS, dilations=False))
+    problem = data.draw(_adapter_problems(name, dilations=False))
     if name in SELECTIONS and np.size(problem.inputs["x"]):
         x = problem.inputs["x"]
         problem.inputs["x"] = np.random.default_rng(0).permutation(x.size).reshape(

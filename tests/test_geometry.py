@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import npool
@@ -70,60 +70,74 @@ def test_adapters_of_symmetric_padding_refuse_the_other_forms_clearly():
 
 @st.composite
 def geometries(draw):
-    """(x, kernel, stride, padding, jax's (before, after) pairs or "SAME") with distinct cells
-    (no ties: max pooling's gradient is then one cell per window)."""
+    """(x, kernel, stride, padding, dilation, jax's (before, after) pairs) with distinct cells
+    (no ties: max pooling's gradient is then one cell per window); every window holds a
+    cell."""
     nd = draw(st.integers(1, 3))
     kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
     stride = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    dilation = tuple(draw(st.integers(1, 3)) for _ in range(nd)) if draw(st.booleans()) \
+        else (1,) * nd
+    extent = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
     padding, pairs = draw(padding_args(kernel))
-    low = [1 if pairs is None else max(1, k - b - a)
-           for k, (b, a) in zip(kernel, pairs or [(0, 0)] * nd)]
-    spatial = tuple(draw(st.integers(lo, k + 4)) for lo, k in zip(low, kernel))
+    low = [1 if pairs is None else max(1, e - b - a)
+           for e, (b, a) in zip(extent, pairs or [(0, 0)] * nd)]
+    spatial = tuple(draw(st.integers(lo, e + 4)) for lo, e in zip(low, extent))
+    assume(all(w.stop > w.start for _, window in references.windows(
+        spatial, kernel, stride, padding, False, dilation) for w in window))
     shape = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) + spatial
     values = np.random.default_rng(draw(st.integers(0, 2 ** 16))).permutation(
         math.prod(shape)).reshape(shape).astype(np.float64)
     jax_padding = ((0, 0), (0, 0)) + tuple(references.padding_pairs(spatial, kernel, stride,
-                                                                    padding))
-    return values, kernel, stride, padding, jax_padding
+                                                                    padding, dilation))
+    return values, kernel, stride, padding, dilation, jax_padding
 
 
-def _maxent(x, lam, kernel, stride, padding):
+def _maxent(x, lam, kernel, stride, padding, dilation):
     nd = len(kernel)
     forward, backward = npool._op_table.core_functions(f"maxent_pool{nd}d")
-    y = forward(x, lam, kernel, stride, padding)
+    y = forward(x, lam, kernel, stride, padding, dilation=dilation)
     g = np.cos(np.arange(y.size, dtype=np.float64)).reshape(y.shape)
-    return y, g, backward(g, x, lam, kernel, stride, padding)[0]
+    return y, g, backward(g, x, lam, kernel, stride, padding, dilation=dilation)[0]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(geometries())
-def test_every_padding_form_agrees_with_jax_reduce_window(problem):
+def test_every_geometry_agrees_with_jax_reduce_window(problem):
     """lam = 0: the mean over each window's real cells (reduce_window's sum over count of real
     cells); lam = 1e4 over distinct integers: the maximum, gradient on the window's largest
-    cell (reduce_window max's); over the same (before, after) padding."""
+    cell (reduce_window max's); over the same (before, after) padding and window dilation."""
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp
 
-    x, kernel, stride, padding, pads = problem
+    x, kernel, stride, padding, dilation, pads = problem
     window, strides = (1, 1) + kernel, (1, 1) + stride
+    dilated = (1, 1) + dilation
     with jax.enable_x64(True) if hasattr(jax, "enable_x64") else \
             __import__("jax.experimental", fromlist=["enable_x64"]).enable_x64():
         def average(v):
-            total = jax.lax.reduce_window(v, 0.0, jax.lax.add, window, strides, pads)
+            total = jax.lax.reduce_window(v, 0.0, jax.lax.add, window, strides, pads,
+                                          window_dilation=dilated)
             count = jax.lax.reduce_window(jnp.ones_like(v), 0.0, jax.lax.add, window, strides,
-                                          pads)
+                                          pads, window_dilation=dilated)
             return total / count
 
         def maximum(v):
-            return jax.lax.reduce_window(v, -jnp.inf, jax.lax.max, window, strides, pads)
+            return jax.lax.reduce_window(v, -jnp.inf, jax.lax.max, window, strides, pads,
+                                         window_dilation=dilated)
 
         for lam, pool in ((0.0, average), (1e4, maximum)):
-            y, g, grad = _maxent(x, lam, kernel, stride, padding)
+            y, g, grad = _maxent(x, lam, kernel, stride, padding, dilation)
             want, pullback = jax.vjp(pool, jnp.asarray(x))
             assert y.shape == want.shape
             np.testing.assert_allclose(y, np.asarray(want), rtol=1e-13, atol=1e-13)
-            np.testing.assert_allclose(grad, np.asarray(pullback(jnp.asarray(g))[0]),
-                                       rtol=1e-12, atol=1e-13)
+            if pool is maximum and dilated != (1,) * len(dilated):
+                # JAX has no VJP of a dilated max: the float64 reference's instead
+                want_grad = references.maxent_pool_backward(len(kernel))(
+                    g, x, lam, kernel, stride, padding, dilation=dilation)[0]
+            else:
+                want_grad = np.asarray(pullback(jnp.asarray(g))[0])
+            np.testing.assert_allclose(grad, want_grad, rtol=1e-12, atol=1e-13)
 
 
 def test_same_agrees_with_jax_reduce_window_same():
@@ -178,3 +192,74 @@ def test_npool_jax_takes_every_padding_form(padding, data_format):
             grad_p, = pullback_p(g)
         np.testing.assert_allclose(np.asarray(y_p), np.asarray(y), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(np.asarray(grad_p), np.asarray(grad), rtol=1e-4, atol=1e-5)
+
+
+def test_dilation_errors_name_it():
+    with pytest.raises(ValueError, match=r"dilation=\(3,\) steps over every cell"):
+        npool.soft_pool1d_forward(np.ones((1, 1, 2)), 2, 1, ((1, 1),), dilation=3)
+    with pytest.raises(ValueError, match="smaller than the dilated window"):
+        npool.soft_pool1d_forward(np.ones((1, 1, 4)), 3, dilation=2)
+    with pytest.raises(ValueError, match="dilation must be >= 1"):
+        npool.soft_pool2d_forward(np.ones((1, 1, 4, 4)), 2, dilation=0)
+    with pytest.raises(TypeError, match="dilation must be an int"):
+        npool.soft_pool2d_forward(np.ones((1, 1, 4, 4)), 2, dilation=1.5)
+
+
+def test_dilation_on_gpu_arrays_is_refused_clearly(gpu):
+    x = np.ones((1, 1, 6, 6), np.float32)
+    with pytest.raises(ValueError, match="dilation=.* is not supported on GPU arrays yet"):
+        npool.soft_pool2d_forward(gpu.to_device(x), 2, dilation=2)
+    with pytest.raises(ValueError, match="not supported on GPU arrays yet"):
+        npool.maxent_pool2d_backward(gpu.to_device(np.ones((1, 1, 4, 4), np.float32)),
+                                     gpu.to_device(x), 1.0, 2, 1, dilation=2)
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_npool_jax_takes_dilation(data_format):
+    pytest.importorskip("jax")
+    import jax
+    import jax.numpy as jnp
+
+    import npool.jax as nj
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 9, 8, 3)).astype(np.float32)
+    last = data_format == "channels_last"
+    xj = jnp.asarray(x if last else np.ascontiguousarray(np.moveaxis(x, -1, 1)))
+    want = npool.soft_pool2d_forward(np.moveaxis(x, -1, 1), 3, 1, "same", dilation=(2, 3))
+
+    def fn(v):
+        return nj.soft_pool2d(v, 3, 1, "SAME", data_format=data_format, dilation=(2, 3))
+
+    y, pullback = jax.vjp(jax.jit(fn), xj)
+    np.testing.assert_allclose(np.asarray(y), np.moveaxis(want, 1, -1) if last else want,
+                               rtol=1e-6, atol=1e-6)
+    grad, = pullback(jnp.ones_like(y))
+    with nj.portable():
+        _, pullback_p = jax.vjp(fn, xj)
+        np.testing.assert_allclose(np.asarray(pullback_p(jnp.ones_like(y))[0]),
+                                   np.asarray(grad), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial,kernel,stride", [((7, 8), (3, 2), (2, 3)),
+                                                   ((5, 5), (4, 4), (1, 1)),
+                                                   ((9, 4), (2, 3), (3, 1))])
+def test_npool_tf_same_agrees_with_tensorflows_own_pooling(spatial, kernel, stride):
+    """npool.tf's padding="SAME": Max-Ent at lam = 0 is tf.nn.avg_pool2d's "SAME" (the mean of
+    the real cells), at lam = 1e4 over distinct values tf.nn.max_pool2d's, values and
+    gradients."""
+    tf = pytest.importorskip("tensorflow")
+    import npool.tf as ntf
+
+    rng = np.random.default_rng(7)
+    x = tf.constant(rng.permutation(2 * 3 * math.prod(spatial)).reshape(
+        (2,) + spatial + (3,)).astype(np.float64))
+    for lam, pool in ((0.0, tf.nn.avg_pool2d), (1e4, tf.nn.max_pool2d)):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            y = ntf.maxent_pool2d(x, lam, kernel, stride, "SAME")
+            want = pool(x, kernel, stride, "SAME")
+            loss, want_loss = (tf.reduce_sum(tf.sin(v)) for v in (y, want))
+        np.testing.assert_allclose(y.numpy(), want.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(tape.gradient(loss, x).numpy(),
+                                   tape.gradient(want_loss, x).numpy(), rtol=1e-10, atol=1e-12)

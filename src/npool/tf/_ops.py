@@ -8,7 +8,7 @@ import tensorflow as tf
 import npool
 
 from .. import _checks, _decompositions, _op_table
-from .._types import Count, Size
+from .._types import Count, Padding, Size
 from ._devices import (PORTABLE, call_core, moveaxis, placement, with_leading_ones,
                        without_leading_ones)
 from ._standalone import (TFOps, compute_in_float32, from_channels_first, graph_must_stand_alone,
@@ -66,8 +66,7 @@ def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
         raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
                         f"{x.dtype.name}")
     layout = _Layout(data_format, nd, x.shape.rank)
-    window = _checks.WindowArgs(nd, kernel_size, stride, padding,
-                                ceil_mode).require_symmetric("npool.tf")
+    window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
     args = (window.kernel, window.stride, window.spec, window.ceil_mode)
     forward, backward = _op_table.core_functions(f"soft_pool{nd}d")
     batched = x.shape.rank == nd + 2
@@ -118,13 +117,13 @@ class SoftPoolFunction(Protocol):
     dimension)."""
 
     def __call__(self, x: TensorLike, kernel_size: Size, stride: Optional[Size] = None,
-                 padding: Size = 0, ceil_mode: bool = False,
+                 padding: Padding = 0, ceil_mode: bool = False,
                  data_format: str = "channels_last") -> tf.Tensor: ...
 
 
 def _make_soft_pool(nd) -> SoftPoolFunction:
     def soft_pool(x: TensorLike, kernel_size: Size, stride: Optional[Size] = None,
-                  padding: Size = 0, ceil_mode: bool = False,
+                  padding: Padding = 0, ceil_mode: bool = False,
                   data_format: str = "channels_last") -> tf.Tensor:
         return _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format)
 
@@ -151,9 +150,11 @@ def _make_soft_pool(nd) -> SoftPoolFunction:
         The window.
     stride : int or tuple of {nd} ints, optional
         The step between windows; default ``kernel_size``.
-    padding : int or tuple of {nd} ints, default 0
-        Explicit padding on both sides, at most half the kernel; padded cells are left out of
-        the windows (they are not zeros).
+    padding : "SAME", "VALID", int, tuple of {nd} ints or of {nd} (before, after) pairs, default 0
+        TensorFlow's "SAME" (ceil(L / stride) outputs) and "VALID" (none; either case),
+        explicit ``(before, after)`` per axis (each less than the kernel), or PyTorch's ints
+        (both sides, at most half the kernel); padded cells are left out of the windows (they
+        are not zeros).
     ceil_mode : bool, default False
         PyTorch's output-size rule with ceil instead of floor.
     data_format : {{"channels_last", "channels_first"}}, default "channels_last"
@@ -502,8 +503,7 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
     if lam.shape.rank is None or lam.shape.rank > x.shape.rank:
         raise ValueError(f"lam of shape {lam.shape} does not broadcast to the output of x "
                          f"{x.shape}")
-    window = _checks.WindowArgs(nd, kernel_size, stride, padding,
-                                ceil_mode).require_symmetric("npool.tf")
+    window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
     args = (window.kernel, window.stride, window.spec, window.ceil_mode)
     forward, backward = _op_table.core_functions(f"maxent_pool{nd}d")
     rank = x.shape.rank
@@ -562,13 +562,13 @@ class MaxEntPoolFunction(Protocol):
     """``npool.tf.maxent_pool{1,2,3}d``."""
 
     def __call__(self, x: TensorLike, lam: Union[float, TensorLike], kernel_size: Size,
-                 stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False,
+                 stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False,
                  data_format: str = "channels_last") -> tf.Tensor: ...
 
 
 def _make_maxent_pool(nd) -> MaxEntPoolFunction:
     def maxent_pool(x: TensorLike, lam: Union[float, TensorLike], kernel_size: Size,
-                    stride: Optional[Size] = None, padding: Size = 0, ceil_mode: bool = False,
+                    stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False,
                     data_format: str = "channels_last") -> tf.Tensor:
         return _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format)
 
@@ -598,9 +598,11 @@ def _make_maxent_pool(nd) -> MaxEntPoolFunction:
         The window.
     stride : int or tuple of {nd} ints, optional
         The step between windows; default ``kernel_size``.
-    padding : int or tuple of {nd} ints, default 0
-        Explicit padding on both sides, at most half the kernel; padded cells are left out of
-        the windows.
+    padding : "SAME", "VALID", int, tuple of {nd} ints or of {nd} (before, after) pairs, default 0
+        TensorFlow's "SAME" (ceil(L / stride) outputs) and "VALID" (none; either case),
+        explicit ``(before, after)`` per axis (each less than the kernel), or PyTorch's ints
+        (both sides, at most half the kernel); padded cells are left out of the windows (they
+        are not zeros).
     ceil_mode : bool, default False
         PyTorch's output-size rule with ceil instead of floor.
     data_format : {{"channels_last", "channels_first"}}, default "channels_last"
