@@ -89,6 +89,12 @@ class EmulatedSession:
         self.keep.append(memory)
         return memory.ctypes.data
 
+    def upload(self, array):
+        memory = _aligned_bytes(max(array.nbytes, 1))
+        memory[:array.nbytes] = np.frombuffer(np.ascontiguousarray(array).tobytes(), np.uint8)
+        self.keep.append(memory)
+        return memory.ctypes.data
+
     block_size = 32  # small blocks: many host threads per block would be slow
 
     def launch_blocks(self, name, args, blocks, shared_bytes):

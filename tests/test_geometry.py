@@ -205,13 +205,34 @@ def test_dilation_errors_name_it():
         npool.soft_pool2d_forward(np.ones((1, 1, 4, 4)), 2, dilation=1.5)
 
 
-def test_dilation_on_gpu_arrays_is_refused_clearly(gpu):
-    x = np.ones((1, 1, 6, 6), np.float32)
-    with pytest.raises(ValueError, match="dilation=.* is not supported on GPU arrays yet"):
-        npool.soft_pool2d_forward(gpu.to_device(x), 2, dilation=2)
-    with pytest.raises(ValueError, match="not supported on GPU arrays yet"):
-        npool.maxent_pool2d_backward(gpu.to_device(np.ones((1, 1, 4, 4), np.float32)),
-                                     gpu.to_device(x), 1.0, 2, 1, dilation=2)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_gpu_kernels_take_every_geometry(gpu, dtype):
+    """The CUDA kernels' general path (dilated windows: per-axis tables uploaded with the call)
+    and asymmetric padding give the CPU kernels' results, forward, grad_x and grad_lam, in both
+    memory layouts."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3, 9, 8)).astype(dtype)
+    lam = (np.abs(rng.standard_normal((3, 1, 1))) + 0.2).astype(dtype)
+    tolerance = dict(rtol=2e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12)
+    for layout in ("contiguous", "channels_last"):
+        xl = x if layout == "contiguous" else np.moveaxis(
+            np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1)
+        for args, dilation in (((3, 1, 1), 2), ((2, 2, "same"), (3, 1)),
+                               ((3, 2, ((2, 0), (1, 3))), 2), ((2, 1, 0), (1, 2)),
+                               ((3, 1, "same"), 1)):
+            y = npool.maxent_pool2d_forward(xl, lam, *args, dilation=dilation)
+            g = rng.standard_normal(y.shape).astype(dtype)
+            grad_x, grad_lam = npool.maxent_pool2d_backward(g, xl, lam, *args,
+                                                            dilation=dilation)
+            y_gpu = gpu.to_host(npool.maxent_pool2d_forward(
+                gpu.to_device(xl), gpu.to_device(lam), *args, dilation=dilation))
+            gx_gpu, glam_gpu = npool.maxent_pool2d_backward(
+                gpu.to_device(g), gpu.to_device(xl), gpu.to_device(lam), *args,
+                dilation=dilation)
+            np.testing.assert_allclose(y_gpu, y, **tolerance)
+            np.testing.assert_allclose(gpu.to_host(gx_gpu), grad_x, **tolerance)
+            np.testing.assert_allclose(gpu.to_host(glam_gpu), grad_lam,
+                                       **dict(tolerance, atol=1e-5))
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])

@@ -29,7 +29,7 @@ def test_check_op_passes_npool_on_the_emulated_gpu(op, gpu):
         ("contiguous", "channels_last", "strided")
     testing.check_op(op, forward, backward, max_examples=15, from_array=gpu.to_device,
                      to_array=gpu.read, dtypes=("float16", "float32", "float64"),
-                     layouts=layouts, dilations=False)  # no dilated CUDA kernels yet
+                     layouts=layouts)
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -51,6 +51,15 @@ struct Args {
   int64_t g_strides[5];    // element strides of grad_out
   Divisor work[4];         // the four fastest axes of the work items, fastest first
   Divisor stride_div[3];   // the strides, as divisors
+  // The general path (dilated windows): per spatial axis the step between a window's cells and
+  // tables of each output's first real cell and count of real cells, and of each input cell's
+  // candidate outputs [cover_lo, cover_hi) (those whose cells it may be one of). Null tables:
+  // the regular windows [o s - padding, o s - padding + kernel), step 1.
+  int64_t dilation[3];
+  const int64_t* window_first[3];
+  const int64_t* window_count[3];
+  const int64_t* cover_lo[3];
+  const int64_t* cover_hi[3];
 };
 
 template <typename I> struct Position {
@@ -90,15 +99,22 @@ template <typename I> NPOOL_FN int64_t output_item(const Args& a, I n, I c, I od
   return (((n * C + c) * OD + od) * OH + oh) * OW + ow;
 }
 
-// The real cells [lo, hi) of output o's window on each spatial axis.
+// The real cells lo, lo + step, ... < hi of output o's window on each spatial axis.
 template <typename I> struct Window {
-  I lo[3], hi[3];
+  I lo[3], hi[3], step[3];
 };
 
 template <typename I> NPOOL_FN Window<I> window_of(const Args& a, const I* o) {
   Window<I> win;
 #pragma unroll
   for (int k = 0; k < 3; ++k) {
+    if (a.window_first[k]) {  // the general path's tables
+      win.step[k] = static_cast<I>(a.dilation[k]);
+      win.lo[k] = static_cast<I>(a.window_first[k][o[k]]);
+      win.hi[k] = win.lo[k] + (static_cast<I>(a.window_count[k][o[k]]) - 1) * win.step[k] + 1;
+      continue;
+    }
+    win.step[k] = 1;
     const I start = o[k] * static_cast<I>(a.stride[k]) - static_cast<I>(a.padding[k]);
     const I stop = start + static_cast<I>(a.kernel[k]);
     const I length = static_cast<I>(a.size[2 + k]);
@@ -180,9 +196,9 @@ NPOOL_FN void window_sums(const Args& a, const T* x, const Window<I>& win,
           s4 = static_cast<I>(a.x_strides[4]);
   const A m = lam * xs;
   A s = 0, t = 0;
-  for (I d = win.lo[0]; d < win.hi[0]; ++d)
-    for (I h = win.lo[1]; h < win.hi[1]; ++h)
-      for (I w = win.lo[2]; w < win.hi[2]; ++w) {
+  for (I d = win.lo[0]; d < win.hi[0]; d += win.step[0])
+    for (I h = win.lo[1]; h < win.hi[1]; h += win.step[1])
+      for (I w = win.lo[2]; w < win.hi[2]; w += win.step[2]) {
         const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
         const A e = lam != A(0) ? fast_weight(lam * v, m) : A(1);
         s += e;
@@ -206,18 +222,18 @@ NPOOL_COLD_FN void careful_window(const Args& a, const T* x, const Window<I>& wi
           s4 = static_cast<I>(a.x_strides[4]);
   A xs = to_acc(x[win.lo[0] * s2 + win.lo[1] * s3 + win.lo[2] * s4]);
   bool nan = false;
-  for (I d = win.lo[0]; d < win.hi[0]; ++d)
-    for (I h = win.lo[1]; h < win.hi[1]; ++h)
-      for (I w = win.lo[2]; w < win.hi[2]; ++w) {
+  for (I d = win.lo[0]; d < win.hi[0]; d += win.step[0])
+    for (I h = win.lo[1]; h < win.hi[1]; h += win.step[1])
+      for (I w = win.lo[2]; w < win.hi[2]; w += win.step[2]) {
         const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
         if (nan) continue;
         if (v != v) { xs = v; nan = true; }
         else if ((lam > A(0) && v > xs) || (lam < A(0) && v < xs)) xs = v;
       }
   double s = 0;
-  for (I d = win.lo[0]; d < win.hi[0]; ++d)
-    for (I h = win.lo[1]; h < win.hi[1]; ++h)
-      for (I w = win.lo[2]; w < win.hi[2]; ++w)
+  for (I d = win.lo[0]; d < win.hi[0]; d += win.step[0])
+    for (I h = win.lo[1]; h < win.hi[1]; h += win.step[1])
+      for (I w = win.lo[2]; w < win.hi[2]; w += win.step[2])
         s += weight(to_acc(x[d * s2 + h * s3 + w * s4]), xs, lam);
   st->xs = xs;
   st->s = static_cast<A>(s);
@@ -226,9 +242,9 @@ NPOOL_COLD_FN void careful_window(const Args& a, const T* x, const Window<I>& wi
     return;
   }
   double half = 0;
-  for (I d = win.lo[0]; d < win.hi[0]; ++d)
-    for (I h = win.lo[1]; h < win.hi[1]; ++h)
-      for (I w = win.lo[2]; w < win.hi[2]; ++w) {
+  for (I d = win.lo[0]; d < win.hi[0]; d += win.step[0])
+    for (I h = win.lo[1]; h < win.hi[1]; h += win.step[1])
+      for (I w = win.lo[2]; w < win.hi[2]; w += win.step[2]) {
         const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
         const double e = weight(v, xs, lam);
         if (e != 0 && v != xs) half += (e / s) * (0.5 * static_cast<double>(v) -
@@ -237,9 +253,9 @@ NPOOL_COLD_FN void careful_window(const Args& a, const T* x, const Window<I>& wi
   double y = 2 * (0.5 * static_cast<double>(xs) + half);
   if (y - y != 0) {  // infinite cells averaged (lam = 0): the plain weighted mean, halved
     half = 0;
-    for (I d = win.lo[0]; d < win.hi[0]; ++d)
-      for (I h = win.lo[1]; h < win.hi[1]; ++h)
-        for (I w = win.lo[2]; w < win.hi[2]; ++w) {
+    for (I d = win.lo[0]; d < win.hi[0]; d += win.step[0])
+      for (I h = win.lo[1]; h < win.hi[1]; h += win.step[1])
+        for (I w = win.lo[2]; w < win.hi[2]; w += win.step[2]) {
           const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
           half += (weight(v, xs, lam) / s) * (0.5 * static_cast<double>(v));
         }
@@ -258,9 +274,9 @@ NPOOL_FN Stats<typename Accumulator<T>::type> window_stats(const Args& a, const 
           s4 = static_cast<I>(a.x_strides[4]);
   A m = -infinity<A>(), xm = 0;
   bool any_nan = false;
-  for (I d = win.lo[0]; d < win.hi[0]; ++d)
-    for (I h = win.lo[1]; h < win.hi[1]; ++h)
-      for (I w = win.lo[2]; w < win.hi[2]; ++w) {
+  for (I d = win.lo[0]; d < win.hi[0]; d += win.step[0])
+    for (I h = win.lo[1]; h < win.hi[1]; h += win.step[1])
+      for (I w = win.lo[2]; w < win.hi[2]; w += win.step[2]) {
         const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
         const A z = lam != A(0) ? lam * v : A(0);  // lam = 0: average, infinite cells included
         any_nan |= z != z;
@@ -285,9 +301,9 @@ NPOOL_FN typename Accumulator<T>::type window_spread(
   const I s2 = static_cast<I>(a.x_strides[2]), s3 = static_cast<I>(a.x_strides[3]),
           s4 = static_cast<I>(a.x_strides[4]);
   A q = 0;
-  for (I d = win.lo[0]; d < win.hi[0]; ++d)
-    for (I h = win.lo[1]; h < win.hi[1]; ++h)
-      for (I w = win.lo[2]; w < win.hi[2]; ++w) {
+  for (I d = win.lo[0]; d < win.hi[0]; d += win.step[0])
+    for (I h = win.lo[1]; h < win.hi[1]; h += win.step[1])
+      for (I w = win.lo[2]; w < win.hi[2]; w += win.step[2]) {
         const A v = to_acc(x[d * s2 + h * s3 + w * s4]);
         const A e = weight(v, st.xs, lam);
         if (e != A(0) && v != st.y) {
@@ -371,13 +387,27 @@ template <typename T, typename I> NPOOL_FN void backward_stats_item(const Args& 
   stats[2 * a.stats_stride + t] = st.y;
 }
 
+// Whether the general path's window o along axis k holds cell i (one of first + j step).
+template <typename I> NPOOL_FN bool holds(const Args& a, int k, I o, I i) {
+  if (!a.window_first[k]) return true;  // regular windows: every candidate holds i
+  const I rel = i - static_cast<I>(a.window_first[k][o]);
+  const I step = static_cast<I>(a.dilation[k]);
+  return rel >= 0 && rel % step == 0 && rel / step < static_cast<I>(a.window_count[k][o]);
+}
+
 template <typename T, typename I> NPOOL_FN void backward_gather_item(const Args& a, int64_t t) {
   using A = typename Accumulator<T>::type;
   const Position<I> p = work_position<I>(a, t);  // an input cell
-  // The outputs whose windows hold this cell, per axis: o*s - pad <= i < o*s - pad + k.
+  // The outputs whose windows hold this cell, per axis: o*s - pad <= i < o*s - pad + k (the
+  // general path: the candidates of its tables, each checked with holds()).
   I lo[3], hi[3];
 #pragma unroll
   for (int k = 0; k < 3; ++k) {
+    if (a.cover_lo[k]) {
+      lo[k] = static_cast<I>(a.cover_lo[k][p.s[k]]);
+      hi[k] = static_cast<I>(a.cover_hi[k][p.s[k]]);
+      continue;
+    }
     const I i_pad = p.s[k] + static_cast<I>(a.padding[k]);
     const I first = i_pad - static_cast<I>(a.kernel[k]) + 1;
     lo[k] = first <= 0 ? I(0) : divide(first + static_cast<I>(a.stride[k]) - 1, a.stride_div[k]);
@@ -389,13 +419,18 @@ template <typename T, typename I> NPOOL_FN void backward_gather_item(const Args&
   const A* stats = static_cast<const A*>(a.stats);
   const int64_t outputs = a.stats_stride;
   A sum = 0;
-  for (I od = lo[0]; od < hi[0]; ++od)
-    for (I oh = lo[1]; oh < hi[1]; ++oh)
+  for (I od = lo[0]; od < hi[0]; ++od) {
+    if (!holds<I>(a, 0, od, p.s[0])) continue;
+    for (I oh = lo[1]; oh < hi[1]; ++oh) {
+      if (!holds<I>(a, 1, oh, p.s[1])) continue;
       for (I ow = lo[2]; ow < hi[2]; ++ow) {
+        if (!holds<I>(a, 2, ow, p.s[2])) continue;
         const int64_t o = output_item<I>(a, p.n, p.c, od, oh, ow);
         const A lam = temperature<T, I>(a, p.n, p.c, od, oh, ow);
         sum += gradient_term(v, stats[o], stats[outputs + o], stats[2 * outputs + o], lam);
       }
+    }
+  }
   static_cast<T*>(a.out)[offset<I>(a.out_strides, p.n, p.c, p.s[0], p.s[1], p.s[2])] =
       from_acc<T>(sum);
 }
@@ -436,5 +471,8 @@ NPOOL_EXPORT_LAYOUT(npool_windowed_softmax_args_layout, npool::windowed_softmax:
                     NPOOL_OFFSET(A, size), NPOOL_OFFSET(A, out_size), NPOOL_OFFSET(A, kernel),
                     NPOOL_OFFSET(A, stride), NPOOL_OFFSET(A, padding), NPOOL_OFFSET(A, x_strides),
                     NPOOL_OFFSET(A, out_strides), NPOOL_OFFSET(A, g_strides),
-                    NPOOL_OFFSET(A, work), NPOOL_OFFSET(A, stride_div))
+                    NPOOL_OFFSET(A, work), NPOOL_OFFSET(A, stride_div),
+                    NPOOL_OFFSET(A, dilation), NPOOL_OFFSET(A, window_first),
+                    NPOOL_OFFSET(A, window_count), NPOOL_OFFSET(A, cover_lo),
+                    NPOOL_OFFSET(A, cover_hi))
 #endif

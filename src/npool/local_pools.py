@@ -242,7 +242,7 @@ _WINDOW_DOC = """    kernel_size : int or tuple of {nd} ints
     dilation : int or tuple of {nd} ints, default 1
         Keyword only: the step between a window's cells (PyTorch's); the window's extent
         ``(kernel - 1) dilation + 1`` takes the kernel's place in the output size and in
-        "same". Dilated windows run the kernels' general path; not on GPU arrays yet."""
+        "same". Dilated windows run the kernels' general path (CPU and GPU)."""
 _EXAMPLE_SHAPE = {1: "(2, 3, 8)", 2: "(2, 3, 8, 8)", 3: "(2, 3, 4, 8, 8)"}
 _EXAMPLE_OUT = {1: "(2, 3, 4)", 2: "(2, 3, 4, 4)", 3: "(2, 3, 2, 4, 4)"}
 _PAIR_SHAPE = {1: "1, 1, 2", 2: "1, 1, 1, 2", 3: "1, 1, 1, 1, 2"}

@@ -192,6 +192,15 @@ class Session:
         self.workspaces.append(allocation)
         return int(allocation)
 
+    def upload(self, array):
+        """A copy of host ``array`` (C-contiguous) in device memory for this call; its
+        address. The copy completes before this returns."""
+        allocation = self.device.cuda.mem_alloc(max(array.nbytes, 1))
+        self.workspaces.append(allocation)
+        if array.nbytes:
+            self.device.cuda.memcpy_htod(allocation, array)
+        return int(allocation)
+
     block_size = _BLOCK
 
     def launch_blocks(self, name, args, blocks, shared_bytes):

@@ -19,6 +19,8 @@ ARGS = np.dtype([
     ("glam_strides", "i8", 5), ("size", "i8", 5), ("out_size", "i8", 3), ("kernel", "i8", 3), ("stride", "i8", 3),
     ("padding", "i8", 3), ("x_strides", "i8", 5), ("out_strides", "i8", 5),
     ("g_strides", "i8", 5), ("work", _DIVISOR, 4), ("stride_div", _DIVISOR, 3),
+    ("dilation", "i8", 3), ("window_first", "u8", 3), ("window_count", "u8", 3),
+    ("cover_lo", "u8", 3), ("cover_hi", "u8", 3),
 ])
 _INDEX_LIMIT = 2 ** 31
 
@@ -46,9 +48,6 @@ class _Call:
         _checks.pool_input(self.x, nd)
         self.args = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode,
                                        spatial=self.x.shape[-nd:], dilation=dilation)
-        if self.args.general:
-            raise ValueError(f"dilation={self.args.dilation} is not supported on GPU arrays yet "
-                             f"(the CPU kernels take it: pass NumPy arrays)")
         self.nd = nd
         self.batched = self.x.ndim == nd + 2
         self.out_spatial = self.args.output_size(self.x.shape[-nd:])
@@ -110,9 +109,38 @@ class _Call:
         return (1.0, t.ptr, tuple(strides[:2] + [0] * pad + strides[2:]),
                 tuple(shape[:2] + [1] * pad + shape[2:]), t.shape)
 
-    def arguments(self, lam, **arrays):
-        """The kernel argument struct; ``arrays`` maps field names to (ptr, 5-D strides)."""
+    def general_tables(self, call):
+        """The general path (dilated windows): the per-axis tables uploaded to the device, as
+        the Args fields they fill; {} for the regular windows."""
+        dilation, tables = self.args.general_3d(self.x.shape[-self.nd:], self.out_spatial)
+        if tables is None:
+            return {}
+        fields = {"dilation": dilation, "window_first": [], "window_count": [], "cover_lo": [],
+                  "cover_hi": []}
+        for k, table in enumerate(tables):
+            first, count = table.astype(np.int64)
+            last = first + (count - 1) * dilation[k]
+            cells = np.arange(self.size[2 + k], dtype=np.int64)
+            # candidates for the outputs whose span [first, last] holds cell i: from the first
+            # output whose running-maximum last reaches i to the last whose first (as a suffix
+            # minimum, which never decreases) is at most i; the kernels check each candidate (a
+            # dilated window's first real cell may lie before the previous window's)
+            reach = np.maximum.accumulate(last)
+            start = np.minimum.accumulate(first[::-1])[::-1]
+            cover_lo = np.searchsorted(reach, cells, side="left").astype(np.int64)
+            cover_hi = np.searchsorted(start, cells, side="right").astype(np.int64)
+            for name, values in (("window_first", first), ("window_count", count),
+                                 ("cover_lo", cover_lo), ("cover_hi", cover_hi)):
+                fields[name].append(call.upload(np.ascontiguousarray(values)))
+        return fields
+
+    def arguments(self, lam, general=None, **arrays):
+        """The kernel argument struct; ``arrays`` maps field names to (ptr, 5-D strides);
+        ``general``: ``general_tables``' fields."""
         args = np.zeros((), ARGS)
+        args["dilation"] = (1, 1, 1)
+        for field, value in (general or {}).items():
+            args[field] = value
         kernel, stride, padding = self.args.as_3d()
         lam_scalar, lam_ptr, lam_strides = self.temperature(lam)[:3]
         args["lam"] = lam_scalar
@@ -174,7 +202,7 @@ def forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None, ou
         count = pool.outputs()
         if count:
             wide = pool.wide_index([count], pool.x_strides, y_strides)
-            args = pool.arguments(lam, out=(y_ptr, y_strides))
+            args = pool.arguments(lam, pool.general_tables(call), out=(y_ptr, y_strides))
             pool.set_work(args, pool.out_size, count, wide)
             call.launch(pool.kernel("forward", wide), args[()], count)
     return y
@@ -225,6 +253,7 @@ def backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode, devi
             full = call.workspace(max(outputs, 1) * accumulator)
             arrays["grad_lam"] = (full, _checks.dense_strides(full_shape, "contiguous"))
         if outputs:
+            general = pool.general_tables(call)
             if pool.args.disjoint:
                 # Each input cell belongs to at most one window: its thread writes the cell.
                 wide = pool.wide_index([outputs], pool.x_strides, gx_strides, g_strides)
@@ -236,7 +265,7 @@ def backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode, devi
                 wide = pool.wide_index([3 * outputs, inputs], pool.x_strides, gx_strides,
                                        g_strides)
                 stats = call.workspace(3 * outputs * accumulator)
-                args = pool.arguments(lam, stats=(stats, None), **arrays)
+                args = pool.arguments(lam, general, stats=(stats, None), **arrays)
                 args["stats_stride"] = outputs
                 pool.set_work(args, pool.out_size, outputs, wide)
                 call.launch(pool.kernel("backward_stats", wide), args[()], outputs)

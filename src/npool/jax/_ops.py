@@ -522,8 +522,7 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
     def decomposed_array(x, lam_v):
         return _in_float32(run, x, lam_v)
 
-    platform = _kernel_platform(windowed=True)
-    if platform is None or (platform == "gpu" and window.general):  # no dilated CUDA kernels
+    if _kernel_platform(windowed=True) is None:
         return decomposed_scalar(x) if scalar else decomposed_array(x, lam_value)
 
     forward_core, backward_core = core_functions(f"maxent_pool{nd}d")
@@ -622,7 +621,7 @@ def _make_soft_pool(nd) -> SoftPoolFunction:
     data_format : {{"channels_last", "channels_first"}}
     dilation : int or tuple of {nd} ints
         The step between a window's cells (``jax.lax.reduce_window``'s ``window_dilation``;
-        PyTorch's ``dilation``). Default 1. Dilated windows build the decomposition on a GPU.
+        PyTorch's ``dilation``). Default 1.
 
     Returns
     -------
