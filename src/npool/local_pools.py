@@ -316,7 +316,7 @@ def _make_pool(nd) -> Tuple[SoftPoolForward, SoftPoolBackward]:
         dL/dy: the forward output's shape, x's dtype.
     x : numpy.ndarray or GPU array
         The forward's input.
-    kernel_size, stride, padding, ceil_mode
+    kernel_size, stride, padding, ceil_mode, dilation
         The forward's window arguments.
     out : array, optional
         Keyword only: where to write grad_x (x's shape and dtype); written in place when it
@@ -425,7 +425,7 @@ def _make_maxent_pool(nd) -> Tuple[MaxEntPoolForward, MaxEntPoolBackward]:
         The forward's input.
     lam : float or array
         The forward's temperature.
-    kernel_size, stride, padding, ceil_mode
+    kernel_size, stride, padding, ceil_mode, dilation
         The forward's window arguments.
     out : tuple, optional
         Keyword only: ``(grad_x, grad_lam)`` destinations, each None or an array of that
