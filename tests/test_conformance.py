@@ -37,8 +37,8 @@ nt = pytest.importorskip("npool.torch")
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_map  # noqa: E402
 
-# The local pools' padding forms each adapter takes: npool.torch PyTorch's (ints); npool.tf and
-# npool.jax every form (PADDINGS)
+# The local pools' padding forms each adapter takes: npool.torch PyTorch's (ints, no dilation);
+# npool.tf and npool.jax every form (PADDINGS) and dilation
 TORCH_PADDINGS = ("symmetric",)
 
 
@@ -311,7 +311,7 @@ def test_tf_conforms(name, data):
     tf = pytest.importorskip("tensorflow")
     ntf = pytest.importorskip("npool.tf")
     op = OPS[name]
-    problem = data.draw(_adapter_problems(name, dilations=False))
+    problem = data.draw(_adapter_problems(name))
     inputs, options = _adapter_call(problem, op)
     variables = {n: tf.Variable(inputs[n]) for n in op.differentiable}
     options = {key: tf.constant(value) if isinstance(value, np.ndarray) else value
@@ -337,7 +337,7 @@ def test_tf_portable_form_conforms(name, data):
     tf = pytest.importorskip("tensorflow")
     ntf = pytest.importorskip("npool.tf")
     op = OPS[name]
-    problem = data.draw(_adapter_problems(name, dilations=False))
+    problem = data.draw(_adapter_problems(name))
     if name in SELECTIONS and np.size(problem.inputs["x"]):
         x = problem.inputs["x"]
         problem.inputs["x"] = np.random.default_rng(0).permutation(x.size).reshape(

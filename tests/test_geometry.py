@@ -284,3 +284,27 @@ def test_npool_tf_same_agrees_with_tensorflows_own_pooling(spatial, kernel, stri
         np.testing.assert_allclose(y.numpy(), want.numpy(), rtol=1e-12)
         np.testing.assert_allclose(tape.gradient(loss, x).numpy(),
                                    tape.gradient(want_loss, x).numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_npool_tf_takes_dilation():
+    """npool.tf's dilation= (tf.nn.pool's dilations): the core's values and gradients, and the
+    decomposition's (what SavedModel, XLA and TFLite run) inside npool.tf.portable()."""
+    tf = pytest.importorskip("tensorflow")
+    import npool.tf as ntf
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 9, 8, 3))
+    xn = np.moveaxis(x, -1, 1)
+    want = npool.maxent_pool2d_forward(xn, 0.7, 3, 1, "same", dilation=(2, 3))
+    g = np.cos(np.arange(want.size)).reshape(want.shape)
+    want_grad = npool.maxent_pool2d_backward(g, xn, 0.7, 3, 1, "same", dilation=(2, 3))[0]
+    xt = tf.constant(x)
+    for portable in (False, True):
+        with (ntf.portable() if portable else __import__("contextlib").nullcontext()):
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                y = ntf.maxent_pool2d(xt, 0.7, 3, 1, "SAME", dilation=(2, 3))
+            grad = tape.gradient(y, xt, output_gradients=tf.constant(np.moveaxis(g, 1, -1)))
+        np.testing.assert_allclose(y.numpy(), np.moveaxis(want, 1, -1), rtol=1e-12)
+        np.testing.assert_allclose(grad.numpy(), np.moveaxis(want_grad, 1, -1), rtol=1e-10,
+                                   atol=1e-12)

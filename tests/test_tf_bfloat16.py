@@ -43,4 +43,4 @@ def tf_op(op):
 @pytest.mark.parametrize("op", testing.OPS)
 def test_every_op_in_bfloat16_matches_the_reference(op):
     testing.check_op(op, *tf_op(op), max_examples=20, dtypes=("bfloat16",),
-                     layouts=("contiguous",), dilations=False)  # npool.tf: no dilation yet
+                     layouts=("contiguous",))

@@ -60,14 +60,15 @@ class _Layout:
         return range(start, start + self.nd)
 
 
-def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
+def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format, dilation=1):
     x = _tensor(x)
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
                         f"{x.dtype.name}")
     layout = _Layout(data_format, nd, x.shape.rank)
-    window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
+    window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode, dilation=dilation)
     args = (window.kernel, window.stride, window.spec, window.ceil_mode)
+    geometry = {"dilation": window.dilation}
     forward, backward = _op_table.core_functions(f"soft_pool{nd}d")
     batched = x.shape.rank == nd + 2
 
@@ -91,10 +92,11 @@ def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format):
             out_shape[a] = None
 
     def forward_numpy(xa):
-        return layout.from_npool(forward(layout.to_npool(xa), *args))
+        return layout.from_npool(forward(layout.to_npool(xa), *args, **geometry))
 
     def backward_numpy(ga, xa):
-        return layout.from_npool(backward(layout.to_npool(ga), layout.to_npool(xa), *args))
+        return layout.from_npool(backward(layout.to_npool(ga), layout.to_npool(xa), *args,
+                                          **geometry))
 
     @tf.custom_gradient
     def soft_pool(x):
@@ -118,14 +120,14 @@ class SoftPoolFunction(Protocol):
 
     def __call__(self, x: TensorLike, kernel_size: Size, stride: Optional[Size] = None,
                  padding: Padding = 0, ceil_mode: bool = False,
-                 data_format: str = "channels_last") -> tf.Tensor: ...
+                 data_format: str = "channels_last", dilation: Size = 1) -> tf.Tensor: ...
 
 
 def _make_soft_pool(nd) -> SoftPoolFunction:
     def soft_pool(x: TensorLike, kernel_size: Size, stride: Optional[Size] = None,
                   padding: Padding = 0, ceil_mode: bool = False,
-                  data_format: str = "channels_last") -> tf.Tensor:
-        return _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format)
+                  data_format: str = "channels_last", dilation: Size = 1) -> tf.Tensor:
+        return _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format, dilation)
 
     soft_pool.__name__ = soft_pool.__qualname__ = f"soft_pool{nd}d"
     shape, out = {1: ("(2, 8, 3)", "(2, 4, 3)"), 2: ("(2, 8, 8, 3)", "(2, 4, 4, 3)"),
@@ -159,6 +161,10 @@ def _make_soft_pool(nd) -> SoftPoolFunction:
         PyTorch's output-size rule with ceil instead of floor.
     data_format : {{"channels_last", "channels_first"}}, default "channels_last"
         Where x's channel axis is.
+    dilation : int or tuple of {nd} ints, default 1
+        The step between a window's cells (``tf.nn.pool``'s ``dilations``, PyTorch's
+        ``dilation``); the window's extent ``(kernel - 1) dilation + 1`` takes the kernel's
+        place in the output size and in "SAME".
 
     Returns
     -------
@@ -493,18 +499,22 @@ weldon_pool.__doc__ = _global_doc(
 # ------------------------------------------------------------------ Max-Entropy pooling
 
 
-def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format):
+def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format,
+                 dilation=1):
     x = _tensor(x)
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
                         f"{x.dtype.name}")
-    lam = tf.cast(_tensor(lam, "lam"), x.dtype)
+    # a Python number straight to x's dtype (through float32, a float64 x would get lam rounded)
+    lam = tf.constant(lam, x.dtype) if isinstance(lam, (int, float)) and \
+        not isinstance(lam, bool) else tf.cast(_tensor(lam, "lam"), x.dtype)
     layout = _Layout(data_format, nd, x.shape.rank)
     if lam.shape.rank is None or lam.shape.rank > x.shape.rank:
         raise ValueError(f"lam of shape {lam.shape} does not broadcast to the output of x "
                          f"{x.shape}")
-    window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode)
+    window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode, dilation=dilation)
     args = (window.kernel, window.stride, window.spec, window.ceil_mode)
+    geometry = {"dilation": window.dilation}
     forward, backward = _op_table.core_functions(f"maxent_pool{nd}d")
     rank = x.shape.rank
     batched = rank == nd + 2
@@ -534,10 +544,12 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
         return layout.to_npool(with_leading_ones(la, rank))
 
     def forward_numpy(xa, la):
-        return layout.from_npool(forward(layout.to_npool(xa), lam_to_npool(la), *args))
+        return layout.from_npool(forward(layout.to_npool(xa), lam_to_npool(la), *args,
+                                         **geometry))
 
     def backward_numpy(ga, xa, la):
-        gx, gl = backward(layout.to_npool(ga), layout.to_npool(xa), lam_to_npool(la), *args)
+        gx, gl = backward(layout.to_npool(ga), layout.to_npool(xa), lam_to_npool(la), *args,
+                          **geometry)
         return layout.from_npool(gx), without_leading_ones(layout.from_npool(gl), la.ndim)
 
     @tf.custom_gradient
@@ -563,14 +575,15 @@ class MaxEntPoolFunction(Protocol):
 
     def __call__(self, x: TensorLike, lam: Union[float, TensorLike], kernel_size: Size,
                  stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False,
-                 data_format: str = "channels_last") -> tf.Tensor: ...
+                 data_format: str = "channels_last", dilation: Size = 1) -> tf.Tensor: ...
 
 
 def _make_maxent_pool(nd) -> MaxEntPoolFunction:
     def maxent_pool(x: TensorLike, lam: Union[float, TensorLike], kernel_size: Size,
                     stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False,
-                    data_format: str = "channels_last") -> tf.Tensor:
-        return _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format)
+                    data_format: str = "channels_last", dilation: Size = 1) -> tf.Tensor:
+        return _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format,
+                            dilation)
 
     maxent_pool.__name__ = maxent_pool.__qualname__ = f"maxent_pool{nd}d"
     shape, out, lam = {1: ("(2, 8, 3)", "(2, 4, 3)", "(1, 1, 3)"),
@@ -607,6 +620,10 @@ def _make_maxent_pool(nd) -> MaxEntPoolFunction:
         PyTorch's output-size rule with ceil instead of floor.
     data_format : {{"channels_last", "channels_first"}}, default "channels_last"
         Where x's channel axis is.
+    dilation : int or tuple of {nd} ints, default 1
+        The step between a window's cells (``tf.nn.pool``'s ``dilations``, PyTorch's
+        ``dilation``); the window's extent ``(kernel - 1) dilation + 1`` takes the kernel's
+        place in the output size and in "SAME".
 
     Returns
     -------
