@@ -315,15 +315,6 @@ cdef bint _is_metadata_query(XLA_FFI_CallFrame* frame) noexcept nogil:
         frame.extension_start.type == XLA_FFI_Extension_Metadata
 
 
-cdef XLA_FFI_Error* npool_xla_handler(XLA_FFI_CallFrame* frame) noexcept nogil:
-    if _is_metadata_query(frame):
-        return _answer_metadata(frame)
-    cdef XLA_FFI_Error* refusal = _refuse_frame(frame)
-    if refusal != NULL:
-        return refusal
-    return _call(frame, False, 0)
-
-
 cdef XLA_FFI_Error* _stream_error(XLA_FFI_CallFrame* frame, XLA_FFI_Error* error) noexcept with gil:
     """XLA's error from Stream_Get, wrapped with what npool was doing (XLA's error freed)."""
     cdef XLA_FFI_Error_GetMessage_Args get
@@ -342,12 +333,15 @@ cdef XLA_FFI_Error* _stream_error(XLA_FFI_CallFrame* frame, XLA_FFI_Error* error
     return _error(frame.api, XLA_FFI_Error_Code_INTERNAL, message)
 
 
-cdef XLA_FFI_Error* npool_xla_cuda_handler(XLA_FFI_CallFrame* frame) noexcept nogil:
+cdef XLA_FFI_Error* _handle(XLA_FFI_CallFrame* frame, bint on_device) noexcept nogil:
+    """Both handlers: the metadata query, the frame checks, and on the device XLA's stream."""
     if _is_metadata_query(frame):
         return _answer_metadata(frame)
     cdef XLA_FFI_Error* refusal = _refuse_frame(frame)
     if refusal != NULL:
         return refusal
+    if not on_device:
+        return _call(frame, False, 0)
     cdef XLA_FFI_Stream_Get_Args stream
     stream.struct_size = XLA_FFI_Stream_Get_Args_STRUCT_SIZE
     stream.extension_start = NULL
@@ -357,3 +351,11 @@ cdef XLA_FFI_Error* npool_xla_cuda_handler(XLA_FFI_CallFrame* frame) noexcept no
     if error != NULL:
         return _stream_error(frame, error)
     return _call(frame, True, <size_t>stream.stream)
+
+
+cdef XLA_FFI_Error* npool_xla_handler(XLA_FFI_CallFrame* frame) noexcept nogil:
+    return _handle(frame, False)
+
+
+cdef XLA_FFI_Error* npool_xla_cuda_handler(XLA_FFI_CallFrame* frame) noexcept nogil:
+    return _handle(frame, True)
