@@ -28,10 +28,24 @@ def test_decompositions_match_the_references(op, data):
 def test_window_cells_leave_out_padding_and_ceil_overhang():
     window = _checks.WindowArgs(1, 3, 2, 1, True)
     index, real, out = _decompositions.window_cells((4,), window)
-    assert out == (3,)  # windows at -1, 1, 3 over cells 0..3
-    np.testing.assert_array_equal(real, [[False, True, True], [True, True, True],
+    assert out == (3,)  # windows at -1, 1, 3 over cells 0..3: real cells first
+    np.testing.assert_array_equal(real, [[True, True, False], [True, True, True],
                                          [True, False, False]])
     np.testing.assert_array_equal(index[real], [0, 1, 1, 2, 3, 3])
+
+
+def test_window_cells_of_adaptive_windows():
+    """PyTorch's adaptive windows of 3 outputs over 5 cells: [0, 2), [1, 4), [3, 5)."""
+    window = _checks.adaptive_windows(1, 3, (5,))
+    assert isinstance(window, _checks.AdaptiveWindows) and window.kernel == (3,)
+    index, real, out = _decompositions.window_cells((5,), window)
+    assert out == (3,)
+    np.testing.assert_array_equal(real, [[True, True, False], [True, True, True],
+                                         [True, True, False]])
+    np.testing.assert_array_equal(index[real], [0, 1, 1, 2, 3, 3, 4])
+    regular = _checks.adaptive_windows(2, (2, None), (6, 3))  # 6 -> 2 and 3 -> 3 divide
+    assert not isinstance(regular, _checks.AdaptiveWindows)
+    assert (regular.kernel, regular.stride) == ((3, 1), (3, 1))
 
 
 def test_softpool_does_not_overflow_at_500():

@@ -20,7 +20,8 @@ def test_every_op_has_a_row_and_the_references_agree():
     assert kernels() == tuple(dict.fromkeys(op.kernel for op in OPS.values()))
     # ops that share a kernel (the rest lower to their own)
     shared = {name: op.kernel for name, op in OPS.items() if op.kernel != name}
-    assert shared == {**{f"{kind}_pool{nd}d": f"{kind}_pool" for kind in ("soft", "maxent")
+    assert shared == {**{f"{prefix}{kind}_pool{nd}d": f"{kind}_pool"
+                         for prefix in ("", "adaptive_") for kind in ("soft", "maxent")
                          for nd in (1, 2, 3)},
                       "global_kmax_pool": "weldon_pool", "netrvlad_pool": "netvlad_pool"}
     with pytest.raises(ValueError, match="family must be"):
@@ -100,5 +101,6 @@ def test_every_layer_of_the_table_exists(adapter):
             [op.layer] + [f"{base}{nd}{'D' if adapter == 'keras' else 'd'}" for nd in (1, 2, 3)]
         for name in names:
             assert hasattr(module, name), (adapter, op.name, name)
-    assert [op.name for op in OPS.values() if op.layer is None] == ["maxent_pool1d",
-                                                                     "maxent_pool3d"]
+    assert [op.name for op in OPS.values() if op.layer is None] == [
+        "maxent_pool1d", "maxent_pool3d", "adaptive_maxent_pool1d", "adaptive_maxent_pool2d",
+        "adaptive_maxent_pool3d"]

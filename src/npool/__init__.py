@@ -27,6 +27,18 @@ from .global_pools import (
     weldon_pool_forward,
 )
 from .local_pools import (
+    adaptive_maxent_pool1d_backward,
+    adaptive_maxent_pool1d_forward,
+    adaptive_maxent_pool2d_backward,
+    adaptive_maxent_pool2d_forward,
+    adaptive_maxent_pool3d_backward,
+    adaptive_maxent_pool3d_forward,
+    adaptive_soft_pool1d_backward,
+    adaptive_soft_pool1d_forward,
+    adaptive_soft_pool2d_backward,
+    adaptive_soft_pool2d_forward,
+    adaptive_soft_pool3d_backward,
+    adaptive_soft_pool3d_forward,
     maxent_pool1d_backward,
     maxent_pool1d_forward,
     maxent_pool2d_backward,
@@ -56,6 +68,18 @@ from .set_pools import (
 __version__ = "0.2.0"  # the one place of the version: pyproject.toml reads it (CHANGELOG.md)
 
 __all__ = [
+    "adaptive_maxent_pool1d_backward",
+    "adaptive_maxent_pool1d_forward",
+    "adaptive_maxent_pool2d_backward",
+    "adaptive_maxent_pool2d_forward",
+    "adaptive_maxent_pool3d_backward",
+    "adaptive_maxent_pool3d_forward",
+    "adaptive_soft_pool1d_backward",
+    "adaptive_soft_pool1d_forward",
+    "adaptive_soft_pool2d_backward",
+    "adaptive_soft_pool2d_forward",
+    "adaptive_soft_pool3d_backward",
+    "adaptive_soft_pool3d_forward",
     "context_gating_backward",
     "context_gating_forward",
     "cuda_available",

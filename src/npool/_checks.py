@@ -245,6 +245,90 @@ class WindowArgs:
         return ((1,) * pad + self.kernel, (1,) * pad + self.stride, (0,) * pad + self.padding)
 
 
+def adaptive_output_size(output_size, nd, spatial=None):
+    """``output_size`` of an adaptive pool as a tuple of ``nd`` entries: an int (every axis) or
+    ``nd`` ints or Nones (None: the input's size on that axis, as PyTorch's adaptive pools
+    take it; kept None when ``spatial`` is None). Each size must be at least 1."""
+    items = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * nd
+    if len(items) != nd:
+        raise ValueError(f"output_size must be an int or a tuple of {nd} ints (or None), got "
+                         f"{output_size!r} of length {len(items)}")
+    sizes = []
+    for axis, item in enumerate(items):
+        if item is None:
+            sizes.append(None if spatial is None else int(spatial[axis]))
+            continue
+        size, = int_tuple(item, "output_size", 1, 0)
+        if size < 1:
+            raise ValueError(f"output_size must be >= 1 on every axis (None: the input's size),"
+                             f" got {output_size!r}")
+        sizes.append(size)
+    return tuple(sizes)
+
+
+def adaptive_tables(length, n):
+    """PyTorch's adaptive windows of ``n`` outputs over ``length`` cells: window o spans
+    ``[floor(o L / n), ceil((o + 1) L / n))``; an intp ``(2, n)`` array of each window's first
+    cell and count of cells."""
+    o = np.arange(n, dtype=np.int64)
+    first = o * length // n
+    stop = -((-(o + 1) * length) // n)
+    return np.stack([first, stop - first]).astype(np.intp)
+
+
+class AdaptiveWindows(WindowArgs):
+    """The windows of an adaptive pool (``nn.AdaptiveAvgPool2d``'s): ``output_size`` windows
+    per axis over an input of spatial size ``spatial``, window o of n over L cells spanning
+    ``[floor(o L / n), ceil((o + 1) L / n))`` (``adaptive_tables``): overlapping by a cell
+    where n does not divide L, one cell repeated where n > L. The same interface as
+    ``WindowArgs`` (the kernels' general path, the decomposition's cells), with the largest
+    window as its kernel, unit stride and no padding. ``adaptive_windows`` gives regular
+    ``WindowArgs`` where every n divides its L (the kernels' fast paths)."""
+
+    def __init__(self, nd, output_size, spatial):
+        self.out = adaptive_output_size(output_size, nd, spatial)
+        self.spatial = tuple(int(n) for n in spatial)
+        self.tables = tuple(adaptive_tables(n, o) for n, o in zip(self.spatial, self.out))
+        kernel = tuple(int(t[1].max()) for t in self.tables)
+        super().__init__(nd, kernel, 1, 0, False, spatial=self.spatial)
+        self.general = True
+        self.disjoint = False
+
+    def output_size(self, spatial):
+        self._same_input(spatial)
+        return self.out
+
+    def window_tables(self, spatial, out):
+        self._same_input(spatial)
+        return self.tables
+
+    def _same_input(self, spatial):
+        if tuple(spatial) != self.spatial:
+            raise ValueError(f"npool internal: adaptive windows for spatial size "
+                             f"{self.spatial} used on {tuple(spatial)}")
+
+
+def adaptive_windows(nd, output_size, spatial):
+    """The windows of an adaptive pool of ``output_size`` over ``spatial``: regular
+    ``WindowArgs`` (kernel = stride = L / n) where every output size divides its input's,
+    else ``AdaptiveWindows`` (the general path)."""
+    out = adaptive_output_size(output_size, nd, spatial)
+    if all(n % o == 0 for n, o in zip(spatial, out)):
+        step = tuple(n // o for n, o in zip(spatial, out))
+        return WindowArgs(nd, step, step, 0, False, spatial=spatial)
+    return AdaptiveWindows(nd, out, spatial)
+
+
+def local_window(nd, spatial, kernel_size=None, stride=None, padding=0, ceil_mode=False,
+                 dilation=1, output_size=None):
+    """The windows of a local pool over ``spatial`` from its keyword arguments: adaptive
+    (``output_size``) or the window arguments (``kernel_size``, ...)."""
+    if output_size is not None:
+        return adaptive_windows(nd, output_size, spatial)
+    return WindowArgs(nd, kernel_size, stride, padding, ceil_mode, spatial=spatial,
+                      dilation=dilation)
+
+
 def pool_input(x, nd, name="x"):
     """Check a local-pool input of shape (N, C, *spatial) or unbatched (C, *spatial).
 

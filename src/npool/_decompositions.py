@@ -38,22 +38,28 @@ from . import _checks
 
 # ------------------------------------------------------------------ local pools
 def window_cells(spatial, window):
-    """The cells of every window of ``window`` (a ``_checks.WindowArgs``) over ``spatial``:
-    ``(index, real, out)``, where ``index[o, j]`` is the flat (C-order) spatial index of cell j
-    of window o, ``real[o, j]`` is False where that cell is padding or beyond the input (its
-    index is then a valid placeholder) and ``out`` the output's spatial shape."""
+    """The cells of every window of ``window`` (a ``_checks.WindowArgs``, or its
+    ``AdaptiveWindows``) over ``spatial``: ``(index, real, out)``, where ``index[o, j]`` is the
+    flat (C-order) spatial index of cell j of window o, ``real[o, j]`` is False where window o
+    has fewer than ``j + 1`` real cells (padding, beyond the input, or a shorter adaptive
+    window: its index is then a valid placeholder) and ``out`` the output's spatial shape.
+    Per axis, window o's real cells are ``first + j d`` for ``j < count`` (the geometry's
+    ``window_tables``)."""
     nd = window.nd
+    spatial = tuple(spatial)
     out = window.output_size(spatial)
     index = np.zeros((1,) * (2 * nd), np.int64)
     real = np.ones((1,) * (2 * nd), bool)
-    before = tuple(b for b, _ in window.pairs(tuple(spatial)))
-    for axis, (n, k, s, p, d, o) in enumerate(zip(spatial, window.kernel, window.stride, before,
-                                                  window.dilation, out)):
+    tables = window.window_tables(spatial, out)
+    for axis, (n, k, d, (first, count), o) in enumerate(zip(spatial, window.kernel,
+                                                            window.dilation, tables, out)):
         shape = [1] * (2 * nd)
         shape[axis], shape[nd + axis] = o, k
-        position = (np.arange(o)[:, None] * s - p + d * np.arange(k)[None, :]).reshape(shape)
-        real = real & (position >= 0) & (position < n)
-        index = index * n + np.clip(position, 0, n - 1)
+        j = np.arange(k)[None, :]
+        in_window = (j < count[:, None]).reshape(shape)
+        position = np.where(in_window, (first[:, None] + d * j).reshape(shape), 0)
+        real = real & in_window
+        index = index * n + position
     windows, cells = math.prod(out), math.prod(window.kernel)
     return (np.broadcast_to(index, out + window.kernel).reshape(windows, cells),
             np.broadcast_to(real, out + window.kernel).reshape(windows, cells), out)
@@ -278,15 +284,15 @@ def forward(op, ops, *args, **options):
     if options.pop("return_indices", False) or options.pop("return_norms", False):
         raise ValueError(f"the decomposition of {op} gives the output only")
     options.pop("matmul", None)
-    if op.startswith(("soft_pool", "maxent_pool")):
+    if op.startswith(("soft_pool", "maxent_pool", "adaptive_")):
         nd = int(op[-2])
-        x, lam = (args[0], 1.0) if op.startswith("soft") else args[:2]
-        rest = args[1:] if op.startswith("soft") else args[2:]
-        names = ("kernel_size", "stride", "padding", "ceil_mode")
-        window = dict(zip(names, rest), **options)
-        window = _checks.WindowArgs(nd, window["kernel_size"], window.get("stride"),
-                                    window.get("padding", 0), window.get("ceil_mode", False),
-                                    dilation=window.get("dilation", 1))
+        soft = "soft" in op
+        x, lam = (args[0], 1.0) if soft else args[:2]
+        rest = args[1:] if soft else args[2:]
+        names = (("output_size",) if op.startswith("adaptive_") else
+                 ("kernel_size", "stride", "padding", "ceil_mode"))
+        window = _checks.local_window(nd, _spatial(x, nd), **dict(zip(names, rest)),
+                                      **options)
         if np.ndim(lam) == 0 and not hasattr(lam, "shape"):
             lam = float(lam)
         elif len(lam.shape) < len(x.shape):

@@ -64,7 +64,7 @@ class Op:
     layer: Optional[str] = None
 
 
-_WINDOW = ("kernel_size", "stride", "padding", "ceil_mode")
+_WINDOW = ("kernel_size", "stride", "padding", "ceil_mode", "dilation")
 
 
 def _local(kind, nd):
@@ -74,8 +74,18 @@ def _local(kind, nd):
               f"{kind}_pool", nd, layer)
 
 
+def _adaptive(kind, nd):
+    """The adaptive form of a local pool: ``output_size`` windows (PyTorch's rule), the same
+    kernel (its general path, or the fast path where the sizes divide)."""
+    differentiable = ("x", "lam") if kind == "maxent" else ("x",)
+    layer = "AdaptiveSoftPool" if kind == "soft" else None
+    return Op(f"adaptive_{kind}_pool{nd}d", "local", differentiable, (), ("output_size",),
+              ("y",), (), f"{kind}_pool", nd, layer)
+
+
 _ROWS = (
     *(_local(kind, nd) for kind in ("soft", "maxent") for nd in (1, 2, 3)),
+    *(_adaptive(kind, nd) for kind in ("soft", "maxent") for nd in (1, 2, 3)),
     Op("global_max_pool", "global", ("x",), (), ("keepdims",), ("y", "indices"), ("indices",),
        "global_max_pool", layer="GlobalMaxPool"),
     Op("global_avg_pool", "global", ("x",), (), ("keepdims",), ("y",), (), "global_avg_pool",

@@ -76,6 +76,39 @@ class MaxEntPoolBackward(Protocol):
                  out: Out = None) -> Tuple[Array, Array]: ...
 
 
-__all__ = ["Array", "ArrayLike", "ArrayOrPair", "Count", "CudaArrayLike", "DLPackLike",
-           "MaxEntPoolBackward", "MaxEntPoolForward", "Out", "Padding", "Size", "SoftPoolBackward",
+# An adaptive pool's output size: one size for every spatial axis, or one per axis (None: the
+# input's size on that axis, as PyTorch's adaptive pools take it)
+OutputSize = Union[int, Sequence[Optional[int]]]
+
+
+class AdaptiveSoftPoolForward(Protocol):
+    """``npool.adaptive_soft_pool{1,2,3}d_forward``."""
+
+    def __call__(self, x: ArrayLike, output_size: OutputSize, *, out: Out = None) -> Array: ...
+
+
+class AdaptiveSoftPoolBackward(Protocol):
+    """``npool.adaptive_soft_pool{1,2,3}d_backward``."""
+
+    def __call__(self, grad_out: ArrayLike, x: ArrayLike, output_size: OutputSize, *,
+                 out: Out = None) -> Array: ...
+
+
+class AdaptiveMaxEntPoolForward(Protocol):
+    """``npool.adaptive_maxent_pool{1,2,3}d_forward``."""
+
+    def __call__(self, x: ArrayLike, lam: Union[float, ArrayLike], output_size: OutputSize, *,
+                 out: Out = None) -> Array: ...
+
+
+class AdaptiveMaxEntPoolBackward(Protocol):
+    """``npool.adaptive_maxent_pool{1,2,3}d_backward``: the gradients of x and lam."""
+
+    def __call__(self, grad_out: ArrayLike, x: ArrayLike, lam: Union[float, ArrayLike],
+                 output_size: OutputSize, *, out: Out = None) -> Tuple[Array, Array]: ...
+
+
+__all__ = ["AdaptiveMaxEntPoolBackward", "AdaptiveMaxEntPoolForward", "AdaptiveSoftPoolBackward",
+           "AdaptiveSoftPoolForward", "Array", "ArrayLike", "ArrayOrPair", "Count", "CudaArrayLike", "DLPackLike",
+           "MaxEntPoolBackward", "MaxEntPoolForward", "Out", "OutputSize", "Padding", "Size", "SoftPoolBackward",
            "SoftPoolForward"]

@@ -1,4 +1,5 @@
-"""Local soft pools: SoftPool in 1, 2 and 3 dimensions.
+"""Local soft pools: SoftPool and Max-Entropy pooling in 1, 2 and 3 dimensions, over windows
+(kernel_size, stride, padding, ceil_mode, dilation) or adaptive (output_size).
 
 All of them run the one windowed-softmax kernel (``src/cpu/_windowed_softmax.pyx`` on numpy
 arrays, ``src/cuda/windowed_softmax.cu`` through ``npool._cuda`` on GPU arrays) with a
@@ -15,8 +16,10 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from . import _checks
-from ._types import (Array, ArrayLike, MaxEntPoolBackward, MaxEntPoolForward, Out, Padding,
-                     Size, SoftPoolBackward, SoftPoolForward)
+from ._types import (AdaptiveMaxEntPoolBackward, AdaptiveMaxEntPoolForward,
+                     AdaptiveSoftPoolBackward, AdaptiveSoftPoolForward, Array, ArrayLike,
+                     MaxEntPoolBackward, MaxEntPoolForward, Out, OutputSize, Padding, Size,
+                     SoftPoolBackward, SoftPoolForward)
 from ._cpu import kernel_module
 from ._dispatch import backend_of
 from ._threads import threads_for
@@ -31,10 +34,9 @@ _GATHER_COST = 5
 class _Call:
     """One validated call: the input as a 5-D (N, C, D, H, W) view and what the kernel needs."""
 
-    def __init__(self, x, nd, kernel_size, stride, padding, ceil_mode, dilation=1):
+    def __init__(self, x, nd, window):
         x, self.batched = _checks.pool_input(x, nd)
-        self.args = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode,
-                                       spatial=x.shape[-nd:], dilation=dilation)
+        self.args = _checks.local_window(nd, x.shape[-nd:], **window)
         self.out_spatial = self.args.output_size(x.shape[-nd:])
         self.nd = nd
         self.dtype = x.dtype
@@ -138,14 +140,13 @@ def _temperature(problem, lam):
     return problem.to_5d(full)
 
 
-def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, out=None,
-                          dilation=1):
+def _softmax_pool_forward(x, nd, lam, window, out=None):
+    """y; ``window``: the keyword arguments of ``_checks.local_window``."""
     out, = _checks.out_entries(out, 1)
     if backend_of(x=x) == "cuda":
         from ._cuda import windowed_softmax
-        return windowed_softmax.forward(x, nd, lam, kernel_size, stride, padding, ceil_mode,
-                                        out=out, dilation=dilation)
-    problem = _Call(x, nd, kernel_size, stride, padding, ceil_mode, dilation)
+        return windowed_softmax.forward(x, nd, lam, window, out=out)
+    problem = _Call(x, nd, window)
     temperature = _temperature(problem, lam)  # checked before any work, empty batch or not
     out, y = problem.destination(out, problem.out_shape, {"x": x, "lam": lam})
     xb = problem.x
@@ -160,8 +161,7 @@ def _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, o
     return _checks.deliver(problem.result(y), out)
 
 
-def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode,
-                           with_lam=False, out=None, dilation=1):
+def _softmax_pool_backward(grad_out, x, nd, lam, window, with_lam=False, out=None):
     """grad_x, and with ``with_lam`` also dL/dlam summed to lam's shape; ``out``: the
     destination of grad_x, or with ``with_lam`` of (grad_x, grad_lam), entries None or
     arrays."""
@@ -169,10 +169,9 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
         _checks.out_entries(out, 1) + [None]
     if backend_of(grad_out=grad_out, x=x) == "cuda":
         from ._cuda import windowed_softmax
-        return windowed_softmax.backward(grad_out, x, nd, lam, kernel_size, stride, padding,
-                                         ceil_mode, with_lam=with_lam, out=out_x,
-                                         out_lam=out_lam, dilation=dilation)
-    problem = _Call(x, nd, kernel_size, stride, padding, ceil_mode, dilation)
+        return windowed_softmax.backward(grad_out, x, nd, lam, window, with_lam=with_lam,
+                                         out=out_x, out_lam=out_lam)
+    problem = _Call(x, nd, window)
     temperature = _temperature(problem, lam)
     _checks.grad_out_array(grad_out, problem.out_shape, x)
     inputs = {"x": x, "grad_out": grad_out, "lam": lam}
@@ -217,6 +216,11 @@ def _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding, c
         _checks.sum_to_shape(full, np.shape(lam)).astype(problem.dtype), out_lam)
 
 
+def _window(kernel_size, stride, padding, ceil_mode, dilation):
+    return dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                dilation=dilation)
+
+
 def _axes_word(nd):
     return "axis" if nd == 1 else "axes"
 
@@ -256,14 +260,14 @@ def _make_pool(nd) -> Tuple[SoftPoolForward, SoftPoolBackward]:
     def forward(x: ArrayLike, kernel_size: Size, stride: Optional[Size] = None,
                 padding: Padding = 0, ceil_mode: bool = False, *, dilation: Size = 1,
                 out: Out = None) -> Array:
-        return _softmax_pool_forward(x, nd, 1.0, kernel_size, stride, padding, ceil_mode, out,
-                                     dilation)
+        return _softmax_pool_forward(x, nd, 1.0, _window(kernel_size, stride, padding,
+                                                         ceil_mode, dilation), out)
 
     def backward(grad_out: ArrayLike, x: ArrayLike, kernel_size: Size,
                  stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False, *,
                  dilation: Size = 1, out: Out = None) -> Array:
-        return _softmax_pool_backward(grad_out, x, nd, 1.0, kernel_size, stride, padding,
-                                      ceil_mode, out=out, dilation=dilation)
+        return _softmax_pool_backward(grad_out, x, nd, 1.0, _window(
+            kernel_size, stride, padding, ceil_mode, dilation), out=out)
 
     forward.__name__ = forward.__qualname__ = f"soft_pool{nd}d_forward"
     backward.__name__ = backward.__qualname__ = f"soft_pool{nd}d_backward"
@@ -357,15 +361,15 @@ def _make_maxent_pool(nd) -> Tuple[MaxEntPoolForward, MaxEntPoolBackward]:
     def forward(x: ArrayLike, lam: Union[float, ArrayLike], kernel_size: Size,
                 stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False, *,
                 dilation: Size = 1, out: Out = None) -> Array:
-        return _softmax_pool_forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, out,
-                                     dilation)
+        return _softmax_pool_forward(x, nd, lam, _window(kernel_size, stride, padding,
+                                                         ceil_mode, dilation), out)
 
     def backward(grad_out: ArrayLike, x: ArrayLike, lam: Union[float, ArrayLike],
                  kernel_size: Size, stride: Optional[Size] = None, padding: Padding = 0,
                  ceil_mode: bool = False, *, dilation: Size = 1,
                  out: Out = None) -> Tuple[Array, Array]:
-        return _softmax_pool_backward(grad_out, x, nd, lam, kernel_size, stride, padding,
-                                      ceil_mode, with_lam=True, out=out, dilation=dilation)
+        return _softmax_pool_backward(grad_out, x, nd, lam, _window(
+            kernel_size, stride, padding, ceil_mode, dilation), with_lam=True, out=out)
 
     forward.__name__ = forward.__qualname__ = f"maxent_pool{nd}d_forward"
     backward.__name__ = backward.__qualname__ = f"maxent_pool{nd}d_backward"
@@ -457,3 +461,197 @@ def _make_maxent_pool(nd) -> Tuple[MaxEntPoolForward, MaxEntPoolBackward]:
 maxent_pool1d_forward, maxent_pool1d_backward = _make_maxent_pool(1)
 maxent_pool2d_forward, maxent_pool2d_backward = _make_maxent_pool(2)
 maxent_pool3d_forward, maxent_pool3d_backward = _make_maxent_pool(3)
+
+
+# ------------------------------------------------------------------ adaptive output sizes
+_OUTPUT_SIZE_DOC = """    output_size : int or tuple of {nd} ints or None
+        The output's spatial size (an int: every axis); None keeps the input's size on that
+        axis (PyTorch's). Window o of n over L cells spans ``[floor(o L / n), ceil((o + 1) L /
+        n))`` (``nn.AdaptiveAvgPool{nd}d``'s windows): they overlap by a cell where n does not
+        divide L (the kernels' general path) and tile the input where it does (the fast
+        path); n may exceed L (cells repeat)."""
+_ADAPTIVE_SHAPE = {1: "(2, 3, 9)", 2: "(2, 3, 9, 9)", 3: "(2, 3, 5, 9, 9)"}
+_ADAPTIVE_OUT = {1: "(2, 3, 4)", 2: "(2, 3, 4, 4)", 3: "(2, 3, 4, 4, 4)"}
+
+
+def _make_adaptive_pools(nd):
+    """The public forward and backward of adaptive SoftPool and adaptive Max-Ent pooling in
+    ``nd`` spatial dimensions."""
+    axes = ", ".join("DHW"[3 - nd:])
+
+    def soft_forward(x: ArrayLike, output_size: OutputSize, *, out: Out = None) -> Array:
+        return _softmax_pool_forward(x, nd, 1.0, {"output_size": output_size}, out)
+
+    def soft_backward(grad_out: ArrayLike, x: ArrayLike, output_size: OutputSize, *,
+                      out: Out = None) -> Array:
+        return _softmax_pool_backward(grad_out, x, nd, 1.0, {"output_size": output_size},
+                                      out=out)
+
+    def maxent_forward(x: ArrayLike, lam: Union[float, ArrayLike], output_size: OutputSize, *,
+                       out: Out = None) -> Array:
+        return _softmax_pool_forward(x, nd, lam, {"output_size": output_size}, out)
+
+    def maxent_backward(grad_out: ArrayLike, x: ArrayLike, lam: Union[float, ArrayLike],
+                        output_size: OutputSize, *, out: Out = None) -> Tuple[Array, Array]:
+        return _softmax_pool_backward(grad_out, x, nd, lam, {"output_size": output_size},
+                                      with_lam=True, out=out)
+
+    for function, name in ((soft_forward, "adaptive_soft_pool{}d_forward"),
+                           (soft_backward, "adaptive_soft_pool{}d_backward"),
+                           (maxent_forward, "adaptive_maxent_pool{}d_forward"),
+                           (maxent_backward, "adaptive_maxent_pool{}d_backward")):
+        function.__name__ = function.__qualname__ = name.format(nd)
+    size_doc = _OUTPUT_SIZE_DOC.format(nd=nd)
+    soft_forward.__doc__ = f"""Adaptive SoftPool over {nd} spatial {_axes_word(nd)}: an output of ``output_size``.
+
+    SoftPool (``soft_pool{nd}d_forward``'s math) over the windows of PyTorch's adaptive pools:
+    for each sample, channel and window R(o)::
+
+        y_o = sum_(i in R(o)) softmax_R(o)(x)_i * x_i
+
+    Parameters
+    ----------
+{_X_DOC.format(axes=axes)}
+{size_doc}
+    out : array, optional
+        Keyword only: where to write y (y's shape, x's dtype).
+
+    Returns
+    -------
+    y : numpy.ndarray or GPUArray
+        Shape ``(N, C, *output_size)`` (or ``(C, *output_size)``); x's dtype and layout.
+
+    Raises
+    ------
+    TypeError
+        A non-float x, a non-int output size, or an ``out`` of another dtype.
+    ValueError
+        An output size below 1, a wrong number of sizes, a wrong shape, or a bad ``out``.
+
+    Examples
+    --------
+    >>> npool.adaptive_soft_pool{nd}d_forward(np.ones({_ADAPTIVE_SHAPE[nd]}, np.float32), 4).shape
+    {_ADAPTIVE_OUT[nd]}
+    """
+    soft_backward.__doc__ = f"""Gradient of ``adaptive_soft_pool{nd}d_forward`` with respect to x.
+
+    ::
+
+        dL/dx_i = sum_(o : i in R(o)) grad_out_o * w_(o,i) * (1 + x_i - y_o)
+
+    Parameters
+    ----------
+    grad_out : numpy.ndarray or GPU array
+        dL/dy: the forward output's shape, x's dtype.
+    x : numpy.ndarray or GPU array
+        The forward's input.
+    output_size : int or tuple of {nd} ints or None
+        The forward's.
+    out : array, optional
+        Keyword only: where to write grad_x (x's shape and dtype).
+
+    Returns
+    -------
+    grad_x : numpy.ndarray or GPUArray
+        x's shape, dtype and memory layout.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As ``adaptive_soft_pool{nd}d_forward`` and ``soft_pool{nd}d_backward``.
+
+    Examples
+    --------
+    >>> x = np.ones({_ADAPTIVE_SHAPE[nd]}, np.float32)
+    >>> y = npool.adaptive_soft_pool{nd}d_forward(x, 4)
+    >>> npool.adaptive_soft_pool{nd}d_backward(np.ones_like(y), x, 4).shape == x.shape
+    True
+    """
+    maxent_forward.__doc__ = f"""Adaptive Max-Entropy pooling over {nd} spatial {_axes_word(nd)}: an output of ``output_size``.
+
+    ``maxent_pool{nd}d_forward``'s math over the windows of PyTorch's adaptive pools::
+
+        w = softmax_R(o)(lam_o * x),   y_o = sum_i w_i x_i
+
+    ``lam = 0`` is ``adaptive_avg_pool{nd}d``, ``lam -> +inf`` ``adaptive_max_pool{nd}d``.
+
+    Parameters
+    ----------
+{_X_DOC.format(axes=axes)}
+    lam : float or array
+        The temperature, broadcastable to the output ``(N, C, *output_size)``; finite.
+{size_doc}
+    out : array, optional
+        Keyword only: where to write y (y's shape, x's dtype).
+
+    Returns
+    -------
+    y : numpy.ndarray or GPUArray
+        As ``adaptive_soft_pool{nd}d_forward``'s.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As ``adaptive_soft_pool{nd}d_forward``, and for a lam that is not finite or does not
+        broadcast.
+
+    Examples
+    --------
+    >>> x = np.arange(5.0).reshape({_PAIR_SHAPE[nd].replace("2", "5")})
+    >>> npool.adaptive_maxent_pool{nd}d_forward(x, 0.0, {_PAIR_KERNEL[nd]}).ravel()  # [0, 3), [2, 5)
+    array([1., 3.])
+    """
+    maxent_backward.__doc__ = f"""Gradients of ``adaptive_maxent_pool{nd}d_forward``: ``(grad_x, grad_lam)``.
+
+    ::
+
+        dL/dx_i   = sum_o g_o w_(o,i) (1 + lam_o (x_i - y_o))
+        dL/dlam_o = g_o sum_i w_(o,i) (x_i - y_o)^2       (summed down to lam's shape)
+
+    Parameters
+    ----------
+    grad_out : numpy.ndarray or GPU array
+        dL/dy: the forward output's shape, x's dtype.
+    x : numpy.ndarray or GPU array
+        The forward's input.
+    lam : float or array
+        The forward's temperature.
+    output_size : int or tuple of {nd} ints or None
+        The forward's.
+    out : tuple, optional
+        Keyword only: ``(grad_x, grad_lam)`` destinations, each None or an array.
+
+    Returns
+    -------
+    grad_x : numpy.ndarray or GPUArray
+        x's shape, dtype and layout.
+    grad_lam : numpy.ndarray or GPUArray
+        lam's shape (0-d for a number), x's dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As ``adaptive_maxent_pool{nd}d_forward``.
+
+    Examples
+    --------
+    >>> x = np.ones({_ADAPTIVE_SHAPE[nd]}, np.float32)
+    >>> y = npool.adaptive_maxent_pool{nd}d_forward(x, 0.5, 4)
+    >>> grad_x, grad_lam = npool.adaptive_maxent_pool{nd}d_backward(np.ones_like(y), x, 0.5, 4)
+    >>> grad_x.shape == x.shape, float(grad_lam)
+    (True, 0.0)
+    """
+    return soft_forward, soft_backward, maxent_forward, maxent_backward
+
+
+def _adaptive_typed(nd) -> Tuple[AdaptiveSoftPoolForward, AdaptiveSoftPoolBackward,
+                                 AdaptiveMaxEntPoolForward, AdaptiveMaxEntPoolBackward]:
+    return _make_adaptive_pools(nd)
+
+
+(adaptive_soft_pool1d_forward, adaptive_soft_pool1d_backward, adaptive_maxent_pool1d_forward,
+ adaptive_maxent_pool1d_backward) = _adaptive_typed(1)
+(adaptive_soft_pool2d_forward, adaptive_soft_pool2d_backward, adaptive_maxent_pool2d_forward,
+ adaptive_maxent_pool2d_backward) = _adaptive_typed(2)
+(adaptive_soft_pool3d_forward, adaptive_soft_pool3d_backward, adaptive_maxent_pool3d_forward,
+ adaptive_maxent_pool3d_backward) = _adaptive_typed(3)

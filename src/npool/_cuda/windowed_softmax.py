@@ -43,11 +43,10 @@ def _extent(shape, strides):
 class _Call:
     """One validated call: x and the window arguments, seen as 5-D (N, C, D, H, W)."""
 
-    def __init__(self, x, nd, kernel_size, stride, padding, ceil_mode, dilation=1):
+    def __init__(self, x, nd, window):
         self.x = describe(x, "x")
         _checks.pool_input(self.x, nd)
-        self.args = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode,
-                                       spatial=self.x.shape[-nd:], dilation=dilation)
+        self.args = _checks.local_window(nd, self.x.shape[-nd:], **window)
         self.nd = nd
         self.batched = self.x.ndim == nd + 2
         self.out_spatial = self.args.output_size(self.x.shape[-nd:])
@@ -110,7 +109,7 @@ class _Call:
                 tuple(shape[:2] + [1] * pad + shape[2:]), t.shape)
 
     def general_tables(self, call):
-        """The general path (dilated windows): the per-axis tables uploaded to the device, as
+        """The general path (dilated or adaptive windows): the per-axis tables uploaded to the device, as
         the Args fields they fill; {} for the regular windows."""
         dilation, tables = self.args.general_3d(self.x.shape[-self.nd:], self.out_spatial)
         if tables is None:
@@ -186,11 +185,11 @@ class _Call:
         return int(np.prod(self.size))
 
 
-def forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None, out=None,
-            dilation=1):
-    """y of the windowed-softmax pool of GPU array x (see npool.local_pools), written into
-    ``out`` (a GPU array of y's shape and x's dtype, any strides) when given."""
-    pool = _Call(x, nd, kernel_size, stride, padding, ceil_mode, dilation)
+def forward(x, nd, lam, window, device=None, out=None):
+    """y of the windowed-softmax pool of GPU array x (see npool.local_pools; ``window``: the
+    keyword arguments of ``_checks.local_window``), written into ``out`` (a GPU array of y's
+    shape and x's dtype, any strides) when given."""
+    pool = _Call(x, nd, window)
     y, y_array = pool.destination(out, pool.out_shape, {"x": pool.x})
     arrays = {"x": pool.x, **({"out": y_array} if y_array is not None else {})}
     device = device or _device.device_for(arrays)
@@ -208,13 +207,13 @@ def forward(x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None, ou
     return y
 
 
-def backward(grad_out, x, nd, lam, kernel_size, stride, padding, ceil_mode, device=None,
-             with_lam=False, out=None, out_lam=None, dilation=1):
+def backward(grad_out, x, nd, lam, window, device=None, with_lam=False, out=None,
+             out_lam=None):
     """grad_x of the windowed-softmax pool of GPU array x (see npool.local_pools), written into
     ``out`` (x's shape and dtype, any strides) when given, and with ``with_lam`` also dL/dlam
     summed to lam's shape (a GPUArray, 0-d for a number; written into ``out_lam``, a
     C-contiguous GPU array of lam's shape and x's dtype, when given)."""
-    pool = _Call(x, nd, kernel_size, stride, padding, ceil_mode, dilation)
+    pool = _Call(x, nd, window)
     lam_parts = pool.temperature(lam)
     g = describe(grad_out, "grad_out")
     _checks.grad_out_array(g, pool.out_shape, pool.x)

@@ -7,7 +7,7 @@ from .._op_table import OPS as TABLE
 from . import tolerances
 from ._problems import LOCAL, Problem, as_results, check_op_name
 from .references import REFERENCES
-from .references import f64, maps, window_cells, windows
+from .references import WINDOW_OPTIONS, f64, maps, pool_windows, window_cells
 
 FACTOR = 64  # bound: FACTOR * (eps(dtype) * error scale + the dtype's smallest subnormal)
 # The ops that select cells (they return their indices) and the set pools that take a mask.
@@ -147,9 +147,8 @@ def _check_invariants(problem, y):
     with np.errstate(invalid="ignore"):
         if op in LOCAL:
             nd = LOCAL[op]
-            for out_index, window in windows(x.shape[-nd:], o["kernel_size"], o.get("stride"),
-                                             o.get("padding", 0), o.get("ceil_mode", False),
-                                             o.get("dilation", 1)):
+            window_options = {key: o[key] for key in WINDOW_OPTIONS if key in o}
+            for out_index, window in pool_windows(x.shape[-nd:], **window_options)[1]:
                 cells = window_cells(x, window, nd)
                 at = (Ellipsis,) + out_index
                 low, high = cells.min(axis=-1), cells.max(axis=-1)

@@ -7,7 +7,7 @@ import numpy as np
 from .._op_table import OPS as TABLE
 from .._op_table import ops_of
 from . import tolerances
-from .references import REFERENCES
+from .references import REFERENCES, WINDOW_OPTIONS
 
 # The ops, from npool's op table (plain data; the references and tolerances are this package's
 # own): the local pools with their spatial axes, the global pools.
@@ -104,11 +104,10 @@ class Problem:
         g = self.grad_out if backward else None
         if op in LOCAL:
             lam = self.inputs.get("lam", 1.0)
-            window = {key: o[key] for key in ("kernel_size", "stride", "padding", "ceil_mode",
-                                              "dilation") if key in o}
+            window = {key: o[key] for key in WINDOW_OPTIONS if key in o}
             result = tolerances.local_scales(self.inputs["x"], lam, LOCAL[op], grad_out=g,
                                              **window)
-            if backward and op.startswith("soft"):
+            if backward and "soft" in op:
                 return result[0], result[1][:1]
             return result if backward else (result, None)
         if op in GLOBAL:

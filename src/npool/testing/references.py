@@ -88,6 +88,37 @@ def windows(spatial, kernel_size, stride=None, padding=0, ceil_mode=False, dilat
         yield out_index, tuple(slices)
 
 
+def adaptive_output_size(spatial, output_size):
+    """An adaptive pool's output size per axis: ``output_size`` an int or per-axis ints, None
+    entries keeping the input's size."""
+    nd = len(spatial)
+    sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * nd
+    return tuple(int(n) if o is None else int(o) for n, o in zip(spatial, sizes))
+
+
+def adaptive_windows(spatial, output_size):
+    """For every output position o, the slices of its cells: PyTorch's adaptive windows, window
+    o of n over L cells spanning ``[floor(o L / n), ceil((o + 1) L / n))``."""
+    sizes = adaptive_output_size(spatial, output_size)
+    for out_index in itertools.product(*(range(n) for n in sizes)):
+        yield out_index, tuple(slice(o * n // m, -(-(o + 1) * n // m))
+                               for o, n, m in zip(out_index, spatial, sizes))
+
+
+def pool_windows(spatial, kernel_size=None, stride=None, padding=0, ceil_mode=False,
+                 dilation=1, output_size=None):
+    """(output sizes, [(output index, window slices)]) of a local pool from its keyword
+    arguments: adaptive (``output_size``) or windowed (``kernel_size``, ...)."""
+    if output_size is not None:
+        return (adaptive_output_size(spatial, output_size),
+                list(adaptive_windows(spatial, output_size)))
+    *_, sizes = window_geometry(spatial, kernel_size, stride, padding, ceil_mode, dilation)
+    return sizes, list(windows(spatial, kernel_size, stride, padding, ceil_mode, dilation))
+
+
+WINDOW_OPTIONS = ("kernel_size", "stride", "padding", "ceil_mode", "dilation", "output_size")
+
+
 def window_cells(x, window, nd):
     """The real cells of one window as (..., cells): the leading axes kept, the window's
     spatial cells flattened in C order."""
@@ -116,17 +147,16 @@ def _weighted_mean(w, cells):
 
 
 # ------------------------------------------------------------------ Max-Ent and SoftPool
-def _maxent_parts(x, lam, nd, kernel_size, stride, padding, ceil_mode, dilation=1):
-    """Per output o: y_o, the weights w_{o,i} and the real cells, with lam broadcast to y."""
+def _maxent_parts(x, lam, nd, **window_options):
+    """Per output o: y_o, the weights w_{o,i} and the real cells, with lam broadcast to y;
+    ``window_options``: ``pool_windows``' keyword arguments."""
     x = f64(x)
-    spatial = x.shape[-nd:]
-    *_, sizes = window_geometry(spatial, kernel_size, stride, padding, ceil_mode, dilation)
+    sizes, pool = pool_windows(x.shape[-nd:], **window_options)
     out_shape = x.shape[:-nd] + sizes
     lam = np.broadcast_to(f64(lam), out_shape)
     y = np.empty(out_shape)
     parts = []
-    for out_index, window in windows(spatial, kernel_size, stride, padding, ceil_mode,
-                                     dilation):
+    for out_index, window in pool:
         cells = window_cells(x, window, nd)
         lam_o = lam[(Ellipsis,) + out_index][..., None]
         with np.errstate(invalid="ignore"):
@@ -140,7 +170,8 @@ def _maxent_parts(x, lam, nd, kernel_size, stride, padding, ceil_mode, dilation=
 def maxent_pool_forward(nd):
     def forward(x, lam, kernel_size, stride=None, padding=0, ceil_mode=False, *, dilation=1):
         """y_o = sum_{i in R(o)} w_i x_i,  w = softmax_{R(o)}(lam_o x)."""
-        return _maxent_parts(x, lam, nd, kernel_size, stride, padding, ceil_mode, dilation)[0]
+        return _maxent_parts(x, lam, nd, kernel_size=kernel_size, stride=stride,
+                             padding=padding, ceil_mode=ceil_mode, dilation=dilation)[0]
     forward.__name__ = f"maxent_pool{nd}d_forward"
     return forward
 
@@ -150,23 +181,28 @@ def maxent_pool_backward(nd):
                  dilation=1):
         """dL/dx_i = sum_o g_o w_{o,i} (1 + lam_o (x_i - y_o));
         dL/dlam_o = g_o sum_i w_{o,i} (x_i - y_o)^2, summed down to lam's shape."""
-        x64 = f64(x)
-        g = f64(grad_out)
-        y, lam_full, parts = _maxent_parts(x64, lam, nd, kernel_size, stride, padding,
-                                           ceil_mode, dilation)
-        grad_x = np.zeros_like(x64)
-        grad_lam = np.zeros(y.shape)
-        for out_index, window, cells, w, lam_o in parts:
-            g_o = g[(Ellipsis,) + out_index][..., None]
-            y_o = y[(Ellipsis,) + out_index][..., None]
-            with np.errstate(invalid="ignore"):
-                d = np.where(w == 0, 0.0, cells - y_o)
-                grad_x[(Ellipsis,) + window] += (g_o * w * (1 + lam_o * d)).reshape(
-                    x64[(Ellipsis,) + window].shape)
-                grad_lam[(Ellipsis,) + out_index] = (g_o * w * d * d).sum(axis=-1)
-        return grad_x, sum_to_shape(grad_lam, np.shape(lam))
+        return _maxent_gradients(grad_out, x, lam, nd, kernel_size=kernel_size, stride=stride,
+                                 padding=padding, ceil_mode=ceil_mode, dilation=dilation)
     backward.__name__ = f"maxent_pool{nd}d_backward"
     return backward
+
+
+def _maxent_gradients(grad_out, x, lam, nd, **window_options):
+    """(grad_x, grad_lam) of Max-Ent pooling over the windows of ``window_options``."""
+    x64 = f64(x)
+    g = f64(grad_out)
+    y, lam_full, parts = _maxent_parts(x64, lam, nd, **window_options)
+    grad_x = np.zeros_like(x64)
+    grad_lam = np.zeros(y.shape)
+    for out_index, window, cells, w, lam_o in parts:
+        g_o = g[(Ellipsis,) + out_index][..., None]
+        y_o = y[(Ellipsis,) + out_index][..., None]
+        with np.errstate(invalid="ignore"):
+            d = np.where(w == 0, 0.0, cells - y_o)
+            grad_x[(Ellipsis,) + window] += (g_o * w * (1 + lam_o * d)).reshape(
+                x64[(Ellipsis,) + window].shape)
+            grad_lam[(Ellipsis,) + out_index] = (g_o * w * d * d).sum(axis=-1)
+    return grad_x, sum_to_shape(grad_lam, np.shape(lam))
 
 
 def sum_to_shape(a, shape):
@@ -196,6 +232,38 @@ def soft_pool_backward(nd):
         return maxent(grad_out, x, 1.0, kernel_size, stride, padding, ceil_mode,
                       dilation=dilation)[0]
     backward.__name__ = f"soft_pool{nd}d_backward"
+    return backward
+
+
+def adaptive_maxent_pool_forward(nd):
+    def forward(x, lam, output_size):
+        """Max-Ent pooling over PyTorch's adaptive windows (``adaptive_windows``)."""
+        return _maxent_parts(x, lam, nd, output_size=output_size)[0]
+    forward.__name__ = f"adaptive_maxent_pool{nd}d_forward"
+    return forward
+
+
+def adaptive_maxent_pool_backward(nd):
+    def backward(grad_out, x, lam, output_size):
+        """Max-Ent pooling's gradients over PyTorch's adaptive windows."""
+        return _maxent_gradients(grad_out, x, lam, nd, output_size=output_size)
+    backward.__name__ = f"adaptive_maxent_pool{nd}d_backward"
+    return backward
+
+
+def adaptive_soft_pool_forward(nd):
+    def forward(x, output_size):
+        """SoftPool over PyTorch's adaptive windows: lam = 1."""
+        return _maxent_parts(x, 1.0, nd, output_size=output_size)[0]
+    forward.__name__ = f"adaptive_soft_pool{nd}d_forward"
+    return forward
+
+
+def adaptive_soft_pool_backward(nd):
+    def backward(grad_out, x, output_size):
+        """SoftPool's gradient over PyTorch's adaptive windows."""
+        return _maxent_gradients(grad_out, x, 1.0, nd, output_size=output_size)[0]
+    backward.__name__ = f"adaptive_soft_pool{nd}d_backward"
     return backward
 
 
@@ -574,6 +642,10 @@ REFERENCES = {
     **{f"soft_pool{nd}d": (soft_pool_forward(nd), soft_pool_backward(nd)) for nd in (1, 2, 3)},
     **{f"maxent_pool{nd}d": (maxent_pool_forward(nd), maxent_pool_backward(nd))
        for nd in (1, 2, 3)},
+    **{f"adaptive_soft_pool{nd}d": (adaptive_soft_pool_forward(nd),
+                                     adaptive_soft_pool_backward(nd)) for nd in (1, 2, 3)},
+    **{f"adaptive_maxent_pool{nd}d": (adaptive_maxent_pool_forward(nd),
+                                       adaptive_maxent_pool_backward(nd)) for nd in (1, 2, 3)},
     "global_max_pool": (global_max_pool_forward, global_max_pool_backward),
     "global_avg_pool": (global_avg_pool_forward, global_avg_pool_backward),
     "global_kmax_pool": (global_kmax_pool_forward, global_kmax_pool_backward),

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ._problems import GLOBAL, LOCAL, Problem, check_op_name
-from .references import window_geometry, windows
+from .references import pool_windows, windows
 from .tolerances import as_dtype
 
 DTYPES = (np.float32, np.float64)
@@ -203,6 +203,21 @@ def _window(draw, nd, paddings, dilations):
     return options, spatial
 
 
+@st.composite
+def _adaptive_window(draw, nd):
+    """An adaptive pool's ``output_size`` (an int, or per axis an int or None) and the input's
+    spatial size: output sizes that divide the input (the kernels' fast path) and that do not,
+    above the input's size too."""
+    spatial = tuple(draw(st.integers(1, 9 if nd < 3 else 5)) for _ in range(nd))
+    sizes = tuple(draw(st.one_of(st.integers(1, n + 2), st.sampled_from(
+        [d for d in range(1, n + 1) if n % d == 0]))) for n in spatial)
+    if len(set(sizes)) == 1 and draw(st.booleans()):
+        return {"output_size": sizes[0]}, spatial
+    if draw(st.booleans()):  # None: the input's size on that axis
+        sizes = tuple(None if draw(st.integers(0, 3)) == 0 else o for o in sizes)
+    return {"output_size": sizes}, spatial
+
+
 def _batch(draw, allow_empty=True):
     return draw(st.integers(0 if allow_empty and draw(st.integers(0, 9)) == 0 else 1, 2))
 
@@ -210,16 +225,15 @@ def _batch(draw, allow_empty=True):
 @st.composite
 def _local(draw, op, dtype, layouts, extreme, paddings, dilations):
     nd = LOCAL[op]
-    options, spatial = draw(_window(nd, paddings, dilations))
+    options, spatial = draw(_adaptive_window(nd) if op.startswith("adaptive") else
+                            _window(nd, paddings, dilations))
     batched = draw(st.booleans())
     lead = ((_batch(draw),) if batched else ()) + (draw(st.integers(1, 3)),)
     x = _in_layout(draw, draw(_values(lead + spatial, dtype, extreme, far_apart=True)),
                    layouts, 1 if batched else 0)
     inputs = {"x": x}
-    if op.startswith("maxent"):
-        *_, out = window_geometry(spatial, options["kernel_size"], options.get("stride"),
-                                  options.get("padding", 0), options.get("ceil_mode", False),
-                                  options.get("dilation", 1))
+    if "maxent" in op:
+        out, _ = pool_windows(spatial, **options)
         channels = (lead[-1],) + (1,) * nd
         shapes = [None, (), channels, lead + (1,) * nd, out, lead + out]
         if batched:

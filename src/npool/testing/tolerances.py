@@ -22,8 +22,7 @@ smallest subnormal.
 """
 import numpy as np
 
-from .references import (f64, maps, softmax_weights, sum_to_shape, window_cells, window_geometry,
-                          windows)
+from .references import f64, maps, pool_windows, softmax_weights, sum_to_shape, window_cells
 
 VLAD_FLOOR = 1e-6  # the norm floor of l2n (squared-norm floor 1e-12)
 
@@ -195,13 +194,15 @@ def fv_scales(x, assign, mu, covar_weights, mask=None, grad_out=None):
 
 
 # ------------------------------------------------------------------ local and global pools
-def local_scales(x, lam, nd, kernel_size, stride=None, padding=0, ceil_mode=False, grad_out=None,
-                 lam_shape=None, dilation=1):
-    """Error scales of Max-Ent pooling (SoftPool: lam = 1): the forward, and with ``grad_out``
-    (grad_x, grad_lam summed to ``lam_shape``)."""
+def local_scales(x, lam, nd, kernel_size=None, stride=None, padding=0, ceil_mode=False,
+                 grad_out=None, lam_shape=None, dilation=1, output_size=None):
+    """Error scales of Max-Ent pooling (SoftPool: lam = 1) over windows (``kernel_size``, ...)
+    or adaptive ones (``output_size``): the forward, and with ``grad_out`` (grad_x, grad_lam
+    summed to ``lam_shape``)."""
     x = f64(x)
     spatial = x.shape[-nd:]
-    *_, sizes = window_geometry(spatial, kernel_size, stride, padding, ceil_mode, dilation)
+    sizes, pool = pool_windows(spatial, kernel_size, stride, padding, ceil_mode, dilation,
+                               output_size)
     out_shape = x.shape[:-nd] + sizes
     lam_full = np.broadcast_to(f64(lam), out_shape)
     forward = np.zeros(out_shape)
@@ -210,8 +211,7 @@ def local_scales(x, lam, nd, kernel_size, stride=None, padding=0, ceil_mode=Fals
     g = None if grad_out is None else np.abs(f64(grad_out))
     eps = np.finfo(np.float64).eps
     with np.errstate(invalid="ignore", over="ignore"):
-        for out_index, window in windows(spatial, kernel_size, stride, padding, ceil_mode,
-                                         dilation):
+        for out_index, window in pool:
             cells = window_cells(x, window, nd)
             finite = np.where(np.isfinite(cells), cells, 0.0)
             big = np.abs(finite).max(axis=-1)
