@@ -36,11 +36,14 @@ h = keras.layers.Conv2D(6, 3, padding="same")(inputs)
 h = nk.SoftPooling2D(2)(h)                                  # (4, 4, 6)
 h = nk.MaxEntPooling2D(2, lam="channel")(h)                 # (2, 2, 6)
 g = nk.MaxEntPooling2D(2, lam="gfgp")(keras.layers.Conv2D(6, 1)(inputs))
+# the other window geometries: adaptive sizes, then Keras' "same" (asymmetric here: 3 over 3)
+a = nk.AdaptiveSoftPooling2D((3, None))(keras.layers.Conv2D(6, 1)(inputs))  # (3, 8, 6)
+a = nk.SoftPooling2D(3, 2, padding="same")(a)               # (2, 4, 6)
 # every global pool of the op table, as its Keras layer with its defaults, and in its 2D form
 pools = [op.layer for op in ops_of("global")]
 features = keras.layers.Concatenate()(
     [getattr(nk, name)()(h) for name in pools] +
-    [getattr(nk, f"{keras_name(name)}2D")()(g) for name in pools])
+    [getattr(nk, f"{keras_name(name)}2D")()(g) for name in pools] + [nk.GlobalAvgPool()(a)])
 outputs = keras.layers.Dense(1)(features)
 model = keras.Model(inputs, outputs)
 teacher = rng.standard_normal((3,)).astype("float32")

@@ -37,9 +37,9 @@ nt = pytest.importorskip("npool.torch")
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_map  # noqa: E402
 
-# The local pools' padding forms each adapter takes: npool.torch PyTorch's (ints, no dilation);
-# npool.tf and npool.jax every form (PADDINGS) and dilation
-TORCH_PADDINGS = ("symmetric",)
+# Every adapter takes every padding form of the local pools (PADDINGS) and dilation, which
+# the problems draw by default; npool.torch's ints are PyTorch's, its "same"/"valid"
+# nn.Conv2d's.
 
 
 class _NpoolCalls(TorchDispatchMode):
@@ -85,8 +85,7 @@ def _torch_call(problem):
 def test_torch_conforms(name, data):
     op = OPS[name]
     problem = data.draw(problems(name, dtypes=("float64",),
-                                 layouts=("contiguous", "channels_last"), extreme=False,
-                                 paddings=TORCH_PADDINGS, dilations=False))
+                                 layouts=("contiguous", "channels_last"), extreme=False))
     inputs, options = _torch_call(problem)
     function = getattr(nt, name)
     with _NpoolCalls() as recorder:
@@ -117,7 +116,7 @@ def test_torch_autocast_conforms(name, data):
     """Inside ``torch.autocast`` every op runs in the region's dtype, as on inputs cast to it
     (float64 inputs and non-float ones left alone)."""
     problem = data.draw(problems(name, dtypes=("float32",), layouts=("contiguous",),
-                                 extreme=False, paddings=TORCH_PADDINGS, dilations=False))
+                                 extreme=False))
     inputs, options = _torch_call(problem)
     function = getattr(nt, name)
     for dtype in (torch.bfloat16, torch.float16):
@@ -142,7 +141,7 @@ def _batched_torch_problem(data, name):
     """A float64 problem with a batch of at least one (vmap and compile want one)."""
     op = OPS[name]
     problem = data.draw(problems(name, dtypes=("float64",), layouts=("contiguous",),
-                                 extreme=False, paddings=TORCH_PADDINGS, dilations=False).filter(
+                                 extreme=False).filter(
         lambda p: (op.family == "set" or np.ndim(p.inputs["x"]) == op_rank(p, op)) and
         all(np.size(a) for a in p.inputs.values())))
     return problem

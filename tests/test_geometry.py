@@ -1,8 +1,10 @@
 """The local pools' window geometry: padding as an int, per-axis ints, per-axis (before, after)
-pairs, or TensorFlow's "same"/"valid" - its rules, its errors, and agreement with another
-framework's pooling over the same windows: Max-Ent pooling is the average over a window's
-real cells at lam = 0 and its maximum as lam grows, so every geometry is checked against
-``jax.lax.reduce_window`` (sum / count, and max), forward and gradient. SoftPool's values and
+pairs, or TensorFlow's "same"/"valid", dilation, and adaptive output sizes - their rules, their
+errors, and agreement with another framework's pooling over the same windows: Max-Ent pooling
+is the average over a window's real cells at lam = 0 and its maximum as lam grows, so every
+geometry is checked against ``jax.lax.reduce_window`` (sum / count, and max), PyTorch's
+``max_pool``/``adaptive_avg_pool``/``adaptive_max_pool`` and Keras' pooling layers with
+``padding="same"``, forward and gradient. SoftPool's values and
 gradients against the float64 references for every form are tests/test_soft_pool.py's and
 tests/test_maxent.py's (``local_pool_inputs`` draws every form)."""
 import math
@@ -57,15 +59,6 @@ def test_valid_and_pairs_and_ints_mean_what_they_say():
 def test_bad_padding_is_refused_naming_it(padding, error, match):
     with pytest.raises(error, match=match):
         npool.soft_pool2d_forward(np.ones((1, 1, 5, 5)), 3, 1, padding)
-
-
-def test_adapters_of_symmetric_padding_refuse_the_other_forms_clearly():
-    window = _checks.WindowArgs(2, 3, 1, ((1, 0), (0, 0)), False)
-    with pytest.raises(ValueError, match="npool.tf takes padding as an int"):
-        window.require_symmetric("npool.tf")
-    assert _checks.WindowArgs(2, 3, 1, "VALID", False).require_symmetric("npool.tf")
-    with pytest.raises(ValueError, match="npool.keras takes padding"):
-        _checks.WindowArgs(2, 3, 1, "same", False).require_symmetric("npool.keras")
 
 
 @st.composite
@@ -308,3 +301,212 @@ def test_npool_tf_takes_dilation():
         np.testing.assert_allclose(y.numpy(), np.moveaxis(want, 1, -1), rtol=1e-12)
         np.testing.assert_allclose(grad.numpy(), np.moveaxis(want_grad, 1, -1), rtol=1e-10,
                                    atol=1e-12)
+
+
+# ------------------------------------------------------------------ adaptive output sizes
+@pytest.mark.parametrize("length,size,windows", [
+    (5, 3, [(0, 2), (1, 4), (3, 5)]), (6, 3, [(0, 2), (2, 4), (4, 6)]),
+    (2, 5, [(0, 1), (0, 1), (0, 2), (1, 2), (1, 2)]), (7, 1, [(0, 7)])])
+def test_adaptive_windows_are_pytorchs(length, size, windows):
+    """Window o of n over L spans [floor(o L / n), ceil((o + 1) L / n))."""
+    first, count = _checks.adaptive_tables(length, size)
+    assert list(zip(first.tolist(), (first + count).tolist())) == windows
+    assert [(w.start, w.stop) for _, (w,) in references.adaptive_windows((length,), size)] == \
+        windows
+
+
+@st.composite
+def adaptive_problems(draw):
+    nd = draw(st.integers(1, 3))
+    spatial = tuple(draw(st.integers(1, 9 if nd < 3 else 6)) for _ in range(nd))
+    size = tuple(draw(st.one_of(st.none(), st.integers(1, n + 3))) for n in spatial)
+    x = draw(hnp_arrays((draw(st.integers(1, 2)), draw(st.integers(1, 3))) + spatial))
+    return nd, x, size
+
+
+def hnp_arrays(shape):
+    """Distinct values at least 0.01 apart (lam = 1e4 then gives the max to 1e-40)."""
+    size = math.prod(shape)
+    return st.permutations(range(size)).map(
+        lambda p: (np.array(p, np.float64).reshape(shape) - size / 2) / 100)
+
+
+@settings(max_examples=150, deadline=None)
+@given(adaptive_problems())
+def test_adaptive_pools_agree_with_pytorchs_adaptive_pools(problem):
+    """Max-Ent at lam = 0 is ``adaptive_avg_pool`` and at lam = 1e4 (distinct values)
+    ``adaptive_max_pool``, forward and gradient, through the core and npool.torch; adaptive
+    SoftPool equals the float64 reference."""
+    torch = pytest.importorskip("torch")
+    nt = pytest.importorskip("npool.torch")
+    nd, x, size = problem
+    avg = getattr(torch.nn.functional, f"adaptive_avg_pool{nd}d")
+    top = getattr(torch.nn.functional, f"adaptive_max_pool{nd}d")
+    forward = getattr(npool, f"adaptive_maxent_pool{nd}d_forward")
+    backward = getattr(npool, f"adaptive_maxent_pool{nd}d_backward")
+    resolved = tuple(n if o is None else o for n, o in zip(x.shape[2:], size))
+    for lam, theirs, tolerance in ((0.0, avg, 1e-13), (1e4, top, 1e-9)):
+        xt = torch.from_numpy(x).requires_grad_()
+        want = theirs(xt, size if nd > 1 else resolved)  # (1-d: PyTorch takes no None)
+        g = np.cos(np.arange(want.numel())).reshape(want.shape)
+        want.backward(torch.from_numpy(g))
+        y = forward(x, lam, size)
+        np.testing.assert_allclose(y, want.detach().numpy(), rtol=tolerance, atol=tolerance)
+        grad_x, _ = backward(g, x, lam, size)
+        np.testing.assert_allclose(grad_x, xt.grad.numpy(), rtol=tolerance, atol=tolerance)
+        xn = torch.from_numpy(x).requires_grad_()
+        yn = getattr(nt, f"adaptive_maxent_pool{nd}d")(xn, lam, size)
+        yn.backward(torch.from_numpy(g))
+        np.testing.assert_allclose(yn.detach().numpy(), y, rtol=1e-15, atol=0)
+        np.testing.assert_allclose(xn.grad.numpy(), grad_x, rtol=1e-15, atol=0)
+    soft = getattr(npool, f"adaptive_soft_pool{nd}d_forward")(x, size)
+    np.testing.assert_allclose(soft, references.REFERENCES[f"adaptive_soft_pool{nd}d"][0](
+        x, size), rtol=1e-13, atol=1e-13)
+
+
+def test_adaptive_sizes_that_divide_run_the_fast_path():
+    """Where every output size divides its input's, adaptive windows are regular (kernel =
+    stride = L / n): the same bits as the windowed pool."""
+    x = np.random.default_rng(1).standard_normal((2, 3, 14, 12, 6))
+    np.testing.assert_array_equal(npool.adaptive_soft_pool3d_forward(x, (7, 4, None)),
+                                  npool.soft_pool3d_forward(x, (2, 3, 1)))
+    g = np.ones((2, 3, 7, 4, 6))
+    np.testing.assert_array_equal(npool.adaptive_soft_pool3d_backward(g, x, (7, 4, None)),
+                                  npool.soft_pool3d_backward(g, x, (2, 3, 1)))
+
+
+@pytest.mark.parametrize("size,error,match", [
+    (0, ValueError, r"output_size must be >= 1 on every axis"),
+    ((3, 0), ValueError, r"output_size must be >= 1"),
+    ((3,), ValueError, r"output_size must be an int or a tuple of 2"),
+    ((3, 2.5), TypeError, r"output_size must be an int"),
+    ((True, 2), TypeError, r"output_size must be an int"),
+])
+def test_bad_output_sizes_are_refused_naming_them(size, error, match):
+    x = np.ones((1, 1, 5, 5))
+    with pytest.raises(error, match=match):
+        npool.adaptive_soft_pool2d_forward(x, size)
+    with pytest.raises(error, match=match):
+        npool.adaptive_maxent_pool2d_backward(np.ones((1, 1, 2, 2)), x, 1.0, size)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_gpu_kernels_take_adaptive_windows(gpu, dtype):
+    """Adaptive windows on the GPU (the general path's tables; the fast path where the sizes
+    divide) give the CPU kernels' results, forward, grad_x and grad_lam, in both layouts."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 9, 8)).astype(dtype)
+    lam = (np.abs(rng.standard_normal((3, 1, 1))) + 0.2).astype(dtype)
+    tolerance = dict(rtol=2e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12)
+    for layout in ("contiguous", "channels_last"):
+        xl = x if layout == "contiguous" else np.moveaxis(
+            np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1)
+        for size in ((4, 3), (9, None), (12, 5), (3, 4), 1):
+            y = npool.adaptive_maxent_pool2d_forward(xl, lam, size)
+            g = rng.standard_normal(y.shape).astype(dtype)
+            grad_x, grad_lam = npool.adaptive_maxent_pool2d_backward(g, xl, lam, size)
+            y_gpu = gpu.to_host(npool.adaptive_maxent_pool2d_forward(
+                gpu.to_device(xl), gpu.to_device(lam), size))
+            gx_gpu, glam_gpu = npool.adaptive_maxent_pool2d_backward(
+                gpu.to_device(g), gpu.to_device(xl), gpu.to_device(lam), size)
+            np.testing.assert_allclose(y_gpu, y, **tolerance)
+            np.testing.assert_allclose(gpu.to_host(gx_gpu), grad_x, **tolerance)
+            np.testing.assert_allclose(gpu.to_host(glam_gpu), grad_lam,
+                                       **dict(tolerance, atol=1e-5))
+
+
+# ------------------------------------------------------------------ npool.torch
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_npool_torch_dilation_agrees_with_pytorchs_max_pool(data):
+    """npool.torch's dilated windows at lam = 1e4 (distinct values) are ``max_pool{nd}d``'s
+    with the same dilation, padding and ceil_mode, forward and gradient."""
+    torch = pytest.importorskip("torch")
+    nt = pytest.importorskip("npool.torch")
+    nd = data.draw(st.integers(1, 3))
+    kernel = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
+    dilation = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
+    stride = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
+    padding = tuple(data.draw(st.integers(0, k // 2)) for k in kernel)
+    ceil_mode = data.draw(st.booleans())
+    spatial = tuple(data.draw(st.integers((k - 1) * d + 1, (k - 1) * d + 5))
+                    for k, d in zip(kernel, dilation))
+    x = data.draw(hnp_arrays((2, 2) + spatial))
+    args = (kernel, stride, padding, dilation, ceil_mode)
+    xt = torch.from_numpy(x).requires_grad_()
+    want = getattr(torch.nn.functional, f"max_pool{nd}d")(xt, *args)
+    g = torch.from_numpy(np.sin(np.arange(want.numel())).reshape(want.shape))
+    want.backward(g)
+    xn = torch.from_numpy(x).requires_grad_()
+    y = getattr(nt, f"maxent_pool{nd}d")(xn, 1e4, kernel, stride, padding, ceil_mode,
+                                        dilation=dilation)
+    y.backward(g)
+    np.testing.assert_allclose(y.detach().numpy(), want.detach().numpy(), atol=1e-9)
+    np.testing.assert_allclose(xn.grad.numpy(), xt.grad.numpy(), atol=1e-9)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid", ((2, 0), (1, 2)), 1])
+def test_npool_torch_takes_every_padding_form_and_exports_it(padding):
+    """npool.torch takes the core's padding forms ("same"/"valid" as ``nn.Conv2d`` takes them)
+    with dilation and adaptive sizes: the core's values and gradients, under torch.compile, and
+    in an ONNX export (the decomposition) run by onnxruntime."""
+    torch = pytest.importorskip("torch")
+    nt = pytest.importorskip("npool.torch")
+    x = np.random.default_rng(4).standard_normal((2, 3, 9, 8))
+    want = npool.soft_pool2d_forward(x, 3, 2, padding, dilation=(1, 2))
+    g = np.ones_like(want)
+    xt = torch.from_numpy(x).requires_grad_()
+    y = nt.soft_pool2d(xt, 3, 2, padding, dilation=(1, 2))
+    y.backward(torch.from_numpy(g))
+    np.testing.assert_allclose(y.detach().numpy(), want, rtol=1e-15)
+    np.testing.assert_allclose(xt.grad.numpy(),
+                               npool.soft_pool2d_backward(g, x, 3, 2, padding, dilation=(1, 2)),
+                               rtol=1e-14)
+    compiled = torch.compile(lambda v: nt.soft_pool2d(v, 3, 2, padding, dilation=(1, 2)),
+                             fullgraph=True)
+    np.testing.assert_allclose(compiled(torch.from_numpy(x)).numpy(), want, rtol=1e-15)
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    class Pool(torch.nn.Module):
+        def forward(self, v):
+            return nt.adaptive_soft_pool2d(nt.soft_pool2d(v, 3, 2, padding, dilation=(1, 2)),
+                                           (3, None))
+
+    x32 = x.astype(np.float32)
+    program = torch.onnx.export(Pool(), (torch.from_numpy(x32),), dynamo=True, verbose=False)
+    assert not any("npool" in node.domain for node in program.model_proto.graph.node)
+    session = onnxruntime.InferenceSession(program.model_proto.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    got, = session.run(None, {session.get_inputs()[0].name: x32})
+    expected = npool.adaptive_soft_pool2d_forward(
+        npool.soft_pool2d_forward(x32, 3, 2, padding, dilation=(1, 2)), (3, None))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ Keras
+@pytest.mark.parametrize("spatial,pool,strides", [((7, 8), 3, 2), ((9, 6), (2, 3), (2, 1)),
+                                                  ((5, 5), 3, 1)])
+def test_keras_same_agrees_with_keras_pooling_layers(spatial, pool, strides):
+    """MaxEntPooling2D(padding="same") at lam = 0 is ``AveragePooling2D(padding="same")``
+    (the mean of the real cells) and at lam = 1e4 ``MaxPooling2D(padding="same")``, forward
+    and gradient (Keras' backend here: TensorFlow; the other backends run the same layer
+    through npool.jax and npool.torch, whose "same" the tests above check)."""
+    tf = pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("Keras runs on another backend in this process")
+    nk = pytest.importorskip("npool.keras")
+    x = tf.constant(np.random.default_rng(2).permutation(
+        2 * 3 * math.prod(spatial)).reshape((2,) + spatial + (3,)).astype(np.float64) / 7)
+    for lam, theirs in ((0.0, keras.layers.AveragePooling2D), (1e4, keras.layers.MaxPooling2D)):
+        ours = nk.MaxEntPooling2D(pool, strides, padding="same", lam=lam, dtype="float64")
+        reference = theirs(pool, strides, padding="same", dtype="float64")
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            y, want = ours(x), reference(x)
+            weights = tf.cos(tf.reshape(tf.range(tf.size(y), dtype=tf.float64), y.shape))
+            loss, loss_want = tf.reduce_sum(y * weights), tf.reduce_sum(want * weights)
+        np.testing.assert_allclose(y.numpy(), want.numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(tape.gradient(loss, x).numpy(),
+                                   tape.gradient(loss_want, x).numpy(), rtol=1e-12, atol=1e-12)

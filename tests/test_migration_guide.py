@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 
 GUIDE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "migration.md"
 SECTIONS = ["SoftPool", "GFGP (Max-Entropy pooling)",
-            "spatial-pooling.torch and WILDCAT (global pools)", "LOUPE (set pools)"]
+            "spatial-pooling.torch and WILDCAT (global pools)", "LOUPE (set pools)",
+            "A framework's own pooling (window geometry)"]
 
 
 def _sections():

@@ -121,8 +121,11 @@ def test_layers_serialise_and_check_arguments():
     assert layer.compute_output_shape((None, 9, 9, 4)) == (None, 5, 5, 4)
     assert ntf.SoftPooling1D(2, data_format="channels_first").compute_output_shape(
         (None, 4, 9)) == (None, 4, 4)
-    with pytest.raises(ValueError, match="'same' pads asymmetrically"):
-        ntf.SoftPooling2D(2, padding="same")
+    same = ntf.SoftPooling2D(3, 2, padding="same")  # Keras' "same": ceil(L / strides)
+    assert same.compute_output_shape((None, 9, 8, 4)) == (None, 5, 4, 4)
+    assert same(x).shape == (2, 5, 5, 4)
+    with pytest.raises(ValueError, match="padding must be 'same', 'valid'"):
+        ntf.SoftPooling2D(2, padding="full")
     with pytest.raises(ValueError, match="padding must be at most half"):
         ntf.SoftPooling3D(2, padding=2)
     assert layer.supports_jit  # through the decomposition (test_tf_portable.py)

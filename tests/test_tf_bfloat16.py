@@ -13,7 +13,7 @@ import npool.tf as ntf  # noqa: E402
 from npool import testing  # noqa: E402
 
 CHANNELS_FIRST = {op for op in testing.OPS
-                  if op.startswith(("soft_pool", "maxent_pool", "global", "weldon"))}
+                  if op.startswith(("soft_pool", "maxent_pool", "adaptive", "global", "weldon"))}
 
 
 def tf_op(op):

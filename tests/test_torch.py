@@ -39,7 +39,9 @@ def window_lists(nd, args):
     kernel, stride, padding, ceil_mode = args
     as_list = lambda v: list(v) if isinstance(v, tuple) else [v] * nd  # noqa: E731
     kernel = as_list(kernel)
-    return kernel, kernel if stride is None else as_list(stride), as_list(padding), ceil_mode
+    padding = [p for p in as_list(padding) for _ in range(2)]  # before and after
+    return (kernel, kernel if stride is None else as_list(stride), padding, ceil_mode,
+            [1] * nd, [])  # no dilation, no adaptive output_size
 
 
 # ------------------------------------------------------------------ the custom ops
@@ -109,14 +111,15 @@ def test_errors_are_npools():
 # ------------------------------------------------------------------ modules
 def test_modules_mirror_max_pool():
     assert repr(nt.SoftPool2d(3, 2, 1, 1, False, True)) == \
-        "SoftPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)"
+        "SoftPool2d(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=True)"
     for nd in (1, 2, 3):
         x = sample(nd, "cpu", torch.float32)
-        pool, reference = MODULES[nd](3, 2, 1, ceil_mode=True), getattr(
-            torch.nn, f"MaxPool{nd}d")(3, 2, 1, ceil_mode=True)
-        assert pool(x).shape == reference(x).shape
-    with pytest.raises(ValueError, match="dilation must be 1"):
-        nt.SoftPool2d(2, dilation=2)
+        for dilation in (1, 2):
+            pool, reference = MODULES[nd](3, 2, 1, dilation, ceil_mode=True), getattr(
+                torch.nn, f"MaxPool{nd}d")(3, 2, 1, dilation, ceil_mode=True)
+            assert pool(x).shape == reference(x).shape
+    with pytest.raises(ValueError, match="dilation must be >= 1"):
+        nt.SoftPool2d(2, dilation=0)
     with pytest.raises(ValueError, match="return_indices must be False"):
         nt.SoftPool2d(2, return_indices=True)
     with pytest.raises(ValueError, match="padding must be at most half"):
@@ -296,7 +299,7 @@ def test_maxent_opcheck_gradcheck_and_core(device, mode, layout):
     x = torch.randn((2, 3, 7, 6), generator=g, dtype=torch.float64).to(device)
     x = torch_channels_last(x) if layout == "channels_last" else x
     lam = (torch.rand(LAM_SHAPES[mode], generator=g, dtype=torch.float64) * 3 - 1).to(device)
-    window = ([3, 3], [2, 2], [1, 1], True)
+    window = ([3, 3], [2, 2], [1, 1, 1, 1], True, [1, 1], [])
     torch.library.opcheck(torch.ops.npool.maxent_pool.default, (x, lam, *window))
     grad = torch.randn(2, 3, 4, 4, dtype=torch.float64, device=device)
     torch.library.opcheck(torch.ops.npool.maxent_pool_backward.default,

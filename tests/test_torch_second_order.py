@@ -26,7 +26,7 @@ MASK = torch.tensor([[True, True, False, True], [True, True, True, True]])
 def test_decompositions_equal_the_ops():
     x, xs, a, c = _inputs()
     torch.testing.assert_close(_standard_ops.windowed_softmax_pool(x, 1.0, [3, 2], [2, 2],
-                                                                     [1, 1], True),
+                                                                     [1, 1, 1, 1], True),
                                nt.soft_pool2d(x, (3, 2), 2, 1, True))
     y, index = nt.weldon_pool(x, 3, 2, 0.7, return_indices=True)
     torch.testing.assert_close(_standard_ops.indexed_selection_pool(x, index, 3, 2, 0.7, False), y)

@@ -160,11 +160,6 @@ class WindowArgs:
             self.padding = tuple(b for b, _ in pairs)
             self.padding_after = tuple(a for _, a in pairs)
 
-    @property
-    def symmetric(self):
-        """Whether every axis pads the same number of cells before and after (PyTorch's form)."""
-        return self.spec != "same" and all(b == a for b, a in self.pairs(None))
-
     def pairs(self, spatial):
         """``(before, after)`` per axis for an input of spatial size ``spatial``."""
         if self.spec == "valid":
@@ -190,8 +185,9 @@ class WindowArgs:
             if self.ceil_mode and (n - 1) * s >= length + before:
                 n -= 1
             out.append(n)
-        if self.general:
-            self.window_tables(spatial, tuple(out))  # every window holds a cell, or raise
+        if self.general and all(isinstance(n, numbers.Integral) for n in spatial):
+            # every window holds a cell, or raise (symbolic sizes: checked when they are known)
+            self.window_tables(spatial, tuple(out))
         return tuple(out)
 
     def window_tables(self, spatial, out):
@@ -214,17 +210,6 @@ class WindowArgs:
                                  f"hold at least one cell")
             tables.append(np.stack([start + skip * d, count]).astype(np.intp))
         return tuple(tables)
-
-    def require_symmetric(self, where):
-        """A ValueError where an adapter takes PyTorch's symmetric padding only."""
-        if self.general:
-            raise ValueError(f"{where} takes no dilation yet, got dilation={self.dilation}")
-        if not self.symmetric:
-            raise ValueError(f"{where} takes padding as an int or per-axis ints (the same on "
-                             f"both sides), or 'valid'; got {self.spec!r} ((before, after) "
-                             f"pairs and 'same' are taken by npool's core functions and "
-                             f"npool.jax)")
-        return self
 
     def general_3d(self, spatial, out):
         """(dilation, window tables or None) padded in front to 3 spatial axes for the
@@ -255,8 +240,8 @@ def adaptive_output_size(output_size, nd, spatial=None):
                          f"{output_size!r} of length {len(items)}")
     sizes = []
     for axis, item in enumerate(items):
-        if item is None:
-            sizes.append(None if spatial is None else int(spatial[axis]))
+        if item is None:  # (a symbolic size of a traced framework kept as it is)
+            sizes.append(None if spatial is None else spatial[axis])
             continue
         size, = int_tuple(item, "output_size", 1, 0)
         if size < 1:
@@ -327,6 +312,26 @@ def local_window(nd, spatial, kernel_size=None, stride=None, padding=0, ceil_mod
         return adaptive_windows(nd, output_size, spatial)
     return WindowArgs(nd, kernel_size, stride, padding, ceil_mode, spatial=spatial,
                       dilation=dilation)
+
+
+def core_window_arguments(nd, spatial, window_options):
+    """What an adapter hands the core for a local pool given its keyword arguments
+    (``local_window``'s): ``(prefix, args, keywords, out)`` - the core function's name prefix
+    ("adaptive_" or ""), its window arguments after the arrays and keywords, and the output's
+    spatial sizes for an input of ``spatial`` (entries None where a traced framework does not
+    know them yet). Checks the arguments."""
+    spatial = tuple(spatial)
+    known = all(n is not None for n in spatial)
+    if "output_size" in window_options:
+        output_size = window_options["output_size"]
+        out = adaptive_output_size(output_size, nd, spatial)
+        return "adaptive_", (output_size,), {}, out
+    o = window_options
+    window = WindowArgs(nd, o["kernel_size"], o.get("stride"), o.get("padding", 0),
+                        o.get("ceil_mode", False), dilation=o.get("dilation", 1))
+    out = window.output_size(spatial) if known else (None,) * nd
+    return ("", (window.kernel, window.stride, window.spec, window.ceil_mode),
+            {"dilation": window.dilation}, out)
 
 
 def pool_input(x, nd, name="x"):

@@ -95,6 +95,13 @@ def windowed_softmax_pool(ops, x, lam, window):
     return ops.reshape_tail(y, 1, out)
 
 
+def local_pool(ops, x, lam, nd, window_options):
+    """``windowed_softmax_pool`` over the windows of a local pool's keyword arguments
+    (``_checks.local_window``'s: kernel_size, ..., or output_size), for x's spatial size."""
+    return windowed_softmax_pool(ops, x, lam, _checks.local_window(nd, _spatial(x, nd),
+                                                                   **window_options))
+
+
 def _lam_per_window(ops, lam, out):
     """lam (x's rank, each spatial axis 1 or the output's) as ``(..., windows or 1, 1)``."""
     nd = len(out)

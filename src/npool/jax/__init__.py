@@ -20,7 +20,9 @@ that must stand alone (``jax.export``) inside ``npool.jax.portable()`` - the ops
 npool's portable decomposition (``npool/_decompositions.py``) into standard JAX operations, which JAX
 differentiates itself: never a silent copy to the host. This module holds no math.
 """
-from ._ops import (DATA_FORMATS, JaxOps, context_gating, global_avg_pool, global_gem_pool,
+from ._ops import (DATA_FORMATS, JaxOps, adaptive_maxent_pool1d, adaptive_maxent_pool2d,
+                   adaptive_maxent_pool3d, adaptive_soft_pool1d, adaptive_soft_pool2d,
+                   adaptive_soft_pool3d, context_gating, global_avg_pool, global_gem_pool,
                    global_kmax_pool,
                    global_lse_pool, global_max_pool, maxent_pool1d, maxent_pool2d,
                    maxent_pool3d, netfv_pool, netrvlad_pool, netvlad_pool, portable,
@@ -31,4 +33,6 @@ __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "maxent_pool1d", "maxent
            "maxent_pool3d", "global_max_pool", "global_avg_pool", "global_lse_pool",
            "global_kmax_pool", "global_gem_pool", "weldon_pool", "netvlad_pool",
            "netrvlad_pool", "netfv_pool", "soft_dbow_pool", "context_gating", "portable",
-           "uses_kernels", "JaxOps", "DATA_FORMATS"]
+           "uses_kernels", "JaxOps", "DATA_FORMATS", "adaptive_soft_pool1d",
+           "adaptive_soft_pool2d", "adaptive_soft_pool3d", "adaptive_maxent_pool1d",
+           "adaptive_maxent_pool2d", "adaptive_maxent_pool3d"]

@@ -14,7 +14,7 @@ import npool
 
 from .. import _checks, _decompositions, _op_table
 from .._op_table import core_functions
-from .._types import Count, Padding, Size
+from .._types import Count, OutputSize, Padding, Size
 from . import _ffi
 
 JaxArrayLike = Union[jax.Array, np.ndarray, float]  # what jnp.asarray takes here
@@ -482,8 +482,10 @@ def _out(out, index, last):
     return None if out is None else _to_npool(out[index], last)
 
 
-def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format, dilation=1):
-    """SoftPool (``lam`` None) or Max-Ent pooling of x, batched or not."""
+def _local_pool(x, lam, nd, window_options, data_format):
+    """SoftPool (``lam`` None) or Max-Ent pooling of x, batched or not, over windows
+    (``window_options``: kernel_size, stride, padding, ceil_mode, dilation) or adaptive ones
+    (``{"output_size": ...}``)."""
     last = _check_format(data_format)
     x = _float_array(x, "x")
     if x.ndim not in (nd + 1, nd + 2):
@@ -491,15 +493,11 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
                          f"{x.ndim}-D shape {x.shape}")
     if x.ndim == nd + 1:  # unbatched: the kernels and vmap work on a batch of one (an array
         # lam broadcasts against the batched output as against the unbatched one)
-        return _local_pool(x[None], lam, nd, kernel_size, stride, padding, ceil_mode,
-                           data_format, dilation)[0]
-    window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode, dilation=dilation)
-    spatial = x.shape[1:-1] if last else x.shape[2:]
-    out_spatial = window.output_size(tuple(spatial))
+        return _local_pool(x[None], lam, nd, window_options, data_format)[0]
+    prefix, args, geometry, out_spatial = _checks.core_window_arguments(
+        nd, x.shape[1:-1] if last else x.shape[2:], window_options)
     out_shape = ((x.shape[0],) + out_spatial + (x.shape[-1],) if last
                  else x.shape[:2] + out_spatial)
-    args = (window.kernel, window.stride, window.spec, window.ceil_mode)
-    geometry = {"dilation": window.dilation}
     scalar = lam is None or isinstance(lam, float)
     lam_value = 1.0 if lam is None else lam
     if not scalar:  # lam broadcast against y in JAX's order -> against npool's (N, C, *out)
@@ -513,7 +511,7 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
 
     def run(x, lam_v):
         xc = jnp.moveaxis(x, -1, 1) if last else x
-        y = _decompositions.windowed_softmax_pool(JaxOps, xc, lam_v, window)
+        y = _decompositions.local_pool(JaxOps, xc, lam_v, nd, window_options)
         return jnp.moveaxis(y, 1, -1) if last else y
 
     def decomposed_scalar(x):
@@ -525,10 +523,10 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
     if _kernel_platform(windowed=True) is None:
         return decomposed_scalar(x) if scalar else decomposed_array(x, lam_value)
 
-    forward_core, backward_core = core_functions(f"maxent_pool{nd}d")
+    forward_core, backward_core = core_functions(f"{prefix}maxent_pool{nd}d")
     if scalar:
         if lam is None:  # SoftPool's own entry points (no dL/dlam to compute)
-            soft_forward, soft_backward = core_functions(f"soft_pool{nd}d")
+            soft_forward, soft_backward = core_functions(f"{prefix}soft_pool{nd}d")
 
             def pool_forward(xa, out):
                 return soft_forward(_to_npool(xa, last), *args, **geometry, out=out)
@@ -571,6 +569,21 @@ def _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format
 
 
 
+def _window(kernel_size, stride, padding, ceil_mode, dilation):
+    return dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                dilation=dilation)
+
+
+def _lam_argument(lam):
+    """A Max-Ent temperature as _local_pool takes it: a Python float for a number (not
+    differentiated), else the array."""
+    if isinstance(lam, (bool, np.bool_)):
+        raise TypeError("lam must be a real number or an array, got bool")
+    if isinstance(lam, (int, float, np.integer, np.floating)):
+        return float(_checks.finite_real(lam, "lam"))
+    return lam
+
+
 class SoftPoolFunction(Protocol):
     """``npool.jax.soft_pool{1,2,3}d`` (what type checkers see of the functions made once per
     dimension)."""
@@ -595,8 +608,8 @@ def _make_soft_pool(nd) -> SoftPoolFunction:
     def soft_pool(x: JaxArrayLike, kernel_size: Size, stride: Optional[Size] = None,
                   padding: Padding = 0, ceil_mode: bool = False,
                   data_format: str = "channels_last", dilation: Size = 1) -> jax.Array:
-        return _local_pool(x, None, nd, kernel_size, stride, padding, ceil_mode, data_format,
-                           dilation)
+        return _local_pool(x, None, nd, _window(kernel_size, stride, padding, ceil_mode,
+                                                dilation), data_format)
 
     soft_pool.__name__ = soft_pool.__qualname__ = f"soft_pool{nd}d"
     soft_pool.__doc__ = f"""SoftPool over {nd} spatial {"axis" if nd == 1 else "axes"}:
@@ -648,12 +661,8 @@ def _make_maxent_pool(nd) -> MaxEntPoolFunction:
     def maxent_pool(x: JaxArrayLike, lam: Union[float, JaxArrayLike], kernel_size: Size,
                     stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False,
                     data_format: str = "channels_last", dilation: Size = 1) -> jax.Array:
-        if isinstance(lam, (bool, np.bool_)):
-            raise TypeError("lam must be a real number or an array, got bool")
-        if isinstance(lam, (int, float, np.integer, np.floating)):
-            lam = float(_checks.finite_real(lam, "lam"))
-        return _local_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format,
-                           dilation)
+        return _local_pool(x, _lam_argument(lam), nd, _window(
+            kernel_size, stride, padding, ceil_mode, dilation), data_format)
 
     maxent_pool.__name__ = maxent_pool.__qualname__ = f"maxent_pool{nd}d"
     maxent_pool.__doc__ = f"""Max-Entropy pooling over {nd} spatial axes (Kobayashi, ICCV
@@ -693,6 +702,100 @@ soft_pool3d = _make_soft_pool(3)
 maxent_pool1d = _make_maxent_pool(1)
 maxent_pool2d = _make_maxent_pool(2)
 maxent_pool3d = _make_maxent_pool(3)
+
+
+class AdaptiveSoftPoolFunction(Protocol):
+    """``npool.jax.adaptive_soft_pool{1,2,3}d``."""
+
+    def __call__(self, x: JaxArrayLike, output_size: OutputSize,
+                 data_format: str = "channels_last") -> jax.Array: ...
+
+
+class AdaptiveMaxEntPoolFunction(Protocol):
+    """``npool.jax.adaptive_maxent_pool{1,2,3}d``."""
+
+    def __call__(self, x: JaxArrayLike, lam: Union[float, JaxArrayLike],
+                 output_size: OutputSize, data_format: str = "channels_last") -> jax.Array: ...
+
+
+def _make_adaptive_pools(nd):
+    shape, size, out = {1: ("(2, 10, 3)", "4", "(2, 4, 3)"),
+                        2: ("(2, 10, 9, 3)", "(4, None)", "(2, 4, 9, 3)"),
+                        3: ("(2, 5, 9, 9, 3)", "3", "(2, 3, 3, 3, 3)")}[nd]
+
+    def adaptive_soft_pool(x: JaxArrayLike, output_size: OutputSize,
+                           data_format: str = "channels_last") -> jax.Array:
+        return _local_pool(x, None, nd, {"output_size": output_size}, data_format)
+
+    def adaptive_maxent_pool(x: JaxArrayLike, lam: Union[float, JaxArrayLike],
+                             output_size: OutputSize,
+                             data_format: str = "channels_last") -> jax.Array:
+        return _local_pool(x, _lam_argument(lam), nd, {"output_size": output_size},
+                           data_format)
+
+    adaptive_soft_pool.__name__ = adaptive_soft_pool.__qualname__ = f"adaptive_soft_pool{nd}d"
+    adaptive_maxent_pool.__name__ = adaptive_maxent_pool.__qualname__ = \
+        f"adaptive_maxent_pool{nd}d"
+    adaptive_soft_pool.__doc__ = f"""Adaptive SoftPool over {nd} spatial {"axis" if nd == 1 else "axes"}: an output of ``output_size``.
+
+    SoftPool over PyTorch's adaptive windows (``nn.AdaptiveAvgPool{nd}d``'s): window o of n
+    over L cells spans ``[floor(o L / n), ceil((o + 1) L / n))``.
+
+    Parameters
+    ----------
+    x : jax.Array
+        As ``soft_pool{nd}d``.
+    output_size : int or tuple of {nd} ints or None
+        The output's spatial size; None keeps the input's size on that axis.
+    data_format : {{"channels_last", "channels_first"}}
+
+    Returns
+    -------
+    jax.Array
+        Differentiable, and usable under ``jax.jit`` and ``jax.vmap`` as ``soft_pool{nd}d``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> npool.jax.adaptive_soft_pool{nd}d(jnp.ones({shape}), {size}).shape
+    {out}
+    """
+    adaptive_maxent_pool.__doc__ = f"""Adaptive Max-Entropy pooling over {nd} spatial {"axis" if nd == 1 else "axes"}: an output of ``output_size``.
+
+    ``maxent_pool{nd}d``'s math over PyTorch's adaptive windows; ``lam = 0`` is adaptive
+    average pooling, ``lam -> inf`` adaptive max pooling.
+
+    Parameters
+    ----------
+    x : jax.Array
+        As ``soft_pool{nd}d``.
+    lam : float or jax.Array
+        As ``maxent_pool{nd}d``.
+    output_size : int or tuple of {nd} ints or None
+        The output's spatial size; None keeps the input's size on that axis.
+    data_format : {{"channels_last", "channels_first"}}
+
+    Returns
+    -------
+    jax.Array
+        The pooled array.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> npool.jax.adaptive_maxent_pool{nd}d(jnp.ones({shape}), 0.5, {size}).shape
+    {out}
+    """
+    return adaptive_soft_pool, adaptive_maxent_pool
+
+
+def _adaptive_typed(nd) -> "tuple[AdaptiveSoftPoolFunction, AdaptiveMaxEntPoolFunction]":
+    return _make_adaptive_pools(nd)
+
+
+adaptive_soft_pool1d, adaptive_maxent_pool1d = _adaptive_typed(1)
+adaptive_soft_pool2d, adaptive_maxent_pool2d = _adaptive_typed(2)
+adaptive_soft_pool3d, adaptive_maxent_pool3d = _adaptive_typed(3)
 
 
 # ------------------------------------------------------------------ global pools

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import keras
 
 from .. import _checks, _op_table
-from .._types import Count, Size
+from .._types import Count, OutputSize, Size
 from ._backends import op, require_supported_backend
 
 Tensor = Any  # a tensor of Keras' backend (tf.Tensor, jax.Array, torch.Tensor) or an array
@@ -16,10 +16,10 @@ Shape = Tuple[Optional[int], ...]  # a Keras shape, None for unknown sizes
 class _SoftPoolingND(keras.layers.Layer):
     """SoftPool with the arguments of Keras' pooling layers.
 
-    ``padding`` is ``"valid"`` (no padding) or explicit per-axis padding (an int or a tuple, at
-    most half the pool size; padded cells are left out of the windows); ``"same"`` is refused,
-    as its asymmetric padding has no SoftPool equivalent here. ``ceil_mode`` is PyTorch's
-    output-size rule. ``data_format`` defaults to ``keras.config.image_data_format()``.
+    ``padding`` is Keras' ``"valid"`` or ``"same"``, or explicit: ints on both sides (at most
+    half the pool size) or ``(before, after)`` pairs per axis; padded cells are left out of
+    the windows. ``ceil_mode`` is PyTorch's output-size rule. ``data_format`` defaults to
+    ``keras.config.image_data_format()``.
     """
 
     _nd: int = 0  # the spatial axes, set by each subclass
@@ -29,18 +29,12 @@ class _SoftPoolingND(keras.layers.Layer):
                  data_format: Optional[str] = None, **kwargs: Any) -> None:
         require_supported_backend()
         super().__init__(**kwargs)
-        if isinstance(padding, str):
-            if padding.lower() != "valid":
-                raise ValueError(f"padding must be 'valid' or explicit ints, got {padding!r}: "
-                                 "'same' pads asymmetrically, which SoftPool does not do")
-            padding = 0
         self.pool_size = pool_size
         self.strides = strides
         self.padding = padding
         self.ceil_mode = ceil_mode
         self.data_format = data_format or keras.config.image_data_format()
-        _checks.WindowArgs(self._nd, pool_size, strides, padding, ceil_mode).require_symmetric(
-            "npool.keras")  # fail early
+        _checks.WindowArgs(self._nd, pool_size, strides, padding, ceil_mode)  # fail early
 
     def call(self, inputs: Tensor) -> Tensor:
         """Pool the inputs.
@@ -102,10 +96,11 @@ def _soft_pool_doc(nd):
         The window.
     strides : int or tuple of {nd} ints, optional
         The step between windows; default ``pool_size``.
-    padding : "valid", int or tuple of {nd} ints, default "valid"
-        ``"valid"`` (none) or explicit padding on both sides, at most half the pool size;
-        padded cells are left out of the windows (not zeros). ``"same"`` is refused: its
-        asymmetric padding has no SoftPool equivalent here.
+    padding : "valid", "same", int, tuple of {nd} ints or of {nd} (before, after) pairs, default "valid"
+        Keras' ``"valid"`` (none) and ``"same"`` (ceil(L / strides) outputs, the smaller half
+        of the padding before: TensorFlow's rule), explicit padding on both sides (at most
+        half the pool size: PyTorch's) or ``(before, after)`` per axis; padded cells are left
+        out of the windows (not zeros).
     ceil_mode : bool, default False
         PyTorch's output-size rule with ceil instead of floor.
     data_format : {{"channels_last", "channels_first"}}, optional
@@ -116,7 +111,7 @@ def _soft_pool_doc(nd):
     Raises
     ------
     ValueError
-        Bad window arguments, or ``padding="same"``.
+        Bad window arguments.
 
     See Also
     --------
@@ -145,6 +140,114 @@ class SoftPooling2D(_SoftPoolingND):
 @keras.saving.register_keras_serializable(package="npool")
 class SoftPooling3D(_SoftPoolingND):
     __doc__ = _soft_pool_doc(3)
+    _nd = 3
+
+
+class _AdaptiveSoftPoolingND(keras.layers.Layer):
+    """Adaptive SoftPool: an output of ``output_size`` whatever the input's spatial size."""
+
+    _nd: int = 0  # the spatial axes, set by each subclass
+
+    def __init__(self, output_size: OutputSize, data_format: Optional[str] = None,
+                 **kwargs: Any) -> None:
+        require_supported_backend()
+        super().__init__(**kwargs)
+        _checks.adaptive_output_size(output_size, self._nd)  # fail early
+        self.output_size = list(output_size) if isinstance(output_size, (tuple, list)) \
+            else output_size
+        self.data_format = data_format or keras.config.image_data_format()
+
+    def call(self, inputs: Tensor) -> Tensor:
+        """Pool the inputs.
+
+        Parameters
+        ----------
+        inputs : tensor
+            ``(batch, *spatial, channels)`` (channels_last) or ``(batch, channels,
+            *spatial)``, with the class's number of spatial axes.
+
+        Returns
+        -------
+        tensor
+            ``output_size`` along the spatial axes, in the backend's tensor type.
+        """
+        size = self.output_size
+        return op(f"adaptive_soft_pool{self._nd}d")(
+            inputs, tuple(size) if isinstance(size, list) else size, self.data_format)
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        shape = list(input_shape)
+        axes = range(1, 1 + self._nd) if self.data_format == "channels_last" else \
+            range(2, 2 + self._nd)
+        out = _checks.adaptive_output_size(self.output_size, self._nd,
+                                           [shape[a] for a in axes])
+        for a, n in zip(axes, out):
+            shape[a] = n
+        return tuple(shape)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "output_size": self.output_size,
+                "data_format": self.data_format}
+
+
+def _adaptive_soft_pool_doc(nd):
+    """The numpydoc docstring of AdaptiveSoftPooling{nd}D."""
+    axes = {1: "steps", 2: "rows, cols", 3: "dim1, dim2, dim3"}[nd]
+    shape, size, out = {1: ("(2, 10, 3)", "4", "(2, 4, 3)"),
+                        2: ("(2, 10, 9, 3)", "(4, None)", "(2, 4, 9, 3)"),
+                        3: ("(2, 5, 9, 9, 3)", "3", "(2, 3, 3, 3, 3)")}[nd]
+    return f"""Adaptive SoftPool over {nd} spatial {"axis" if nd == 1 else "axes"}: an output of ``output_size`` whatever the input's size.
+
+    SoftPool over PyTorch's adaptive windows (``nn.AdaptiveAvgPool{nd}d``'s): window o of n
+    over L cells spans ``[floor(o L / n), ceil((o + 1) L / n))``::
+
+        y_o = sum_(i in window o) softmax(x over window o)_i * x_i
+
+    Input ``(batch, {axes}, channels)`` (channels_last) or ``(batch, channels, {axes})``;
+    output the same with ``output_size`` along the spatial axes. Runs on Keras' TensorFlow,
+    JAX and PyTorch backends through npool.tf, npool.jax and npool.torch.
+
+    Parameters
+    ----------
+    output_size : int or tuple of {nd} ints or None
+        The output's spatial size; None keeps the input's size on that axis.
+    data_format : {{"channels_last", "channels_first"}}, optional
+        Where the channel axis is; default ``keras.config.image_data_format()``.
+    **kwargs
+        Keras' base layer arguments (``name``, ``dtype``, ``trainable``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        An output size that is not an int or None, below 1, or of the wrong length.
+
+    See Also
+    --------
+    npool.tf.adaptive_soft_pool{nd}d : The function (TensorFlow).
+
+    Examples
+    --------
+    >>> layer = npool.keras.AdaptiveSoftPooling{nd}D({size})
+    >>> tuple(layer(np.ones({shape}, "float32")).shape)
+    {out}
+    """
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class AdaptiveSoftPooling1D(_AdaptiveSoftPoolingND):
+    __doc__ = _adaptive_soft_pool_doc(1)
+    _nd = 1
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class AdaptiveSoftPooling2D(_AdaptiveSoftPoolingND):
+    __doc__ = _adaptive_soft_pool_doc(2)
+    _nd = 2
+
+
+@keras.saving.register_keras_serializable(package="npool")
+class AdaptiveSoftPooling3D(_AdaptiveSoftPoolingND):
+    __doc__ = _adaptive_soft_pool_doc(3)
     _nd = 3
 
 
@@ -522,9 +625,8 @@ class MaxEntPooling2D(keras.layers.Layer):
         The window.
     strides : int or tuple of 2 ints, optional
         The step between windows; default ``pool_size``.
-    padding : "valid", int or tuple of 2 ints, default "valid"
-        ``"valid"`` (none) or explicit padding on both sides, at most half the pool size;
-        padded cells are left out of the windows.
+    padding : "valid", "same", int, tuple of 2 ints or of 2 (before, after) pairs, default "valid"
+        As ``SoftPooling2D``'s; padded cells are left out of the windows.
     ceil_mode : bool, default False
         PyTorch's output-size rule with ceil instead of floor.
     lam : {"gfgp", "channel"} or float, default "gfgp"
@@ -544,8 +646,8 @@ class MaxEntPooling2D(keras.layers.Layer):
     Raises
     ------
     ValueError
-        Bad window arguments, ``padding="same"``, an unknown lam mode or activation, or a lam
-        number that is not finite.
+        Bad window arguments, an unknown lam mode or activation, or a lam number that is not
+        finite.
 
     See Also
     --------
@@ -565,18 +667,13 @@ class MaxEntPooling2D(keras.layers.Layer):
                  **kwargs: Any) -> None:
         require_supported_backend()
         super().__init__(**kwargs)
-        if isinstance(padding, str):
-            if padding.lower() != "valid":
-                raise ValueError(f"padding must be 'valid' or explicit ints, got {padding!r}")
-            padding = 0
         if activation not in ("sigmoid", "softplus"):
             raise ValueError(f"activation must be 'sigmoid' or 'softplus', got {activation!r}")
         if isinstance(lam, str) and lam not in ("gfgp", "channel"):
             raise ValueError(f"lam must be 'gfgp', 'channel' or a number, got {lam!r}")
         if not isinstance(lam, str):
             lam = _checks.finite_real(lam, "lam")
-        _checks.WindowArgs(2, pool_size, strides, padding, ceil_mode).require_symmetric(
-            "npool.keras")
+        _checks.WindowArgs(2, pool_size, strides, padding, ceil_mode)  # fail early
         self.pool_size, self.strides, self.padding = pool_size, strides, padding
         self.ceil_mode, self.lam, self.activation, self.hidden = ceil_mode, lam, activation, hidden
         self.data_format = data_format or keras.config.image_data_format()

@@ -40,6 +40,21 @@ def _make_soft_pool(nd):
 soft_pool1d, soft_pool2d, soft_pool3d = (_make_soft_pool(nd) for nd in (1, 2, 3))
 
 
+def _make_adaptive_soft_pool(nd):
+    function = getattr(nt, f"adaptive_soft_pool{nd}d")
+
+    def adaptive_soft_pool(x, output_size, data_format="channels_last"):
+        last = _last(data_format)
+        return _from_first(function(_to_first(x, last), output_size), last)
+
+    adaptive_soft_pool.__name__ = f"adaptive_soft_pool{nd}d"
+    return adaptive_soft_pool
+
+
+adaptive_soft_pool1d, adaptive_soft_pool2d, adaptive_soft_pool3d = (
+    _make_adaptive_soft_pool(nd) for nd in (1, 2, 3))
+
+
 def maxent_pool2d(x, lam, kernel_size, stride=None, padding=0, ceil_mode=False,
                   data_format="channels_last"):
     """``lam`` a number or a tensor that broadcasts to the output in x's axis order."""
@@ -72,4 +87,5 @@ soft_dbow_pool = nt.soft_dbow_pool
 context_gating = nt.context_gating
 __all__ = ["netvlad_pool", "netrvlad_pool", "netfv_pool", "soft_dbow_pool", "context_gating",
            "soft_pool1d", "soft_pool2d", "soft_pool3d", "maxent_pool2d",
+           "adaptive_soft_pool1d", "adaptive_soft_pool2d", "adaptive_soft_pool3d",
            *(op.name for op in ops_of("global"))]

@@ -19,7 +19,9 @@ for the formulas.
 from typing import TYPE_CHECKING
 
 from ._standalone import portable
-from ._ops import (context_gating, global_avg_pool, global_gem_pool, global_kmax_pool,
+from ._ops import (adaptive_maxent_pool1d, adaptive_maxent_pool2d, adaptive_maxent_pool3d,
+                   adaptive_soft_pool1d, adaptive_soft_pool2d, adaptive_soft_pool3d,
+                   context_gating, global_avg_pool, global_gem_pool, global_kmax_pool,
                    global_lse_pool,
                    global_max_pool, maxent_pool1d, maxent_pool2d, maxent_pool3d, netfv_pool,
                    netrvlad_pool, netvlad_pool, soft_dbow_pool, soft_pool1d, soft_pool2d,
@@ -28,7 +30,8 @@ from ._ops import (context_gating, global_avg_pool, global_gem_pool, global_kmax
 # The layers are npool.keras' classes (which call this package's functions: npool.keras sits
 # above the adapters), resolved on first use; importing npool.keras registers them for .keras
 # files.
-_KERAS_LAYERS = ("SoftPooling1D", "SoftPooling2D", "SoftPooling3D", "MaxEntPooling2D",
+_KERAS_LAYERS = ("SoftPooling1D", "SoftPooling2D", "SoftPooling3D", "AdaptiveSoftPooling1D",
+                 "AdaptiveSoftPooling2D", "AdaptiveSoftPooling3D", "MaxEntPooling2D",
                  "GlobalMaxPool", "GlobalAvgPool", "GlobalLSEPool", "GlobalKMaxPool",
                  "WeldonPool", "GlobalGeMPool", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
                  "GlobalMaxPooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
@@ -41,7 +44,8 @@ _KERAS_LAYERS = ("SoftPooling1D", "SoftPooling2D", "SoftPooling3D", "MaxEntPooli
 
 
 if TYPE_CHECKING:  # the same names, for type checkers (no import at run time)
-    from ..keras import (ContextGating, GlobalAveragePooling1D, GlobalAveragePooling2D,
+    from ..keras import (AdaptiveSoftPooling1D, AdaptiveSoftPooling2D, AdaptiveSoftPooling3D,
+                         ContextGating, GlobalAveragePooling1D, GlobalAveragePooling2D,
                          GlobalAveragePooling3D, GlobalAvgPool, GlobalGeMPool, GlobalGeMPooling1D,
                          GlobalGeMPooling2D, GlobalGeMPooling3D, GlobalKMaxPool,
                          GlobalKMaxPooling1D, GlobalKMaxPooling2D, GlobalKMaxPooling3D,
@@ -78,4 +82,7 @@ __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool",
            "GlobalLSEPooling1D", "GlobalLSEPooling2D", "GlobalLSEPooling3D",
            "GlobalKMaxPooling1D", "GlobalKMaxPooling2D", "GlobalKMaxPooling3D",
            "WeldonPooling1D", "WeldonPooling2D", "WeldonPooling3D", "global_gem_pool",
-           "GlobalGeMPool", "GlobalGeMPooling1D", "GlobalGeMPooling2D", "GlobalGeMPooling3D"]
+           "GlobalGeMPool", "GlobalGeMPooling1D", "GlobalGeMPooling2D", "GlobalGeMPooling3D",
+           "adaptive_soft_pool1d", "adaptive_soft_pool2d", "adaptive_soft_pool3d",
+           "adaptive_maxent_pool1d", "adaptive_maxent_pool2d", "adaptive_maxent_pool3d",
+           "AdaptiveSoftPooling1D", "AdaptiveSoftPooling2D", "AdaptiveSoftPooling3D"]

@@ -8,7 +8,7 @@ import tensorflow as tf
 import npool
 
 from .. import _checks, _decompositions, _op_table
-from .._types import Count, Padding, Size
+from .._types import Count, OutputSize, Padding, Size
 from ._devices import (PORTABLE, call_core, moveaxis, placement, with_leading_ones,
                        without_leading_ones)
 from ._standalone import (TFOps, compute_in_float32, from_channels_first, graph_must_stand_alone,
@@ -60,36 +60,44 @@ class _Layout:
         return range(start, start + self.nd)
 
 
-def _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format, dilation=1):
+def _window(kernel_size, stride, padding, ceil_mode, dilation):
+    return dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                dilation=dilation)
+
+
+def _geometry(x, layout, nd, window_options):
+    """(core name prefix, window arguments, keywords, y's static shape) of a local pool."""
+    axes = list(layout.spatial_axes(x.shape.rank))
+    prefix, args, geometry, out = _checks.core_window_arguments(
+        nd, [x.shape[a] for a in axes], window_options)
+    out_shape = list(x.shape)
+    for a, n in zip(axes, out):
+        out_shape[a] = n
+    return prefix, args, geometry, out_shape
+
+
+def _soft_pool(x, nd, window_options, data_format):
+    """SoftPool over windows (``window_options``: kernel_size, ..., dilation) or adaptive ones
+    (``{"output_size": ...}``)."""
     x = _tensor(x)
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
                         f"{x.dtype.name}")
     layout = _Layout(data_format, nd, x.shape.rank)
-    window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode, dilation=dilation)
-    args = (window.kernel, window.stride, window.spec, window.ceil_mode)
-    geometry = {"dilation": window.dilation}
-    forward, backward = _op_table.core_functions(f"soft_pool{nd}d")
+    prefix, args, geometry, out_shape = _geometry(x, layout, nd, window_options)
+    forward, backward = _op_table.core_functions(f"{prefix}soft_pool{nd}d")
     batched = x.shape.rank == nd + 2
 
     def decomposed(x):
         def run(x):
-            y = _decompositions.windowed_softmax_pool(
-                TFOps, to_channels_first(x, layout.last, batched), 1.0, window)
+            y = _decompositions.local_pool(TFOps, to_channels_first(x, layout.last, batched),
+                                           1.0, nd, window_options)
             return from_channels_first(y, layout.last, batched)
         return compute_in_float32(run, x)
 
     where = PORTABLE if graph_must_stand_alone() else placement([x])
     if where == PORTABLE:
         return decomposed(x)
-    out_shape = list(x.shape)
-    spatial = [out_shape[a] for a in layout.spatial_axes(x.shape.rank)]
-    if all(n is not None for n in spatial):
-        for a, n in zip(layout.spatial_axes(x.shape.rank), window.output_size(spatial)):
-            out_shape[a] = n
-    else:
-        for a in layout.spatial_axes(x.shape.rank):
-            out_shape[a] = None
 
     def forward_numpy(xa):
         return layout.from_npool(forward(layout.to_npool(xa), *args, **geometry))
@@ -127,7 +135,8 @@ def _make_soft_pool(nd) -> SoftPoolFunction:
     def soft_pool(x: TensorLike, kernel_size: Size, stride: Optional[Size] = None,
                   padding: Padding = 0, ceil_mode: bool = False,
                   data_format: str = "channels_last", dilation: Size = 1) -> tf.Tensor:
-        return _soft_pool(x, nd, kernel_size, stride, padding, ceil_mode, data_format, dilation)
+        return _soft_pool(x, nd, _window(kernel_size, stride, padding, ceil_mode, dilation),
+                          data_format)
 
     soft_pool.__name__ = soft_pool.__qualname__ = f"soft_pool{nd}d"
     shape, out = {1: ("(2, 8, 3)", "(2, 4, 3)"), 2: ("(2, 8, 8, 3)", "(2, 4, 4, 3)"),
@@ -499,8 +508,8 @@ weldon_pool.__doc__ = _global_doc(
 # ------------------------------------------------------------------ Max-Entropy pooling
 
 
-def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format,
-                 dilation=1):
+def _maxent_pool(x, lam, nd, window_options, data_format):
+    """Max-Ent pooling over windows or adaptive ones (as ``_soft_pool``)."""
     x = _tensor(x)
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must have dtype float16, bfloat16, float32 or float64, got "
@@ -512,10 +521,8 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
     if lam.shape.rank is None or lam.shape.rank > x.shape.rank:
         raise ValueError(f"lam of shape {lam.shape} does not broadcast to the output of x "
                          f"{x.shape}")
-    window = _checks.WindowArgs(nd, kernel_size, stride, padding, ceil_mode, dilation=dilation)
-    args = (window.kernel, window.stride, window.spec, window.ceil_mode)
-    geometry = {"dilation": window.dilation}
-    forward, backward = _op_table.core_functions(f"maxent_pool{nd}d")
+    prefix, args, geometry, out_shape = _geometry(x, layout, nd, window_options)
+    forward, backward = _op_table.core_functions(f"{prefix}maxent_pool{nd}d")
     rank = x.shape.rank
     batched = rank == nd + 2
 
@@ -523,9 +530,9 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
         def run(x, lam):
             while lam.shape.rank < rank:
                 lam = tf.expand_dims(lam, 0)
-            y = _decompositions.windowed_softmax_pool(
+            y = _decompositions.local_pool(
                 TFOps, to_channels_first(x, layout.last, batched),
-                to_channels_first(lam, layout.last, batched), window)
+                to_channels_first(lam, layout.last, batched), nd, window_options)
             return from_channels_first(y, layout.last, batched)
         return compute_in_float32(run, x, lam)
 
@@ -534,11 +541,6 @@ def _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_forma
         return decomposed(x, lam)
     if lam.shape.rank == 0:  # as (1,): tf.numpy_function cannot hand over a 0-d bfloat16
         lam = tf.reshape(lam, [1])
-    out_shape = list(x.shape)
-    axes = list(layout.spatial_axes(rank))
-    spatial = [out_shape[a] for a in axes]
-    for a, n in zip(axes, window.output_size(spatial) if None not in spatial else [None] * nd):
-        out_shape[a] = n
 
     def lam_to_npool(la):
         return layout.to_npool(with_leading_ones(la, rank))
@@ -582,8 +584,8 @@ def _make_maxent_pool(nd) -> MaxEntPoolFunction:
     def maxent_pool(x: TensorLike, lam: Union[float, TensorLike], kernel_size: Size,
                     stride: Optional[Size] = None, padding: Padding = 0, ceil_mode: bool = False,
                     data_format: str = "channels_last", dilation: Size = 1) -> tf.Tensor:
-        return _maxent_pool(x, lam, nd, kernel_size, stride, padding, ceil_mode, data_format,
-                            dilation)
+        return _maxent_pool(x, lam, nd, _window(kernel_size, stride, padding, ceil_mode,
+                                                dilation), data_format)
 
     maxent_pool.__name__ = maxent_pool.__qualname__ = f"maxent_pool{nd}d"
     shape, out, lam = {1: ("(2, 8, 3)", "(2, 4, 3)", "(1, 1, 3)"),
@@ -653,6 +655,94 @@ def _make_maxent_pool(nd) -> MaxEntPoolFunction:
 maxent_pool1d = _make_maxent_pool(1)
 maxent_pool2d = _make_maxent_pool(2)
 maxent_pool3d = _make_maxent_pool(3)
+
+
+# ------------------------------------------------------------------ adaptive output sizes
+class AdaptiveSoftPoolFunction(Protocol):
+    """``npool.tf.adaptive_soft_pool{1,2,3}d``."""
+
+    def __call__(self, x: TensorLike, output_size: OutputSize,
+                 data_format: str = "channels_last") -> tf.Tensor: ...
+
+
+class AdaptiveMaxEntPoolFunction(Protocol):
+    """``npool.tf.adaptive_maxent_pool{1,2,3}d``."""
+
+    def __call__(self, x: TensorLike, lam: Union[float, TensorLike], output_size: OutputSize,
+                 data_format: str = "channels_last") -> tf.Tensor: ...
+
+
+_ADAPTIVE_DOC = """Adaptive {what} over {nd} spatial {axis_word}: an output of ``output_size``, differentiable (twice){wrt}.
+
+    PyTorch's adaptive windows (``nn.AdaptiveAvgPool{nd}d``'s: window o of n over L cells
+    spans ``[floor(o L / n), ceil((o + 1) L / n))``), each pooled as ``{plain}`` pools its
+    windows. Runs as ``soft_pool{nd}d`` does (kernels, or the decomposition where a graph must
+    stand alone: that needs the spatial size when the graph is built).
+
+    Parameters
+    ----------
+    x : tf.Tensor or array_like
+        As ``soft_pool{nd}d``.{lam_doc}
+    output_size : int or tuple of {nd} ints or None
+        The output's spatial size; None keeps the input's size on that axis.
+    data_format : {{"channels_last", "channels_first"}}, default "channels_last"
+        Where x's channel axis is.
+
+    Returns
+    -------
+    tf.Tensor
+        Of x's dtype and data format.
+
+    Raises
+    ------
+    TypeError
+        A non-float x or a non-int output size.
+    ValueError
+        x of another rank, an output size below 1 or of the wrong length.
+
+    Examples
+    --------
+    >>> tuple(npool.tf.adaptive_{name}{nd}d(tf.ones({shape}), {lam_example}{size}).shape)
+    {out}
+    """
+
+
+def _make_adaptive_pools(nd):
+    def adaptive_soft_pool(x: TensorLike, output_size: OutputSize,
+                           data_format: str = "channels_last") -> tf.Tensor:
+        return _soft_pool(x, nd, {"output_size": output_size}, data_format)
+
+    def adaptive_maxent_pool(x: TensorLike, lam: Union[float, TensorLike],
+                             output_size: OutputSize,
+                             data_format: str = "channels_last") -> tf.Tensor:
+        return _maxent_pool(x, lam, nd, {"output_size": output_size}, data_format)
+
+    shape, size, out = {1: ("(2, 10, 3)", "4", "(2, 4, 3)"),
+                        2: ("(2, 10, 9, 3)", "(4, None)", "(2, 4, 9, 3)"),
+                        3: ("(2, 5, 9, 9, 3)", "3", "(2, 3, 3, 3, 3)")}[nd]
+    common = dict(nd=nd, axis_word="axis" if nd == 1 else "axes", shape=shape, size=size,
+                  out=out)
+    adaptive_soft_pool.__doc__ = _ADAPTIVE_DOC.format(
+        what="SoftPool", wrt="", plain=f"soft_pool{nd}d", lam_doc="", name="soft_pool",
+        lam_example="", **common)
+    adaptive_maxent_pool.__doc__ = _ADAPTIVE_DOC.format(
+        what="Max-Entropy pooling", wrt=" in x and lam", plain=f"maxent_pool{nd}d",
+        lam_doc=f"\n    lam : float or tf.Tensor\n        As ``maxent_pool{nd}d``: 0 gives "
+                f"adaptive average pooling, large values adaptive max pooling.",
+        name="maxent_pool", lam_example="0.5, ", **common)
+    for function, name in ((adaptive_soft_pool, "adaptive_soft_pool"),
+                           (adaptive_maxent_pool, "adaptive_maxent_pool")):
+        function.__name__ = function.__qualname__ = f"{name}{nd}d"
+    return adaptive_soft_pool, adaptive_maxent_pool
+
+
+def _adaptive_typed(nd) -> "tuple[AdaptiveSoftPoolFunction, AdaptiveMaxEntPoolFunction]":
+    return _make_adaptive_pools(nd)
+
+
+adaptive_soft_pool1d, adaptive_maxent_pool1d = _adaptive_typed(1)
+adaptive_soft_pool2d, adaptive_maxent_pool2d = _adaptive_typed(2)
+adaptive_soft_pool3d, adaptive_maxent_pool3d = _adaptive_typed(3)
 
 
 # ------------------------------------------------------------------ set pools (LOUPE)

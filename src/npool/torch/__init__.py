@@ -16,14 +16,16 @@ This module holds no math: see ``npool.local_pools``, ``npool.global_pools`` and
 ``npool.torch.compat`` (imported on its own) runs the original research code's PyTorch calls
 (SoftPool, GFGP, WILDCAT, spatial-pooling.torch) on npool; see docs/migration.md.
 """
-from ._layers import (GlobalAvgPool, GlobalAvgPool1d, GlobalAvgPool2d, GlobalAvgPool3d,
+from ._layers import (AdaptiveSoftPool1d, AdaptiveSoftPool2d, AdaptiveSoftPool3d, GlobalAvgPool, GlobalAvgPool1d, GlobalAvgPool2d, GlobalAvgPool3d,
                       GlobalGeMPool, GlobalGeMPool1d, GlobalGeMPool2d, GlobalGeMPool3d,
                       GlobalKMaxPool, GlobalKMaxPool1d, GlobalKMaxPool2d, GlobalKMaxPool3d,
                       GlobalLSEPool, GlobalLSEPool1d, GlobalLSEPool2d, GlobalLSEPool3d,
                       GlobalMaxPool, GlobalMaxPool1d, GlobalMaxPool2d, GlobalMaxPool3d,
                       MaxEntPool2d, SoftPool1d, SoftPool2d, SoftPool3d, WeldonPool, WeldonPool1d,
                       WeldonPool2d, WeldonPool3d)
-from ._ops import (context_gating, global_avg_pool, global_gem_pool, global_kmax_pool,
+from ._ops import (adaptive_maxent_pool1d, adaptive_maxent_pool2d, adaptive_maxent_pool3d,
+                   adaptive_soft_pool1d, adaptive_soft_pool2d, adaptive_soft_pool3d,
+                   context_gating, global_avg_pool, global_gem_pool, global_kmax_pool,
                    global_lse_pool,
                    global_max_pool, maxent_pool1d, maxent_pool2d, maxent_pool3d, netfv_pool,
                    netrvlad_pool, netvlad_pool, soft_dbow_pool, soft_pool1d, soft_pool2d,
@@ -43,4 +45,7 @@ __all__ = ["soft_pool1d", "soft_pool2d", "soft_pool3d", "global_max_pool",
            "GlobalLSEPool1d", "GlobalLSEPool2d", "GlobalLSEPool3d", "GlobalKMaxPool1d",
            "GlobalKMaxPool2d", "GlobalKMaxPool3d", "WeldonPool1d", "WeldonPool2d",
            "WeldonPool3d", "global_gem_pool", "GlobalGeMPool", "GlobalGeMPool1d",
-           "GlobalGeMPool2d", "GlobalGeMPool3d"]
+           "GlobalGeMPool2d", "GlobalGeMPool3d", "adaptive_soft_pool1d", "adaptive_soft_pool2d",
+           "adaptive_soft_pool3d", "adaptive_maxent_pool1d", "adaptive_maxent_pool2d",
+           "adaptive_maxent_pool3d", "AdaptiveSoftPool1d", "AdaptiveSoftPool2d",
+           "AdaptiveSoftPool3d"]

@@ -4,8 +4,9 @@ from typing import Any, Optional, Tuple, Union
 import torch
 
 from .. import _checks, _op_table
-from .._types import Count, Size
-from ._ops import (global_avg_pool, global_gem_pool, global_kmax_pool, global_lse_pool,
+from .._types import Count, OutputSize, Size
+from ._ops import (adaptive_soft_pool1d, adaptive_soft_pool2d, adaptive_soft_pool3d,
+                   global_avg_pool, global_gem_pool, global_kmax_pool, global_lse_pool,
                    global_max_pool, maxent_pool2d, soft_pool1d, soft_pool2d, soft_pool3d,
                    weldon_pool)
 
@@ -13,8 +14,8 @@ from ._ops import (global_avg_pool, global_gem_pool, global_kmax_pool, global_ls
 class _SoftPoolNd(torch.nn.Module):
     """SoftPool with the constructor of ``torch.nn.MaxPool{1,2,3}d``.
 
-    ``dilation`` and ``return_indices`` are accepted for drop-in compatibility but only at
-    their defaults: SoftPool has no dilated windows and no single selected index.
+    ``return_indices`` is accepted for drop-in compatibility but only at its default: SoftPool
+    has no single selected index.
     """
 
     _function: Any = None  # the npool.torch function, set by each subclass
@@ -24,18 +25,16 @@ class _SoftPoolNd(torch.nn.Module):
                  dilation: Size = 1, return_indices: bool = False,
                  ceil_mode: bool = False) -> None:
         super().__init__()
-        if dilation not in (1, (1,) * self._nd, [1] * self._nd):
-            raise ValueError(f"dilation must be 1: SoftPool has no dilated windows, "
-                             f"got {dilation!r}")
         if return_indices:
             raise ValueError("return_indices must be False: SoftPool weighs every cell of a "
                              "window, there is no index to return")
         self.kernel_size = kernel_size
         self.stride = stride if stride is not None else kernel_size
         self.padding = padding
+        self.dilation = dilation
         self.ceil_mode = ceil_mode
-        _checks.WindowArgs(self._nd, kernel_size, stride, padding, ceil_mode).require_symmetric(
-            "npool.torch")  # fail early
+        _checks.WindowArgs(self._nd, kernel_size, stride, padding, ceil_mode,
+                           dilation=dilation)  # fail early
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pool x.
@@ -53,11 +52,11 @@ class _SoftPoolNd(torch.nn.Module):
             ``(N, C, *out)`` (or ``(C, *out)``) in x's memory layout.
         """
         return type(self)._function(x, self.kernel_size, self.stride, self.padding,
-                                    self.ceil_mode)
+                                    self.ceil_mode, dilation=self.dilation)
 
     def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"ceil_mode={self.ceil_mode}")
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
 
 
 def _soft_pool_doc(nd):
@@ -83,11 +82,12 @@ def _soft_pool_doc(nd):
         The window.
     stride : int or tuple of {nd} ints, optional
         The step between windows; default ``kernel_size``.
-    padding : int or tuple of {nd} ints, default 0
-        Implicit padding on both sides, at most half the kernel; padded cells are left out of
-        the windows (they are not zeros).
-    dilation : int, default 1
-        Must be 1: accepted for drop-in compatibility (SoftPool has no dilated windows).
+    padding : int, tuple of {nd} ints or of {nd} (before, after) pairs, "same" or "valid", default 0
+        Implicit padding: ints on both sides, at most half the kernel (``nn.MaxPool{nd}d``'s);
+        ``(before, after)`` per axis; ``"same"`` or ``"valid"`` (``nn.Conv{nd}d``'s words,
+        TensorFlow's rule). Padded cells are left out of the windows (they are not zeros).
+    dilation : int or tuple of {nd} ints, default 1
+        The step between a window's cells (``nn.MaxPool{nd}d``'s).
     return_indices : bool, default False
         Must be False: SoftPool weighs every cell of a window, it selects no single one.
     ceil_mode : bool, default False
@@ -96,7 +96,7 @@ def _soft_pool_doc(nd):
     Raises
     ------
     ValueError
-        Bad window arguments, a dilation other than 1 or ``return_indices=True``.
+        Bad window arguments or ``return_indices=True``.
 
     Examples
     --------
@@ -104,7 +104,7 @@ def _soft_pool_doc(nd):
     >>> pool(torch.randn{example}).shape
     {out}
     >>> pool
-    SoftPool{nd}d(kernel_size=2, stride=2, padding=0, ceil_mode=False)
+    SoftPool{nd}d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)
     """.format(
         nd=nd, axis_word="axis" if nd == 1 else "axes", axes=axes, example=example,
         out=f"torch.Size({out})")
@@ -126,6 +126,93 @@ class SoftPool3d(_SoftPoolNd):
     __doc__ = _soft_pool_doc(3)
     _nd = 3
     _function = staticmethod(soft_pool3d)
+
+
+class _AdaptiveSoftPoolNd(torch.nn.Module):
+    """Adaptive SoftPool with the constructor of ``torch.nn.AdaptiveAvgPool{1,2,3}d``."""
+
+    _function: Any = None  # the npool.torch function, set by each subclass
+    _nd: int  # the number of spatial axes, set by each subclass
+
+    def __init__(self, output_size: OutputSize) -> None:
+        super().__init__()
+        _checks.adaptive_output_size(output_size, self._nd)  # fail early
+        self.output_size = output_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool x.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(N, C, *spatial)`` or unbatched ``(C, *spatial)`` with the class's number of
+            spatial axes; float16, bfloat16, float32 or float64; CPU or CUDA; contiguous or
+            channels-last.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N, C, *output_size)`` (or ``(C, *output_size)``) in x's memory layout.
+        """
+        return type(self)._function(x, self.output_size)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+def _adaptive_soft_pool_doc(nd):
+    """The numpydoc docstring of AdaptiveSoftPool{nd}d."""
+    axes, example, size, out = {1: ("L", "(1, 3, 10)", "4", "[1, 3, 4]"),
+                                2: ("H, W", "(1, 3, 10, 9)", "(7, None)", "[1, 3, 7, 9]"),
+                                3: ("D, H, W", "(1, 3, 5, 9, 9)", "3", "[1, 3, 3, 3, 3]")}[nd]
+    return f"""Adaptive SoftPool over {nd} spatial {"axis" if nd == 1 else "axes"}, with ``nn.AdaptiveAvgPool{nd}d``'s constructor.
+
+    SoftPool over ``nn.AdaptiveAvgPool{nd}d``'s windows - window o of n over L cells spans
+    ``[floor(o L / n), ceil((o + 1) L / n))``::
+
+        y_o = sum_(i in window o) softmax(x over window o)_i * x_i
+
+    Input ``(N, C, {axes})`` or ``(C, {axes})`` (float16, bfloat16, float32 or float64, CPU
+    or CUDA, contiguous or channels-last); output ``(N, C, *output_size)`` or ``(C,
+    *output_size)`` in the input's memory layout. The function is
+    ``npool.torch.adaptive_soft_pool{nd}d``.
+
+    Parameters
+    ----------
+    output_size : int or tuple of {nd} ints or None
+        The output's spatial size; None keeps the input's size on that axis.
+
+    Raises
+    ------
+    TypeError, ValueError
+        An output size that is not an int or None, below 1, or of the wrong length.
+
+    Examples
+    --------
+    >>> pool = nt.AdaptiveSoftPool{nd}d({size})
+    >>> pool(torch.randn{example}).shape
+    torch.Size({out})
+    >>> pool
+    AdaptiveSoftPool{nd}d(output_size={size})
+    """
+
+
+class AdaptiveSoftPool1d(_AdaptiveSoftPoolNd):
+    __doc__ = _adaptive_soft_pool_doc(1)
+    _nd = 1
+    _function = staticmethod(adaptive_soft_pool1d)
+
+
+class AdaptiveSoftPool2d(_AdaptiveSoftPoolNd):
+    __doc__ = _adaptive_soft_pool_doc(2)
+    _nd = 2
+    _function = staticmethod(adaptive_soft_pool2d)
+
+
+class AdaptiveSoftPool3d(_AdaptiveSoftPoolNd):
+    __doc__ = _adaptive_soft_pool_doc(3)
+    _nd = 3
+    _function = staticmethod(adaptive_soft_pool3d)
 
 
 def _fixed_rank(cls, spatial_dims):
@@ -473,9 +560,8 @@ class MaxEntPool2d(torch.nn.Module):
         The window.
     stride : int or tuple of 2 ints, optional
         The step between windows; default ``kernel_size``.
-    padding : int or tuple of 2 ints, default 0
-        Implicit padding on both sides, at most half the kernel; padded cells are left out of
-        the windows.
+    padding : int, tuple of 2 ints or of 2 (before, after) pairs, "same" or "valid", default 0
+        As ``npool.torch.maxent_pool2d``'s; padded cells are left out of the windows.
     ceil_mode : bool, default False
         ``nn.MaxPool2d``'s output-size rule with ceil instead of floor.
     lam : {"gfgp", "channel"} or float, default "gfgp"
@@ -515,8 +601,7 @@ class MaxEntPool2d(torch.nn.Module):
                  padding: Size = 0, ceil_mode: bool = False, lam: Union[str, float] = "gfgp",
                  activation: str = "sigmoid", hidden: Optional[int] = None) -> None:
         super().__init__()
-        _checks.WindowArgs(2, kernel_size, stride, padding, ceil_mode).require_symmetric(
-            "npool.torch")  # fail early
+        _checks.WindowArgs(2, kernel_size, stride, padding, ceil_mode)  # fail early
         if activation not in ("sigmoid", "softplus"):
             raise ValueError(f"activation must be 'sigmoid' or 'softplus', got {activation!r}")
         self.num_features = num_features

@@ -67,11 +67,16 @@ def empty_in_layout(x, shape, nd):
     return x.new_empty_strided(shape, strides if batched else strides[1:])
 
 
-def window_lists(nd, kernel_size, stride, padding):
-    """kernel_size, stride and padding as lists of nd ints (stride None: the kernel)."""
-    kernel = list(_checks.int_tuple(kernel_size, "kernel_size", nd, 1))
-    stride = kernel if stride is None else list(_checks.int_tuple(stride, "stride", nd, 1))
-    return kernel, stride, list(_checks.int_tuple(padding, "padding", nd, 0))
+def window_lists(nd, kernel_size, stride, padding, dilation=1, spatial=None):
+    """kernel_size, stride and dilation as lists of nd ints (stride None: the kernel) and
+    padding as 2 nd ints (before and after each axis; "same" resolved for an input of spatial
+    size ``spatial``), checked."""
+    window = _checks.WindowArgs(nd, kernel_size, stride, padding, False, dilation=dilation)
+    if spatial is None and window.spec == "same":
+        raise ValueError(f"padding='same' needs x of {nd + 1} or {nd + 2} dimensions")
+    pairs = window.pairs(spatial)
+    return (list(window.kernel), list(window.stride), [p for pair in pairs for p in pair],
+            list(window.dilation))
 
 
 def onnx_export():

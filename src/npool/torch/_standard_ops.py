@@ -69,12 +69,18 @@ class TorchOps:
 
 
 # ------------------------------------------------------------------ local pools
-def windowed_softmax_pool(x, lam, kernel_size, stride, padding, ceil_mode):
-    """Max-Ent pooling (SoftPool: lam = 1) of x ``(N, C, *spatial)`` or ``(C, *spatial)``;
-    ``lam`` a number or a tensor that broadcasts to the output."""
-    nd = len(kernel_size)
-    window = _checks.WindowArgs(nd, tuple(kernel_size), tuple(stride), tuple(padding),
-                                ceil_mode)
+def windowed_softmax_pool(x, lam, kernel_size, stride, padding, ceil_mode, dilation=(),
+                          output_size=()):
+    """Max-Ent pooling (SoftPool: lam = 1) of x ``(N, C, *spatial)`` or ``(C, *spatial)`` over
+    the custom ops' window lists (padding: before and after each axis; adaptive when
+    ``output_size`` is given); ``lam`` a number or a tensor that broadcasts to the output."""
+    nd = len(output_size or kernel_size)
+    spatial = tuple(int(n) for n in x.shape[-nd:])
+    window = _checks.local_window(nd, spatial, output_size=tuple(output_size) or None) \
+        if output_size else _checks.WindowArgs(nd, tuple(kernel_size), tuple(stride),
+                                               tuple(zip(padding[0::2], padding[1::2])),
+                                               ceil_mode, spatial=spatial,
+                                               dilation=tuple(dilation) or 1)
     if isinstance(lam, torch.Tensor) and lam.dim() < x.dim():
         lam = lam.reshape((1,) * (x.dim() - lam.dim()) + tuple(lam.shape))
     return _decompositions.windowed_softmax_pool(TorchOps, x, lam, window)
