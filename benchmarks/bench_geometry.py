@@ -1,7 +1,8 @@
 """CPU benchmark of the local pools' window geometries: the fast paths of the regular windows
-(PyTorch's symmetric padding, and the asymmetric padding of "same", which the same kernels
-take) against the kernels' general path (dilated windows: per-axis window tables, lines along
-C), and against the floor of one pass over x (a copy).
+(PyTorch's symmetric padding, the asymmetric padding of "same", which the same kernels take,
+and adaptive sizes that divide the input's) against the kernels' general path (dilated and
+adaptive windows: per-axis window tables, lines along C), against PyTorch's adaptive average
+and max pooling (what a user would otherwise run) and the floor of one pass over x (a copy).
 
     python benchmarks/bench_geometry.py [--repeats 9] [--quick] [--out FILE]
 
@@ -22,7 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _report import emit, interleaved_medians_ms  # noqa: E402
 from bench_targets import cpu_line  # noqa: E402
 
-# (name, window arguments, dilation, path)
+# (name, window arguments, dilation, path); an adaptive pool's arguments: ("adaptive", size)
 WINDOWS = (
     ("2x2/2", (2, 2, 0), 1, "fast"),
     ("3x3/2 padding 1", (3, 2, 1), 1, "fast"),
@@ -30,7 +31,45 @@ WINDOWS = (
     ("3x3/1 'same'", (3, 1, "same"), 1, "fast"),
     ("3x3/2 padding 1, dilation 2", (3, 2, 1), 2, "general"),
     ("3x3/1 'same', dilation 2", (3, 1, "same"), 2, "general"),
+    ("3x3/2 (55 x 55 outputs)", (3, 2, 0), 1, "fast"),
+    ("adaptive 55 x 55 (windows of 3, overlapping by 1)", ("adaptive", 55), 1, "general"),
+    ("adaptive 56 x 56 (sizes divide: 2x2/2)", ("adaptive", 56), 1, "fast"),
+    ("adaptive 7 x 7 (sizes divide: 16x16/16)", ("adaptive", 7), 1, "fast"),
+    ("adaptive 6 x 6 (windows of 19-20)", ("adaptive", 6), 1, "general"),
 )
+# what a PyTorch user runs for the adaptive sizes (same process, npool's thread count)
+TORCH_ADAPTIVE = (55, 7)
+
+
+def _pool(x, args, dilation):
+    if args[0] == "adaptive":
+        return npool.adaptive_soft_pool2d_forward(x, args[1])
+    return npool.soft_pool2d_forward(x, *args, dilation=dilation)
+
+
+def _pool_backward(g, x, args, dilation):
+    if args[0] == "adaptive":
+        return npool.adaptive_soft_pool2d_backward(g, x, args[1])
+    return npool.soft_pool2d_backward(g, x, *args, dilation=dilation)
+
+
+def _torch_cases(timed, layout, x):
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(npool.get_num_threads())
+    xt = torch.from_numpy(x)
+    for size in TORCH_ADAPTIVE:
+        for kind, function in (("avg", torch.nn.functional.adaptive_avg_pool2d),
+                               ("max", torch.nn.functional.adaptive_max_pool2d)):
+            name = f"torch adaptive_{kind}_pool2d {size} x {size}"
+            leaf = xt.clone().requires_grad_()
+            y = function(leaf, size)
+            g = torch.ones_like(y)
+            timed[(layout, name, "fwd")] = lambda f=function, s=size: f(xt, s)
+            timed[(layout, name, "bwd")] = lambda f=function, s=size, leaf=leaf, g=g: \
+                torch.autograd.grad(f(leaf, s), leaf, g)
 
 
 def cases(quick):
@@ -43,12 +82,12 @@ def cases(quick):
         copy_out = np.empty_like(x)
         timed[(layout, "copy of x", "floor")] = lambda x=x, o=copy_out: np.copyto(o, x)
         for name, args, dilation, _ in WINDOWS:
-            y = npool.soft_pool2d_forward(x, *args, dilation=dilation)
+            y = _pool(x, args, dilation)
             g = np.ones_like(y)
-            timed[(layout, name, "fwd")] = lambda x=x, a=args, d=dilation: \
-                npool.soft_pool2d_forward(x, *a, dilation=d)
+            timed[(layout, name, "fwd")] = lambda x=x, a=args, d=dilation: _pool(x, a, d)
             timed[(layout, name, "bwd")] = lambda x=x, a=args, d=dilation, g=g: \
-                npool.soft_pool2d_backward(g, x, *a, dilation=d)
+                _pool_backward(g, x, a, d)
+        _torch_cases(timed, layout, x)
     return shape, timed
 
 
@@ -56,6 +95,7 @@ def run(repeats, quick):
     shape, timed = cases(quick)
     ms = interleaved_medians_ms(timed, repeats)
     paths = {name: path for name, _, _, path in WINDOWS}
+    paths.update({name: "PyTorch" for (_, name, _) in ms if name.startswith("torch ")})
     lines = [f"SoftPool {shape} float32", "",
              "| layout | window | path | fwd ms | bwd ms | fwd / copy | bwd / copy |",
              "|---|---|---|---|---|---|---|"]

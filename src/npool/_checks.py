@@ -191,9 +191,16 @@ class WindowArgs:
         return tuple(out)
 
     def window_tables(self, spatial, out):
-        """The general path's windows: per axis an int64 ``(2, out)`` array of each output's
-        first real cell and count of real cells (``dilation`` apart). ValueError where a
-        dilated window steps over every cell of the input."""
+        """The general path's windows: per axis an intp ``(2, out)`` array of each output's
+        first real cell and count of real cells (``dilation`` apart), built once per input
+        size. ValueError where a dilated window steps over every cell of the input."""
+        key = (tuple(spatial), tuple(out))
+        cache = self.__dict__.setdefault("_tables", {})
+        if key not in cache:
+            cache[key] = self._build_tables(*key)
+        return cache[key]
+
+    def _build_tables(self, spatial, out):
         tables = []
         for axis, (length, k, s, d, (before, _), n) in enumerate(zip(
                 spatial, self.kernel, self.stride, self.dilation, self.pairs(tuple(spatial)),
