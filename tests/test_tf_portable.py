@@ -184,8 +184,11 @@ def _model():
     h = keras.layers.Conv2D(6, 3, padding="same")(inputs)
     h = ntf.SoftPooling2D(2)(h)
     h = ntf.MaxEntPooling2D(pool_size=2)(h)          # GFGP temperatures
+    # the other window geometries: adaptive sizes (3 -> 2 overlapping windows), Keras' "same"
+    a = ntf.SoftPooling2D(2, 1, padding="same")(ntf.AdaptiveSoftPooling2D((2, None))(h))
     pooled = [ntf.GlobalKMaxPool(0.25)(h), ntf.WeldonPool(2, 1, 0.5)(h),
-              ntf.GlobalLSEPool(2.0)(h), ntf.GlobalMaxPool()(h), ntf.GlobalAvgPool()(h)]
+              ntf.GlobalLSEPool(2.0)(h), ntf.GlobalMaxPool()(h), ntf.GlobalAvgPool()(h),
+              ntf.GlobalAvgPool()(a)]
     sets = keras.layers.Reshape((9, 6))(h)
     vlad = ntf.NetVLAD(6, 9, 4, 5, gating=True)(sets)
     fv = ntf.NetFV(6, 9, 4, 5, gating=False)(sets)
@@ -232,7 +235,11 @@ def test_saved_function_of_the_ops_loads_without_npool(tmp_path):
         @tf.function(input_signature=[tf.TensorSpec((None, 9, 10, 3), tf.float32)])
         def pool(self, x):
             return tf.concat([tf.reshape(ntf.soft_pool2d(x, 3, 2, 1, True), (-1, 90)),
-                              ntf.weldon_pool(x, 3), ntf.global_lse_pool(x)], 1)
+                              ntf.weldon_pool(x, 3), ntf.global_lse_pool(x),
+                              tf.reshape(ntf.adaptive_maxent_pool2d(x, 0.5, (4, None)),
+                                         (-1, 120)),
+                              tf.reshape(ntf.soft_pool2d(x, 3, 1, "SAME", dilation=2),
+                                         (-1, 270))], 1)
 
     module = Module()
     tf.saved_model.save(module, str(tmp_path / "saved"))  # traced while saving
@@ -260,6 +267,8 @@ def test_tflite_converts_a_cnn_to_builtin_ops():
     model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(8, 3, padding="same"),
                               ntf.SoftPooling2D(2), keras.layers.Conv2D(8, 3, padding="same"),
                               ntf.SoftPooling2D(3, 2, padding=1, ceil_mode=True),
+                              ntf.SoftPooling2D(3, 2, padding="same"),
+                              ntf.AdaptiveSoftPooling2D((2, None)),
                               ntf.GlobalKMaxPool(0.25), keras.layers.Dense(3)])
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     flatbuffer = converter.convert()
