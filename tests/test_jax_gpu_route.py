@@ -67,8 +67,18 @@ CASES = {  # name: (npool.jax call, core forward, core backward, extra core argu
                              (3, 2, 0, True)),
     "maxent_pool2d lam 0.7": (lambda x: nj.maxent_pool2d(x, 0.7, 2), "maxent_pool2d",
                               (0.7, 2)),
+    "soft_pool2d 3x3/2 same dilation 2": (
+        lambda x: nj.soft_pool2d(x, 3, 2, "SAME", dilation=2), "soft_pool2d", (3, 2, "same")),
+    "adaptive_soft_pool2d (4, 5)": (lambda x: nj.adaptive_soft_pool2d(x, (4, 5)),
+                                    "adaptive_soft_pool2d", ((4, 5),)),
+    "adaptive_maxent_pool2d 0.7 (3, None)": (
+        lambda x: nj.adaptive_maxent_pool2d(x, 0.7, (3, None)), "adaptive_maxent_pool2d",
+        (0.7, (3, None))),
 }
-SHAPES = {"soft_pool1d": (2, 9, 3), "soft_pool2d": (2, 7, 6, 3), "maxent_pool2d": (2, 6, 6, 3)}
+SHAPES = {"soft_pool1d": (2, 9, 3), "soft_pool2d": (2, 7, 6, 3), "maxent_pool2d": (2, 6, 6, 3),
+          "adaptive_soft_pool2d": (2, 7, 6, 3), "adaptive_maxent_pool2d": (2, 7, 6, 3)}
+# the core's keyword arguments of a case (its window's dilation)
+KEYWORDS = {"soft_pool2d 3x3/2 same dilation 2": {"dilation": 2}}
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
@@ -91,6 +101,12 @@ def test_the_windowed_pools_run_the_cuda_kernels_on_xlas_buffers(device, name, d
                                                                data_format=data_format),
               "maxent_pool2d lam 0.7": lambda v: nj.maxent_pool2d(v, 0.7, 2,
                                                                   data_format=data_format),
+              "soft_pool2d 3x3/2 same dilation 2": lambda v: nj.soft_pool2d(
+                  v, 3, 2, "SAME", data_format=data_format, dilation=2),
+              "adaptive_soft_pool2d (4, 5)": lambda v: nj.adaptive_soft_pool2d(
+                  v, (4, 5), data_format=data_format),
+              "adaptive_maxent_pool2d 0.7 (3, None)": lambda v: nj.adaptive_maxent_pool2d(
+                  v, 0.7, (3, None), data_format=data_format),
               }[name]
     sessions = len(device.sessions)
     y = jax.jit(fn)(x)
@@ -100,13 +116,15 @@ def test_the_windowed_pools_run_the_cuda_kernels_on_xlas_buffers(device, name, d
     xn = np.moveaxis(x, -1, 1) if last else x
     gn = np.moveaxis(g, -1, 1) if last else g
     forward, backward = npool._op_table.core_functions(op)
-    want_y, = _gpu_core(device, forward, xn, *args)
-    want_grad = _gpu_core(device, backward, gn, xn, *args)[0]
+    keywords = KEYWORDS.get(name, {})
+    want_y, = _gpu_core(device, forward, xn, *args, **keywords)
+    want_grad = _gpu_core(device, backward, gn, xn, *args, **keywords)[0]
     to_jax = (lambda a: np.moveaxis(a, 1, -1)) if last else (lambda a: a)
     np.testing.assert_array_equal(np.asarray(y), to_jax(want_y))
     np.testing.assert_array_equal(grad, to_jax(want_grad))
     # and they agree with the CPU kernels
-    np.testing.assert_allclose(np.asarray(y), to_jax(forward(xn, *args)), rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(y), to_jax(forward(xn, *args, **keywords)),
+                               rtol=2e-6, atol=1e-6)
     # the forward, and the gradient's backward (XLA drops the unused forward inside it): each
     # after XLA's stream
     assert len(ran) == 2 and all(streams and set(streams) == {XLA_STREAM} for streams in ran)
