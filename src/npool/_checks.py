@@ -177,7 +177,9 @@ class WindowArgs:
         for axis, (length, e, s, (before, after)) in enumerate(zip(
                 spatial, self.extent, self.stride, self.pairs(tuple(spatial)))):
             if length + before + after < e:
-                what = "kernel_size" if e == self.kernel[axis] else "the dilated window"
+                what = "kernel_size" if e == self.kernel[axis] else (
+                    f"the dilated window (kernel_size={self.kernel[axis]}, "
+                    f"dilation={self.dilation[axis]}: {e} cells)")
                 raise ValueError(
                     f"input is smaller than {what} on spatial axis {axis}: size {length} "
                     f"with padding ({before}, {after}) is less than {e}")

@@ -13,6 +13,16 @@ Tensor = Any  # a tensor of Keras' backend (tf.Tensor, jax.Array, torch.Tensor) 
 Shape = Tuple[Optional[int], ...]  # a Keras shape, None for unknown sizes
 
 
+def _pooled_shape(input_shape, nd, data_format, window_options):
+    """A local pool's output shape (None where a size is not known yet)."""
+    shape = list(input_shape)
+    axes = range(1, 1 + nd) if data_format == "channels_last" else range(2, 2 + nd)
+    out = _checks.core_window_arguments(nd, [shape[a] for a in axes], window_options)[3]
+    for a, n in zip(axes, out):
+        shape[a] = n
+    return tuple(shape)
+
+
 class _SoftPoolingND(keras.layers.Layer):
     """SoftPool with the arguments of Keras' pooling layers.
 
@@ -54,16 +64,9 @@ class _SoftPoolingND(keras.layers.Layer):
                                            self.ceil_mode, self.data_format)
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
-        window = _checks.WindowArgs(self._nd, self.pool_size, self.strides, self.padding,
-                                    self.ceil_mode)
-        shape = list(input_shape)
-        axes = range(1, 1 + self._nd) if self.data_format == "channels_last" else \
-            range(2, 2 + self._nd)
-        spatial = [shape[a] for a in axes]
-        out = window.output_size(spatial) if None not in spatial else [None] * self._nd
-        for a, n in zip(axes, out):
-            shape[a] = n
-        return tuple(shape)
+        return _pooled_shape(input_shape, self._nd, self.data_format, dict(
+            kernel_size=self.pool_size, stride=self.strides, padding=self.padding,
+            ceil_mode=self.ceil_mode))
 
     def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "pool_size": self.pool_size, "strides": self.strides,
@@ -176,14 +179,8 @@ class _AdaptiveSoftPoolingND(keras.layers.Layer):
             inputs, tuple(size) if isinstance(size, list) else size, self.data_format)
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
-        shape = list(input_shape)
-        axes = range(1, 1 + self._nd) if self.data_format == "channels_last" else \
-            range(2, 2 + self._nd)
-        out = _checks.adaptive_output_size(self.output_size, self._nd,
-                                           [shape[a] for a in axes])
-        for a, n in zip(axes, out):
-            shape[a] = n
-        return tuple(shape)
+        return _pooled_shape(input_shape, self._nd, self.data_format,
+                             {"output_size": self.output_size})
 
     def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "output_size": self.output_size,
