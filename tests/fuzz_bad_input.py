@@ -42,9 +42,12 @@ def _valid_forward_calls():
     calls = {}
     for nd in (1, 2, 3):
         x = _array(2, 3, *(5,) * nd)
-        window = dict(kernel_size=2, stride=None, padding=0, ceil_mode=False)
+        window = dict(kernel_size=2, stride=None, padding=0, ceil_mode=False, dilation=1)
+        lam = np.full((3,) + (1,) * nd, 1.5, F32)
         calls[f"soft_pool{nd}d"] = dict(x=x, **window)
-        calls[f"maxent_pool{nd}d"] = dict(x=x, lam=np.full((3,) + (1,) * nd, 1.5, F32), **window)
+        calls[f"maxent_pool{nd}d"] = dict(x=x, lam=lam, **window)
+        calls[f"adaptive_soft_pool{nd}d"] = dict(x=x, output_size=3)
+        calls[f"adaptive_maxent_pool{nd}d"] = dict(x=x, lam=lam, output_size=(3,) * nd)
     x = _array(2, 3, 4, 4)
     calls["global_max_pool"] = dict(x=x, keepdims=False, return_indices=False)
     calls["global_avg_pool"] = dict(x=x, keepdims=False)

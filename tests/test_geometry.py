@@ -390,6 +390,22 @@ def test_bad_output_sizes_are_refused_naming_them(size, error, match):
         npool.adaptive_maxent_pool2d_backward(np.ones((1, 1, 2, 2)), x, 1.0, size)
 
 
+def test_an_adaptive_output_beyond_memory_is_refused_before_any_allocation():
+    """An adaptive output is not bounded by the input: output_size=2**40 over 5 cells would be
+    8 TiB. It is a ValueError naming output_size, in the core and the adapters, not an
+    out-of-memory kill."""
+    match = r"output_size=.*1099511627776.* gives an output of .* more than half this machine"
+    with pytest.raises(ValueError, match=match):
+        npool.adaptive_soft_pool1d_forward(np.ones((1, 1, 5)), 2 ** 40)
+    with pytest.raises(ValueError, match=match):
+        npool.adaptive_maxent_pool2d_backward(np.ones((1, 1, 1, 1)), np.ones((1, 1, 5, 5)),
+                                              1.0, (1, 2 ** 40))
+    torch = pytest.importorskip("torch")
+    nt = pytest.importorskip("npool.torch")
+    with pytest.raises(ValueError, match=match):
+        nt.adaptive_soft_pool1d(torch.ones(1, 1, 5), 2 ** 40)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_gpu_kernels_take_adaptive_windows(gpu, dtype):
     """Adaptive windows on the GPU (the general path's tables; the fast path where the sizes

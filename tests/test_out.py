@@ -35,6 +35,13 @@ def _local_cases():
          lambda g, x, **o: npool.soft_pool3d_backward(g, x, 2, **o), 3),
         ("maxent_pool2d", lambda x, **o: npool.maxent_pool2d_forward(x, lam, 2, **o),
          lambda g, x, **o: npool.maxent_pool2d_backward(g, x, lam, 2, **o), 2),
+        ("adaptive_soft_pool2d", lambda x, **o: npool.adaptive_soft_pool2d_forward(x, (3, 2),
+                                                                                   **o),
+         lambda g, x, **o: npool.adaptive_soft_pool2d_backward(g, x, (3, 2), **o), 2),
+        ("adaptive_maxent_pool3d", lambda x, **o: npool.adaptive_maxent_pool3d_forward(
+            x, lam, (2, None, 4), **o),
+         lambda g, x, **o: npool.adaptive_maxent_pool3d_backward(g, x, lam, (2, None, 4), **o),
+         3),
     ]
 
 

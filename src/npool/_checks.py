@@ -6,6 +6,7 @@ with a message that names the argument and says what was expected.
 import math
 import numbers
 import operator
+import os
 
 import numpy as np
 
@@ -302,11 +303,44 @@ class AdaptiveWindows(WindowArgs):
                              f"{self.spatial} used on {tuple(spatial)}")
 
 
-def adaptive_windows(nd, output_size, spatial):
+def check_adaptive_memory(output_size, out, maps=1):
+    """A ValueError naming ``output_size`` where an adaptive pool's output of ``maps`` maps of
+    ``out`` cells, with its window tables, would take more than half this machine's memory in
+    float64 (sizes a traced framework does not know yet are not checked)."""
+    if not all(isinstance(n, numbers.Integral) for n in (*out, maps)):
+        return
+    nbytes = 8 * max(maps, 1) * math.prod(out) + 64 * sum(out)  # the output, the tables
+    if 2 * nbytes > physical_memory():
+        raise ValueError(f"output_size={output_size!r} gives an output of {max(maps, 1)} maps "
+                         f"of {math.prod(out)} cells ({nbytes / 2 ** 30:.1f} GiB in float64 "
+                         f"with its window tables), more than half this machine's memory "
+                         f"({physical_memory() / 2 ** 30:.1f} GiB)")
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 2 ** 48
+
+
+_PHYSICAL_MEMORY = _physical_memory()  # read once (and so traceable by torch.compile)
+
+
+def physical_memory():
+    """This machine's memory in bytes (2**48 where the OS does not say)."""
+    return _PHYSICAL_MEMORY
+
+
+def adaptive_windows(nd, output_size, spatial, maps=1):
     """The windows of an adaptive pool of ``output_size`` over ``spatial``: regular
     ``WindowArgs`` (kernel = stride = L / n) where every output size divides its input's,
-    else ``AdaptiveWindows`` (the general path)."""
+    else ``AdaptiveWindows`` (the general path). ``maps``: the input's N * C. An adaptive
+    output, unlike a window's, is not bounded by the input: one that with its window tables
+    would take more than half this machine's memory (in float64) is a ValueError naming
+    output_size, before anything is allocated."""
     out = adaptive_output_size(output_size, nd, spatial)
+    check_adaptive_memory(output_size, out, maps)
     if all(n % o == 0 for n, o in zip(spatial, out)):
         step = tuple(n // o for n, o in zip(spatial, out))
         return WindowArgs(nd, step, step, 0, False, spatial=spatial)
@@ -314,26 +348,28 @@ def adaptive_windows(nd, output_size, spatial):
 
 
 def local_window(nd, spatial, kernel_size=None, stride=None, padding=0, ceil_mode=False,
-                 dilation=1, output_size=None):
+                 dilation=1, output_size=None, maps=1):
     """The windows of a local pool over ``spatial`` from its keyword arguments: adaptive
-    (``output_size``) or the window arguments (``kernel_size``, ...)."""
+    (``output_size``; ``maps``: the input's N * C) or the window arguments (``kernel_size``,
+    ...)."""
     if output_size is not None:
-        return adaptive_windows(nd, output_size, spatial)
+        return adaptive_windows(nd, output_size, spatial, maps)
     return WindowArgs(nd, kernel_size, stride, padding, ceil_mode, spatial=spatial,
                       dilation=dilation)
 
 
-def core_window_arguments(nd, spatial, window_options):
+def core_window_arguments(nd, spatial, window_options, maps=1):
     """What an adapter hands the core for a local pool given its keyword arguments
     (``local_window``'s): ``(prefix, args, keywords, out)`` - the core function's name prefix
     ("adaptive_" or ""), its window arguments after the arrays and keywords, and the output's
     spatial sizes for an input of ``spatial`` (entries None where a traced framework does not
-    know them yet). Checks the arguments."""
+    know them yet). Checks the arguments (``maps``: the input's N * C, None where unknown)."""
     spatial = tuple(spatial)
     known = all(n is not None for n in spatial)
     if "output_size" in window_options:
         output_size = window_options["output_size"]
         out = adaptive_output_size(output_size, nd, spatial)
+        check_adaptive_memory(output_size, out, maps)
         return "adaptive_", (output_size,), {}, out
     o = window_options
     window = WindowArgs(nd, o["kernel_size"], o.get("stride"), o.get("padding", 0),

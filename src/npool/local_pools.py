@@ -11,6 +11,7 @@ real (unpadded) cells ``R(o)`` of its window::
 
 Exponentials are taken after subtracting the window maximum, so any finite input is safe.
 """
+import math
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -36,7 +37,8 @@ class _Call:
 
     def __init__(self, x, nd, window):
         x, self.batched = _checks.pool_input(x, nd)
-        self.args = _checks.local_window(nd, x.shape[-nd:], **window)
+        self.args = _checks.local_window(nd, x.shape[-nd:], **window,
+                                         maps=math.prod(x.shape[:-nd]))
         self.out_spatial = self.args.output_size(x.shape[-nd:])
         self.nd = nd
         self.dtype = x.dtype

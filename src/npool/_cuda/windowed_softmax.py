@@ -46,7 +46,8 @@ class _Call:
     def __init__(self, x, nd, window):
         self.x = describe(x, "x")
         _checks.pool_input(self.x, nd)
-        self.args = _checks.local_window(nd, self.x.shape[-nd:], **window)
+        self.args = _checks.local_window(nd, self.x.shape[-nd:], **window,
+                                         maps=int(np.prod(self.x.shape[:-nd])))
         self.nd = nd
         self.batched = self.x.ndim == nd + 2
         self.out_spatial = self.args.output_size(self.x.shape[-nd:])

@@ -495,7 +495,8 @@ def _local_pool(x, lam, nd, window_options, data_format):
         # lam broadcasts against the batched output as against the unbatched one)
         return _local_pool(x[None], lam, nd, window_options, data_format)[0]
     prefix, args, geometry, out_spatial = _checks.core_window_arguments(
-        nd, x.shape[1:-1] if last else x.shape[2:], window_options)
+        nd, x.shape[1:-1] if last else x.shape[2:], window_options,
+        maps=x.shape[0] * x.shape[-1 if last else 1])
     out_shape = ((x.shape[0],) + out_spatial + (x.shape[-1],) if last
                  else x.shape[:2] + out_spatial)
     scalar = lam is None or isinstance(lam, float)

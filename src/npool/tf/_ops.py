@@ -1,5 +1,6 @@
 """npool's ops as ``tf.custom_gradient`` functions over the NumPy core, and as npool's portable
 decomposition where a graph must stand alone (_standalone.py)."""
+import math
 from typing import Any, Optional, Protocol, Sequence, Union
 
 import numpy as np
@@ -68,8 +69,10 @@ def _window(kernel_size, stride, padding, ceil_mode, dilation):
 def _geometry(x, layout, nd, window_options):
     """(core name prefix, window arguments, keywords, y's static shape) of a local pool."""
     axes = list(layout.spatial_axes(x.shape.rank))
+    lead = [n for a, n in enumerate(x.shape) if a not in axes]  # N (where batched) and C
     prefix, args, geometry, out = _checks.core_window_arguments(
-        nd, [x.shape[a] for a in axes], window_options)
+        nd, [x.shape[a] for a in axes], window_options,
+        maps=math.prod(lead) if None not in lead else None)
     out_shape = list(x.shape)
     for a, n in zip(axes, out):
         out_shape[a] = n

@@ -1,6 +1,7 @@
 """npool.torch's local pools (SoftPool, Max-Ent) registered with ``torch.library``: for each,
 the forward and backward custom ops, their fakes, autograd, second order, autocast and vmap
 rules, together, and the functional forms."""
+import math
 from typing import Optional, Protocol, Tuple, Union
 
 import torch
@@ -121,6 +122,7 @@ def _adaptive(nd, x, output_size):
     if x.dim() not in (nd + 1, nd + 2):
         raise ValueError(f"x must be {nd + 1}-D or {nd + 2}-D for a {nd}-d pool, got {x.dim()}-D")
     sizes = _checks.adaptive_output_size(output_size, nd, tuple(x.shape[-nd:]))
+    _checks.check_adaptive_memory(output_size, sizes, math.prod(x.shape[:-nd]))
     return [], [], [], False, [], list(sizes)
 
 
