@@ -18,6 +18,7 @@ FRAMEWORKS = (("PyTorch", "torch", "npool.torch"), ("TensorFlow", "tensorflow", 
               ("JAX", "jax", "npool.jax"), ("Keras 3", "keras", "npool.keras"))
 OPS = (("SoftPool 1d/2d/3d", "soft_pool2d_forward(x, 2)"),
        ("Max-Entropy pooling (+ GFGP)", "maxent_pool2d_forward(x, lam, 2)"),
+       ("both with adaptive sizes", "adaptive_soft_pool2d_forward(x, 7)"),
        ("global max / avg / LogSumExp", "global_lse_pool_forward(x, beta)"),
        ("global k-max / WELDON", "weldon_pool_forward(x, kmax, kmin)"),
        ("NetVLAD / NetRVLAD / NetFV", "netvlad_pool_forward(x, a, c)"),
