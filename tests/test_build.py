@@ -1,4 +1,5 @@
 """The build: OpenMP, kernel selection, the CUDA fatbin shipped in the package, the demo."""
+import os
 import shutil
 import struct
 import subprocess
@@ -104,7 +105,47 @@ def test_cuda_auto_without_nvcc_builds_without_the_fatbin(tmp_path):
     result = _configure(tmp_path, "-DNPOOL_CUDA=AUTO", "-DNPOOL_NVCC=/nonexistent/nvcc")
     assert result.returncode == 0, result.stderr
     assert "nvcc not found, building without the CUDA fatbin" in result.stdout
-    assert "cuda_fatbin = False" in (tmp_path / "build" / "_build_info.py").read_text()
+    info = (tmp_path / "build" / "_build_info.py").read_text()
+    assert "cuda_fatbin = False" in info and 'cuda_report = "not built: nvcc not found' in info
+    assert "npool build: CUDA fatbin not built: nvcc not found" in result.stdout
+
+
+def test_the_build_says_what_it_built():
+    """_build_info's reports (which the build prints and ``python -m npool --version``
+    repeats): the CPU kernel builds, and the fatbin's architectures or why there is none."""
+    assert _build_info.cpu_report.startswith("baseline")
+    assert ("x86-64-v4" in _build_info.cpu_report) == _build_info.x86_64_v4_kernels
+    if _build_info.cuda_fatbin:
+        assert _build_info.cuda_report.startswith(_build_info.cuda_archs)
+    else:
+        assert _build_info.cuda_report.startswith("not built: ")
+    out = subprocess.run([sys.executable, "-m", "npool", "--version"], capture_output=True,
+                         text=True, check=True, timeout=60).stdout.splitlines()
+    assert out == [f"npool {npool.__version__} (Python {sys.version.split()[0]})",
+                   f"CPU kernels: {_build_info.cpu_report}",
+                   f"CUDA fatbin: {_build_info.cuda_report}"]
+
+
+def test_a_cached_fatbin_is_reused_instead_of_running_nvcc(tmp_path):
+    """NPOOL_CUDA_CACHE: the first configure names the cache file nvcc would fill; with that
+    file present, the next one copies it (the wheels of every Python share one fatbin)."""
+    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    if not os.path.exists(nvcc):
+        pytest.skip("no nvcc on this machine")
+    cache = tmp_path / "cache"
+    first = _configure(tmp_path, "-DNPOOL_CUDA=ON", f"-DNPOOL_NVCC={nvcc}",
+                       f"-DNPOOL_CUDA_CACHE={cache}")
+    assert first.returncode == 0, first.stderr
+    cached = first.stdout.split("nvcc builds it into: ")[1].splitlines()[0].strip()
+    os.makedirs(cache, exist_ok=True)
+    with open(cached, "wb") as f:
+        f.write(b"a fatbin built before")
+    second = _configure(tmp_path, "-DNPOOL_CUDA=ON", f"-DNPOOL_NVCC={nvcc}",
+                        f"-DNPOOL_CUDA_CACHE={cache}")
+    assert second.returncode == 0, second.stderr
+    assert f"reused from the cache: {cached}" in second.stdout
+    assert (tmp_path / "build" / "npool_kernels.fatbin").read_bytes() == b"a fatbin built before"
+    assert f"reused from {cached}" in (tmp_path / "build" / "_build_info.py").read_text()
 
 
 def test_bad_npool_cuda_value_is_refused(tmp_path):

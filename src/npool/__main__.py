@@ -48,6 +48,7 @@ def header():
           f"{npool.get_num_threads()} threads; CUDA fatbin "
           f"{'(' + _build_info.cuda_archs + ')' if fatbin else 'not built'}, GPU "
           f"{'available' if npool.cuda_available() else 'none'}.")
+    print(f"Built: CPU kernels {_build_info.cpu_report}; CUDA fatbin {_build_info.cuda_report}.")
     try:  # npool.jax's route to the kernels (the handler module imports nothing of jax)
         from npool._cpu import _xla_ffi
         print(f"npool.jax: the kernels inside jitted programs through XLA's FFI (handler built "
@@ -182,7 +183,25 @@ def speed():
           "benchmarks/run_all.py --compiled")
 
 
-def main():
+def build_lines():
+    """What this build holds, from npool/_build_info.py (CMakeLists.txt writes it)."""
+    return [f"npool {npool.__version__} (Python {sys.version.split()[0]})",
+            f"CPU kernels: {_build_info.cpu_report}",
+            f"CUDA fatbin: {_build_info.cuda_report}"]
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m npool", description="npool's demo: what it computes, how exactly, "
+        "how fast, on this machine; --version says what this build holds")
+    parser.add_argument("--version", action="store_true",
+                        help="print the version and what was built (kernel ISA variants, "
+                             "OpenMP, the CUDA fatbin's architectures or why it is absent)")
+    if parser.parse_args(argv).version:
+        print("\n".join(build_lines()))
+        return 0
     header()
     retention()
     exactness()

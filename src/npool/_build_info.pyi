@@ -5,3 +5,5 @@ x86_64_v4_kernels: bool
 cuda_fatbin: bool
 cuda_archs: str
 compiler: str
+cpu_report: str  # the kernel builds (ISA variants), compiler and OpenMP, in words
+cuda_report: str  # the fatbin's architectures and nvcc, or why it was not built
