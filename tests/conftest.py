@@ -56,22 +56,3 @@ def _restore_threads():
     yield
     npool.set_num_threads(None)
 
-
-# NPOOL_RECORD_SKIPS=FILE: every skipped test and module is written to FILE, one node id a line,
-# so that .ci/run can run exactly those again once the frameworks are installed
-# (python -m pytest @FILE).
-_SKIP_LOG = os.environ.get("NPOOL_RECORD_SKIPS")
-
-
-def _record_skip(report):
-    if _SKIP_LOG and report.skipped and report.nodeid:
-        with open(_SKIP_LOG, "a") as log:
-            log.write(report.nodeid + "\n")
-
-
-def pytest_runtest_logreport(report):
-    _record_skip(report)
-
-
-def pytest_collectreport(report):
-    _record_skip(report)
