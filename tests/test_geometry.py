@@ -198,34 +198,40 @@ def test_dilation_errors_name_it():
         npool.soft_pool2d_forward(np.ones((1, 1, 4, 4)), 2, dilation=1.5)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_gpu_kernels_take_every_geometry(gpu, dtype):
-    """The CUDA kernels' general path (dilated windows: per-axis tables uploaded with the call)
-    and asymmetric padding give the CPU kernels' results, forward, grad_x and grad_lam, in both
-    memory layouts."""
-    rng = np.random.default_rng(8)
+def assert_maxent_gpu_matches_cpu(gpu, dtype, seed, windows):
+    """For each of ``windows`` (keyword arguments binding Max-Ent's window: its forward and
+    backward functions and their window arguments), the CUDA kernels give the CPU kernels'
+    results on a (2, 3, 9, 8) input, forward, grad_x and grad_lam, in both memory layouts."""
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal((2, 3, 9, 8)).astype(dtype)
     lam = (np.abs(rng.standard_normal((3, 1, 1))) + 0.2).astype(dtype)
     tolerance = dict(rtol=2e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12)
     for layout in ("contiguous", "channels_last"):
         xl = x if layout == "contiguous" else np.moveaxis(
             np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1)
-        for args, dilation in (((3, 1, 1), 2), ((2, 2, "same"), (3, 1)),
-                               ((3, 2, ((2, 0), (1, 3))), 2), ((2, 1, 0), (1, 2)),
-                               ((3, 1, "same"), 1)):
-            y = npool.maxent_pool2d_forward(xl, lam, *args, dilation=dilation)
+        for forward, backward, args, keywords in windows:
+            y = forward(xl, lam, *args, **keywords)
             g = rng.standard_normal(y.shape).astype(dtype)
-            grad_x, grad_lam = npool.maxent_pool2d_backward(g, xl, lam, *args,
-                                                            dilation=dilation)
-            y_gpu = gpu.to_host(npool.maxent_pool2d_forward(
-                gpu.to_device(xl), gpu.to_device(lam), *args, dilation=dilation))
-            gx_gpu, glam_gpu = npool.maxent_pool2d_backward(
-                gpu.to_device(g), gpu.to_device(xl), gpu.to_device(lam), *args,
-                dilation=dilation)
+            grad_x, grad_lam = backward(g, xl, lam, *args, **keywords)
+            y_gpu = gpu.to_host(forward(gpu.to_device(xl), gpu.to_device(lam), *args,
+                                        **keywords))
+            gx_gpu, glam_gpu = backward(gpu.to_device(g), gpu.to_device(xl),
+                                        gpu.to_device(lam), *args, **keywords)
             np.testing.assert_allclose(y_gpu, y, **tolerance)
             np.testing.assert_allclose(gpu.to_host(gx_gpu), grad_x, **tolerance)
             np.testing.assert_allclose(gpu.to_host(glam_gpu), grad_lam,
                                        **dict(tolerance, atol=1e-5))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_gpu_kernels_take_every_geometry(gpu, dtype):
+    """The CUDA kernels' general path (dilated windows: per-axis tables uploaded with the call)
+    and asymmetric padding give the CPU kernels' results."""
+    assert_maxent_gpu_matches_cpu(gpu, dtype, 8, [
+        (npool.maxent_pool2d_forward, npool.maxent_pool2d_backward, args, dict(dilation=dilation))
+        for args, dilation in (((3, 1, 1), 2), ((2, 2, "same"), (3, 1)),
+                               ((3, 2, ((2, 0), (1, 3))), 2), ((2, 1, 0), (1, 2)),
+                               ((3, 1, "same"), 1))])
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
@@ -409,26 +415,10 @@ def test_an_adaptive_output_beyond_memory_is_refused_before_any_allocation():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_gpu_kernels_take_adaptive_windows(gpu, dtype):
     """Adaptive windows on the GPU (the general path's tables; the fast path where the sizes
-    divide) give the CPU kernels' results, forward, grad_x and grad_lam, in both layouts."""
-    rng = np.random.default_rng(9)
-    x = rng.standard_normal((2, 3, 9, 8)).astype(dtype)
-    lam = (np.abs(rng.standard_normal((3, 1, 1))) + 0.2).astype(dtype)
-    tolerance = dict(rtol=2e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12)
-    for layout in ("contiguous", "channels_last"):
-        xl = x if layout == "contiguous" else np.moveaxis(
-            np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1)
-        for size in ((4, 3), (9, None), (12, 5), (3, 4), 1):
-            y = npool.adaptive_maxent_pool2d_forward(xl, lam, size)
-            g = rng.standard_normal(y.shape).astype(dtype)
-            grad_x, grad_lam = npool.adaptive_maxent_pool2d_backward(g, xl, lam, size)
-            y_gpu = gpu.to_host(npool.adaptive_maxent_pool2d_forward(
-                gpu.to_device(xl), gpu.to_device(lam), size))
-            gx_gpu, glam_gpu = npool.adaptive_maxent_pool2d_backward(
-                gpu.to_device(g), gpu.to_device(xl), gpu.to_device(lam), size)
-            np.testing.assert_allclose(y_gpu, y, **tolerance)
-            np.testing.assert_allclose(gpu.to_host(gx_gpu), grad_x, **tolerance)
-            np.testing.assert_allclose(gpu.to_host(glam_gpu), grad_lam,
-                                       **dict(tolerance, atol=1e-5))
+    divide) give the CPU kernels' results."""
+    assert_maxent_gpu_matches_cpu(gpu, dtype, 9, [
+        (npool.adaptive_maxent_pool2d_forward, npool.adaptive_maxent_pool2d_backward, (size,), {})
+        for size in ((4, 3), (9, None), (12, 5), (3, 4), 1)])
 
 
 # ------------------------------------------------------------------ npool.torch
