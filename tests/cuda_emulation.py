@@ -16,6 +16,7 @@ import subprocess
 import numpy as np
 
 from npool._checks import is_float_dtype
+from npool._cuda._device import _BLOCK
 from npool._device_array import DeviceArray
 
 SOURCES = pathlib.Path(__file__).resolve().parents[1] / "src" / "cuda"
@@ -95,7 +96,7 @@ class EmulatedSession:
         self.keep.append(memory)
         return memory.ctypes.data
 
-    block_size = 32  # small blocks: many host threads per block would be slow
+    block_size = _BLOCK  # the real launches' threads per block
 
     def launch_blocks(self, name, args, blocks, shared_bytes):
         self.device.launches.append(name)

@@ -13,10 +13,14 @@
 #include <cuda_fp16.h>
 
 #ifdef NPOOL_HOST_EMULATION
-#include <barrier>
+#include <ucontext.h>
+
 #include <cmath>
 #include <cstddef>
-#include <thread>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
 #include <vector>
 // For the tests (tests/test_cuda_layouts.py): an argument struct's size, then its fields'
 // offsets in declaration order (and, from name##_fields, their names), which npool._cuda's
@@ -125,23 +129,84 @@ template <typename I> NPOOL_FN I div_mod(I n, const Divisor& d, I* remainder) {
 
 // ------------------------------------------------------------------ blocks
 // Block-level kernels see their coordinates, barrier and dynamic shared memory through these,
-// so that the host emulation can run one host thread per CUDA thread of a block.
+// so that the host emulation can run every CUDA thread of a block.
 #ifdef NPOOL_HOST_EMULATION
 namespace emulation {
+// A block's CUDA threads run as fibers (ucontext) on the launching host thread, one at a time:
+// sync_block() hands over to the next thread, and the last thread's hand-over resumes thread 0,
+// so no thread passes a barrier before every thread of the block has reached it (as
+// __syncthreads). One host thread per block instead of one per CUDA thread: cheap, and the same
+// order every run.
 struct Block {
   int64_t index, count;  // blockIdx.x, gridDim.x
   int size;              // blockDim.x
-  std::barrier<>* barrier;
   unsigned char* shared;
+  ucontext_t* fibers;     // one per CUDA thread
+  ucontext_t* launcher;   // where the block returns when its last thread ends
+  int64_t* arrivals;      // barriers reached, per thread
+  const std::function<void()>* body;
 };
 inline thread_local Block block;
 inline thread_local int thread;
+
+inline void switch_to(int next) {
+  const int t = thread;
+  thread = next;
+  swapcontext(&block.fibers[t], &block.fibers[next]);
+  thread = t;
+}
+
+inline void run_fiber() {
+  (*block.body)();
+  // this thread has ended: the next one resumes (threads end in order, all after the same
+  // barrier), and after the last the launcher
+  const int t = thread;
+  if (t + 1 < block.size) {
+    thread = t + 1;
+    setcontext(&block.fibers[t + 1]);
+  }
+  setcontext(block.launcher);
+}
+
+inline void run_blocks(int64_t grid, int size, int64_t shared_bytes,
+                       const std::function<void()>& body) {
+  constexpr size_t stack_bytes = 256 * 1024;  // pages never touched are never allocated
+  std::vector<unsigned char> shared(shared_bytes > 0 ? shared_bytes : 1);
+  std::unique_ptr<char[]> stacks(new char[stack_bytes * size]);
+  std::vector<ucontext_t> fibers(size);
+  std::vector<int64_t> arrivals(size);
+  ucontext_t launcher;
+  for (int64_t b = 0; b < grid; ++b) {
+    block = {b, grid, size, shared.data(), fibers.data(), &launcher, arrivals.data(), &body};
+    for (int t = 0; t < size; ++t) {
+      getcontext(&fibers[t]);
+      fibers[t].uc_stack.ss_sp = stacks.get() + t * stack_bytes;
+      fibers[t].uc_stack.ss_size = stack_bytes;
+      fibers[t].uc_link = nullptr;
+      makecontext(&fibers[t], run_fiber, 0);
+      arrivals[t] = 0;
+    }
+    thread = 0;
+    swapcontext(&launcher, &fibers[0]);
+    for (int t = 1; t < size; ++t) {
+      if (arrivals[t] != arrivals[0]) {  // a barrier some threads skipped: a kernel bug
+        std::fprintf(stderr, "npool emulation: thread %d of block %lld reached %lld barriers, "
+                     "thread 0 %lld\n", t, static_cast<long long>(b),
+                     static_cast<long long>(arrivals[t]), static_cast<long long>(arrivals[0]));
+        std::abort();
+      }
+    }
+  }
+}
 }  // namespace emulation
 inline int thread_index() { return emulation::thread; }
 inline int block_size() { return emulation::block.size; }
 inline int64_t block_index() { return emulation::block.index; }
 inline int64_t grid_size() { return emulation::block.count; }
-inline void sync_block() { emulation::block.barrier->arrive_and_wait(); }
+inline void sync_block() {
+  ++emulation::block.arrivals[emulation::thread];
+  emulation::switch_to((emulation::thread + 1) % emulation::block.size);
+}
 inline void atomic_add(uint32_t* p, uint32_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 template <typename T> inline T* shared_memory() {
   return reinterpret_cast<T*>(emulation::block.shared);
@@ -197,23 +262,12 @@ NPOOL_FN V block_reduce(V value, V* shared, Combine combine) {
 
 // NPOOL_BLOCK_KERNEL(name, Args, body): an extern "C" kernel `name(Args args)` whose threads
 // cooperate in blocks (npool::thread_index(), npool::sync_block(), npool::shared_memory()):
-// `body(args)` runs in every thread. Emulated, each block runs as `block` host threads.
+// `body(args)` runs in every thread. Emulated, each block's threads run as fibers (above).
 #ifdef NPOOL_HOST_EMULATION
 #define NPOOL_BLOCK_KERNEL(name, Args, body)                                              \
   extern "C" __attribute__((visibility("default"))) void name(                            \
       const Args* args, int64_t grid, int block, int64_t shared_bytes) {                  \
-    std::vector<unsigned char> shared(shared_bytes > 0 ? shared_bytes : 1);               \
-    for (int64_t b = 0; b < grid; ++b) {                                                  \
-      std::barrier<> barrier(block);                                                      \
-      std::vector<std::thread> threads;                                                   \
-      for (int t = 0; t < block; ++t)                                                     \
-        threads.emplace_back([&, t] {                                                     \
-          npool::emulation::block = {b, grid, block, &barrier, shared.data()};            \
-          npool::emulation::thread = t;                                                   \
-          body(*args);                                                                    \
-        });                                                                               \
-      for (auto& th : threads) th.join();                                                 \
-    }                                                                                     \
+    npool::emulation::run_blocks(grid, block, shared_bytes, [args] { body(*args); });     \
   }
 #else
 #define NPOOL_BLOCK_KERNEL(name, Args, body)                                              \
