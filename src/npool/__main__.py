@@ -10,7 +10,6 @@ import numpy as np
 import npool
 from npool import _build_info
 from npool._cpu import selected_isa
-from npool._cuda import fatbin_path
 
 DOCS = ("README.md and docs/ in npool's repository (semantics, migration); "
         "help(npool.<op>_forward) for each op")
@@ -40,13 +39,10 @@ def _median_ms(fn, repeats=5):
 
 
 def header():
-    fatbin = fatbin_path()
     print(f"npool {npool.__version__}: learnable and soft pooling operators - one exact, fast "
           f"core for NumPy,\nPyTorch, TensorFlow, JAX and Keras 3, with forward and backward "
           f"kernels for the CPU and CUDA.")
-    print(f"Here: CPU kernels {selected_isa()}, OpenMP {'on' if _build_info.openmp else 'off'}, "
-          f"{npool.get_num_threads()} threads; CUDA fatbin "
-          f"{'(' + _build_info.cuda_archs + ')' if fatbin else 'not built'}, GPU "
+    print(f"Here: CPU kernels {selected_isa()}, {npool.get_num_threads()} threads; GPU "
           f"{'available' if npool.cuda_available() else 'none'}.")
     print(f"Built: CPU kernels {_build_info.cpu_report}; CUDA fatbin {_build_info.cuda_report}.")
     try:  # npool.jax's route to the kernels (the handler module imports nothing of jax)
